@@ -1,0 +1,6 @@
+//! Buses and databases: what dcpipe's workers stand on, without knowing the flows.
+//!
+//! - [`bus`]: one [`bus::Bus`] interface over NATS JetStream, Kafka and an embedded in-process
+//!   bus, chosen by URL.
+
+pub mod bus;

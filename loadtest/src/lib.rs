@@ -1,0 +1,1 @@
+//! Synthetic producers and reports.
