@@ -19,6 +19,9 @@ pub enum BusErrorKind {
     Publish,
     /// The payload is larger than [`super::PAYLOAD_BYTES_MAX`].
     MessageTooLarge,
+    /// A header name or value that the bus cannot carry (control characters, a name reserved
+    /// by the broker or by dcpipe).
+    InvalidHeader,
     /// Fetching deliveries failed.
     Consume,
     /// Acking or naking failed (the message will be redelivered).
