@@ -1,1 +1,3 @@
 //! The flows.
+
+pub mod pki;

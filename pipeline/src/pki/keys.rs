@@ -1,0 +1,667 @@
+//! Signing and verifying keys for the two algorithms of the system.
+//!
+//! ECDSA P-256 with SHA-256 signs and verifies with ring (the fastest verifier available to us);
+//! SM2 with SM3 with the RustCrypto `sm2` crate, using the default distinguishing identifier
+//! [`SM2_DISTINGUISHING_ID`]. Message signatures are the fixed 64-byte `r || s` form (short and
+//! of constant size on the wire); certificate signatures are DER `ECDSA-Sig-Value`, as X.509
+//! requires. Private keys are stored as PKCS#8 (`PRIVATE KEY` PEM), readable by OpenSSL.
+//!
+//! P-256 signatures are randomized (ring mixes a fresh random value into the nonce); SM2
+//! signatures use deterministic nonces (RFC 6979 construction with SM3), which needs no RNG at
+//! signing time and is as safe.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use der::Encode as _;
+use der::asn1::{Any, BitString, ObjectIdentifier};
+use der::zeroize::Zeroizing;
+use p256::elliptic_curve::sec1::ToSec1Point as _;
+use ring::rand::SecureRandom as _;
+use ring::signature::{self as ring_sig, KeyPair as _};
+use serde::{Deserialize, Serialize};
+use sm2::dsa::signature::{Signer as _, Verifier as _};
+use sm2::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+
+use super::digest::sha1_key_identifier;
+use super::error::{KeyError, KeyErrorKind, SignatureError, SignatureErrorKind};
+
+/// Size of a message signature: `r || s`, 32 bytes each, big-endian.
+pub const SIGNATURE_BYTES: usize = 64;
+/// Size of a private scalar.
+pub const SCALAR_BYTES: usize = 32;
+/// Size of an uncompressed SEC1 public point (`04 || x || y`).
+pub const PUBLIC_POINT_BYTES: usize = 65;
+/// The SM2 distinguishing identifier (GB/T 35276 default), hashed into every SM2 signature.
+pub const SM2_DISTINGUISHING_ID: &str = "1234567812345678";
+/// Attempts at drawing a valid random scalar before giving up (each fails with probability
+/// below 2^-32).
+const KEYGEN_ATTEMPTS_MAX: usize = 8;
+/// PEM label of PKCS#8 private keys.
+pub const PRIVATE_KEY_PEM_LABEL: &str = "PRIVATE KEY";
+
+/// id-ecPublicKey (RFC 5480).
+pub(crate) const OID_EC_PUBLIC_KEY: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// prime256v1 / secp256r1 (RFC 5480).
+pub(crate) const OID_CURVE_P256: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+/// SM2 curve (GM/T 0006).
+pub(crate) const OID_CURVE_SM2: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.156.10197.1.301");
+/// ecdsa-with-SHA256 (RFC 5758).
+pub(crate) const OID_ECDSA_WITH_SHA256: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+/// SM2-with-SM3 (GM/T 0006).
+pub(crate) const OID_SM2_WITH_SM3: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.156.10197.1.501");
+
+/// The SM2 group order minus one, big-endian: a secret scalar equal to it has no inverse of
+/// `1 + d` and cannot sign.
+const SM2_ORDER_MINUS_ONE: [u8; SCALAR_BYTES] = [
+    0xff, 0xff, 0xff, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0x72, 0x03, 0xdf, 0x6b, 0x21, 0xc6, 0x05, 0x2b, 0x53, 0xbb, 0xf4, 0x09, 0x39, 0xd5, 0x41, 0x22,
+];
+
+/// A signature algorithm, chosen per certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// ECDSA over NIST P-256 with SHA-256.
+    #[serde(rename = "p256")]
+    EcdsaP256Sha256,
+    /// SM2 digital signature with SM3 (GB/T 32918, GB/T 32905).
+    #[serde(rename = "sm2")]
+    Sm2Sm3,
+}
+
+impl Algorithm {
+    /// Both algorithms.
+    pub const ALL: [Algorithm; 2] = [Algorithm::EcdsaP256Sha256, Algorithm::Sm2Sm3];
+
+    /// Short stable name: `p256` or `sm2` (manifest files, command line, metrics labels).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::EcdsaP256Sha256 => "p256",
+            Algorithm::Sm2Sm3 => "sm2",
+        }
+    }
+
+    /// The other algorithm (used to alternate algorithms deterministically).
+    pub const fn other(self) -> Algorithm {
+        match self {
+            Algorithm::EcdsaP256Sha256 => Algorithm::Sm2Sm3,
+            Algorithm::Sm2Sm3 => Algorithm::EcdsaP256Sha256,
+        }
+    }
+
+    pub(crate) const fn curve_oid(self) -> ObjectIdentifier {
+        match self {
+            Algorithm::EcdsaP256Sha256 => OID_CURVE_P256,
+            Algorithm::Sm2Sm3 => OID_CURVE_SM2,
+        }
+    }
+
+    pub(crate) const fn signature_oid(self) -> ObjectIdentifier {
+        match self {
+            Algorithm::EcdsaP256Sha256 => OID_ECDSA_WITH_SHA256,
+            Algorithm::Sm2Sm3 => OID_SM2_WITH_SM3,
+        }
+    }
+
+    pub(crate) fn from_curve_oid(oid: &ObjectIdentifier) -> Option<Algorithm> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|alg| alg.curve_oid() == *oid)
+    }
+
+    pub(crate) fn from_signature_oid(oid: &ObjectIdentifier) -> Option<Algorithm> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|alg| alg.signature_oid() == *oid)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = KeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|alg| alg.as_str() == s)
+            .ok_or(KeyError::new(
+                KeyErrorKind::UnsupportedAlgorithm,
+                "algorithm name is neither p256 nor sm2",
+            ))
+    }
+}
+
+/// A public key, parsed and validated once, ready to verify signatures.
+///
+/// Cloning is cheap (the SM2 key, with its precomputed identity hash `Z`, is shared).
+#[derive(Clone)]
+pub struct PublicKey {
+    point: [u8; PUBLIC_POINT_BYTES],
+    verifier: Verifier,
+}
+
+#[derive(Clone)]
+enum Verifier {
+    /// ring parses the point at each verification (cheap next to the verification itself); the
+    /// point was validated on the curve when the key was built.
+    P256,
+    Sm2(Arc<sm2::dsa::VerifyingKey>),
+}
+
+impl PublicKey {
+    /// A key from an uncompressed SEC1 point (`04 || x || y`), checked to be on the curve.
+    pub fn from_sec1_point(algorithm: Algorithm, point: &[u8]) -> Result<Self, KeyError> {
+        let point: [u8; PUBLIC_POINT_BYTES] = point.try_into().map_err(|_| {
+            KeyError::new(
+                KeyErrorKind::Malformed,
+                "public key is not a 65-byte uncompressed point",
+            )
+        })?;
+        if point[0] != 0x04 {
+            return Err(KeyError::new(
+                KeyErrorKind::Malformed,
+                "public key is not an uncompressed point",
+            ));
+        }
+        let verifier = match algorithm {
+            Algorithm::EcdsaP256Sha256 => {
+                p256::PublicKey::from_sec1_bytes(&point)
+                    .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "not a point on P-256"))?;
+                Verifier::P256
+            }
+            Algorithm::Sm2Sm3 => {
+                let key = sm2::dsa::VerifyingKey::from_sec1_bytes(SM2_DISTINGUISHING_ID, &point)
+                    .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "not a point on SM2"))?;
+                Verifier::Sm2(Arc::new(key))
+            }
+        };
+        Ok(PublicKey { point, verifier })
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        match self.verifier {
+            Verifier::P256 => Algorithm::EcdsaP256Sha256,
+            Verifier::Sm2(_) => Algorithm::Sm2Sm3,
+        }
+    }
+
+    /// The uncompressed SEC1 point.
+    pub fn sec1_point(&self) -> &[u8; PUBLIC_POINT_BYTES] {
+        &self.point
+    }
+
+    /// The key identifier used in subjectKeyIdentifier / authorityKeyIdentifier: SHA-1 of the
+    /// subjectPublicKey bits (RFC 5280 §4.2.1.2, method 1).
+    pub fn key_identifier(&self) -> [u8; 20] {
+        sha1_key_identifier(&self.point)
+    }
+
+    /// DER SubjectPublicKeyInfo: id-ecPublicKey with the curve OID as parameter.
+    pub fn to_spki_der(&self) -> Result<Vec<u8>, KeyError> {
+        self.spki()?
+            .to_der()
+            .map_err(|_| KeyError::new(KeyErrorKind::Encoding, "SubjectPublicKeyInfo encoding"))
+    }
+
+    pub(crate) fn spki(&self) -> Result<SubjectPublicKeyInfoOwned, KeyError> {
+        let encoding = |_| KeyError::new(KeyErrorKind::Encoding, "SubjectPublicKeyInfo encoding");
+        Ok(SubjectPublicKeyInfoOwned {
+            algorithm: AlgorithmIdentifierOwned {
+                oid: OID_EC_PUBLIC_KEY,
+                parameters: Some(
+                    Any::encode_from(&self.algorithm().curve_oid()).map_err(encoding)?,
+                ),
+            },
+            subject_public_key: BitString::from_bytes(&self.point).map_err(encoding)?,
+        })
+    }
+
+    /// Verifies a 64-byte `r || s` message signature.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
+        if signature.len() != SIGNATURE_BYTES {
+            return Err(SignatureError::new(SignatureErrorKind::Malformed));
+        }
+        match &self.verifier {
+            Verifier::P256 => {
+                ring_sig::UnparsedPublicKey::new(&ring_sig::ECDSA_P256_SHA256_FIXED, &self.point)
+                    .verify(message, signature)
+                    .map_err(|_| SignatureError::new(SignatureErrorKind::Invalid))
+            }
+            Verifier::Sm2(key) => {
+                let signature = sm2::dsa::Signature::from_slice(signature)
+                    .map_err(|_| SignatureError::new(SignatureErrorKind::Malformed))?;
+                key.verify(message, &signature)
+                    .map_err(|_| SignatureError::new(SignatureErrorKind::Invalid))
+            }
+        }
+    }
+
+    /// Verifies a DER `ECDSA-Sig-Value` signature (the certificate encoding).
+    pub(crate) fn verify_der(
+        &self,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), SignatureError> {
+        match &self.verifier {
+            Verifier::P256 => {
+                ring_sig::UnparsedPublicKey::new(&ring_sig::ECDSA_P256_SHA256_ASN1, &self.point)
+                    .verify(message, signature)
+                    .map_err(|_| SignatureError::new(SignatureErrorKind::Invalid))
+            }
+            Verifier::Sm2(key) => {
+                let signature = sm2::dsa::Signature::from_der(signature)
+                    .map_err(|_| SignatureError::new(SignatureErrorKind::Malformed))?;
+                key.verify(message, &signature)
+                    .map_err(|_| SignatureError::new(SignatureErrorKind::Invalid))
+            }
+        }
+    }
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.algorithm() == other.algorithm() && self.point == other.point
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicKey")
+            .field("algorithm", &self.algorithm())
+            .field("key_id", &hex::encode(self.key_identifier()))
+            .finish()
+    }
+}
+
+/// A private signing key. Its `Debug` output shows the algorithm and public key id only.
+pub struct PrivateKey {
+    signer: Signer,
+    public: PublicKey,
+}
+
+enum Signer {
+    P256 {
+        pair: ring_sig::EcdsaKeyPair,
+        /// Kept to export PKCS#8, which ring cannot do; wiped on drop.
+        scalar: Zeroizing<[u8; SCALAR_BYTES]>,
+    },
+    Sm2(Box<sm2::dsa::SigningKey>),
+}
+
+impl PrivateKey {
+    /// A fresh key from the operating system's secure random generator.
+    pub fn generate(algorithm: Algorithm) -> Result<Self, KeyError> {
+        let rng = ring::rand::SystemRandom::new();
+        for _ in 0..KEYGEN_ATTEMPTS_MAX {
+            let mut scalar = Zeroizing::new([0u8; SCALAR_BYTES]);
+            rng.fill(scalar.as_mut_slice())
+                .map_err(|_| KeyError::new(KeyErrorKind::Random, "system random failed"))?;
+            // A draw outside [1, n-1) is rejected and drawn again: uniform over valid scalars.
+            if let Ok(key) = PrivateKey::from_scalar(algorithm, &scalar) {
+                return Ok(key);
+            }
+        }
+        Err(KeyError::new(
+            KeyErrorKind::Random,
+            "no valid scalar drawn from the system random generator",
+        ))
+    }
+
+    /// A key from a fixed 32-byte big-endian scalar; for checked-in test vectors.
+    pub fn from_scalar(
+        algorithm: Algorithm,
+        scalar: &[u8; SCALAR_BYTES],
+    ) -> Result<Self, KeyError> {
+        match algorithm {
+            Algorithm::EcdsaP256Sha256 => {
+                let secret = p256::SecretKey::from_slice(scalar).map_err(|_| {
+                    KeyError::new(KeyErrorKind::Malformed, "scalar out of range for P-256")
+                })?;
+                let point = secret.public_key().to_sec1_point(false);
+                let pair = ring_sig::EcdsaKeyPair::from_private_key_and_public_key(
+                    &ring_sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    scalar,
+                    point.as_bytes(),
+                    &ring::rand::SystemRandom::new(),
+                )
+                .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "P-256 key rejected"))?;
+                let public = PublicKey::from_sec1_point(
+                    Algorithm::EcdsaP256Sha256,
+                    pair.public_key().as_ref(),
+                )?;
+                Ok(PrivateKey {
+                    signer: Signer::P256 {
+                        pair,
+                        scalar: Zeroizing::new(*scalar),
+                    },
+                    public,
+                })
+            }
+            Algorithm::Sm2Sm3 => {
+                if *scalar == SM2_ORDER_MINUS_ONE {
+                    return Err(KeyError::new(
+                        KeyErrorKind::Malformed,
+                        "scalar n-1 cannot sign with SM2",
+                    ));
+                }
+                let secret = sm2::SecretKey::from_slice(scalar).map_err(|_| {
+                    KeyError::new(KeyErrorKind::Malformed, "scalar out of range for SM2")
+                })?;
+                let signing = sm2::dsa::SigningKey::new(SM2_DISTINGUISHING_ID, &secret)
+                    .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "SM2 key rejected"))?;
+                let point = signing.verifying_key().to_sec1_bytes();
+                let public = PublicKey::from_sec1_point(Algorithm::Sm2Sm3, &point)?;
+                Ok(PrivateKey {
+                    signer: Signer::Sm2(Box::new(signing)),
+                    public,
+                })
+            }
+        }
+    }
+
+    /// A key from a DER PKCS#8 `PrivateKeyInfo` (id-ecPublicKey with the P-256 or SM2 curve).
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
+        let info = sm2::pkcs8::PrivateKeyInfoRef::try_from(der)
+            .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "not a PKCS#8 PrivateKeyInfo"))?;
+        if info.algorithm.oid != OID_EC_PUBLIC_KEY {
+            return Err(KeyError::new(
+                KeyErrorKind::UnsupportedAlgorithm,
+                "PKCS#8 key is not an elliptic-curve key",
+            ));
+        }
+        let curve = info
+            .algorithm
+            .parameters_oid()
+            .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "PKCS#8 key has no named curve"))?;
+        let algorithm = Algorithm::from_curve_oid(&curve).ok_or(KeyError::new(
+            KeyErrorKind::UnsupportedAlgorithm,
+            "PKCS#8 key is on a curve other than P-256 and SM2",
+        ))?;
+        let mut scalar = Zeroizing::new([0u8; SCALAR_BYTES]);
+        match algorithm {
+            Algorithm::EcdsaP256Sha256 => {
+                let secret = p256::SecretKey::from_pkcs8_der(der).map_err(|_| {
+                    KeyError::new(KeyErrorKind::Malformed, "invalid P-256 PKCS#8 key")
+                })?;
+                scalar.copy_from_slice(&secret.to_bytes());
+            }
+            Algorithm::Sm2Sm3 => {
+                let secret = sm2::SecretKey::from_pkcs8_der(der).map_err(|_| {
+                    KeyError::new(KeyErrorKind::Malformed, "invalid SM2 PKCS#8 key")
+                })?;
+                scalar.copy_from_slice(&secret.to_bytes());
+            }
+        }
+        PrivateKey::from_scalar(algorithm, &scalar)
+    }
+
+    /// A key from a `PRIVATE KEY` PEM document.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
+        let (label, der) = der::pem::decode_vec(pem.as_bytes())
+            .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "not a PEM document"))?;
+        let der = Zeroizing::new(der);
+        if label != PRIVATE_KEY_PEM_LABEL {
+            return Err(KeyError::new(
+                KeyErrorKind::Malformed,
+                "PEM label is not PRIVATE KEY",
+            ));
+        }
+        PrivateKey::from_pkcs8_der(&der)
+    }
+
+    /// DER PKCS#8 `PrivateKeyInfo` (RFC 5915 ECPrivateKey inside, public key included).
+    pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let encoding = |_| KeyError::new(KeyErrorKind::Encoding, "PKCS#8 encoding");
+        let document = match &self.signer {
+            Signer::P256 { scalar, .. } => p256::SecretKey::from_slice(scalar.as_slice())
+                .map_err(|_| KeyError::new(KeyErrorKind::Encoding, "P-256 scalar"))?
+                .to_pkcs8_der()
+                .map_err(encoding)?,
+            Signer::Sm2(signing) => sm2::SecretKey::from_bytes(&signing.to_bytes())
+                .map_err(|_| KeyError::new(KeyErrorKind::Encoding, "SM2 scalar"))?
+                .to_pkcs8_der()
+                .map_err(encoding)?,
+        };
+        Ok(document.to_bytes())
+    }
+
+    /// `PRIVATE KEY` PEM (PKCS#8), LF line endings.
+    pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, KeyError> {
+        let der = self.to_pkcs8_der()?;
+        der::pem::encode_string(PRIVATE_KEY_PEM_LABEL, der::pem::LineEnding::LF, &der)
+            .map(Zeroizing::new)
+            .map_err(|_| KeyError::new(KeyErrorKind::Encoding, "PEM encoding"))
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.public.algorithm()
+    }
+
+    /// The matching public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// Signs `message`; returns the 64-byte `r || s` signature.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        match &self.signer {
+            Signer::P256 { pair, .. } => pair
+                .sign(&ring::rand::SystemRandom::new(), message)
+                .map(|signature| signature.as_ref().to_vec())
+                .map_err(|_| KeyError::new(KeyErrorKind::Signing, "P-256 signing failed")),
+            Signer::Sm2(signing) => signing
+                .try_sign(message)
+                .map(|signature| signature.to_bytes().to_vec())
+                .map_err(|_| KeyError::new(KeyErrorKind::Signing, "SM2 signing failed")),
+        }
+    }
+
+    /// Signs `message`; returns a DER `ECDSA-Sig-Value` (the certificate encoding).
+    pub(crate) fn sign_der(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let fixed = self.sign(message)?;
+        fixed_to_der(&fixed)
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivateKey")
+            .field("algorithm", &self.algorithm())
+            .field("key_id", &hex::encode(self.public.key_identifier()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 5480 / GM/T 0009).
+#[derive(der::Sequence)]
+struct EcdsaSigValue<'a> {
+    r: der::asn1::UintRef<'a>,
+    s: der::asn1::UintRef<'a>,
+}
+
+/// Converts a 64-byte `r || s` signature to DER.
+fn fixed_to_der(fixed: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let encoding = |_| KeyError::new(KeyErrorKind::Encoding, "signature DER encoding");
+    let (r, s) = fixed.split_at(SIGNATURE_BYTES / 2);
+    EcdsaSigValue {
+        r: der::asn1::UintRef::new(r).map_err(encoding)?,
+        s: der::asn1::UintRef::new(s).map_err(encoding)?,
+    }
+    .to_der()
+    .map_err(encoding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed_scalar(byte: u8) -> [u8; SCALAR_BYTES] {
+        let mut scalar = [byte; SCALAR_BYTES];
+        scalar[0] = 0x01;
+        scalar
+    }
+
+    #[test]
+    fn signatures_are_64_bytes_and_verify_for_both_algorithms() {
+        for algorithm in Algorithm::ALL {
+            let key = PrivateKey::generate(algorithm).expect("generate");
+            let signature = key.sign(b"clearing message").expect("sign");
+            assert_eq!(signature.len(), SIGNATURE_BYTES, "{algorithm}");
+            assert_eq!(
+                key.public_key().verify(b"clearing message", &signature),
+                Ok(())
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_signature_over_another_message() {
+        for algorithm in Algorithm::ALL {
+            let key = PrivateKey::generate(algorithm).expect("generate");
+            let signature = key.sign(b"amount 100").expect("sign");
+            let err = key
+                .public_key()
+                .verify(b"amount 900", &signature)
+                .expect_err("must fail");
+            assert_eq!(err.reason_code(), "signature.invalid", "{algorithm}");
+        }
+    }
+
+    #[test]
+    fn rejects_signature_of_wrong_length() {
+        for algorithm in Algorithm::ALL {
+            let key = PrivateKey::generate(algorithm).expect("generate");
+            let err = key
+                .public_key()
+                .verify(b"m", &[1u8; 63])
+                .expect_err("short");
+            assert_eq!(err.kind(), SignatureErrorKind::Malformed);
+        }
+    }
+
+    #[test]
+    fn rejects_signature_by_another_key() {
+        for algorithm in Algorithm::ALL {
+            let signer = PrivateKey::generate(algorithm).expect("generate");
+            let other = PrivateKey::generate(algorithm).expect("generate");
+            let signature = signer.sign(b"m").expect("sign");
+            assert!(other.public_key().verify(b"m", &signature).is_err());
+        }
+    }
+
+    #[test]
+    fn fixed_scalar_gives_the_same_public_key_every_time() {
+        for algorithm in Algorithm::ALL {
+            let a = PrivateKey::from_scalar(algorithm, &fixed_scalar(7)).expect("a");
+            let b = PrivateKey::from_scalar(algorithm, &fixed_scalar(7)).expect("b");
+            assert_eq!(a.public_key(), b.public_key());
+        }
+    }
+
+    #[test]
+    fn sm2_signature_of_fixed_key_is_deterministic() {
+        let key = PrivateKey::from_scalar(Algorithm::Sm2Sm3, &fixed_scalar(9)).expect("key");
+        assert_eq!(
+            key.sign(b"vector").expect("a"),
+            key.sign(b"vector").expect("b")
+        );
+    }
+
+    #[test]
+    fn rejects_zero_and_out_of_range_scalars() {
+        for algorithm in Algorithm::ALL {
+            let zero = PrivateKey::from_scalar(algorithm, &[0u8; SCALAR_BYTES]).expect_err("0");
+            assert_eq!(zero.kind(), KeyErrorKind::Malformed);
+            let big = PrivateKey::from_scalar(algorithm, &[0xffu8; SCALAR_BYTES]).expect_err("n+");
+            assert_eq!(big.kind(), KeyErrorKind::Malformed);
+        }
+        let n_minus_1 =
+            PrivateKey::from_scalar(Algorithm::Sm2Sm3, &SM2_ORDER_MINUS_ONE).expect_err("n-1");
+        assert_eq!(n_minus_1.kind(), KeyErrorKind::Malformed);
+    }
+
+    #[test]
+    fn pkcs8_pem_round_trip_keeps_the_key() {
+        for algorithm in Algorithm::ALL {
+            let key = PrivateKey::generate(algorithm).expect("generate");
+            let pem = key.to_pkcs8_pem().expect("pem");
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+            let back = PrivateKey::from_pkcs8_pem(&pem).expect("parse");
+            assert_eq!(back.public_key(), key.public_key());
+            let signature = back.sign(b"after reload").expect("sign");
+            assert_eq!(key.public_key().verify(b"after reload", &signature), Ok(()));
+        }
+    }
+
+    #[test]
+    fn pkcs8_names_the_curve_of_each_algorithm() {
+        for algorithm in Algorithm::ALL {
+            let key = PrivateKey::generate(algorithm).expect("generate");
+            let der = key.to_pkcs8_der().expect("der");
+            let info = sm2::pkcs8::PrivateKeyInfoRef::try_from(der.as_slice()).expect("info");
+            assert_eq!(info.algorithm.oid, OID_EC_PUBLIC_KEY);
+            assert_eq!(
+                info.algorithm.parameters_oid().expect("curve"),
+                algorithm.curve_oid()
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_pem_with_another_label() {
+        let key = PrivateKey::generate(Algorithm::EcdsaP256Sha256).expect("generate");
+        let pem = key
+            .to_pkcs8_pem()
+            .expect("pem")
+            .replace("PRIVATE KEY", "PUBLIC KEY");
+        let err = PrivateKey::from_pkcs8_pem(&pem).expect_err("label");
+        assert_eq!(err.kind(), KeyErrorKind::Malformed);
+    }
+
+    #[test]
+    fn rejects_point_off_the_curve() {
+        for algorithm in Algorithm::ALL {
+            let mut point = [0u8; PUBLIC_POINT_BYTES];
+            point[0] = 0x04;
+            point[64] = 1;
+            let err = PublicKey::from_sec1_point(algorithm, &point).expect_err("off curve");
+            assert_eq!(err.kind(), KeyErrorKind::Malformed);
+        }
+    }
+
+    #[test]
+    fn der_signature_verifies_as_certificate_signature() {
+        for algorithm in Algorithm::ALL {
+            let key = PrivateKey::generate(algorithm).expect("generate");
+            let der = key.sign_der(b"tbs").expect("sign");
+            assert_eq!(der[0], 0x30, "DER SEQUENCE");
+            assert_eq!(key.public_key().verify_der(b"tbs", &der), Ok(()));
+            assert!(key.public_key().verify_der(b"tbs2", &der).is_err());
+        }
+    }
+
+    #[test]
+    fn debug_output_holds_no_key_material() {
+        let key =
+            PrivateKey::from_scalar(Algorithm::EcdsaP256Sha256, &fixed_scalar(5)).expect("key");
+        let shown = format!("{key:?}");
+        assert!(!shown.contains(&hex::encode(fixed_scalar(5))));
+        assert!(shown.contains("EcdsaP256Sha256"));
+    }
+}
