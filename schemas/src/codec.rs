@@ -47,6 +47,11 @@ pub trait Message: Serialize + DeserializeOwned + sealed::Sealed {
     const FRAME_BYTES_MAX: usize = FRAME_BYTES_MAX;
 
     /// The parsed schema of the current version ([`SCHEMA_ID`](Self::SCHEMA_ID)).
+    ///
+    /// # Panics
+    ///
+    /// Never for the messages of this crate: their schemas are compiled in, and a test parses
+    /// every schema and checks every message's id against the table.
     fn schema() -> &'static Schema {
         match registry::compiled(Self::SCHEMA_ID) {
             Some(compiled) => compiled.schema,
@@ -61,12 +66,20 @@ pub trait Message: Serialize + DeserializeOwned + sealed::Sealed {
 
     /// Checks the contract rules of the message: limits, signs, formats and cross-field rules.
     ///
-    /// [`encode`] and [`decode`] call it; the error is
-    /// [`InvalidField`](CodecErrorKind::InvalidField) and names the field.
+    /// [`encode`] and [`decode`] call it.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidField`](CodecErrorKind::InvalidField), naming the first field that breaks a rule.
     fn validate(&self) -> Result<(), CodecError>;
 }
 
 /// Encodes `message` as a new frame.
+///
+/// # Errors
+///
+/// [`InvalidField`](CodecErrorKind::InvalidField) when the message breaks a contract rule,
+/// [`TooLarge`](CodecErrorKind::TooLarge) when the frame would exceed the message's limit.
 pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, CodecError> {
     let mut frame = Vec::with_capacity(512);
     encode_into(message, &mut frame)?;
@@ -75,7 +88,9 @@ pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, CodecError> {
 
 /// Appends the frame of `message` to `out`, so that a producer can reuse one buffer.
 ///
-/// On error `out` is left as it was.
+/// # Errors
+///
+/// As [`encode`]; on error `out` is left as it was.
 pub fn encode_into<M: Message>(message: &M, out: &mut Vec<u8>) -> Result<(), CodecError> {
     message.validate()?;
     let compiled = current(M::NAME, M::SCHEMA_ID)?;
@@ -110,6 +125,17 @@ pub fn encode_into<M: Message>(message: &M, out: &mut Vec<u8>) -> Result<(), Cod
 /// Decodes a frame holding any known version of message `M`.
 ///
 /// Never panics: every malformed frame is a [`CodecError`].
+///
+/// # Errors
+///
+/// One kind per way a frame can be wrong, checked in this order:
+/// [`TooLarge`](CodecErrorKind::TooLarge), [`Truncated`](CodecErrorKind::Truncated) and
+/// [`BadMagic`](CodecErrorKind::BadMagic) for the header,
+/// [`UnknownSchemaId`](CodecErrorKind::UnknownSchemaId) and
+/// [`WrongMessage`](CodecErrorKind::WrongMessage) for the id,
+/// [`Truncated`](CodecErrorKind::Truncated), [`InvalidDatum`](CodecErrorKind::InvalidDatum) and
+/// [`TrailingBytes`](CodecErrorKind::TrailingBytes) for the datum, and
+/// [`InvalidField`](CodecErrorKind::InvalidField) for the contract rules.
 pub fn decode<M: Message>(frame: &[u8]) -> Result<M, CodecError> {
     if frame.len() > M::FRAME_BYTES_MAX {
         return Err(CodecError::new(
@@ -169,7 +195,12 @@ pub fn decode<M: Message>(frame: &[u8]) -> Result<M, CodecError> {
 
 /// Reads the schema id of a frame without decoding it, e.g. to route or to name a dead letter.
 ///
-/// Checks the header only: length and magic byte. The id may still be unknown.
+/// Checks the header only; the id may still be unknown.
+///
+/// # Errors
+///
+/// [`Truncated`](CodecErrorKind::Truncated) for a frame shorter than [`HEADER_BYTES`],
+/// [`BadMagic`](CodecErrorKind::BadMagic) when byte 0 is not [`MAGIC_BYTE`].
 pub fn schema_id(frame: &[u8]) -> Result<u32, CodecError> {
     let Some((&magic, rest)) = frame.split_first() else {
         return Err(CodecError::new(CodecErrorKind::Truncated, "empty frame"));

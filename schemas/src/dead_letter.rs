@@ -21,7 +21,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// The original bytes as received, cut to [`DEAD_LETTER_ORIGINAL_BYTES_MAX`]
-    /// (see [`DeadLetter::keep_original`]).
+    /// (see [`DeadLetter::truncate_to_limits`]).
     #[serde(with = "apache_avro::serde::bytes")]
     pub original: Vec<u8>,
     /// Length of the original before any cut.
@@ -47,12 +47,45 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The bytes to keep of an original and its full length, for `original` and
-    /// `original_size_bytes`: the first [`DEAD_LETTER_ORIGINAL_BYTES_MAX`] bytes.
-    pub fn keep_original(original: &[u8]) -> (Vec<u8>, i64) {
-        let kept = &original[..original.len().min(DEAD_LETTER_ORIGINAL_BYTES_MAX)];
-        let size = i64::try_from(original.len()).unwrap_or(i64::MAX);
-        (kept.to_vec(), size)
+    /// Cuts what came from outside (original, subject, detail, headers) to the limits, so that
+    /// a dead letter can always be encoded, whatever the rejected input was.
+    ///
+    /// `original_size_bytes` becomes at least the length of `original` before the cut; the
+    /// first [`HEADERS_MAX`] headers in name order are kept and empty names dropped.
+    pub fn truncate_to_limits(&mut self) {
+        let len = i64::try_from(self.original.len()).unwrap_or(i64::MAX);
+        self.original_size_bytes = self.original_size_bytes.max(len);
+        self.original.truncate(DEAD_LETTER_ORIGINAL_BYTES_MAX);
+        cut(&mut self.subject, SUBJECT_BYTES_MAX);
+        cut(&mut self.detail, DETAIL_BYTES_MAX);
+        if self.headers.len() > HEADERS_MAX
+            || self.headers.iter().any(|(k, v)| {
+                k.is_empty() || k.len() > HEADER_BYTES_MAX || v.len() > HEADER_BYTES_MAX
+            })
+        {
+            let headers = std::mem::take(&mut self.headers);
+            for (mut name, mut value) in headers {
+                if self.headers.len() == HEADERS_MAX {
+                    break;
+                }
+                cut(&mut name, HEADER_BYTES_MAX);
+                cut(&mut value, HEADER_BYTES_MAX);
+                if !name.is_empty() {
+                    self.headers.entry(name).or_insert(value);
+                }
+            }
+        }
+    }
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
 }
 

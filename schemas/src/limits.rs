@@ -12,7 +12,8 @@
 pub const FRAME_BYTES_MAX: usize = 64 * 1024;
 
 /// Largest [`DeadLetter`](crate::DeadLetter) frame: it carries an original of up to
-/// [`DEAD_LETTER_ORIGINAL_BYTES_MAX`] plus its subject, detail and headers.
+/// [`DEAD_LETTER_ORIGINAL_BYTES_MAX`] plus its subject, detail and headers. With every field at
+/// its limit a dead letter takes about 84 KiB, so one cut to the limits always fits.
 pub const DEAD_LETTER_FRAME_BYTES_MAX: usize = 96 * 1024;
 
 /// Most original bytes a dead letter keeps; a longer original is cut and its full length kept in
@@ -42,8 +43,9 @@ pub const SUBJECT_BYTES_MAX: usize = 256;
 /// Most headers kept in a dead letter.
 pub const HEADERS_MAX: usize = 32;
 
-/// Longest header name or value kept in a dead letter, in bytes of UTF-8.
-pub const HEADER_BYTES_MAX: usize = 1024;
+/// Longest header name or value kept in a dead letter, in bytes of UTF-8 (a W3C
+/// `traceparent` is 55).
+pub const HEADER_BYTES_MAX: usize = 256;
 
 /// Largest DER certificate. Real P-256 and SM2 certificates are 400 to 1,200 bytes.
 pub const CERTIFICATE_BYTES_MAX: usize = 4096;

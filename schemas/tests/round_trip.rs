@@ -119,21 +119,159 @@ fn encoding_is_deterministic() {
 
 #[test]
 fn dead_letter_keeps_a_whole_frame_of_the_largest_size() {
-    let original = vec![0xab; FRAME_BYTES_MAX];
-    let (kept, size) = DeadLetter::keep_original(&original);
-    let letter = DeadLetter {
-        original: kept,
-        original_size_bytes: size,
+    let mut letter = DeadLetter {
+        original: vec![0xab; FRAME_BYTES_MAX],
         ..fixtures::dead_letter()
     };
+    letter.truncate_to_limits();
+    assert_eq!(letter.original.len(), FRAME_BYTES_MAX);
+    assert_eq!(letter.original_size_bytes, FRAME_BYTES_MAX as i64);
     let frame = round_trip(&letter);
     assert!(frame.len() > FRAME_BYTES_MAX);
 }
 
 #[test]
-fn dead_letter_cuts_an_oversized_original_and_keeps_its_length() {
-    let original = vec![0xab; FRAME_BYTES_MAX * 3];
-    let (kept, size) = DeadLetter::keep_original(&original);
-    assert_eq!(kept.len(), DEAD_LETTER_ORIGINAL_BYTES_MAX);
-    assert_eq!(size, (FRAME_BYTES_MAX * 3) as i64);
+fn dead_letter_of_oversized_input_is_cut_to_fit_and_keeps_the_length() {
+    // Every field at or beyond its limit: after the cut the letter must still encode.
+    let mut letter = DeadLetter {
+        original: vec![0xab; FRAME_BYTES_MAX * 3],
+        subject: "s".repeat(SUBJECT_BYTES_MAX * 2),
+        stage: "s".repeat(ID_CHARS_MAX),
+        reason_code: "r".repeat(REASON_CODE_CHARS_MAX),
+        detail: "é".repeat(DETAIL_BYTES_MAX),
+        headers: (0..HEADERS_MAX * 2)
+            .map(|i| {
+                let name = format!("h{i:03}{}", "n".repeat(HEADER_BYTES_MAX * 2));
+                (name, "v".repeat(HEADER_BYTES_MAX * 2))
+            })
+            .chain([(String::new(), "dropped".to_owned())])
+            .collect(),
+        ..fixtures::dead_letter()
+    };
+    letter.truncate_to_limits();
+    assert_eq!(letter.original.len(), DEAD_LETTER_ORIGINAL_BYTES_MAX);
+    assert_eq!(letter.original_size_bytes, (FRAME_BYTES_MAX * 3) as i64);
+    assert_eq!(letter.subject.len(), SUBJECT_BYTES_MAX);
+    assert_eq!(letter.detail.len(), DETAIL_BYTES_MAX);
+    assert_eq!(letter.headers.len(), HEADERS_MAX);
+    assert!(letter.headers.keys().all(|name| name.starts_with('h')));
+    // 64 KiB original plus 32 cut headers of 1 KiB still fit the dead-letter limit.
+    let frame = round_trip(&letter);
+    assert!(frame.len() <= DEAD_LETTER_FRAME_BYTES_MAX);
+}
+
+// With every collection and byte string at its limit, each message still fits its frame: the
+// limits are consistent, so a valid message is never refused for its size.
+
+fn longest_id(i: usize) -> String {
+    format!("{i:04}{}", "9".repeat(ID_CHARS_MAX - 4))
+}
+
+fn largest_certificate() -> Vec<u8> {
+    fixtures::certificate(1, CERTIFICATE_BYTES_MAX)
+}
+
+#[test]
+fn largest_envelope_fits_its_frame() {
+    let envelope = TransactionEnvelope {
+        payer: PartyRef {
+            institution_id: longest_id(1),
+            wallet_id: longest_id(2),
+        },
+        payee: PartyRef {
+            institution_id: longest_id(3),
+            wallet_id: longest_id(4),
+        },
+        amount_fen: AMOUNT_FEN_MAX,
+        payer_certificate: largest_certificate(),
+        payee_certificate: largest_certificate(),
+        payee_signature: vec![7; SIGNATURE_BYTES_MAX],
+        pin_proof: Some(PinProof {
+            secure_element_certificate: largest_certificate(),
+            verified_at_ms: i64::MAX,
+            signature: vec![7; SIGNATURE_BYTES_MAX],
+        }),
+        payer_signature: vec![7; SIGNATURE_BYTES_MAX],
+        ..fixtures::transaction_envelope()
+    };
+    let frame = round_trip(&envelope);
+    assert!(frame.len() < FRAME_BYTES_MAX / 4, "{} bytes", frame.len());
+}
+
+#[test]
+fn largest_settlement_instruction_fits_its_frame() {
+    let positions = (0..POSITIONS_MAX)
+        .map(|i| {
+            let mut position = fixtures::settlement_position(&longest_id(i), i64::MAX, i64::MAX);
+            position.window_id = i64::MAX;
+            position.window_start_at_ms = i64::MAX - 1;
+            position.window_end_at_ms = i64::MAX;
+            position.clearing_count = i64::MAX;
+            position
+        })
+        .collect();
+    let instruction = SettlementInstruction {
+        window_id: i64::MAX,
+        window_start_at_ms: i64::MAX - 1,
+        window_end_at_ms: i64::MAX,
+        positions,
+        late_clearing_count: i64::MAX,
+        late_amount_fen: i64::MAX,
+        issued_at_ms: i64::MAX,
+        issuer_certificate: largest_certificate(),
+        signature: vec![7; SIGNATURE_BYTES_MAX],
+        ..fixtures::settlement_instruction()
+    };
+    round_trip(&instruction);
+}
+
+#[test]
+fn largest_revocation_update_fits_its_frame() {
+    let revoked = (0..REVOKED_PER_UPDATE_MAX)
+        .map(|i| RevokedCertificate {
+            serial: vec![(i % 251) as u8 + 1; SERIAL_BYTES_MAX],
+            revoked_at_ms: i64::MAX,
+            reason: "privilegeWithdrawn".to_owned(),
+        })
+        .collect();
+    let update = RevocationUpdate {
+        revoked,
+        issuer_certificate: largest_certificate(),
+        signature: vec![7; SIGNATURE_BYTES_MAX],
+        ..fixtures::revocation_update()
+    };
+    round_trip(&update);
+}
+
+#[test]
+fn largest_blacklist_command_fits_its_frame() {
+    let command = RemoteControlCommand {
+        blacklist: (0..BLACKLIST_ENTRIES_MAX).map(longest_id).collect(),
+        institution_certificate: largest_certificate(),
+        institution_signature: vec![7; SIGNATURE_BYTES_MAX],
+        ..fixtures::blacklist_command()
+    };
+    round_trip(&command);
+}
+
+#[test]
+fn largest_service_entity_fits_its_frame() {
+    let entity = ServiceEntity {
+        name: "站".repeat(NAME_BYTES_MAX / 3),
+        geofence: vec![
+            GeoPoint {
+                latitude_e7: -LATITUDE_E7_MAX,
+                longitude_e7: -LONGITUDE_E7_MAX
+            };
+            GEOFENCE_POINTS_MAX
+        ],
+        tariff: Tariff {
+            toll: Some(TollTariff {
+                fen_by_vehicle_class: vec![AMOUNT_FEN_MAX; VEHICLE_CLASSES_MAX],
+            }),
+            ..fixtures::service_entity().tariff
+        },
+        ..fixtures::service_entity()
+    };
+    round_trip(&entity);
 }
