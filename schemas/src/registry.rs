@@ -25,97 +25,24 @@ pub struct SchemaEntry {
 }
 
 /// Every schema id in use. docs/SCHEMAS.md repeats this table; a test keeps them equal.
+#[rustfmt::skip]
 pub const SCHEMA_TABLE: [SchemaEntry; 15] = [
-    entry(
-        1,
-        "TransactionEnvelope",
-        1,
-        include_str!("../avsc/transaction_envelope.avsc"),
-    ),
-    entry(
-        2,
-        "ClearingMessage",
-        1,
-        include_str!("../avsc/clearing_message.avsc"),
-    ),
-    entry(
-        3,
-        "ClearingResponse",
-        1,
-        include_str!("../avsc/clearing_response.avsc"),
-    ),
-    entry(
-        4,
-        "PaymentOutcome",
-        1,
-        include_str!("../avsc/payment_outcome.avsc"),
-    ),
-    entry(
-        5,
-        "SettlementPosition",
-        1,
-        include_str!("../avsc/settlement_position.avsc"),
-    ),
-    entry(
-        6,
-        "SettlementInstruction",
-        1,
-        include_str!("../avsc/settlement_instruction.avsc"),
-    ),
-    entry(
-        7,
-        "VehicleTelemetry",
-        1,
-        include_str!("../avsc/vehicle_telemetry.avsc"),
-    ),
-    entry(
-        8,
-        "ServiceAuthorization",
-        1,
-        include_str!("../avsc/service_authorization.avsc"),
-    ),
-    entry(
-        9,
-        "ServiceEntity",
-        1,
-        include_str!("../avsc/service_entity.avsc"),
-    ),
-    entry(
-        10,
-        "ServiceCompleteReport",
-        1,
-        include_str!("../avsc/service_complete_report.avsc"),
-    ),
-    entry(
-        11,
-        "WalletKeySet",
-        1,
-        include_str!("../avsc/wallet_key_set.avsc"),
-    ),
-    entry(
-        12,
-        "WalletSyncResult",
-        1,
-        include_str!("../avsc/wallet_sync_result.avsc"),
-    ),
-    entry(
-        13,
-        "RemoteControlCommand",
-        1,
-        include_str!("../avsc/remote_control_command.avsc"),
-    ),
-    entry(
-        14,
-        "RevocationUpdate",
-        1,
-        include_str!("../avsc/revocation_update.avsc"),
-    ),
-    entry(
-        15,
-        "DeadLetter",
-        1,
-        include_str!("../avsc/dead_letter.avsc"),
-    ),
+    //    id  message                  version  schema
+    entry( 1, "TransactionEnvelope",   1, include_str!("../avsc/transaction_envelope.avsc")),
+    entry( 2, "ClearingMessage",       1, include_str!("../avsc/clearing_message.avsc")),
+    entry( 3, "ClearingResponse",      1, include_str!("../avsc/clearing_response.avsc")),
+    entry( 4, "PaymentOutcome",        1, include_str!("../avsc/payment_outcome.avsc")),
+    entry( 5, "SettlementPosition",    1, include_str!("../avsc/settlement_position.avsc")),
+    entry( 6, "SettlementInstruction", 1, include_str!("../avsc/settlement_instruction.avsc")),
+    entry( 7, "VehicleTelemetry",      1, include_str!("../avsc/vehicle_telemetry.avsc")),
+    entry( 8, "ServiceAuthorization",  1, include_str!("../avsc/service_authorization.avsc")),
+    entry( 9, "ServiceEntity",         1, include_str!("../avsc/service_entity.avsc")),
+    entry(10, "ServiceCompleteReport", 1, include_str!("../avsc/service_complete_report.avsc")),
+    entry(11, "WalletKeySet",          1, include_str!("../avsc/wallet_key_set.avsc")),
+    entry(12, "WalletSyncResult",      1, include_str!("../avsc/wallet_sync_result.avsc")),
+    entry(13, "RemoteControlCommand",  1, include_str!("../avsc/remote_control_command.avsc")),
+    entry(14, "RevocationUpdate",      1, include_str!("../avsc/revocation_update.avsc")),
+    entry(15, "DeadLetter",            1, include_str!("../avsc/dead_letter.avsc")),
 ];
 
 const fn entry(id: u32, message: &'static str, version: u32, avsc: &'static str) -> SchemaEntry {
