@@ -37,6 +37,7 @@ impl Message for PaymentOutcomeV2 {
 fn outcome_v1() -> PaymentOutcome {
     PaymentOutcome {
         payment_id: PaymentId::from_bytes([7; 16]),
+        envelope_digest: crate::Digest32::from_bytes([8; 32]),
         status: OutcomeStatus::Completed,
         reason_code: None,
         detail: "cleared".to_owned(),
@@ -53,6 +54,8 @@ fn outcome_v1() -> PaymentOutcome {
         decided_at_ms: 1_728_000_000_123,
         decided_by: "OI-BOC".to_owned(),
         stage: "clearing".to_owned(),
+        institution_certificate: vec![0x30, 0x82, 0x01, 0x00],
+        institution_signature: vec![9; 64],
     }
 }
 

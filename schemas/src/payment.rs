@@ -120,6 +120,8 @@ pub enum OutcomeStatus {
 pub struct PaymentOutcome {
     /// Id of the payment.
     pub payment_id: PaymentId,
+    /// Digest of the envelope this outcome answers (see docs/PROTOCOL.md).
+    pub envelope_digest: Digest32,
     /// The outcome.
     pub status: OutcomeStatus,
     /// Stable reason code; present exactly when `status` is `Rejected`.
@@ -140,6 +142,12 @@ pub struct PaymentOutcome {
     pub decided_by: String,
     /// Pipeline stage that decided, e.g. `verify`.
     pub stage: String,
+    /// DER certificate of the deciding institution.
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub institution_certificate: Vec<u8>,
+    /// The deciding institution's signature over every other field.
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub institution_signature: Vec<u8>,
 }
 
 impl Sealed for PaymentOutcome {}
@@ -160,6 +168,8 @@ impl Message for PaymentOutcome {
         check::currency("currency", &self.currency)?;
         check::non_negative("decided_at_ms", self.decided_at_ms)?;
         check::id("decided_by", &self.decided_by)?;
-        check::id("stage", &self.stage)
+        check::id("stage", &self.stage)?;
+        check::certificate("institution_certificate", &self.institution_certificate)?;
+        check::signature("institution_signature", &self.institution_signature)
     }
 }

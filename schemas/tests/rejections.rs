@@ -127,9 +127,10 @@ fn rejects_corrupted_length_prefix_before_reading_it() {
 
 #[test]
 fn rejects_enum_symbol_out_of_range() {
-    // OutcomeStatus follows the 16-byte payment id: index 5 (zig-zag 10) does not exist.
+    // OutcomeStatus follows the 16-byte payment id and the 32-byte envelope digest: index 5
+    // (zig-zag 10) does not exist.
     let mut frame = outcome_frame();
-    frame[HEADER_BYTES + 16] = 10;
+    frame[HEADER_BYTES + 48] = 10;
     let error = expect_reason::<PaymentOutcome>(&frame, "schema.invalid_datum");
     assert!(error.detail().contains("enum"), "{error}");
 }
@@ -147,9 +148,10 @@ fn rejects_string_that_is_not_utf8() {
 
 #[test]
 fn rejects_negative_length() {
-    // The detail string of the outcome starts after id (16), status (1) and null reason (1).
+    // The detail string of the outcome starts after id (16), digest (32), status (1) and null
+    // reason (1).
     let mut frame = outcome_frame();
-    frame[HEADER_BYTES + 18] = 0x03; // zig-zag -2
+    frame[HEADER_BYTES + 50] = 0x03; // zig-zag -2
     expect_reason::<PaymentOutcome>(&frame, "schema.invalid_datum");
 }
 
