@@ -26,12 +26,13 @@ use bytes::Bytes;
 mod embedded;
 mod error;
 mod kafka;
+pub mod metrics;
 mod nats;
 mod url;
 
 use std::sync::Arc;
 
-pub use embedded::{EmbeddedBus, EmbeddedConfig};
+pub use embedded::{EmbeddedBus, EmbeddedConfig, EmbeddedSubjectStats};
 pub use error::{BusError, BusErrorKind};
 pub use kafka::KafkaBus;
 pub use nats::NatsBus;
