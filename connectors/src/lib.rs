@@ -4,3 +4,7 @@
 //!   bus, chosen by URL.
 
 pub mod bus;
+
+/// Real brokers (nats-server, tansu) started per test; see the module doc.
+#[cfg(feature = "testkit")]
+pub mod testkit;

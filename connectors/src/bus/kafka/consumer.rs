@@ -1,0 +1,737 @@
+//! Competing consumers on Kafka, with the per-message acks of the bus interface.
+//!
+//! Kafka keeps one committed offset per partition and group, not per-message acks. Each member
+//! therefore tracks the records it received per partition and commits, for each partition, the
+//! lowest offset not yet settled (acked, or given up after `max_deliver`): everything below
+//! a commit is processed. Commits go out every [`COMMIT_INTERVAL`] and synchronously before
+//! partitions are taken away in a rebalance.
+//!
+//! Redelivery is local: a nak, or a delivery not acked within `ack_wait`, makes the member hand
+//! the record out again from memory with `delivery_count` incremented, up to `max_deliver`.
+//! After a crash, Kafka hands the uncommitted records to a member again and their count
+//! starts again at 1: the count is per member life, not stored in Kafka.
+//!
+//! A background task polls the group continuously, so that rebalances complete while the
+//! application is busy, and pauses the partitions (librdkafka then drops what it prefetched)
+//! while the member tracks `max_in_flight` unsettled records: memory stays bounded.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::client::{TracingContext, client_config};
+use super::wire;
+use crate::bus::metrics::SubjectMetrics;
+use crate::bus::{
+    Acker, BusError, BusErrorKind, Consumer, ConsumerConfig, Delivery, KafkaOptions, Record,
+    StartAt,
+};
+
+/// How often settled records are committed.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// Time allowed to join the group and receive a first assignment.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause after a consumer error before polling again.
+const ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// Bytes librdkafka may prefetch per partition (`queued.max.messages.kbytes`).
+const PREFETCH_KBYTES_MAX: usize = 16 * 1024;
+
+/// Where a tracked record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Waiting to be handed out.
+    Ready,
+    /// Handed out; redelivered if not settled by `deadline`.
+    Held { deadline: Instant },
+    /// Naked; handed out again at `due`.
+    Waiting { due: Instant },
+    /// Acked, or given up after `max_deliver`: may be committed.
+    Done,
+}
+
+#[derive(Debug)]
+struct Slot {
+    record: Record,
+    delivery_count: u32,
+    state: SlotState,
+}
+
+/// The records of one assigned partition.
+#[derive(Debug)]
+struct Partition {
+    /// Changes when the partition is assigned anew, so that acks of an earlier assignment are
+    /// recognised as stale.
+    epoch: u64,
+    slots: BTreeMap<i64, Slot>,
+    /// One past the highest offset received; -1 before the first record.
+    next_offset: i64,
+    /// The offset last committed by this member; -1 when none.
+    committed: i64,
+}
+
+impl Partition {
+    fn new(epoch: u64) -> Self {
+        Partition {
+            epoch,
+            slots: BTreeMap::new(),
+            next_offset: -1,
+            committed: -1,
+        }
+    }
+
+    /// The offset to commit: the lowest not settled, else one past the last received.
+    fn commit_point(&self) -> i64 {
+        self.slots
+            .iter()
+            .find(|(_, slot)| slot.state != SlotState::Done)
+            .map_or(self.next_offset, |(offset, _)| *offset)
+    }
+
+    fn unsettled(&self) -> usize {
+        self.slots
+            .values()
+            .filter(|slot| slot.state != SlotState::Done)
+            .count()
+    }
+}
+
+/// Everything the poller, `fetch` and the ackers share, under one lock.
+#[derive(Debug, Default)]
+struct State {
+    partitions: HashMap<i32, Partition>,
+    /// Records to hand out, in order: (partition, offset, epoch).
+    ready: VecDeque<(i32, i64, u64)>,
+    /// Records tracked and not settled (ready, held or waiting).
+    unsettled: usize,
+    /// Partitions taken away by an eager rebalance, kept until the next assignment says
+    /// whether they come back.
+    revoked: HashSet<i32>,
+    paused: bool,
+    assigned: bool,
+    next_epoch: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ConsumerConfig,
+    metrics: SubjectMetrics,
+    state: Mutex<State>,
+    /// Handed-out deliveries not yet acked, naked or dropped.
+    held: AtomicUsize,
+    /// Wakes `fetch`: records arrived, room was freed, a nak changed the schedule.
+    wake_fetch: Notify,
+    /// Wakes the poller: room was freed, something can be committed, or it must stop.
+    wake_poller: Notify,
+    /// The first assignment arrived.
+    assigned: Notify,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tracks a record received from Kafka.
+    fn on_record(&self, record: Record) {
+        let partition = i32::try_from(record.position.partition).unwrap_or(i32::MAX);
+        let offset = i64::try_from(record.position.offset).unwrap_or(i64::MAX);
+        {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let Some(tracked) = state.partitions.get_mut(&partition) else {
+                // A late record of a partition taken away: its next owner reads it.
+                return;
+            };
+            if tracked.slots.contains_key(&offset)
+                || (tracked.committed >= 0 && offset < tracked.committed)
+            {
+                // Fetched again after a rebalance: already tracked or settled.
+                return;
+            }
+            tracked.slots.insert(
+                offset,
+                Slot {
+                    record,
+                    delivery_count: 0,
+                    state: SlotState::Ready,
+                },
+            );
+            tracked.next_offset = tracked.next_offset.max(offset + 1);
+            state.ready.push_back((partition, offset, tracked.epoch));
+            state.unsettled += 1;
+        }
+        self.wake_fetch.notify_one();
+    }
+
+    /// Moves expired and due records back to the ready queue (or gives them up after
+    /// `max_deliver`); returns when the next one falls due.
+    fn promote(&self, state: &mut State, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut exhausted = 0usize;
+        let max_deliver = self.config.max_deliver;
+        for (partition, tracked) in &mut state.partitions {
+            for (offset, slot) in &mut tracked.slots {
+                let at = match slot.state {
+                    SlotState::Held { deadline } => deadline,
+                    SlotState::Waiting { due } => due,
+                    SlotState::Ready | SlotState::Done => continue,
+                };
+                if at > now {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                } else if slot.delivery_count >= max_deliver {
+                    slot.state = SlotState::Done;
+                    exhausted += 1;
+                } else {
+                    slot.state = SlotState::Ready;
+                    state.ready.push_back((*partition, *offset, tracked.epoch));
+                }
+            }
+        }
+        if exhausted > 0 {
+            state.unsettled -= exhausted;
+            self.metrics.exhausted.increment(exhausted as u64);
+            self.wake_poller.notify_one();
+        }
+        next
+    }
+
+    /// Hands out ready records while the caller wants more and the member has room.
+    fn hand_out(self: &Arc<Self>, state: &mut State, max: usize, out: &mut Vec<Delivery>) {
+        let now = Instant::now();
+        while out.len() < max && self.held.load(Ordering::Acquire) < self.config.max_in_flight {
+            let Some((partition, offset, epoch)) = state.ready.pop_front() else {
+                break;
+            };
+            let Some(tracked) = state.partitions.get_mut(&partition) else {
+                continue;
+            };
+            if tracked.epoch != epoch {
+                continue;
+            }
+            let Some(slot) = tracked.slots.get_mut(&offset) else {
+                continue;
+            };
+            if slot.state != SlotState::Ready {
+                continue;
+            }
+            slot.delivery_count += 1;
+            slot.state = SlotState::Held {
+                deadline: now + self.config.ack_wait,
+            };
+            self.held.fetch_add(1, Ordering::AcqRel);
+            self.metrics.record_delivery(slot.delivery_count);
+            let acker = KafkaAcker {
+                shared: Arc::clone(self),
+                partition,
+                offset,
+                epoch,
+                delivery_count: slot.delivery_count,
+                _held: Held(Arc::clone(self)),
+            };
+            out.push(Delivery::new(
+                slot.record.clone(),
+                slot.delivery_count,
+                Box::new(acker),
+            ));
+        }
+    }
+
+    /// Settles a delivery: `Done` on ack; on nak, waiting for `delay` or done after
+    /// `max_deliver`. Stale settlements (a newer delivery is out, or the partition moved) are
+    /// ignored, except that any ack of the record counts.
+    fn settle(
+        &self,
+        partition: i32,
+        offset: i64,
+        epoch: u64,
+        delivery_count: u32,
+        nak: Option<Duration>,
+    ) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(tracked) = state.partitions.get_mut(&partition) else {
+            return;
+        };
+        if tracked.epoch != epoch {
+            return;
+        }
+        let Some(slot) = tracked.slots.get_mut(&offset) else {
+            return;
+        };
+        match (nak, slot.state) {
+            (_, SlotState::Done) => {}
+            (None, _) => {
+                slot.state = SlotState::Done;
+                state.unsettled -= 1;
+            }
+            (Some(_), _) if slot.delivery_count != delivery_count => {}
+            (Some(_), _) if slot.delivery_count >= self.config.max_deliver => {
+                slot.state = SlotState::Done;
+                state.unsettled -= 1;
+                self.metrics.exhausted.increment(1);
+            }
+            (Some(delay), _) => {
+                slot.state = SlotState::Waiting {
+                    due: Instant::now() + delay,
+                };
+            }
+        }
+    }
+
+    /// The offsets to commit for `only` (all partitions when `None`), marked as committed.
+    fn take_commits(&self, topic: &str, only: Option<&HashSet<i32>>) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        let mut state = self.lock();
+        for (partition, tracked) in &mut state.partitions {
+            if only.is_some_and(|only| !only.contains(partition)) {
+                continue;
+            }
+            let point = tracked.commit_point();
+            if point > tracked.committed {
+                if list
+                    .add_partition_offset(topic, *partition, Offset::Offset(point))
+                    .is_ok()
+                {
+                    tracked.committed = point;
+                }
+                // Settled records below the commit are no longer needed.
+                tracked.slots = tracked.slots.split_off(&point);
+            }
+        }
+        list
+    }
+
+    /// After a failed commit: commit those partitions again at the next round.
+    fn commit_failed(&self, offsets: &TopicPartitionList) {
+        let mut state = self.lock();
+        for element in offsets.elements() {
+            if let Some(tracked) = state.partitions.get_mut(&element.partition()) {
+                tracked.committed = -1;
+            }
+        }
+    }
+
+    /// Applies a new assignment: keeps partitions that stay, drops the others.
+    fn assign(&self, added: &TopicPartitionList, protocol: RebalanceProtocol) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let added: HashSet<i32> = added.elements().iter().map(|e| e.partition()).collect();
+        if !matches!(protocol, RebalanceProtocol::Cooperative) {
+            // Eager: the assignment is complete; partitions revoked and not given back go.
+            let gone: Vec<i32> = state
+                .revoked
+                .iter()
+                .filter(|p| !added.contains(p))
+                .copied()
+                .collect();
+            forget(state, &gone);
+            state.revoked.clear();
+        }
+        for partition in added {
+            if !state.partitions.contains_key(&partition) {
+                state.next_epoch += 1;
+                let epoch = state.next_epoch;
+                state.partitions.insert(partition, Partition::new(epoch));
+            }
+        }
+        state.assigned = true;
+    }
+
+    /// Takes partitions away (cooperative) or marks them until the next assignment (eager).
+    fn revoke(&self, revoked: &TopicPartitionList, protocol: RebalanceProtocol) {
+        let mut state = self.lock();
+        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        if matches!(protocol, RebalanceProtocol::Cooperative) {
+            forget(&mut state, &partitions);
+        } else {
+            state.revoked.extend(partitions);
+        }
+    }
+}
+
+/// Drops the tracking of `partitions`; their next owner reads the uncommitted records again.
+fn forget(state: &mut State, partitions: &[i32]) {
+    for partition in partitions {
+        if let Some(tracked) = state.partitions.remove(partition) {
+            state.unsettled -= tracked.unsettled();
+        }
+    }
+}
+
+/// One handed-out delivery counted against `max_in_flight`; released when settled or dropped.
+#[derive(Debug)]
+struct Held(Arc<Shared>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+        self.0.wake_fetch.notify_one();
+    }
+}
+
+struct KafkaAcker {
+    shared: Arc<Shared>,
+    partition: i32,
+    offset: i64,
+    epoch: u64,
+    delivery_count: u32,
+    _held: Held,
+}
+
+#[async_trait]
+impl Acker for KafkaAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        self.shared.settle(
+            self.partition,
+            self.offset,
+            self.epoch,
+            self.delivery_count,
+            None,
+        );
+        self.shared.metrics.acked.increment(1);
+        self.shared.wake_poller.notify_one();
+        Ok(())
+    }
+
+    async fn nak(self: Box<Self>, delay: Duration) -> Result<(), BusError> {
+        self.shared.settle(
+            self.partition,
+            self.offset,
+            self.epoch,
+            self.delivery_count,
+            Some(delay),
+        );
+        self.shared.metrics.naked.increment(1);
+        self.shared.wake_poller.notify_one();
+        Ok(())
+    }
+}
+
+/// The consumer context: rebalances update the tracking, commits that fail are redone, logs go
+/// to `tracing`.
+struct GroupContext {
+    shared: Arc<Shared>,
+    topic: String,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        TracingContext.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        TracingContext.error(error, reason);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            // Commit what is settled before another member starts from the committed offsets.
+            let partitions: HashSet<i32> =
+                revoked.elements().iter().map(|e| e.partition()).collect();
+            let commits = self.shared.take_commits(&self.topic, Some(&partitions));
+            if commits.count() > 0
+                && let Err(error) = consumer.commit(&commits, CommitMode::Sync)
+            {
+                tracing::warn!(topic = %self.topic, %error, "commit before revocation failed");
+            }
+            self.shared.revoke(revoked, consumer.rebalance_protocol());
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                self.shared.assign(assigned, consumer.rebalance_protocol());
+                let paused = self.shared.lock().paused;
+                if paused && let Err(error) = consumer.pause(assigned) {
+                    tracing::warn!(topic = %self.topic, %error, "pausing new partitions failed");
+                }
+                tracing::debug!(
+                    topic = %self.topic,
+                    group = %self.shared.config.group,
+                    partitions = assigned.count(),
+                    "partitions assigned"
+                );
+                self.shared.assigned.notify_waiters();
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => {
+                tracing::warn!(topic = %self.topic, %error, "rebalance error");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::warn!(topic = %self.topic, %error, "offset commit failed; retried");
+            self.shared.commit_failed(offsets);
+            self.shared.wake_poller.notify_one();
+        }
+    }
+}
+
+type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// A member of a consumer group on Kafka.
+pub(super) struct KafkaConsumer {
+    shared: Arc<Shared>,
+}
+
+impl KafkaConsumer {
+    /// Joins the group and waits for the member's first assignment, so that what is published
+    /// afterwards is read by the group as it now stands.
+    pub(super) async fn start(
+        servers: &[String],
+        options: &KafkaOptions,
+        config: ConsumerConfig,
+        metrics: SubjectMetrics,
+    ) -> Result<Self, BusError> {
+        let topic = config.subject.clone();
+        let shared = Arc::new(Shared {
+            config,
+            metrics,
+            state: Mutex::new(State::default()),
+            held: AtomicUsize::new(0),
+            wake_fetch: Notify::new(),
+            wake_poller: Notify::new(),
+            assigned: Notify::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let reset = match shared.config.start {
+            StartAt::Earliest => "earliest",
+            StartAt::Latest => "latest",
+        };
+        let prefetch_messages = shared.config.max_in_flight.clamp(1, 100_000);
+        let consumer: GroupConsumer = client_config(
+            servers,
+            &[
+                ("group.id", shared.config.group.clone()),
+                ("enable.auto.commit", "false".into()),
+                ("enable.auto.offset.store", "false".into()),
+                ("auto.offset.reset", reset.into()),
+                ("queued.min.messages", prefetch_messages.to_string()),
+                (
+                    "queued.max.messages.kbytes",
+                    PREFETCH_KBYTES_MAX.to_string(),
+                ),
+            ],
+            options,
+        )
+        .create_with_context(GroupContext {
+            shared: Arc::clone(&shared),
+            topic: topic.clone(),
+        })
+        .map_err(|e| BusError::with_source(BusErrorKind::Config, "Kafka consumer settings", e))?;
+        consumer.subscribe(&[topic.as_str()]).map_err(|e| {
+            BusError::with_source(BusErrorKind::Consume, format!("subscribing to {topic}"), e)
+        })?;
+        tokio::spawn(poll(Arc::new(consumer), Arc::clone(&shared), topic.clone()));
+        // Dropped on every early return, which stops the poller.
+        let member = KafkaConsumer { shared };
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        loop {
+            let assigned = member.shared.assigned.notified();
+            tokio::pin!(assigned);
+            assigned.as_mut().enable();
+            if member.shared.lock().assigned {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, assigned).await.is_err() {
+                return Err(BusError::new(
+                    BusErrorKind::Timeout,
+                    format!(
+                        "group {} got no assignment of {topic} within {JOIN_TIMEOUT:?}",
+                        member.shared.config.group
+                    ),
+                ));
+            }
+        }
+        Ok(member)
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.wake_poller.notify_one();
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn fetch(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, BusError> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        loop {
+            let woken = self.shared.wake_fetch.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let now = Instant::now();
+            let next_due = {
+                let mut state = self.shared.lock();
+                let next_due = self.shared.promote(&mut state, now);
+                self.shared.hand_out(&mut state, max, &mut out);
+                next_due
+            };
+            if !out.is_empty() || now >= deadline {
+                break;
+            }
+            let until = next_due.map_or(deadline, |due| due.min(deadline));
+            // Woken early by new records, freed room or a nak; otherwise at `until`.
+            let _ = tokio::time::timeout_at(until, woken).await;
+        }
+        Ok(out)
+    }
+}
+
+/// The member's background task: polls the group (serving rebalances), tracks records,
+/// pauses and resumes to honour `max_in_flight`, and commits.
+async fn poll(consumer: Arc<GroupConsumer>, shared: Arc<Shared>, topic: String) {
+    let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !shared.stopping.load(Ordering::Acquire) {
+        tokio::select! {
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    let record = wire::record(&message);
+                    drop(message);
+                    shared.on_record(record);
+                }
+                Err(error) => {
+                    tracing::warn!(%topic, %error, "consumer error");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            },
+            () = shared.wake_poller.notified() => {}
+            _ = commit_tick.tick() => {}
+        }
+        adjust_flow(&consumer, &shared, &topic);
+        let commits = shared.take_commits(&topic, None);
+        if commits.count() > 0
+            && let Err(error) = consumer.commit(&commits, CommitMode::Async)
+        {
+            tracing::warn!(%topic, %error, "offset commit not sent; retried");
+            shared.commit_failed(&commits);
+        }
+    }
+    // Last commit and leaving the group block on the network: off the async threads.
+    let closing = tokio::task::spawn_blocking(move || {
+        let commits = shared.take_commits(&topic, None);
+        if commits.count() > 0
+            && let Err(error) = consumer.commit(&commits, CommitMode::Sync)
+        {
+            tracing::warn!(%topic, %error, "final offset commit failed");
+        }
+        drop(consumer);
+    });
+    if let Err(error) = closing.await {
+        tracing::warn!(%error, "closing the Kafka consumer failed");
+    }
+}
+
+/// Pauses the assigned partitions while the member tracks `max_in_flight` unsettled records,
+/// and resumes them once there is room again.
+fn adjust_flow(consumer: &GroupConsumer, shared: &Shared, topic: &str) {
+    let (unsettled, paused) = {
+        let state = shared.lock();
+        (state.unsettled, state.paused)
+    };
+    let full = unsettled >= shared.config.max_in_flight;
+    if full == paused {
+        return;
+    }
+    let assignment = match consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(error) => {
+            tracing::warn!(%topic, %error, "reading the assignment failed");
+            return;
+        }
+    };
+    let result = if full {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => shared.lock().paused = full,
+        Err(error) => tracing::warn!(%topic, %error, paused = full, "flow control failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn record(offset: u64) -> Record {
+        Record {
+            subject: "txn.submit".into(),
+            payload: Bytes::from_static(b"p"),
+            key: None,
+            msg_id: None,
+            headers: Vec::new(),
+            position: crate::bus::Position {
+                partition: 0,
+                offset,
+            },
+            timestamp_ms: 0,
+        }
+    }
+
+    fn partition_with(states: &[(i64, SlotState)]) -> Partition {
+        let mut partition = Partition::new(1);
+        for (offset, state) in states {
+            partition.slots.insert(
+                *offset,
+                Slot {
+                    record: record(*offset as u64),
+                    delivery_count: 1,
+                    state: *state,
+                },
+            );
+            partition.next_offset = partition.next_offset.max(offset + 1);
+        }
+        partition
+    }
+
+    #[test]
+    fn commit_point_stops_at_the_first_unsettled_offset() {
+        let held = SlotState::Held {
+            deadline: Instant::now(),
+        };
+        let partition = partition_with(&[(5, SlotState::Done), (6, held), (7, SlotState::Done)]);
+        assert_eq!(partition.commit_point(), 6);
+    }
+
+    #[test]
+    fn commit_point_is_past_the_last_record_when_all_are_settled() {
+        let partition = partition_with(&[(5, SlotState::Done), (6, SlotState::Done)]);
+        assert_eq!(partition.commit_point(), 7);
+    }
+
+    #[test]
+    fn empty_partition_commits_nothing() {
+        let partition = Partition::new(1);
+        assert_eq!(partition.commit_point(), -1);
+        assert!(partition.commit_point() <= partition.committed);
+    }
+}

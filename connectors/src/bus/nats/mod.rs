@@ -1,0 +1,573 @@
+//! The bus on NATS JetStream.
+//!
+//! Layout on the server: one stream per subject family (the first token of a subject, see
+//! [`subject_family`]), named after it upper-cased, holding `family.>` in FILE storage with
+//! limits retention ([`STREAM_MAX_AGE`], [`STREAM_MAX_BYTES`]) and a dedup window of
+//! [`DUPLICATE_WINDOW`]. A full stream refuses new messages rather than dropping old ones that
+//! may not have been consumed yet: for payments, a refused publish is visible and retried,
+//! a dropped message is a silent loss.
+//!
+//! Every message carries `Nats-Msg-Id`: the caller's `msg_id`, or a generated one. Either way a
+//! publish whose acknowledgement was lost can be retried without storing the message twice,
+//! which is why this bus retries timed-out publishes by itself.
+//!
+//! A consumer group is one durable pull consumer per (group, subject), shared by its members;
+//! see [`consumer`]. A replay is an ordered consumer outside any group; see [`replay`].
+//!
+//! Secrets in [`NatsOptions`] go to the client library only and are never logged.
+
+mod consumer;
+mod replay;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::context::{
+    CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind, PublishAckFuture,
+    PublishError, PublishErrorKind,
+};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
+use async_nats::jetstream::{
+    self, ErrorCode, consumer::AckPolicy, consumer::DeliverPolicy, stream,
+};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, ServerAddr};
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use super::metrics::SubjectMetrics;
+use super::{
+    Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, NatsOptions, Outgoing,
+    PAYLOAD_BYTES_MAX, Position, PublishReceipt, ReplayRequest, ReplayStream, StartAt, SubjectSpec,
+    dead_letter_subject, header, subject_family, validate_subject,
+};
+
+pub(crate) use consumer::check_config as check_consumer_config;
+pub(crate) use wire::check_portable_headers;
+
+/// A second publish with the same `msg_id` within this window is not stored again.
+pub(crate) const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
+/// Messages older than this are removed from a stream (limits retention), consumed or not.
+pub(crate) const STREAM_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Size of a stream beyond which new messages are refused. The server reserves it in its
+/// storage when the stream is created.
+pub(crate) const STREAM_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+/// Time allowed to establish a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed to a request (JetStream API, ack confirmation).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the server has to acknowledge a publish.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of one publish that timed out or lost its connection (same `Nats-Msg-Id` each time).
+const PUBLISH_ATTEMPTS_MAX: u32 = 4;
+/// Pause before the second attempt; doubled for each further attempt.
+const PUBLISH_RETRY_BACKOFF: Duration = Duration::from_millis(250);
+/// Publishes sent and awaiting their acknowledgement, all callers together.
+const PUBLISH_INFLIGHT_MAX: usize = 4096;
+/// Longest pause between two reconnection attempts.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+
+/// A bus on NATS JetStream. Cheap to share behind an `Arc`; one connection, multiplexed.
+pub struct NatsBus {
+    client: Client,
+    jetstream: jetstream::Context,
+    /// Streams created or checked by this bus (names).
+    streams: Mutex<HashSet<String>>,
+    /// Gates pipelined publishes so that no caller waits for ack permits held by another.
+    inflight: Arc<Semaphore>,
+    metrics: Mutex<HashMap<String, SubjectMetrics>>,
+}
+
+impl fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("state", &self.client.connection_state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsBus {
+    /// Connects to the first reachable server of `servers` (`host:port`), with the TLS and
+    /// credentials of `options`.
+    pub async fn connect(servers: &[String], options: &NatsOptions) -> Result<Self, BusError> {
+        let addresses = servers
+            .iter()
+            .map(|server| {
+                let scheme = if options.tls_required { "tls" } else { "nats" };
+                format!("{scheme}://{server}")
+                    .parse::<ServerAddr>()
+                    .map_err(|e| {
+                        BusError::with_source(
+                            BusErrorKind::Config,
+                            format!("NATS server {server:?}"),
+                            e,
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if addresses.is_empty() {
+            return Err(BusError::new(BusErrorKind::Config, "no NATS server given"));
+        }
+        let client = connect_options(options)
+            .await?
+            .connect(addresses)
+            .await
+            .map_err(|e| {
+                let kind = match e.kind() {
+                    ConnectErrorKind::ServerParse | ConnectErrorKind::Tls => BusErrorKind::Config,
+                    _ => BusErrorKind::Connect,
+                };
+                BusError::with_source(kind, "connecting to NATS", e)
+            })?;
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(PUBLISH_ACK_TIMEOUT)
+            .max_ack_inflight(PUBLISH_INFLIGHT_MAX)
+            .build(client.clone());
+        tracing::info!(servers = ?servers, "connected to NATS");
+        Ok(NatsBus {
+            client,
+            jetstream,
+            streams: Mutex::new(HashSet::new()),
+            inflight: Arc::new(Semaphore::new(PUBLISH_INFLIGHT_MAX)),
+            metrics: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn metrics(&self, subject: &str) -> SubjectMetrics {
+        let mut cache = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .entry(subject.to_owned())
+            .or_insert_with(|| SubjectMetrics::new(BusKind::Nats, subject))
+            .clone()
+    }
+
+    fn stream_known(&self, stream: &str) -> bool {
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(stream)
+    }
+
+    /// Checks a message and turns it into what goes on the wire.
+    fn prepare(&self, message: Outgoing) -> Result<Prepared, BusError> {
+        validate_subject(&message.subject)?;
+        if message.payload.len() > PAYLOAD_BYTES_MAX {
+            return Err(BusError::new(
+                BusErrorKind::MessageTooLarge,
+                format!(
+                    "payload of {} bytes exceeds {PAYLOAD_BYTES_MAX}",
+                    message.payload.len()
+                ),
+            ));
+        }
+        if let Some(msg_id) = &message.msg_id {
+            wire::check_msg_id(msg_id)?;
+        }
+        let nats_msg_id = message
+            .msg_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let headers = wire::encode_headers(&message, &nats_msg_id)?;
+        Ok(Prepared {
+            stream: wire::stream_name(subject_family(&message.subject)),
+            subject: message.subject,
+            payload: message.payload,
+            headers,
+        })
+    }
+
+    async fn send(&self, message: &Prepared) -> Result<PublishAckFuture, PublishError> {
+        self.jetstream
+            .send_publish(
+                message.subject.clone(),
+                PublishMessage::build()
+                    .payload(message.payload.clone())
+                    .headers(message.headers.clone()),
+            )
+            .await
+    }
+
+    /// Publishes again after `error` while it is worth it: the same `Nats-Msg-Id` makes a
+    /// retry of a stored message a duplicate, never a second copy.
+    async fn retry(
+        &self,
+        message: &Prepared,
+        mut error: PublishError,
+    ) -> Result<PublishAck, BusError> {
+        let mut backoff = PUBLISH_RETRY_BACKOFF;
+        for attempt in 2..=PUBLISH_ATTEMPTS_MAX {
+            if !self.retryable(message, &error) {
+                break;
+            }
+            tracing::debug!(subject = %message.subject, attempt, error = %error, "retrying publish");
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.saturating_mul(2);
+            let result = match self.send(message).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(ack) => return Ok(ack),
+                Err(e) => error = e,
+            }
+        }
+        Err(self.publish_error(message, error))
+    }
+
+    fn retryable(&self, message: &Prepared, error: &PublishError) -> bool {
+        match error.kind() {
+            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => true,
+            // A stream this bus created is missing only while the server restarts.
+            PublishErrorKind::StreamNotFound => self.stream_known(&message.stream),
+            _ => false,
+        }
+    }
+
+    fn publish_error(&self, message: &Prepared, error: PublishError) -> BusError {
+        let subject = &message.subject;
+        let kind = match error.kind() {
+            PublishErrorKind::MaxPayloadExceeded => BusErrorKind::MessageTooLarge,
+            PublishErrorKind::TimedOut => BusErrorKind::Timeout,
+            PublishErrorKind::StreamNotFound if !self.stream_known(&message.stream) => {
+                BusErrorKind::UnknownSubject
+            }
+            _ => BusErrorKind::Publish,
+        };
+        BusError::with_source(kind, format!("publishing to {subject}"), error)
+    }
+
+    fn receipt(&self, message: &Prepared, ack: &PublishAck, retried: bool) -> PublishReceipt {
+        // After a retry the first attempt may be the copy the server kept, so "duplicate"
+        // would blame this very call: only a first attempt reports it.
+        let duplicate = ack.duplicate && !retried;
+        let metrics = self.metrics(&message.subject);
+        if duplicate {
+            metrics.duplicates.increment(1);
+        } else if !ack.duplicate {
+            metrics.published.increment(1);
+        }
+        PublishReceipt {
+            position: Position {
+                partition: 0,
+                offset: ack.sequence,
+            },
+            duplicate,
+        }
+    }
+
+    async fn acquire(&self, permits: usize) -> Result<tokio::sync::SemaphorePermit<'_>, BusError> {
+        let permits = u32::try_from(permits).unwrap_or(u32::MAX);
+        self.inflight
+            .acquire_many(permits)
+            .await
+            .map_err(|_| BusError::new(BusErrorKind::Closed, "NATS bus closed"))
+    }
+}
+
+/// A checked message ready to send.
+struct Prepared {
+    stream: String,
+    subject: String,
+    payload: Bytes,
+    headers: HeaderMap,
+}
+
+/// The client options for `options`; secrets go to the client only.
+async fn connect_options(options: &NatsOptions) -> Result<ConnectOptions, BusError> {
+    let mut connect = ConnectOptions::new()
+        .name("dcpipe")
+        .connection_timeout(CONNECT_TIMEOUT)
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay);
+    if let Some(creds) = &options.creds_file {
+        connect = connect.credentials_file(creds).await.map_err(|e| {
+            BusError::with_source(
+                BusErrorKind::Config,
+                format!("NATS credentials file {}", creds.display()),
+                e,
+            )
+        })?;
+    }
+    match (&options.user, &options.password) {
+        (Some(user), Some(password)) => {
+            connect = connect.user_and_password(user.clone(), password.clone());
+        }
+        (None, None) => {}
+        _ => {
+            return Err(BusError::new(
+                BusErrorKind::Config,
+                "NATS user and password go together",
+            ));
+        }
+    }
+    if let Some(token) = &options.token {
+        connect = connect.token(token.clone());
+    }
+    if options.tls_required {
+        connect = connect.require_tls(true);
+    }
+    if let Some(ca) = &options.tls_ca_file {
+        connect = connect.add_root_certificates(ca.clone());
+    }
+    match (&options.tls_cert_file, &options.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            connect = connect.add_client_certificate(cert.clone(), key.clone());
+        }
+        (None, None) => {}
+        _ => {
+            return Err(BusError::new(
+                BusErrorKind::Config,
+                "NATS client certificate and key go together",
+            ));
+        }
+    }
+    Ok(connect)
+}
+
+/// Reconnection pause: quick at first (a restarting server is back within a second or two),
+/// then at most [`RECONNECT_DELAY_MAX`].
+fn reconnect_delay(attempts: usize) -> Duration {
+    let exponent = u32::try_from(attempts.min(8)).unwrap_or(8);
+    Duration::from_millis(25u64 << exponent).min(RECONNECT_DELAY_MAX)
+}
+
+/// The configuration of the stream holding `family.>`.
+fn stream_config(family: &str) -> stream::Config {
+    stream::Config {
+        name: wire::stream_name(family),
+        subjects: vec![format!("{family}.>")],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        max_age: STREAM_MAX_AGE,
+        max_bytes: STREAM_MAX_BYTES,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
+/// Maps a failure to look up a stream.
+fn get_stream_error(name: &str, subject: &str, error: GetStreamError) -> BusError {
+    let kind = match error.kind() {
+        GetStreamErrorKind::JetStream(api) if api.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+            return BusError::new(
+                BusErrorKind::UnknownSubject,
+                format!("no stream {name} for {subject}: call ensure_subject first"),
+            );
+        }
+        GetStreamErrorKind::Request => BusErrorKind::Connect,
+        _ => BusErrorKind::Topology,
+    };
+    BusError::with_source(kind, format!("looking up stream {name}"), error)
+}
+
+/// Maps a failure to create a stream.
+fn create_stream_error(name: &str, error: CreateStreamError) -> BusError {
+    let kind = match error.kind() {
+        CreateStreamErrorKind::TimedOut => BusErrorKind::Timeout,
+        CreateStreamErrorKind::JetStreamUnavailable => BusErrorKind::Connect,
+        _ => BusErrorKind::Topology,
+    };
+    BusError::with_source(kind, format!("creating stream {name}"), error)
+}
+
+/// Maps a failure to create a consumer.
+fn create_consumer_error(what: String, error: ConsumerError) -> BusError {
+    let kind = match error.kind() {
+        ConsumerErrorKind::TimedOut => BusErrorKind::Timeout,
+        ConsumerErrorKind::Request => BusErrorKind::Connect,
+        _ => BusErrorKind::Topology,
+    };
+    BusError::with_source(kind, what, error)
+}
+
+impl NatsBus {
+    /// The stream holding `subject`, or [`BusErrorKind::UnknownSubject`].
+    async fn stream_of(&self, subject: &str) -> Result<stream::Stream, BusError> {
+        let name = wire::stream_name(subject_family(subject));
+        self.jetstream
+            .get_stream(&name)
+            .await
+            .map_err(|e| get_stream_error(&name, subject, e))
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    fn kind(&self) -> BusKind {
+        BusKind::Nats
+    }
+
+    async fn ensure_subject(&self, spec: &SubjectSpec) -> Result<(), BusError> {
+        validate_subject(&spec.subject)?;
+        let family = subject_family(&spec.subject);
+        let config = stream_config(family);
+        let name = config.name.clone();
+        if self.stream_known(&name) {
+            return Ok(());
+        }
+        let stream = self
+            .jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| create_stream_error(&name, e))?;
+        let wanted = format!("{family}.>");
+        if !stream.cached_info().config.subjects.contains(&wanted) {
+            return Err(BusError::new(
+                BusErrorKind::Topology,
+                format!("stream {name} exists but does not hold {wanted}"),
+            ));
+        }
+        tracing::debug!(stream = %name, "stream ready");
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name);
+        Ok(())
+    }
+
+    async fn publish(&self, message: Outgoing) -> Result<PublishReceipt, BusError> {
+        let message = self.prepare(message)?;
+        let _permit = self.acquire(1).await?;
+        let first = match self.send(&message).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        let (ack, retried) = match first {
+            Ok(ack) => (ack, false),
+            Err(e) => (self.retry(&message, e).await?, true),
+        };
+        Ok(self.receipt(&message, &ack, retried))
+    }
+
+    async fn publish_many(&self, messages: Vec<Outgoing>) -> Result<Vec<PublishReceipt>, BusError> {
+        let prepared = messages
+            .into_iter()
+            .map(|m| self.prepare(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut receipts = Vec::with_capacity(prepared.len());
+        // A chunk takes all its permits at once, so concurrent callers never deadlock each
+        // other on half-acquired windows.
+        for chunk in prepared.chunks(PUBLISH_INFLIGHT_MAX / 4) {
+            let _permits = self.acquire(chunk.len()).await?;
+            let mut pending = Vec::with_capacity(chunk.len());
+            for message in chunk {
+                pending.push(self.send(message).await);
+            }
+            let results = futures::future::join_all(pending.into_iter().map(|sent| async move {
+                match sent {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                }
+            }))
+            .await;
+            for (message, result) in chunk.iter().zip(results) {
+                let (ack, retried) = match result {
+                    Ok(ack) => (ack, false),
+                    Err(e) => (self.retry(message, e).await?, true),
+                };
+                receipts.push(self.receipt(message, &ack, retried));
+            }
+        }
+        Ok(receipts)
+    }
+
+    async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, BusError> {
+        validate_subject(&config.subject)?;
+        consumer::check_config(&config)?;
+        let stream = self.stream_of(&config.subject).await?;
+        let durable = wire::durable_name(&config.group, &config.subject);
+        let pull = jetstream::consumer::pull::Config {
+            durable_name: Some(durable.clone()),
+            deliver_policy: match config.start {
+                StartAt::Earliest => DeliverPolicy::All,
+                StartAt::Latest => DeliverPolicy::New,
+            },
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: config.ack_wait,
+            max_deliver: i64::from(config.max_deliver),
+            filter_subject: config.subject.clone(),
+            max_ack_pending: consumer::max_ack_pending(config.max_in_flight),
+            ..Default::default()
+        };
+        let pull_consumer = stream.create_consumer(pull).await.map_err(|e| {
+            create_consumer_error(
+                format!("creating consumer {durable} on {}", config.subject),
+                e,
+            )
+        })?;
+        let metrics = self.metrics(&config.subject);
+        let consumer = consumer::NatsConsumer::start(
+            self.client.clone(),
+            self.jetstream.clone(),
+            pull_consumer,
+            config,
+            metrics,
+        )
+        .await?;
+        Ok(Box::new(consumer))
+    }
+
+    async fn replay(&self, request: ReplayRequest) -> Result<Box<dyn ReplayStream>, BusError> {
+        validate_subject(&request.subject)?;
+        let stream = self.stream_of(&request.subject).await?;
+        Ok(Box::new(replay::NatsReplay::start(stream, request).await?))
+    }
+
+    async fn dead_letter(
+        &self,
+        stage: &str,
+        reason_code: &str,
+        original_subject: &str,
+        payload: Bytes,
+    ) -> Result<PublishReceipt, BusError> {
+        // The dead-letter stream is created on first use: giving up on a message must not
+        // fail because nobody prepared its destination.
+        let subject = dead_letter_subject(stage);
+        self.ensure_subject(&SubjectSpec::new(subject.clone()))
+            .await?;
+        let message = Outgoing::new(subject, payload)
+            .with_header(header::DEAD_LETTER_STAGE, stage)
+            .with_header(header::DEAD_LETTER_REASON, reason_code)
+            .with_header(header::DEAD_LETTER_SUBJECT, original_subject);
+        self.publish(message).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_grows_and_is_capped() {
+        assert_eq!(reconnect_delay(0), Duration::from_millis(25));
+        assert_eq!(reconnect_delay(2), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(100), RECONNECT_DELAY_MAX);
+    }
+
+    #[test]
+    fn stream_refuses_new_messages_when_full() {
+        let config = stream_config("txn");
+        assert_eq!(config.name, "TXN");
+        assert_eq!(config.subjects, vec!["txn.>".to_string()]);
+        assert_eq!(config.discard, stream::DiscardPolicy::New);
+        assert_eq!(config.storage, stream::StorageType::File);
+        assert_eq!(config.duplicate_window, DUPLICATE_WINDOW);
+    }
+
+    #[tokio::test]
+    async fn user_without_password_is_a_config_error() {
+        let options = NatsOptions {
+            user: Some("alice".into()),
+            ..Default::default()
+        };
+        let err = connect_options(&options).await.unwrap_err();
+        assert_eq!(err.kind(), BusErrorKind::Config);
+    }
+}

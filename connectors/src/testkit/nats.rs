@@ -1,0 +1,126 @@
+//! A `nats-server` with JetStream for tests.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::process::{ServerProcess, find_binary, free_port};
+use super::{TestkitError, TestkitErrorKind};
+
+/// The server version the buses are tested against (installed by `scripts/setup.sh`).
+pub const NATS_SERVER_VERSION: &str = "2.12.8";
+/// Largest message the test server accepts: above the bus's payload limit so that headers fit.
+const MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
+/// Connect timeout of one readiness probe.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A JetStream server on 127.0.0.1 and a free port, storing in a temporary directory. Killed
+/// on drop; [`NatsServer::restart`] keeps the port and the stored streams.
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    port: u16,
+    dir: TempDir,
+    process: Option<ServerProcess>,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until JetStream answers.
+    pub async fn start() -> Result<Self, TestkitError> {
+        let binary = find_binary(
+            "DCPIPE_NATS_SERVER",
+            &format!("nats-server-{NATS_SERVER_VERSION}/bin/nats-server"),
+        )?;
+        let dir = tempfile::Builder::new()
+            .prefix("dcpipe-nats-")
+            .tempdir()
+            .map_err(|e| TestkitError::new(TestkitErrorKind::Process, format!("temp dir: {e}")))?;
+        let mut server = NatsServer {
+            binary,
+            port: free_port()?,
+            dir,
+            process: None,
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// `host:port` to give to the NATS bus.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The bus URL, `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.address())
+    }
+
+    /// Kills the server (as in a crash). Its storage stays for [`NatsServer::start_again`].
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts the stopped server again on the same port and storage and waits until JetStream
+    /// answers.
+    pub async fn start_again(&mut self) -> Result<(), TestkitError> {
+        self.stop();
+        self.launch().await
+    }
+
+    /// Stops the server and starts it again, keeping its port and stored streams.
+    pub async fn restart(&mut self) -> Result<(), TestkitError> {
+        self.start_again().await
+    }
+
+    async fn launch(&mut self) -> Result<(), TestkitError> {
+        let store = self.dir.path().join("jetstream");
+        let config_path = self.dir.path().join("nats.conf");
+        let mut config = String::new();
+        // Written by hand: the format is small and quoting the path is all it needs.
+        let _ = writeln!(config, "listen: 127.0.0.1:{}", self.port);
+        let _ = writeln!(config, "server_name: dcpipe_test");
+        let _ = writeln!(config, "max_payload: {MAX_PAYLOAD_BYTES}");
+        let _ = writeln!(
+            config,
+            "jetstream {{ store_dir: {:?} }}",
+            store.display().to_string()
+        );
+        fs::write(&config_path, config).map_err(|e| {
+            TestkitError::new(TestkitErrorKind::Process, format!("nats config: {e}"))
+        })?;
+        let args = vec!["-c".to_string(), config_path.display().to_string()];
+        let mut process = ServerProcess::spawn(
+            "nats-server",
+            &self.binary,
+            &args,
+            self.dir.path(),
+            &self.dir.path().join("nats.log"),
+        )?;
+        let url = self.url();
+        process
+            .wait_ready(|| jetstream_answers(url.clone()))
+            .await?;
+        self.process = Some(process);
+        Ok(())
+    }
+}
+
+/// Connects and asks JetStream for the account: succeeds once streams can be created.
+async fn jetstream_answers(url: String) -> Result<(), String> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(PROBE_CONNECT_TIMEOUT)
+        .connect(url.as_str())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
+        .query_account()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("jetstream: {e}"))
+}

@@ -1,0 +1,118 @@
+//! A tansu broker (Kafka protocol) for tests, storing in SQLite so that a restart keeps data.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use tempfile::TempDir;
+
+use super::process::{ServerProcess, find_binary, free_port};
+use super::{TestkitError, TestkitErrorKind};
+
+/// The broker version the Kafka bus is tested against (installed by `scripts/setup.sh`).
+pub const TANSU_VERSION: &str = "0.6.0";
+/// SQLite database of the broker, relative to its working directory (the temporary directory).
+const STORAGE_URL: &str = "sqlite://tansu.db";
+/// Time allowed to one metadata request of a readiness probe.
+const PROBE_METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A tansu broker on 127.0.0.1 and a free port, storing in a temporary directory. Killed on
+/// drop; [`TansuServer::restart`] keeps the port and the stored topics, offsets and groups.
+#[derive(Debug)]
+pub struct TansuServer {
+    binary: PathBuf,
+    port: u16,
+    dir: TempDir,
+    process: Option<ServerProcess>,
+}
+
+impl TansuServer {
+    /// Starts a broker and waits until it answers a metadata request.
+    pub async fn start() -> Result<Self, TestkitError> {
+        let binary = find_binary("DCPIPE_TANSU", &format!("tansu-{TANSU_VERSION}/bin/tansu"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("dcpipe-tansu-")
+            .tempdir()
+            .map_err(|e| TestkitError::new(TestkitErrorKind::Process, format!("temp dir: {e}")))?;
+        let mut server = TansuServer {
+            binary,
+            port: free_port()?,
+            dir,
+            process: None,
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// `host:port` to give to the Kafka bus as bootstrap server.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The bus URL, `kafka://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("kafka://{}", self.address())
+    }
+
+    /// Kills the broker (as in a crash). Its storage stays for [`TansuServer::start_again`].
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts the stopped broker again on the same port and storage and waits until it answers.
+    pub async fn start_again(&mut self) -> Result<(), TestkitError> {
+        self.stop();
+        self.launch().await
+    }
+
+    /// Stops the broker and starts it again, keeping its port and storage.
+    pub async fn restart(&mut self) -> Result<(), TestkitError> {
+        self.start_again().await
+    }
+
+    async fn launch(&mut self) -> Result<(), TestkitError> {
+        let listener = format!("tcp://{}", self.address());
+        let args = vec![
+            "broker".to_string(),
+            "--listener-url".to_string(),
+            listener.clone(),
+            "--advertised-listener-url".to_string(),
+            listener,
+            "--storage-engine".to_string(),
+            STORAGE_URL.to_string(),
+        ];
+        let mut process = ServerProcess::spawn(
+            "tansu",
+            &self.binary,
+            &args,
+            self.dir.path(),
+            &self.dir.path().join("tansu.log"),
+        )?;
+        let address = self.address();
+        process
+            .wait_ready(|| metadata_answers(address.clone()))
+            .await?;
+        self.process = Some(process);
+        Ok(())
+    }
+}
+
+/// Asks the broker for its metadata with a throw-away client.
+async fn metadata_answers(address: String) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &address)
+            .set("log_level", "0")
+            .create()
+            .map_err(|e| format!("client: {e}"))?;
+        consumer
+            .fetch_metadata(None, PROBE_METADATA_TIMEOUT)
+            .map(|_| ())
+            .map_err(|e| format!("metadata: {e}"))
+    })
+    .await
+    .map_err(|e| format!("probe task: {e}"))?
+}
