@@ -1,3 +1,4 @@
 //! The flows.
 
 pub mod pki;
+pub mod protocol;

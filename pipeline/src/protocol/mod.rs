@@ -1,0 +1,19 @@
+//! The bytes every signature covers, and the transaction factor.
+//!
+//! Nothing here is Avro: signatures cover a small, explicit encoding ([`SigningInput`]) that
+//! another implementation can reproduce from `docs/PROTOCOL.md` alone, and that does not change
+//! when a schema gains a field. Each signed message has its own domain-separation tag, so a
+//! signature made for one purpose never verifies for another.
+
+mod encoding;
+mod factor;
+mod signed;
+
+pub use encoding::{SigningInput, TAG_BYTES_MAX};
+pub use factor::{FactorHash, FactorInput, transaction_factor};
+pub use signed::{
+    TAG_CLEARING_MESSAGE, TAG_CLEARING_RESPONSE, TAG_PAYEE_CONSENT, TAG_PAYER_ENVELOPE,
+    TAG_PAYMENT_OUTCOME, TAG_PIN_PROOF, TAG_SETTLEMENT_INSTRUCTION, certificate_fingerprint,
+    clearing_message_bytes, clearing_response_bytes, envelope_digest, payee_consent_bytes,
+    payer_envelope_bytes, payment_outcome_bytes, pin_proof_bytes, settlement_instruction_bytes,
+};
