@@ -4,6 +4,7 @@
 //!   bus, chosen by URL.
 
 pub mod bus;
+pub mod ledger;
 
 /// Real brokers (nats-server, tansu) started per test; see the module doc.
 #[cfg(feature = "testkit")]

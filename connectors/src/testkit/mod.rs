@@ -11,6 +11,7 @@
 //! Enabled by the `testkit` cargo feature.
 
 mod nats;
+pub mod postgres;
 mod process;
 mod tansu;
 
@@ -18,6 +19,7 @@ use std::error::Error as StdError;
 use std::fmt;
 
 pub use nats::{NATS_SERVER_VERSION, NatsServer};
+pub use postgres::PostgresServer;
 pub use tansu::{TANSU_VERSION, TansuServer};
 
 /// What went wrong while running a test server.
