@@ -79,7 +79,7 @@ impl AlgorithmChoice {
     /// Algorithm of institution number `number` (from 1) and of its signer.
     pub const fn institution(self, number: usize) -> Algorithm {
         match self {
-            AlgorithmChoice::Mixed if number % 2 == 0 => Algorithm::Sm2Sm3,
+            AlgorithmChoice::Mixed if number.is_multiple_of(2) => Algorithm::Sm2Sm3,
             AlgorithmChoice::Mixed => Algorithm::EcdsaP256Sha256,
             _ => self.root(),
         }
@@ -88,7 +88,7 @@ impl AlgorithmChoice {
     /// Algorithm of wallet number `number` (from 1) of an institution using `institution`.
     pub const fn wallet(self, institution: Algorithm, number: usize) -> Algorithm {
         match self {
-            AlgorithmChoice::Mixed if number % 2 == 0 => institution.other(),
+            AlgorithmChoice::Mixed if number.is_multiple_of(2) => institution.other(),
             _ => institution,
         }
     }
@@ -239,6 +239,19 @@ pub struct WalletKeys {
     pub wallet: CertifiedKey,
 }
 
+/// Who a certificate is issued to (the subject fields and key algorithm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubjectSpec<'a> {
+    /// Subject OU.
+    pub role: Role,
+    /// Subject CN.
+    pub id: &'a str,
+    /// Subject O; for roles issued by an institution CA, also selects the CA.
+    pub institution: &'a str,
+    /// Algorithm of the new key.
+    pub algorithm: Algorithm,
+}
+
 /// Special certificates for tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecialCertificate {
@@ -377,102 +390,116 @@ impl PkiDirectory {
         &self.trust_store
     }
 
-    /// Issues a new certificate and key for `role` (vehicles, service entities, more
-    /// terminals...): by the root for root-issued roles, else by `institution`'s CA.
+    /// Issues a new certificate and key for `subject` (vehicles, service entities, more
+    /// terminals...): by the root for root-issued roles, else by the subject institution's CA.
     pub fn issue(
         &self,
-        role: Role,
-        id: &str,
-        institution: &str,
-        algorithm: Algorithm,
+        subject: &SubjectSpec<'_>,
         valid_from_ms: i64,
         valid_until_ms: i64,
     ) -> Result<CertifiedKey, IssueError> {
-        let template =
-            CertificateTemplate::for_role(role, id, institution, valid_from_ms, valid_until_ms);
-        self.issuer_for(role, institution)?
-            .issue_with_new_key(&template, algorithm)
+        self.issue_as(subject, subject.role, valid_from_ms, valid_until_ms)
     }
 
-    /// Issues one of the [`SpecialCertificate`]s for `role`/`id` of `institution`, relative to
-    /// `at_ms`. `Revoked` adds the serial to `revocations`.
+    /// Issues one of the [`SpecialCertificate`]s for `subject`, relative to `at_ms`. `Revoked`
+    /// adds the serial to `revocations`.
     pub fn issue_special(
         &self,
         kind: SpecialCertificate,
-        role: Role,
-        id: &str,
-        institution: &str,
-        algorithm: Algorithm,
+        subject: &SubjectSpec<'_>,
         at_ms: i64,
         revocations: &RevocationSet,
     ) -> Result<CertifiedKey, IssueError> {
-        let valid = (self.manifest.valid_from_ms, self.manifest.valid_until_ms);
+        let (from, until) = (self.manifest.valid_from_ms, self.manifest.valid_until_ms);
         match kind {
             SpecialCertificate::Expired => self.issue(
-                role,
-                id,
-                institution,
-                algorithm,
-                valid.0.min(at_ms - 2 * SPECIAL_OFFSET_MS).max(0),
+                subject,
+                from.min(at_ms - 2 * SPECIAL_OFFSET_MS).max(0),
                 at_ms - SPECIAL_OFFSET_MS,
             ),
             SpecialCertificate::NotYetValid => self.issue(
-                role,
-                id,
-                institution,
-                algorithm,
+                subject,
                 at_ms + SPECIAL_OFFSET_MS,
-                valid.1.max(at_ms + 2 * SPECIAL_OFFSET_MS),
+                until.max(at_ms + 2 * SPECIAL_OFFSET_MS),
             ),
             SpecialCertificate::Revoked => {
-                let issued = self.issue(role, id, institution, algorithm, valid.0, valid.1)?;
-                let issuer = self.issuer_for(role, institution)?;
+                let issued = self.issue(subject, from, until)?;
+                let issuer = self.issuer_for(subject.role, subject.institution)?;
                 revocations
                     .revoke_certificate(issued.certificate(), issuer.certificate())
                     .map_err(|e| IssueError::new(IssueErrorKind::LimitExceeded, e.to_string()))?;
                 Ok(issued)
             }
             SpecialCertificate::WrongRole => {
-                let decoy = if role == Role::Vehicle {
+                let decoy = if subject.role == Role::Vehicle {
                     Role::Terminal
                 } else {
                     Role::Vehicle
                 };
-                let issuer = self.issuer_for(decoy, institution)?;
-                let template =
-                    CertificateTemplate::for_role(decoy, id, institution, valid.0, valid.1);
-                issuer.issue_with_new_key(&template, algorithm)
+                self.issue_as(subject, decoy, from, until)
             }
-            SpecialCertificate::UnknownIssuer => {
-                let root = &self.root;
-                let rogue_root = CertifiedKey::self_signed(
-                    &CertificateTemplate::for_role(
-                        Role::CentralBankRoot,
-                        root.certificate().id(),
-                        root.certificate().institution(),
-                        valid.0,
-                        valid.1,
-                    ),
-                    PrivateKey::generate(root.key().algorithm())?,
-                )?;
-                let template =
-                    CertificateTemplate::for_role(role, id, institution, valid.0, valid.1);
-                if role.is_issued_by_root() {
-                    return rogue_root.issue_with_new_key(&template, algorithm);
-                }
-                let rogue_ca = rogue_root.issue_with_new_key(
-                    &CertificateTemplate::for_role(
-                        Role::InstitutionCa,
-                        institution,
-                        institution,
-                        valid.0,
-                        valid.1,
-                    ),
-                    algorithm,
-                )?;
-                rogue_ca.issue_with_new_key(&template, algorithm)
-            }
+            SpecialCertificate::UnknownIssuer => self.issue_by_rogue_root(subject, from, until),
         }
+    }
+
+    fn issue_as(
+        &self,
+        subject: &SubjectSpec<'_>,
+        role: Role,
+        valid_from_ms: i64,
+        valid_until_ms: i64,
+    ) -> Result<CertifiedKey, IssueError> {
+        let template = CertificateTemplate::for_role(
+            role,
+            subject.id,
+            subject.institution,
+            valid_from_ms,
+            valid_until_ms,
+        );
+        self.issuer_for(role, subject.institution)?
+            .issue_with_new_key(&template, subject.algorithm)
+    }
+
+    /// Issues `subject` under a fresh root (and institution CA) carrying the same names as the
+    /// real ones but other keys.
+    fn issue_by_rogue_root(
+        &self,
+        subject: &SubjectSpec<'_>,
+        from: i64,
+        until: i64,
+    ) -> Result<CertifiedKey, IssueError> {
+        let root = self.root.certificate();
+        let rogue_root = CertifiedKey::self_signed(
+            &CertificateTemplate::for_role(
+                Role::CentralBankRoot,
+                root.id(),
+                root.institution(),
+                from,
+                until,
+            ),
+            PrivateKey::generate(self.root.key().algorithm())?,
+        )?;
+        let template = CertificateTemplate::for_role(
+            subject.role,
+            subject.id,
+            subject.institution,
+            from,
+            until,
+        );
+        if subject.role.is_issued_by_root() {
+            return rogue_root.issue_with_new_key(&template, subject.algorithm);
+        }
+        let rogue_ca = rogue_root.issue_with_new_key(
+            &CertificateTemplate::for_role(
+                Role::InstitutionCa,
+                subject.institution,
+                subject.institution,
+                from,
+                until,
+            ),
+            subject.algorithm,
+        )?;
+        rogue_ca.issue_with_new_key(&template, subject.algorithm)
     }
 
     fn issuer_for(&self, role: Role, institution: &str) -> Result<&CertifiedKey, IssueError> {

@@ -14,15 +14,14 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use der::Encode as _;
 use der::asn1::{Any, BitString, ObjectIdentifier};
 use der::zeroize::Zeroizing;
+use der::{Decode as _, Encode as _};
 use p256::elliptic_curve::sec1::ToSec1Point as _;
 use ring::rand::SecureRandom as _;
 use ring::signature::{self as ring_sig, KeyPair as _};
 use serde::{Deserialize, Serialize};
 use sm2::dsa::signature::{Signer as _, Verifier as _};
-use sm2::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 
 use super::digest::sha1_key_identifier;
@@ -190,6 +189,18 @@ impl PublicKey {
         Ok(PublicKey { point, verifier })
     }
 
+    /// The public half of an SM2 signing key, reusing its precomputed identity hash.
+    fn from_sm2(key: sm2::dsa::VerifyingKey) -> Result<Self, KeyError> {
+        let point: [u8; PUBLIC_POINT_BYTES] =
+            key.to_sec1_bytes().as_ref().try_into().map_err(|_| {
+                KeyError::new(KeyErrorKind::Encoding, "SM2 point is not uncompressed")
+            })?;
+        Ok(PublicKey {
+            point,
+            verifier: Verifier::Sm2(Arc::new(key)),
+        })
+    }
+
     /// The key's algorithm.
     pub fn algorithm(&self) -> Algorithm {
         match self.verifier {
@@ -296,7 +307,7 @@ pub struct PrivateKey {
 
 enum Signer {
     P256 {
-        pair: ring_sig::EcdsaKeyPair,
+        pair: Box<ring_sig::EcdsaKeyPair>,
         /// Kept to export PKCS#8, which ring cannot do; wiped on drop.
         scalar: Zeroizing<[u8; SCALAR_BYTES]>,
     },
@@ -307,19 +318,33 @@ impl PrivateKey {
     /// A fresh key from the operating system's secure random generator.
     pub fn generate(algorithm: Algorithm) -> Result<Self, KeyError> {
         let rng = ring::rand::SystemRandom::new();
-        for _ in 0..KEYGEN_ATTEMPTS_MAX {
-            let mut scalar = Zeroizing::new([0u8; SCALAR_BYTES]);
-            rng.fill(scalar.as_mut_slice())
-                .map_err(|_| KeyError::new(KeyErrorKind::Random, "system random failed"))?;
-            // A draw outside [1, n-1) is rejected and drawn again: uniform over valid scalars.
-            if let Ok(key) = PrivateKey::from_scalar(algorithm, &scalar) {
-                return Ok(key);
+        match algorithm {
+            // ring's own generator (one fast base-point multiplication); its PKCS#8 output is
+            // read back for the scalar that export needs.
+            Algorithm::EcdsaP256Sha256 => {
+                let document = ring_sig::EcdsaKeyPair::generate_pkcs8(
+                    &ring_sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &rng,
+                )
+                .map_err(|_| KeyError::new(KeyErrorKind::Random, "P-256 key generation failed"))?;
+                PrivateKey::from_pkcs8_der(document.as_ref())
+            }
+            Algorithm::Sm2Sm3 => {
+                for _ in 0..KEYGEN_ATTEMPTS_MAX {
+                    let mut scalar = Zeroizing::new([0u8; SCALAR_BYTES]);
+                    rng.fill(scalar.as_mut_slice())
+                        .map_err(|_| KeyError::new(KeyErrorKind::Random, "system random failed"))?;
+                    // A draw outside [1, n-2] is drawn again: uniform over usable scalars.
+                    if let Ok(key) = PrivateKey::from_scalar(algorithm, &scalar) {
+                        return Ok(key);
+                    }
+                }
+                Err(KeyError::new(
+                    KeyErrorKind::Random,
+                    "no valid scalar drawn from the system random generator",
+                ))
             }
         }
-        Err(KeyError::new(
-            KeyErrorKind::Random,
-            "no valid scalar drawn from the system random generator",
-        ))
     }
 
     /// A key from a fixed 32-byte big-endian scalar; for checked-in test vectors.
@@ -333,24 +358,7 @@ impl PrivateKey {
                     KeyError::new(KeyErrorKind::Malformed, "scalar out of range for P-256")
                 })?;
                 let point = secret.public_key().to_sec1_point(false);
-                let pair = ring_sig::EcdsaKeyPair::from_private_key_and_public_key(
-                    &ring_sig::ECDSA_P256_SHA256_FIXED_SIGNING,
-                    scalar,
-                    point.as_bytes(),
-                    &ring::rand::SystemRandom::new(),
-                )
-                .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "P-256 key rejected"))?;
-                let public = PublicKey::from_sec1_point(
-                    Algorithm::EcdsaP256Sha256,
-                    pair.public_key().as_ref(),
-                )?;
-                Ok(PrivateKey {
-                    signer: Signer::P256 {
-                        pair,
-                        scalar: Zeroizing::new(*scalar),
-                    },
-                    public,
-                })
+                PrivateKey::p256(scalar, point.as_bytes())
             }
             Algorithm::Sm2Sm3 => {
                 if *scalar == SM2_ORDER_MINUS_ONE {
@@ -364,8 +372,7 @@ impl PrivateKey {
                 })?;
                 let signing = sm2::dsa::SigningKey::new(SM2_DISTINGUISHING_ID, &secret)
                     .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "SM2 key rejected"))?;
-                let point = signing.verifying_key().to_sec1_bytes();
-                let public = PublicKey::from_sec1_point(Algorithm::Sm2Sm3, &point)?;
+                let public = PublicKey::from_sm2(signing.verifying_key().clone())?;
                 Ok(PrivateKey {
                     signer: Signer::Sm2(Box::new(signing)),
                     public,
@@ -374,10 +381,32 @@ impl PrivateKey {
         }
     }
 
-    /// A key from a DER PKCS#8 `PrivateKeyInfo` (id-ecPublicKey with the P-256 or SM2 curve).
+    /// A P-256 key from its scalar and public point; ring checks that they belong together.
+    fn p256(scalar: &[u8; SCALAR_BYTES], point: &[u8]) -> Result<Self, KeyError> {
+        let pair = ring_sig::EcdsaKeyPair::from_private_key_and_public_key(
+            &ring_sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+            scalar,
+            point,
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "P-256 key rejected"))?;
+        let public =
+            PublicKey::from_sec1_point(Algorithm::EcdsaP256Sha256, pair.public_key().as_ref())?;
+        Ok(PrivateKey {
+            signer: Signer::P256 {
+                pair: Box::new(pair),
+                scalar: Zeroizing::new(*scalar),
+            },
+            public,
+        })
+    }
+
+    /// A key from a DER PKCS#8 `PrivateKeyInfo` (id-ecPublicKey with the P-256 or SM2 curve;
+    /// RFC 5915 ECPrivateKey inside). An embedded public key must match the private key.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
+        let malformed = |detail| KeyError::new(KeyErrorKind::Malformed, detail);
         let info = sm2::pkcs8::PrivateKeyInfoRef::try_from(der)
-            .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "not a PKCS#8 PrivateKeyInfo"))?;
+            .map_err(|_| malformed("not a PKCS#8 PrivateKeyInfo"))?;
         if info.algorithm.oid != OID_EC_PUBLIC_KEY {
             return Err(KeyError::new(
                 KeyErrorKind::UnsupportedAlgorithm,
@@ -387,27 +416,42 @@ impl PrivateKey {
         let curve = info
             .algorithm
             .parameters_oid()
-            .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "PKCS#8 key has no named curve"))?;
+            .map_err(|_| malformed("PKCS#8 key has no named curve"))?;
         let algorithm = Algorithm::from_curve_oid(&curve).ok_or(KeyError::new(
             KeyErrorKind::UnsupportedAlgorithm,
             "PKCS#8 key is on a curve other than P-256 and SM2",
         ))?;
-        let mut scalar = Zeroizing::new([0u8; SCALAR_BYTES]);
-        match algorithm {
-            Algorithm::EcdsaP256Sha256 => {
-                let secret = p256::SecretKey::from_pkcs8_der(der).map_err(|_| {
-                    KeyError::new(KeyErrorKind::Malformed, "invalid P-256 PKCS#8 key")
-                })?;
-                scalar.copy_from_slice(&secret.to_bytes());
-            }
-            Algorithm::Sm2Sm3 => {
-                let secret = sm2::SecretKey::from_pkcs8_der(der).map_err(|_| {
-                    KeyError::new(KeyErrorKind::Malformed, "invalid SM2 PKCS#8 key")
-                })?;
-                scalar.copy_from_slice(&secret.to_bytes());
-            }
+        let ec = EcPrivateKey::from_der(info.private_key.as_bytes())
+            .map_err(|_| malformed("not an RFC 5915 ECPrivateKey"))?;
+        if ec.version != 1 || ec.parameters.is_some_and(|oid| oid != curve) {
+            return Err(malformed(
+                "ECPrivateKey version or curve is not the expected one",
+            ));
         }
-        PrivateKey::from_scalar(algorithm, &scalar)
+        let scalar: Zeroizing<[u8; SCALAR_BYTES]> = Zeroizing::new(
+            ec.private_key
+                .as_bytes()
+                .try_into()
+                .map_err(|_| malformed("private key is not 32 bytes"))?,
+        );
+        let embedded = ec
+            .public_key
+            .map(|bits| {
+                bits.as_bytes()
+                    .ok_or(malformed("public key has unused bits"))
+            })
+            .transpose()?;
+        let key = match (algorithm, embedded) {
+            // With the public point at hand ring needs one multiplication to check it.
+            (Algorithm::EcdsaP256Sha256, Some(point)) => PrivateKey::p256(&scalar, point)?,
+            _ => PrivateKey::from_scalar(algorithm, &scalar)?,
+        };
+        if embedded.is_some_and(|point| point != key.public.point.as_slice()) {
+            return Err(malformed(
+                "embedded public key does not match the private key",
+            ));
+        }
+        Ok(key)
     }
 
     /// A key from a `PRIVATE KEY` PEM document.
@@ -424,20 +468,35 @@ impl PrivateKey {
         PrivateKey::from_pkcs8_der(&der)
     }
 
-    /// DER PKCS#8 `PrivateKeyInfo` (RFC 5915 ECPrivateKey inside, public key included).
+    /// DER PKCS#8 `PrivateKeyInfo` with an RFC 5915 ECPrivateKey inside (public key included,
+    /// curve named in the AlgorithmIdentifier), as OpenSSL writes and reads it.
     pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let encoding = |_| KeyError::new(KeyErrorKind::Encoding, "PKCS#8 encoding");
-        let document = match &self.signer {
-            Signer::P256 { scalar, .. } => p256::SecretKey::from_slice(scalar.as_slice())
-                .map_err(|_| KeyError::new(KeyErrorKind::Encoding, "P-256 scalar"))?
-                .to_pkcs8_der()
-                .map_err(encoding)?,
-            Signer::Sm2(signing) => sm2::SecretKey::from_bytes(&signing.to_bytes())
-                .map_err(|_| KeyError::new(KeyErrorKind::Encoding, "SM2 scalar"))?
-                .to_pkcs8_der()
-                .map_err(encoding)?,
-        };
-        Ok(document.to_bytes())
+        let scalar = Zeroizing::new(match &self.signer {
+            Signer::P256 { scalar, .. } => **scalar,
+            Signer::Sm2(signing) => signing.to_bytes().into(),
+        });
+        let ec = Zeroizing::new(
+            EcPrivateKey {
+                version: 1,
+                private_key: der::asn1::OctetStringRef::new(scalar.as_slice()).map_err(encoding)?,
+                parameters: None,
+                public_key: Some(
+                    der::asn1::BitStringRef::from_bytes(&self.public.point).map_err(encoding)?,
+                ),
+            }
+            .to_der()
+            .map_err(encoding)?,
+        );
+        let curve = self.algorithm().curve_oid();
+        let info = sm2::pkcs8::PrivateKeyInfoRef::new(
+            spki::AlgorithmIdentifierRef {
+                oid: OID_EC_PUBLIC_KEY,
+                parameters: Some((&curve).into()),
+            },
+            der::asn1::OctetStringRef::new(&ec).map_err(encoding)?,
+        );
+        Ok(Zeroizing::new(info.to_der().map_err(encoding)?))
     }
 
     /// `PRIVATE KEY` PEM (PKCS#8), LF line endings.
@@ -486,6 +545,17 @@ impl fmt::Debug for PrivateKey {
             .field("key_id", &hex::encode(self.public.key_identifier()))
             .finish_non_exhaustive()
     }
+}
+
+/// RFC 5915 `ECPrivateKey`, the content of an EC PKCS#8 key.
+#[derive(der::Sequence)]
+struct EcPrivateKey<'a> {
+    version: u8,
+    private_key: &'a der::asn1::OctetStringRef,
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+    parameters: Option<ObjectIdentifier>,
+    #[asn1(context_specific = "1", tag_mode = "EXPLICIT", optional = "true")]
+    public_key: Option<der::asn1::BitStringRef<'a>>,
 }
 
 /// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 5480 / GM/T 0009).
@@ -606,6 +676,46 @@ mod tests {
             assert_eq!(back.public_key(), key.public_key());
             let signature = back.sign(b"after reload").expect("sign");
             assert_eq!(key.public_key().verify(b"after reload", &signature), Ok(()));
+        }
+    }
+
+    /// PKCS#8 of `key` with the embedded public point replaced (or left out with `None`).
+    fn pkcs8_with_point(key: &PrivateKey, point: Option<&[u8]>) -> Vec<u8> {
+        let der = key.to_pkcs8_der().expect("der");
+        let info = sm2::pkcs8::PrivateKeyInfoRef::try_from(der.as_slice()).expect("info");
+        let ec = EcPrivateKey::from_der(info.private_key.as_bytes()).expect("ec");
+        let ec = EcPrivateKey {
+            public_key: point.map(|p| der::asn1::BitStringRef::from_bytes(p).expect("bits")),
+            ..ec
+        }
+        .to_der()
+        .expect("ec der");
+        sm2::pkcs8::PrivateKeyInfoRef::new(
+            info.algorithm,
+            der::asn1::OctetStringRef::new(&ec).expect("octets"),
+        )
+        .to_der()
+        .expect("info der")
+    }
+
+    #[test]
+    fn rejects_pkcs8_whose_public_key_is_another_keys() {
+        for algorithm in Algorithm::ALL {
+            let key = PrivateKey::generate(algorithm).expect("key");
+            let other = PrivateKey::generate(algorithm).expect("other");
+            let der = pkcs8_with_point(&key, Some(other.public_key().sec1_point()));
+            let err = PrivateKey::from_pkcs8_der(&der).expect_err("mismatch");
+            assert_eq!(err.kind(), KeyErrorKind::Malformed, "{algorithm}");
+        }
+    }
+
+    #[test]
+    fn reads_pkcs8_without_embedded_public_key() {
+        for algorithm in Algorithm::ALL {
+            let key = PrivateKey::generate(algorithm).expect("key");
+            let der = pkcs8_with_point(&key, None);
+            let back = PrivateKey::from_pkcs8_der(&der).expect("reads");
+            assert_eq!(back.public_key(), key.public_key(), "{algorithm}");
         }
     }
 

@@ -73,8 +73,8 @@ pub use error::{
 pub use generate::{
     AlgorithmChoice, DEMO_VALIDITY_AFTER_NOW_MS, DEMO_VALIDITY_BEFORE_NOW_MS, DemoPkiOptions,
     INSTITUTIONS_MAX, InstitutionKeys, MANIFEST_FORMAT_VERSION, Manifest, ManifestInstitution,
-    ManifestWallet, PkiDirectory, SpecialCertificate, WALLETS_MAX, WalletKeys, institution_id,
-    wallet_id,
+    ManifestWallet, PkiDirectory, SpecialCertificate, SubjectSpec, WALLETS_MAX, WalletKeys,
+    institution_id, wallet_id,
 };
 pub use keys::{
     Algorithm, PRIVATE_KEY_PEM_LABEL, PUBLIC_POINT_BYTES, PrivateKey, PublicKey, SCALAR_BYTES,

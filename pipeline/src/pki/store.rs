@@ -60,7 +60,7 @@ impl PkiLayout {
         &self.dir
     }
 
-    /// DIR/manifest.toml.
+    /// `DIR/manifest.toml`.
     pub fn manifest(&self) -> PathBuf {
         self.dir.join(MANIFEST_FILE)
     }
@@ -75,7 +75,7 @@ impl PkiLayout {
         pair(&self.dir.join(CENTRAL_BANK_ID), SETTLEMENT_SIGNER_ID)
     }
 
-    /// DIR/institutions/<oi>.
+    /// `DIR/institutions/<oi>`.
     pub fn institution_dir(&self, institution: &str) -> PathBuf {
         self.dir.join("institutions").join(institution)
     }
@@ -90,7 +90,7 @@ impl PkiLayout {
         pair(&self.institution_dir(institution), "signer")
     }
 
-    /// DIR/institutions/<oi>/wallets/<wallet>.
+    /// `DIR/institutions/<oi>/wallets/<wallet>`.
     pub fn wallet_dir(&self, institution: &str, wallet: &str) -> PathBuf {
         self.institution_dir(institution)
             .join("wallets")
