@@ -161,6 +161,12 @@ pub(crate) trait Op: Send + Sync + 'static {
     /// The per-item result.
     type Item: Send + 'static;
 
+    /// The operation's name, for metrics and logs.
+    const NAME: &'static str;
+
+    /// Number of items.
+    fn len(&self) -> usize;
+
     /// The side of every payment record this batch touches.
     fn side(&self) -> Side;
 
@@ -302,6 +308,12 @@ impl ReserveOp {
 impl Op for ReserveOp {
     type Item = ReserveResult;
 
+    const NAME: &'static str = "reserve";
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
     fn side(&self) -> Side {
         Side::Payer
     }
@@ -386,6 +398,12 @@ pub(crate) struct RejectOp(pub(crate) Vec<Rejection>);
 impl Op for RejectOp {
     type Item = RejectionResult;
 
+    const NAME: &'static str = "record_rejections";
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
     fn side(&self) -> Side {
         Side::Payer
     }
@@ -445,6 +463,12 @@ pub(crate) struct CommitOp(pub(crate) Vec<PaymentId>);
 
 impl Op for CommitOp {
     type Item = Transition;
+
+    const NAME: &'static str = "commit";
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 
     fn side(&self) -> Side {
         Side::Payer
@@ -508,6 +532,12 @@ pub(crate) struct VoidOp(pub(crate) Vec<(PaymentId, String)>);
 
 impl Op for VoidOp {
     type Item = Transition;
+
+    const NAME: &'static str = "void";
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 
     fn side(&self) -> Side {
         Side::Payer
@@ -605,6 +635,12 @@ impl CreditOp {
 
 impl Op for CreditOp {
     type Item = CreditResult;
+
+    const NAME: &'static str = "credit_pending";
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 
     fn side(&self) -> Side {
         Side::Payee
@@ -709,6 +745,12 @@ pub(crate) struct FinalizeOp(pub(crate) Vec<(PaymentId, Finalization)>);
 
 impl Op for FinalizeOp {
     type Item = FinalizeResult;
+
+    const NAME: &'static str = "finalize";
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 
     fn side(&self) -> Side {
         Side::Payee

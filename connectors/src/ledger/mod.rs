@@ -34,6 +34,7 @@ use async_trait::async_trait;
 
 mod engine;
 mod error;
+pub mod metrics;
 mod postgres;
 mod settlement;
 mod sqlite;

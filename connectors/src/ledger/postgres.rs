@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -22,6 +22,7 @@ use super::engine::{
     self, CommitOp, CreditOp, FinalizeOp, Op, RejectOp, ReserveOp, VoidOp, WalletRow, Working,
 };
 use super::error::{LedgerError, LedgerErrorKind};
+use super::metrics;
 use super::settlement::{
     self, ClearingOutcome, ClearingRecord, ClosedWindow, PairTotal, Position, SettlementConfig,
     SettlementStore, StoredClearing,
@@ -37,6 +38,9 @@ use super::{Ledger, SETTLEMENT_STORE_NAME, now_ms};
 /// Most times a transaction that hit a deadlock, a serialization failure or a concurrent insert
 /// of the same payment is run again before the batch fails as busy.
 pub const PG_RETRIES_MAX: u32 = 8;
+
+/// The `backend` label of this backend's metrics.
+const BACKEND: &str = "postgres";
 
 /// First pause before a retry, doubled on each further retry.
 const RETRY_BACKOFF_MS: u64 = 2;
@@ -158,6 +162,7 @@ where
             Ok(value) => return Ok(value),
             Err(AttemptError::Pg(err)) if is_retryable(&err) && retries < PG_RETRIES_MAX => {
                 retries += 1;
+                metrics::record_retry(BACKEND);
                 tracing::debug!(retries, error = %err, "{context}: retrying transaction");
                 let backoff_ms = RETRY_BACKOFF_MS << retries.min(6);
                 // Spread retries of workers that collided, without a random source.
@@ -601,8 +606,11 @@ impl PostgresLedger {
 
     async fn execute<O: Op>(&self, op: O) -> Result<Vec<O::Item>, LedgerError> {
         op.validate()?;
+        let started = Instant::now();
         let op = &op;
-        with_retries("ledger batch", || async move { self.attempt(op).await }).await
+        let result = with_retries(O::NAME, || async move { self.attempt(op).await }).await;
+        metrics::record_batch(BACKEND, O::NAME, op.len(), started.elapsed(), &result);
+        result
     }
 
     /// One try of a batch in one transaction.

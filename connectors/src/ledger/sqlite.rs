@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
@@ -19,6 +19,7 @@ use super::engine::{
     self, CommitOp, CreditOp, FinalizeOp, Op, RejectOp, ReserveOp, VoidOp, WalletRow, Working,
 };
 use super::error::{LedgerError, LedgerErrorKind};
+use super::metrics;
 use super::settlement::{
     self, ClearingOutcome, ClearingRecord, ClosedWindow, PairTotal, Position, SettlementConfig,
     SettlementStore, StoredClearing,
@@ -59,6 +60,9 @@ impl Default for SqliteOptions {
         }
     }
 }
+
+/// The `backend` label of this backend's metrics.
+const BACKEND: &str = "sqlite";
 
 /// Default wait for another writer, in ms.
 pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -551,7 +555,11 @@ impl SqliteLedger {
     }
 
     async fn execute<O: Op>(&self, op: O) -> Result<Vec<O::Item>, LedgerError> {
-        self.db.run(move |conn| execute(conn, &op)).await
+        let started = Instant::now();
+        let items = op.len();
+        let result = self.db.run(move |conn| execute(conn, &op)).await;
+        metrics::record_batch(BACKEND, O::NAME, items, started.elapsed(), &result);
+        result
     }
 
     async fn update_wallet(
