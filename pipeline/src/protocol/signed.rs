@@ -31,9 +31,7 @@ pub fn certificate_fingerprint(der: &[u8]) -> [u8; 32] {
 }
 
 fn party(input: &mut SigningInput, party: &PartyRef) {
-    input
-        .string(&party.institution_id)
-        .string(&party.wallet_id);
+    input.string(&party.institution_id).string(&party.wallet_id);
 }
 
 /// What the payee's terminal signs to consent: the factor.

@@ -1,0 +1,273 @@
+//! The payer's institution decides (flow 1, step 5, its side): on the payee institution's
+//! answer it commits or voids the reservation, and voids every reservation whose expiry passed
+//! without an answer. Its decision is final; both institutions and their terminals are told,
+//! and completed interbank payments go to settlement.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dcpipe_connectors::bus::Outgoing;
+use dcpipe_connectors::ledger::{PaymentRecord, PaymentState, Side, Transition};
+use dcpipe_schemas::{ClearingResponse, ClearingStatus, Digest32, OutcomeStatus, PartyRef};
+
+use super::{
+    Audience, Institution, OutcomeFacts, ledger_id, outcome_messages, outcome_reason, schema_id,
+};
+use crate::pki::Role;
+use crate::protocol::clearing_response_bytes;
+use crate::reason::RejectReason;
+use crate::runtime::{Input, Stage, StageError, Verdict};
+use crate::subjects;
+
+/// Name of this stage.
+pub const STAGE: &str = "commit";
+
+/// Reason code of a response for a payment this institution has no record of.
+pub const REASON_UNKNOWN_PAYMENT: &str = "txn.unknown_payment";
+
+/// Reservations voided per sweep at most; the rest wait for the next tick.
+pub const EXPIRY_SWEEP_MAX: usize = 1024;
+
+/// How often reservations are checked for expiry.
+pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The payer institution's decisions.
+#[derive(Debug, Clone)]
+pub struct CommitStage {
+    institution: Arc<Institution>,
+}
+
+impl CommitStage {
+    /// The stage for `institution`.
+    pub fn new(institution: Arc<Institution>) -> Self {
+        CommitStage { institution }
+    }
+
+    /// Voids every reservation whose expiry has passed and returns the outcomes to publish.
+    pub async fn sweep_expired(&self) -> Result<Vec<Outgoing>, StageError> {
+        let inst = &self.institution;
+        let now_ms = inst.clock.now_ms();
+        let expired = inst
+            .ledger
+            .expired_reservations(now_ms, EXPIRY_SWEEP_MAX)
+            .await?;
+        if expired.is_empty() {
+            return Ok(Vec::new());
+        }
+        let voids: Vec<_> = expired
+            .iter()
+            .map(|record| (record.payment_id, RejectReason::Timeout.code().to_owned()))
+            .collect();
+        let transitions = inst.ledger.void(&voids).await?;
+        let mut outputs = Vec::new();
+        for transition in transitions {
+            if let Transition::Applied(record) = transition {
+                metrics::counter!("dcpipe_payments_expired_total", "institution" => inst.id.clone()).increment(1);
+                outputs.extend(final_outcome(inst, &record)?);
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+/// What a response asks for, once authenticated.
+enum Decision {
+    Commit,
+    Void(String),
+}
+
+fn authenticate(
+    inst: &Institution,
+    response: &ClearingResponse,
+    now_ms: i64,
+) -> Result<Decision, Verdict> {
+    let identity = inst
+        .verifier
+        .verify(
+            &response.institution_certificate,
+            now_ms,
+            Role::InstitutionSigner,
+        )
+        .map_err(|e| {
+            Verdict::dead_letter(
+                RejectReason::Certificate(e.kind()).code(),
+                format!("payee institution certificate: {e}"),
+            )
+        })?;
+    if identity.institution_id() != response.payee_institution_id
+        || response.payer_institution_id != inst.id
+    {
+        return Err(Verdict::dead_letter(
+            RejectReason::PartyMismatch.code(),
+            format!(
+                "response from {} for {}, signed by {}",
+                response.payee_institution_id,
+                response.payer_institution_id,
+                identity.institution_id()
+            ),
+        ));
+    }
+    identity
+        .public_key()
+        .verify(
+            &clearing_response_bytes(response),
+            &response.institution_signature,
+        )
+        .map_err(|e| {
+            Verdict::dead_letter(RejectReason::InstitutionSignature.code(), e.to_string())
+        })?;
+    Ok(match response.status {
+        ClearingStatus::Accepted => Decision::Commit,
+        ClearingStatus::Rejected => Decision::Void(
+            response
+                .reason_code
+                .clone()
+                .unwrap_or_else(|| RejectReason::InvalidRequest.code().to_owned()),
+        ),
+    })
+}
+
+#[async_trait]
+impl Stage for CommitStage {
+    fn name(&self) -> &str {
+        STAGE
+    }
+
+    fn subject(&self) -> String {
+        subjects::clearing_response(&self.institution.id)
+    }
+
+    fn group(&self) -> String {
+        format!("{}-{STAGE}", self.institution.id)
+    }
+
+    async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
+        let inst = &self.institution;
+        let now_ms = inst.clock.now_ms();
+        let decided: Vec<Result<(ClearingResponse, Decision), Verdict>> = batch
+            .iter()
+            .map(|input| {
+                let response = dcpipe_schemas::decode::<ClearingResponse>(input.payload)
+                    .map_err(|e| Verdict::undecodable(&e))?;
+                let decision = authenticate(inst, &response, now_ms)?;
+                Ok((response, decision))
+            })
+            .collect();
+        let commits: Vec<_> = decided
+            .iter()
+            .filter_map(|d| match d {
+                Ok((response, Decision::Commit)) => Some(ledger_id(&response.payment_id)),
+                _ => None,
+            })
+            .collect();
+        let voids: Vec<_> = decided
+            .iter()
+            .filter_map(|d| match d {
+                Ok((response, Decision::Void(reason))) => {
+                    Some((ledger_id(&response.payment_id), reason.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut committed = if commits.is_empty() {
+            Vec::new()
+        } else {
+            inst.ledger.commit(&commits).await?
+        }
+        .into_iter();
+        let mut voided = if voids.is_empty() {
+            Vec::new()
+        } else {
+            inst.ledger.void(&voids).await?
+        }
+        .into_iter();
+        let mut verdicts = Vec::with_capacity(batch.len());
+        for item in decided {
+            let transition = match item {
+                Err(verdict) => {
+                    verdicts.push(verdict);
+                    continue;
+                }
+                Ok((_, Decision::Commit)) => committed.next(),
+                Ok((_, Decision::Void(_))) => voided.next(),
+            }
+            .ok_or_else(|| StageError::Output("ledger returned fewer transitions".to_owned()))?;
+            verdicts.push(match transition {
+                // A repeat (or an answer after the expiry voided it) repeats the final outcome.
+                Transition::Applied(record) | Transition::AlreadyFinal(record) => {
+                    Verdict::Done(final_outcome(inst, &record)?)
+                }
+                Transition::NotFound => Verdict::dead_letter(
+                    REASON_UNKNOWN_PAYMENT,
+                    "no reservation under this payment id",
+                ),
+            });
+        }
+        Ok(verdicts)
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(EXPIRY_SWEEP_INTERVAL)
+    }
+
+    async fn tick(&self) -> Result<Vec<Outgoing>, StageError> {
+        self.sweep_expired().await
+    }
+}
+
+/// The outcome of a decided payer-side record, to both institutions and settlement.
+pub(crate) fn final_outcome(
+    inst: &Institution,
+    record: &PaymentRecord,
+) -> Result<Vec<Outgoing>, StageError> {
+    debug_assert_eq!(record.side, Side::Payer);
+    let (status, reason_code) = match record.state {
+        PaymentState::Committed => {
+            metrics::counter!("dcpipe_payments_completed_total", "institution" => inst.id.clone())
+                .increment(1);
+            (OutcomeStatus::Completed, None)
+        }
+        PaymentState::Voided => (
+            OutcomeStatus::Rejected,
+            Some(
+                record
+                    .reason_code
+                    .as_deref()
+                    .map(outcome_reason)
+                    .unwrap_or(RejectReason::InvalidRequest.code()),
+            ),
+        ),
+        // Not decided here (reserved, or rejected by the payer stage): nothing to tell.
+        _ => return Ok(Vec::new()),
+    };
+    let Some(counterparty) = record.counterparty.clone() else {
+        return Ok(Vec::new());
+    };
+    outcome_messages(
+        inst,
+        OutcomeFacts {
+            payment_id: schema_id(&record.payment_id),
+            envelope_digest: Digest32::from_bytes(record.digest.map(|d| d.0).unwrap_or([0; 32])),
+            status,
+            reason_code,
+            detail: if status == OutcomeStatus::Completed {
+                "cleared"
+            } else {
+                "voided by the payer's institution"
+            },
+            payer: PartyRef {
+                institution_id: inst.id.clone(),
+                wallet_id: record.wallet_id.clone().unwrap_or_default(),
+            },
+            payee: PartyRef {
+                institution_id: counterparty.institution_id,
+                wallet_id: counterparty.wallet_id,
+            },
+            amount_fen: record.amount_fen,
+            decided_at_ms: record.updated_ms,
+            stage: STAGE,
+        },
+        Audience::Everyone,
+    )
+}

@@ -1,0 +1,224 @@
+//! Flow 1 at the institutions: a payment between two terminals, cleared between their
+//! operating institutions.
+//!
+//! ```text
+//! terminal ──txn.submit.<payer>──▶ payer ──clearing.request.<payee>──▶ payee
+//!                                   ▲                                    │
+//!                      clearing.response.<payer> ◀───────────────────────┘
+//!                                   │
+//!                                 commit ──txn.result.<payer|payee>──▶ terminals, finalize
+//!                                   └────settlement.clearing──▶ settlement
+//! ```
+//!
+//! - [`payer::PayerStage`] verifies the envelope, reserves the amount and sends a clearing
+//!   message signed by the payer's institution;
+//! - [`payee::PayeeStage`] verifies the institution's signature and records a pending credit;
+//! - [`commit::CommitStage`] commits or voids the reservation on the payee's answer (or when it
+//!   expires) and tells both sides: the payer institution's decision is final;
+//! - [`finalize::FinalizeStage`] turns the payee's pending credit into money, or reverses it.
+//!
+//! Each stage is idempotent: the ledger keeps one record per payment id and side, and a
+//! repeated message is answered from that record.
+
+pub mod commit;
+pub mod finalize;
+pub mod payee;
+pub mod payer;
+mod policy;
+mod verify;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use dcpipe_connectors::bus::Outgoing;
+use dcpipe_connectors::ledger::{self, Ledger};
+use dcpipe_schemas::{Digest32, OutcomeStatus, PartyRef, PaymentId, PaymentOutcome};
+
+pub use policy::{
+    CLOCK_SKEW_MS_MAX_DEFAULT, EXPIRY_MARGIN_MS_DEFAULT, PIN_PROOF_AGE_MS_MAX_DEFAULT,
+    PaymentPolicy, RESERVATION_TTL_MS_DEFAULT,
+};
+pub use verify::{EnvelopeRejection, VerifiedEnvelope, verify_envelope};
+
+use crate::clock::Clock;
+use crate::pki::{CertifiedKey, ChainVerifier};
+use crate::protocol::payment_outcome_bytes;
+use crate::runtime::{StageError, outgoing};
+use crate::subjects;
+use crate::terminal::CURRENCY;
+
+/// One operating institution's back-end: its id, its signing key, its view of the PKI, its
+/// ledger, its policy and its clock. Shared by all of its stages.
+#[derive(Debug)]
+pub struct Institution {
+    /// The institution's id, e.g. `oi01`.
+    pub id: String,
+    /// The institution signer (signs clearing messages, responses and outcomes).
+    pub signer: CertifiedKey,
+    /// Chain verification against the central bank's root, with its cache and revocations.
+    pub verifier: Arc<ChainVerifier>,
+    /// The institution's own ledger.
+    pub ledger: Arc<dyn Ledger>,
+    /// Time and expiry limits.
+    pub policy: PaymentPolicy,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Institutions known to the trust store: outputs go only to their subjects, so a crafted
+    /// message cannot make a stage publish to arbitrary subjects.
+    pub known_institutions: BTreeSet<String>,
+}
+
+impl Institution {
+    /// An institution's back-end; the known institutions are read from the verifier's trust
+    /// store.
+    pub fn new(
+        id: impl Into<String>,
+        signer: CertifiedKey,
+        verifier: Arc<ChainVerifier>,
+        ledger: Arc<dyn Ledger>,
+        policy: PaymentPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let known_institutions = verifier
+            .trust_store()
+            .institution_ids()
+            .map(str::to_owned)
+            .collect();
+        Institution {
+            id: id.into(),
+            signer,
+            verifier,
+            ledger,
+            policy,
+            clock,
+            known_institutions,
+        }
+    }
+
+    /// Whether `institution` is one the trust store knows.
+    pub fn knows(&self, institution: &str) -> bool {
+        self.known_institutions.contains(institution)
+    }
+
+    /// Signs a message's signing input with the institution signer.
+    pub(crate) fn sign(&self, input: &[u8]) -> Result<Vec<u8>, StageError> {
+        self.signer
+            .key()
+            .sign(input)
+            .map_err(|e| StageError::Output(format!("institution signature failed: {e}")))
+    }
+
+    /// The institution signer's certificate, DER.
+    pub(crate) fn certificate(&self) -> Vec<u8> {
+        self.signer.certificate().der().to_vec()
+    }
+}
+
+/// What a payment outcome says.
+#[derive(Debug, Clone)]
+pub(crate) struct OutcomeFacts<'a> {
+    pub payment_id: PaymentId,
+    pub envelope_digest: Digest32,
+    pub status: OutcomeStatus,
+    pub reason_code: Option<&'a str>,
+    pub detail: &'a str,
+    pub payer: PartyRef,
+    pub payee: PartyRef,
+    pub amount_fen: i64,
+    pub decided_at_ms: i64,
+    pub stage: &'a str,
+}
+
+/// Where an outcome goes: the payer's institution always; the payee's when `tell_payee` and it
+/// is a known, different institution; settlement when it completed between two institutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Audience {
+    /// Only the payer's institution (answers to a submission: conflicts, repeats).
+    PayerOnly,
+    /// Both institutions, and settlement if completed across institutions.
+    Everyone,
+}
+
+/// Builds, signs and addresses a payment outcome.
+pub(crate) fn outcome_messages(
+    institution: &Institution,
+    facts: OutcomeFacts<'_>,
+    audience: Audience,
+) -> Result<Vec<Outgoing>, StageError> {
+    let mut outcome = PaymentOutcome {
+        payment_id: facts.payment_id,
+        envelope_digest: facts.envelope_digest,
+        status: facts.status,
+        reason_code: facts.reason_code.map(str::to_owned),
+        detail: facts.detail.to_owned(),
+        payer: facts.payer,
+        payee: facts.payee,
+        amount_fen: facts.amount_fen,
+        currency: CURRENCY.to_owned(),
+        decided_at_ms: facts.decided_at_ms,
+        decided_by: institution.id.clone(),
+        stage: facts.stage.to_owned(),
+        institution_certificate: institution.certificate(),
+        institution_signature: Vec::new(),
+    };
+    outcome.institution_signature = institution.sign(&payment_outcome_bytes(&outcome))?;
+    let mut recipients: Vec<String> = Vec::with_capacity(3);
+    if institution.knows(&outcome.payer.institution_id) {
+        recipients.push(subjects::txn_result(&outcome.payer.institution_id));
+    }
+    if audience == Audience::Everyone {
+        let payee_institution = &outcome.payee.institution_id;
+        if payee_institution != &outcome.payer.institution_id
+            && institution.knows(payee_institution)
+        {
+            recipients.push(subjects::txn_result(payee_institution));
+            if outcome.status == OutcomeStatus::Completed {
+                recipients.push(subjects::SETTLEMENT_CLEARING.to_owned());
+            }
+        }
+    }
+    let digest_prefix = hex::encode(&outcome.envelope_digest.as_bytes()[..8]);
+    recipients
+        .into_iter()
+        .map(|subject| {
+            let msg_id = format!("{subject}/{}/{digest_prefix}", outcome.payment_id);
+            outgoing(subject, &outcome, msg_id, outcome.payment_id.as_bytes())
+        })
+        .collect()
+}
+
+/// The ledger's payment id for a schema payment id.
+pub fn ledger_id_of(payment_id: &PaymentId) -> ledger::PaymentId {
+    ledger_id(payment_id)
+}
+
+/// The ledger's payment id for a schema payment id.
+pub(crate) fn ledger_id(payment_id: &PaymentId) -> ledger::PaymentId {
+    ledger::PaymentId(*payment_id.as_bytes())
+}
+
+/// The schema payment id for a ledger payment id.
+pub(crate) fn schema_id(payment_id: &ledger::PaymentId) -> PaymentId {
+    PaymentId::from_bytes(payment_id.0)
+}
+
+/// The ledger's digest for a schema digest.
+pub(crate) fn ledger_digest(digest: &Digest32) -> ledger::Digest {
+    ledger::Digest(*digest.as_bytes())
+}
+
+/// The outcome reason for a code stored in a ledger record: refusals the ledger recorded itself
+/// carry its `ledger.*` codes, mapped here to the payer-side reason codes of the protocol.
+pub(crate) fn outcome_reason(stored: &str) -> &str {
+    use crate::reason::RejectReason as R;
+    match stored {
+        "ledger.unknown_wallet" => R::PayerUnknownWallet.code(),
+        "ledger.wallet_locked" => R::PayerWalletLocked.code(),
+        "ledger.single_payment_limit" => R::SinglePaymentLimit.code(),
+        "ledger.daily_limit" => R::DailyLimit.code(),
+        "ledger.insufficient_funds" => R::InsufficientFunds.code(),
+        "ledger.balance_limit" => R::PayeeBalanceLimit.code(),
+        "ledger.malformed_request" | "ledger.invalid_amount" => R::InvalidRequest.code(),
+        other => other,
+    }
+}

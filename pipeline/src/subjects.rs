@@ -1,0 +1,57 @@
+//! Every subject (NATS) or topic (Kafka) dcpipe uses: the same names on every bus.
+//!
+//! `<oi>` is an operating institution's id. docs/PROTOCOL.md lists them with their messages.
+
+/// Payer terminals publish [`dcpipe_schemas::TransactionEnvelope`]s to their institution.
+pub fn txn_submit(institution: &str) -> String {
+    format!("txn.submit.{institution}")
+}
+
+/// Payment outcomes for an institution and its terminals.
+pub fn txn_result(institution: &str) -> String {
+    format!("txn.result.{institution}")
+}
+
+/// Clearing messages addressed to the payee's institution.
+pub fn clearing_request(institution: &str) -> String {
+    format!("clearing.request.{institution}")
+}
+
+/// Clearing responses addressed to the payer's institution.
+pub fn clearing_response(institution: &str) -> String {
+    format!("clearing.response.{institution}")
+}
+
+/// Completed interbank payments, for the central bank's settlement.
+pub const SETTLEMENT_CLEARING: &str = "settlement.clearing";
+
+/// Settlement instructions, one per closed window.
+pub const SETTLEMENT_INSTRUCTION: &str = "settlement.instruction";
+
+/// An institution's net position per closed window.
+pub fn settlement_position(institution: &str) -> String {
+    format!("settlement.position.{institution}")
+}
+
+/// Certificate revocations, for every worker.
+pub const PKI_REVOCATION: &str = "pki.revocation";
+
+/// Everything an institution's payment stages publish to or consume from.
+pub fn institution_subjects(institution: &str) -> Vec<String> {
+    vec![
+        txn_submit(institution),
+        txn_result(institution),
+        clearing_request(institution),
+        clearing_response(institution),
+        settlement_position(institution),
+    ]
+}
+
+/// The central bank's subjects.
+pub fn central_bank_subjects() -> Vec<String> {
+    vec![
+        SETTLEMENT_CLEARING.to_owned(),
+        SETTLEMENT_INSTRUCTION.to_owned(),
+        PKI_REVOCATION.to_owned(),
+    ]
+}
