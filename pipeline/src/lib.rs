@@ -1,11 +1,15 @@
 //! The flows.
 
+pub mod audit;
 pub mod clock;
+pub mod network;
 pub mod payment;
 pub mod pki;
 pub mod protocol;
 pub mod reason;
+pub mod revocation;
 pub mod runtime;
 pub mod settlement;
 pub mod subjects;
 pub mod terminal;
+pub mod tier;

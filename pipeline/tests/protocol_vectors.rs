@@ -9,9 +9,7 @@
 use std::path::PathBuf;
 
 use dcpipe_pipeline::pki::{Algorithm, PrivateKey, PublicKey};
-use dcpipe_pipeline::protocol::{
-    FactorHash, FactorInput, payee_consent_bytes, transaction_factor,
-};
+use dcpipe_pipeline::protocol::{FactorHash, FactorInput, payee_consent_bytes, transaction_factor};
 use dcpipe_schemas::{Channel, Nonce, PartyRef, PaymentId};
 use serde_json::{Value, json};
 
@@ -132,8 +130,7 @@ fn load() -> Value {
         let text = serde_json::to_string_pretty(&make_vectors()).expect("json") + "\n";
         std::fs::write(&path, text).expect("vectors written");
     }
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("vectors parse")
 }
 

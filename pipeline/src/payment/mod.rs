@@ -129,12 +129,15 @@ pub(crate) struct OutcomeFacts<'a> {
     pub stage: &'a str,
 }
 
-/// Where an outcome goes: the payer's institution always; the payee's when `tell_payee` and it
-/// is a known, different institution; settlement when it completed between two institutions.
+/// Where an outcome goes: the payer's institution always; the payee's when it is a known,
+/// different institution; settlement when it completed between two institutions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Audience {
-    /// Only the payer's institution (answers to a submission: conflicts, repeats).
+    /// Only the payer's institution: the answer to a conflicting submission.
     PayerOnly,
+    /// Only the payer's institution, as a new message: the answer to a resubmission stored at
+    /// this bus position (a redelivery of the same resubmission is dropped by its id).
+    Resubmission(dcpipe_connectors::bus::Position),
     /// Both institutions, and settlement if completed across institutions.
     Everyone,
 }
@@ -177,7 +180,10 @@ pub(crate) fn outcome_messages(
             }
         }
     }
-    let digest_prefix = hex::encode(&outcome.envelope_digest.as_bytes()[..8]);
+    let mut digest_prefix = hex::encode(&outcome.envelope_digest.as_bytes()[..8]);
+    if let Audience::Resubmission(position) = audience {
+        digest_prefix.push_str(&format!("/r{}-{}", position.partition, position.offset));
+    }
     recipients
         .into_iter()
         .map(|subject| {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dcpipe_connectors::bus::Outgoing;
+use dcpipe_connectors::bus::{Outgoing, Position};
 use dcpipe_connectors::ledger::{
     self, PaymentRecord, PaymentState, RejectionResult, ReserveRequest, ReserveResult,
 };
@@ -146,7 +146,8 @@ impl Stage for PayerStage {
         .into_iter();
 
         let mut verdicts = Vec::with_capacity(steps.len());
-        for step in steps {
+        for (step, input) in steps.into_iter().zip(batch) {
+            let position = input.position;
             let verdict = match step {
                 Step::Decided(verdict) => verdict,
                 Step::Unauthenticated(envelope, digest, rejected) => Verdict::Done(rejection(
@@ -170,7 +171,9 @@ impl Stage for PayerStage {
                             now_ms,
                             Audience::Everyone,
                         )?,
-                        RejectionResult::Duplicate(record) => repeat(inst, &envelope, &record)?,
+                        RejectionResult::Duplicate(record) => {
+                            repeat(inst, &envelope, &record, position)?
+                        }
                         RejectionResult::Conflict(_) => conflict(inst, &envelope, digest, now_ms)?,
                     })
                 }
@@ -178,7 +181,9 @@ impl Stage for PayerStage {
                     let result = reserved.next().ok_or_else(|| short_answer("reserve"))?;
                     Verdict::Done(match result {
                         ReserveResult::Reserved(record) => clearing(inst, &envelope, &record)?,
-                        ReserveResult::Duplicate(record) => repeat(inst, &envelope, &record)?,
+                        ReserveResult::Duplicate(record) => {
+                            repeat(inst, &envelope, &record, position)?
+                        }
                         ReserveResult::Conflict(_) => {
                             conflict(inst, &envelope, verified.digest, now_ms)?
                         }
@@ -343,6 +348,7 @@ fn repeat(
     inst: &Institution,
     envelope: &TransactionEnvelope,
     record: &PaymentRecord,
+    position: Position,
 ) -> Result<Vec<Outgoing>, StageError> {
     metrics::counter!("dcpipe_payments_duplicates_total", "institution" => inst.id.clone())
         .increment(1);
@@ -382,6 +388,6 @@ fn repeat(
             decided_at_ms: record.updated_ms,
             stage,
         },
-        Audience::PayerOnly,
+        Audience::Resubmission(position),
     )
 }

@@ -13,7 +13,8 @@ pub use encoding::{SigningInput, TAG_BYTES_MAX};
 pub use factor::{FactorHash, FactorInput, transaction_factor};
 pub use signed::{
     TAG_CLEARING_MESSAGE, TAG_CLEARING_RESPONSE, TAG_PAYEE_CONSENT, TAG_PAYER_ENVELOPE,
-    TAG_PAYMENT_OUTCOME, TAG_PIN_PROOF, TAG_SETTLEMENT_INSTRUCTION, certificate_fingerprint,
-    clearing_message_bytes, clearing_response_bytes, envelope_digest, payee_consent_bytes,
-    payer_envelope_bytes, payment_outcome_bytes, pin_proof_bytes, settlement_instruction_bytes,
+    TAG_PAYMENT_OUTCOME, TAG_PIN_PROOF, TAG_REVOCATION_UPDATE, TAG_SETTLEMENT_INSTRUCTION,
+    certificate_fingerprint, clearing_message_bytes, clearing_response_bytes, envelope_digest,
+    payee_consent_bytes, payer_envelope_bytes, payment_outcome_bytes, pin_proof_bytes,
+    revocation_update_bytes, settlement_instruction_bytes,
 };

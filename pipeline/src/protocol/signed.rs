@@ -4,7 +4,7 @@
 
 use dcpipe_schemas::{
     ClearingMessage, ClearingResponse, ClearingStatus, Digest32, OutcomeStatus, PartyRef,
-    PaymentOutcome, SettlementInstruction, TransactionEnvelope,
+    PaymentOutcome, RevocationUpdate, SettlementInstruction, TransactionEnvelope,
 };
 
 use super::SigningInput;
@@ -24,6 +24,9 @@ pub const TAG_CLEARING_RESPONSE: &str = "dcpipe/v1/clearing-response";
 pub const TAG_PAYMENT_OUTCOME: &str = "dcpipe/v1/payment-outcome";
 /// Domain tag of the central bank's signature over a settlement instruction.
 pub const TAG_SETTLEMENT_INSTRUCTION: &str = "dcpipe/v1/settlement-instruction";
+
+/// Domain tag of a CA's signature over a revocation update.
+pub const TAG_REVOCATION_UPDATE: &str = "dcpipe/v1/revocation-update";
 
 /// SHA-256 of a certificate's DER: how certificates enter every signed input.
 pub fn certificate_fingerprint(der: &[u8]) -> [u8; 32] {
@@ -160,5 +163,25 @@ pub fn settlement_instruction_bytes(instruction: &SettlementInstruction) -> Vec<
         .i64(instruction.late_amount_fen)
         .i64(instruction.issued_at_ms)
         .fixed(&certificate_fingerprint(&instruction.issuer_certificate));
+    input.into_bytes()
+}
+
+/// What a CA signs on a revocation update.
+pub fn revocation_update_bytes(update: &RevocationUpdate) -> Vec<u8> {
+    let mut input = SigningInput::new(TAG_REVOCATION_UPDATE);
+    input
+        .fixed(update.update_id.as_bytes())
+        .i64(update.sequence)
+        .fixed(update.issuer_fingerprint.as_bytes())
+        .count(update.revoked.len());
+    for revoked in &update.revoked {
+        input
+            .bytes(&revoked.serial)
+            .i64(revoked.revoked_at_ms)
+            .string(&revoked.reason);
+    }
+    input
+        .i64(update.issued_at_ms)
+        .fixed(&certificate_fingerprint(&update.issuer_certificate));
     input.into_bytes()
 }

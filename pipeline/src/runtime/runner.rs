@@ -126,6 +126,7 @@ async fn process(bus: &dyn Bus, stage: &dyn Stage, config: &RunnerConfig, batch:
             subject: &d.record.subject,
             payload: &d.record.payload,
             delivery_count: d.delivery_count,
+            position: d.record.position,
         })
         .collect();
     let decided = stage.handle(&inputs).await;

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dcpipe_connectors::bus::Outgoing;
+use dcpipe_connectors::bus::{Outgoing, Position};
 use dcpipe_connectors::ledger::LedgerError;
 use dcpipe_schemas::{CodecError, Message};
 
@@ -15,6 +15,8 @@ pub struct Input<'a> {
     pub payload: &'a [u8],
     /// 1 on the first delivery.
     pub delivery_count: u32,
+    /// Where it is stored on the bus: tells a resubmission from a redelivery.
+    pub position: Position,
 }
 
 /// What a stage decided for one input.

@@ -1,0 +1,274 @@
+//! The invariants every run is held to: each submission gets one answer, each payment at most
+//! one completion, and money is conserved. The demo, the tests and the load test all judge
+//! their runs with these checks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dcpipe_connectors::bus::{Bus, BusError, ConsumerConfig, StartAt};
+use dcpipe_schemas::{Digest32, OutcomeStatus, PaymentId, PaymentOutcome};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::subjects;
+
+/// A submission: a payment id with the digest of the submitted content.
+pub type Submission = (PaymentId, Digest32);
+
+/// The answer recorded for a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Completed or rejected.
+    pub status: OutcomeStatus,
+    /// The reason code of a rejection.
+    pub reason_code: Option<String>,
+    /// The stage that decided.
+    pub stage: String,
+    /// Amount in fen.
+    pub amount_fen: i64,
+    /// Payer institution.
+    pub payer_institution: String,
+    /// Payee institution.
+    pub payee_institution: String,
+    /// How many times this answer was received (repeats are allowed, contradictions are not).
+    pub copies: u32,
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// One submission received two different answers.
+    Contradiction {
+        /// The submission.
+        submission: Submission,
+        /// The first answer.
+        first: String,
+        /// The other.
+        other: String,
+    },
+    /// A submission never received an answer.
+    Unanswered(Submission),
+    /// A payment completed under two different contents.
+    CompletedTwice(PaymentId),
+}
+
+/// Every outcome received, by submission.
+#[derive(Debug, Default)]
+pub struct OutcomeBook {
+    answers: HashMap<Submission, Answer>,
+    violations: Vec<Violation>,
+}
+
+fn describe(status: OutcomeStatus, reason: Option<&str>) -> String {
+    match (status, reason) {
+        (OutcomeStatus::Completed, _) => "COMPLETED".to_owned(),
+        (OutcomeStatus::Rejected, reason) => format!("REJECTED {}", reason.unwrap_or("-")),
+    }
+}
+
+impl OutcomeBook {
+    /// Records an outcome; a different answer to an answered submission is a violation.
+    pub fn record(&mut self, outcome: &PaymentOutcome) {
+        let key = (outcome.payment_id, outcome.envelope_digest);
+        match self.answers.get_mut(&key) {
+            Some(answer) => {
+                if answer.status != outcome.status || answer.reason_code != outcome.reason_code {
+                    self.violations.push(Violation::Contradiction {
+                        submission: key,
+                        first: describe(answer.status, answer.reason_code.as_deref()),
+                        other: describe(outcome.status, outcome.reason_code.as_deref()),
+                    });
+                } else {
+                    answer.copies += 1;
+                }
+            }
+            None => {
+                self.answers.insert(
+                    key,
+                    Answer {
+                        status: outcome.status,
+                        reason_code: outcome.reason_code.clone(),
+                        stage: outcome.stage.clone(),
+                        amount_fen: outcome.amount_fen,
+                        payer_institution: outcome.payer.institution_id.clone(),
+                        payee_institution: outcome.payee.institution_id.clone(),
+                        copies: 1,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The answer to a submission, if any.
+    pub fn answer(&self, submission: &Submission) -> Option<&Answer> {
+        self.answers.get(submission)
+    }
+
+    /// Whether every one of `submissions` has an answer.
+    pub fn answers_all(&self, submissions: &[Submission]) -> bool {
+        submissions.iter().all(|s| self.answers.contains_key(s))
+    }
+
+    /// Distinct submissions answered.
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// Whether nothing was answered yet.
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// Every answer.
+    pub fn answers(&self) -> impl Iterator<Item = (&Submission, &Answer)> {
+        self.answers.iter()
+    }
+
+    /// Answers counted by outcome: `COMPLETED`, or the rejection's reason code.
+    pub fn counts_by_outcome(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for answer in self.answers.values() {
+            let key = match answer.status {
+                OutcomeStatus::Completed => "COMPLETED".to_owned(),
+                OutcomeStatus::Rejected => answer
+                    .reason_code
+                    .clone()
+                    .unwrap_or_else(|| "REJECTED".to_owned()),
+            };
+            *counts.entry(key).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Every broken invariant, given what was submitted: contradictions seen so far, each
+    /// submission unanswered, and each payment completed under two contents.
+    pub fn violations(&self, submitted: &[Submission]) -> Vec<Violation> {
+        let mut violations = self.violations.clone();
+        violations.extend(
+            submitted
+                .iter()
+                .filter(|s| !self.answers.contains_key(*s))
+                .map(|s| Violation::Unanswered(*s)),
+        );
+        let mut completed: HashMap<PaymentId, u32> = HashMap::new();
+        for ((payment_id, _), answer) in &self.answers {
+            if answer.status == OutcomeStatus::Completed {
+                *completed.entry(*payment_id).or_insert(0) += 1;
+            }
+        }
+        let mut twice: Vec<PaymentId> = completed
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(id, _)| id)
+            .collect();
+        twice.sort();
+        violations.extend(twice.into_iter().map(Violation::CompletedTwice));
+        violations
+    }
+
+    /// Net interbank positions implied by the completed payments: what settlement must find.
+    pub fn expected_net_positions(&self) -> BTreeMap<String, i64> {
+        let mut net = BTreeMap::new();
+        for answer in self.answers.values() {
+            if answer.status == OutcomeStatus::Completed
+                && answer.payer_institution != answer.payee_institution
+            {
+                *net.entry(answer.payer_institution.clone()).or_insert(0) -= answer.amount_fen;
+                *net.entry(answer.payee_institution.clone()).or_insert(0) += answer.amount_fen;
+            }
+        }
+        net
+    }
+}
+
+/// Consumes the outcomes of some institutions into an [`OutcomeBook`], and lets callers wait
+/// for a condition on it with a deadline.
+#[derive(Debug, Clone)]
+pub struct OutcomeCollector {
+    book: Arc<Mutex<OutcomeBook>>,
+    changed: Arc<Notify>,
+}
+
+impl OutcomeCollector {
+    /// Starts consuming `txn.result.<oi>` of every institution in `institutions`, in consumer
+    /// group `group` (its own, so the institutions' stages still get every outcome).
+    pub async fn spawn(
+        bus: Arc<dyn Bus>,
+        institutions: impl IntoIterator<Item = String>,
+        group: &str,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, Vec<JoinHandle<()>>), BusError> {
+        let collector = OutcomeCollector {
+            book: Arc::new(Mutex::new(OutcomeBook::default())),
+            changed: Arc::new(Notify::new()),
+        };
+        let mut handles = Vec::new();
+        for institution in institutions {
+            let mut config = ConsumerConfig::new(subjects::txn_result(&institution), group);
+            config.start = StartAt::Earliest;
+            config.max_in_flight = 4096;
+            let mut consumer = bus.consumer(config).await?;
+            let collector = collector.clone();
+            let shutdown = shutdown.clone();
+            handles.push(tokio::spawn(async move {
+                loop {
+                    let batch = tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        batch = consumer.fetch(1024, Duration::from_millis(100)) => batch,
+                    };
+                    let Ok(batch) = batch else { continue };
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    {
+                        let mut book = collector.lock();
+                        for delivery in &batch {
+                            if let Ok(outcome) =
+                                dcpipe_schemas::decode::<PaymentOutcome>(&delivery.record.payload)
+                            {
+                                book.record(&outcome);
+                            }
+                        }
+                    }
+                    collector.changed.notify_waiters();
+                    for delivery in batch {
+                        let _ = delivery.ack().await;
+                    }
+                }
+            }));
+        }
+        Ok((collector, handles))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutcomeBook> {
+        self.book
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the book.
+    pub fn with_book<R>(&self, f: impl FnOnce(&OutcomeBook) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Waits until `condition` holds on the book, or the deadline passes; returns whether it
+    /// held.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut(&OutcomeBook) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if condition(&self.lock()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return condition(&self.lock());
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! A whole payment network in one place: the PKI, each institution's back-end and ledger with
+//! its wallets, and the central bank's settlement — provisioned, then started on a bus.
+//!
+//! The demo, the end-to-end tests and the load test use it; a production deployment runs the
+//! same stages one per process with `dcpipe worker`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use dcpipe_connectors::bus::{Bus, BusError, SubjectSpec};
+use dcpipe_connectors::ledger::{
+    LedgerError, LedgerOptions, LedgerUrl, SettlementConfig, WalletAccount, open_ledger,
+    open_settlement,
+};
+use dcpipe_schemas::PartyRef;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::payment::{
+    Institution, PaymentPolicy, commit::CommitStage, finalize::FinalizeStage, payee::PayeeStage,
+    payer::PayerStage,
+};
+use crate::pki::{
+    AlgorithmChoice, CertifiedKey, ChainVerifier, DemoPkiOptions, IssueError, PkiDirectory,
+    PrivateKey, RevocationSet,
+};
+use crate::revocation::RevocationStage;
+use crate::runtime::{RunnerConfig, Stage, spawn_stage};
+use crate::settlement::{CentralBank, GRACE_MS_DEFAULT, SettlementStage};
+use crate::subjects;
+use crate::terminal::Terminal;
+use crate::tier::{FEN_PER_CNY, TIER_2, TIER_4, Tier};
+
+/// Every this many wallets, one is tier 2; the others are tier 4.
+pub const TIER_2_EVERY: usize = 10;
+
+/// Opening balance of a tier 4 wallet: 5,000 CNY.
+pub const TIER_4_OPENING_FEN: i64 = 5_000 * FEN_PER_CNY;
+
+/// Opening balance of a tier 2 wallet: 200,000 CNY.
+pub const TIER_2_OPENING_FEN: i64 = 200_000 * FEN_PER_CNY;
+
+/// What to provision.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// Operating institutions.
+    pub institutions: usize,
+    /// Wallets, all institutions together (spread round-robin).
+    pub wallets: usize,
+    /// Certificate algorithms.
+    pub algorithm: AlgorithmChoice,
+    /// Where the ledgers live.
+    pub ledger: LedgerUrl,
+    /// Ledger connection settings.
+    pub ledger_options: LedgerOptions,
+    /// Time and expiry limits of the payment stages.
+    pub policy: PaymentPolicy,
+    /// Settlement windows.
+    pub settlement: SettlementConfig,
+    /// Grace after a window's end before it closes.
+    pub settlement_grace_ms: i64,
+}
+
+impl NetworkConfig {
+    /// `institutions` institutions and `wallets` wallets with in-memory SQLite ledgers.
+    pub fn in_memory(institutions: usize, wallets: usize) -> Self {
+        NetworkConfig {
+            institutions,
+            wallets,
+            algorithm: AlgorithmChoice::P256,
+            ledger: LedgerUrl::SqliteMemory,
+            ledger_options: LedgerOptions::default(),
+            policy: PaymentPolicy::default(),
+            settlement: SettlementConfig::default(),
+            settlement_grace_ms: GRACE_MS_DEFAULT,
+        }
+    }
+}
+
+/// Why a network could not be provisioned or started.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The PKI could not be generated.
+    #[error("PKI: {0}")]
+    Pki(#[from] IssueError),
+    /// A ledger could not be opened or provisioned.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// A subject could not be created on the bus.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// A provisioned wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletInfo {
+    /// Institution and wallet id.
+    pub party: PartyRef,
+    /// Its tier.
+    pub tier: Tier,
+    /// Its opening balance.
+    pub opening_fen: i64,
+}
+
+/// A provisioned payment network.
+#[derive(Debug)]
+pub struct Network {
+    /// Keys and certificates of everyone.
+    pub pki: Arc<PkiDirectory>,
+    /// The revocation set every verifier of this process consults.
+    pub revocations: Arc<RevocationSet>,
+    /// The chain verifier shared by this process's stages.
+    pub verifier: Arc<ChainVerifier>,
+    /// Each institution's back-end, by id.
+    pub institutions: BTreeMap<String, Arc<Institution>>,
+    /// The central bank's settlement service.
+    pub central_bank: Arc<CentralBank>,
+    /// Every wallet, in PKI order.
+    pub wallets: Vec<WalletInfo>,
+    wallet_index: HashMap<String, usize>,
+}
+
+/// A copy of a certified key (keys are not `Clone`: they are copied deliberately, through
+/// their PKCS#8 encoding).
+pub fn copy_certified_key(key: &CertifiedKey) -> Result<CertifiedKey, IssueError> {
+    let pkcs8 = key
+        .key()
+        .to_pkcs8_der()
+        .map_err(|e| IssueError::new(crate::pki::IssueErrorKind::Key, e.to_string()))?;
+    let private = PrivateKey::from_pkcs8_der(&pkcs8)
+        .map_err(|e| IssueError::new(crate::pki::IssueErrorKind::Key, e.to_string()))?;
+    CertifiedKey::new(key.certificate().clone(), private)
+}
+
+impl Network {
+    /// Generates the PKI, opens every ledger and provisions the wallets.
+    pub async fn provision(
+        config: &NetworkConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, NetworkError> {
+        let now_ms = clock.now_ms();
+        let pki = Arc::new(PkiDirectory::generate(&DemoPkiOptions::new(
+            config.institutions,
+            config.wallets,
+            config.algorithm,
+            now_ms,
+        ))?);
+        Self::from_pki(pki, config, clock).await
+    }
+
+    /// Opens every ledger of an existing PKI and provisions its wallets.
+    pub async fn from_pki(
+        pki: Arc<PkiDirectory>,
+        config: &NetworkConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, NetworkError> {
+        let revocations = Arc::new(RevocationSet::new());
+        let verifier = Arc::new(ChainVerifier::new(
+            Arc::clone(pki.trust_store()),
+            Arc::clone(&revocations),
+        ));
+        let mut wallets = Vec::new();
+        for (index, (wallet_id, keys)) in pki.wallets().enumerate() {
+            let (tier, opening_fen) = if index % TIER_2_EVERY == TIER_2_EVERY - 1 {
+                (TIER_2, TIER_2_OPENING_FEN)
+            } else {
+                (TIER_4, TIER_4_OPENING_FEN)
+            };
+            wallets.push(WalletInfo {
+                party: PartyRef {
+                    institution_id: keys.institution.clone(),
+                    wallet_id: wallet_id.to_owned(),
+                },
+                tier,
+                opening_fen,
+            });
+        }
+        let mut institutions = BTreeMap::new();
+        for (id, keys) in pki.institutions() {
+            let ledger = open_ledger(&config.ledger, id, &config.ledger_options).await?;
+            let accounts: Vec<WalletAccount> = wallets
+                .iter()
+                .filter(|w| w.party.institution_id == id)
+                .map(|w| WalletAccount {
+                    wallet_id: w.party.wallet_id.clone(),
+                    institution_id: id.to_owned(),
+                    tier: w.tier.number,
+                    balance_fen: w.opening_fen,
+                    limits: w.tier.limits,
+                    locked: false,
+                })
+                .collect();
+            for chunk in accounts.chunks(dcpipe_connectors::ledger::BATCH_ITEMS_MAX) {
+                ledger.open_wallets(chunk).await?;
+            }
+            let institution = Institution::new(
+                id,
+                copy_certified_key(&keys.signer)?,
+                Arc::clone(&verifier),
+                ledger,
+                config.policy.clone(),
+                Arc::clone(&clock),
+            );
+            institutions.insert(id.to_owned(), Arc::new(institution));
+        }
+        let store =
+            open_settlement(&config.ledger, config.settlement, &config.ledger_options).await?;
+        let central_bank = Arc::new(CentralBank {
+            signer: copy_certified_key(pki.settlement_signer())?,
+            verifier: Arc::clone(&verifier),
+            store,
+            clock,
+            grace_ms: config.settlement_grace_ms,
+        });
+        let wallet_index = wallets
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.party.wallet_id.clone(), i))
+            .collect();
+        Ok(Network {
+            pki,
+            revocations,
+            verifier,
+            institutions,
+            central_bank,
+            wallets,
+            wallet_index,
+        })
+    }
+
+    /// Every subject the network uses, created on `bus` (streams or topics) if missing.
+    pub async fn ensure_subjects(&self, bus: &dyn Bus, partitions: u32) -> Result<(), BusError> {
+        let mut names = subjects::central_bank_subjects();
+        for id in self.institutions.keys() {
+            names.extend(subjects::institution_subjects(id));
+        }
+        for stage in [
+            crate::payment::payer::STAGE,
+            crate::payment::payee::STAGE,
+            crate::payment::commit::STAGE,
+            crate::payment::finalize::STAGE,
+            crate::settlement::STAGE,
+            crate::revocation::STAGE,
+        ] {
+            names.push(dcpipe_connectors::bus::dead_letter_subject(stage));
+        }
+        for name in names {
+            bus.ensure_subject(&SubjectSpec::new(name).with_partitions(partitions))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every stage of every institution, the settlement stage and this process's revocation
+    /// listener (`process` names its consumer group).
+    pub fn stages(&self, process: &str) -> Vec<Arc<dyn Stage>> {
+        let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+        for institution in self.institutions.values() {
+            stages.push(Arc::new(PayerStage::new(Arc::clone(institution))));
+            stages.push(Arc::new(PayeeStage::new(Arc::clone(institution))));
+            stages.push(Arc::new(CommitStage::new(Arc::clone(institution))));
+            stages.push(Arc::new(FinalizeStage::new(Arc::clone(institution))));
+        }
+        stages.push(Arc::new(SettlementStage::new(Arc::clone(
+            &self.central_bank,
+        ))));
+        stages.push(Arc::new(RevocationStage::new(
+            Arc::clone(&self.verifier),
+            Arc::clone(&self.revocations),
+            format!("{process}-{}", crate::revocation::STAGE),
+        )));
+        stages
+    }
+
+    /// Starts every stage on `bus`; they stop when `shutdown` is cancelled.
+    pub fn spawn(
+        &self,
+        bus: &Arc<dyn Bus>,
+        runner: &RunnerConfig,
+        process: &str,
+        shutdown: &CancellationToken,
+    ) -> Vec<JoinHandle<Result<(), BusError>>> {
+        self.stages(process)
+            .into_iter()
+            .map(|stage| spawn_stage(Arc::clone(bus), stage, runner.clone(), shutdown.clone()))
+            .collect()
+    }
+
+    /// The terminal of a wallet.
+    pub fn terminal(&self, wallet_id: &str) -> Option<Terminal<'_>> {
+        let info = &self.wallets[*self.wallet_index.get(wallet_id)?];
+        let keys = self.pki.wallet(wallet_id)?;
+        Some(Terminal {
+            wallet: &info.party,
+            user: &keys.terminal,
+            secure_element: &keys.secure_element,
+            password_free_limit_fen: info.tier.limits.password_free_limit_fen,
+        })
+    }
+
+    /// Sum of the opening balances.
+    pub fn opening_total_fen(&self) -> i64 {
+        self.wallets.iter().map(|w| w.opening_fen).sum()
+    }
+
+    /// The money in every ledger now.
+    pub async fn money(&self) -> Result<MoneyReport, LedgerError> {
+        let mut report = MoneyReport {
+            opening_fen: self.opening_total_fen(),
+            ..MoneyReport::default()
+        };
+        for institution in self.institutions.values() {
+            let ledger = &institution.ledger;
+            let balance = ledger.total_balance_fen().await?;
+            let pending = ledger.pending_totals().await?;
+            report.balance_fen += balance;
+            report.held_fen += pending.held_fen;
+            report.pending_credit_fen += pending.pending_credit_fen;
+            report
+                .by_institution
+                .insert(institution.id.clone(), balance);
+            ledger.verify_integrity().await?;
+        }
+        Ok(report)
+    }
+}
+
+/// Where the money is, across all ledgers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoneyReport {
+    /// What the wallets were opened with.
+    pub opening_fen: i64,
+    /// Sum of balances (holds included, pending credits not).
+    pub balance_fen: i64,
+    /// Reserved, not yet decided.
+    pub held_fen: i64,
+    /// Credited, not yet final.
+    pub pending_credit_fen: i64,
+    /// Balance per institution.
+    pub by_institution: BTreeMap<String, i64>,
+}
+
+impl MoneyReport {
+    /// Money is conserved and nothing is in flight: the balances sum to the opening total.
+    pub fn is_settled_and_conserved(&self) -> bool {
+        self.balance_fen == self.opening_fen && self.held_fen == 0 && self.pending_credit_fen == 0
+    }
+}
