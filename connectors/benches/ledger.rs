@@ -1,5 +1,6 @@
-//! Throughput of the ledger's hot calls (reserve, credit_pending, commit, finalize) in batches
-//! of 256, as the pipeline sends them: on SQLite with full durability (`synchronous=FULL`, the
+//! Throughput of the ledger's hot calls (reserve, credit_pending, commit, finalize, and the batch
+//! read of payer wallets) in batches of 256, as the pipeline sends them, and of listing the
+//! latest 256 decisions among many (what a restarted commit stage re-announces): on SQLite with full durability (`synchronous=FULL`, the
 //! default) and relaxed (`NORMAL`), and on PostgreSQL (a private server from the testkit, so
 //! with fsync off: the numbers measure the ledger's round trips and locking, not the disk).
 //!
@@ -13,7 +14,8 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use dcpipe_connectors::ledger::{
     CreditRequest, Digest, Finalization, Ledger, LedgerOptions, LedgerUrl, Party, PaymentId,
-    ReserveRequest, SqliteOptions, SqliteSync, WalletAccount, WalletLimits, open_ledger,
+    ReserveRequest, SqliteOptions, SqliteSync, Transition, WalletAccount, WalletLimits,
+    open_ledger,
 };
 use dcpipe_connectors::testkit::PostgresServer;
 use tokio::runtime::Runtime;
@@ -30,6 +32,8 @@ const LIMITS: WalletLimits = WalletLimits {
     password_free_limit_fen: 0,
 };
 const PAID_AT_MS: i64 = 1_735_704_000_000;
+/// Batches decided before listing the latest one, so the listing runs among many decisions.
+const DECIDED_BATCHES: usize = 40;
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -178,6 +182,54 @@ fn hot_calls(
     });
 }
 
+/// Reserves and commits `batches` batches on `payer`; returns the update stamp of the last.
+fn decide_batches(rt: &Runtime, payer: &dyn Ledger, ids: &mut Ids, batches: usize) -> i64 {
+    let mut last_ms = 0;
+    for _ in 0..batches {
+        let batch = ids.next_batch();
+        rt.block_on(payer.reserve(&reserves(&batch)))
+            .expect("reserve");
+        let committed = rt.block_on(payer.commit(&batch)).expect("commit");
+        if let Some(Transition::Applied(record)) = committed.last() {
+            last_ms = record.updated_ms;
+        }
+    }
+    last_ms
+}
+
+/// Benchmarks the reads of the payment and commit stages.
+fn reads(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, payer: Arc<dyn Ledger>) {
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut round = 0;
+    group.bench_function("wallets", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                round += 1;
+                let ids: Vec<String> = (0..BATCH)
+                    .map(|k| wallet((round * 31 + k * 7) % WALLETS))
+                    .collect();
+                let start = Instant::now();
+                let found = rt.block_on(payer.wallets(&ids)).expect("wallets");
+                total += start.elapsed();
+                assert!(found.iter().all(Option::is_some));
+            }
+            total
+        })
+    });
+    // Far from the `hot_calls` ids, so the decisions here are new ones.
+    let mut ids = Ids(1 << 40);
+    let since_ms = decide_batches(rt, payer.as_ref(), &mut ids, DECIDED_BATCHES);
+    group.bench_function("decided_since", |b| {
+        b.iter(|| {
+            let listed = rt
+                .block_on(payer.decided_since(since_ms, BATCH))
+                .expect("list");
+            assert_eq!(listed.len(), BATCH);
+        })
+    });
+}
+
 async fn ledgers(url: &LedgerUrl, options: &LedgerOptions) -> (Arc<dyn Ledger>, Arc<dyn Ledger>) {
     let payer = open_ledger(url, "oi-payer", options).await.expect("payer");
     let payee = open_ledger(url, "oi-payee", options).await.expect("payee");
@@ -202,7 +254,8 @@ fn sqlite(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("ledger_sqlite_{name}"));
         group.sample_size(20);
         group.measurement_time(Duration::from_secs(5));
-        hot_calls(&mut group, &rt, payer, payee);
+        hot_calls(&mut group, &rt, Arc::clone(&payer), payee);
+        reads(&mut group, &rt, payer);
         group.finish();
     }
 }
@@ -215,7 +268,8 @@ fn postgres(c: &mut Criterion) {
     let mut group = c.benchmark_group("ledger_postgres");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(5));
-    hot_calls(&mut group, &rt, payer, payee);
+    hot_calls(&mut group, &rt, Arc::clone(&payer), payee);
+    reads(&mut group, &rt, payer);
     group.finish();
 }
 

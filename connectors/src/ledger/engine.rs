@@ -895,6 +895,31 @@ pub(crate) fn compare_daily(
     Ok(())
 }
 
+/// The ids a batch lookup of wallets asks the database for: distinct and sorted. An id no wallet
+/// can have (empty or longer than [`ID_LEN_MAX`], refused when wallets are opened) is not asked
+/// for and is answered `None`.
+pub(crate) fn lookup_ids(wallet_ids: &[String]) -> Result<Vec<WalletId>, LedgerError> {
+    check_batch_len(wallet_ids.len())?;
+    Ok(wallet_ids
+        .iter()
+        .filter(|id| valid_id(id))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .cloned()
+        .collect())
+}
+
+/// One answer per requested id, in request order, from the wallets found.
+pub(crate) fn lookup_answers(
+    wallet_ids: &[String],
+    found: &HashMap<WalletId, WalletRow>,
+) -> Vec<Option<WalletState>> {
+    wallet_ids
+        .iter()
+        .map(|id| found.get(id).map(WalletRow::state))
+        .collect()
+}
+
 /// Checks limits before they are stored.
 pub(crate) fn validate_limits(limits: &super::types::WalletLimits) -> Result<(), LedgerError> {
     let amounts = [
@@ -993,6 +1018,33 @@ mod tests {
             .apply(&mut working)
             .expect_err("commit without wallet");
         assert_eq!(err.kind(), crate::ledger::LedgerErrorKind::Integrity);
+    }
+
+    #[test]
+    fn lookup_asks_each_valid_id_once() {
+        let ids: Vec<String> = ["w2", "w1", "w2", "", &"x".repeat(ID_LEN_MAX + 1)]
+            .map(str::to_owned)
+            .to_vec();
+        assert_eq!(lookup_ids(&ids).expect("ids"), vec!["w1", "w2"]);
+    }
+
+    #[test]
+    fn lookup_answers_every_requested_position() {
+        let working = working_with_wallet(150_000);
+        let ids: Vec<String> = ["w1", "ghost", "w1"].map(str::to_owned).to_vec();
+        let answers = lookup_answers(&ids, &working.wallets);
+        let balances: Vec<Option<i64>> = answers
+            .iter()
+            .map(|w| w.as_ref().map(|w| w.account.balance_fen))
+            .collect();
+        assert_eq!(balances, vec![Some(150_000), None, Some(150_000)]);
+    }
+
+    #[test]
+    fn oversized_lookup_is_invalid_input() {
+        let ids = vec!["w1".to_owned(); BATCH_ITEMS_MAX + 1];
+        let err = lookup_ids(&ids).expect_err("too large");
+        assert_eq!(err.kind(), crate::ledger::LedgerErrorKind::InvalidInput);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - the payer institution decides, once: [`Ledger::commit`] or [`Ledger::void`] (a void also
 //!   when [`Ledger::expired_reservations`] lists the hold);
 //! - the payee institution [`Ledger::finalize`]s on that decision: credited or reversed. A void
-//!   that arrives before the clearing message leaves a tombstone that refuses it later.
+//!   that arrives before the clearing message leaves a tombstone that refuses it later;
+//! - a payer institution that crashed between deciding and publishing lists its recent
+//!   decisions with [`Ledger::decided_since`] and announces them again.
 //!
 //! Every mutating call takes a batch and runs it in one database transaction, returning one
 //! result per item in order; items are idempotent by payment id (the same id with the same
@@ -52,11 +54,12 @@ pub use sqlite::{
     SQLITE_BUSY_TIMEOUT_MS, SqliteLedger, SqliteOptions, SqliteSettlement, SqliteSync,
 };
 pub use types::{
-    AMOUNT_FEN_MAX, BATCH_ITEMS_MAX, BUSINESS_DAY_OFFSET_MS, CreditRequest, CreditResult, Digest,
-    EXPIRED_LIST_MAX, Finalization, FinalizeResult, ID_LEN_MAX, InstitutionId, LedgerRefusal,
-    MS_PER_DAY, OpenResult, Party, PaymentId, PaymentRecord, PaymentState, PendingTotals,
-    REASON_CODE_LEN_MAX, Rejection, RejectionResult, ReserveRequest, ReserveResult, Side,
-    StateCounts, Transition, WalletAccount, WalletId, WalletLimits, WalletState, business_day,
+    AMOUNT_FEN_MAX, BATCH_ITEMS_MAX, BUSINESS_DAY_OFFSET_MS, CreditRequest, CreditResult,
+    DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization, FinalizeResult, ID_LEN_MAX,
+    InstitutionId, LedgerRefusal, MS_PER_DAY, OpenResult, Party, PaymentId, PaymentRecord,
+    PaymentState, PendingTotals, REASON_CODE_LEN_MAX, Rejection, RejectionResult, ReserveRequest,
+    ReserveResult, Side, StateCounts, Transition, WalletAccount, WalletId, WalletLimits,
+    WalletState, business_day,
 };
 
 /// Longest institution id, in bytes: it names a file and a PostgreSQL schema (`dcpipe_<id>`,
@@ -85,6 +88,13 @@ pub trait Ledger: Send + Sync + fmt::Debug {
 
     /// A wallet with its holds, available amount and pending credits.
     async fn wallet(&self, wallet_id: &str) -> Result<Option<WalletState>, LedgerError>;
+
+    /// Many wallets in one read: one answer per id of `wallet_ids`, in order (`None` for an id
+    /// no wallet has; an id named twice is answered twice), all from one snapshot. At most
+    /// [`BATCH_ITEMS_MAX`] ids. The payment stage reads the password-free limits of a whole
+    /// batch's payer wallets with it, in one round trip instead of one per wallet.
+    async fn wallets(&self, wallet_ids: &[String])
+    -> Result<Vec<Option<WalletState>>, LedgerError>;
 
     /// Locks or unlocks a wallet; `None` if there is no such wallet.
     async fn set_locked(
@@ -121,6 +131,21 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     async fn expired_reservations(
         &self,
         now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PaymentRecord>, LedgerError>;
+
+    /// Payer side: the payments decided here (committed or voided) whose record last changed at
+    /// or after `since_ms`, oldest change first (ties by payment id), at most `limit` (capped at
+    /// [`DECIDED_LIST_MAX`]). Times are the ledger clock ([`PaymentRecord::updated_ms`], the
+    /// moment of the decision): ask with a margin for clock differences between workers.
+    ///
+    /// Why: a commit stage that voids expired holds and then publishes the outcomes may die in
+    /// between; on restart it announces the decisions of the recent past again (repeats are
+    /// dropped downstream). To page, ask again from the `updated_ms` of the last record: the
+    /// records of that millisecond come again, which idempotent announcements tolerate.
+    async fn decided_since(
+        &self,
+        since_ms: i64,
         limit: usize,
     ) -> Result<Vec<PaymentRecord>, LedgerError>;
 

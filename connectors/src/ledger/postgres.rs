@@ -28,10 +28,10 @@ use super::settlement::{
     SettlementStore, StoredClearing,
 };
 use super::types::{
-    CreditRequest, CreditResult, Digest, EXPIRED_LIST_MAX, Finalization, FinalizeResult,
-    OpenResult, Party, PaymentId, PaymentRecord, PaymentState, PendingTotals, Rejection,
-    RejectionResult, ReserveRequest, ReserveResult, Side, StateCounts, Transition, WalletAccount,
-    WalletLimits, WalletState, business_day,
+    CreditRequest, CreditResult, DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization,
+    FinalizeResult, OpenResult, Party, PaymentId, PaymentRecord, PaymentState, PendingTotals,
+    Rejection, RejectionResult, ReserveRequest, ReserveResult, Side, StateCounts, Transition,
+    WalletAccount, WalletLimits, WalletState, business_day,
 };
 use super::{Ledger, SETTLEMENT_STORE_NAME, now_ms};
 
@@ -296,9 +296,10 @@ impl PgDb {
     }
 }
 
-const LEDGER_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE {s}.ledger_meta (
+const LEDGER_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE {s}.ledger_meta (
          key TEXT PRIMARY KEY,
          value TEXT NOT NULL
      );
@@ -342,7 +343,19 @@ const LEDGER_MIGRATIONS: &[(i64, &str)] = &[(
          spent_fen BIGINT NOT NULL CHECK (spent_fen >= 0),
          PRIMARY KEY (wallet_id, business_day)
      );",
-)];
+    ),
+    // The payer side's decisions by update time, for `decided_since`: partial, so it holds
+    // only the rows that listing reads, in the order it returns them (no sort, and a LIMIT
+    // stops the scan). IF NOT EXISTS: harmless on a schema that already has it. Built inside
+    // the migration transaction, so writers of this ledger wait for the build once, at the
+    // upgrade.
+    (
+        2,
+        "CREATE INDEX IF NOT EXISTS payments_payer_decided
+             ON {s}.payments (updated_ms, payment_id)
+             WHERE side = 'payer' AND state IN ('committed', 'voided');",
+    ),
+];
 
 const PAYMENT_COLUMNS: &str = "payment_id, side, state, digest, wallet_id, cp_institution_id, \
      cp_wallet_id, amount_fen, reason_code, paid_at_ms, created_ms, updated_ms, expires_at_ms";
@@ -430,7 +443,9 @@ struct LedgerSql {
     upsert_daily: String,
     read_payment: String,
     read_wallet: String,
+    read_wallets: String,
     expired: String,
+    decided: String,
 }
 
 impl LedgerSql {
@@ -488,10 +503,21 @@ impl LedgerSql {
             read_wallet: db.sql(&format!(
                 "SELECT {WALLET_COLUMNS} FROM {{s}}.wallets WHERE wallet_id = $1"
             )),
+            read_wallets: db.sql(&format!(
+                "SELECT {WALLET_COLUMNS} FROM {{s}}.wallets WHERE wallet_id = ANY($1::text[])"
+            )),
             expired: db.sql(&format!(
                 "SELECT {PAYMENT_COLUMNS} FROM {{s}}.payments
                  WHERE state = 'reserved' AND expires_at_ms <= $1
                  ORDER BY expires_at_ms, payment_id LIMIT $2"
+            )),
+            // Its WHERE implies the predicate of `payments_payer_decided`, so the planner can
+            // walk that index in order.
+            decided: db.sql(&format!(
+                "SELECT {PAYMENT_COLUMNS} FROM {{s}}.payments
+                 WHERE side = 'payer' AND state IN ('committed', 'voided')
+                   AND updated_ms >= $1::bigint
+                 ORDER BY updated_ms, payment_id LIMIT $2::bigint"
             )),
         }
     }
@@ -758,6 +784,27 @@ impl PostgresLedger {
             .transpose()
     }
 
+    /// The wallets among `ids` (distinct), in one statement: one snapshot, one round trip.
+    async fn read_wallets(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, WalletRow>, LedgerError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let client = self.db.client().await?;
+        let rows = client
+            .query(&self.sql.read_wallets, &[&ids])
+            .await
+            .map_err(|e| pg_error("cannot read wallets", e))?;
+        for row in rows {
+            let wallet = wallet_from_row(&row)?;
+            found.insert(wallet.account.wallet_id.clone(), wallet);
+        }
+        Ok(found)
+    }
+
     async fn query_one_i64s(&self, sql: &str) -> Result<Vec<i64>, LedgerError> {
         let client = self.db.client().await?;
         let row = client
@@ -857,6 +904,26 @@ impl Ledger for PostgresLedger {
         self.read_wallet(wallet_id).await
     }
 
+    async fn wallets(
+        &self,
+        wallet_ids: &[String],
+    ) -> Result<Vec<Option<WalletState>>, LedgerError> {
+        let ids = engine::lookup_ids(wallet_ids)?;
+        let started = Instant::now();
+        let result = self.read_wallets(&ids).await.map(|found| {
+            // Looked up once per distinct id; answered once per requested position.
+            engine::lookup_answers(wallet_ids, &found)
+        });
+        metrics::record_batch(
+            BACKEND,
+            "wallets",
+            wallet_ids.len(),
+            started.elapsed(),
+            &result,
+        );
+        result
+    }
+
     async fn set_locked(
         &self,
         wallet_id: &str,
@@ -938,6 +1005,20 @@ impl Ledger for PostgresLedger {
             .query(&self.sql.expired, &[&now_ms, &limit])
             .await
             .map_err(|e| pg_error("cannot list expired reservations", e))?;
+        rows.iter().map(payment_from_row).collect()
+    }
+
+    async fn decided_since(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PaymentRecord>, LedgerError> {
+        let limit = i64::try_from(limit.min(DECIDED_LIST_MAX)).unwrap_or(0);
+        let client = self.db.client().await?;
+        let rows = client
+            .query(&self.sql.decided, &[&since_ms, &limit])
+            .await
+            .map_err(|e| pg_error("cannot list decided payments", e))?;
         rows.iter().map(payment_from_row).collect()
     }
 
@@ -1570,5 +1651,165 @@ mod tests {
     #[test]
     fn schema_names_are_quoted() {
         assert_eq!(schema_ident("oi-a"), "\"dcpipe_oi-a\"");
+    }
+
+    /// Schema checks against a real server (the testkit's, which the crate's tests are built
+    /// with).
+    #[cfg(feature = "testkit")]
+    mod with_server {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        use super::*;
+        use crate::testkit::PostgresServer;
+
+        /// The name of the index migration 2 adds.
+        const DECIDED_INDEX: &str = "payments_payer_decided";
+
+        const INSTITUTION: &str = "oi-a";
+
+        /// One server for these tests, started from a thread of its own so that no test's
+        /// runtime owns it; it stops when the test process exits.
+        fn server() -> &'static PostgresServer {
+            static SERVER: OnceLock<PostgresServer> = OnceLock::new();
+            SERVER.get_or_init(|| {
+                std::thread::spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(PostgresServer::start())
+                        .unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"))
+                })
+                .join()
+                .expect("PostgreSQL start thread")
+            })
+        }
+
+        /// The URL of a fresh database.
+        async fn database() -> String {
+            static DATABASES: AtomicU64 = AtomicU64::new(0);
+            let name = format!("unit{}", DATABASES.fetch_add(1, Ordering::Relaxed));
+            server()
+                .create_database(&name)
+                .await
+                .unwrap_or_else(|e| panic!("creating database {name}: {e}"))
+        }
+
+        async fn has_decided_index(db: &PgDb) -> bool {
+            let client = db.client().await.expect("client");
+            let name = format!("{}.{DECIDED_INDEX}", db.schema);
+            let found: Option<String> = client
+                .query_one("SELECT to_regclass($1)::text", &[&name])
+                .await
+                .and_then(|row| row.try_get(0))
+                .expect("to_regclass");
+            found.is_some()
+        }
+
+        /// A payer record in `state`, last changed at `updated_ms`, written as the first
+        /// version's schema stores it.
+        async fn insert_payer_record(db: &PgDb, n: u8, state: PaymentState, updated_ms: i64) {
+            let client = db.client().await.expect("client");
+            client
+                .execute(
+                    &db.sql(
+                        "INSERT INTO {s}.payments (payment_id, side, state, digest, wallet_id,
+                             amount_fen, paid_at_ms, created_ms, updated_ms)
+                         VALUES ($1, 'payer', $2, $3, 'a1', 100, 1, 1, $4)",
+                    ),
+                    &[
+                        &[n; 16].as_slice(),
+                        &state.as_str(),
+                        &[n; 32].as_slice(),
+                        &updated_ms,
+                    ],
+                )
+                .await
+                .expect("insert payment");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn decided_listing_walks_its_partial_index_without_sorting() {
+            let url = database().await;
+            let ledger = PostgresLedger::connect(&url, INSTITUTION, &PostgresOptions::default())
+                .await
+                .expect("connect");
+            let client = ledger.db.client().await.expect("client");
+            // An empty table is cheapest to scan whole; what is checked is that the index
+            // serves this query, in its order, once the table is large.
+            client
+                .batch_execute("SET enable_seqscan = off")
+                .await
+                .expect("set");
+            let plan: Vec<String> = client
+                .query(
+                    &format!("EXPLAIN {}", ledger.sql.decided),
+                    &[&0_i64, &10_i64],
+                )
+                .await
+                .expect("explain")
+                .iter()
+                .map(|row| row.try_get(0).expect("plan line"))
+                .collect();
+            client
+                .batch_execute("RESET enable_seqscan")
+                .await
+                .expect("reset");
+            assert!(plan.iter().any(|l| l.contains(DECIDED_INDEX)), "{plan:#?}");
+            assert!(!plan.iter().any(|l| l.contains("Sort")), "{plan:#?}");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn decided_index_is_added_to_a_schema_of_the_first_version() {
+            let url = database().await;
+            let options = PostgresOptions::default();
+            let first = PgDb::connect(&url, INSTITUTION, &options, &LEDGER_MIGRATIONS[..1])
+                .await
+                .expect("first version");
+            assert!(!has_decided_index(&first).await);
+            insert_payer_record(&first, 2, PaymentState::Voided, 2_000).await;
+            insert_payer_record(&first, 1, PaymentState::Committed, 3_000).await;
+            insert_payer_record(&first, 3, PaymentState::Reserved, 2_500).await;
+            let ledger = PostgresLedger::connect(&url, INSTITUTION, &options)
+                .await
+                .expect("upgrade");
+            assert!(has_decided_index(&ledger.db).await);
+            let decided: Vec<PaymentId> = ledger
+                .decided_since(0, 10)
+                .await
+                .expect("list")
+                .iter()
+                .map(|r| r.payment_id)
+                .collect();
+            assert_eq!(decided, vec![PaymentId([2; 16]), PaymentId([1; 16])]);
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn decided_index_migration_runs_again_harmlessly() {
+            let url = database().await;
+            let options = PostgresOptions::default();
+            let ledger = PostgresLedger::connect(&url, INSTITUTION, &options)
+                .await
+                .expect("connect");
+            // As if an operator had built the index by hand ahead of the upgrade.
+            ledger
+                .db
+                .client()
+                .await
+                .expect("client")
+                .execute(
+                    &ledger
+                        .db
+                        .sql("DELETE FROM {s}.schema_migrations WHERE version = 2"),
+                    &[],
+                )
+                .await
+                .expect("forget migration");
+            let again = PostgresLedger::connect(&url, INSTITUTION, &options)
+                .await
+                .expect("migrate again");
+            assert!(has_decided_index(&again.db).await);
+        }
     }
 }

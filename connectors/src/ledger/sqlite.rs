@@ -25,10 +25,10 @@ use super::settlement::{
     SettlementStore, StoredClearing,
 };
 use super::types::{
-    CreditRequest, CreditResult, Digest, EXPIRED_LIST_MAX, Finalization, FinalizeResult,
-    OpenResult, Party, PaymentId, PaymentRecord, PaymentState, PendingTotals, Rejection,
-    RejectionResult, ReserveRequest, ReserveResult, Side, StateCounts, Transition, WalletAccount,
-    WalletLimits, WalletState, business_day,
+    CreditRequest, CreditResult, DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization,
+    FinalizeResult, OpenResult, Party, PaymentId, PaymentRecord, PaymentState, PendingTotals,
+    Rejection, RejectionResult, ReserveRequest, ReserveResult, Side, StateCounts, Transition,
+    WalletAccount, WalletLimits, WalletState, business_day,
 };
 use super::{Ledger, now_ms};
 
@@ -214,9 +214,10 @@ fn migrate(conn: &Connection, migrations: &[(i64, &str)]) -> Result<(), LedgerEr
         .map_err(|e| db_error("cannot commit migration", e))
 }
 
-const LEDGER_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE ledger_meta (
+const LEDGER_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE ledger_meta (
          key TEXT PRIMARY KEY,
          value TEXT NOT NULL
      ) WITHOUT ROWID;
@@ -260,7 +261,17 @@ const LEDGER_MIGRATIONS: &[(i64, &str)] = &[(
          spent_fen INTEGER NOT NULL CHECK (spent_fen >= 0),
          PRIMARY KEY (wallet_id, business_day)
      ) WITHOUT ROWID;",
-)];
+    ),
+    // The payer side's decisions by update time, for `decided_since`: partial, so it holds
+    // only the rows that listing reads, in the order it returns them (no sort, and a LIMIT
+    // stops the scan). IF NOT EXISTS: harmless on a file that already has it.
+    (
+        2,
+        "CREATE INDEX IF NOT EXISTS payments_payer_decided
+             ON payments (updated_ms, payment_id)
+             WHERE side = 'payer' AND state IN ('committed', 'voided');",
+    ),
+];
 
 const PAYMENT_COLUMNS: &str = "payment_id, side, state, digest, wallet_id, cp_institution_id, \
      cp_wallet_id, amount_fen, reason_code, paid_at_ms, created_ms, updated_ms, expires_at_ms";
@@ -296,6 +307,17 @@ fn payment_from_row(row: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
         updated_ms: row.get(11)?,
         expires_at_ms: row.get(12)?,
     })
+}
+
+/// Payer decisions from `?1` on, oldest change first, at most `?2`: its WHERE repeats the
+/// predicate of the index `payments_payer_decided` word for word, which is what lets SQLite use
+/// a partial index.
+fn decided_sql() -> String {
+    format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments
+         WHERE side = 'payer' AND state IN ('committed', 'voided') AND updated_ms >= ?1
+         ORDER BY updated_ms, payment_id LIMIT ?2"
+    )
 }
 
 fn wallet_from_row(row: &Row<'_>) -> rusqlite::Result<WalletRow> {
@@ -643,6 +665,41 @@ impl Ledger for SqliteLedger {
             .await
     }
 
+    async fn wallets(
+        &self,
+        wallet_ids: &[String],
+    ) -> Result<Vec<Option<WalletState>>, LedgerError> {
+        let ids = engine::lookup_ids(wallet_ids)?;
+        let started = Instant::now();
+        let found = self
+            .db
+            .run(move |conn| {
+                let read = |e| db_error("cannot read wallets", e);
+                // One read transaction: every answer comes from the same snapshot. In-process
+                // point reads cost microseconds, so one cached statement per id is as fast as
+                // one query with a list and needs no SQL built per request.
+                let tx = conn.transaction().map_err(read)?;
+                let mut found = HashMap::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(row) = load_wallet(&tx, &id)? {
+                        found.insert(id, row);
+                    }
+                }
+                tx.commit().map_err(read)?;
+                Ok(found)
+            })
+            .await;
+        let result = found.map(|found| engine::lookup_answers(wallet_ids, &found));
+        metrics::record_batch(
+            BACKEND,
+            "wallets",
+            wallet_ids.len(),
+            started.elapsed(),
+            &result,
+        );
+        result
+    }
+
     async fn set_locked(
         &self,
         wallet_id: &str,
@@ -728,6 +785,24 @@ impl Ledger for SqliteLedger {
                     .map_err(|e| db_error("cannot list expired reservations", e))?;
                 rows.collect::<Result<Vec<_>, _>>()
                     .map_err(|e| db_error("cannot list expired reservations", e))
+            })
+            .await
+    }
+
+    async fn decided_since(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PaymentRecord>, LedgerError> {
+        let limit = i64::try_from(limit.min(DECIDED_LIST_MAX)).unwrap_or(0);
+        self.db
+            .run(move |conn| {
+                let read = |e| db_error("cannot list decided payments", e);
+                let mut stmt = conn.prepare_cached(&decided_sql()).map_err(read)?;
+                let rows = stmt
+                    .query_map(params![since_ms, limit], payment_from_row)
+                    .map_err(read)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(read)
             })
             .await
     }
@@ -1290,5 +1365,98 @@ impl SettlementStore for SqliteSettlement {
         self.db
             .run(move |conn| window_report(conn, &config, window_id))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name of the index migration 2 adds.
+    const DECIDED_INDEX: &str = "payments_payer_decided";
+
+    fn ledger_at(migrations: &[(i64, &str)]) -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        migrate(&conn, migrations).expect("migrate");
+        conn
+    }
+
+    fn has_index(conn: &Connection, name: &str) -> bool {
+        conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+            [name],
+            |row| row.get::<_, i64>(0),
+        )
+        .expect("read sqlite_master")
+            == 1
+    }
+
+    /// A payer record in `state`, last changed at `updated_ms`, written as the first version's
+    /// schema stores it.
+    fn insert_payer_record(conn: &Connection, n: u8, state: PaymentState, updated_ms: i64) {
+        conn.execute(
+            "INSERT INTO payments (payment_id, side, state, digest, wallet_id, amount_fen,
+                 paid_at_ms, created_ms, updated_ms)
+             VALUES (?1, 'payer', ?2, ?3, 'a1', 100, 1, 1, ?4)",
+            params![[n; 16], state.as_str(), [n; 32], updated_ms],
+        )
+        .expect("insert payment");
+    }
+
+    fn decided(conn: &Connection, since_ms: i64) -> Vec<PaymentId> {
+        let mut stmt = conn.prepare(&decided_sql()).expect("prepare");
+        stmt.query_map(params![since_ms, 100], payment_from_row)
+            .expect("query")
+            .map(|r| r.expect("row").payment_id)
+            .collect()
+    }
+
+    #[test]
+    fn decided_listing_walks_its_partial_index_without_sorting() {
+        let conn = ledger_at(LEDGER_MIGRATIONS);
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", decided_sql()))
+            .expect("prepare plan");
+        let steps: Vec<String> = stmt
+            .query_map(params![0, 10], |row| row.get(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        assert!(steps.iter().any(|s| s.contains(DECIDED_INDEX)), "{steps:?}");
+        assert!(
+            !steps.iter().any(|s| s.contains("TEMP B-TREE")),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn decided_index_is_added_to_a_ledger_of_the_first_version() {
+        let conn = ledger_at(&LEDGER_MIGRATIONS[..1]);
+        assert!(!has_index(&conn, DECIDED_INDEX));
+        insert_payer_record(&conn, 2, PaymentState::Voided, 2_000);
+        insert_payer_record(&conn, 1, PaymentState::Committed, 3_000);
+        insert_payer_record(&conn, 3, PaymentState::Reserved, 2_500);
+        migrate(&conn, LEDGER_MIGRATIONS).expect("upgrade");
+        assert!(has_index(&conn, DECIDED_INDEX));
+        let applied: i64 = conn
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
+                row.get(0)
+            })
+            .expect("versions");
+        assert_eq!(applied, 2);
+        assert_eq!(
+            decided(&conn, 0),
+            vec![PaymentId([2; 16]), PaymentId([1; 16])]
+        );
+    }
+
+    #[test]
+    fn decided_index_migration_runs_again_harmlessly() {
+        let conn = ledger_at(LEDGER_MIGRATIONS);
+        // As if an operator had built the index by hand ahead of the upgrade.
+        conn.execute("DELETE FROM schema_migrations WHERE version = 2", [])
+            .expect("forget migration");
+        migrate(&conn, LEDGER_MIGRATIONS).expect("migrate again");
+        assert!(has_index(&conn, DECIDED_INDEX));
     }
 }

@@ -32,6 +32,11 @@ pub const REASON_CODE_LEN_MAX: usize = 64;
 /// Most records one [`super::Ledger::expired_reservations`] call returns.
 pub const EXPIRED_LIST_MAX: usize = 10_000;
 
+/// Most records one [`super::Ledger::decided_since`] call returns. More than two full batches
+/// ([`BATCH_ITEMS_MAX`] each): paging by update time stalls only if more decisions than this
+/// were stamped in one millisecond.
+pub const DECIDED_LIST_MAX: usize = 10_000;
+
 /// The business day (days since 1970-01-01 in UTC+8) that a payment made at `at_ms` counts in.
 pub fn business_day(at_ms: i64) -> i64 {
     at_ms

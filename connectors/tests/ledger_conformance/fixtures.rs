@@ -1,5 +1,7 @@
 //! Small builders for wallets, requests and ids, so scenarios say only what matters to them.
 
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
 use dcpipe_connectors::ledger::{
     CreditRequest, Digest, Ledger, MS_PER_DAY, OpenResult, Party, PaymentId, ReserveRequest,
     WalletAccount, WalletLimits,
@@ -127,5 +129,29 @@ impl Lcg {
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % bound
+    }
+}
+
+/// How long [`clock_past`] waits for the clock to reach the next millisecond.
+const CLOCK_TICK_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The wall clock in ms since the epoch: the ledger clock that stamps records.
+pub(crate) fn wall_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since_epoch.as_millis()).expect("ms fit in i64")
+}
+
+/// Waits until the ledger clock has passed `stamp_ms`, so that the next change gets a later
+/// update stamp than the one that ended at `stamp_ms`.
+pub(crate) async fn clock_past(stamp_ms: i64) {
+    let deadline = Instant::now() + CLOCK_TICK_DEADLINE;
+    while wall_ms() <= stamp_ms {
+        assert!(
+            Instant::now() < deadline,
+            "the clock did not pass {stamp_ms} ms"
+        );
+        tokio::task::yield_now().await;
     }
 }

@@ -4,14 +4,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use dcpipe_connectors::ledger::{
-    BATCH_ITEMS_MAX, CreditResult, Finalization, FinalizeResult, ID_LEN_MAX, Ledger,
-    LedgerErrorKind, LedgerRefusal, MS_PER_DAY, OpenResult, PaymentId, PaymentRecord, PaymentState,
-    PendingTotals, Rejection, RejectionResult, ReserveResult, Side, Transition, WalletLimits,
+    BATCH_ITEMS_MAX, CreditResult, DECIDED_LIST_MAX, Finalization, FinalizeResult, ID_LEN_MAX,
+    Ledger, LedgerErrorKind, LedgerRefusal, MS_PER_DAY, OpenResult, PaymentId, PaymentRecord,
+    PaymentState, PendingTotals, Rejection, RejectionResult, ReserveResult, Side, Transition,
+    WalletLimits,
 };
 
 use crate::fixtures::{
-    DAY_START_MS, HOLD_MS, Lcg, NOON_MS, PAYEE_OI, PAYER_OI, TIER4, UNLIMITED, account, credit,
-    digest, open, pid, reserve, reserve_at,
+    DAY_START_MS, HOLD_MS, Lcg, NOON_MS, PAYEE_OI, PAYER_OI, TIER4, UNLIMITED, account, clock_past,
+    credit, digest, open, pid, reserve, reserve_at, wall_ms,
 };
 use crate::harness::Backend;
 
@@ -68,6 +69,21 @@ async fn payer_record(ledger: &dyn Ledger, n: u64) -> PaymentRecord {
         .unwrap_or_else(|| panic!("payment {n} missing"))
 }
 
+/// The new records of transitions that must all have applied.
+fn applied(results: Vec<Transition>) -> Vec<PaymentRecord> {
+    results
+        .into_iter()
+        .map(|result| match result {
+            Transition::Applied(record) => record,
+            other => panic!("expected Applied, got {other:?}"),
+        })
+        .collect()
+}
+
+fn ids(records: &[PaymentRecord]) -> Vec<PaymentId> {
+    records.iter().map(|r| r.payment_id).collect()
+}
+
 pub(crate) async fn open_wallets_is_idempotent(backend: &dyn Backend) {
     let ledger = payer_with(backend, 50_000).await;
     let again = ledger
@@ -87,6 +103,57 @@ pub(crate) async fn open_wallets_refuses_another_institutions_wallet(backend: &d
         .expect_err("foreign wallet");
     assert_eq!(err.kind(), LedgerErrorKind::InvalidInput);
     assert_eq!(ledger.wallet("b1").await.expect("read"), None);
+}
+
+pub(crate) async fn wallets_answers_each_requested_id_in_order(backend: &dyn Backend) {
+    let ledger = backend.ledger(PAYER_OI).await;
+    let pin_free = WalletLimits {
+        password_free_limit_fen: 3_000,
+        ..TIER4
+    };
+    open(
+        ledger.as_ref(),
+        &[("a1", 50_000, TIER4), ("a2", 7_000, pin_free)],
+    )
+    .await;
+    reserved(reserve_one(ledger.as_ref(), reserve(1, "a1", 12_000)).await);
+    ledger
+        .credit_pending(&[credit(2, "a2", 500)])
+        .await
+        .expect("credit");
+    let requested: Vec<String> = ["a2", "ghost", "a1", "a2", "", &"w".repeat(ID_LEN_MAX + 1)]
+        .map(str::to_owned)
+        .to_vec();
+    let answers = ledger.wallets(&requested).await.expect("wallets");
+    assert_eq!(answers.len(), requested.len());
+    let a1 = ledger.wallet("a1").await.expect("read a1");
+    let a2 = ledger.wallet("a2").await.expect("read a2");
+    assert_eq!(answers, vec![a2.clone(), None, a1.clone(), a2, None, None]);
+    let a1 = a1.expect("a1 exists");
+    assert_eq!((a1.held_fen, a1.available_fen), (12_000, 38_000));
+    let a2 = answers[0].as_ref().expect("a2 exists");
+    assert_eq!(a2.account.limits.password_free_limit_fen, 3_000);
+    assert_eq!(a2.pending_credit_fen, 500);
+}
+
+pub(crate) async fn wallets_of_no_ids_is_empty(backend: &dyn Backend) {
+    let ledger = payer_with(backend, 50_000).await;
+    assert_eq!(ledger.wallets(&[]).await.expect("wallets"), Vec::new());
+}
+
+pub(crate) async fn wallets_refuses_more_ids_than_a_batch(backend: &dyn Backend) {
+    let ledger = payer_with(backend, 50_000).await;
+    let full = vec!["a1".to_owned(); BATCH_ITEMS_MAX];
+    let answers = ledger.wallets(&full).await.expect("full batch");
+    assert_eq!(answers.len(), BATCH_ITEMS_MAX);
+    assert!(
+        answers
+            .iter()
+            .all(|w| w.as_ref().is_some_and(|w| w.account.balance_fen == 50_000))
+    );
+    let over = vec!["a1".to_owned(); BATCH_ITEMS_MAX + 1];
+    let err = ledger.wallets(&over).await.expect_err("too many ids");
+    assert_eq!(err.kind(), LedgerErrorKind::InvalidInput);
 }
 
 pub(crate) async fn reserve_holds_amount_in_balance_but_not_available(backend: &dyn Backend) {
@@ -522,6 +589,156 @@ pub(crate) async fn expired_reservations_lists_only_due_holds_earliest_first(
         .await
         .expect("list");
     assert_eq!(at_expiry.len(), 1);
+}
+
+pub(crate) async fn commit_and_void_stamp_the_decision_time(backend: &dyn Backend) {
+    let ledger = payer_with(backend, 50_000).await;
+    let held = ledger
+        .reserve(&[reserve(1, "a1", 100), reserve(2, "a1", 100)])
+        .await
+        .expect("reserve");
+    let held: Vec<PaymentRecord> = held.into_iter().map(reserved).collect();
+    clock_past(held[1].updated_ms).await;
+    let before_ms = wall_ms();
+    let committed = applied(ledger.commit(&[pid(1)]).await.expect("commit"));
+    let voided = applied(
+        ledger
+            .void(&[(pid(2), "payment.expired".into())])
+            .await
+            .expect("void"),
+    );
+    let after_ms = wall_ms();
+    for (first, decided) in held.iter().zip([&committed[0], &voided[0]]) {
+        let stored = ledger
+            .payment(&decided.payment_id, Side::Payer)
+            .await
+            .expect("read payment");
+        let stored = stored.expect("decided payment kept");
+        assert_eq!(&stored, decided);
+        assert!(
+            (before_ms..=after_ms).contains(&stored.updated_ms),
+            "{} not in {before_ms}..={after_ms}",
+            stored.updated_ms
+        );
+        assert!(stored.updated_ms > first.updated_ms);
+        assert_eq!(stored.created_ms, first.created_ms);
+    }
+}
+
+/// Payer payments 1 to 6 decided at three moments, each later than the one before: 3
+/// committed; then 1 voided; then 5 and 2 committed in one batch (one stamp). 4 stays
+/// reserved, 6 is refused. Returns the decisions in the order `decided_since` owes them.
+async fn decide_at_three_moments(ledger: &dyn Ledger) -> Vec<PaymentRecord> {
+    let mut requests: Vec<_> = (1..=5).map(|n| reserve(n, "a1", 1_000)).collect();
+    requests.push(reserve(6, "a1", 0));
+    ledger.reserve(&requests).await.expect("reserve");
+    let mut decided = applied(ledger.commit(&[pid(3)]).await.expect("commit 3"));
+    clock_past(decided[0].updated_ms).await;
+    decided.extend(applied(
+        ledger
+            .void(&[(pid(1), "payment.expired".into())])
+            .await
+            .expect("void 1"),
+    ));
+    clock_past(decided[1].updated_ms).await;
+    let mut last = applied(ledger.commit(&[pid(5), pid(2)]).await.expect("commit 5, 2"));
+    last.reverse();
+    decided.extend(last);
+    decided
+}
+
+pub(crate) async fn decided_since_lists_payer_decisions_oldest_update_first(backend: &dyn Backend) {
+    let ledger = payer_with(backend, 50_000).await;
+    let decided = decide_at_three_moments(ledger.as_ref()).await;
+    assert_eq!(ids(&decided), vec![pid(3), pid(1), pid(2), pid(5)]);
+    assert_eq!(decided[2].updated_ms, decided[3].updated_ms);
+    let listed = ledger
+        .decided_since(decided[0].updated_ms, DECIDED_LIST_MAX)
+        .await
+        .expect("list");
+    assert_eq!(listed, decided);
+    assert_eq!(listed[1].state, PaymentState::Voided);
+    assert_eq!(listed[1].reason_code.as_deref(), Some("payment.expired"));
+}
+
+pub(crate) async fn decided_since_starts_at_the_given_update_time(backend: &dyn Backend) {
+    let ledger = payer_with(backend, 50_000).await;
+    let decided = decide_at_three_moments(ledger.as_ref()).await;
+    let since = |since_ms: i64| {
+        let ledger = Arc::clone(&ledger);
+        async move {
+            ids(&ledger
+                .decided_since(since_ms, DECIDED_LIST_MAX)
+                .await
+                .expect("list"))
+        }
+    };
+    let void_ms = decided[1].updated_ms;
+    assert_eq!(since(void_ms).await, vec![pid(1), pid(2), pid(5)]);
+    assert_eq!(since(void_ms + 1).await, vec![pid(2), pid(5)]);
+    assert_eq!(
+        since(decided[3].updated_ms + 1).await,
+        Vec::<PaymentId>::new()
+    );
+    assert_eq!(since(i64::MIN).await, ids(&decided));
+}
+
+pub(crate) async fn decided_since_honours_the_limit(backend: &dyn Backend) {
+    let ledger = payer_with(backend, 50_000).await;
+    let decided = decide_at_three_moments(ledger.as_ref()).await;
+    for (limit, expected) in [(0, 0), (1, 1), (3, 3), (4, 4), (usize::MAX, 4)] {
+        let listed = ledger.decided_since(0, limit).await.expect("list");
+        assert_eq!(listed, decided[..expected], "limit {limit}");
+    }
+}
+
+pub(crate) async fn decided_since_excludes_open_rejected_and_payee_records(backend: &dyn Backend) {
+    let ledger = backend.ledger(PAYER_OI).await;
+    open(ledger.as_ref(), &[("a1", 50_000, TIER4), ("b1", 0, TIER4)]).await;
+    // Payer side: 1 stays reserved, 2 is refused by the ledger, 3 rejected before it, 4 is
+    // committed.
+    ledger
+        .reserve(&[
+            reserve(1, "a1", 1_000),
+            reserve(2, "a1", 0),
+            reserve(4, "a1", 1_000),
+        ])
+        .await
+        .expect("reserve");
+    ledger
+        .record_rejections(&[rejection(3, 1)])
+        .await
+        .expect("reject");
+    let committed = applied(ledger.commit(&[pid(4)]).await.expect("commit"));
+    // Payee side of the same ledger, in every state, one of them (4) the payment just
+    // committed: credited, reversed, tombstoned (voided), pending.
+    ledger
+        .credit_pending(&[
+            credit(4, "b1", 1_000),
+            credit(11, "b1", 1_000),
+            credit(13, "b1", 1_000),
+        ])
+        .await
+        .expect("credit");
+    let voided = Finalization::Voided {
+        reason_code: "payment.expired".into(),
+    };
+    ledger
+        .finalize(&[
+            (pid(4), Finalization::Completed),
+            (pid(11), voided.clone()),
+            (pid(12), voided),
+        ])
+        .await
+        .expect("finalize");
+    let counts = ledger.state_counts().await.expect("counts");
+    assert_eq!(counts.get(Side::Payee, PaymentState::Voided), 1);
+    assert_eq!(counts.total(), 8);
+    let listed = ledger
+        .decided_since(i64::MIN, DECIDED_LIST_MAX)
+        .await
+        .expect("list");
+    assert_eq!(listed, committed);
 }
 
 pub(crate) async fn credit_pending_is_outside_balance(backend: &dyn Backend) {
