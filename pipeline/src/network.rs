@@ -119,6 +119,8 @@ pub struct Network {
     /// Every wallet, in PKI order.
     pub wallets: Vec<WalletInfo>,
     wallet_index: HashMap<String, usize>,
+    /// Sum of all balances once provisioned: the money the network must conserve.
+    opening_total_fen: i64,
 }
 
 /// A copy of a certified key (keys are not `Clone`: they are copied deliberately, through
@@ -177,6 +179,7 @@ impl Network {
             });
         }
         let mut institutions = BTreeMap::new();
+        let mut opening_total_fen = 0;
         for (id, keys) in pki.institutions() {
             let ledger = open_ledger(&config.ledger, id, &config.ledger_options).await?;
             let accounts: Vec<WalletAccount> = wallets
@@ -194,6 +197,8 @@ impl Network {
             for chunk in accounts.chunks(dcpipe_connectors::ledger::BATCH_ITEMS_MAX) {
                 ledger.open_wallets(chunk).await?;
             }
+            // Measured rather than assumed: a ledger that already existed keeps its balances.
+            opening_total_fen += ledger.total_balance_fen().await?;
             let institution = Institution::new(
                 id,
                 copy_certified_key(&keys.signer)?,
@@ -226,6 +231,7 @@ impl Network {
             central_bank,
             wallets,
             wallet_index,
+            opening_total_fen,
         })
     }
 
@@ -299,9 +305,9 @@ impl Network {
         })
     }
 
-    /// Sum of the opening balances.
+    /// Sum of all balances when the network was provisioned.
     pub fn opening_total_fen(&self) -> i64 {
-        self.wallets.iter().map(|w| w.opening_fen).sum()
+        self.opening_total_fen
     }
 
     /// The money in every ledger now.

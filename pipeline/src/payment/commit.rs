@@ -4,11 +4,12 @@
 //! and completed interbank payments go to settlement.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dcpipe_connectors::bus::Outgoing;
-use dcpipe_connectors::ledger::{PaymentRecord, PaymentState, Side, Transition};
+use dcpipe_connectors::ledger::{DECIDED_LIST_MAX, PaymentRecord, PaymentState, Side, Transition};
 use dcpipe_schemas::{ClearingResponse, ClearingStatus, Digest32, OutcomeStatus, PartyRef};
 
 use super::{
@@ -29,19 +30,44 @@ pub const REASON_UNKNOWN_PAYMENT: &str = "txn.unknown_payment";
 /// Reservations voided per sweep at most; the rest wait for the next tick.
 pub const EXPIRY_SWEEP_MAX: usize = 1024;
 
+/// How far back decisions are announced again when the stage starts.
+pub const REANNOUNCE_MS: i64 = 5 * 60 * 1000;
+
 /// How often reservations are checked for expiry.
 pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The payer institution's decisions.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CommitStage {
     institution: Arc<Institution>,
+    /// Whether the decisions of the recent past were announced again since this start.
+    reannounced: AtomicBool,
 }
 
 impl CommitStage {
     /// The stage for `institution`.
     pub fn new(institution: Arc<Institution>) -> Self {
-        CommitStage { institution }
+        CommitStage {
+            institution,
+            reannounced: AtomicBool::new(false),
+        }
+    }
+
+    /// At start, announces again every decision of the last [`REANNOUNCE_MS`]: a previous
+    /// process may have decided (an expiry sweep) and stopped before publishing. Repeats are
+    /// dropped by the bus (same message ids) and are no-ops downstream.
+    async fn reannounce_recent(&self) -> Result<Vec<Outgoing>, StageError> {
+        let inst = &self.institution;
+        let since_ms = inst.clock.now_ms() - REANNOUNCE_MS;
+        let mut outputs = Vec::new();
+        for record in inst
+            .ledger
+            .decided_since(since_ms, DECIDED_LIST_MAX)
+            .await?
+        {
+            outputs.extend(final_outcome(inst, &record)?);
+        }
+        Ok(outputs)
     }
 
     /// Voids every reservation whose expiry has passed and returns the outcomes to publish.
@@ -212,7 +238,13 @@ impl Stage for CommitStage {
     }
 
     async fn tick(&self) -> Result<Vec<Outgoing>, StageError> {
-        self.sweep_expired().await
+        let mut outputs = Vec::new();
+        if !self.reannounced.load(Ordering::Acquire) {
+            outputs = self.reannounce_recent().await?;
+            self.reannounced.store(true, Ordering::Release);
+        }
+        outputs.extend(self.sweep_expired().await?);
+        Ok(outputs)
     }
 }
 

@@ -218,19 +218,27 @@ async fn apply_password_rule(
     inst: &Institution,
     steps: Vec<Step>,
 ) -> Result<Vec<Step>, StageError> {
-    let mut limits: HashMap<String, Option<i64>> = HashMap::new();
-    for step in &steps {
-        if let Step::Verified(envelope, verified) = step
-            && !verified.pin_verified
-            && !limits.contains_key(&envelope.payer.wallet_id)
-        {
-            let wallet = inst.ledger.wallet(&envelope.payer.wallet_id).await?;
-            limits.insert(
-                envelope.payer.wallet_id.clone(),
-                wallet.map(|w| w.account.limits.password_free_limit_fen),
-            );
-        }
-    }
+    let mut wanted: Vec<String> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Verified(envelope, verified) if !verified.pin_verified => {
+                Some(envelope.payer.wallet_id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    let limits: HashMap<String, Option<i64>> = if wanted.is_empty() {
+        HashMap::new()
+    } else {
+        let wallets = inst.ledger.wallets(&wanted).await?;
+        wanted
+            .into_iter()
+            .zip(wallets)
+            .map(|(id, wallet)| (id, wallet.map(|w| w.account.limits.password_free_limit_fen)))
+            .collect()
+    };
     Ok(steps
         .into_iter()
         .map(|step| match step {
