@@ -25,7 +25,7 @@ use crate::pki::{
     AlgorithmChoice, CertifiedKey, ChainVerifier, DemoPkiOptions, IssueError, PkiDirectory,
     PrivateKey, RevocationSet,
 };
-use crate::revocation::RevocationStage;
+use crate::revocation::RevocationFollower;
 use crate::runtime::{RunnerConfig, Stage, spawn_stage};
 use crate::settlement::{CentralBank, GRACE_MS_DEFAULT, SettlementStage};
 use crate::subjects;
@@ -247,7 +247,6 @@ impl Network {
             crate::payment::commit::STAGE,
             crate::payment::finalize::STAGE,
             crate::settlement::STAGE,
-            crate::revocation::STAGE,
         ] {
             names.push(dcpipe_connectors::bus::dead_letter_subject(stage));
         }
@@ -258,9 +257,8 @@ impl Network {
         Ok(())
     }
 
-    /// Every stage of every institution, the settlement stage and this process's revocation
-    /// listener (`process` names its consumer group).
-    pub fn stages(&self, process: &str) -> Vec<Arc<dyn Stage>> {
+    /// Every stage of every institution and the settlement stage.
+    pub fn stages(&self) -> Vec<Arc<dyn Stage>> {
         let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
         for institution in self.institutions.values() {
             stages.push(Arc::new(PayerStage::new(Arc::clone(institution))));
@@ -271,26 +269,30 @@ impl Network {
         stages.push(Arc::new(SettlementStage::new(Arc::clone(
             &self.central_bank,
         ))));
-        stages.push(Arc::new(RevocationStage::new(
-            Arc::clone(&self.verifier),
-            Arc::clone(&self.revocations),
-            format!("{process}-{}", crate::revocation::STAGE),
-        )));
         stages
     }
 
-    /// Starts every stage on `bus`; they stop when `shutdown` is cancelled.
+    /// Starts every stage, and a follower of revocations, on `bus`; they stop when `shutdown`
+    /// is cancelled.
     pub fn spawn(
         &self,
         bus: &Arc<dyn Bus>,
         runner: &RunnerConfig,
-        process: &str,
         shutdown: &CancellationToken,
     ) -> Vec<JoinHandle<Result<(), BusError>>> {
-        self.stages(process)
-            .into_iter()
-            .map(|stage| spawn_stage(Arc::clone(bus), stage, runner.clone(), shutdown.clone()))
-            .collect()
+        let follower =
+            RevocationFollower::new(Arc::clone(&self.verifier), Arc::clone(&self.revocations));
+        let (bus_for_follower, follower_shutdown) = (Arc::clone(bus), shutdown.clone());
+        let mut handles = vec![tokio::spawn(async move {
+            follower.run(bus_for_follower, follower_shutdown).await;
+            Ok(())
+        })];
+        handles.extend(
+            self.stages()
+                .into_iter()
+                .map(|stage| spawn_stage(Arc::clone(bus), stage, runner.clone(), shutdown.clone())),
+        );
+        handles
     }
 
     /// The terminal of a wallet.

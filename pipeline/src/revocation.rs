@@ -1,69 +1,134 @@
 //! Certificate revocations reach every worker through `pki.revocation`.
 //!
 //! An institution CA (or the root) signs a [`RevocationUpdate`] listing serials it issued; each
-//! worker process consumes the subject in a group of its own from the beginning, checks the
+//! worker process follows the subject from the beginning ([`RevocationFollower`]), checks each
 //! update's signature against the CA in its trust store and adds the serials to the revocation
 //! set its verifiers consult on every verification, cached chains included.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use async_trait::async_trait;
+use dcpipe_connectors::bus::{Bus, BusError, ReplayFrom, ReplayRequest};
 use dcpipe_schemas::{Digest32, RevocationUpdate, RevocationUpdateId, RevokedCertificate};
+use tokio_util::sync::CancellationToken;
 
 use crate::pki::{Certificate, CertifiedKey, ChainVerifier, KeyError, RevocationSet};
 use crate::protocol::revocation_update_bytes;
-use crate::runtime::{Input, Stage, StageError, Verdict};
 use crate::subjects;
-
-/// Name of this stage.
-pub const STAGE: &str = "revocation";
 
 /// Reason code of an update not signed by a CA of the trust store.
 pub const REASON_UNKNOWN_ISSUER: &str = "revocation.unknown_issuer";
 /// Reason code of an update whose signature does not verify.
 pub const REASON_SIGNATURE_INVALID: &str = "revocation.signature_invalid";
 
-/// Applies revocation updates to this process's revocation set.
+/// Follows `pki.revocation` and applies every update to this process's revocation set.
+///
+/// It reads the subject by replay, not in a consumer group: every process needs every update,
+/// and a group per process would leave a durable consumer behind on the broker at each restart.
 #[derive(Debug)]
-pub struct RevocationStage {
+pub struct RevocationFollower {
     verifier: Arc<ChainVerifier>,
     revocations: Arc<RevocationSet>,
-    group: String,
+    /// Next offset to read, per partition.
+    next: HashMap<u32, u64>,
 }
 
-impl RevocationStage {
-    /// A stage feeding `revocations`, in its own consumer `group` (one per process: every
-    /// process needs every update).
-    pub fn new(
-        verifier: Arc<ChainVerifier>,
-        revocations: Arc<RevocationSet>,
-        group: impl Into<String>,
-    ) -> Self {
-        RevocationStage {
+/// How often the follower looks for new updates.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Records read per replay batch.
+const REPLAY_BATCH_MAX: usize = 256;
+
+impl RevocationFollower {
+    /// A follower feeding `revocations`.
+    pub fn new(verifier: Arc<ChainVerifier>, revocations: Arc<RevocationSet>) -> Self {
+        RevocationFollower {
             verifier,
             revocations,
-            group: group.into(),
+            next: HashMap::new(),
         }
     }
 
-    fn apply(&self, update: &RevocationUpdate) -> Result<usize, Verdict> {
+    /// Applies every update published since the last call; returns how many serials were new.
+    /// Updates that fail their checks are logged and counted, and skipped.
+    pub async fn poll(&mut self, bus: &dyn Bus) -> Result<usize, BusError> {
+        let from = self.next.values().copied().min().unwrap_or(0);
+        let mut replay = bus
+            .replay(ReplayRequest {
+                subject: subjects::PKI_REVOCATION.to_owned(),
+                from: if from == 0 {
+                    ReplayFrom::Beginning
+                } else {
+                    ReplayFrom::Offset(from)
+                },
+                until_ms: None,
+            })
+            .await?;
+        let mut added = 0;
+        loop {
+            let records = replay.next_batch(REPLAY_BATCH_MAX).await?;
+            if records.is_empty() {
+                return Ok(added);
+            }
+            for record in records {
+                let next = self.next.entry(record.position.partition).or_insert(0);
+                if record.position.offset < *next {
+                    continue;
+                }
+                *next = record.position.offset + 1;
+                match dcpipe_schemas::decode::<RevocationUpdate>(&record.payload)
+                    .map_err(|e| (e.reason_code(), e.to_string()))
+                    .and_then(|update| self.apply(&update).map(|n| (update.sequence, n)))
+                {
+                    Ok((sequence, n)) => {
+                        tracing::info!(sequence, added = n, "revocations applied");
+                        metrics::counter!("dcpipe_pki_revocations_applied_total")
+                            .increment(u64::try_from(n).unwrap_or(0));
+                        added += n;
+                    }
+                    Err((reason, detail)) => {
+                        tracing::warn!(reason, %detail, "revocation update refused");
+                        metrics::counter!("dcpipe_pki_revocation_updates_refused_total", "reason" => reason).increment(1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls every [`FOLLOW_INTERVAL`] until `shutdown` is cancelled.
+    pub async fn run(mut self, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(FOLLOW_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = interval.tick() => {
+                    if let Err(e) = self.poll(bus.as_ref()).await {
+                        tracing::warn!(error = %e, "revocations not read; retried");
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&self, update: &RevocationUpdate) -> Result<usize, (&'static str, String)> {
         let store = self.verifier.trust_store();
-        let issuer = Certificate::from_der(&update.issuer_certificate).map_err(|e| {
-            Verdict::dead_letter(REASON_UNKNOWN_ISSUER, format!("issuer certificate: {e}"))
-        })?;
+        let issuer = Certificate::from_der(&update.issuer_certificate)
+            .map_err(|e| (REASON_UNKNOWN_ISSUER, format!("issuer certificate: {e}")))?;
         let known = std::iter::once(store.root())
             .chain(store.institution_ca(issuer.institution()))
             .any(|ca| ca.der() == issuer.der());
         if !known || issuer.fingerprint() != update.issuer_fingerprint.as_bytes() {
-            return Err(Verdict::dead_letter(
+            return Err((
                 REASON_UNKNOWN_ISSUER,
-                "the issuer is not a CA of the trust store",
+                "the issuer is not a CA of the trust store".to_owned(),
             ));
         }
         issuer
             .public_key()
             .verify(&revocation_update_bytes(update), &update.signature)
-            .map_err(|e| Verdict::dead_letter(REASON_SIGNATURE_INVALID, e.to_string()))?;
+            .map_err(|e| (REASON_SIGNATURE_INVALID, e.to_string()))?;
         self.revocations
             .revoke_many(
                 update
@@ -71,43 +136,7 @@ impl RevocationStage {
                     .iter()
                     .map(|r| (*issuer.fingerprint(), r.serial.as_slice())),
             )
-            .map_err(|e| Verdict::dead_letter(e.reason_code(), e.to_string()))
-    }
-}
-
-#[async_trait]
-impl Stage for RevocationStage {
-    fn name(&self) -> &str {
-        STAGE
-    }
-
-    fn subject(&self) -> String {
-        subjects::PKI_REVOCATION.to_owned()
-    }
-
-    fn group(&self) -> String {
-        self.group.clone()
-    }
-
-    async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
-        Ok(batch
-            .iter()
-            .map(|input| {
-                let update = match dcpipe_schemas::decode::<RevocationUpdate>(input.payload) {
-                    Ok(update) => update,
-                    Err(e) => return Verdict::undecodable(&e),
-                };
-                match self.apply(&update) {
-                    Ok(added) => {
-                        tracing::info!(sequence = update.sequence, added, "revocations applied");
-                        metrics::counter!("dcpipe_pki_revocations_applied_total")
-                            .increment(u64::try_from(added).unwrap_or(0));
-                        Verdict::Done(Vec::new())
-                    }
-                    Err(verdict) => verdict,
-                }
-            })
-            .collect())
+            .map_err(|e| (e.reason_code(), e.to_string()))
     }
 }
 

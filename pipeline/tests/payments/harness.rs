@@ -124,7 +124,7 @@ impl Running {
             .await
             .unwrap_or_else(|e| panic!("creating subjects: {e}"));
         let shutdown = CancellationToken::new();
-        let stages = network.spawn(&backend.bus, &runner(), "test", &shutdown);
+        let stages = network.spawn(&backend.bus, &runner(), &shutdown);
         let (collector, handles) = OutcomeCollector::spawn(
             Arc::clone(&backend.bus),
             network.institutions.keys().cloned(),
