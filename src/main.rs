@@ -1,1 +1,78 @@
-fn main() {}
+//! `dcpipe`: the command that runs dcpipe's demo, workers, audits and load tests.
+
+mod commands;
+mod settings;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::commands::Command;
+use crate::settings::{GlobalArgs, Settings};
+
+/// dcpipe: a message-bus pipeline for digital-currency payments.
+///
+/// Terminals, vehicles and wallets publish signed Avro messages onto NATS JetStream subjects or
+/// Kafka topics (or the embedded in-process bus); stateless workers verify them, clear payments
+/// between operating institutions and net settlement positions per window.
+///
+/// Start with `dcpipe demo`. Options come from flags, then DCPIPE_* environment variables, then
+/// the TOML file given by --config.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dcpipe",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::resolve(&cli.global) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("dcpipe: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    // The demo prints its own report; its logs stay quiet unless asked for.
+    let log_level = match (&cli.command, &cli.global.log_level) {
+        (Command::Demo(_), None) if std::env::var_os("RUST_LOG").is_none() => "warn",
+        _ => settings.log_level.as_str(),
+    };
+    telemetry::init_logs(settings.log_format, log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("dcpipe")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("dcpipe: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        if let Some(addr) = settings.metrics_addr
+            && let Err(message) = telemetry::init_metrics(addr)
+        {
+            eprintln!("dcpipe: {message}");
+            return ExitCode::from(2);
+        }
+        match cli.command.run(&settings).await {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!(error = %e, "command failed");
+                eprintln!("dcpipe: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

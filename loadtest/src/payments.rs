@@ -9,7 +9,6 @@ use bytes::Bytes;
 use dcpipe_connectors::bus::Outgoing;
 use dcpipe_pipeline::audit::Submission;
 use dcpipe_pipeline::network::Network;
-use dcpipe_pipeline::protocol::envelope_digest;
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Touch, TouchError};
 use dcpipe_schemas::{Channel, PaymentId, TransactionEnvelope};
@@ -169,7 +168,7 @@ impl<'n> PaymentGenerator<'n> {
         };
         let frame = Bytes::from(dcpipe_schemas::encode(&envelope)?);
         Ok(Generated {
-            submission: (envelope.payment_id, envelope_digest(&envelope)),
+            submission: Submission::of(&envelope, &frame),
             envelope,
             kind,
             frame,
@@ -204,7 +203,9 @@ impl<'n> PaymentGenerator<'n> {
         } else {
             self.rng.random_range(0..wallets.len())
         };
-        let want_interbank = self.rng.random_bool(self.mix.interbank_share.clamp(0.0, 1.0));
+        let want_interbank = self
+            .rng
+            .random_bool(self.mix.interbank_share.clamp(0.0, 1.0));
         for _ in 0..64 {
             let payee = self.rng.random_range(0..wallets.len());
             let interbank =

@@ -7,15 +7,47 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dcpipe_connectors::bus::{Bus, BusError, ConsumerConfig, StartAt};
-use dcpipe_schemas::{Digest32, OutcomeStatus, PaymentId, PaymentOutcome};
+use dcpipe_schemas::{Digest32, OutcomeStatus, PaymentId, PaymentOutcome, TransactionEnvelope};
+
+use crate::protocol::{envelope_digest, submission_digest};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::subjects;
 
-/// A submission: a payment id with the digest of the submitted content.
-pub type Submission = (PaymentId, Digest32);
+/// A submission: a payment id with the digests that can name its answer — the envelope digest
+/// (what the payer signed) for an authenticated envelope, the submission digest (the frame's
+/// bytes) for one whose payer could not be authenticated (see docs/PROTOCOL.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Submission {
+    /// The payment id.
+    pub payment_id: PaymentId,
+    /// The envelope digest.
+    pub envelope_digest: Digest32,
+    /// The submission digest.
+    pub submission_digest: Digest32,
+}
+
+impl Submission {
+    /// The submission of `envelope` as the frame `frame`.
+    pub fn of(envelope: &TransactionEnvelope, frame: &[u8]) -> Self {
+        Submission {
+            payment_id: envelope.payment_id,
+            envelope_digest: envelope_digest(envelope),
+            submission_digest: submission_digest(frame),
+        }
+    }
+
+    /// The submission of `envelope`, encoded as the codec encodes it.
+    pub fn of_envelope(envelope: &TransactionEnvelope) -> Self {
+        let frame = dcpipe_schemas::encode(envelope).unwrap_or_default();
+        Submission::of(envelope, &frame)
+    }
+}
+
+/// The key outcomes are recorded under.
+type AnswerKey = (PaymentId, Digest32);
 
 /// The answer recorded for a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +73,8 @@ pub struct Answer {
 pub enum Violation {
     /// One submission received two different answers.
     Contradiction {
-        /// The submission.
-        submission: Submission,
+        /// The payment id and digest the answers carry.
+        submission: AnswerKey,
         /// The first answer.
         first: String,
         /// The other.
@@ -57,7 +89,7 @@ pub enum Violation {
 /// Every outcome received, by submission.
 #[derive(Debug, Default)]
 pub struct OutcomeBook {
-    answers: HashMap<Submission, Answer>,
+    answers: HashMap<AnswerKey, Answer>,
     violations: Vec<Violation>,
 }
 
@@ -101,14 +133,20 @@ impl OutcomeBook {
         }
     }
 
-    /// The answer to a submission, if any.
+    /// The answer to a submission, if any: the one naming its bytes, else the one naming its
+    /// content.
     pub fn answer(&self, submission: &Submission) -> Option<&Answer> {
-        self.answers.get(submission)
+        self.answers
+            .get(&(submission.payment_id, submission.submission_digest))
+            .or_else(|| {
+                self.answers
+                    .get(&(submission.payment_id, submission.envelope_digest))
+            })
     }
 
     /// Whether every one of `submissions` has an answer.
     pub fn answers_all(&self, submissions: &[Submission]) -> bool {
-        submissions.iter().all(|s| self.answers.contains_key(s))
+        submissions.iter().all(|s| self.answer(s).is_some())
     }
 
     /// Distinct submissions answered.
@@ -121,8 +159,8 @@ impl OutcomeBook {
         self.answers.is_empty()
     }
 
-    /// Every answer.
-    pub fn answers(&self) -> impl Iterator<Item = (&Submission, &Answer)> {
+    /// Every answer, by payment id and the digest it carries.
+    pub fn answers(&self) -> impl Iterator<Item = (&AnswerKey, &Answer)> {
         self.answers.iter()
     }
 
@@ -149,7 +187,7 @@ impl OutcomeBook {
         violations.extend(
             submitted
                 .iter()
-                .filter(|s| !self.answers.contains_key(*s))
+                .filter(|s| self.answer(s).is_none())
                 .map(|s| Violation::Unanswered(*s)),
         );
         let mut completed: HashMap<PaymentId, u32> = HashMap::new();

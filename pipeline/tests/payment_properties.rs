@@ -298,12 +298,17 @@ impl Run {
             .book
             .answers()
             .filter(|(_, answer)| answer.status == OutcomeStatus::Completed)
-            .map(|(submission, _)| {
+            .map(|((payment_id, digest), _)| {
                 let envelope = self
                     .by_submission
-                    .get(submission)
+                    .iter()
+                    .find(|(s, _)| {
+                        s.payment_id == *payment_id
+                            && (s.envelope_digest == *digest || s.submission_digest == *digest)
+                    })
+                    .map(|(_, envelope)| envelope)
                     .expect("an answer to something submitted");
-                (submission.0, envelope)
+                (*payment_id, envelope)
             })
             .collect()
     }

@@ -15,6 +15,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use common::{SimBus, TestNet, WalletMoney};
 use dcpipe_connectors::ledger::{PaymentState, Side, WalletLimits};
+use dcpipe_pipeline::audit::Submission;
 use dcpipe_pipeline::network::TIER_4_OPENING_FEN;
 use dcpipe_pipeline::payment::commit::REASON_UNKNOWN_PAYMENT;
 use dcpipe_pipeline::payment::{
@@ -26,8 +27,8 @@ use dcpipe_pipeline::pki::{
 };
 use dcpipe_pipeline::protocol::{
     FactorHash, FactorInput, certificate_fingerprint, clearing_message_bytes,
-    clearing_response_bytes, envelope_digest, payee_consent_bytes, payer_envelope_bytes,
-    pin_proof_bytes, transaction_factor,
+    clearing_response_bytes, payee_consent_bytes, payer_envelope_bytes, pin_proof_bytes,
+    transaction_factor,
 };
 use dcpipe_pipeline::reason::RejectReason;
 use dcpipe_pipeline::runtime::Verdict;
@@ -149,12 +150,17 @@ impl Case {
 
     /// The one answer to a submission: every copy published says the same.
     fn answer(&self, envelope: &TransactionEnvelope) -> PaymentOutcome {
-        let digest = envelope_digest(envelope);
+        // An authenticated envelope is answered under its envelope digest, one whose payer
+        // could not be authenticated under the digest of its bytes.
+        let submission = Submission::of_envelope(envelope);
         let copies: Vec<&PaymentOutcome> = self
             .bus
             .outcomes_of(&envelope.payment_id)
             .into_iter()
-            .filter(|o| o.envelope_digest == digest)
+            .filter(|o| {
+                o.envelope_digest == submission.envelope_digest
+                    || o.envelope_digest == submission.submission_digest
+            })
             .collect();
         let first = (*copies.first().expect("the submission is answered")).clone();
         for copy in &copies {
@@ -694,7 +700,7 @@ async fn repeated_identical_submission_gets_the_first_outcome_and_moves_no_money
             (first.status, first.reason_code.clone())
         );
     }
-    let submission = (envelope.payment_id, envelope_digest(&envelope));
+    let submission = Submission::of_envelope(&envelope);
     assert!(case.bus.book.violations(&[submission]).is_empty());
     case.assert_no_money_moved().await;
     "COMPLETED".to_owned()
@@ -710,7 +716,7 @@ async fn repeated_rejected_submission_gets_the_same_rejection() -> String {
     assert_rejected(&first, "limit.single_payment", payer::STAGE);
     let again = case.run(&envelope).await;
     assert_rejected(&again, "limit.single_payment", payer::STAGE);
-    let submission = (envelope.payment_id, envelope_digest(&envelope));
+    let submission = Submission::of_envelope(&envelope);
     assert!(case.bus.book.violations(&[submission]).is_empty());
     case.assert_no_money_moved().await;
     "limit.single_payment".to_owned()
@@ -1121,15 +1127,13 @@ async fn dead_letters_response_for_unknown_payment() -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known faults (see the notes on each): kept out of the coverage run until fixed.
+// Answers that time and copies must not change
 // ---------------------------------------------------------------------------------------------
 
 /// A terminal that retries after the clock-skew window (a phone that lost its connection for a
-/// few minutes) must get the first outcome again. The payer stage checks the envelope's time
-/// and certificates before it looks for a previous answer, and an unauthenticated rejection is
-/// never looked up, so the retry of a completed payment is answered `txn.clock_skew`.
+/// few minutes) gets the first outcome again, not `txn.clock_skew`: a rejection before
+/// authentication first looks for the payment's record.
 #[tokio::test]
-#[ignore = "known fault: a resubmission after the clock-skew window contradicts its first outcome"]
 async fn resubmission_after_the_clock_skew_window_gets_the_first_outcome() {
     let mut case = Case::new().await;
     let envelope = case.envelope(2_500, PinEntry::WhenRequired);
@@ -1137,16 +1141,13 @@ async fn resubmission_after_the_clock_skew_window_gets_the_first_outcome() {
     case.net.clock.advance_ms(CLOCK_SKEW_MS_MAX_DEFAULT + 1);
     case.bus.submit(&envelope);
     case.bus.drain(&case.net).await;
-    let submission = (envelope.payment_id, envelope_digest(&envelope));
+    let submission = Submission::of_envelope(&envelope);
     assert_eq!(case.bus.book.violations(&[submission]), Vec::new());
 }
 
-/// A copy of a genuine envelope with a broken payer signature is answered under the genuine
-/// envelope's (payment id, digest), since the digest does not cover the payer's signature:
-/// anyone holding the envelope can make the payer's institution publish a rejection that
-/// contradicts the payment's real outcome.
+/// A copy of a completed envelope with a broken payer signature cannot make the payer's
+/// institution contradict the payment's outcome.
 #[tokio::test]
-#[ignore = "known fault: a forged copy's rejection is published under the genuine submission"]
 async fn forged_copy_of_a_completed_envelope_does_not_contradict_its_outcome() {
     let mut case = Case::new().await;
     let envelope = case.envelope(2_500, PinEntry::WhenRequired);
@@ -1155,17 +1156,36 @@ async fn forged_copy_of_a_completed_envelope_does_not_contradict_its_outcome() {
     flip_last_byte(&mut forged.payer_signature);
     case.bus.submit(&forged);
     case.bus.drain(&case.net).await;
-    let submission = (envelope.payment_id, envelope_digest(&envelope));
+    let submission = Submission::of_envelope(&envelope);
     assert_eq!(case.bus.book.violations(&[submission]), Vec::new());
 }
 
-/// The payer stage takes a clearing message's expiry from its own clock but its reservation
-/// time from the ledger record, which the ledger stamps with the wall clock. When the stage's
-/// clock is behind the wall clock by more than the reservation lifetime (a replay, a simulation,
-/// a manual clock), the expiry comes before the reservation, the message does not encode, and
-/// the stage fails the whole batch on every redelivery while the amount stays held.
+/// A forged copy that arrives before the genuine envelope is rejected under the digest of its
+/// own bytes; the genuine payment still completes, and neither answer contradicts the other.
 #[tokio::test]
-#[ignore = "known fault: the payer stage mixes its clock with the ledger's wall clock"]
+async fn forged_copy_arriving_first_is_rejected_under_its_own_bytes() {
+    let mut case = Case::new().await;
+    let envelope = case.envelope(2_500, PinEntry::WhenRequired);
+    let mut forged = envelope.clone();
+    flip_last_byte(&mut forged.payer_signature);
+    let forged_answer = case.run(&forged).await;
+    assert_rejected(&forged_answer, "sig.payer_invalid", payer::STAGE);
+    assert_eq!(
+        forged_answer.envelope_digest,
+        Submission::of_envelope(&forged).submission_digest
+    );
+    assert_eq!(case.run(&envelope).await.status, OutcomeStatus::Completed);
+    let submissions = [
+        Submission::of_envelope(&forged),
+        Submission::of_envelope(&envelope),
+    ];
+    assert_eq!(case.bus.book.violations(&submissions), Vec::new());
+}
+
+/// The payer stage's clearing message takes its reservation time and expiry from the stage's
+/// own clock, so a stage whose clock is behind the ledger's (a replay, a simulation) still
+/// forwards it.
+#[tokio::test]
 async fn payer_stage_forwards_clearing_when_its_clock_is_behind_the_ledgers() {
     let case = Case::new().await;
     case.net

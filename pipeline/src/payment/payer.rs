@@ -16,7 +16,7 @@ use super::{
     Audience, EnvelopeRejection, Institution, OutcomeFacts, VerifiedEnvelope, ledger_digest,
     ledger_id, outcome_messages, outcome_reason, verify_envelope,
 };
-use crate::protocol::{clearing_message_bytes, envelope_digest};
+use crate::protocol::{clearing_message_bytes, envelope_digest, submission_digest};
 use crate::reason::{RejectReason, Rejected};
 use crate::runtime::{Input, Stage, StageError, Verdict, outgoing};
 use crate::subjects;
@@ -84,10 +84,11 @@ impl Stage for PayerStage {
                                 rejected,
                                 authenticated,
                             }) => {
-                                let digest = envelope_digest(&envelope);
                                 if authenticated {
+                                    let digest = envelope_digest(&envelope);
                                     Step::Rejected(Box::new(envelope), digest, rejected)
                                 } else {
+                                    let digest = submission_digest(input.payload);
                                     Step::Unauthenticated(Box::new(envelope), digest, rejected)
                                 }
                             }
@@ -150,14 +151,24 @@ impl Stage for PayerStage {
             let position = input.position;
             let verdict = match step {
                 Step::Decided(verdict) => verdict,
-                Step::Unauthenticated(envelope, digest, rejected) => Verdict::Done(rejection(
-                    inst,
-                    &envelope,
-                    digest,
-                    &rejected,
-                    now_ms,
-                    Audience::Everyone,
-                )?),
+                Step::Unauthenticated(envelope, digest, rejected) => {
+                    Verdict::Done(match known_payment(inst, &envelope).await? {
+                        // A copy of a payment already decided, rejected now only because time
+                        // passed (clock, expiry, revocation) or its bytes were broken: the
+                        // first answer stands.
+                        Some(record) => repeat(inst, &envelope, &record, position)?,
+                        // Only the submitter's institution hears of it: nobody vouched for
+                        // the payee named inside.
+                        None => rejection(
+                            inst,
+                            &envelope,
+                            digest,
+                            &rejected,
+                            now_ms,
+                            Audience::PayerOnly,
+                        )?,
+                    })
+                }
                 Step::Rejected(envelope, digest, rejected) => {
                     let result = recorded
                         .next()
@@ -205,6 +216,19 @@ impl Stage for PayerStage {
         }
         Ok(verdicts)
     }
+}
+
+/// The payer record of an envelope's payment, if one exists for this very content.
+async fn known_payment(
+    inst: &Institution,
+    envelope: &TransactionEnvelope,
+) -> Result<Option<PaymentRecord>, StageError> {
+    let record = inst
+        .ledger
+        .payment(&ledger_id(&envelope.payment_id), ledger::Side::Payer)
+        .await?;
+    let digest = ledger_digest(&envelope_digest(envelope));
+    Ok(record.filter(|r| r.digest == Some(digest)))
 }
 
 fn short_answer(call: &str) -> StageError {
@@ -286,7 +310,10 @@ fn clearing(
             .digest
             .map(|d| Digest32::from_bytes(d.0))
             .unwrap_or_else(|| envelope_digest(envelope)),
-        reserved_at_ms: record.created_ms,
+        // Both from the stage's clock (the expiry it chose), not the ledger's stamps.
+        reserved_at_ms: record
+            .expires_at_ms
+            .map_or(record.created_ms, |at| at - inst.policy.reservation_ttl_ms),
         expires_at_ms: record.expires_at_ms.unwrap_or(record.created_ms),
         institution_certificate: inst.certificate(),
         institution_signature: Vec::new(),

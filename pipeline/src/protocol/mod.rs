@@ -16,5 +16,5 @@ pub use signed::{
     TAG_PAYMENT_OUTCOME, TAG_PIN_PROOF, TAG_REVOCATION_UPDATE, TAG_SETTLEMENT_INSTRUCTION,
     certificate_fingerprint, clearing_message_bytes, clearing_response_bytes, envelope_digest,
     payee_consent_bytes, payer_envelope_bytes, payment_outcome_bytes, pin_proof_bytes,
-    revocation_update_bytes, settlement_instruction_bytes,
+    revocation_update_bytes, settlement_instruction_bytes, submission_digest,
 };

@@ -82,6 +82,14 @@ pub fn envelope_digest(envelope: &TransactionEnvelope) -> Digest32 {
     Digest32::from_bytes(sha256(&payer_envelope_bytes(envelope)))
 }
 
+/// The submission digest: SHA-256 of the exact frame submitted. It names a submission whose
+/// payer could not be authenticated (a broken signature, an untrusted certificate…): nobody
+/// vouched for its content, so its answer is tied to its bytes and never to the envelope
+/// digest of a genuine payment it may copy.
+pub fn submission_digest(frame: &[u8]) -> Digest32 {
+    Digest32::from_bytes(sha256(frame))
+}
+
 /// What the payer's institution signs on a clearing message.
 pub fn clearing_message_bytes(message: &ClearingMessage) -> Vec<u8> {
     let mut input = SigningInput::new(TAG_CLEARING_MESSAGE);

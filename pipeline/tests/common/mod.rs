@@ -20,7 +20,6 @@ use dcpipe_pipeline::payment::finalize::FinalizeStage;
 use dcpipe_pipeline::payment::payee::PayeeStage;
 use dcpipe_pipeline::payment::payer::PayerStage;
 use dcpipe_pipeline::pki::{AlgorithmChoice, DemoPkiOptions, PkiDirectory};
-use dcpipe_pipeline::protocol::envelope_digest;
 use dcpipe_pipeline::runtime::{Input, Stage, Verdict};
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Touch};
@@ -344,11 +343,12 @@ impl SimBus {
     /// A payer terminal publishes its envelope to its own institution.
     pub(crate) fn submit(&mut self, envelope: &TransactionEnvelope) -> Submission {
         let frame = dcpipe_schemas::encode(envelope).expect("envelope encodes");
+        let submission = Submission::of(envelope, &frame);
         self.push(
             subjects::txn_submit(&envelope.payer.institution_id),
             Bytes::from(frame),
         );
-        (envelope.payment_id, envelope_digest(envelope))
+        submission
     }
 
     /// Messages waiting.

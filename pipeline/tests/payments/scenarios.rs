@@ -9,7 +9,6 @@ use dcpipe_connectors::bus::{ConsumerConfig, Outgoing, dead_letter_subject};
 use dcpipe_pipeline::audit::Submission;
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::payment::payer;
-use dcpipe_pipeline::protocol::envelope_digest;
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Touch};
 use dcpipe_schemas::{
@@ -90,12 +89,15 @@ async fn submit(running: &Running, envelope: &TransactionEnvelope) -> Submission
     running
         .bus
         .publish(
-            Outgoing::new(subjects::txn_submit(&envelope.payer.institution_id), frame)
-                .with_key(envelope.payer.wallet_id.clone().into_bytes()),
+            Outgoing::new(
+                subjects::txn_submit(&envelope.payer.institution_id),
+                frame.clone(),
+            )
+            .with_key(envelope.payer.wallet_id.clone().into_bytes()),
         )
         .await
         .expect("published");
-    (envelope.payment_id, envelope_digest(envelope))
+    Submission::of(envelope, &frame)
 }
 
 /// Wallets of two different institutions: (payer, payee) pairs.

@@ -1,0 +1,714 @@
+//! `dcpipe demo`: real signed payments flowing between banks, in one command.
+//!
+//! Provisions a PKI, four institutions with their ledgers and a thousand wallets, runs every
+//! stage and synthetic terminals for a while, injects the bad cases a bank must withstand, and
+//! then holds the run to the invariants: every submission answered exactly once, money
+//! conserved, settlement equal to what cleared. The exit code says whether they held.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use dcpipe_connectors::bus::{Bus, ConsumerConfig, Outgoing, connect, dead_letter_subject};
+use dcpipe_connectors::ledger::{LedgerUrl, SettlementConfig};
+use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
+use dcpipe_pipeline::audit::{OutcomeCollector, Submission};
+use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
+use dcpipe_pipeline::network::{Network, NetworkConfig};
+use dcpipe_pipeline::payment::payer;
+use dcpipe_pipeline::pki::{AlgorithmChoice, Role, SpecialCertificate, SubjectSpec};
+use dcpipe_pipeline::revocation::revocation_update;
+use dcpipe_pipeline::runtime::RunnerConfig;
+use dcpipe_pipeline::subjects;
+use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Terminal, Touch};
+use dcpipe_schemas::{
+    Channel, DeadLetter, OutcomeStatus, PaymentId, SettlementInstruction, TransactionEnvelope,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::Settings;
+
+/// How long the demo waits for the pipeline to answer and settle after the traffic stops.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Options of `dcpipe demo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// The bus: embedded (default), nats://host:port or kafka://host:port.
+    #[arg(long, env = "DCPIPE_BUS")]
+    bus: Option<String>,
+    /// The ledgers: sqlite://DIR or postgres://user@host:port/db (default: SQLite files in a
+    /// new temporary directory).
+    #[arg(long, env = "DCPIPE_LEDGER")]
+    ledger: Option<String>,
+    /// Operating institutions.
+    #[arg(long, default_value_t = 4)]
+    institutions: usize,
+    /// Wallets, all institutions together.
+    #[arg(long, default_value_t = 1000)]
+    wallets: usize,
+    /// How long synthetic terminals pay, e.g. 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Payments per second the terminals submit.
+    #[arg(long, default_value_t = 300)]
+    rate: u32,
+    /// Certificate algorithms: p256, sm2 or mixed.
+    #[arg(long, default_value = "p256", value_parser = parse_algorithm)]
+    algorithm: AlgorithmChoice,
+    /// Seed of the synthetic traffic (same seed, same payments).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Settlement window length, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    settlement_window: Duration,
+    /// Partitions of each Kafka topic.
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+}
+
+fn parse_algorithm(text: &str) -> Result<AlgorithmChoice, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+/// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration like 10s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("{text:?}: unit must be ms, s or m")),
+    }
+}
+
+/// An injected bad case and the reason code it must be rejected with.
+struct Injected {
+    what: &'static str,
+    submission: Submission,
+    /// `None`: must get the same answer as the submission it repeats.
+    expected: Option<&'static str>,
+    repeats: Option<Submission>,
+}
+
+pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let bus_url = settings
+        .bus_url(args.bus.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let mut _ledger_dir = None;
+    let ledger_url: LedgerUrl = match args.ledger.as_deref().or(settings.ledger.as_deref()) {
+        Some(url) => url.parse()?,
+        None => {
+            let dir = tempfile::Builder::new().prefix("dcpipe-demo-").tempdir()?;
+            let url = LedgerUrl::SqliteDir(dir.path().to_path_buf());
+            _ledger_dir = Some(dir);
+            url
+        }
+    };
+    println!("dcpipe demo: bus {bus_url}, ledgers {ledger_url}");
+
+    let mut config = NetworkConfig::in_memory(args.institutions, args.wallets);
+    config.algorithm = args.algorithm;
+    config.ledger = ledger_url;
+    config.settlement = SettlementConfig {
+        window_ms: i64::try_from(args.settlement_window.as_millis()).unwrap_or(i64::MAX),
+    };
+    config.settlement_grace_ms = 500;
+    let network = Network::provision(&config, Arc::new(SystemClock))
+        .await
+        .context("provisioning the network")?;
+    println!(
+        "  {} institutions, {} wallets, {} certificates; ledgers opened with {} in {:.1} s",
+        network.institutions.len(),
+        network.wallets.len(),
+        args.algorithm.as_str(),
+        cny(network.opening_total_fen()),
+        started.elapsed().as_secs_f64()
+    );
+
+    let bus = connect(&bus_url, &settings.bus_options).await?;
+    let partitions = if matches!(bus_url, dcpipe_connectors::bus::BusUrl::Kafka(_)) {
+        args.partitions
+    } else {
+        1
+    };
+    network.ensure_subjects(bus.as_ref(), partitions).await?;
+    let shutdown = CancellationToken::new();
+    let runner = RunnerConfig {
+        fetch_wait: Duration::from_millis(20),
+        ack_wait: Duration::from_secs(10),
+        retry_delay: Duration::from_millis(200),
+        ..RunnerConfig::default()
+    };
+    let mut stage_handles = network.spawn(&bus, &runner, &shutdown);
+    let run_id = format!("{:08x}", rand_u32());
+    let (collector, collector_handles) = OutcomeCollector::spawn(
+        Arc::clone(&bus),
+        network.institutions.keys().cloned(),
+        &format!("demo-{run_id}-observer"),
+        shutdown.clone(),
+    )
+    .await?;
+    let run_started_ms = system_now_ms();
+
+    // Traffic.
+    let mut generator = PaymentGenerator::new(&network, PaymentMix::default(), args.seed);
+    let mut submitted: Vec<Submission> = Vec::new();
+    let mut injected: Vec<Injected> = Vec::new();
+    let mut dead_letters_expected = 0usize;
+    let tick = Duration::from_millis(50);
+    let per_tick = (f64::from(args.rate) * tick.as_secs_f64()).max(1.0);
+    let mut owed = 0.0;
+    let mut interval = tokio::time::interval(tick);
+    let traffic_started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut injected_done = false;
+    println!(
+        "  paying for {:.0} s at {} payments/s …",
+        args.duration.as_secs_f64(),
+        args.rate
+    );
+    while traffic_started.elapsed() < args.duration {
+        interval.tick().await;
+        owed += per_tick;
+        let mut batch = Vec::new();
+        while owed >= 1.0 {
+            owed -= 1.0;
+            let generated = generator.next(system_now_ms())?;
+            submitted.push(generated.submission);
+            batch.push(generated.outgoing());
+        }
+        bus.publish_many(batch).await?;
+        if !injected_done && traffic_started.elapsed() >= args.duration / 3 {
+            injected_done = true;
+            let (cases, dead) = inject_bad_cases(&network, &bus, &collector).await?;
+            dead_letters_expected += dead;
+            submitted.extend(cases.iter().map(|c| c.submission));
+            injected = cases;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let answered = collector.with_book(|b| b.len());
+            eprintln!(
+                "  t={:>4.1}s submitted {:>6} answered {:>6}",
+                traffic_started.elapsed().as_secs_f64(),
+                submitted.len(),
+                answered
+            );
+        }
+    }
+
+    // Drain: every submission answered, nothing in flight, every window settled.
+    let answered_all = collector
+        .wait_until(DRAIN_DEADLINE, |book| book.answers_all(&submitted))
+        .await;
+    let money = wait_until_settled(&network).await?;
+    let expected_net = collector.with_book(|book| {
+        let mut net = book.expected_net_positions();
+        net.retain(|_, v| *v != 0);
+        net
+    });
+    let settled =
+        collect_settlement(&bus, &run_id, run_started_ms, &expected_net, &shutdown).await?;
+    let dead_letters = count_dead_letters(&bus, &run_id, run_started_ms).await?;
+    shutdown.cancel();
+    for handle in stage_handles.drain(..) {
+        let _ = handle.await;
+    }
+    for handle in collector_handles {
+        let _ = handle.await;
+    }
+
+    // Report.
+    let unique: std::collections::HashSet<Submission> = submitted.iter().copied().collect();
+    let (counts, violations) = collector.with_book(|book| {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for submission in &unique {
+            if let Some(answer) = book.answer(submission) {
+                let key = match answer.status {
+                    OutcomeStatus::Completed => "COMPLETED".to_owned(),
+                    OutcomeStatus::Rejected => answer.reason_code.clone().unwrap_or_default(),
+                };
+                *counts.entry(key).or_insert(0) += 1;
+            }
+        }
+        let submitted_unique: Vec<Submission> = unique.iter().copied().collect();
+        (counts, book.violations(&submitted_unique))
+    });
+    println!();
+    println!(
+        "submitted            {:>7}  ({} distinct)",
+        submitted.len(),
+        unique.len()
+    );
+    println!(
+        "completed            {:>7}",
+        counts.get("COMPLETED").copied().unwrap_or(0)
+    );
+    let rejected: u64 = counts
+        .iter()
+        .filter(|(k, _)| k.as_str() != "COMPLETED")
+        .map(|(_, v)| v)
+        .sum();
+    println!("rejected             {rejected:>7}");
+    for (code, n) in counts.iter().filter(|(k, _)| k.as_str() != "COMPLETED") {
+        println!("  {code:<26} {n:>5}");
+    }
+    println!("dead letters         {:>7}", dead_letters.len());
+    for (code, n) in count_by(&dead_letters) {
+        println!("  {code:<26} {n:>5}");
+    }
+    println!(
+        "settlement           {:>7} windows of {:.0} s, {} interbank clearings",
+        settled.windows,
+        args.settlement_window.as_secs_f64(),
+        settled.clearings
+    );
+    for (institution, net) in &settled.net {
+        println!("  {institution:<10} net {:>16}", cny_signed(*net));
+    }
+
+    let mut checks: Vec<(bool, String)> = Vec::new();
+    checks.push((
+        answered_all && violations.is_empty(),
+        format!(
+            "every submission got exactly one outcome ({} of {} answered, {} violations)",
+            unique.len()
+                - violations
+                    .iter()
+                    .filter(|v| matches!(v, dcpipe_pipeline::audit::Violation::Unanswered(_)))
+                    .count(),
+            unique.len(),
+            violations.len()
+        ),
+    ));
+    checks.push((
+        money.is_settled_and_conserved(),
+        format!(
+            "money conserved: {} opening, {} now, {} held, {} pending",
+            cny(money.opening_fen),
+            cny(money.balance_fen),
+            cny(money.held_fen),
+            cny(money.pending_credit_fen)
+        ),
+    ));
+    checks.push((
+        settled.net == expected_net && settled.windows_balanced,
+        "settlement nets equal the completed interbank payments; every window sums to zero"
+            .to_owned(),
+    ));
+    let injected_ok = collector.with_book(|book| {
+        injected
+            .iter()
+            .filter(|case| {
+                let answer = book.answer(&case.submission);
+                let good = match (case.expected, case.repeats) {
+                    (Some(code), _) => {
+                        answer.is_some_and(|a| a.reason_code.as_deref() == Some(code))
+                    }
+                    (None, Some(first)) => {
+                        answer.is_some()
+                            && answer.map(|a| (a.status, a.reason_code.clone()))
+                                == book
+                                    .answer(&first)
+                                    .map(|a| (a.status, a.reason_code.clone()))
+                    }
+                    (None, None) => false,
+                };
+                if !good {
+                    println!(
+                        "  injected {:<28} got {:?}",
+                        case.what,
+                        answer.map(|a| (a.status, a.reason_code.clone()))
+                    );
+                }
+                good
+            })
+            .count()
+    });
+    checks.push((
+        injected_ok == injected.len() && !injected.is_empty(),
+        format!(
+            "injected bad cases answered as they must be ({injected_ok} of {})",
+            injected.len()
+        ),
+    ));
+    checks.push((
+        dead_letters.len() == dead_letters_expected,
+        format!(
+            "undecodable input dead-lettered with its bytes ({} of {dead_letters_expected})",
+            dead_letters.len()
+        ),
+    ));
+    println!();
+    println!("checks");
+    let mut all_ok = true;
+    for (ok, what) in &checks {
+        all_ok &= ok;
+        println!("  [{}] {what}", if *ok { "ok" } else { "FAILED" });
+    }
+    for violation in violations.iter().take(10) {
+        println!("  violation: {violation:?}");
+    }
+    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn rand_u32() -> u32 {
+    let nonce = dcpipe_pipeline::terminal::fresh_nonce()
+        .map(|n| *n.as_bytes())
+        .unwrap_or([7; 32]);
+    u32::from_be_bytes([nonce[0], nonce[1], nonce[2], nonce[3]])
+}
+
+fn cny(fen: i64) -> String {
+    format!("{}.{:02} CNY", fen / 100, (fen % 100).abs())
+}
+
+fn cny_signed(fen: i64) -> String {
+    let sign = if fen < 0 { "-" } else { "+" };
+    format!("{sign}{}.{:02} CNY", (fen / 100).abs(), (fen % 100).abs())
+}
+
+fn count_by(letters: &[DeadLetter]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for letter in letters {
+        *counts.entry(letter.reason_code.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Publishes the bad cases a bank must withstand; returns them with their expected answers,
+/// and how many dead letters they should cause.
+async fn inject_bad_cases(
+    network: &Network,
+    bus: &Arc<dyn Bus>,
+    collector: &OutcomeCollector,
+) -> anyhow::Result<(Vec<Injected>, usize)> {
+    let now_ms = system_now_ms();
+    let wallets = &network.wallets;
+    // Two wallets at different institutions that the generator uses rarely (not hot).
+    let payer = &wallets[wallets.len() - 1].party;
+    let payee = wallets
+        .iter()
+        .rev()
+        .find(|w| w.party.institution_id != payer.institution_id)
+        .map(|w| &w.party)
+        .context("the demo needs two institutions")?;
+    let payer_terminal = network
+        .terminal(&payer.wallet_id)
+        .context("payer terminal")?;
+    let payee_terminal = network
+        .terminal(&payee.wallet_id)
+        .context("payee terminal")?;
+    let request = |amount_fen: i64, created_at_ms: i64, pin: PinEntry| PaymentRequest {
+        payment_id: PaymentId::random(),
+        amount_fen,
+        channel: Channel::Nfc,
+        created_at_ms,
+        pin,
+    };
+    let touch = Touch::connect(payer_terminal, payee_terminal, &network.verifier, now_ms)?;
+    let mut cases = Vec::new();
+    let mut envelopes: Vec<TransactionEnvelope> = Vec::new();
+    let push = |cases: &mut Vec<Injected>,
+                envelopes: &mut Vec<TransactionEnvelope>,
+                what,
+                envelope: TransactionEnvelope,
+                expected,
+                repeats| {
+        cases.push(Injected {
+            what,
+            submission: Submission::of_envelope(&envelope),
+            expected,
+            repeats,
+        });
+        envelopes.push(envelope);
+    };
+
+    let mut forged = touch.negotiate(&request(12_300, now_ms, PinEntry::WhenRequired))?;
+    forged.payer_signature[5] ^= 0x01;
+    push(
+        &mut cases,
+        &mut envelopes,
+        "forged signature",
+        forged,
+        Some("sig.payer_invalid"),
+        None,
+    );
+
+    let large = touch.negotiate(&request(150_000, now_ms, PinEntry::Never))?;
+    push(
+        &mut cases,
+        &mut envelopes,
+        "large amount without PIN",
+        large,
+        Some("txn.pin_required"),
+        None,
+    );
+
+    let skewed = touch.negotiate(&request(
+        4_200,
+        now_ms - 10 * 60 * 1000,
+        PinEntry::WhenRequired,
+    ))?;
+    push(
+        &mut cases,
+        &mut envelopes,
+        "clock ten minutes behind",
+        skewed,
+        Some("txn.clock_skew"),
+        None,
+    );
+
+    // A certificate that expired yesterday.
+    let keys = network.pki.wallet(&payer.wallet_id).context("payer keys")?;
+    let expired = network.pki.issue_special(
+        SpecialCertificate::Expired,
+        &SubjectSpec {
+            role: Role::Terminal,
+            id: &payer.wallet_id,
+            institution: &payer.institution_id,
+            algorithm: keys.terminal.certificate().algorithm(),
+        },
+        now_ms,
+        &network.revocations,
+    )?;
+    let expired_terminal = Terminal {
+        user: &expired,
+        ..payer_terminal
+    };
+    let expired_envelope = Touch::unchecked(expired_terminal, payee_terminal)
+        .negotiate(&request(5_500, now_ms, PinEntry::WhenRequired))?;
+    push(
+        &mut cases,
+        &mut envelopes,
+        "expired certificate",
+        expired_envelope,
+        Some("cert.expired"),
+        None,
+    );
+
+    // An honest payment, then the same envelope again (a replay) and its id with other
+    // content (a conflicting resubmission).
+    let honest = touch.negotiate(&request(3_300, now_ms, PinEntry::WhenRequired))?;
+    let honest_submission = Submission::of_envelope(&honest);
+    publish(bus, std::slice::from_ref(&honest)).await?;
+    await_answers(collector, &[honest_submission]).await?;
+    push(
+        &mut cases,
+        &mut envelopes,
+        "replayed payment",
+        honest.clone(),
+        None,
+        Some(honest_submission),
+    );
+    let conflicting = touch.negotiate(&PaymentRequest {
+        payment_id: honest.payment_id,
+        amount_fen: 33_000,
+        channel: Channel::Nfc,
+        created_at_ms: system_now_ms(),
+        pin: PinEntry::WhenRequired,
+    })?;
+    push(
+        &mut cases,
+        &mut envelopes,
+        "conflicting resubmission",
+        conflicting,
+        Some("txn.conflict"),
+        None,
+    );
+    // These are answered before the payer's certificate is revoked below.
+    publish(bus, &envelopes).await?;
+    let so_far: Vec<Submission> = cases.iter().map(|c| c.submission).collect();
+    await_answers(collector, &so_far).await?;
+
+    // Revoke the payer's terminal certificate through the bus, as its institution would.
+    let institution = network
+        .pki
+        .institution(&payer.institution_id)
+        .context("payer institution")?;
+    let update = revocation_update(
+        &institution.ca,
+        &[keys.terminal.certificate()],
+        "keyCompromise",
+        1,
+        now_ms,
+    )?;
+    bus.publish(Outgoing::new(
+        subjects::PKI_REVOCATION,
+        dcpipe_schemas::encode(&update)?,
+    ))
+    .await?;
+    let ca_fingerprint = *institution.ca.certificate().fingerprint();
+    let serial = keys.terminal.certificate().serial().to_vec();
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    while !network.revocations.is_revoked(&ca_fingerprint, &serial) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the revocation was not applied in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let revoked = Touch::unchecked(payer_terminal, payee_terminal).negotiate(&request(
+        6_600,
+        system_now_ms(),
+        PinEntry::WhenRequired,
+    ))?;
+    publish(bus, std::slice::from_ref(&revoked)).await?;
+    push(
+        &mut cases,
+        &mut envelopes,
+        "revoked certificate",
+        revoked,
+        Some("cert.revoked"),
+        None,
+    );
+
+    // Bytes that are not an envelope at all.
+    bus.publish(Outgoing::new(
+        subjects::txn_submit(&payer.institution_id),
+        Bytes::from_static(b"\x00\x00\x00\x00\x01this is not an envelope"),
+    ))
+    .await?;
+    Ok((cases, 1))
+}
+
+async fn await_answers(
+    collector: &OutcomeCollector,
+    submissions: &[Submission],
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        collector
+            .wait_until(DRAIN_DEADLINE, |book| book.answers_all(submissions))
+            .await,
+        "the pipeline did not answer within {DRAIN_DEADLINE:?}"
+    );
+    Ok(())
+}
+
+async fn publish(bus: &Arc<dyn Bus>, envelopes: &[TransactionEnvelope]) -> anyhow::Result<()> {
+    let mut messages = Vec::new();
+    for envelope in envelopes {
+        messages.push(
+            Outgoing::new(
+                subjects::txn_submit(&envelope.payer.institution_id),
+                dcpipe_schemas::encode(envelope)?,
+            )
+            .with_key(envelope.payer.wallet_id.clone().into_bytes()),
+        );
+    }
+    bus.publish_many(messages).await?;
+    Ok(())
+}
+
+async fn wait_until_settled(
+    network: &Network,
+) -> anyhow::Result<dcpipe_pipeline::network::MoneyReport> {
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    loop {
+        let money = network.money().await?;
+        if (money.held_fen == 0 && money.pending_credit_fen == 0) || Instant::now() >= deadline {
+            return Ok(money);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What settlement published for this run.
+struct Settled {
+    windows: usize,
+    clearings: i64,
+    net: BTreeMap<String, i64>,
+    windows_balanced: bool,
+}
+
+async fn collect_settlement(
+    bus: &Arc<dyn Bus>,
+    run_id: &str,
+    since_ms: i64,
+    expected: &BTreeMap<String, i64>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Settled> {
+    let mut consumer = bus
+        .consumer(ConsumerConfig::new(
+            subjects::SETTLEMENT_INSTRUCTION,
+            format!("demo-{run_id}-settlement"),
+        ))
+        .await?;
+    let mut settled = Settled {
+        windows: 0,
+        clearings: 0,
+        net: BTreeMap::new(),
+        windows_balanced: true,
+    };
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    while Instant::now() < deadline && !shutdown.is_cancelled() {
+        for delivery in consumer.fetch(256, Duration::from_millis(200)).await? {
+            let instruction: SettlementInstruction =
+                dcpipe_schemas::decode(&delivery.record.payload)?;
+            if instruction.window_end_at_ms > since_ms {
+                settled.windows += 1;
+                settled.windows_balanced &=
+                    instruction.positions.iter().map(|p| p.net_fen).sum::<i64>() == 0;
+                for position in &instruction.positions {
+                    *settled
+                        .net
+                        .entry(position.institution_id.clone())
+                        .or_insert(0) += position.net_fen;
+                    settled.clearings += position.clearing_count;
+                }
+            }
+            delivery.ack().await?;
+        }
+        let mut net = settled.net.clone();
+        net.retain(|_, v| *v != 0);
+        if &net == expected {
+            break;
+        }
+    }
+    settled.clearings /= 2;
+    settled.net.retain(|_, v| *v != 0);
+    Ok(settled)
+}
+
+async fn count_dead_letters(
+    bus: &Arc<dyn Bus>,
+    run_id: &str,
+    since_ms: i64,
+) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut consumer = bus
+        .consumer(ConsumerConfig::new(
+            dead_letter_subject(payer::STAGE),
+            format!("demo-{run_id}-dead-letters"),
+        ))
+        .await?;
+    let mut letters = Vec::new();
+    loop {
+        let batch = consumer.fetch(256, Duration::from_millis(300)).await?;
+        if batch.is_empty() {
+            return Ok(letters);
+        }
+        for delivery in batch {
+            let letter: DeadLetter = dcpipe_schemas::decode(&delivery.record.payload)?;
+            if letter.received_at_ms >= since_ms {
+                letters.push(letter);
+            }
+            delivery.ack().await?;
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The subcommands of `dcpipe`.
+
+mod demo;
+mod pki;
+mod schemas;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::settings::Settings;
+
+/// What `dcpipe` does.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the payment demo: 4 institutions, 1,000 wallets, synthetic terminals and injected
+    /// bad cases, then print the outcomes, the settlement positions and the invariant checks.
+    /// Exits non-zero when a check fails. Runs on the embedded bus unless --bus says otherwise.
+    Demo(demo::DemoArgs),
+    /// Run one stage of one institution (or the central bank's settlement) as its own process;
+    /// several processes share a stage's load.
+    Worker(worker::WorkerArgs),
+    /// Create and inspect the demo PKI (central bank root, institution CAs, wallet keys).
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// List the Avro schemas and their stable ids (Confluent wire format).
+    Schemas,
+}
+
+impl Command {
+    /// Runs the command.
+    pub(crate) async fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Demo(args) => demo::run(args, settings).await,
+            Command::Worker(args) => worker::run(args, settings).await,
+            Command::Pki(command) => pki::run(command).await,
+            Command::Schemas => schemas::run(),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `dcpipe worker`: one stage of one institution as its own process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+use dcpipe_connectors::bus::{BusUrl, connect};
+use dcpipe_connectors::ledger::{
+    LedgerOptions, LedgerUrl, SettlementConfig, open_ledger, open_settlement,
+};
+use dcpipe_pipeline::clock::SystemClock;
+use dcpipe_pipeline::network::copy_certified_key;
+use dcpipe_pipeline::payment::{
+    Institution, PaymentPolicy, commit::CommitStage, finalize::FinalizeStage, payee::PayeeStage,
+    payer::PayerStage,
+};
+use dcpipe_pipeline::pki::{ChainVerifier, PkiDirectory, RevocationSet};
+use dcpipe_pipeline::revocation::RevocationFollower;
+use dcpipe_pipeline::runtime::{RunnerConfig, Stage, StageRunner};
+use dcpipe_pipeline::settlement::{CentralBank, GRACE_MS_DEFAULT, SettlementStage};
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::Settings;
+
+/// The stages a worker can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StageName {
+    /// The payer institution's intake of envelopes (`txn.submit.<oi>`).
+    Payer,
+    /// The payee institution's intake of clearing messages (`clearing.request.<oi>`).
+    Payee,
+    /// The payer institution's decisions and expiry sweep (`clearing.response.<oi>`).
+    Commit,
+    /// The payee institution's finalization of credits (`txn.result.<oi>`).
+    Finalize,
+    /// The central bank's netting per window (`settlement.clearing`).
+    Settlement,
+}
+
+/// Options of `dcpipe worker`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkerArgs {
+    /// Which stage to run.
+    #[arg(value_enum)]
+    stage: StageName,
+    /// The institution whose stage this is (all stages but settlement).
+    #[arg(long, env = "DCPIPE_INSTITUTION")]
+    institution: Option<String>,
+    /// The bus: nats://host:port or kafka://host:port (the embedded bus lives inside one
+    /// process, so a worker cannot use it).
+    #[arg(long, env = "DCPIPE_BUS")]
+    bus: Option<String>,
+    /// The ledgers: sqlite://DIR or postgres://user@host:port/db.
+    #[arg(long, env = "DCPIPE_LEDGER")]
+    ledger: Option<String>,
+    /// The PKI directory written by `dcpipe pki init`.
+    #[arg(long, env = "DCPIPE_PKI", value_name = "DIR")]
+    pki: PathBuf,
+    /// Messages decided together (one ledger transaction).
+    #[arg(long, default_value_t = RunnerConfig::BATCH_MAX_DEFAULT)]
+    batch: usize,
+    /// Settlement window length in ms (settlement stage).
+    #[arg(long, default_value_t = SettlementConfig::default().window_ms)]
+    settlement_window_ms: i64,
+    /// Grace after a window's end before it closes, in ms (settlement stage).
+    #[arg(long, default_value_t = GRACE_MS_DEFAULT)]
+    settlement_grace_ms: i64,
+}
+
+pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let bus_url = settings
+        .bus_url(args.bus.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    if bus_url == BusUrl::Embedded {
+        bail!("a worker process needs a shared bus: --bus nats://host:port or kafka://host:port");
+    }
+    let ledger_url: LedgerUrl = args
+        .ledger
+        .as_deref()
+        .or(settings.ledger.as_deref())
+        .context("--ledger (or DCPIPE_LEDGER) is required")?
+        .parse()?;
+    let dir = args.pki.clone();
+    let pki = tokio::task::spawn_blocking(move || PkiDirectory::load(&dir))
+        .await?
+        .with_context(|| format!("loading the PKI from {}", args.pki.display()))?;
+    let revocations = Arc::new(RevocationSet::new());
+    let verifier = Arc::new(ChainVerifier::new(
+        Arc::clone(pki.trust_store()),
+        Arc::clone(&revocations),
+    ));
+    let clock = Arc::new(SystemClock);
+    let options = LedgerOptions::default();
+
+    let stage: Arc<dyn Stage> = if args.stage == StageName::Settlement {
+        let store = open_settlement(
+            &ledger_url,
+            SettlementConfig {
+                window_ms: args.settlement_window_ms,
+            },
+            &options,
+        )
+        .await?;
+        Arc::new(SettlementStage::new(Arc::new(CentralBank {
+            signer: copy_certified_key(pki.settlement_signer())?,
+            verifier: Arc::clone(&verifier),
+            store,
+            clock,
+            grace_ms: args.settlement_grace_ms,
+        })))
+    } else {
+        let id = args
+            .institution
+            .clone()
+            .context("--institution is required for this stage")?;
+        let keys = pki
+            .institution(&id)
+            .with_context(|| format!("no institution {id} in the PKI"))?;
+        let ledger = open_ledger(&ledger_url, &id, &options).await?;
+        let institution = Arc::new(Institution::new(
+            id,
+            copy_certified_key(&keys.signer)?,
+            Arc::clone(&verifier),
+            ledger,
+            PaymentPolicy::default(),
+            clock,
+        ));
+        match args.stage {
+            StageName::Payer => Arc::new(PayerStage::new(institution)),
+            StageName::Payee => Arc::new(PayeeStage::new(institution)),
+            StageName::Commit => Arc::new(CommitStage::new(institution)),
+            StageName::Finalize => Arc::new(FinalizeStage::new(institution)),
+            StageName::Settlement => unreachable!("handled above"),
+        }
+    };
+
+    let bus = connect(&bus_url, &settings.bus_options).await?;
+    let shutdown = CancellationToken::new();
+    let follower = RevocationFollower::new(Arc::clone(&verifier), revocations);
+    tokio::spawn(follower.run(Arc::clone(&bus), shutdown.clone()));
+    let runner = RunnerConfig {
+        batch_max: args.batch,
+        ..RunnerConfig::default()
+    };
+    let stopper = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_termination().await;
+        tracing::info!("stopping");
+        stopper.cancel();
+    });
+    tracing::info!(stage = stage.name(), subject = %stage.subject(), bus = %bus_url, ledger = %ledger_url, "worker starting");
+    StageRunner::run(bus, stage, runner, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn wait_for_termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
