@@ -61,6 +61,10 @@ pub(crate) struct WorkerArgs {
     /// Messages decided together (one ledger transaction).
     #[arg(long, default_value_t = RunnerConfig::BATCH_MAX_DEFAULT)]
     batch: usize,
+    /// A delivery not acked within this many ms is delivered again (to this or another process
+    /// of the stage): how soon the work of a crashed process is taken over.
+    #[arg(long, default_value_t = 30_000)]
+    ack_wait_ms: u64,
     /// Settlement window length in ms (settlement stage).
     #[arg(long, default_value_t = SettlementConfig::default().window_ms)]
     settlement_window_ms: i64,
@@ -142,6 +146,7 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
     tokio::spawn(follower.run(Arc::clone(&bus), shutdown.clone()));
     let runner = RunnerConfig {
         batch_max: args.batch,
+        ack_wait: std::time::Duration::from_millis(args.ack_wait_ms),
         ..RunnerConfig::default()
     };
     let stopper = shutdown.clone();
