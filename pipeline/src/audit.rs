@@ -136,12 +136,21 @@ impl OutcomeBook {
     /// The answer to a submission, if any: the one naming its bytes, else the one naming its
     /// content.
     pub fn answer(&self, submission: &Submission) -> Option<&Answer> {
-        self.answers
-            .get(&(submission.payment_id, submission.submission_digest))
-            .or_else(|| {
-                self.answers
-                    .get(&(submission.payment_id, submission.envelope_digest))
-            })
+        self.answer_key(submission)
+            .and_then(|key| self.answers.get(&key))
+    }
+
+    /// The key the answer to a submission is recorded under, if it was answered.
+    fn answer_key(&self, submission: &Submission) -> Option<AnswerKey> {
+        [submission.submission_digest, submission.envelope_digest]
+            .into_iter()
+            .map(|digest| (submission.payment_id, digest))
+            .find(|key| self.answers.contains_key(key))
+    }
+
+    /// How many of `submissions` have an answer.
+    pub fn answers_all_count(&self, submissions: &[Submission]) -> usize {
+        submissions.iter().filter(|s| self.answer(s).is_some()).count()
     }
 
     /// Whether every one of `submissions` has an answer.
@@ -181,7 +190,8 @@ impl OutcomeBook {
     }
 
     /// Every broken invariant, given what was submitted: contradictions seen so far, each
-    /// submission unanswered, and each payment completed under two contents.
+    /// submission unanswered, and each submitted payment completed under two contents. Answers
+    /// to payments not in `submitted` (an earlier run on the same bus) are not judged.
     pub fn violations(&self, submitted: &[Submission]) -> Vec<Violation> {
         let mut violations = self.violations.clone();
         violations.extend(
@@ -191,8 +201,10 @@ impl OutcomeBook {
                 .map(|s| Violation::Unanswered(*s)),
         );
         let mut completed: HashMap<PaymentId, u32> = HashMap::new();
+        let payments: std::collections::HashSet<PaymentId> =
+            submitted.iter().map(|s| s.payment_id).collect();
         for ((payment_id, _), answer) in &self.answers {
-            if answer.status == OutcomeStatus::Completed {
+            if answer.status == OutcomeStatus::Completed && payments.contains(payment_id) {
                 *completed.entry(*payment_id).or_insert(0) += 1;
             }
         }
@@ -206,10 +218,16 @@ impl OutcomeBook {
         violations
     }
 
-    /// Net interbank positions implied by the completed payments: what settlement must find.
-    pub fn expected_net_positions(&self) -> BTreeMap<String, i64> {
+    /// Net interbank positions implied by the completed submissions among `submitted`: what
+    /// settlement must find.
+    pub fn expected_net_positions(&self, submitted: &[Submission]) -> BTreeMap<String, i64> {
         let mut net = BTreeMap::new();
-        for answer in self.answers.values() {
+        // Each answer once, however many submissions it answers.
+        let keys: std::collections::HashSet<AnswerKey> = submitted
+            .iter()
+            .filter_map(|s| self.answer_key(s))
+            .collect();
+        for answer in keys.iter().filter_map(|key| self.answers.get(key)) {
             if answer.status == OutcomeStatus::Completed
                 && answer.payer_institution != answer.payee_institution
             {

@@ -32,10 +32,16 @@ pub struct RevocationFollower {
     revocations: Arc<RevocationSet>,
     /// Next offset to read, per partition.
     next: HashMap<u32, u64>,
+    /// Bus time of the newest update read.
+    newest_ms: Option<i64>,
 }
 
 /// How often the follower looks for new updates.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How far before the newest update read each poll starts again, so that an update stored
+/// with a slightly earlier bus time (another partition, another broker clock) is not missed.
+pub const FOLLOW_OVERLAP_MS: i64 = 5 * 60 * 1000;
 
 /// Records read per replay batch.
 const REPLAY_BATCH_MAX: usize = 256;
@@ -47,21 +53,24 @@ impl RevocationFollower {
             verifier,
             revocations,
             next: HashMap::new(),
+            newest_ms: None,
         }
     }
 
     /// Applies every update published since the last call; returns how many serials were new.
     /// Updates that fail their checks are logged and counted, and skipped.
     pub async fn poll(&mut self, bus: &dyn Bus) -> Result<usize, BusError> {
-        let from = self.next.values().copied().min().unwrap_or(0);
+        // By time, not offset: on Kafka an offset would apply to every partition, and a
+        // partition never seen yet would be skipped. Records already read are skipped by their
+        // position.
+        let from = match self.newest_ms {
+            None => ReplayFrom::Beginning,
+            Some(newest_ms) => ReplayFrom::TimeMs(newest_ms - FOLLOW_OVERLAP_MS),
+        };
         let mut replay = bus
             .replay(ReplayRequest {
                 subject: subjects::PKI_REVOCATION.to_owned(),
-                from: if from == 0 {
-                    ReplayFrom::Beginning
-                } else {
-                    ReplayFrom::Offset(from)
-                },
+                from,
                 until_ms: None,
             })
             .await?;
@@ -77,6 +86,7 @@ impl RevocationFollower {
                     continue;
                 }
                 *next = record.position.offset + 1;
+                self.newest_ms = Some(self.newest_ms.unwrap_or(i64::MIN).max(record.timestamp_ms));
                 match dcpipe_schemas::decode::<RevocationUpdate>(&record.payload)
                     .map_err(|e| (e.reason_code(), e.to_string()))
                     .and_then(|update| self.apply(&update).map(|n| (update.sequence, n)))

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use dcpipe_connectors::bus::{Bus, ConsumerConfig, Outgoing, connect, dead_letter_subject};
+use dcpipe_connectors::bus::{
+    Bus, ConsumerConfig, Outgoing, ReplayFrom, ReplayRequest, connect, dead_letter_subject,
+};
 use dcpipe_connectors::ledger::{LedgerUrl, SettlementConfig};
 use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
 use dcpipe_pipeline::audit::{OutcomeCollector, Submission};
@@ -161,52 +163,53 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
     .await?;
     let run_started_ms = system_now_ms();
 
-    // Traffic.
-    let mut generator = PaymentGenerator::new(&network, PaymentMix::default(), args.seed);
-    let mut submitted: Vec<Submission> = Vec::new();
-    let mut injected: Vec<Injected> = Vec::new();
-    let mut dead_letters_expected = 0usize;
-    let tick = Duration::from_millis(50);
-    let per_tick = (f64::from(args.rate) * tick.as_secs_f64()).max(1.0);
-    let mut owed = 0.0;
-    let mut interval = tokio::time::interval(tick);
-    let traffic_started = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut injected_done = false;
+    // Traffic, with the bad cases injected a third of the way in.
     println!(
         "  paying for {:.0} s at {} payments/s …",
         args.duration.as_secs_f64(),
         args.rate
     );
-    while traffic_started.elapsed() < args.duration {
-        interval.tick().await;
-        owed += per_tick;
-        let mut batch = Vec::new();
-        while owed >= 1.0 {
-            owed -= 1.0;
-            let generated = generator.next(system_now_ms())?;
-            submitted.push(generated.submission);
-            batch.push(generated.outgoing());
+    let traffic = async {
+        let mut generator = PaymentGenerator::new(&network, PaymentMix::default(), args.seed);
+        let mut submitted: Vec<Submission> = Vec::new();
+        let tick = Duration::from_millis(50);
+        let per_tick = (f64::from(args.rate) * tick.as_secs_f64()).max(1.0);
+        let mut owed = 0.0;
+        let mut interval = tokio::time::interval(tick);
+        let traffic_started = Instant::now();
+        let mut last_progress = Instant::now();
+        while traffic_started.elapsed() < args.duration {
+            interval.tick().await;
+            owed += per_tick;
+            let mut batch = Vec::new();
+            while owed >= 1.0 {
+                owed -= 1.0;
+                let generated = generator.next(system_now_ms())?;
+                submitted.push(generated.submission);
+                batch.push(generated.outgoing());
+            }
+            bus.publish_many(batch).await?;
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                last_progress = Instant::now();
+                let answered = collector.with_book(|b| b.answers_all_count(&submitted));
+                eprintln!(
+                    "  t={:>4.1}s submitted {:>6} answered {:>6}",
+                    traffic_started.elapsed().as_secs_f64(),
+                    submitted.len(),
+                    answered
+                );
+            }
         }
-        bus.publish_many(batch).await?;
-        if !injected_done && traffic_started.elapsed() >= args.duration / 3 {
-            injected_done = true;
-            let (cases, dead) = inject_bad_cases(&network, &bus, &collector).await?;
-            dead_letters_expected += dead;
-            submitted.extend(cases.iter().map(|c| c.submission));
-            injected = cases;
-        }
-        if last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            let answered = collector.with_book(|b| b.len());
-            eprintln!(
-                "  t={:>4.1}s submitted {:>6} answered {:>6}",
-                traffic_started.elapsed().as_secs_f64(),
-                submitted.len(),
-                answered
-            );
-        }
-    }
+        Ok::<_, anyhow::Error>(submitted)
+    };
+    let injection = async {
+        tokio::time::sleep(args.duration / 3).await;
+        inject_bad_cases(&network, &bus, &collector).await
+    };
+    let (traffic, injection) = tokio::join!(traffic, injection);
+    let mut submitted = traffic?;
+    let (injected, dead_letters_expected) = injection?;
+    submitted.extend(injected.iter().map(|c| c.submission));
 
     // Drain: every submission answered, nothing in flight, every window settled.
     let answered_all = collector
@@ -214,13 +217,13 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         .await;
     let money = wait_until_settled(&network).await?;
     let expected_net = collector.with_book(|book| {
-        let mut net = book.expected_net_positions();
+        let mut net = book.expected_net_positions(&submitted);
         net.retain(|_, v| *v != 0);
         net
     });
     let settled =
         collect_settlement(&bus, &run_id, run_started_ms, &expected_net, &shutdown).await?;
-    let dead_letters = count_dead_letters(&bus, &run_id, run_started_ms).await?;
+    let dead_letters = count_dead_letters(&bus, run_started_ms, dead_letters_expected).await?;
     shutdown.cancel();
     for handle in stage_handles.drain(..) {
         let _ = handle.await;
@@ -686,29 +689,35 @@ async fn collect_settlement(
     Ok(settled)
 }
 
+/// The dead letters of the payer stage since the run began, read by replay (no consumer group
+/// to join); read again until `expected` are there or the deadline passes.
 async fn count_dead_letters(
     bus: &Arc<dyn Bus>,
-    run_id: &str,
     since_ms: i64,
+    expected: usize,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    let mut consumer = bus
-        .consumer(ConsumerConfig::new(
-            dead_letter_subject(payer::STAGE),
-            format!("demo-{run_id}-dead-letters"),
-        ))
-        .await?;
-    let mut letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let batch = consumer.fetch(256, Duration::from_millis(300)).await?;
-        if batch.is_empty() {
+        let mut replay = bus
+            .replay(ReplayRequest {
+                subject: dead_letter_subject(payer::STAGE),
+                from: ReplayFrom::TimeMs(since_ms),
+                until_ms: None,
+            })
+            .await?;
+        let mut letters = Vec::new();
+        loop {
+            let records = replay.next_batch(256).await?;
+            if records.is_empty() {
+                break;
+            }
+            for record in records {
+                letters.push(dcpipe_schemas::decode::<DeadLetter>(&record.payload)?);
+            }
+        }
+        if letters.len() >= expected || Instant::now() >= deadline {
             return Ok(letters);
         }
-        for delivery in batch {
-            let letter: DeadLetter = dcpipe_schemas::decode(&delivery.record.payload)?;
-            if letter.received_at_ms >= since_ms {
-                letters.push(letter);
-            }
-            delivery.ack().await?;
-        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -184,7 +184,7 @@ pub(crate) async fn interbank_payments_complete_conserve_money_and_settle(backen
     // Settlement nets exactly what completed between institutions.
     let expected = running
         .collector
-        .with_book(|book| book.expected_net_positions());
+        .with_book(|book| book.expected_net_positions(&submissions));
     let mut consumer = running
         .bus
         .consumer(ConsumerConfig::new(

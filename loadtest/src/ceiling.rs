@@ -1,0 +1,624 @@
+//! The two limits the pipeline is measured against, measured by the same binary on the same
+//! machine just before the load.
+//!
+//! - The **crypto ceiling**: payments per second that the signature and chain work of the
+//!   payment flow alone allows, on all the cores the run uses. Per completed payment the stages
+//!   do (see `dcpipe_pipeline::payment`): the payer institution verifies the envelope
+//!   ([`verify_envelope`]: both terminal chains from the cache, the factor, the payee's consent,
+//!   the payer's signature and, above the password-free limit, the secure element's chain and
+//!   PIN proof) and signs the clearing message; the payee institution verifies it (chain from
+//!   the cache and signature) and signs its response; the payer institution verifies the
+//!   response and signs the outcome; the payee institution's finalize stage verifies the
+//!   outcome, and for an interbank payment the central bank's settlement verifies it again. The
+//!   loop below does exactly these calls on real envelopes of the run's mix.
+//! - The **bus ceiling**: publish-and-consume of messages of the real sizes through the same
+//!   bus with no processing, in payments per second: the message rate divided by the messages
+//!   one payment needs (submit, clearing request, clearing response, the outcome to the payer's
+//!   institution, and for an interbank payment its copy to the payee's and to settlement).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dcpipe_connectors::bus::{Bus, ConsumerConfig, Outgoing, StartAt, SubjectSpec};
+use dcpipe_pipeline::network::Network;
+use dcpipe_pipeline::payment::{Institution, verify_envelope};
+use dcpipe_pipeline::pki::{ChainVerifier, Role};
+use dcpipe_pipeline::protocol::{
+    clearing_message_bytes, clearing_response_bytes, envelope_digest, payment_outcome_bytes,
+};
+use dcpipe_schemas::{
+    ClearingMessage, ClearingResponse, ClearingStatus, OutcomeStatus, PaymentOutcome,
+    TransactionEnvelope,
+};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{LoadTestError, LoadTestErrorKind};
+use crate::payments::{PaymentGenerator, PaymentMix};
+
+/// Envelopes the crypto loop cycles through: enough for the mix's shares to show.
+pub const CRYPTO_SAMPLE_PAYMENTS: usize = 500;
+/// Messages of one kind the bus ceiling publishes at most (bounds the broker's storage and the
+/// embedded bus's memory).
+pub const BUS_CEILING_MESSAGES_PER_KIND_MAX: u64 = 60_000;
+/// Payments' worth of messages in one publish round of the bus ceiling.
+const BUS_CEILING_BATCH_PAYMENTS: u64 = 64;
+/// Concurrent publishers of the bus ceiling (the pipeline has one per stage).
+const BUS_CEILING_PUBLISHERS: usize = 2;
+/// Deliveries fetched at once by the bus ceiling's consumers (the stage runner's batch).
+const BUS_CEILING_FETCH_MAX: usize = 256;
+/// How long the bus ceiling waits for its consumers to catch up after publishing.
+const BUS_CEILING_DRAIN_MAX: Duration = Duration::from_secs(60);
+
+/// Signature operations per payment, as counted in the crypto loop.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct CryptoOpsPerPayment {
+    /// Signatures made.
+    pub sign: f64,
+    /// Signatures verified.
+    pub verify: f64,
+    /// Certificate chains checked (served by the verifier's cache after the first).
+    pub chain: f64,
+}
+
+/// The crypto ceiling.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CryptoCeiling {
+    /// Payments per second on all cores.
+    pub payments_per_s: f64,
+    /// Payments per second per core.
+    pub per_core: f64,
+    /// Threads it was measured on (the cores the run uses).
+    pub cores: usize,
+    /// What one payment costs.
+    pub ops_per_payment: CryptoOpsPerPayment,
+    /// Payments done during the measurement.
+    pub payments: u64,
+    /// Length of the measurement, seconds.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct OpCounts {
+    payments: u64,
+    sign: u64,
+    verify: u64,
+    chain: u64,
+}
+
+/// One payment's signature work, prepared.
+#[derive(Debug)]
+struct PaymentWork {
+    envelope: TransactionEnvelope,
+    payer: Arc<Institution>,
+    payee: Arc<Institution>,
+    interbank: bool,
+    clearing_input: Vec<u8>,
+    response_input: Vec<u8>,
+    outcome_input: Vec<u8>,
+}
+
+/// The sizes of the messages of one payment, from real encoded messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct MessageSizes {
+    /// A transaction envelope frame (mean over the sample).
+    pub envelope: usize,
+    /// A clearing message frame.
+    pub clearing_message: usize,
+    /// A clearing response frame.
+    pub clearing_response: usize,
+    /// A payment outcome frame.
+    pub outcome: usize,
+}
+
+/// The signature work of real payments of the run's mix, ready to measure.
+#[derive(Debug)]
+pub struct CryptoWork {
+    items: Vec<PaymentWork>,
+    verifier: Arc<ChainVerifier>,
+    sizes: MessageSizes,
+}
+
+fn crypto_error(what: &str, error: impl std::fmt::Display) -> LoadTestError {
+    LoadTestError::new(LoadTestErrorKind::Crypto, format!("{what}: {error}"))
+}
+
+fn encoded_len<M: dcpipe_schemas::Message>(message: &M) -> Result<usize, LoadTestError> {
+    dcpipe_schemas::encode(message)
+        .map(|frame| frame.len())
+        .map_err(|e| crypto_error("encoding a sample message", e))
+}
+
+impl CryptoWork {
+    /// Prepares [`CRYPTO_SAMPLE_PAYMENTS`] honest payments of `mix` (its bad shares left out:
+    /// the ceiling is that of payments that complete) between `network`'s wallets.
+    pub fn prepare(network: &Network, mix: &PaymentMix, seed: u64) -> Result<Self, LoadTestError> {
+        let honest = PaymentMix {
+            duplicate_share: 0.0,
+            conflict_share: 0.0,
+            forged_share: 0.0,
+            ..mix.clone()
+        };
+        let mut generator = PaymentGenerator::new(network, honest, seed);
+        let now_ms = dcpipe_pipeline::clock::system_now_ms();
+        let mut items = Vec::with_capacity(CRYPTO_SAMPLE_PAYMENTS);
+        let mut sizes = [0usize; 4];
+        for _ in 0..CRYPTO_SAMPLE_PAYMENTS {
+            let generated = generator
+                .next(now_ms)
+                .map_err(|e| LoadTestError::new(LoadTestErrorKind::Generate, e.to_string()))?;
+            let envelope = generated.envelope;
+            let institution = |id: &str| {
+                network.institutions.get(id).cloned().ok_or_else(|| {
+                    crypto_error("sample payment", format!("unknown institution {id}"))
+                })
+            };
+            let payer = institution(&envelope.payer.institution_id)?;
+            let payee = institution(&envelope.payee.institution_id)?;
+            let mut clearing = ClearingMessage {
+                payment_id: envelope.payment_id,
+                payer: envelope.payer.clone(),
+                payee: envelope.payee.clone(),
+                amount_fen: envelope.amount_fen,
+                currency: envelope.currency.clone(),
+                transaction_factor: envelope.transaction_factor,
+                envelope_digest: envelope_digest(&envelope),
+                reserved_at_ms: now_ms,
+                expires_at_ms: now_ms + payer.policy.reservation_ttl_ms,
+                institution_certificate: payer.signer.certificate().der().to_vec(),
+                institution_signature: Vec::new(),
+            };
+            let clearing_input = clearing_message_bytes(&clearing);
+            clearing.institution_signature = sign(&payer, &clearing_input)?;
+            let mut response = ClearingResponse {
+                payment_id: envelope.payment_id,
+                payer_institution_id: payer.id.clone(),
+                payee_institution_id: payee.id.clone(),
+                status: ClearingStatus::Accepted,
+                reason_code: None,
+                amount_fen: envelope.amount_fen,
+                responded_at_ms: now_ms,
+                institution_certificate: payee.signer.certificate().der().to_vec(),
+                institution_signature: Vec::new(),
+            };
+            let response_input = clearing_response_bytes(&response);
+            response.institution_signature = sign(&payee, &response_input)?;
+            let mut outcome = PaymentOutcome {
+                payment_id: envelope.payment_id,
+                envelope_digest: envelope_digest(&envelope),
+                status: OutcomeStatus::Completed,
+                reason_code: None,
+                detail: "cleared".to_owned(),
+                payer: envelope.payer.clone(),
+                payee: envelope.payee.clone(),
+                amount_fen: envelope.amount_fen,
+                currency: envelope.currency.clone(),
+                decided_at_ms: now_ms,
+                decided_by: payer.id.clone(),
+                stage: dcpipe_pipeline::payment::commit::STAGE.to_owned(),
+                institution_certificate: payer.signer.certificate().der().to_vec(),
+                institution_signature: Vec::new(),
+            };
+            let outcome_input = payment_outcome_bytes(&outcome);
+            outcome.institution_signature = sign(&payer, &outcome_input)?;
+            sizes[0] += generated.frame.len();
+            sizes[1] += encoded_len(&clearing)?;
+            sizes[2] += encoded_len(&response)?;
+            sizes[3] += encoded_len(&outcome)?;
+            items.push(PaymentWork {
+                interbank: payer.id != payee.id,
+                envelope,
+                payer,
+                payee,
+                clearing_input,
+                response_input,
+                outcome_input,
+            });
+        }
+        let n = items.len().max(1);
+        Ok(CryptoWork {
+            items,
+            verifier: Arc::clone(&network.verifier),
+            sizes: MessageSizes {
+                envelope: sizes[0] / n,
+                clearing_message: sizes[1] / n,
+                clearing_response: sizes[2] / n,
+                outcome: sizes[3] / n,
+            },
+        })
+    }
+
+    /// Mean sizes of the sample's messages.
+    pub fn sizes(&self) -> MessageSizes {
+        self.sizes
+    }
+
+    /// Share of the sample's payments between two institutions.
+    pub fn interbank_share(&self) -> f64 {
+        let interbank = self.items.iter().filter(|i| i.interbank).count();
+        interbank as f64 / self.items.len().max(1) as f64
+    }
+
+    /// The signature and chain work the stages do for one completed payment.
+    fn one_payment(&self, item: &PaymentWork, counts: &mut OpCounts) -> Result<(), LoadTestError> {
+        let envelope = &item.envelope;
+        // Payer stage: the envelope.
+        let verified = verify_envelope(
+            envelope,
+            &item.payer.id,
+            &self.verifier,
+            &item.payer.policy,
+            envelope.created_at_ms,
+        )
+        .map_err(|e| crypto_error("sample envelope", e.rejected.reason.code()))?;
+        counts.chain += 2;
+        counts.verify += 2;
+        if verified.pin_verified {
+            counts.chain += 1;
+            counts.verify += 1;
+        }
+        let at_ms = envelope.created_at_ms;
+        // Payer stage signs the clearing message; the payee's stage verifies it.
+        let clearing_signature = sign(&item.payer, &item.clearing_input)?;
+        self.verify_institution(&item.payer, at_ms, &item.clearing_input, &clearing_signature)?;
+        // Payee stage signs its response; the payer's commit stage verifies it.
+        let response_signature = sign(&item.payee, &item.response_input)?;
+        self.verify_institution(&item.payee, at_ms, &item.response_input, &response_signature)?;
+        // Commit stage signs the outcome; the payee's finalize stage verifies it, and settlement
+        // too when the payment is interbank.
+        let outcome_signature = sign(&item.payer, &item.outcome_input)?;
+        self.verify_institution(&item.payer, at_ms, &item.outcome_input, &outcome_signature)?;
+        counts.sign += 3;
+        counts.chain += 3;
+        counts.verify += 3;
+        if item.interbank {
+            self.verify_institution(&item.payer, at_ms, &item.outcome_input, &outcome_signature)?;
+            counts.chain += 1;
+            counts.verify += 1;
+        }
+        counts.payments += 1;
+        Ok(())
+    }
+
+    fn verify_institution(
+        &self,
+        signer: &Institution,
+        at_ms: i64,
+        input: &[u8],
+        signature: &[u8],
+    ) -> Result<(), LoadTestError> {
+        let identity = self
+            .verifier
+            .verify(
+                signer.signer.certificate().der(),
+                at_ms,
+                Role::InstitutionSigner,
+            )
+            .map_err(|e| crypto_error("institution certificate", e))?;
+        identity
+            .public_key()
+            .verify(input, signature)
+            .map_err(|e| crypto_error("institution signature", e))
+    }
+
+    /// Runs the work on `threads` threads for `duration` and returns the ceiling.
+    pub fn measure(&self, threads: usize, duration: Duration) -> Result<CryptoCeiling, LoadTestError> {
+        let threads = threads.max(1);
+        let started = Instant::now();
+        let deadline = started + duration;
+        let results: Vec<Result<OpCounts, LoadTestError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    scope.spawn(move || {
+                        let mut counts = OpCounts::default();
+                        let mut i = t * self.items.len() / threads;
+                        while Instant::now() < deadline {
+                            let item = &self.items[i % self.items.len()];
+                            self.one_payment(item, &mut counts)?;
+                            i += 1;
+                        }
+                        Ok(counts)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(crypto_error("crypto ceiling", "a measuring thread panicked"))
+                    })
+                })
+                .collect()
+        });
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut total = OpCounts::default();
+        for result in results {
+            let counts = result?;
+            total.payments += counts.payments;
+            total.sign += counts.sign;
+            total.verify += counts.verify;
+            total.chain += counts.chain;
+        }
+        Ok(crypto_ceiling_from(total, threads, elapsed))
+    }
+}
+
+fn sign(institution: &Institution, input: &[u8]) -> Result<Vec<u8>, LoadTestError> {
+    institution
+        .signer
+        .key()
+        .sign(input)
+        .map_err(|e| crypto_error("institution signature", e))
+}
+
+fn crypto_ceiling_from(total: OpCounts, threads: usize, seconds: f64) -> CryptoCeiling {
+    let payments = total.payments.max(1) as f64;
+    let rate = if seconds > 0.0 {
+        total.payments as f64 / seconds
+    } else {
+        0.0
+    };
+    CryptoCeiling {
+        payments_per_s: rate,
+        per_core: rate / threads.max(1) as f64,
+        cores: threads,
+        ops_per_payment: CryptoOpsPerPayment {
+            sign: total.sign as f64 / payments,
+            verify: total.verify as f64 / payments,
+            chain: total.chain as f64 / payments,
+        },
+        payments: total.payments,
+        seconds,
+    }
+}
+
+/// One kind of message a payment sends over the bus.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageKind {
+    /// What it is, e.g. `clearing.request`.
+    pub name: &'static str,
+    /// Its encoded size.
+    pub bytes: usize,
+    /// How many a payment sends, on average.
+    pub per_payment: f64,
+}
+
+/// The messages one payment puts on the bus, per the payment stages: every payment is
+/// submitted, cleared and answered to its payer's institution; an interbank one also tells the
+/// payee's institution and settlement.
+pub fn payment_messages(sizes: &MessageSizes, interbank_share: f64) -> Vec<MessageKind> {
+    let s = interbank_share.clamp(0.0, 1.0);
+    vec![
+        MessageKind { name: "txn.submit", bytes: sizes.envelope, per_payment: 1.0 },
+        MessageKind { name: "clearing.request", bytes: sizes.clearing_message, per_payment: 1.0 },
+        MessageKind { name: "clearing.response", bytes: sizes.clearing_response, per_payment: 1.0 },
+        MessageKind { name: "txn.result.payer", bytes: sizes.outcome, per_payment: 1.0 },
+        MessageKind { name: "txn.result.payee", bytes: sizes.outcome, per_payment: s },
+        MessageKind { name: "settlement.clearing", bytes: sizes.outcome, per_payment: s },
+    ]
+}
+
+/// Messages per payment of a list of kinds.
+pub fn messages_per_payment(kinds: &[MessageKind]) -> f64 {
+    kinds.iter().map(|k| k.per_payment).sum()
+}
+
+/// Payments per second a message rate allows.
+pub fn payments_per_s(message_rate: f64, messages_per_payment: f64) -> f64 {
+    if messages_per_payment > 0.0 {
+        message_rate / messages_per_payment
+    } else {
+        0.0
+    }
+}
+
+/// Achieved over ceiling; 0 when the ceiling is unknown.
+pub fn ratio(achieved: f64, ceiling: f64) -> f64 {
+    if ceiling > 0.0 { achieved / ceiling } else { 0.0 }
+}
+
+/// Whether payment `index` sends a message of which a payment sends `per_payment` on average:
+/// spreads fractional counts evenly (so 0.8 is 4 payments in 5).
+fn sends(index: u64, per_payment: f64) -> bool {
+    let before = (index as f64 * per_payment).floor();
+    let after = ((index + 1) as f64 * per_payment).floor();
+    after > before
+}
+
+/// The bus ceiling.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BusCeiling {
+    /// Payments per second the bus carries with no processing.
+    pub payments_per_s: f64,
+    /// Messages published and consumed per second.
+    pub message_rate: f64,
+    /// Messages one payment needs.
+    pub messages_per_payment: f64,
+    /// The kinds and sizes measured.
+    pub messages: Vec<MessageKind>,
+    /// Messages published (and consumed).
+    pub published: u64,
+    /// From the first publish to the last consume, seconds.
+    pub seconds: f64,
+}
+
+/// Publishes messages of `kinds` (sizes and proportions of real payments) to subjects of
+/// their own for `duration`, while one consumer group per subject consumes and acks them, and
+/// measures the rate at which they went through. `run_id` keeps the subjects of one run apart.
+pub async fn measure_bus(
+    bus: &Arc<dyn Bus>,
+    kinds: &[MessageKind],
+    run_id: &str,
+    partitions: u32,
+    duration: Duration,
+) -> Result<BusCeiling, LoadTestError> {
+    let subjects: Vec<String> = (0..kinds.len())
+        .map(|i| format!("loadtest.ceiling-{run_id}.k{i}"))
+        .collect();
+    for subject in &subjects {
+        bus.ensure_subject(&SubjectSpec::new(subject.clone()).with_partitions(partitions))
+            .await
+            .map_err(|e| LoadTestError::bus("creating the ceiling subjects", e))?;
+    }
+    let consumed = Arc::new(AtomicU64::new(0));
+    let progressed = Arc::new(Notify::new());
+    let stop = CancellationToken::new();
+    let mut consumers = Vec::new();
+    for subject in &subjects {
+        let mut config = ConsumerConfig::new(subject.clone(), format!("loadtest-{run_id}-ceiling"));
+        config.start = StartAt::Earliest;
+        config.max_in_flight = BUS_CEILING_FETCH_MAX * 2;
+        let mut consumer = bus
+            .consumer(config)
+            .await
+            .map_err(|e| LoadTestError::bus("joining the ceiling subjects", e))?;
+        let (consumed, progressed, stop) = (Arc::clone(&consumed), Arc::clone(&progressed), stop.clone());
+        consumers.push(tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    () = stop.cancelled() => break,
+                    batch = consumer.fetch(BUS_CEILING_FETCH_MAX, Duration::from_millis(50)) => batch,
+                };
+                let Ok(batch) = batch else { continue };
+                let n = batch.len() as u64;
+                for delivery in batch {
+                    let _ = delivery.ack().await;
+                }
+                if n > 0 {
+                    consumed.fetch_add(n, Ordering::Relaxed);
+                    progressed.notify_waiters();
+                }
+            }
+        }));
+    }
+
+    let payloads: Vec<Bytes> = kinds.iter().map(|k| Bytes::from(vec![0x5a; k.bytes.max(1)])).collect();
+    let next_payment = Arc::new(AtomicU64::new(0));
+    let payments_max = kinds
+        .iter()
+        .map(|k| if k.per_payment > 0.0 { (BUS_CEILING_MESSAGES_PER_KIND_MAX as f64 / k.per_payment) as u64 } else { u64::MAX })
+        .min()
+        .unwrap_or(0);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut publishers = Vec::new();
+    for _ in 0..BUS_CEILING_PUBLISHERS {
+        let (bus, next_payment, payloads, subjects) = (Arc::clone(bus), Arc::clone(&next_payment), payloads.clone(), subjects.clone());
+        let kinds = kinds.to_vec();
+        publishers.push(tokio::spawn(async move {
+            let mut published = 0u64;
+            while Instant::now() < deadline {
+                let first = next_payment.fetch_add(BUS_CEILING_BATCH_PAYMENTS, Ordering::Relaxed);
+                if first >= payments_max {
+                    break;
+                }
+                let mut batch = Vec::new();
+                for index in first..(first + BUS_CEILING_BATCH_PAYMENTS).min(payments_max) {
+                    for (k, kind) in kinds.iter().enumerate() {
+                        if sends(index, kind.per_payment) {
+                            let mut message = Outgoing::new(subjects[k].clone(), payloads[k].clone())
+                                .with_key(index.to_be_bytes().to_vec());
+                            if k > 0 {
+                                // The stages' outputs carry dedup ids; terminals' submissions do not.
+                                message = message.with_msg_id(format!("{}/{index}", subjects[k]));
+                            }
+                            batch.push(message);
+                        }
+                    }
+                }
+                published += batch.len() as u64;
+                bus.publish_many(batch).await?;
+            }
+            Ok::<u64, dcpipe_connectors::bus::BusError>(published)
+        }));
+    }
+    let mut published = 0;
+    for publisher in publishers {
+        published += publisher
+            .await
+            .map_err(|e| LoadTestError::bus("bus ceiling publisher", e))?
+            .map_err(|e| LoadTestError::bus("publishing for the bus ceiling", e))?;
+    }
+    let drain_deadline = tokio::time::Instant::now() + BUS_CEILING_DRAIN_MAX;
+    loop {
+        let notified = progressed.notified();
+        if consumed.load(Ordering::Relaxed) >= published {
+            break;
+        }
+        if tokio::time::timeout_at(drain_deadline, notified).await.is_err() {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.cancel();
+    for consumer in consumers {
+        let _ = consumer.await;
+    }
+    let consumed = consumed.load(Ordering::Relaxed).min(published);
+    if consumed < published {
+        return Err(LoadTestError::bus(
+            "bus ceiling",
+            format!("only {consumed} of {published} messages were consumed within {BUS_CEILING_DRAIN_MAX:?}"),
+        ));
+    }
+    let message_rate = if seconds > 0.0 { consumed as f64 / seconds } else { 0.0 };
+    let per_payment = messages_per_payment(kinds);
+    Ok(BusCeiling {
+        payments_per_s: payments_per_s(message_rate, per_payment),
+        message_rate,
+        messages_per_payment: per_payment,
+        messages: kinds.to_vec(),
+        published,
+        seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes() -> MessageSizes {
+        MessageSizes { envelope: 1200, clearing_message: 900, clearing_response: 700, outcome: 800 }
+    }
+
+    #[test]
+    fn an_interbank_payment_needs_six_messages_an_internal_one_four() {
+        assert!((messages_per_payment(&payment_messages(&sizes(), 1.0)) - 6.0).abs() < 1e-9);
+        assert!((messages_per_payment(&payment_messages(&sizes(), 0.0)) - 4.0).abs() < 1e-9);
+        assert!((messages_per_payment(&payment_messages(&sizes(), 0.8)) - 5.6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bus_ceiling_divides_message_rate_by_messages_per_payment() {
+        assert!((payments_per_s(56_000.0, 5.6) - 10_000.0).abs() < 1e-6);
+        assert_eq!(payments_per_s(56_000.0, 0.0), 0.0);
+    }
+
+    #[test]
+    fn ratio_to_an_unknown_ceiling_is_zero() {
+        assert!((ratio(700.0, 1000.0) - 0.7).abs() < 1e-12);
+        assert_eq!(ratio(700.0, 0.0), 0.0);
+    }
+
+    #[test]
+    fn fractional_message_counts_are_spread_evenly() {
+        let sent = (0..1000).filter(|i| sends(*i, 0.8)).count();
+        assert_eq!(sent, 800);
+        assert_eq!((0..1000).filter(|i| sends(*i, 1.0)).count(), 1000);
+        assert_eq!((0..1000).filter(|i| sends(*i, 0.0)).count(), 0);
+    }
+
+    #[test]
+    fn crypto_ceiling_is_total_rate_and_per_core_its_share() {
+        let total = OpCounts { payments: 4000, sign: 12_000, verify: 23_000, chain: 27_000 };
+        let c = crypto_ceiling_from(total, 2, 2.0);
+        assert!((c.payments_per_s - 2000.0).abs() < 1e-9);
+        assert!((c.per_core - 1000.0).abs() < 1e-9);
+        assert_eq!(c.cores, 2);
+        assert!((c.ops_per_payment.sign - 3.0).abs() < 1e-9);
+        assert!((c.ops_per_payment.verify - 5.75).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,392 @@
+//! What a load test runs: bus, ledger, traffic shape, mode and its limits.
+//!
+//! Every limit is a named constant and [`LoadConfig::check`] refuses a configuration outside
+//! them before anything is provisioned, so a typo cannot start an hour-long run.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use dcpipe_connectors::bus::{BusOptions, BusUrl};
+use dcpipe_connectors::ledger::LedgerUrl;
+use dcpipe_pipeline::pki::AlgorithmChoice;
+
+use crate::error::LoadTestError;
+use crate::payments::PaymentMix;
+
+/// Highest offered rate accepted, payments per second.
+pub const RATE_MAX: u32 = 1_000_000;
+/// Longest run accepted (a day): bounds the per-second series and the bookkeeping.
+pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Most payments in flight in closed mode.
+pub const CONCURRENCY_MAX: usize = 100_000;
+/// Most ramp steps.
+pub const RAMP_STEPS_MAX: usize = 200;
+/// Longest the ceilings are measured for, each.
+pub const CEILING_DURATION_MAX: Duration = Duration::from_secs(60);
+
+/// How the load is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Open loop: payments at fixed intended times, whatever the answers do.
+    Open,
+    /// Open-loop steps of increasing rate until one is not sustainable.
+    Ramp,
+    /// Closed loop: a fixed number of payments in flight, a new one when one is answered.
+    Closed,
+}
+
+impl Mode {
+    /// `open`, `ramp` or `closed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Open => "open",
+            Mode::Ramp => "ramp",
+            Mode::Closed => "closed",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = LoadTestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "open" => Ok(Mode::Open),
+            "ramp" => Ok(Mode::Ramp),
+            "closed" => Ok(Mode::Closed),
+            other => Err(LoadTestError::config(format!(
+                "mode {other:?}: expected open, ramp or closed"
+            ))),
+        }
+    }
+}
+
+/// When a ramp step counts as sustainable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SustainCriterion {
+    /// Achieved rate at least this share of the offered rate (0.95: 95%).
+    pub achieved_ratio_min: f64,
+    /// p99 latency of the step at most this, in ms.
+    pub p99_ms_max: f64,
+    /// Payments still unanswered at the step's end at most this share of the payments the step
+    /// offered: more means a backlog that keeps growing.
+    pub backlog_ratio_max: f64,
+}
+
+impl Default for SustainCriterion {
+    fn default() -> Self {
+        SustainCriterion {
+            achieved_ratio_min: 0.95,
+            p99_ms_max: 200.0,
+            backlog_ratio_max: 0.05,
+        }
+    }
+}
+
+/// The steps of a ramp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RampConfig {
+    /// Rate of the first step, payments per second.
+    pub start_rate: u32,
+    /// Added at each step.
+    pub step_rate: u32,
+    /// How long each step offers its rate.
+    pub step_duration: Duration,
+    /// The ramp stops after the step at this rate even if it was sustainable.
+    pub max_rate: u32,
+    /// When a step is sustainable.
+    pub criterion: SustainCriterion,
+    /// After the ramp, offer this share of the highest sustainable rate for one step (0.8: the
+    /// latency target's operating point); 0 skips it.
+    pub confirm_share: f64,
+}
+
+impl Default for RampConfig {
+    fn default() -> Self {
+        RampConfig {
+            start_rate: 200,
+            step_rate: 200,
+            step_duration: Duration::from_secs(10),
+            max_rate: 100_000,
+            criterion: SustainCriterion::default(),
+            confirm_share: 0.8,
+        }
+    }
+}
+
+impl RampConfig {
+    /// The offered rate of every step, in order, at most [`RAMP_STEPS_MAX`].
+    pub fn rates(&self) -> Vec<u32> {
+        let mut rates = Vec::new();
+        let mut rate = self.start_rate;
+        while rate <= self.max_rate && rates.len() < RAMP_STEPS_MAX {
+            rates.push(rate);
+            match rate.checked_add(self.step_rate) {
+                Some(next) if self.step_rate > 0 => rate = next,
+                _ => break,
+            }
+        }
+        rates
+    }
+}
+
+/// Where the ledgers live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerChoice {
+    /// SQLite files in a new temporary directory, removed at the end.
+    Temporary,
+    /// A given ledger URL (`sqlite://DIR`, `postgres://…`).
+    Url(LedgerUrl),
+}
+
+impl LedgerChoice {
+    /// `sqlite` or `postgres`, for the report.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LedgerChoice::Temporary => "sqlite",
+            LedgerChoice::Url(LedgerUrl::Postgres(_)) => "postgres",
+            LedgerChoice::Url(_) => "sqlite",
+        }
+    }
+}
+
+/// Everything a load test needs.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The bus the network runs on.
+    pub bus: BusUrl,
+    /// Credentials, TLS and embedded-bus limits.
+    pub bus_options: BusOptions,
+    /// Partitions of each Kafka topic (1 on the other buses).
+    pub partitions: u32,
+    /// The ledgers.
+    pub ledger: LedgerChoice,
+    /// How the load is offered.
+    pub mode: Mode,
+    /// Offered rate of open mode, payments per second.
+    pub rate: u32,
+    /// How long load is offered (open and closed mode).
+    pub duration: Duration,
+    /// Trimmed from the figures at the start.
+    pub warmup: Duration,
+    /// Trimmed from the figures at the end.
+    pub cooldown: Duration,
+    /// Payments in flight in closed mode.
+    pub concurrency: usize,
+    /// The ramp's steps.
+    pub ramp: RampConfig,
+    /// Operating institutions.
+    pub institutions: usize,
+    /// Wallets, all institutions together.
+    pub wallets: usize,
+    /// Certificate algorithms.
+    pub algorithm: AlgorithmChoice,
+    /// Seed of the synthetic traffic.
+    pub seed: u64,
+    /// Shape of the traffic, including bad, duplicate and conflicting submissions.
+    pub mix: PaymentMix,
+    /// Cores the run uses: the crypto ceiling is measured on this many threads.
+    pub cores: usize,
+    /// How long each ceiling is measured.
+    pub ceiling_duration: Duration,
+    /// How long the end of the run waits for the last answers and for money to settle.
+    pub drain_timeout: Duration,
+    /// Draw a progress bar on the terminal.
+    pub progress: bool,
+    /// The command line, recorded in the report.
+    pub command_line: String,
+}
+
+impl LoadConfig {
+    /// A short open-loop run on the embedded bus with temporary SQLite ledgers.
+    pub fn embedded(rate: u32, duration: Duration) -> Self {
+        LoadConfig {
+            bus: BusUrl::Embedded,
+            bus_options: BusOptions::default(),
+            partitions: 1,
+            ledger: LedgerChoice::Temporary,
+            mode: Mode::Open,
+            rate,
+            duration,
+            warmup: Duration::ZERO,
+            cooldown: Duration::ZERO,
+            concurrency: 256,
+            ramp: RampConfig::default(),
+            institutions: 4,
+            wallets: 1000,
+            algorithm: AlgorithmChoice::P256,
+            seed: 1,
+            mix: PaymentMix::default(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ceiling_duration: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(60),
+            progress: false,
+            command_line: String::new(),
+        }
+    }
+
+    /// Refuses settings outside the named limits or inconsistent with each other.
+    pub fn check(&self) -> Result<(), LoadTestError> {
+        let fail = |m: String| Err(LoadTestError::config(m));
+        if self.institutions == 0 {
+            return fail("at least one institution is needed".into());
+        }
+        if self.wallets < 2 {
+            return fail("at least two wallets are needed".into());
+        }
+        if self.cores == 0 {
+            return fail("cores must be at least 1".into());
+        }
+        match self.mode {
+            Mode::Open if self.rate == 0 || self.rate > RATE_MAX => {
+                return fail(format!("rate must be 1 to {RATE_MAX} payments/s"));
+            }
+            Mode::Closed if self.concurrency == 0 || self.concurrency > CONCURRENCY_MAX => {
+                return fail(format!("concurrency must be 1 to {CONCURRENCY_MAX}"));
+            }
+            Mode::Ramp => {
+                let rates = self.ramp.rates();
+                if rates.is_empty() || self.ramp.start_rate == 0 {
+                    return fail("the ramp has no step: start rate must be 1 to max rate".into());
+                }
+                if self.ramp.max_rate > RATE_MAX {
+                    return fail(format!("ramp max rate above {RATE_MAX}"));
+                }
+                if self.ramp.step_duration.is_zero() || self.ramp.step_duration > DURATION_MAX {
+                    return fail("ramp step duration must be positive and at most a day".into());
+                }
+                if !(0.0..=1.0).contains(&self.ramp.confirm_share) {
+                    return fail("ramp confirm share must be within 0..=1".into());
+                }
+                let c = &self.ramp.criterion;
+                if !(c.achieved_ratio_min > 0.0 && c.achieved_ratio_min <= 1.0)
+                    || c.p99_ms_max <= 0.0
+                    || !(0.0..=1.0).contains(&c.backlog_ratio_max)
+                {
+                    return fail("ramp criterion out of range".into());
+                }
+            }
+            _ => {}
+        }
+        if self.mode != Mode::Ramp {
+            if self.duration.is_zero() || self.duration > DURATION_MAX {
+                return fail("duration must be positive and at most a day".into());
+            }
+            if self.warmup + self.cooldown >= self.duration {
+                return fail(format!(
+                    "warm-up ({:?}) plus cool-down ({:?}) leave nothing of the {:?} run",
+                    self.warmup, self.cooldown, self.duration
+                ));
+            }
+        }
+        if self.ceiling_duration.is_zero() || self.ceiling_duration > CEILING_DURATION_MAX {
+            return fail(format!(
+                "ceiling duration must be positive and at most {CEILING_DURATION_MAX:?}"
+            ));
+        }
+        let m = &self.mix;
+        let shares = [
+            m.hot_share,
+            m.interbank_share,
+            m.large_share,
+            m.duplicate_share,
+            m.conflict_share,
+            m.forged_share,
+        ];
+        if shares.iter().any(|s| !(0.0..=1.0).contains(s)) {
+            return fail("every share must be within 0..=1".into());
+        }
+        if m.duplicate_share + m.conflict_share + m.forged_share > 1.0 {
+            return fail("bad, duplicate and conflict shares add up to more than 1".into());
+        }
+        Ok(())
+    }
+
+    /// The measured part of an open or closed run: from the end of the warm-up to the start of
+    /// the cool-down, as offsets from the start of the load.
+    pub fn measured_window(&self) -> (Duration, Duration) {
+        (
+            self.warmup,
+            self.duration.saturating_sub(self.cooldown).max(self.warmup),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> LoadConfig {
+        LoadConfig::embedded(100, Duration::from_secs(10))
+    }
+
+    #[test]
+    fn accepts_the_default_embedded_config() {
+        assert!(config().check().is_ok());
+    }
+
+    #[test]
+    fn rejects_warmup_and_cooldown_covering_the_run() {
+        let mut c = config();
+        c.warmup = Duration::from_secs(6);
+        c.cooldown = Duration::from_secs(4);
+        let err = c.check().expect_err("nothing left to measure");
+        assert_eq!(err.reason_code(), "loadtest.config");
+    }
+
+    #[test]
+    fn rejects_bad_shares_adding_up_above_one() {
+        let mut c = config();
+        c.mix.duplicate_share = 0.6;
+        c.mix.forged_share = 0.5;
+        assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn rejects_rate_above_the_limit() {
+        let mut c = config();
+        c.rate = RATE_MAX + 1;
+        assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn ramp_rates_step_up_to_the_max() {
+        let ramp = RampConfig {
+            start_rate: 100,
+            step_rate: 150,
+            max_rate: 500,
+            ..RampConfig::default()
+        };
+        assert_eq!(ramp.rates(), vec![100, 250, 400]);
+    }
+
+    #[test]
+    fn ramp_rates_are_bounded_by_the_step_limit() {
+        let ramp = RampConfig {
+            start_rate: 1,
+            step_rate: 1,
+            max_rate: RATE_MAX,
+            ..RampConfig::default()
+        };
+        assert_eq!(ramp.rates().len(), RAMP_STEPS_MAX);
+    }
+
+    #[test]
+    fn parses_the_three_modes_and_rejects_others() {
+        assert_eq!("open".parse::<Mode>().ok(), Some(Mode::Open));
+        assert_eq!("ramp".parse::<Mode>().ok(), Some(Mode::Ramp));
+        assert_eq!("closed".parse::<Mode>().ok(), Some(Mode::Closed));
+        assert!("fast".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn measured_window_trims_warmup_and_cooldown() {
+        let mut c = config();
+        c.warmup = Duration::from_secs(2);
+        c.cooldown = Duration::from_secs(1);
+        assert_eq!(
+            c.measured_window(),
+            (Duration::from_secs(2), Duration::from_secs(9))
+        );
+    }
+}
