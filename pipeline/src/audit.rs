@@ -150,7 +150,10 @@ impl OutcomeBook {
 
     /// How many of `submissions` have an answer.
     pub fn answers_all_count(&self, submissions: &[Submission]) -> usize {
-        submissions.iter().filter(|s| self.answer(s).is_some()).count()
+        submissions
+            .iter()
+            .filter(|s| self.answer(s).is_some())
+            .count()
     }
 
     /// Whether every one of `submissions` has an answer.

@@ -287,11 +287,14 @@ impl Network {
             follower.run(bus_for_follower, follower_shutdown).await;
             Ok(())
         })];
-        handles.extend(
-            self.stages()
-                .into_iter()
-                .map(|stage| spawn_stage(Arc::clone(bus), stage, runner.clone(), shutdown.clone())),
-        );
+        for stage in self.stages() {
+            handles.extend(spawn_stage(
+                Arc::clone(bus),
+                stage,
+                runner.clone(),
+                shutdown.clone(),
+            ));
+        }
         handles
     }
 

@@ -26,6 +26,9 @@ pub struct RunnerConfig {
     pub max_deliver: u32,
     /// Delay before a failed batch is redelivered.
     pub retry_delay: Duration,
+    /// Members of the stage's consumer group run by this process: batches decided in
+    /// parallel, on as many cores.
+    pub concurrency: usize,
 }
 
 impl RunnerConfig {
@@ -41,6 +44,7 @@ impl Default for RunnerConfig {
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             retry_delay: Duration::from_millis(500),
+            concurrency: 1,
         }
     }
 }
@@ -49,14 +53,27 @@ impl Default for RunnerConfig {
 #[derive(Debug)]
 pub struct StageRunner;
 
-/// Starts a stage as a task; it stops when `shutdown` is cancelled.
+/// Starts `config.concurrency` members of a stage's consumer group as tasks; they stop when
+/// `shutdown` is cancelled. Periodic work runs in the first member only.
 pub fn spawn_stage(
     bus: Arc<dyn Bus>,
     stage: Arc<dyn Stage>,
     config: RunnerConfig,
     shutdown: CancellationToken,
-) -> JoinHandle<Result<(), BusError>> {
-    tokio::spawn(async move { StageRunner::run(bus, stage, config, shutdown).await })
+) -> Vec<JoinHandle<Result<(), BusError>>> {
+    (0..config.concurrency.max(1))
+        .map(|member| {
+            let (bus, stage, config, shutdown) = (
+                Arc::clone(&bus),
+                Arc::clone(&stage),
+                config.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                StageRunner::run_member(bus, stage, config, shutdown, member == 0).await
+            })
+        })
+        .collect()
 }
 
 impl StageRunner {
@@ -68,12 +85,34 @@ impl StageRunner {
         config: RunnerConfig,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
+        let members: Vec<_> = spawn_stage(bus, stage, config, shutdown)
+            .into_iter()
+            .collect();
+        for member in members {
+            member.await.map_err(|e| {
+                BusError::new(
+                    dcpipe_connectors::bus::BusErrorKind::Closed,
+                    format!("stage member ended abnormally: {e}"),
+                )
+            })??;
+        }
+        Ok(())
+    }
+
+    /// One member of the stage's group; `ticks` says whether it also runs the periodic work.
+    async fn run_member(
+        bus: Arc<dyn Bus>,
+        stage: Arc<dyn Stage>,
+        config: RunnerConfig,
+        shutdown: CancellationToken,
+        ticks: bool,
+    ) -> Result<(), BusError> {
         let mut consumer_config = ConsumerConfig::new(stage.subject(), stage.group());
         consumer_config.ack_wait = config.ack_wait;
         consumer_config.max_deliver = config.max_deliver;
         consumer_config.max_in_flight = config.batch_max.max(1) * 2;
         let mut consumer = bus.consumer(consumer_config).await?;
-        let mut ticker = stage.tick_interval().map(|period| {
+        let mut ticker = stage.tick_interval().filter(|_| ticks).map(|period| {
             let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             interval
