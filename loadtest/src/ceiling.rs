@@ -263,10 +263,20 @@ impl CryptoWork {
         let at_ms = envelope.created_at_ms;
         // Payer stage signs the clearing message; the payee's stage verifies it.
         let clearing_signature = sign(&item.payer, &item.clearing_input)?;
-        self.verify_institution(&item.payer, at_ms, &item.clearing_input, &clearing_signature)?;
+        self.verify_institution(
+            &item.payer,
+            at_ms,
+            &item.clearing_input,
+            &clearing_signature,
+        )?;
         // Payee stage signs its response; the payer's commit stage verifies it.
         let response_signature = sign(&item.payee, &item.response_input)?;
-        self.verify_institution(&item.payee, at_ms, &item.response_input, &response_signature)?;
+        self.verify_institution(
+            &item.payee,
+            at_ms,
+            &item.response_input,
+            &response_signature,
+        )?;
         // Commit stage signs the outcome; the payee's finalize stage verifies it, and settlement
         // too when the payment is interbank.
         let outcome_signature = sign(&item.payer, &item.outcome_input)?;
@@ -305,7 +315,11 @@ impl CryptoWork {
     }
 
     /// Runs the work on `threads` threads for `duration` and returns the ceiling.
-    pub fn measure(&self, threads: usize, duration: Duration) -> Result<CryptoCeiling, LoadTestError> {
+    pub fn measure(
+        &self,
+        threads: usize,
+        duration: Duration,
+    ) -> Result<CryptoCeiling, LoadTestError> {
         let threads = threads.max(1);
         let started = Instant::now();
         let deadline = started + duration;
@@ -328,7 +342,10 @@ impl CryptoWork {
                 .into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        Err(crypto_error("crypto ceiling", "a measuring thread panicked"))
+                        Err(crypto_error(
+                            "crypto ceiling",
+                            "a measuring thread panicked",
+                        ))
                     })
                 })
                 .collect()
@@ -392,12 +409,36 @@ pub struct MessageKind {
 pub fn payment_messages(sizes: &MessageSizes, interbank_share: f64) -> Vec<MessageKind> {
     let s = interbank_share.clamp(0.0, 1.0);
     vec![
-        MessageKind { name: "txn.submit", bytes: sizes.envelope, per_payment: 1.0 },
-        MessageKind { name: "clearing.request", bytes: sizes.clearing_message, per_payment: 1.0 },
-        MessageKind { name: "clearing.response", bytes: sizes.clearing_response, per_payment: 1.0 },
-        MessageKind { name: "txn.result.payer", bytes: sizes.outcome, per_payment: 1.0 },
-        MessageKind { name: "txn.result.payee", bytes: sizes.outcome, per_payment: s },
-        MessageKind { name: "settlement.clearing", bytes: sizes.outcome, per_payment: s },
+        MessageKind {
+            name: "txn.submit",
+            bytes: sizes.envelope,
+            per_payment: 1.0,
+        },
+        MessageKind {
+            name: "clearing.request",
+            bytes: sizes.clearing_message,
+            per_payment: 1.0,
+        },
+        MessageKind {
+            name: "clearing.response",
+            bytes: sizes.clearing_response,
+            per_payment: 1.0,
+        },
+        MessageKind {
+            name: "txn.result.payer",
+            bytes: sizes.outcome,
+            per_payment: 1.0,
+        },
+        MessageKind {
+            name: "txn.result.payee",
+            bytes: sizes.outcome,
+            per_payment: s,
+        },
+        MessageKind {
+            name: "settlement.clearing",
+            bytes: sizes.outcome,
+            per_payment: s,
+        },
     ]
 }
 
@@ -417,7 +458,11 @@ pub fn payments_per_s(message_rate: f64, messages_per_payment: f64) -> f64 {
 
 /// Achieved over ceiling; 0 when the ceiling is unknown.
 pub fn ratio(achieved: f64, ceiling: f64) -> f64 {
-    if ceiling > 0.0 { achieved / ceiling } else { 0.0 }
+    if ceiling > 0.0 {
+        achieved / ceiling
+    } else {
+        0.0
+    }
 }
 
 /// Whether payment `index` sends a message of which a payment sends `per_payment` on average:
@@ -475,7 +520,8 @@ pub async fn measure_bus(
             .consumer(config)
             .await
             .map_err(|e| LoadTestError::bus("joining the ceiling subjects", e))?;
-        let (consumed, progressed, stop) = (Arc::clone(&consumed), Arc::clone(&progressed), stop.clone());
+        let (consumed, progressed, stop) =
+            (Arc::clone(&consumed), Arc::clone(&progressed), stop.clone());
         consumers.push(tokio::spawn(async move {
             loop {
                 let batch = tokio::select! {
@@ -495,18 +541,32 @@ pub async fn measure_bus(
         }));
     }
 
-    let payloads: Vec<Bytes> = kinds.iter().map(|k| Bytes::from(vec![0x5a; k.bytes.max(1)])).collect();
+    let payloads: Vec<Bytes> = kinds
+        .iter()
+        .map(|k| Bytes::from(vec![0x5a; k.bytes.max(1)]))
+        .collect();
     let next_payment = Arc::new(AtomicU64::new(0));
     let payments_max = kinds
         .iter()
-        .map(|k| if k.per_payment > 0.0 { (BUS_CEILING_MESSAGES_PER_KIND_MAX as f64 / k.per_payment) as u64 } else { u64::MAX })
+        .map(|k| {
+            if k.per_payment > 0.0 {
+                (BUS_CEILING_MESSAGES_PER_KIND_MAX as f64 / k.per_payment) as u64
+            } else {
+                u64::MAX
+            }
+        })
         .min()
         .unwrap_or(0);
     let started = Instant::now();
     let deadline = started + duration;
     let mut publishers = Vec::new();
     for _ in 0..BUS_CEILING_PUBLISHERS {
-        let (bus, next_payment, payloads, subjects) = (Arc::clone(bus), Arc::clone(&next_payment), payloads.clone(), subjects.clone());
+        let (bus, next_payment, payloads, subjects) = (
+            Arc::clone(bus),
+            Arc::clone(&next_payment),
+            payloads.clone(),
+            subjects.clone(),
+        );
         let kinds = kinds.to_vec();
         publishers.push(tokio::spawn(async move {
             let mut published = 0u64;
@@ -519,8 +579,9 @@ pub async fn measure_bus(
                 for index in first..(first + BUS_CEILING_BATCH_PAYMENTS).min(payments_max) {
                     for (k, kind) in kinds.iter().enumerate() {
                         if sends(index, kind.per_payment) {
-                            let mut message = Outgoing::new(subjects[k].clone(), payloads[k].clone())
-                                .with_key(index.to_be_bytes().to_vec());
+                            let mut message =
+                                Outgoing::new(subjects[k].clone(), payloads[k].clone())
+                                    .with_key(index.to_be_bytes().to_vec());
                             if k > 0 {
                                 // The stages' outputs carry dedup ids; terminals' submissions do not.
                                 message = message.with_msg_id(format!("{}/{index}", subjects[k]));
@@ -548,7 +609,10 @@ pub async fn measure_bus(
         if consumed.load(Ordering::Relaxed) >= published {
             break;
         }
-        if tokio::time::timeout_at(drain_deadline, notified).await.is_err() {
+        if tokio::time::timeout_at(drain_deadline, notified)
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -561,10 +625,16 @@ pub async fn measure_bus(
     if consumed < published {
         return Err(LoadTestError::bus(
             "bus ceiling",
-            format!("only {consumed} of {published} messages were consumed within {BUS_CEILING_DRAIN_MAX:?}"),
+            format!(
+                "only {consumed} of {published} messages were consumed within {BUS_CEILING_DRAIN_MAX:?}"
+            ),
         ));
     }
-    let message_rate = if seconds > 0.0 { consumed as f64 / seconds } else { 0.0 };
+    let message_rate = if seconds > 0.0 {
+        consumed as f64 / seconds
+    } else {
+        0.0
+    };
     let per_payment = messages_per_payment(kinds);
     Ok(BusCeiling {
         payments_per_s: payments_per_s(message_rate, per_payment),
@@ -581,7 +651,12 @@ mod tests {
     use super::*;
 
     fn sizes() -> MessageSizes {
-        MessageSizes { envelope: 1200, clearing_message: 900, clearing_response: 700, outcome: 800 }
+        MessageSizes {
+            envelope: 1200,
+            clearing_message: 900,
+            clearing_response: 700,
+            outcome: 800,
+        }
     }
 
     #[test]
@@ -613,7 +688,12 @@ mod tests {
 
     #[test]
     fn crypto_ceiling_is_total_rate_and_per_core_its_share() {
-        let total = OpCounts { payments: 4000, sign: 12_000, verify: 23_000, chain: 27_000 };
+        let total = OpCounts {
+            payments: 4000,
+            sign: 12_000,
+            verify: 23_000,
+            chain: 27_000,
+        };
         let c = crypto_ceiling_from(total, 2, 2.0);
         assert!((c.payments_per_s - 2000.0).abs() < 1e-9);
         assert!((c.per_core - 1000.0).abs() < 1e-9);

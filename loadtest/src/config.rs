@@ -21,6 +21,10 @@ pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 pub const CONCURRENCY_MAX: usize = 100_000;
 /// Most ramp steps.
 pub const RAMP_STEPS_MAX: usize = 200;
+/// Most members of one stage's group in the process.
+pub const STAGE_CONCURRENCY_MAX: usize = 64;
+/// Largest stage batch accepted.
+pub const BATCH_MAX_LIMIT: usize = 4096;
 /// Longest the ceilings are measured for, each.
 pub const CEILING_DURATION_MAX: Duration = Duration::from_secs(60);
 
@@ -191,6 +195,10 @@ pub struct LoadConfig {
     pub ceiling_duration: Duration,
     /// How long the end of the run waits for the last answers and for money to settle.
     pub drain_timeout: Duration,
+    /// Members of each stage's consumer group in this process.
+    pub stage_concurrency: usize,
+    /// Most messages a stage decides together.
+    pub batch_max: usize,
     /// Draw a progress bar on the terminal.
     pub progress: bool,
     /// The command line, recorded in the report.
@@ -220,6 +228,8 @@ impl LoadConfig {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ceiling_duration: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(60),
+            stage_concurrency: 1,
+            batch_max: dcpipe_pipeline::runtime::RunnerConfig::BATCH_MAX_DEFAULT,
             progress: false,
             command_line: String::new(),
         }
@@ -236,6 +246,14 @@ impl LoadConfig {
         }
         if self.cores == 0 {
             return fail("cores must be at least 1".into());
+        }
+        if self.stage_concurrency == 0 || self.stage_concurrency > STAGE_CONCURRENCY_MAX {
+            return fail(format!(
+                "stage concurrency must be 1 to {STAGE_CONCURRENCY_MAX}"
+            ));
+        }
+        if self.batch_max == 0 || self.batch_max > BATCH_MAX_LIMIT {
+            return fail(format!("batch size must be 1 to {BATCH_MAX_LIMIT}"));
         }
         match self.mode {
             Mode::Open if self.rate == 0 || self.rate > RATE_MAX => {

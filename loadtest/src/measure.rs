@@ -61,7 +61,10 @@ impl Percentiles {
 
     /// Whether p50 ≤ p90 ≤ p99 ≤ p99.9 ≤ max.
     pub fn is_ordered(&self) -> bool {
-        self.p50 <= self.p90 && self.p90 <= self.p99 && self.p99 <= self.p999 && self.p999 <= self.max
+        self.p50 <= self.p90
+            && self.p90 <= self.p99
+            && self.p99 <= self.p999
+            && self.p999 <= self.max
     }
 }
 
@@ -108,7 +111,9 @@ impl Measurement {
     pub fn on_answered(&mut self, intended: Duration, observed: Duration, submissions: u64) {
         if self.contains(intended) {
             let us = observed.saturating_sub(intended).as_micros();
-            let us = u64::try_from(us).unwrap_or(LATENCY_US_MAX).clamp(1, LATENCY_US_MAX);
+            let us = u64::try_from(us)
+                .unwrap_or(LATENCY_US_MAX)
+                .clamp(1, LATENCY_US_MAX);
             self.latency_us.saturating_record(us);
         }
         if self.contains(observed) {

@@ -112,13 +112,27 @@ mod tests {
 
     #[test]
     fn a_step_that_keeps_up_is_sustainable() {
-        let (ok, reasons) = judge(&SustainCriterion::default(), 1000.0, 990.0, &latency(20.0), 10_000, 15);
+        let (ok, reasons) = judge(
+            &SustainCriterion::default(),
+            1000.0,
+            990.0,
+            &latency(20.0),
+            10_000,
+            15,
+        );
         assert!(ok, "{reasons:?}");
     }
 
     #[test]
     fn a_step_below_the_achieved_share_is_not_sustainable() {
-        let (ok, reasons) = judge(&SustainCriterion::default(), 1000.0, 900.0, &latency(20.0), 10_000, 15);
+        let (ok, reasons) = judge(
+            &SustainCriterion::default(),
+            1000.0,
+            900.0,
+            &latency(20.0),
+            10_000,
+            15,
+        );
         assert!(!ok);
         assert_eq!(reasons.len(), 1);
         assert!(reasons[0].contains("achieved"), "{reasons:?}");
@@ -137,20 +151,39 @@ mod tests {
 
     #[test]
     fn a_step_leaving_a_backlog_is_not_sustainable() {
-        let (ok, reasons) = judge(&SustainCriterion::default(), 1000.0, 1000.0, &latency(20.0), 10_000, 600);
+        let (ok, reasons) = judge(
+            &SustainCriterion::default(),
+            1000.0,
+            1000.0,
+            &latency(20.0),
+            10_000,
+            600,
+        );
         assert!(!ok);
         assert!(reasons[0].contains("unanswered"), "{reasons:?}");
     }
 
     #[test]
     fn a_step_without_samples_is_not_sustainable() {
-        let (ok, _) = judge(&SustainCriterion::default(), 1000.0, 1000.0, &Percentiles::default(), 10_000, 0);
+        let (ok, _) = judge(
+            &SustainCriterion::default(),
+            1000.0,
+            1000.0,
+            &Percentiles::default(),
+            10_000,
+            0,
+        );
         assert!(!ok);
     }
 
     #[test]
     fn highest_sustainable_stops_at_the_first_failure() {
-        let steps = vec![step(100, true), step(200, true), step(300, false), step(400, true)];
+        let steps = vec![
+            step(100, true),
+            step(200, true),
+            step(300, false),
+            step(400, true),
+        ];
         assert_eq!(highest_sustainable(&steps), Some(200));
     }
 

@@ -229,8 +229,9 @@ impl TrackerState {
                 *counts_by_outcome.entry(key).or_insert(0) += answered;
             }
             if entry.waiting > 0 {
-                *counts_by_outcome.entry("UNANSWERED".to_owned()).or_insert(0) +=
-                    u64::from(entry.waiting);
+                *counts_by_outcome
+                    .entry("UNANSWERED".to_owned())
+                    .or_insert(0) += u64::from(entry.waiting);
             }
         }
         distinct.sort();
@@ -257,7 +258,11 @@ pub struct OutcomeTracker {
 impl OutcomeTracker {
     /// A tracker whose clock starts at `started` (the start of the load), measuring
     /// `measurement`'s window, giving answered submissions' permits back to `permits`.
-    pub fn new(started: Instant, measurement: Measurement, permits: Option<Arc<Semaphore>>) -> Self {
+    pub fn new(
+        started: Instant,
+        measurement: Measurement,
+        permits: Option<Arc<Semaphore>>,
+    ) -> Self {
         OutcomeTracker {
             state: Arc::new(Mutex::new(TrackerState::new(measurement))),
             changed: Arc::new(Notify::new()),
@@ -348,7 +353,8 @@ impl OutcomeTracker {
                     {
                         let mut state = tracker.lock();
                         for delivery in &batch {
-                            match dcpipe_schemas::decode::<PaymentOutcome>(&delivery.record.payload) {
+                            match dcpipe_schemas::decode::<PaymentOutcome>(&delivery.record.payload)
+                            {
                                 Ok(outcome) => {
                                     let payer_copy = outcome.payer.institution_id == institution;
                                     released += state.observe(&outcome, payer_copy, now) as usize;
@@ -428,8 +434,14 @@ mod tests {
         let mut t = state();
         let s = submission(1);
         t.submit(s, ms(100));
-        assert_eq!(t.observe(&outcome(&s, s.envelope_digest, None), false, ms(120)), 0);
-        assert_eq!(t.observe(&outcome(&s, s.envelope_digest, None), true, ms(150)), 1);
+        assert_eq!(
+            t.observe(&outcome(&s, s.envelope_digest, None), false, ms(120)),
+            0
+        );
+        assert_eq!(
+            t.observe(&outcome(&s, s.envelope_digest, None), true, ms(150)),
+            1
+        );
         let p = t.measurement().percentiles();
         assert_eq!(p.samples, 1);
         assert!((p.p50 - 50.0).abs() < 0.1, "{p:?}");
@@ -455,7 +467,10 @@ mod tests {
         t.observe(&outcome(&s, s.envelope_digest, None), true, ms(10));
         t.submit(s, ms(500));
         assert_eq!(t.unanswered(), 1);
-        assert_eq!(t.observe(&outcome(&s, s.envelope_digest, None), true, ms(520)), 1);
+        assert_eq!(
+            t.observe(&outcome(&s, s.envelope_digest, None), true, ms(520)),
+            1
+        );
         assert_eq!(t.unanswered(), 0);
         assert_eq!(t.measurement().percentiles().samples, 1);
         let tally = t.tally();
@@ -467,7 +482,14 @@ mod tests {
     fn outcomes_of_other_runs_are_ignored() {
         let mut t = state();
         let foreign = submission(9);
-        assert_eq!(t.observe(&outcome(&foreign, foreign.envelope_digest, None), true, ms(5)), 0);
+        assert_eq!(
+            t.observe(
+                &outcome(&foreign, foreign.envelope_digest, None),
+                true,
+                ms(5)
+            ),
+            0
+        );
         assert!(t.tally().counts_by_outcome.is_empty());
     }
 
@@ -491,8 +513,15 @@ mod tests {
         let s = submission(6);
         t.submit(s, ms(0));
         t.observe(&outcome(&s, s.envelope_digest, None), true, ms(9));
-        t.observe(&outcome(&s, s.envelope_digest, Some("txn.insufficient_funds")), false, ms(12));
-        assert!(matches!(t.tally().violations.as_slice(), [Violation::Contradiction { .. }]));
+        t.observe(
+            &outcome(&s, s.envelope_digest, Some("txn.insufficient_funds")),
+            false,
+            ms(12),
+        );
+        assert!(matches!(
+            t.tally().violations.as_slice(),
+            [Violation::Contradiction { .. }]
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The subcommands of `dcpipe`.
 
 mod demo;
+mod loadtest;
 mod pki;
 mod schemas;
 mod worker;
@@ -18,6 +19,9 @@ pub(crate) enum Command {
     /// bad cases, then print the outcomes, the settlement positions and the invariant checks.
     /// Exits non-zero when a check fails. Runs on the embedded bus unless --bus says otherwise.
     Demo(demo::DemoArgs),
+    /// Drive the pipeline with synthetic terminals (open loop, ramp or closed loop) and report
+    /// throughput, latency and memory against the crypto and bus ceilings measured first.
+    Loadtest(Box<loadtest::LoadtestArgs>),
     /// Run one stage of one institution (or the central bank's settlement) as its own process;
     /// several processes share a stage's load.
     Worker(worker::WorkerArgs),
@@ -33,6 +37,7 @@ impl Command {
     pub(crate) async fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
         match self {
             Command::Demo(args) => demo::run(args, settings).await,
+            Command::Loadtest(args) => loadtest::run(*args, settings).await,
             Command::Worker(args) => worker::run(args, settings).await,
             Command::Pki(command) => pki::run(command).await,
             Command::Schemas => schemas::run(),

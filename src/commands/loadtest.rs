@@ -1,0 +1,346 @@
+//! `dcpipe loadtest`: drives the whole pipeline with synthetic terminals and reports how fast
+//! it went against what the hardware allows.
+//!
+//! Prints a progress bar while it runs, then a table; writes the JSON report (`--report`) and
+//! an SVG plot of throughput and latency over time (`--plot`, by default next to the report).
+//! Exits non-zero when the run is invalid: a submission without exactly one answer, counts that
+//! do not add up, or money not conserved.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use dcpipe_connectors::bus::EmbeddedConfig;
+use dcpipe_loadtest::payments::PaymentMix;
+use dcpipe_loadtest::plot::{check_plot_path, write_plot};
+use dcpipe_loadtest::{LedgerChoice, LoadConfig, Mode, RampConfig, SustainCriterion};
+use dcpipe_pipeline::pki::AlgorithmChoice;
+
+use crate::commands::demo::parse_duration;
+use crate::settings::Settings;
+
+/// Bytes in a MiB.
+const MIB: usize = 1024 * 1024;
+/// Largest per-subject retention of the embedded bus the load test accepts, MiB.
+const EMBEDDED_SUBJECT_MIB_MAX: usize = 4096;
+/// Flags whose value is a secret, hidden in the command line the report records.
+const SECRET_FLAGS: &[&str] = &["--nats-password"];
+/// Words that make a `--kafka-property` value secret.
+const SECRET_PROPERTY_WORDS: &[&str] = &["password", "secret", "jaas", "token"];
+
+/// Options of `dcpipe loadtest`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LoadtestArgs {
+    /// The bus: embedded (default), nats://host:port or kafka://host:port.
+    #[arg(long, env = "DCPIPE_BUS")]
+    bus: Option<String>,
+    /// The ledgers: sqlite://DIR or postgres://user@host:port/db (default: SQLite files in a
+    /// new temporary directory).
+    #[arg(long, env = "DCPIPE_LEDGER")]
+    ledger: Option<String>,
+    /// open: a fixed rate; ramp: rising steps until one is not sustainable; closed: a fixed
+    /// number of payments in flight (maximum throughput).
+    #[arg(long, default_value = "open", value_parser = parse_mode)]
+    mode: Mode,
+    /// Payments per second offered (open mode).
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// How long load is offered (open and closed mode), e.g. 30s, 2m.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Trimmed from the figures at the start.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Trimmed from the figures at the end.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    cooldown: Duration,
+    /// Payments in flight (closed mode).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Rate of the ramp's first step.
+    #[arg(long, default_value_t = 200)]
+    ramp_start: u32,
+    /// Rate added at each ramp step.
+    #[arg(long, default_value_t = 200)]
+    ramp_step: u32,
+    /// Length of each ramp step.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    ramp_step_duration: Duration,
+    /// Highest rate the ramp tries.
+    #[arg(long, default_value_t = 100_000)]
+    ramp_max: u32,
+    /// Sustainable: achieved at least this share of the offered rate.
+    #[arg(long, default_value_t = 0.95)]
+    sustain_achieved: f64,
+    /// Sustainable: p99 latency at most this many ms.
+    #[arg(long, default_value_t = 200.0)]
+    sustain_p99_ms: f64,
+    /// Sustainable: at most this share of a step's payments unanswered at its end.
+    #[arg(long, default_value_t = 0.05)]
+    sustain_backlog: f64,
+    /// After the ramp, one step at this share of the highest sustainable rate (0: none).
+    #[arg(long, default_value_t = 0.8)]
+    ramp_confirm: f64,
+    /// Operating institutions.
+    #[arg(long, default_value_t = 4)]
+    institutions: usize,
+    /// Wallets, all institutions together.
+    #[arg(long, default_value_t = 1000)]
+    wallets: usize,
+    /// Certificate algorithms: p256, sm2 or mixed.
+    #[arg(long, default_value = "p256", value_parser = parse_algorithm)]
+    algorithm: AlgorithmChoice,
+    /// Seed of the synthetic traffic (same seed, same payments).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of submissions with a forged payer signature.
+    #[arg(long, default_value_t = 0.0)]
+    bad_share: f64,
+    /// Share of submissions repeating an earlier envelope.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_share: f64,
+    /// Share of submissions reusing an earlier payment id with other content.
+    #[arg(long, default_value_t = 0.0)]
+    conflict_share: f64,
+    /// Share of payments between two institutions.
+    #[arg(long, default_value_t = 0.8)]
+    interbank_share: f64,
+    /// Wallets that send most of the traffic.
+    #[arg(long, default_value_t = 20)]
+    hot_wallets: usize,
+    /// Share of payments sent from the hot wallets (they soon reach their daily limits).
+    #[arg(long, default_value_t = 0.5)]
+    hot_share: f64,
+    /// Share of payments above the password-free limit (with a PIN proof).
+    #[arg(long, default_value_t = 0.02)]
+    large_share: f64,
+    /// Partitions of each Kafka topic.
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    /// Cores the run uses (threads of the crypto ceiling); default: all.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// How long each ceiling is measured.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    ceiling_duration: Duration,
+    /// How long the end of the run waits for the last answers and for money to settle.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Embedded bus: MiB each subject retains (acknowledged messages beyond are dropped oldest
+    /// first; unacknowledged ones make publishers wait).
+    #[arg(long, default_value_t = 2)]
+    embedded_subject_mib: usize,
+    /// Members of each stage's consumer group in this process.
+    #[arg(long, default_value_t = 1)]
+    stage_concurrency: usize,
+    /// Most messages a stage decides together.
+    #[arg(long, default_value_t = 256)]
+    batch_max: usize,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write the plot here (.svg); default: next to the report.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_algorithm(text: &str) -> Result<AlgorithmChoice, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+/// The command line with secrets (passwords, secret Kafka properties, a password in a URL)
+/// replaced by `***`.
+fn redacted_command_line(args: &[String]) -> String {
+    let mut out: Vec<String> = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for arg in args {
+        if hide_next {
+            out.push("***".to_owned());
+            hide_next = false;
+            continue;
+        }
+        if SECRET_FLAGS.contains(&arg.as_str()) {
+            hide_next = true;
+            out.push(arg.clone());
+            continue;
+        }
+        if let Some(flag) = SECRET_FLAGS
+            .iter()
+            .find(|f| arg.starts_with(&format!("{f}=")))
+        {
+            out.push(format!("{flag}=***"));
+            continue;
+        }
+        let lower = arg.to_ascii_lowercase();
+        if let Some((key, _)) = arg.split_once('=')
+            && SECRET_PROPERTY_WORDS
+                .iter()
+                .any(|w| key.to_ascii_lowercase().contains(w))
+            && !arg.starts_with("--")
+        {
+            out.push(format!("{key}=***"));
+            continue;
+        }
+        if let (Some(scheme_end), Some(at)) = (lower.find("://"), arg.find('@'))
+            && let Some(colon) = arg[scheme_end + 3..at].find(':')
+        {
+            let user_end = scheme_end + 3 + colon;
+            out.push(format!("{}:***{}", &arg[..user_end], &arg[at..]));
+            continue;
+        }
+        out.push(arg.clone());
+    }
+    out.join(" ")
+}
+
+pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let bus = settings
+        .bus_url(args.bus.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let ledger = match args.ledger.as_deref().or(settings.ledger.as_deref()) {
+        Some(url) => LedgerChoice::Url(url.parse()?),
+        None => LedgerChoice::Temporary,
+    };
+    anyhow::ensure!(
+        (1..=EMBEDDED_SUBJECT_MIB_MAX).contains(&args.embedded_subject_mib),
+        "--embedded-subject-mib must be 1 to {EMBEDDED_SUBJECT_MIB_MAX}"
+    );
+    let plot = args
+        .plot
+        .clone()
+        .or_else(|| args.report.as_ref().map(|r| r.with_extension("svg")));
+    if let Some(path) = &plot {
+        check_plot_path(path)?;
+    }
+    let mut bus_options = settings.bus_options.clone();
+    let subject_bytes_max = args.embedded_subject_mib * MIB;
+    bus_options.embedded = EmbeddedConfig {
+        subject_bytes_max,
+        // About 1 KiB per message: the message limit follows the byte limit.
+        subject_messages_max: subject_bytes_max / 1024,
+        dedup_entries_max: subject_bytes_max / 1024,
+        ..EmbeddedConfig::default()
+    };
+    let config = LoadConfig {
+        bus,
+        bus_options,
+        partitions: args.partitions,
+        ledger,
+        mode: args.mode,
+        rate: args.rate,
+        duration: args.duration,
+        warmup: args.warmup,
+        cooldown: args.cooldown,
+        concurrency: args.concurrency,
+        ramp: RampConfig {
+            start_rate: args.ramp_start,
+            step_rate: args.ramp_step,
+            step_duration: args.ramp_step_duration,
+            max_rate: args.ramp_max,
+            criterion: SustainCriterion {
+                achieved_ratio_min: args.sustain_achieved,
+                p99_ms_max: args.sustain_p99_ms,
+                backlog_ratio_max: args.sustain_backlog,
+            },
+            confirm_share: args.ramp_confirm,
+        },
+        institutions: args.institutions,
+        wallets: args.wallets,
+        algorithm: args.algorithm,
+        seed: args.seed,
+        mix: PaymentMix {
+            interbank_share: args.interbank_share,
+            large_share: args.large_share,
+            duplicate_share: args.duplicate_share,
+            conflict_share: args.conflict_share,
+            forged_share: args.bad_share,
+            hot_wallets: args.hot_wallets,
+            hot_share: args.hot_share,
+        },
+        cores: args
+            .cores
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        ceiling_duration: args.ceiling_duration,
+        drain_timeout: args.drain_timeout,
+        stage_concurrency: args.stage_concurrency,
+        batch_max: args.batch_max,
+        progress: !args.no_progress,
+        command_line: redacted_command_line(&std::env::args().collect::<Vec<_>>()),
+    };
+    config.check()?;
+    eprintln!(
+        "dcpipe loadtest: {} mode on {}, ledgers {}",
+        config.mode.as_str(),
+        config.bus,
+        config.ledger.kind()
+    );
+    let report = dcpipe_loadtest::run(&config).await?;
+    println!("{}", report.table());
+    if let Some(path) = &args.report {
+        report.write_json(path)?;
+        println!("report written to {}", path.display());
+    }
+    if let Some(path) = &plot {
+        let (start, end) = (report.warmup_s, report.duration_s - report.cooldown_s);
+        let title = format!(
+            "dcpipe loadtest: {} on {}, {} ({})",
+            report.mode, report.bus, report.mix.algorithm, report.ledger
+        );
+        write_plot(path, &title, &report.series, (start, end))?;
+        println!("plot written to {}", path.display());
+    }
+    Ok(if report.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn hides_a_nats_password_flag_value() {
+        let line =
+            redacted_command_line(&args(&["dcpipe", "--nats-password", "hunter2", "loadtest"]));
+        assert_eq!(line, "dcpipe --nats-password *** loadtest");
+        let line = redacted_command_line(&args(&["dcpipe", "--nats-password=hunter2"]));
+        assert_eq!(line, "dcpipe --nats-password=***");
+    }
+
+    #[test]
+    fn hides_secret_kafka_properties() {
+        let line = redacted_command_line(&args(&["--kafka-property", "sasl.password=x"]));
+        assert_eq!(line, "--kafka-property sasl.password=***");
+    }
+
+    #[test]
+    fn hides_a_password_in_a_url() {
+        let line = redacted_command_line(&args(&["--ledger", "postgres://me:secret@db:5432/x"]));
+        assert_eq!(line, "--ledger postgres://me:***@db:5432/x");
+    }
+
+    #[test]
+    fn keeps_ordinary_arguments() {
+        let line = redacted_command_line(&args(&[
+            "loadtest",
+            "--rate",
+            "500",
+            "--bus",
+            "nats://127.0.0.1:4222",
+        ]));
+        assert_eq!(line, "loadtest --rate 500 --bus nats://127.0.0.1:4222");
+    }
+}
