@@ -58,6 +58,9 @@ pub(crate) struct WorkerArgs {
     /// The PKI directory written by `dcpipe pki init`.
     #[arg(long, env = "DCPIPE_PKI", value_name = "DIR")]
     pki: PathBuf,
+    /// Members of the stage's consumer group in this process (batches decided in parallel).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
     /// Messages decided together (one ledger transaction).
     #[arg(long, default_value_t = RunnerConfig::BATCH_MAX_DEFAULT)]
     batch: usize,
@@ -146,6 +149,7 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
     tokio::spawn(follower.run(Arc::clone(&bus), shutdown.clone()));
     let runner = RunnerConfig {
         batch_max: args.batch,
+        concurrency: args.concurrency,
         ack_wait: std::time::Duration::from_millis(args.ack_wait_ms),
         ..RunnerConfig::default()
     };
