@@ -363,6 +363,36 @@ impl CryptoWork {
     }
 }
 
+/// Envelopes per second one core of the synthetic terminals signs and encodes (two
+/// signatures each, three with a PIN proof): their work shares the cores when the producers run
+/// in the same process as the pipeline.
+pub fn measure_producer(
+    network: &Network,
+    mix: &PaymentMix,
+    seed: u64,
+    duration: Duration,
+) -> Result<f64, LoadTestError> {
+    let mut generator = PaymentGenerator::new(network, mix.clone(), seed);
+    let started = Instant::now();
+    let mut produced = 0u64;
+    while started.elapsed() < duration {
+        generator
+            .next(dcpipe_pipeline::clock::system_now_ms())
+            .map_err(|e| LoadTestError::new(LoadTestErrorKind::Generate, e.to_string()))?;
+        produced += 1;
+    }
+    Ok(produced as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Payments per second `cores` cores allow when each payment costs both the pipeline's
+/// signature work (`crypto_per_core` per core) and the producer's (`producer_per_core`).
+pub fn shared_ceiling(crypto_per_core: f64, producer_per_core: f64, cores: usize) -> f64 {
+    if crypto_per_core <= 0.0 || producer_per_core <= 0.0 {
+        return 0.0;
+    }
+    cores as f64 / (1.0 / crypto_per_core + 1.0 / producer_per_core)
+}
+
 fn sign(institution: &Institution, input: &[u8]) -> Result<Vec<u8>, LoadTestError> {
     institution
         .signer
@@ -684,6 +714,14 @@ mod tests {
         assert_eq!(sent, 800);
         assert_eq!((0..1000).filter(|i| sends(*i, 1.0)).count(), 1000);
         assert_eq!((0..1000).filter(|i| sends(*i, 0.0)).count(), 0);
+    }
+
+    #[test]
+    fn shared_ceiling_adds_the_costs_per_payment() {
+        // 250 µs of pipeline work and 50 µs of producer work: 300 µs per payment per core.
+        let c = shared_ceiling(4000.0, 20_000.0, 2);
+        assert!((c - 2.0 / 0.0003).abs() < 1e-6, "{c}");
+        assert_eq!(shared_ceiling(0.0, 20_000.0, 2), 0.0);
     }
 
     #[test]

@@ -172,6 +172,12 @@ pub fn per_second(count: u64, length: Duration) -> f64 {
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
+/// `amount` per second over `length` (0 for an empty length).
+pub fn per_second_f64(amount: f64, length: Duration) -> f64 {
+    let secs = length.as_secs_f64();
+    if secs > 0.0 { amount / secs } else { 0.0 }
+}
+
 /// One second of the run, for the plot.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct SeriesPoint {

@@ -92,6 +92,11 @@ pub struct Report {
     pub crypto_per_core: f64,
     /// Payments per second the signature work allows on all cores.
     pub crypto_ceiling: f64,
+    /// Envelopes per second one core of the in-process synthetic terminals signs.
+    pub producer_per_core: f64,
+    /// The crypto ceiling when the same cores also sign the envelopes (producers in this
+    /// process, as by default).
+    pub crypto_ceiling_with_producer: f64,
     /// Payments per second the bus carries with no processing.
     pub bus_ceiling: f64,
     /// Details of the crypto ceiling.
@@ -112,6 +117,11 @@ pub struct Report {
     pub rss_mb_max: f64,
     /// Resident memory when the load started (network provisioned, ceilings measured), MiB.
     pub rss_mb_start: f64,
+    /// CPU this process used while the load ran, in cores (2.0: both cores busy throughout).
+    pub cpu_cores_used: f64,
+    /// The machine's one-minute load average when the load started and when it ended: above
+    /// the core count, other work competed with the run.
+    pub load_average: (f64, f64),
     /// Submissions published.
     pub submitted: u64,
     /// Distinct submissions.
@@ -211,6 +221,14 @@ impl Report {
         );
         let _ = writeln!(
             out,
+            "{:<28}{:>12.0}   ratio {:.2}  (terminals sign {:.0}/core in this process)",
+            "crypto ceiling + terminals",
+            self.crypto_ceiling_with_producer,
+            crate::ceiling::ratio(self.achieved_rate, self.crypto_ceiling_with_producer),
+            self.producer_per_core
+        );
+        let _ = writeln!(
+            out,
             "{:<28}{:>12.0}   ratio {:.2}  ({:.0} msgs/s ÷ {:.1} per payment)",
             "bus ceiling",
             self.bus_ceiling,
@@ -227,6 +245,11 @@ impl Report {
             out,
             "memory MiB                  start {:.0}  max {:.0}",
             self.rss_mb_start, self.rss_mb_max
+        );
+        let _ = writeln!(
+            out,
+            "cpu {:.2} cores busy while loaded · machine load average {:.2} → {:.2}",
+            self.cpu_cores_used, self.load_average.0, self.load_average.1
         );
         let _ = writeln!(
             out,
@@ -318,6 +341,8 @@ pub(crate) mod tests {
             cores: 2,
             crypto_per_core: 1000.0,
             crypto_ceiling: 2000.0,
+            producer_per_core: 8000.0,
+            crypto_ceiling_with_producer: 1600.0,
             bus_ceiling: 20_000.0,
             crypto: CryptoCeiling {
                 payments_per_s: 2000.0,
@@ -357,6 +382,8 @@ pub(crate) mod tests {
             },
             rss_mb_max: 80.0,
             rss_mb_start: 40.0,
+            cpu_cores_used: 1.9,
+            load_average: (2.0, 2.1),
             submitted: 30_000,
             distinct: 30_000,
             answered: 30_000,

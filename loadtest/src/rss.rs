@@ -29,6 +29,39 @@ pub fn current_rss_kib() -> Option<u64> {
         .and_then(parse_vm_rss_kib)
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on Linux).
+pub const USER_HZ: f64 = 100.0;
+
+/// User plus system CPU time of a `/proc/<pid>/stat` text, in seconds.
+pub fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may contain spaces: count fields after its closing `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of the whole line are 12th and 13th after the name.
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) as f64 / USER_HZ)
+}
+
+/// CPU time this process used so far, in seconds, if the system tells.
+pub fn process_cpu_seconds() -> Option<f64> {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .as_deref()
+        .and_then(parse_cpu_seconds)
+}
+
+/// The machine's one-minute load average, if the system tells: other work competing for the
+/// cores shows here.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Samples resident memory on a thread of its own until dropped or stopped.
 #[derive(Debug)]
 pub struct RssSampler {
@@ -103,6 +136,12 @@ mod tests {
     fn reads_vm_rss_from_a_status_text() {
         let status = "Name:\tdcpipe\nVmPeak:\t  900 kB\nVmRSS:\t   51234 kB\nThreads:\t4\n";
         assert_eq!(parse_vm_rss_kib(status), Some(51_234));
+    }
+
+    #[test]
+    fn reads_cpu_seconds_from_a_stat_text_with_spaces_in_the_name() {
+        let stat = "4242 (dcpipe worker) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.0));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::measure::Measurement;
 use crate::payments::{Generated, PaymentGenerator, PaymentMix};
 use crate::ramp::{StepResult, highest_sustainable, judge};
 use crate::report::{MixReport, MoneyCheck, RampReport, Report};
-use crate::rss::{RssSampler, current_rss_kib};
+use crate::rss::{RssSampler, current_rss_kib, load_average, process_cpu_seconds};
 use crate::schedule::OpenSchedule;
 use crate::tracker::OutcomeTracker;
 
@@ -93,6 +93,12 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
         .map_err(|e| LoadTestError::bus("creating the subjects", e))?;
 
     bar.set_message("measuring the crypto ceiling");
+    let producer_per_core = ceiling::measure_producer(
+        &network,
+        &config.mix,
+        config.seed ^ CEILING_SEED_OFFSET,
+        config.ceiling_duration / 4,
+    )?;
     let work = CryptoWork::prepare(&network, &config.mix, config.seed ^ CEILING_SEED_OFFSET)?;
     let kinds = ceiling::payment_messages(&work.sizes(), work.interbank_share());
     let (cores, ceiling_duration) = (config.cores, config.ceiling_duration);
@@ -156,6 +162,8 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
     let producer = spawn_producer(Arc::clone(&network), config.mix.clone(), config.seed, tx)?;
     let rss_mb_start = current_rss_kib().map_or(0.0, |k| k as f64 / 1024.0);
     rss.reset();
+    let cpu_start = process_cpu_seconds();
+    let load_start = load_average().unwrap_or(0.0);
     let started_at_ms = system_now_ms();
     let ticker = spawn_progress(bar.clone(), tracker.clone(), shutdown.clone());
 
@@ -201,6 +209,11 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
         }
     };
     let load_length = tracker.now();
+    let cpu_cores_used = match (cpu_start, process_cpu_seconds()) {
+        (Some(start), Some(end)) => crate::measure::per_second_f64(end - start, load_length),
+        _ => 0.0,
+    };
+    let load_end = load_average().unwrap_or(0.0);
 
     bar.set_message("waiting for the last answers");
     let all_answered = tracker.wait_all_answered(config.drain_timeout).await;
@@ -304,6 +317,12 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
         cores: crypto.cores,
         crypto_per_core: crypto.per_core,
         crypto_ceiling: crypto.payments_per_s,
+        producer_per_core,
+        crypto_ceiling_with_producer: ceiling::shared_ceiling(
+            crypto.per_core,
+            producer_per_core,
+            crypto.cores,
+        ),
         bus_ceiling: bus_limit.payments_per_s,
         ratio_to_crypto_ceiling: ceiling::ratio(achieved_rate, crypto.payments_per_s),
         ratio_to_bus_ceiling: ceiling::ratio(achieved_rate, bus_limit.payments_per_s),
@@ -314,6 +333,8 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
         latency_ms,
         rss_mb_max,
         rss_mb_start,
+        cpu_cores_used,
+        load_average: (load_start, load_end),
         submitted: tally.submitted,
         distinct: tally.distinct,
         answered: tally.answered,
