@@ -575,6 +575,37 @@ pub async fn measure_bus(
         .iter()
         .map(|k| Bytes::from(vec![0x5a; k.bytes.max(1)]))
         .collect();
+    // One message per subject first, timed out of the measurement: consumer groups that join
+    // slowly (Kafka's rebalance) would otherwise count as a slow bus.
+    let probes: Vec<Outgoing> = subjects
+        .iter()
+        .zip(&payloads)
+        .map(|(subject, payload)| Outgoing::new(subject.clone(), payload.clone()))
+        .collect();
+    let probe_count = probes.len() as u64;
+    bus.publish_many(probes)
+        .await
+        .map_err(|e| LoadTestError::bus("publishing the ceiling probes", e))?;
+    let probe_deadline = tokio::time::Instant::now() + BUS_CEILING_DRAIN_MAX;
+    loop {
+        let notified = progressed.notified();
+        if consumed.load(Ordering::Relaxed) >= probe_count {
+            break;
+        }
+        if tokio::time::timeout_at(probe_deadline, notified)
+            .await
+            .is_err()
+        {
+            stop.cancel();
+            return Err(LoadTestError::bus(
+                "bus ceiling",
+                format!(
+                    "the consumers did not receive their first message within {BUS_CEILING_DRAIN_MAX:?}"
+                ),
+            ));
+        }
+    }
+    consumed.fetch_sub(probe_count, Ordering::Relaxed);
     let next_payment = Arc::new(AtomicU64::new(0));
     let payments_max = kinds
         .iter()

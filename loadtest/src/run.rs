@@ -11,11 +11,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dcpipe_connectors::bus::{Bus, BusUrl, connect};
+use dcpipe_connectors::bus::{Bus, BusUrl, Outgoing, connect};
 use dcpipe_connectors::ledger::LedgerUrl;
+use dcpipe_pipeline::audit::Submission;
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::network::{MoneyReport, Network, NetworkConfig};
 use dcpipe_pipeline::runtime::RunnerConfig;
+use dcpipe_pipeline::subjects;
+use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Touch};
+use dcpipe_schemas::{Channel, PaymentId};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +45,8 @@ pub const VIOLATION_EXAMPLES_MAX: usize = 10;
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// Seed offset of the crypto ceiling's sample payments (kept apart from the load's).
 const CEILING_SEED_OFFSET: u64 = 0x5eed;
+/// Amount of each readiness probe payment: 1 CNY.
+const PROBE_AMOUNT_FEN: i64 = 100;
 /// Settlement grace of the load test's central bank, ms.
 const SETTLEMENT_GRACE_MS: i64 = 500;
 
@@ -152,6 +158,9 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
             &shutdown,
         )
         .await?;
+    bar.set_message("waiting for every stage to answer");
+    probe_readiness(&network, &bus, &tracker, config.drain_timeout).await?;
+    tracker.restart_clock(Measurement::new(window_start, window_end));
     let prepared = match config.mode {
         Mode::Closed => config.concurrency,
         Mode::Open => usize::try_from(config.rate / 10).unwrap_or(PREPARED_MAX),
@@ -593,6 +602,76 @@ async fn run_ramp(
         highest_sustainable_rate: highest,
         confirm,
     })
+}
+
+/// Sends one payment from each institution to the next and waits for every answer, so that
+/// the load starts once every stage has joined its consumer group (a Kafka group takes seconds
+/// to settle) instead of counting that time as latency.
+async fn probe_readiness(
+    network: &Network,
+    bus: &Arc<dyn Bus>,
+    tracker: &OutcomeTracker,
+    timeout: Duration,
+) -> Result<(), LoadTestError> {
+    let ids: Vec<&String> = network.institutions.keys().collect();
+    let last_wallet_of = |institution: &str| {
+        network
+            .wallets
+            .iter()
+            .rev()
+            .find(|w| w.party.institution_id == institution)
+            .map(|w| w.party.wallet_id.as_str())
+    };
+    let mut messages = Vec::new();
+    let mut submissions = Vec::new();
+    let now_ms = system_now_ms();
+    for (k, payer_institution) in ids.iter().enumerate() {
+        let payee_institution = ids[(k + 1) % ids.len()];
+        let payer = last_wallet_of(payer_institution);
+        let payee = if payee_institution == *payer_institution {
+            network
+                .wallets
+                .iter()
+                .map(|w| w.party.wallet_id.as_str())
+                .find(|id| Some(*id) != payer)
+        } else {
+            last_wallet_of(payee_institution)
+        };
+        let (Some(payer), Some(payee)) = (
+            payer.and_then(|id| network.terminal(id)),
+            payee.and_then(|id| network.terminal(id)),
+        ) else {
+            return Err(LoadTestError::config("an institution without wallets"));
+        };
+        let envelope = Touch::unchecked(payer, payee)
+            .negotiate(&PaymentRequest {
+                payment_id: PaymentId::random(),
+                amount_fen: PROBE_AMOUNT_FEN,
+                channel: Channel::Nfc,
+                created_at_ms: now_ms,
+                pin: PinEntry::WhenRequired,
+            })
+            .map_err(|e| LoadTestError::new(LoadTestErrorKind::Generate, e.to_string()))?;
+        let frame = dcpipe_schemas::encode(&envelope)
+            .map_err(|e| LoadTestError::new(LoadTestErrorKind::Generate, e.to_string()))?;
+        submissions.push((Submission::of(&envelope, &frame), tracker.now()));
+        messages.push(
+            Outgoing::new(subjects::txn_submit(&envelope.payer.institution_id), frame)
+                .with_key(envelope.payer.wallet_id.clone().into_bytes()),
+        );
+    }
+    tracker.submit_all(submissions);
+    bus.publish_many(messages)
+        .await
+        .map_err(|e| LoadTestError::bus("publishing the readiness probe", e))?;
+    if tracker.wait_all_answered(timeout).await {
+        Ok(())
+    } else {
+        Err(LoadTestError::bus(
+            "readiness probe",
+            format!("the pipeline did not answer within {timeout:?}"),
+        ))
+    }
 }
 
 /// Waits until nothing is held or pending in any ledger, or `timeout` passes.

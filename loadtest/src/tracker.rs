@@ -8,6 +8,7 @@
 //! are counted as answered when a later copy of it arrives, and not measured again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -250,7 +251,9 @@ impl TrackerState {
 pub struct OutcomeTracker {
     state: Arc<Mutex<TrackerState>>,
     changed: Arc<Notify>,
-    started: Instant,
+    base: Instant,
+    /// Nanoseconds from `base` to the start of the load (moved by [`OutcomeTracker::restart_clock`]).
+    load_start_ns: Arc<AtomicU64>,
     /// Closed mode: a permit per payment allowed in flight, given back when answered.
     permits: Option<Arc<Semaphore>>,
 }
@@ -266,19 +269,32 @@ impl OutcomeTracker {
         OutcomeTracker {
             state: Arc::new(Mutex::new(TrackerState::new(measurement))),
             changed: Arc::new(Notify::new()),
-            started,
+            base: started,
+            load_start_ns: Arc::new(AtomicU64::new(0)),
             permits,
         }
     }
 
     /// Time since the start of the load.
     pub fn now(&self) -> Duration {
-        self.started.elapsed()
+        self.base.elapsed().saturating_sub(Duration::from_nanos(
+            self.load_start_ns.load(Ordering::Relaxed),
+        ))
     }
 
     /// The instant the load started.
     pub fn started(&self) -> Instant {
-        self.started
+        self.base + Duration::from_nanos(self.load_start_ns.load(Ordering::Relaxed))
+    }
+
+    /// Starts the load's clock again now, with a fresh `measurement` and series: what came
+    /// before (the readiness probe) stays in the counts and the invariants, not in the figures.
+    pub fn restart_clock(&self, measurement: Measurement) {
+        let mut state = self.lock();
+        let ns = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.load_start_ns.store(ns, Ordering::Relaxed);
+        state.measurement = measurement;
+        state.series = Series::default();
     }
 
     fn lock(&self) -> MutexGuard<'_, TrackerState> {
