@@ -38,6 +38,36 @@ pub(super) fn client_config(
     config
 }
 
+/// Checks the caller's properties against librdkafka before any client is made: a property it
+/// refuses (unknown, or a value it does not accept) is a [`BusErrorKind::Config`] error naming
+/// the key. librdkafka's refusal, as rdkafka renders it, repeats the value, so for a key that
+/// looks secret ([`KafkaOptions::is_secret`], e.g. a Java `sasl.jaas.config` holding a password)
+/// the error says only which key was refused.
+pub(super) fn check_properties(options: &KafkaOptions) -> Result<(), BusError> {
+    let caller: ClientConfig = options
+        .properties
+        .iter()
+        .filter(|(key, _)| !key.starts_with(DCPIPE_PROPERTY_PREFIX))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    match caller.create_native_config() {
+        Ok(_) => Ok(()),
+        Err(KafkaError::ClientConfig(_, reason, key, _value)) => {
+            let message = if KafkaOptions::is_secret(&key) {
+                format!("Kafka property {key:?} refused by librdkafka (value hidden)")
+            } else {
+                format!("Kafka property {key:?}: {reason}")
+            };
+            Err(BusError::new(BusErrorKind::Config, message))
+        }
+        // A NUL byte in a key or value; its Debug would show the bytes.
+        Err(_) => Err(BusError::new(
+            BusErrorKind::Config,
+            "Kafka properties: a key or value holds a NUL byte",
+        )),
+    }
+}
+
 /// The replication factor of new topics, from [`TOPIC_REPLICATION_PROPERTY`].
 pub(super) fn topic_replication(options: &KafkaOptions) -> Result<i32, BusError> {
     match options.properties.get(TOPIC_REPLICATION_PROPERTY) {
@@ -111,6 +141,36 @@ mod tests {
         assert_eq!(config.get("acks"), Some("1"));
         assert_eq!(config.get("bootstrap.servers"), Some("a:9092"));
         assert_eq!(config.get(TOPIC_REPLICATION_PROPERTY), None);
+    }
+
+    #[test]
+    fn refused_property_is_named_with_the_reason() {
+        let error =
+            check_properties(&options(&[("security.protocol", "carrier-pigeon")])).unwrap_err();
+        assert_eq!(error.kind(), BusErrorKind::Config);
+        let shown = error.to_string();
+        assert!(shown.contains("security.protocol"), "{shown}");
+        assert!(shown.contains("carrier-pigeon"), "{shown}");
+    }
+
+    #[test]
+    fn refused_secret_property_keeps_its_value_hidden() {
+        let jaas = "PlainLoginModule required username=\"oi01\" password=\"hunter2\";";
+        let error = check_properties(&options(&[("sasl.jaas.config", jaas)])).unwrap_err();
+        assert_eq!(error.kind(), BusErrorKind::Config);
+        let shown = format!("{error} {error:?}");
+        assert!(shown.contains("sasl.jaas.config"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn accepted_and_dcpipe_properties_pass_the_check() {
+        let checked = check_properties(&options(&[
+            ("sasl.password", "hunter2"),
+            ("client.id", "oi01"),
+            (TOPIC_REPLICATION_PROPERTY, "3"),
+        ]));
+        assert!(checked.is_ok(), "{checked:?}");
     }
 
     #[test]

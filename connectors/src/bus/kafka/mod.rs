@@ -33,7 +33,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
-use self::client::{TracingContext, client_config, topic_replication};
+use self::client::{TracingContext, check_properties, client_config, topic_replication};
 use super::metrics::SubjectMetrics;
 use super::nats::{check_consumer_config, check_portable_headers};
 use super::{
@@ -83,6 +83,7 @@ impl KafkaBus {
         if servers.is_empty() {
             return Err(BusError::new(BusErrorKind::Config, "no Kafka server given"));
         }
+        check_properties(options)?;
         let replication = topic_replication(options)?;
         let producer: FutureProducer<TracingContext> = client_config(
             servers,
