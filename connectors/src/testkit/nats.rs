@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tempfile::TempDir;
+use tokio::io::AsyncBufReadExt as _;
 
 use super::process::{ServerProcess, find_binary, free_port};
 use super::{TestkitError, TestkitErrorKind};
@@ -25,11 +26,32 @@ pub struct NatsServer {
     port: u16,
     dir: TempDir,
     process: Option<ServerProcess>,
+    /// Appended to the generated configuration (see [`NatsServer::start_with_config`]).
+    extra_config: String,
 }
 
 impl NatsServer {
     /// Starts a server and waits until JetStream answers.
     pub async fn start() -> Result<Self, TestkitError> {
+        let mut server = Self::not_started()?;
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// Starts a server whose configuration ends with `extra_config`, in nats-server's
+    /// configuration format: an `authorization { … }` or `tls { … }` block for the tests of
+    /// credentials and TLS. Paths in it are best absolute. Such a server may refuse a client
+    /// without credentials, so readiness is its greeting on the port (the server opens the port
+    /// once JetStream is up), not a JetStream request.
+    pub async fn start_with_config(extra_config: &str) -> Result<Self, TestkitError> {
+        let mut server = Self::not_started()?;
+        server.extra_config = extra_config.to_owned();
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// A server with its binary, port and directory, not running yet.
+    fn not_started() -> Result<Self, TestkitError> {
         let binary = find_binary(
             "DCPIPE_NATS_SERVER",
             &format!("nats-server-{NATS_SERVER_VERSION}/bin/nats-server"),
@@ -38,14 +60,13 @@ impl NatsServer {
             .prefix("dcpipe-nats-")
             .tempdir()
             .map_err(|e| TestkitError::new(TestkitErrorKind::Process, format!("temp dir: {e}")))?;
-        let mut server = NatsServer {
+        Ok(NatsServer {
             binary,
             port: free_port()?,
             dir,
             process: None,
-        };
-        server.launch().await?;
-        Ok(server)
+            extra_config: String::new(),
+        })
     }
 
     /// `host:port` to give to the NATS bus.
@@ -90,6 +111,7 @@ impl NatsServer {
             "jetstream {{ store_dir: {:?} }}",
             store.display().to_string()
         );
+        config.push_str(&self.extra_config);
         fs::write(&config_path, config).map_err(|e| {
             TestkitError::new(TestkitErrorKind::Process, format!("nats config: {e}"))
         })?;
@@ -102,12 +124,47 @@ impl NatsServer {
             &self.dir.path().join("nats.log"),
         )?;
         let url = self.url();
+        let greeting_only = !self.extra_config.is_empty();
         process
-            .wait_ready(|| jetstream_answers(url.clone()))
+            .wait_ready(|| server_answers(url.clone(), greeting_only))
             .await?;
         self.process = Some(process);
         Ok(())
     }
+}
+
+/// Readiness of a server: JetStream answers, or only the server's greeting when the server may
+/// refuse a client without credentials or TLS.
+async fn server_answers(url: String, greeting_only: bool) -> Result<(), String> {
+    if greeting_only {
+        greeting_received(url).await
+    } else {
+        jetstream_answers(url).await
+    }
+}
+
+/// Opens a TCP connection and reads the `INFO` line every server sends first (in clear text,
+/// also when it requires TLS afterwards).
+async fn greeting_received(url: String) -> Result<(), String> {
+    let address = url.trim_start_matches("nats://");
+    let read_greeting = async {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| format!("greeting: {e}"))?;
+        if line.starts_with("INFO ") {
+            Ok(())
+        } else {
+            Err(format!("unexpected greeting {line:?}"))
+        }
+    };
+    tokio::time::timeout(PROBE_CONNECT_TIMEOUT, read_greeting)
+        .await
+        .map_err(|_| "no greeting".to_string())?
 }
 
 /// Connects and asks JetStream for the account: succeeds once streams can be created.
