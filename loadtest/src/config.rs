@@ -21,6 +21,11 @@ pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 pub const CONCURRENCY_MAX: usize = 100_000;
 /// Most ramp steps.
 pub const RAMP_STEPS_MAX: usize = 200;
+/// Stages' redelivery deadline unless configured otherwise.
+pub const ACK_WAIT_DEFAULT: Duration = Duration::from_secs(10);
+/// Shortest and longest redelivery deadline accepted.
+pub const ACK_WAIT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
 /// Most members of one stage's group in the process.
 pub const STAGE_CONCURRENCY_MAX: usize = 64;
 /// Largest stage batch accepted.
@@ -199,6 +204,8 @@ pub struct LoadConfig {
     pub stage_concurrency: usize,
     /// Most messages a stage decides together.
     pub batch_max: usize,
+    /// A stage's delivery not acknowledged within this time is delivered again.
+    pub ack_wait: Duration,
     /// Draw a progress bar on the terminal.
     pub progress: bool,
     /// The command line, recorded in the report.
@@ -230,6 +237,7 @@ impl LoadConfig {
             drain_timeout: Duration::from_secs(60),
             stage_concurrency: 1,
             batch_max: dcpipe_pipeline::runtime::RunnerConfig::BATCH_MAX_DEFAULT,
+            ack_wait: ACK_WAIT_DEFAULT,
             progress: false,
             command_line: String::new(),
         }
@@ -250,6 +258,12 @@ impl LoadConfig {
         if self.stage_concurrency == 0 || self.stage_concurrency > STAGE_CONCURRENCY_MAX {
             return fail(format!(
                 "stage concurrency must be 1 to {STAGE_CONCURRENCY_MAX}"
+            ));
+        }
+        if self.ack_wait < ACK_WAIT_RANGE.0 || self.ack_wait > ACK_WAIT_RANGE.1 {
+            return fail(format!(
+                "ack wait must be {:?} to {:?}",
+                ACK_WAIT_RANGE.0, ACK_WAIT_RANGE.1
             ));
         }
         if self.batch_max == 0 || self.batch_max > BATCH_MAX_LIMIT {

@@ -135,7 +135,7 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
     let shutdown = CancellationToken::new();
     let runner = RunnerConfig {
         fetch_wait: Duration::from_millis(20),
-        ack_wait: Duration::from_secs(10),
+        ack_wait: config.ack_wait,
         retry_delay: Duration::from_millis(200),
         concurrency: config.stage_concurrency,
         batch_max: config.batch_max,
@@ -674,12 +674,19 @@ async fn probe_readiness(
     }
 }
 
-/// Waits until nothing is held or pending in any ledger, or `timeout` passes.
+/// Waits until money is conserved with nothing held or pending, or `timeout` passes (then the
+/// last reading is returned, whatever it says).
+///
+/// `Network::money` reads each ledger's balances and pending totals one query after the other
+/// while the stages still run: a payee institution finalizing a credit between the two reads
+/// shows that credit in neither, as if money were lost. The payer's final outcome can be
+/// observed before the payee applies it, so a reading is trusted only once it balances (a
+/// real loss keeps failing until the deadline).
 async fn wait_settled(network: &Network, timeout: Duration) -> Result<MoneyReport, LoadTestError> {
     let deadline = Instant::now() + timeout;
     loop {
         let money = network.money().await.map_err(ledger_error)?;
-        if (money.held_fen == 0 && money.pending_credit_fen == 0) || Instant::now() >= deadline {
+        if money.is_settled_and_conserved() || Instant::now() >= deadline {
             return Ok(money);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

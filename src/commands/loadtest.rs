@@ -136,6 +136,9 @@ pub(crate) struct LoadtestArgs {
     /// Most messages a stage decides together.
     #[arg(long, default_value_t = 256)]
     batch_max: usize,
+    /// A stage's delivery not acknowledged within this time is delivered again.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    ack_wait: Duration,
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -271,6 +274,7 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
         drain_timeout: args.drain_timeout,
         stage_concurrency: args.stage_concurrency,
         batch_max: args.batch_max,
+        ack_wait: args.ack_wait,
         progress: !args.no_progress,
         command_line: redacted_command_line(&std::env::args().collect::<Vec<_>>()),
     };
