@@ -200,6 +200,12 @@ pub struct LoadConfig {
     pub ceiling_duration: Duration,
     /// How long the end of the run waits for the last answers and for money to settle.
     pub drain_timeout: Duration,
+    /// A PKI directory written by `dcpipe pki init` to use instead of a new one (the one the
+    /// external workers load); its institutions and wallets replace `institutions`/`wallets`.
+    pub pki_dir: Option<std::path::PathBuf>,
+    /// The stages run in other processes (`dcpipe worker`, same PKI, ledgers and bus): this
+    /// process only produces, observes and measures.
+    pub external_workers: bool,
     /// Members of each stage's consumer group in this process.
     pub stage_concurrency: usize,
     /// Most messages a stage decides together.
@@ -235,6 +241,8 @@ impl LoadConfig {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ceiling_duration: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(60),
+            pki_dir: None,
+            external_workers: false,
             stage_concurrency: 1,
             batch_max: dcpipe_pipeline::runtime::RunnerConfig::BATCH_MAX_DEFAULT,
             ack_wait: ACK_WAIT_DEFAULT,
@@ -254,6 +262,16 @@ impl LoadConfig {
         }
         if self.cores == 0 {
             return fail("cores must be at least 1".into());
+        }
+        if self.external_workers && self.bus == BusUrl::Embedded {
+            return fail(
+                "external workers need a broker: the embedded bus lives in one process".into(),
+            );
+        }
+        if self.external_workers
+            && (self.pki_dir.is_none() || self.ledger == LedgerChoice::Temporary)
+        {
+            return fail("external workers need the PKI directory and the ledgers they use".into());
         }
         if self.stage_concurrency == 0 || self.stage_concurrency > STAGE_CONCURRENCY_MAX {
             return fail(format!(
@@ -364,6 +382,15 @@ mod tests {
         c.cooldown = Duration::from_secs(4);
         let err = c.check().expect_err("nothing left to measure");
         assert_eq!(err.reason_code(), "loadtest.config");
+    }
+
+    #[test]
+    fn rejects_external_workers_on_the_embedded_bus() {
+        let mut c = config();
+        c.external_workers = true;
+        c.pki_dir = Some("pki".into());
+        c.ledger = LedgerChoice::Url(LedgerUrl::SqliteMemory);
+        assert!(c.check().is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use dcpipe_connectors::ledger::LedgerUrl;
 use dcpipe_pipeline::audit::Submission;
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::network::{MoneyReport, Network, NetworkConfig};
+use dcpipe_pipeline::pki::PkiDirectory;
 use dcpipe_pipeline::runtime::RunnerConfig;
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Touch};
@@ -81,11 +82,14 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
     network_config.algorithm = config.algorithm;
     network_config.ledger = ledger_url;
     network_config.settlement_grace_ms = SETTLEMENT_GRACE_MS;
-    let network = Arc::new(
-        Network::provision(&network_config, Arc::new(SystemClock))
-            .await
-            .map_err(provision_error)?,
-    );
+    let network = match &config.pki_dir {
+        None => Network::provision(&network_config, Arc::new(SystemClock)).await,
+        Some(dir) => {
+            let pki = PkiDirectory::load(dir).map_err(provision_error)?;
+            Network::from_pki(Arc::new(pki), &network_config, Arc::new(SystemClock)).await
+        }
+    };
+    let network = Arc::new(network.map_err(provision_error)?);
     let bus = connect(&config.bus, &config.bus_options)
         .await
         .map_err(|e| LoadTestError::bus("connecting", e))?;
@@ -141,7 +145,11 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
         batch_max: config.batch_max,
         ..RunnerConfig::default()
     };
-    let stage_handles = network.spawn(&bus, &runner, &shutdown);
+    let stage_handles = if config.external_workers {
+        Vec::new()
+    } else {
+        network.spawn(&bus, &runner, &shutdown)
+    };
     let permits =
         (config.mode == Mode::Closed).then(|| Arc::new(Semaphore::new(config.concurrency)));
     let (window_start, window_end) = config.measured_window();
@@ -297,8 +305,8 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
         mode: config.mode.as_str().to_owned(),
         bus: config.bus.to_string(),
         ledger: config.ledger.kind().to_owned(),
-        institutions: config.institutions,
-        wallets: config.wallets,
+        institutions: network.institutions.len(),
+        wallets: network.wallets.len(),
         seed: config.seed,
         mix: MixReport {
             algorithm: config.algorithm.as_str().to_owned(),

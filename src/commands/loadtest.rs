@@ -130,6 +130,14 @@ pub(crate) struct LoadtestArgs {
     /// first; unacknowledged ones make publishers wait).
     #[arg(long, default_value_t = 2)]
     embedded_subject_mib: usize,
+    /// Use this PKI directory (written by `dcpipe pki init`) instead of generating one; its
+    /// institutions and wallets replace --institutions and --wallets.
+    #[arg(long, value_name = "DIR")]
+    pki: Option<PathBuf>,
+    /// The stages run as `dcpipe worker` processes on the same bus, PKI and ledgers: this
+    /// process only produces, observes and measures (needs --pki, --ledger and a broker).
+    #[arg(long)]
+    external_workers: bool,
     /// Members of each stage's consumer group in this process.
     #[arg(long, default_value_t = 1)]
     stage_concurrency: usize,
@@ -272,6 +280,8 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         ceiling_duration: args.ceiling_duration,
         drain_timeout: args.drain_timeout,
+        pki_dir: args.pki.clone(),
+        external_workers: args.external_workers,
         stage_concurrency: args.stage_concurrency,
         batch_max: args.batch_max,
         ack_wait: args.ack_wait,
