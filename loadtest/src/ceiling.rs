@@ -41,9 +41,12 @@ use crate::payments::{PaymentGenerator, PaymentMix};
 
 /// Envelopes the crypto loop cycles through: enough for the mix's shares to show.
 pub const CRYPTO_SAMPLE_PAYMENTS: usize = 500;
-/// Messages of one kind the bus ceiling publishes at most (bounds the broker's storage and the
-/// embedded bus's memory).
+/// Messages of one kind the bus ceiling publishes at most on the embedded bus (bounds its
+/// memory; it carries about a million messages a second, so this is still a tenth of a second).
 pub const BUS_CEILING_MESSAGES_PER_KIND_MAX: u64 = 60_000;
+/// The same on a broker, where they stay stored on `loadtest.*` subjects after the run (about
+/// 80 MB per run with real sizes; purge the `LOADTEST` stream or topics now and then).
+pub const BUS_CEILING_BROKER_MESSAGES_PER_KIND_MAX: u64 = 20_000;
 /// Payments' worth of messages in one publish round of the bus ceiling.
 const BUS_CEILING_BATCH_PAYMENTS: u64 = 64;
 /// Concurrent publishers of the bus ceiling (the pipeline has one per stage).
@@ -530,6 +533,10 @@ pub async fn measure_bus(
     partitions: u32,
     duration: Duration,
 ) -> Result<BusCeiling, LoadTestError> {
+    let messages_per_kind_max = match bus.kind() {
+        dcpipe_connectors::bus::BusKind::Embedded => BUS_CEILING_MESSAGES_PER_KIND_MAX,
+        _ => BUS_CEILING_BROKER_MESSAGES_PER_KIND_MAX,
+    };
     let subjects: Vec<String> = (0..kinds.len())
         .map(|i| format!("loadtest.ceiling-{run_id}.k{i}"))
         .collect();
@@ -611,7 +618,7 @@ pub async fn measure_bus(
         .iter()
         .map(|k| {
             if k.per_payment > 0.0 {
-                (BUS_CEILING_MESSAGES_PER_KIND_MAX as f64 / k.per_payment) as u64
+                (messages_per_kind_max as f64 / k.per_payment) as u64
             } else {
                 u64::MAX
             }
