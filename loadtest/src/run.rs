@@ -137,6 +137,8 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
 
     // The stages, the tracker and the producer.
     let shutdown = CancellationToken::new();
+    // Whatever way this function returns, the stages and consumers it started stop.
+    let _stop_on_return = shutdown.clone().drop_guard();
     let runner = RunnerConfig {
         fetch_wait: Duration::from_millis(20),
         ack_wait: config.ack_wait,
@@ -196,13 +198,16 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
                 config.duration,
             )
             .await
+            .map(|()| None)
         }
         Mode::Closed => {
             bar.set_length(config.duration.as_secs());
             let permits = permits
                 .clone()
                 .ok_or_else(|| LoadTestError::config("closed mode without permits"))?;
-            send_closed(&bus, &tracker, &mut rx, &permits, config.duration).await
+            send_closed(&bus, &tracker, &mut rx, &permits, config.duration)
+                .await
+                .map(|()| None)
         }
         Mode::Ramp => {
             let steps = config.ramp.rates().len() as u64 + 1;
@@ -220,7 +225,6 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
     let ramp = match offered {
         Ok(ramp) => ramp,
         Err(e) => {
-            shutdown.cancel();
             producer_result?;
             return Err(e);
         }
@@ -461,7 +465,7 @@ async fn send_open(
     rate: u32,
     step_start: Duration,
     length: Duration,
-) -> Result<Option<RampReport>, LoadTestError> {
+) -> Result<(), LoadTestError> {
     let schedule = OpenSchedule::new(rate).ok_or_else(|| LoadTestError::config("rate 0"))?;
     let total = schedule.count_within(length);
     let mut index = 0u64;
@@ -490,7 +494,7 @@ async fn send_open(
             .await
             .map_err(|e| LoadTestError::bus("publishing payments", e))?;
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Keeps `permits` payments in flight for `length`: a new one as soon as one is answered.
@@ -500,7 +504,7 @@ async fn send_closed(
     rx: &mut mpsc::Receiver<Generated>,
     permits: &Arc<Semaphore>,
     length: Duration,
-) -> Result<Option<RampReport>, LoadTestError> {
+) -> Result<(), LoadTestError> {
     let end = tokio::time::Instant::from_std(tracker.started() + length);
     loop {
         let first = match tokio::time::timeout_at(end, permits.acquire()).await {
@@ -530,7 +534,7 @@ async fn send_closed(
             .await
             .map_err(|e| LoadTestError::bus("publishing payments", e))?;
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Runs one open-loop step at `rate` for `length`, waits for its answers and judges it.
