@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::commands::Command;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::settings::{GlobalArgs, Settings};
 
 /// dcpipe: a message-bus pipeline for digital-currency payments.

@@ -41,6 +41,9 @@ pub const TIER_4_OPENING_FEN: i64 = 5_000 * FEN_PER_CNY;
 /// Opening balance of a tier 2 wallet: 200,000 CNY.
 pub const TIER_2_OPENING_FEN: i64 = 200_000 * FEN_PER_CNY;
 
+/// Readings of one ledger's money before giving up on a consistent pair.
+const MONEY_READ_ATTEMPTS: u32 = 100;
+
 /// What to provision.
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
@@ -323,8 +326,21 @@ impl Network {
         };
         for institution in self.institutions.values() {
             let ledger = &institution.ledger;
-            let balance = ledger.total_balance_fen().await?;
-            let pending = ledger.pending_totals().await?;
+            // Balances and money in flight are two reads; while stages run, a credit finalized
+            // between them would be in neither. Bracketing the balance between two equal
+            // readings of what is in flight makes the pair consistent.
+            // Under a steady load the readings may never agree: after MONEY_READ_ATTEMPTS the
+            // last one is returned (and judged by its caller).
+            let mut attempt = 0;
+            let (balance, pending) = loop {
+                attempt += 1;
+                let before = ledger.pending_totals().await?;
+                let balance = ledger.total_balance_fen().await?;
+                let after = ledger.pending_totals().await?;
+                if before == after || attempt == MONEY_READ_ATTEMPTS {
+                    break (balance, after);
+                }
+            };
             report.balance_fen += balance;
             report.held_fen += pending.held_fen;
             report.pending_credit_fen += pending.pending_credit_fen;

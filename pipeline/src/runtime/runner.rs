@@ -112,42 +112,53 @@ impl StageRunner {
         consumer_config.max_deliver = config.max_deliver;
         consumer_config.max_in_flight = config.batch_max.max(1) * 2;
         let mut consumer = bus.consumer(consumer_config).await?;
-        let mut ticker = stage.tick_interval().filter(|_| ticks).map(|period| {
-            let mut interval = tokio::time::interval(period);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            interval
-        });
+        // Periodic work is checked between fetches, never raced against one: a fetch dropped
+        // half-way could lose messages a broker client has already taken (they would come back
+        // only after their ack deadline).
+        let tick_period = stage.tick_interval().filter(|_| ticks);
+        let mut next_tick = tokio::time::Instant::now();
         let mut unpublished: Vec<Outgoing> = Vec::new();
         tracing::info!(stage = stage.name(), subject = %stage.subject(), "stage started");
         loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
-                    // Outputs of a tick that could not be published are kept and published
-                    // first next time: a tick's effects are already in the database.
-                    match stage.tick().await {
-                        Ok(outputs) => unpublished.extend(outputs),
-                        Err(e) => tracing::warn!(stage = stage.name(), error = %e, "tick failed; retried next tick"),
-                    }
-                    if !unpublished.is_empty() {
-                        match publish_all(bus.as_ref(), unpublished.clone()).await {
-                            Ok(()) => unpublished.clear(),
-                            Err(e) => tracing::warn!(stage = stage.name(), error = %e, pending = unpublished.len(), "tick outputs not published; retried next tick"),
-                        }
+            if let Some(period) = tick_period
+                && tokio::time::Instant::now() >= next_tick
+            {
+                next_tick = tokio::time::Instant::now() + period;
+                // Outputs of a tick that could not be published are kept and published first
+                // next time: a tick's effects are already in the database.
+                match stage.tick().await {
+                    Ok(outputs) => unpublished.extend(outputs),
+                    Err(e) => {
+                        tracing::warn!(stage = stage.name(), error = %e, "tick failed; retried next tick")
                     }
                 }
-                fetched = consumer.fetch(config.batch_max, config.fetch_wait) => {
-                    match fetched {
-                        Ok(batch) if batch.is_empty() => {}
-                        Ok(batch) => process(bus.as_ref(), stage.as_ref(), &config, batch).await,
-                        Err(e) => {
-                            tracing::warn!(stage = stage.name(), error = %e, "fetch failed");
-                            tokio::select! {
-                                () = shutdown.cancelled() => break,
-                                () = tokio::time::sleep(config.retry_delay) => {}
-                            }
-                        }
+                if !unpublished.is_empty() {
+                    match publish_all(bus.as_ref(), unpublished.clone()).await {
+                        Ok(()) => unpublished.clear(),
+                        Err(e) => tracing::warn!(
+                            stage = stage.name(),
+                            error = %e,
+                            pending = unpublished.len(),
+                            "tick outputs not published; retried next tick"
+                        ),
+                    }
+                }
+            }
+            // Only shutdown may interrupt a fetch: what was taken is then redelivered to the
+            // next process after its ack deadline, which is what stopping means.
+            let fetched = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                fetched = consumer.fetch(config.batch_max, config.fetch_wait) => fetched,
+            };
+            match fetched {
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => process(bus.as_ref(), stage.as_ref(), &config, batch).await,
+                Err(e) => {
+                    tracing::warn!(stage = stage.name(), error = %e, "fetch failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(config.retry_delay) => {}
                     }
                 }
             }
