@@ -29,6 +29,9 @@ pub struct RunnerConfig {
     /// Members of the stage's consumer group run by this process: batches decided in
     /// parallel, on as many cores.
     pub concurrency: usize,
+    /// After a fetch that did not fill a batch, how long to wait for more before deciding it:
+    /// fewer, larger ledger transactions under load for at most this much latency.
+    pub linger: Duration,
 }
 
 impl RunnerConfig {
@@ -45,6 +48,7 @@ impl Default for RunnerConfig {
             max_deliver: 5,
             retry_delay: Duration::from_millis(500),
             concurrency: 1,
+            linger: Duration::from_millis(2),
         }
     }
 }
@@ -153,7 +157,20 @@ impl StageRunner {
             };
             match fetched {
                 Ok(batch) if batch.is_empty() => {}
-                Ok(batch) => process(bus.as_ref(), stage.as_ref(), &config, batch).await,
+                Ok(mut batch) => {
+                    if batch.len() < config.batch_max && !config.linger.is_zero() {
+                        let more = tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => Ok(Vec::new()),
+                            more = consumer.fetch(config.batch_max - batch.len(), config.linger) => more,
+                        };
+                        // A failed top-up is not an error: the batch in hand is decided.
+                        if let Ok(more) = more {
+                            batch.extend(more);
+                        }
+                    }
+                    process(bus.as_ref(), stage.as_ref(), &config, batch).await
+                }
                 Err(e) => {
                     tracing::warn!(stage = stage.name(), error = %e, "fetch failed");
                     tokio::select! {
