@@ -45,9 +45,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The demo prints its own report; its logs stay quiet unless asked for.
+    // The demo and the load test print their own reports; their logs stay quiet unless asked
+    // for.
     let log_level = match (&cli.command, &cli.global.log_level) {
-        (Command::Demo(_), None) if std::env::var_os("RUST_LOG").is_none() => "warn",
+        (Command::Demo(_) | Command::Loadtest(_), None)
+            if std::env::var_os("RUST_LOG").is_none() =>
+        {
+            "warn"
+        }
         _ => settings.log_level.as_str(),
     };
     telemetry::init_logs(settings.log_format, log_level);

@@ -90,7 +90,7 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
         .context("--ledger (or DCPIPE_LEDGER) is required")?
         .parse()?;
     let dir = args.pki.clone();
-    let pki = tokio::task::spawn_blocking(move || PkiDirectory::load(&dir))
+    let pki = tokio::task::spawn_blocking(move || PkiDirectory::load_institutions(&dir))
         .await?
         .with_context(|| format!("loading the PKI from {}", args.pki.display()))?;
     let revocations = Arc::new(RevocationSet::new());

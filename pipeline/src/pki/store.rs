@@ -333,6 +333,17 @@ impl PkiDirectory {
 
     /// Reads a PKI directory written by [`PkiDirectory::write`] and rebuilds its trust store.
     pub fn load(dir: &Path) -> Result<Self, StoreError> {
+        Self::load_with(dir, true)
+    }
+
+    /// Reads what a worker needs of a PKI directory: the root, the settlement signer and the
+    /// institutions' CAs and signers, with the trust store; no wallet keys (a worker verifies
+    /// wallets' certificates from the messages and never holds their keys).
+    pub fn load_institutions(dir: &Path) -> Result<Self, StoreError> {
+        Self::load_with(dir, false)
+    }
+
+    fn load_with(dir: &Path, with_wallets: bool) -> Result<Self, StoreError> {
         let layout = PkiLayout::new(dir);
         let manifest = read_manifest(&layout.manifest())?;
         let root = read_pair(
@@ -369,8 +380,9 @@ impl PkiDirectory {
             )?;
             institutions.insert(id.to_owned(), InstitutionKeys { ca, signer });
         }
+        let wallet_entries: &[_] = if with_wallets { &manifest.wallets } else { &[] };
         let wallets = parallel_map(
-            &manifest.wallets,
+            wallet_entries,
             |wallet| {
                 let read = |role| {
                     read_pair(

@@ -224,6 +224,45 @@ fn directory_round_trip_keeps_every_certificate_and_key() {
 }
 
 #[test]
+fn a_worker_loads_the_institutions_and_no_wallet_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let written =
+        init_pki_directory(dir.path(), &options(2, 6, AlgorithmChoice::Mixed)).expect("init");
+    let loaded = PkiDirectory::load_institutions(dir.path()).expect("load");
+    assert_eq!(loaded.wallets().count(), 0);
+    assert!(loaded.wallet("w-oi01-000001").is_none());
+    assert_eq!(
+        loaded.trust_store().institution_ids().collect::<Vec<_>>(),
+        ["oi01", "oi02"]
+    );
+    let signer = &loaded.institution("oi02").expect("institution").signer;
+    assert_eq!(
+        signer.certificate().fingerprint(),
+        written
+            .institution("oi02")
+            .expect("institution")
+            .signer
+            .certificate()
+            .fingerprint()
+    );
+    // Wallet certificates still verify against the loaded trust store.
+    let terminal = written
+        .wallet("w-oi01-000001")
+        .expect("wallet")
+        .terminal
+        .certificate();
+    let verifier = ChainVerifier::new(
+        Arc::clone(loaded.trust_store()),
+        Arc::new(RevocationSet::new()),
+    );
+    assert!(
+        verifier
+            .verify(terminal.der(), NOW_MS, Role::Terminal)
+            .is_ok()
+    );
+}
+
+#[test]
 fn directory_follows_the_documented_layout() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_pki_directory(dir.path(), &options(1, 1, AlgorithmChoice::P256)).expect("init");
