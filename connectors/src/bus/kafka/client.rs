@@ -115,6 +115,37 @@ impl ClientContext for TracingContext {
     }
 }
 
+/// Owns a Kafka consumer (or what holds one). Dropping a consumer closes it, and librdkafka's
+/// close waits for the broker, for ever when the broker is gone: the drop runs on a thread of
+/// its own, so that no runtime thread, and no runtime shutdown, ever waits for it.
+#[derive(Debug)]
+pub(super) struct ClosedOnThread<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> ClosedOnThread<T> {
+    pub(super) fn new(value: T) -> Self {
+        ClosedOnThread(Some(value))
+    }
+
+    /// The value; `None` only while it is being dropped.
+    pub(super) fn get(&self) -> Option<&T> {
+        self.0.as_ref()
+    }
+}
+
+impl<T: Send + 'static> Drop for ClosedOnThread<T> {
+    fn drop(&mut self) {
+        let Some(value) = self.0.take() else {
+            return;
+        };
+        let closing = std::thread::Builder::new()
+            .name("dcpipe-kafka-close".into())
+            .spawn(move || drop(value));
+        if let Err(error) = closing {
+            tracing::warn!(%error, "could not start the thread closing a Kafka consumer");
+        }
+    }
+}
+
 /// Consumers outside a group (replays) need no rebalance handling.
 impl ConsumerContext for TracingContext {}
 

@@ -3,8 +3,9 @@
 //! Kafka keeps one committed offset per partition and group, not per-message acks. Each member
 //! therefore tracks the records it received per partition and commits, for each partition, the
 //! lowest offset not yet settled (acked, or given up after `max_deliver`): everything below
-//! a commit is processed. Commits go out every [`COMMIT_INTERVAL`] and synchronously before
-//! partitions are taken away in a rebalance.
+//! a commit is processed. Commits go out every [`COMMIT_INTERVAL`], before partitions are taken
+//! away in a rebalance, and when the member is dropped. An ack is recorded in memory at once
+//! and committed within that interval: a crash in between means redelivery, not loss.
 //!
 //! Redelivery is local: a nak, or a delivery not acked within `ack_wait`, makes the member hand
 //! the record out again from memory with `delivery_count` incremented, up to `max_deliver`.
@@ -12,8 +13,11 @@
 //! starts again at 1: the count is per member life, not stored in Kafka.
 //!
 //! A background task polls the group continuously, so that rebalances complete while the
-//! application is busy, and pauses the partitions (librdkafka then drops what it prefetched)
-//! while the member tracks `max_in_flight` unsettled records: memory stays bounded.
+//! application is busy. Records arrive on one queue per partition, split from the group's
+//! queue: while the member tracks `max_in_flight` unsettled records the task stops reading
+//! them, librdkafka stops fetching once its per-partition prefetch is full, and memory stays
+//! bounded without discarding what was fetched (pausing partitions would drop the prefetch and
+//! fetch it again).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,8 +25,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, RebalanceProtocol,
     StreamConsumer,
@@ -32,7 +38,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::client::{TracingContext, client_config};
+use super::client::{ClosedOnThread, TracingContext, client_config};
 use super::wire;
 use crate::bus::metrics::SubjectMetrics;
 use crate::bus::{
@@ -44,10 +50,24 @@ use crate::bus::{
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// Time allowed to join the group and receive a first assignment.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed to the metadata lookup of a new member.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to leave the group when a member is dropped.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between two checks of the assignment while leaving.
+const LEAVE_POLL: Duration = Duration::from_millis(50);
 /// Pause after a consumer error before polling again.
 const ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Bytes librdkafka may prefetch per partition (`queued.max.messages.kbytes`).
-const PREFETCH_KBYTES_MAX: usize = 16 * 1024;
+const PREFETCH_KBYTES_MAX: usize = 4 * 1024;
+/// Records librdkafka prefetches per partition (`queued.min.messages`), at most.
+const PREFETCH_MESSAGES_MAX: usize = 10_000;
+/// Longest time a broker may hold a fetch that finds nothing new (`fetch.wait.max.ms`). Some
+/// brokers (tansu) hold every fetch this long, so it bounds the latency of each fetch.
+pub(super) const FETCH_WAIT_MAX_MS: u32 = 100;
+/// Pause of librdkafka's fetcher once a partition's prefetch is full (`fetch.queue.backoff.ms`);
+/// its default (1 s) would stall a member for that long each time it catches up.
+const FETCH_QUEUE_BACKOFF_MS: u32 = 10;
 
 /// Where a tracked record stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +139,6 @@ struct State {
     /// Partitions taken away by an eager rebalance, kept until the next assignment says
     /// whether they come back.
     revoked: HashSet<i32>,
-    paused: bool,
     assigned: bool,
     next_epoch: u64,
 }
@@ -442,11 +461,13 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(revoked) = rebalance {
             // Commit what is settled before another member starts from the committed offsets.
+            // Sent ahead of the rejoin on the coordinator connection; not awaited, because a
+            // synchronous commit would block this thread for as long as the broker is away.
             let partitions: HashSet<i32> =
                 revoked.elements().iter().map(|e| e.partition()).collect();
             let commits = self.shared.take_commits(&self.topic, Some(&partitions));
             if commits.count() > 0
-                && let Err(error) = consumer.commit(&commits, CommitMode::Sync)
+                && let Err(error) = consumer.commit(&commits, CommitMode::Async)
             {
                 tracing::warn!(topic = %self.topic, %error, "commit before revocation failed");
             }
@@ -458,10 +479,6 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Assign(assigned) => {
                 self.shared.assign(assigned, consumer.rebalance_protocol());
-                let paused = self.shared.lock().paused;
-                if paused && let Err(error) = consumer.pause(assigned) {
-                    tracing::warn!(topic = %self.topic, %error, "pausing new partitions failed");
-                }
                 tracing::debug!(
                     topic = %self.topic,
                     group = %self.shared.config.group,
@@ -487,6 +504,7 @@ impl ConsumerContext for GroupContext {
 }
 
 type GroupConsumer = StreamConsumer<GroupContext>;
+type PartitionQueue = StreamPartitionQueue<GroupContext>;
 
 /// A member of a consumer group on Kafka.
 pub(super) struct KafkaConsumer {
@@ -517,7 +535,7 @@ impl KafkaConsumer {
             StartAt::Earliest => "earliest",
             StartAt::Latest => "latest",
         };
-        let prefetch_messages = shared.config.max_in_flight.clamp(1, 100_000);
+        let prefetch_messages = shared.config.max_in_flight.clamp(1, PREFETCH_MESSAGES_MAX);
         let consumer: GroupConsumer = client_config(
             servers,
             &[
@@ -530,6 +548,8 @@ impl KafkaConsumer {
                     "queued.max.messages.kbytes",
                     PREFETCH_KBYTES_MAX.to_string(),
                 ),
+                ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string()),
+                ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS.to_string()),
             ],
             options,
         )
@@ -541,7 +561,13 @@ impl KafkaConsumer {
         consumer.subscribe(&[topic.as_str()]).map_err(|e| {
             BusError::with_source(BusErrorKind::Consume, format!("subscribing to {topic}"), e)
         })?;
-        tokio::spawn(poll(Arc::new(consumer), Arc::clone(&shared), topic.clone()));
+        let consumer = ClosedOnThread::new(Arc::new(consumer));
+        let queues = match consumer.get() {
+            Some(consumer) => split_partition_queues(consumer, &topic).await?,
+            None => Vec::new(),
+        };
+        let client = ClosedOnThread::new(Client { queues, consumer });
+        tokio::spawn(poll(client, Arc::clone(&shared), topic.clone()));
         // Dropped on every early return, which stops the poller.
         let member = KafkaConsumer { shared };
         let deadline = Instant::now() + JOIN_TIMEOUT;
@@ -603,13 +629,59 @@ impl Consumer for KafkaConsumer {
     }
 }
 
-/// The member's background task: polls the group (serving rebalances), tracks records,
-/// pauses and resumes to honour `max_in_flight`, and commits.
-async fn poll(consumer: Arc<GroupConsumer>, shared: Arc<Shared>, topic: String) {
+/// One record queue per partition of `topic`, split from the group's queue before it joins.
+/// A split survives rebalances; a partition added to the topic later is read through the
+/// group's queue instead, without the flow control.
+async fn split_partition_queues(
+    consumer: &Arc<GroupConsumer>,
+    topic: &str,
+) -> Result<Vec<PartitionQueue>, BusError> {
+    let lookup = Arc::clone(consumer);
+    let owned_topic = topic.to_owned();
+    let partitions = tokio::task::spawn_blocking(move || {
+        lookup
+            .fetch_metadata(Some(&owned_topic), METADATA_TIMEOUT)
+            .map(|metadata| {
+                metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == owned_topic)
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect::<Vec<i32>>()
+            })
+    })
+    .await
+    .map_err(|e| BusError::with_source(BusErrorKind::Closed, "metadata task", e))?
+    .map_err(|e| BusError::with_source(BusErrorKind::Connect, format!("metadata of {topic}"), e))?;
+    let queues: Vec<PartitionQueue> = partitions
+        .iter()
+        .filter_map(|partition| consumer.split_partition_queue(topic, *partition))
+        .collect();
+    if queues.len() != partitions.len() {
+        return Err(BusError::new(
+            BusErrorKind::Consume,
+            format!("could not split the partition queues of {topic}"),
+        ));
+    }
+    Ok(queues)
+}
+
+/// The member's background task: polls the group (serving rebalances), reads records while
+/// the member has room, and commits.
+async fn poll(client: ClosedOnThread<Client>, shared: Arc<Shared>, topic: String) {
+    let Some(Client { queues, consumer }) = client.get() else {
+        return;
+    };
+    let Some(consumer) = consumer.get() else {
+        return;
+    };
     let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while !shared.stopping.load(Ordering::Acquire) {
+        let room = shared.lock().unsettled < shared.config.max_in_flight;
+        let mut records = futures::stream::select_all(queues.iter().map(|queue| queue.stream()));
         tokio::select! {
+            // Serves rebalances and errors; records only of partitions that have no queue.
             received = consumer.recv() => match received {
                 Ok(message) => {
                     let record = wire::record(&message);
@@ -621,10 +693,21 @@ async fn poll(consumer: Arc<GroupConsumer>, shared: Arc<Shared>, topic: String) 
                     tokio::time::sleep(ERROR_BACKOFF).await;
                 }
             },
+            Some(received) = records.next(), if room => match received {
+                Ok(message) => {
+                    let record = wire::record(&message);
+                    drop(message);
+                    shared.on_record(record);
+                }
+                Err(error) => {
+                    tracing::warn!(%topic, %error, "partition error");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            },
             () = shared.wake_poller.notified() => {}
             _ = commit_tick.tick() => {}
         }
-        adjust_flow(&consumer, &shared, &topic);
+        drop(records);
         let commits = shared.take_commits(&topic, None);
         if commits.count() > 0
             && let Err(error) = consumer.commit(&commits, CommitMode::Async)
@@ -633,47 +716,44 @@ async fn poll(consumer: Arc<GroupConsumer>, shared: Arc<Shared>, topic: String) 
             shared.commit_failed(&commits);
         }
     }
-    // Last commit and leaving the group block on the network: off the async threads.
-    let closing = tokio::task::spawn_blocking(move || {
-        let commits = shared.take_commits(&topic, None);
-        if commits.count() > 0
-            && let Err(error) = consumer.commit(&commits, CommitMode::Sync)
-        {
-            tracing::warn!(%topic, %error, "final offset commit failed");
-        }
-        drop(consumer);
-    });
-    if let Err(error) = closing.await {
-        tracing::warn!(%error, "closing the Kafka consumer failed");
-    }
+    leave_group(consumer, queues, &shared, &topic).await;
 }
 
-/// Pauses the assigned partitions while the member tracks `max_in_flight` unsettled records,
-/// and resumes them once there is room again.
-fn adjust_flow(consumer: &GroupConsumer, shared: &Shared, topic: &str) {
-    let (unsettled, paused) = {
-        let state = shared.lock();
-        (state.unsettled, state.paused)
-    };
-    let full = unsettled >= shared.config.max_in_flight;
-    if full == paused {
-        return;
+/// The group's partition queues and consumer, dropped in that order (the queues hold the
+/// consumer too) on a thread of their own: see [`ClosedOnThread`].
+struct Client {
+    queues: Vec<PartitionQueue>,
+    consumer: ClosedOnThread<Arc<GroupConsumer>>,
+}
+
+/// Commits what is settled and leaves the group, serving every queue meanwhile so that
+/// librdkafka can stop the partitions (records read now were never handed out: the next
+/// member gets them).
+async fn leave_group(
+    consumer: &GroupConsumer,
+    queues: &[PartitionQueue],
+    shared: &Shared,
+    topic: &str,
+) {
+    let commits = shared.take_commits(topic, None);
+    if commits.count() > 0
+        && let Err(error) = consumer.commit(&commits, CommitMode::Async)
+    {
+        tracing::warn!(%topic, %error, "final offset commit not sent");
     }
-    let assignment = match consumer.assignment() {
-        Ok(assignment) => assignment,
-        Err(error) => {
-            tracing::warn!(%topic, %error, "reading the assignment failed");
-            return;
+    consumer.unsubscribe();
+    let deadline = Instant::now() + LEAVE_TIMEOUT;
+    while consumer.assignment().map_or(0, |a| a.count()) > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!(%topic, "partitions still assigned after {LEAVE_TIMEOUT:?}; closing");
+            break;
         }
-    };
-    let result = if full {
-        consumer.pause(&assignment)
-    } else {
-        consumer.resume(&assignment)
-    };
-    match result {
-        Ok(()) => shared.lock().paused = full,
-        Err(error) => tracing::warn!(%topic, %error, paused = full, "flow control failed"),
+        let mut records = futures::stream::select_all(queues.iter().map(|queue| queue.stream()));
+        tokio::select! {
+            _ = consumer.recv() => {}
+            _ = records.next() => {}
+            () = tokio::time::sleep(LEAVE_POLL) => {}
+        }
     }
 }
 

@@ -49,6 +49,9 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to an admin operation (topic creation).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time the producer waits to fill a batch (`linger.ms`): short, because a worker often
+/// publishes one message and waits for it; `publish_many` batches anyway.
+const PRODUCER_LINGER_MS: u32 = 1;
 /// Pause when the producer queue is full and none of our own publishes is pending.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(10);
 /// Largest partition count `ensure_subject` accepts.
@@ -91,6 +94,7 @@ impl KafkaBus {
                 ("enable.idempotence", "true".into()),
                 ("acks", "all".into()),
                 ("partitioner", "murmur2_random".into()),
+                ("linger.ms", PRODUCER_LINGER_MS.to_string()),
                 (
                     "message.timeout.ms",
                     PUBLISH_TIMEOUT.as_millis().to_string(),

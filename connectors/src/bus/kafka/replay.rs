@@ -15,7 +15,8 @@ use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
-use super::client::{TracingContext, client_config};
+use super::client::{ClosedOnThread, TracingContext, client_config};
+use super::consumer::FETCH_WAIT_MAX_MS;
 use super::wire;
 use crate::bus::{
     BusError, BusErrorKind, KafkaOptions, Record, ReplayFrom, ReplayRequest, ReplayStream,
@@ -34,7 +35,7 @@ type ReplayConsumer = StreamConsumer<TracingContext>;
 /// A replay of one topic.
 pub(super) struct KafkaReplay {
     subject: String,
-    consumer: Arc<ReplayConsumer>,
+    consumer: ClosedOnThread<Arc<ReplayConsumer>>,
     /// Partitions still being read, with the offset where their range ends (exclusive).
     ends: HashMap<i32, i64>,
     from_ms: Option<i64>,
@@ -51,8 +52,8 @@ impl KafkaReplay {
         let consumer: ReplayConsumer = client_config(
             servers,
             &[
-                // Required by librdkafka for any consumer; never joined (assign only) and
-                // never committed.
+                // librdkafka's assign() needs a group id; this one is never joined nor
+                // committed to.
                 (
                     "group.id",
                     format!("dcpipe-replay-{}", uuid::Uuid::new_v4()),
@@ -61,13 +62,17 @@ impl KafkaReplay {
                 ("enable.auto.offset.store", "false".into()),
                 // A start offset removed by retention meanwhile: read what is left.
                 ("auto.offset.reset", "earliest".into()),
+                ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string()),
             ],
             options,
         )
         .create_with_context(TracingContext)
         .map_err(|e| BusError::with_source(BusErrorKind::Config, "Kafka replay settings", e))?;
         let consumer = Arc::new(consumer);
+        // The planner's reference ends with the planning task, before this function goes on:
+        // the last one is always `ClosedOnThread`'s.
         let planner = Arc::clone(&consumer);
+        let consumer = ClosedOnThread::new(consumer);
         let subject = request.subject.clone();
         let from = request.from;
         let ends = tokio::task::spawn_blocking(move || assign_range(&planner, &subject, from))
@@ -94,9 +99,8 @@ impl KafkaReplay {
     }
 
     /// Marks partitions whose read position reached their end as done.
-    fn finish_caught_up(&mut self) -> Result<(), BusError> {
-        let positions = self
-            .consumer
+    fn finish_caught_up(&mut self, consumer: &ReplayConsumer) -> Result<(), BusError> {
+        let positions = consumer
             .position()
             .map_err(|e| replay_error(&self.subject, "reading positions", e))?;
         for element in positions.elements() {
@@ -215,6 +219,9 @@ fn offsets_for_time(
 impl ReplayStream for KafkaReplay {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError> {
         let mut records = Vec::new();
+        let Some(consumer) = self.consumer.get().cloned() else {
+            return Err(BusError::new(BusErrorKind::Closed, "replay closed"));
+        };
         let mut last_progress = Instant::now();
         while records.len() < max && !self.ends.is_empty() {
             let wait = if records.is_empty() {
@@ -222,11 +229,11 @@ impl ReplayStream for KafkaReplay {
             } else {
                 Duration::ZERO
             };
-            let received = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            let received = match tokio::time::timeout(wait, consumer.recv()).await {
                 Ok(received) => received,
                 Err(_) if !records.is_empty() => break,
                 Err(_) => {
-                    self.finish_caught_up()?;
+                    self.finish_caught_up(&consumer)?;
                     if last_progress.elapsed() >= REPLAY_READ_TIMEOUT {
                         return Err(BusError::new(
                             BusErrorKind::Timeout,
