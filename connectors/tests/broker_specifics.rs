@@ -189,3 +189,80 @@ async fn kafka_acked_records_are_not_delivered_to_a_later_member() {
         again.len()
     );
 }
+
+/// A fetch dropped while it waits (a caller racing it against a timer) must leave what it
+/// received for the next fetch: a delivery dropped unacked would only come back after
+/// `ack_wait`, as a second delivery.
+async fn assert_cancelled_fetches_lose_nothing(bus: &dyn Bus) {
+    const CANCELLED_FETCHES: usize = 50;
+    let subject = unique_subject("orders");
+    bus.ensure_subject(&SubjectSpec::new(&subject).with_partitions(1))
+        .await
+        .expect("ensure");
+    let mut consumer = bus
+        .consumer(ConsumerConfig::new(&subject, "impatient"))
+        .await
+        .expect("consumer");
+    publish_numbered(bus, &subject, 3).await;
+    let mut deliveries = Vec::new();
+    for _ in 0..CANCELLED_FETCHES {
+        // Dropped at whatever point it reached within 1 ms, unless it finished by then.
+        let fetch = consumer.fetch(10, Duration::from_secs(5));
+        if let Ok(finished) = tokio::time::timeout(Duration::from_millis(1), fetch).await {
+            deliveries.extend(finished.expect("fetch"));
+        }
+    }
+    let missing = 3usize.saturating_sub(deliveries.len());
+    deliveries.extend(collect(consumer.as_mut(), missing).await);
+    assert_eq!(
+        payloads(&deliveries),
+        vec!["payment-0000", "payment-0001", "payment-0002"]
+    );
+    assert!(deliveries.iter().all(|d| d.delivery_count == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_cancelled_fetches_lose_nothing() {
+    let server = NatsServer::start().await.expect("nats-server");
+    assert_cancelled_fetches_lose_nothing(nats_bus(&server).await.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_cancelled_fetches_lose_nothing() {
+    let server = TansuServer::start().await.expect("tansu");
+    assert_cancelled_fetches_lose_nothing(kafka_bus(&server).await.as_ref()).await;
+}
+
+/// A delivery dropped without ack or nak (its holder gave up or was cancelled) comes back at
+/// once as the next delivery, not after `ack_wait`.
+async fn assert_dropped_delivery_comes_back_at_once(bus: &dyn Bus) {
+    let subject = unique_subject("orders");
+    bus.ensure_subject(&SubjectSpec::new(&subject).with_partitions(1))
+        .await
+        .expect("ensure");
+    let config = ConsumerConfig {
+        ack_wait: DEADLINE * 2,
+        ..ConsumerConfig::new(&subject, "careless")
+    };
+    let mut consumer = bus.consumer(config).await.expect("consumer");
+    publish_numbered(bus, &subject, 1).await;
+    let first = collect(consumer.as_mut(), 1).await;
+    assert_eq!(first.len(), 1);
+    drop(first);
+
+    let again = collect(consumer.as_mut(), 1).await;
+    assert_eq!(payloads(&again), vec!["payment-0000"]);
+    assert_eq!(again[0].delivery_count, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_dropped_delivery_comes_back_at_once() {
+    let server = NatsServer::start().await.expect("nats-server");
+    assert_dropped_delivery_comes_back_at_once(nats_bus(&server).await.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_dropped_delivery_comes_back_at_once() {
+    let server = TansuServer::start().await.expect("tansu");
+    assert_dropped_delivery_comes_back_at_once(kafka_bus(&server).await.as_ref()).await;
+}

@@ -7,8 +7,9 @@
 //! away in a rebalance, and when the member is dropped. An ack is recorded in memory at once
 //! and committed within that interval: a crash in between means redelivery, not loss.
 //!
-//! Redelivery is local: a nak, or a delivery not acked within `ack_wait`, makes the member hand
-//! the record out again from memory with `delivery_count` incremented, up to `max_deliver`.
+//! Redelivery is local: a nak, a delivery not acked within `ack_wait`, or one dropped without
+//! ack or nak makes the member hand the record out again from memory with `delivery_count`
+//! incremented, up to `max_deliver`.
 //! After a crash, Kafka hands the uncommitted records to a member again and their count
 //! starts again at 1: the count is per member life, not stored in Kafka.
 //!
@@ -48,6 +49,8 @@ use crate::bus::{
 
 /// How often settled records are committed.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// A commit without an answer for this long no longer holds the next one back.
+const COMMIT_ANSWER_MAX: Duration = Duration::from_secs(30);
 /// Time allowed to join the group and receive a first assignment.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time allowed to the metadata lookup of a new member.
@@ -140,6 +143,8 @@ struct State {
     /// whether they come back.
     revoked: HashSet<i32>,
     assigned: bool,
+    /// When the commit awaiting its answer was sent.
+    commit_in_flight: Option<Instant>,
     next_epoch: u64,
 }
 
@@ -259,6 +264,7 @@ impl Shared {
                 offset,
                 epoch,
                 delivery_count: slot.delivery_count,
+                settled: false,
                 _held: Held(Arc::clone(self)),
             };
             out.push(Delivery::new(
@@ -337,6 +343,7 @@ impl Shared {
     /// After a failed commit: commit those partitions again at the next round.
     fn commit_failed(&self, offsets: &TopicPartitionList) {
         let mut state = self.lock();
+        state.commit_in_flight = None;
         for element in offsets.elements() {
             if let Some(tracked) = state.partitions.get_mut(&element.partition()) {
                 tracked.committed = -1;
@@ -402,18 +409,38 @@ impl Drop for Held {
     }
 }
 
+/// Settles one delivery. Dropped unsettled (its holder gave up on it, or was cancelled), it
+/// gives the record back at once, as a nak without delay.
 struct KafkaAcker {
     shared: Arc<Shared>,
     partition: i32,
     offset: i64,
     epoch: u64,
     delivery_count: u32,
+    settled: bool,
     _held: Held,
+}
+
+impl Drop for KafkaAcker {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.settle(
+                self.partition,
+                self.offset,
+                self.epoch,
+                self.delivery_count,
+                Some(Duration::ZERO),
+            );
+            self.shared.metrics.naked.increment(1);
+            self.shared.wake_poller.notify_one();
+        }
+    }
 }
 
 #[async_trait]
 impl Acker for KafkaAcker {
-    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+    async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
+        self.settled = true;
         self.shared.settle(
             self.partition,
             self.offset,
@@ -426,7 +453,8 @@ impl Acker for KafkaAcker {
         Ok(())
     }
 
-    async fn nak(self: Box<Self>, delay: Duration) -> Result<(), BusError> {
+    async fn nak(mut self: Box<Self>, delay: Duration) -> Result<(), BusError> {
+        self.settled = true;
         self.shared.settle(
             self.partition,
             self.offset,
@@ -495,6 +523,7 @@ impl ConsumerContext for GroupContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.shared.lock().commit_in_flight = None;
         if let Err(error) = result {
             tracing::warn!(topic = %self.topic, %error, "offset commit failed; retried");
             self.shared.commit_failed(offsets);
@@ -705,18 +734,33 @@ async fn poll(client: ClosedOnThread<Client>, shared: Arc<Shared>, topic: String
                 }
             },
             () = shared.wake_poller.notified() => {}
-            _ = commit_tick.tick() => {}
-        }
-        drop(records);
-        let commits = shared.take_commits(&topic, None);
-        if commits.count() > 0
-            && let Err(error) = consumer.commit(&commits, CommitMode::Async)
-        {
-            tracing::warn!(%topic, %error, "offset commit not sent; retried");
-            shared.commit_failed(&commits);
+            _ = commit_tick.tick() => commit_settled(consumer, &shared, &topic),
         }
     }
     leave_group(consumer, queues, &shared, &topic).await;
+}
+
+/// Commits what was settled since the last commit, unless the previous commit is still waiting
+/// for its answer: one commit in flight at a time, so that a slow broker is not buried under
+/// commits (each ack moves the commit point; committing on every ack would send thousands).
+fn commit_settled(consumer: &GroupConsumer, shared: &Shared, topic: &str) {
+    {
+        let state = shared.lock();
+        if let Some(since) = state.commit_in_flight
+            && since.elapsed() < COMMIT_ANSWER_MAX
+        {
+            return;
+        }
+    }
+    let commits = shared.take_commits(topic, None);
+    if commits.count() == 0 {
+        return;
+    }
+    shared.lock().commit_in_flight = Some(Instant::now());
+    if let Err(error) = consumer.commit(&commits, CommitMode::Async) {
+        tracing::warn!(%topic, %error, "offset commit not sent; retried");
+        shared.commit_failed(&commits);
+    }
 }
 
 /// The group's partition queues and consumer, dropped in that order (the queues hold the

@@ -8,7 +8,9 @@
 //! given up after a grace period or as soon as the client reconnects.
 //!
 //! Acks and naks wait for the server's confirmation, so an `Ok` means the server recorded it.
-//! The server counts deliveries, honours `ack_wait` and `max_deliver`, and delays naks.
+//! The server counts deliveries, honours `ack_wait` and `max_deliver`, and delays naks. A
+//! delivery dropped without ack or nak, and a message buffered by a member that is dropped, is
+//! naked at once: the group gets it again now rather than after `ack_wait`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, StatusCode, Subject, Subscriber};
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -145,6 +147,11 @@ impl NatsConsumer {
 
     fn held(&self) -> usize {
         self.flight.held.load(Ordering::Acquire)
+    }
+
+    /// Whether a buffered message can be handed out now.
+    fn can_hand_out(&self) -> bool {
+        !self.buffer.is_empty() && self.held() < self.config.max_in_flight
     }
 
     /// Moves buffered messages to `out` while the caller wants more and there is room.
@@ -286,6 +293,7 @@ impl NatsConsumer {
             reply,
             metrics: self.metrics.clone(),
             last_delivery: delivery_count >= self.config.max_deliver,
+            settled: false,
             _slot: Slot(Arc::clone(&self.flight)),
         };
         Some(Delivery::new(record, delivery_count, Box::new(acker)))
@@ -294,67 +302,97 @@ impl NatsConsumer {
 
 #[async_trait]
 impl Consumer for NatsConsumer {
+    /// Cancel-safe: every wait happens before anything is handed out, so a fetch dropped while
+    /// it waits leaves the messages it received in the buffer for the next call (a delivery
+    /// dropped unacked would only come back after `ack_wait`).
     async fn fetch(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, BusError> {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         if max == 0 {
             return Ok(out);
         }
-        loop {
-            self.hand_out(max, &mut out);
-            if out.len() >= max {
-                break;
-            }
+        while !self.can_hand_out() {
             self.drop_lost_request();
-            self.request_more(max - out.len()).await?;
-            // Once something is in hand, only what is already there is worth taking.
-            let mut until = if out.is_empty() {
-                deadline
-            } else {
-                Instant::now()
+            self.request_more(max.saturating_sub(self.buffer.len()))
+                .await?;
+            let until = match &self.request {
+                Some(request) => deadline.min(request.give_up_at),
+                None => deadline,
             };
-            if let Some(request) = &self.request {
-                until = until.min(request.give_up_at);
-            }
             match self.next_event(until).await? {
                 Event::Message(message) => self.on_message(message)?,
                 Event::RoomFreed => {}
-                Event::Deadline => {
-                    if !out.is_empty() || Instant::now() >= deadline {
-                        break;
-                    }
-                }
+                Event::Deadline if Instant::now() >= deadline => break,
+                Event::Deadline => {}
             }
         }
+        // What else has arrived already comes along, without waiting for more.
+        while self.buffer.len() < max {
+            match self.subscriber.next().now_or_never() {
+                Some(Some(message)) => self.on_message(message)?,
+                Some(None) => {
+                    return Err(BusError::new(
+                        BusErrorKind::Closed,
+                        "NATS connection closed",
+                    ));
+                }
+                None => break,
+            }
+        }
+        self.hand_out(max, &mut out);
         Ok(out)
     }
 }
 
 impl Drop for NatsConsumer {
     fn drop(&mut self) {
-        // Buffered messages go back to the group after their ack deadline; nothing to send.
-        if !self.buffer.is_empty() {
-            tracing::debug!(
-                subject = %self.config.subject,
-                buffered = self.buffer.len(),
-                "consumer dropped with buffered messages; the server redelivers them"
-            );
-        }
+        // Messages received but never handed out go back to the group at once rather than
+        // after their ack deadline.
+        let replies: Vec<Subject> = self
+            .buffer
+            .drain(..)
+            .filter_map(|message| message.reply)
+            .collect();
+        give_back(&self.client, replies);
     }
 }
 
-/// Settles one JetStream delivery and gives its place back.
+/// Naks deliveries that nobody will settle, without waiting for the answers (a lost nak only
+/// means redelivery after `ack_wait`). Needs a Tokio runtime; without one the server
+/// redelivers after `ack_wait` anyway.
+fn give_back(client: &Client, replies: Vec<Subject>) {
+    if replies.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let client = client.clone();
+    runtime.spawn(async move {
+        for reply in replies {
+            if let Err(error) = client.publish(reply, AckKind::Nak(None).into()).await {
+                tracing::debug!(%error, "giving back a delivery failed; redelivered after ack_wait");
+            }
+        }
+    });
+}
+
+/// Settles one JetStream delivery and gives its place back. Dropped unsettled (its holder
+/// gave up on it, or was cancelled), it gives the message back at once.
 struct NatsAcker {
     client: Client,
     reply: Subject,
     metrics: SubjectMetrics,
     /// This was delivery number `max_deliver`: a nak ends the message's redeliveries.
     last_delivery: bool,
+    /// An ack or nak was sent (whatever its outcome): nothing to give back on drop.
+    settled: bool,
     _slot: Slot,
 }
 
 impl NatsAcker {
-    async fn settle(&self, kind: AckKind, what: &str) -> Result<(), BusError> {
+    async fn settle(&mut self, kind: AckKind, what: &str) -> Result<(), BusError> {
+        self.settled = true;
         self.client
             .request(self.reply.clone(), kind.into())
             .await
@@ -365,15 +403,24 @@ impl NatsAcker {
     }
 }
 
+impl Drop for NatsAcker {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.metrics.naked.increment(1);
+            give_back(&self.client, vec![self.reply.clone()]);
+        }
+    }
+}
+
 #[async_trait]
 impl Acker for NatsAcker {
-    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+    async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
         self.settle(AckKind::Ack, "ack").await?;
         self.metrics.acked.increment(1);
         Ok(())
     }
 
-    async fn nak(self: Box<Self>, delay: Duration) -> Result<(), BusError> {
+    async fn nak(mut self: Box<Self>, delay: Duration) -> Result<(), BusError> {
         let kind = if delay.is_zero() {
             AckKind::Nak(None)
         } else {

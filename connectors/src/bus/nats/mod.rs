@@ -3,9 +3,9 @@
 //! Layout on the server: one stream per subject family (the first token of a subject, see
 //! [`subject_family`]), named after it upper-cased, holding `family.>` in FILE storage with
 //! limits retention ([`STREAM_MAX_AGE`], [`STREAM_MAX_BYTES`]) and a dedup window of
-//! [`DUPLICATE_WINDOW`]. A full stream refuses new messages rather than dropping old ones that
-//! may not have been consumed yet: for payments, a refused publish is visible and retried,
-//! a dropped message is a silent loss.
+//! [`DUPLICATE_WINDOW`]. When storage runs out, the server refuses new messages rather than
+//! dropping old ones that may not have been consumed yet: for payments, a refused publish is
+//! visible and retried, a dropped message is a silent loss.
 //!
 //! Every message carries `Nats-Msg-Id`: the caller's `msg_id`, or a generated one. Either way a
 //! publish whose acknowledgement was lost can be retried without storing the message twice,
@@ -54,9 +54,12 @@ pub(crate) use wire::check_portable_headers;
 pub(crate) const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
 /// Messages older than this are removed from a stream (limits retention), consumed or not.
 pub(crate) const STREAM_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Size of a stream beyond which new messages are refused. The server reserves it in its
-/// storage when the stream is created.
-pub(crate) const STREAM_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+/// Size cap of a stream: none (-1). A cap is reserved from the server's storage when the
+/// stream is created, and a stream at its cap refuses every publish whatever its age: an
+/// arbitrary default cap stops the payment flow after so many payments. Streams are bounded
+/// instead by [`STREAM_MAX_AGE`] and, together, by the server's JetStream storage limit
+/// (`max_file_store`), beyond which the server refuses new messages.
+pub(crate) const STREAM_MAX_BYTES: i64 = -1;
 /// Time allowed to establish a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to a request (JetStream API, ack confirmation).
