@@ -389,7 +389,12 @@ pub trait Bus: Send + Sync + 'static {
         original_subject: &str,
         payload: Bytes,
     ) -> Result<PublishReceipt, BusError> {
-        let message = Outgoing::new(dead_letter_subject(stage), payload)
+        // The dead-letter subject is created on first use: giving up on a message must not fail
+        // because nobody prepared its destination.
+        let subject = dead_letter_subject(stage);
+        self.ensure_subject(&SubjectSpec::new(subject.clone()))
+            .await?;
+        let message = Outgoing::new(subject, payload)
             .with_header(header::DEAD_LETTER_STAGE, stage)
             .with_header(header::DEAD_LETTER_REASON, reason_code)
             .with_header(header::DEAD_LETTER_SUBJECT, original_subject);

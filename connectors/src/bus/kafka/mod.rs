@@ -27,7 +27,6 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
@@ -38,8 +37,7 @@ use super::metrics::SubjectMetrics;
 use super::nats::{check_consumer_config, check_portable_headers};
 use super::{
     Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, KafkaOptions, Outgoing,
-    PAYLOAD_BYTES_MAX, PublishReceipt, ReplayRequest, ReplayStream, SubjectSpec,
-    dead_letter_subject, header, validate_subject,
+    PAYLOAD_BYTES_MAX, PublishReceipt, ReplayRequest, ReplayStream, SubjectSpec, validate_subject,
 };
 
 /// Time a record may wait in the producer (queue and retries included) before its publish
@@ -412,24 +410,5 @@ impl Bus for KafkaBus {
         self.require_topic(&request.subject).await?;
         let replay = replay::KafkaReplay::start(&self.servers, &self.options, request).await?;
         Ok(Box::new(replay))
-    }
-
-    async fn dead_letter(
-        &self,
-        stage: &str,
-        reason_code: &str,
-        original_subject: &str,
-        payload: Bytes,
-    ) -> Result<PublishReceipt, BusError> {
-        // The dead-letter topic is created on first use: giving up on a message must not fail
-        // because nobody prepared its destination.
-        let subject = dead_letter_subject(stage);
-        self.ensure_subject(&SubjectSpec::new(subject.clone()))
-            .await?;
-        let message = Outgoing::new(subject, payload)
-            .with_header(header::DEAD_LETTER_STAGE, stage)
-            .with_header(header::DEAD_LETTER_REASON, reason_code)
-            .with_header(header::DEAD_LETTER_SUBJECT, original_subject);
-        self.publish(message).await
     }
 }

@@ -44,7 +44,7 @@ use super::metrics::SubjectMetrics;
 use super::{
     Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, NatsOptions, Outgoing,
     PAYLOAD_BYTES_MAX, Position, PublishReceipt, ReplayRequest, ReplayStream, StartAt, SubjectSpec,
-    dead_letter_subject, header, subject_family, validate_subject,
+    subject_family, validate_subject,
 };
 
 pub(crate) use consumer::check_config as check_consumer_config;
@@ -521,25 +521,6 @@ impl Bus for NatsBus {
         validate_subject(&request.subject)?;
         let stream = self.stream_of(&request.subject).await?;
         Ok(Box::new(replay::NatsReplay::start(stream, request).await?))
-    }
-
-    async fn dead_letter(
-        &self,
-        stage: &str,
-        reason_code: &str,
-        original_subject: &str,
-        payload: Bytes,
-    ) -> Result<PublishReceipt, BusError> {
-        // The dead-letter stream is created on first use: giving up on a message must not
-        // fail because nobody prepared its destination.
-        let subject = dead_letter_subject(stage);
-        self.ensure_subject(&SubjectSpec::new(subject.clone()))
-            .await?;
-        let message = Outgoing::new(subject, payload)
-            .with_header(header::DEAD_LETTER_STAGE, stage)
-            .with_header(header::DEAD_LETTER_REASON, reason_code)
-            .with_header(header::DEAD_LETTER_SUBJECT, original_subject);
-        self.publish(message).await
     }
 }
 
