@@ -1,7 +1,9 @@
 //! Throughput of the ledger's hot calls (reserve, credit_pending, commit, finalize, and the batch
 //! read of payer wallets) in batches of 256, as the pipeline sends them, and of listing the
-//! latest 256 decisions among many (what a restarted commit stage re-announces): on SQLite with full durability (`synchronous=FULL`, the
-//! default) and relaxed (`NORMAL`), and on PostgreSQL (a private server from the testkit, so
+//! latest 256 decisions among many (what a restarted commit stage re-announces): on SQLite with
+//! full durability (`synchronous=FULL`, the default) and relaxed (`NORMAL`), with payment ids in
+//! ascending order (time-ordered, as dcpipe's terminals make them) and, for comparison, random
+//! (`full_random_ids`), and on PostgreSQL (a private server from the testkit, so
 //! with fsync off: the numbers measure the ledger's round trips and locking, not the disk).
 //!
 //! Criterion reports items per second (`Throughput::Elements`). The target is at least 20,000
@@ -63,17 +65,36 @@ async fn provision(ledger: &dyn Ledger) {
     }
 }
 
+/// How the benchmarked payment ids are ordered.
+#[derive(Clone, Copy)]
+enum IdOrder {
+    /// Each id sorts after the previous one, as time-ordered (version 7) ids do.
+    Ascending,
+    /// Random (version 4) ids: each lands on a random page of the payments index.
+    Random,
+}
+
 /// Hands out fresh payment ids across iterations.
-struct Ids(u64);
+struct Ids {
+    next: u64,
+    order: IdOrder,
+}
 
 impl Ids {
+    fn new(start: u64, order: IdOrder) -> Ids {
+        Ids { next: start, order }
+    }
+
     fn next_batch(&mut self) -> Vec<PaymentId> {
         (0..BATCH)
-            .map(|_| {
-                self.0 += 1;
-                let mut bytes = [0u8; 16];
-                bytes[8..].copy_from_slice(&self.0.to_be_bytes());
-                PaymentId(bytes)
+            .map(|_| match self.order {
+                IdOrder::Ascending => {
+                    self.next += 1;
+                    let mut bytes = [0u8; 16];
+                    bytes[8..].copy_from_slice(&self.next.to_be_bytes());
+                    PaymentId(bytes)
+                }
+                IdOrder::Random => PaymentId(uuid::Uuid::new_v4().into_bytes()),
             })
             .collect()
     }
@@ -120,9 +141,10 @@ fn hot_calls(
     rt: &Runtime,
     payer: Arc<dyn Ledger>,
     payee: Arc<dyn Ledger>,
+    order: IdOrder,
 ) {
     group.throughput(Throughput::Elements(BATCH as u64));
-    let mut ids = Ids(0);
+    let mut ids = Ids::new(0, order);
     group.bench_function("reserve", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -218,7 +240,7 @@ fn reads(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, payer: Arc<dyn 
         })
     });
     // Far from the `hot_calls` ids, so the decisions here are new ones.
-    let mut ids = Ids(1 << 40);
+    let mut ids = Ids::new(1 << 40, IdOrder::Ascending);
     let since_ms = decide_batches(rt, payer.as_ref(), &mut ids, DECIDED_BATCHES);
     group.bench_function("decided_since", |b| {
         b.iter(|| {
@@ -240,7 +262,11 @@ async fn ledgers(url: &LedgerUrl, options: &LedgerOptions) -> (Arc<dyn Ledger>, 
 
 fn sqlite(c: &mut Criterion) {
     let rt = runtime();
-    for (name, synchronous) in [("full", SqliteSync::Full), ("normal", SqliteSync::Normal)] {
+    for (name, synchronous, order) in [
+        ("full", SqliteSync::Full, IdOrder::Ascending),
+        ("normal", SqliteSync::Normal, IdOrder::Ascending),
+        ("full_random_ids", SqliteSync::Full, IdOrder::Random),
+    ] {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = LedgerUrl::SqliteDir(dir.path().to_owned());
         let options = LedgerOptions {
@@ -254,7 +280,7 @@ fn sqlite(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("ledger_sqlite_{name}"));
         group.sample_size(20);
         group.measurement_time(Duration::from_secs(5));
-        hot_calls(&mut group, &rt, Arc::clone(&payer), payee);
+        hot_calls(&mut group, &rt, Arc::clone(&payer), payee, order);
         reads(&mut group, &rt, payer);
         group.finish();
     }
@@ -268,7 +294,13 @@ fn postgres(c: &mut Criterion) {
     let mut group = c.benchmark_group("ledger_postgres");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(5));
-    hot_calls(&mut group, &rt, Arc::clone(&payer), payee);
+    hot_calls(
+        &mut group,
+        &rt,
+        Arc::clone(&payer),
+        payee,
+        IdOrder::Ascending,
+    );
     reads(&mut group, &rt, payer);
     group.finish();
 }

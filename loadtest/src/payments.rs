@@ -247,7 +247,7 @@ impl<'n> PaymentGenerator<'n> {
         let touch = Touch::unchecked(payer, payee);
         // Ids are globally unique (a run on a bus that kept an earlier run's messages must not
         // reuse them); the seed decides the traffic, not the ids.
-        let payment_id = payment_id.unwrap_or_else(PaymentId::random);
+        let payment_id = payment_id.unwrap_or_else(PaymentId::time_ordered);
         let channel = match self.rng.random_range(0..3) {
             0 => Channel::Nfc,
             1 => Channel::Bluetooth,

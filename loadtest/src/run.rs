@@ -657,7 +657,7 @@ async fn probe_readiness(
         };
         let envelope = Touch::unchecked(payer, payee)
             .negotiate(&PaymentRequest {
-                payment_id: PaymentId::random(),
+                payment_id: PaymentId::time_ordered(),
                 amount_fen: PROBE_AMOUNT_FEN,
                 channel: Channel::Nfc,
                 created_at_ms: now_ms,

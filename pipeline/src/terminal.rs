@@ -72,7 +72,8 @@ pub enum PinEntry {
 /// What the payer asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentRequest {
-    /// Id chosen by the payer's terminal; resubmissions reuse it.
+    /// Id chosen by the payer's terminal; resubmissions reuse it. Best made with
+    /// [`PaymentId::time_ordered`], so that ledgers append it to their indexes.
     pub payment_id: PaymentId,
     /// Amount in fen.
     pub amount_fen: i64,

@@ -419,7 +419,7 @@ async fn inject_bad_cases(
         .terminal(&payee.wallet_id)
         .context("payee terminal")?;
     let request = |amount_fen: i64, created_at_ms: i64, pin: PinEntry| PaymentRequest {
-        payment_id: PaymentId::random(),
+        payment_id: PaymentId::time_ordered(),
         amount_fen,
         channel: Channel::Nfc,
         created_at_ms,
