@@ -219,21 +219,25 @@ async fn process(bus: &dyn Bus, stage: &dyn Stage, config: &RunnerConfig, batch:
     let mut dead_letters = Vec::new();
     for (delivery, verdict) in batch.iter().zip(verdicts) {
         match verdict {
-            Verdict::Done(out) => {
-                metrics::counter!("dcpipe_stage_messages_total", "stage" => stage.name().to_owned(), "verdict" => "done").increment(1);
-                outputs.extend(out);
-            }
+            Verdict::Done(out) => outputs.extend(out),
             Verdict::DeadLetter {
                 reason_code,
                 detail,
                 outputs: out,
             } => {
-                metrics::counter!("dcpipe_stage_messages_total", "stage" => stage.name().to_owned(), "verdict" => "dead_letter").increment(1);
                 tracing::info!(stage = stage.name(), reason = %reason_code, %detail, "dead letter");
                 outputs.extend(out);
                 dead_letters.push((delivery, reason_code, detail));
             }
         }
+    }
+    // Counted once per batch: a metric's key is built and looked up on every call.
+    let dead_lettered = dead_letters.len() as u64;
+    metrics::counter!("dcpipe_stage_messages_total", "stage" => stage.name().to_owned(), "verdict" => "done")
+        .increment(batch.len() as u64 - dead_lettered);
+    if dead_lettered > 0 {
+        metrics::counter!("dcpipe_stage_messages_total", "stage" => stage.name().to_owned(), "verdict" => "dead_letter")
+            .increment(dead_lettered);
     }
     let published = async {
         for (delivery, reason_code, detail) in &dead_letters {
