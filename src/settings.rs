@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use dcpipe_connectors::bus::{BusOptions, BusUrl, KafkaOptions, NatsOptions};
 use serde::Deserialize;
@@ -64,6 +65,10 @@ pub(crate) struct NatsFileSettings {
     pub tls_cert_file: Option<PathBuf>,
     /// Client key (PEM).
     pub tls_key_file: Option<PathBuf>,
+    /// Replicas of each stream dcpipe creates (1 on a single server, 3 or 5 in a cluster).
+    pub stream_replicas: Option<usize>,
+    /// Retention of each stream dcpipe creates, e.g. `"30d"` (the default) or `"72h"`.
+    pub stream_max_age: Option<String>,
 }
 
 /// `[kafka]` section.
@@ -116,6 +121,19 @@ pub(crate) struct GlobalArgs {
     /// CA certificate (PEM) to verify the NATS server; implies TLS.
     #[arg(long, global = true, env = "DCPIPE_NATS_TLS_CA", value_name = "FILE")]
     pub nats_tls_ca: Option<PathBuf>,
+    /// Replicas of each NATS stream dcpipe creates: 1 on a single server (the default), 3 or 5
+    /// in a cluster. Streams that already exist keep theirs.
+    #[arg(
+        long,
+        global = true,
+        env = "DCPIPE_NATS_STREAM_REPLICAS",
+        value_name = "N"
+    )]
+    pub nats_stream_replicas: Option<usize>,
+    /// How long each NATS stream dcpipe creates keeps its messages, e.g. 30d (the default) or
+    /// 72h: the furthest back an audit can replay.
+    #[arg(long, global = true, env = "DCPIPE_NATS_STREAM_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    pub nats_stream_max_age: Option<Duration>,
     /// Extra Kafka client property KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-property", global = true, value_name = "KEY=VALUE")]
     pub kafka_properties: Vec<String>,
@@ -157,6 +175,13 @@ impl Settings {
                 .insert(key.trim().to_string(), value.to_string());
         }
         let nats_tls_ca = args.nats_tls_ca.clone().or(file.nats.tls_ca_file);
+        let stream_max_age = match (args.nats_stream_max_age, &file.nats.stream_max_age) {
+            (Some(age), _) => Some(age),
+            (None, Some(text)) => {
+                Some(parse_duration(text).map_err(|e| format!("nats.stream_max_age: {e}"))?)
+            }
+            (None, None) => None,
+        };
         let nats = NatsOptions {
             creds_file: args.nats_creds.clone().or(file.nats.creds_file),
             user: args.nats_user.clone().or(file.nats.user),
@@ -166,6 +191,11 @@ impl Settings {
             tls_ca_file: nats_tls_ca,
             tls_cert_file: file.nats.tls_cert_file,
             tls_key_file: file.nats.tls_key_file,
+            stream_replicas: args
+                .nats_stream_replicas
+                .or(file.nats.stream_replicas)
+                .unwrap_or(1),
+            stream_max_age,
         };
         Ok(Settings {
             log_format: args
@@ -192,6 +222,31 @@ impl Settings {
     pub(crate) fn bus_url(&self, from_command: Option<&str>) -> Result<BusUrl, String> {
         let url = from_command.or(self.bus.as_deref()).unwrap_or("embedded");
         BusUrl::parse(url).map_err(|e| e.to_string())
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `72h`, `30d` or a bare number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration like 10s, 500ms, 2m or 30d"))?;
+    let seconds = |per_unit: u64| {
+        value
+            .checked_mul(per_unit)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{text:?}: too long"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3_600),
+        "d" => seconds(86_400),
+        _ => Err(format!("{text:?}: unit must be ms, s, m, h or d")),
     }
 }
 
@@ -242,6 +297,59 @@ mod tests {
             "SSL"
         );
         assert_eq!(settings.log_format, LogFormat::Human);
+    }
+
+    #[test]
+    fn durations_take_a_unit_from_milliseconds_to_days() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("72h"), Ok(Duration::from_secs(72 * 3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert!(
+            parse_duration("999999999999999999d").is_err(),
+            "overflows u64 seconds"
+        );
+    }
+
+    #[test]
+    fn nats_stream_limits_from_the_file_and_flags() {
+        let file = file_with("[nats]\nstream_replicas = 3\nstream_max_age = \"7d\"\n");
+        let from_file = GlobalArgs {
+            config: Some(file.path().to_path_buf()),
+            ..GlobalArgs::default()
+        };
+        let settings = Settings::resolve(&from_file).expect("settings");
+        assert_eq!(settings.bus_options.nats.stream_replicas, 3);
+        assert_eq!(
+            settings.bus_options.nats.stream_max_age,
+            Some(Duration::from_secs(7 * 24 * 3600))
+        );
+        let flags = GlobalArgs {
+            nats_stream_replicas: Some(5),
+            nats_stream_max_age: Some(Duration::from_secs(72 * 3600)),
+            ..from_file
+        };
+        let settings = Settings::resolve(&flags).expect("settings");
+        assert_eq!(settings.bus_options.nats.stream_replicas, 5);
+        assert_eq!(
+            settings.bus_options.nats.stream_max_age,
+            Some(Duration::from_secs(72 * 3600))
+        );
+        let defaults = Settings::resolve(&GlobalArgs::default()).expect("settings");
+        assert_eq!(defaults.bus_options.nats.stream_replicas, 1);
+        assert_eq!(defaults.bus_options.nats.stream_max_age, None);
+
+        let bad = file_with("[nats]\nstream_max_age = \"a week\"\n");
+        let err = Settings::resolve(&GlobalArgs {
+            config: Some(bad.path().to_path_buf()),
+            ..GlobalArgs::default()
+        })
+        .expect_err("not a duration");
+        assert!(err.contains("nats.stream_max_age"), "{err}");
     }
 
     #[test]

@@ -105,6 +105,59 @@ async fn nats_rejects_a_header_the_broker_would_interpret() {
     assert_eq!(error.kind(), BusErrorKind::InvalidHeader, "{error}");
 }
 
+/// Streams are created with the configured retention and replicas; the server reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_streams_take_the_configured_retention() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let options = NatsOptions {
+        stream_max_age: Some(week),
+        stream_replicas: 1,
+        ..NatsOptions::default()
+    };
+    let bus = NatsBus::connect(&[server.address()], &options)
+        .await
+        .expect("connect");
+    let subject = unique_subject("orders");
+    bus.ensure_subject(&SubjectSpec::new(&subject))
+        .await
+        .expect("ensure");
+    let client = async_nats::connect(server.url()).await.expect("client");
+    let family = subject.split('.').next().expect("family");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(family.to_uppercase())
+        .await
+        .expect("the stream exists");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.config.max_age, week);
+    assert_eq!(info.config.num_replicas, 1);
+}
+
+/// A single server cannot hold three replicas: the stream is refused with a typed error that
+/// names it, not created with fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_replicas_a_single_server_cannot_hold_are_refused() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let options = NatsOptions {
+        stream_replicas: 3,
+        ..NatsOptions::default()
+    };
+    let bus = NatsBus::connect(&[server.address()], &options)
+        .await
+        .expect("connect");
+    let subject = unique_subject("orders");
+    let error = bus
+        .ensure_subject(&SubjectSpec::new(&subject))
+        .await
+        .expect_err("three replicas on one server");
+    assert_eq!(error.kind(), BusErrorKind::Topology, "{error}");
+    let family = subject.split('.').next().expect("family");
+    assert!(
+        error.to_string().contains(&family.to_uppercase()),
+        "the error names the stream: {error}"
+    );
+}
+
 /// A member that acked the first records and went away without acking the rest: the next
 /// member of the group starts after the acked ones, and the records it gets again count as
 /// first deliveries (Kafka stores offsets, not delivery counts). While the group rebalances

@@ -31,7 +31,7 @@ use dcpipe_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::Settings;
+use crate::settings::{Settings, parse_duration};
 
 /// How long the demo waits for the pipeline to answer and settle after the traffic stops.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -74,23 +74,6 @@ pub(crate) struct DemoArgs {
 
 fn parse_algorithm(text: &str) -> Result<AlgorithmChoice, String> {
     text.parse().map_err(|e| format!("{e}"))
-}
-
-/// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, "s"), |i| text.split_at(i));
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a duration like 10s, 500ms or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!("{text:?}: unit must be ms, s or m")),
-    }
 }
 
 /// An injected bad case and the reason code it must be rejected with.

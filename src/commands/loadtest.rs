@@ -16,8 +16,8 @@ use dcpipe_loadtest::plot::{check_plot_path, write_plot};
 use dcpipe_loadtest::{LedgerChoice, LoadConfig, Mode, RampConfig, SustainCriterion};
 use dcpipe_pipeline::pki::AlgorithmChoice;
 
-use crate::commands::demo::parse_duration;
 use crate::settings::Settings;
+use crate::settings::parse_duration;
 
 /// Bytes in a MiB.
 const MIB: usize = 1024 * 1024;

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{BusError, BusErrorKind};
 
@@ -83,6 +84,13 @@ pub struct NatsOptions {
     pub tls_cert_file: Option<PathBuf>,
     /// Client key (PEM) for mutual TLS.
     pub tls_key_file: Option<PathBuf>,
+    /// Replicas of each stream dcpipe creates: 1 on a single server (0 means 1), 3 or 5 in a
+    /// cluster so that a stream survives the loss of a server. Streams that already exist keep
+    /// theirs.
+    pub stream_replicas: usize,
+    /// How long each stream dcpipe creates keeps its messages, consumed or not; `None`: 30 days.
+    /// Audits replay from this history, so it bounds how far back a replay can reach.
+    pub stream_max_age: Option<Duration>,
 }
 
 impl fmt::Debug for NatsOptions {
@@ -96,6 +104,8 @@ impl fmt::Debug for NatsOptions {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
+            .field("stream_replicas", &self.stream_replicas)
+            .field("stream_max_age", &self.stream_max_age)
             .finish()
     }
 }

@@ -60,6 +60,8 @@ pub(crate) const STREAM_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// instead by [`STREAM_MAX_AGE`] and, together, by the server's JetStream storage limit
 /// (`max_file_store`), beyond which the server refuses new messages.
 pub(crate) const STREAM_MAX_BYTES: i64 = -1;
+/// Most replicas JetStream keeps of a stream.
+const STREAM_REPLICAS_MAX: usize = 5;
 /// Time allowed to establish a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to a request (JetStream API, ack confirmation).
@@ -84,6 +86,39 @@ pub struct NatsBus {
     /// Gates pipelined publishes so that no caller waits for ack permits held by another.
     inflight: Arc<Semaphore>,
     metrics: Mutex<HashMap<String, SubjectMetrics>>,
+    /// Replicas and retention of the streams this bus creates.
+    limits: StreamLimits,
+}
+
+/// Replicas and retention of the streams a bus creates, from [`NatsOptions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StreamLimits {
+    replicas: usize,
+    max_age: Duration,
+}
+
+impl StreamLimits {
+    fn of(options: &NatsOptions) -> Result<StreamLimits, BusError> {
+        let replicas = options.stream_replicas.max(1);
+        if replicas > STREAM_REPLICAS_MAX {
+            return Err(BusError::new(
+                BusErrorKind::Config,
+                format!(
+                    "NATS stream replicas {replicas}: JetStream allows 1 to {STREAM_REPLICAS_MAX}"
+                ),
+            ));
+        }
+        let max_age = options.stream_max_age.unwrap_or(STREAM_MAX_AGE);
+        if max_age < DUPLICATE_WINDOW {
+            return Err(BusError::new(
+                BusErrorKind::Config,
+                format!(
+                    "NATS stream max age {max_age:?} is shorter than the duplicate window {DUPLICATE_WINDOW:?}"
+                ),
+            ));
+        }
+        Ok(StreamLimits { replicas, max_age })
+    }
 }
 
 impl fmt::Debug for NatsBus {
@@ -98,6 +133,7 @@ impl NatsBus {
     /// Connects to the first reachable server of `servers` (`host:port`), with the TLS and
     /// credentials of `options`.
     pub async fn connect(servers: &[String], options: &NatsOptions) -> Result<Self, BusError> {
+        let limits = StreamLimits::of(options)?;
         let addresses = servers
             .iter()
             .map(|server| {
@@ -138,6 +174,7 @@ impl NatsBus {
             streams: Mutex::new(HashSet::new()),
             inflight: Arc::new(Semaphore::new(PUBLISH_INFLIGHT_MAX)),
             metrics: Mutex::new(HashMap::new()),
+            limits,
         })
     }
 
@@ -341,16 +378,17 @@ fn reconnect_delay(attempts: usize) -> Duration {
 }
 
 /// The configuration of the stream holding `family.>`.
-fn stream_config(family: &str) -> stream::Config {
+fn stream_config(family: &str, limits: StreamLimits) -> stream::Config {
     stream::Config {
         name: wire::stream_name(family),
         subjects: vec![format!("{family}.>")],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::New,
-        max_age: STREAM_MAX_AGE,
+        max_age: limits.max_age,
         max_bytes: STREAM_MAX_BYTES,
         duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: limits.replicas,
         ..Default::default()
     }
 }
@@ -410,7 +448,7 @@ impl Bus for NatsBus {
     async fn ensure_subject(&self, spec: &SubjectSpec) -> Result<(), BusError> {
         validate_subject(&spec.subject)?;
         let family = subject_family(&spec.subject);
-        let config = stream_config(family);
+        let config = stream_config(family, self.limits);
         let name = config.name.clone();
         if self.stream_known(&name) {
             return Ok(());
@@ -421,11 +459,26 @@ impl Bus for NatsBus {
             .await
             .map_err(|e| create_stream_error(&name, e))?;
         let wanted = format!("{family}.>");
-        if !stream.cached_info().config.subjects.contains(&wanted) {
+        let existing = &stream.cached_info().config;
+        if !existing.subjects.contains(&wanted) {
             return Err(BusError::new(
                 BusErrorKind::Topology,
                 format!("stream {name} exists but does not hold {wanted}"),
             ));
+        }
+        if existing.num_replicas.max(1) != self.limits.replicas
+            || existing.max_age != self.limits.max_age
+        {
+            // Changing a live stream is an operator's decision (`nats stream edit`), not a
+            // side effect of starting a worker.
+            tracing::warn!(
+                stream = %name,
+                replicas = existing.num_replicas,
+                max_age = ?existing.max_age,
+                configured_replicas = self.limits.replicas,
+                configured_max_age = ?self.limits.max_age,
+                "stream exists with other replicas or retention than configured; left as it is"
+            );
         }
         tracing::debug!(stream = %name, "stream ready");
         self.streams
@@ -537,12 +590,44 @@ mod tests {
 
     #[test]
     fn stream_refuses_new_messages_when_full() {
-        let config = stream_config("txn");
+        let limits = StreamLimits::of(&NatsOptions::default()).expect("defaults");
+        let config = stream_config("txn", limits);
         assert_eq!(config.name, "TXN");
         assert_eq!(config.subjects, vec!["txn.>".to_string()]);
         assert_eq!(config.discard, stream::DiscardPolicy::New);
         assert_eq!(config.storage, stream::StorageType::File);
         assert_eq!(config.duplicate_window, DUPLICATE_WINDOW);
+        assert_eq!(config.num_replicas, 1);
+        assert_eq!(config.max_age, STREAM_MAX_AGE);
+    }
+
+    #[test]
+    fn stream_limits_come_from_the_options() {
+        let options = NatsOptions {
+            stream_replicas: 3,
+            stream_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            ..Default::default()
+        };
+        let config = stream_config("clearing", StreamLimits::of(&options).expect("valid"));
+        assert_eq!(config.num_replicas, 3);
+        assert_eq!(config.max_age, Duration::from_secs(7 * 24 * 3600));
+    }
+
+    #[test]
+    fn impossible_stream_limits_are_config_errors() {
+        for options in [
+            NatsOptions {
+                stream_replicas: 6,
+                ..Default::default()
+            },
+            NatsOptions {
+                stream_max_age: Some(DUPLICATE_WINDOW - Duration::from_secs(1)),
+                ..Default::default()
+            },
+        ] {
+            let err = StreamLimits::of(&options).unwrap_err();
+            assert_eq!(err.kind(), BusErrorKind::Config, "{err}");
+        }
     }
 
     #[tokio::test]
