@@ -3,7 +3,8 @@
 //! tansu with SASL), connects with [`NatsOptions`] or [`KafkaOptions`], and proves that the right
 //! settings carry a message end to end while wrong or missing ones are refused with a typed
 //! error, within a bounded time, without the secret in the error's text, in `Debug` output or in
-//! anything logged.
+//! anything logged. The PostgreSQL ledger's TLS (`sslmode=require&sslrootcert=…`) is proved
+//! the same way against a server started with a certificate of the same test CA.
 
 use std::fmt::Debug;
 use std::fs;
@@ -17,7 +18,10 @@ use dcpipe_connectors::bus::{
     Bus, BusError, BusErrorKind, BusOptions, Consumer, ConsumerConfig, Delivery, KafkaBus,
     KafkaOptions, NatsBus, NatsOptions, Outgoing, SubjectSpec,
 };
-use dcpipe_connectors::testkit::{NatsServer, TansuServer};
+use dcpipe_connectors::ledger::{
+    LedgerErrorKind, LedgerOptions, LedgerUrl, WalletAccount, WalletLimits, open_ledger,
+};
+use dcpipe_connectors::testkit::{NatsServer, PostgresServer, TansuServer};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -736,4 +740,102 @@ async fn kafka_logs_never_contain_the_sasl_password() {
     );
     assert!(!text.contains(&password), "password logged");
     assert!(!text.contains(&wrong), "wrong password logged");
+}
+
+/// `postgres://…?sslmode=require&sslrootcert=CA` for `server`.
+fn tls_ledger_url(server: &PostgresServer, ca_file: &Path) -> LedgerUrl {
+    format!(
+        "{}?sslmode=require&sslrootcert={}",
+        server.url(),
+        ca_file.display()
+    )
+    .parse()
+    .expect("ledger URL")
+}
+
+/// An error and its sources, one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// How many of the ledger's connections are (or are not) TLS, as the server sees them.
+async fn ledger_connections(server: &PostgresServer, tls: bool) -> i64 {
+    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .expect("plain superuser connection");
+    tokio::spawn(connection);
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'dcpipe-ledger' AND s.ssl = $1",
+            &[&tls],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ledger_with_required_tls_verifies_the_server() {
+    let pki = Pki::new();
+    let server = PostgresServer::start_with_tls(&pki.server_cert_file, &pki.server_key_file)
+        .await
+        .expect("PostgreSQL with TLS");
+    let url = tls_ledger_url(&server, &pki.ca_file);
+    let ledger = open_ledger(&url, "oi-tls", &LedgerOptions::default())
+        .await
+        .expect("ledger over TLS");
+    let wallet = WalletAccount {
+        wallet_id: "w-tls".to_owned(),
+        institution_id: "oi-tls".to_owned(),
+        tier: 4,
+        balance_fen: 12_345,
+        limits: WalletLimits {
+            balance_limit_fen: 1_000_000,
+            single_payment_limit_fen: 100_000,
+            daily_limit_fen: 500_000,
+            password_free_limit_fen: 100_000,
+        },
+        locked: false,
+    };
+    ledger.open_wallets(&[wallet]).await.expect("open a wallet");
+    assert_eq!(ledger.total_balance_fen().await.expect("total"), 12_345);
+    assert!(
+        ledger_connections(&server, true).await >= 1,
+        "the ledger's connections are TLS"
+    );
+    assert_eq!(ledger_connections(&server, false).await, 0);
+
+    // A CA that did not sign the server's certificate: refused, typed, without panicking.
+    let stranger = Pki::new();
+    let error = open_ledger(
+        &tls_ledger_url(&server, &stranger.ca_file),
+        "oi-tls",
+        &LedgerOptions::default(),
+    )
+    .await
+    .expect_err("a server certificate from another CA");
+    assert_eq!(error.kind(), LedgerErrorKind::Connect, "{error}");
+    let chain = error_chain(&error);
+    assert!(chain.contains("certificate"), "{chain}");
+
+    // A server without TLS cannot meet sslmode=require.
+    let plain = PostgresServer::start().await.expect("PostgreSQL");
+    let error = open_ledger(
+        &tls_ledger_url(&plain, &pki.ca_file),
+        "oi-tls",
+        &LedgerOptions::default(),
+    )
+    .await
+    .expect_err("no TLS on the server");
+    assert_eq!(error.kind(), LedgerErrorKind::Connect, "{error}");
+    let chain = error_chain(&error);
+    assert!(chain.contains("does not support TLS"), "{chain}");
 }

@@ -9,7 +9,9 @@
 //! [`PG_RETRIES_MAX`] times before the batch fails as [`LedgerErrorKind::Busy`].
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -66,18 +68,105 @@ impl Default for PostgresOptions {
     }
 }
 
-/// Parses a PostgreSQL URL, refusing TLS requirements this build cannot meet.
-pub(crate) fn parse_config(url: &str) -> Result<tokio_postgres::Config, LedgerError> {
-    let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+/// A parsed PostgreSQL URL.
+#[derive(Debug, Clone)]
+pub(crate) struct PgTarget {
+    /// What tokio-postgres reads from the URL.
+    pub config: tokio_postgres::Config,
+    /// `sslrootcert`: the CA certificates (PEM) that sign the server's certificate. Without it
+    /// a required TLS connection trusts the system's roots.
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Parses a PostgreSQL URL. `sslmode=require` makes the connection TLS, with the server's
+/// certificate verified against `sslrootcert=FILE` (libpq's name) or the system's roots and
+/// its name checked against the host; `prefer` (the default) and `disable` connect without
+/// TLS, so a server's self-signed certificate never stops a connection that did not ask for
+/// TLS.
+pub(crate) fn parse_config(url: &str) -> Result<PgTarget, LedgerError> {
+    let (url, root_cert) = take_query_param(url, "sslrootcert");
+    let config = tokio_postgres::Config::from_str(&url).map_err(|e| {
         LedgerError::with_source(LedgerErrorKind::Config, "invalid PostgreSQL URL", e)
     })?;
-    if config.get_ssl_mode() == SslMode::Require {
+    if root_cert.is_some() && config.get_ssl_mode() != SslMode::Require {
         return Err(LedgerError::new(
             LedgerErrorKind::Config,
-            "sslmode=require is not supported by this build (no TLS connector)",
+            "sslrootcert is given but sslmode is not require: add sslmode=require",
         ));
     }
-    Ok(config)
+    Ok(PgTarget {
+        config,
+        root_cert: root_cert.map(PathBuf::from),
+    })
+}
+
+/// Removes `name=value` from the URL's query (tokio-postgres refuses options it does not
+/// know) and returns it.
+fn take_query_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut value = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((key, v)) if key == name => {
+                value = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if kept.is_empty() {
+        (base.to_owned(), value)
+    } else {
+        (format!("{base}?{}", kept.join("&")), value)
+    }
+}
+
+/// The TLS client configuration of a required-TLS connection: the CA file's certificates, or
+/// the system's roots.
+fn tls_config(root_cert: Option<&Path>) -> Result<rustls::ClientConfig, LedgerError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    LedgerError::with_source(
+                        LedgerErrorKind::Config,
+                        format!("cannot read sslrootcert {}", path.display()),
+                        e,
+                    )
+                })?;
+            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(LedgerError::new(
+                    LedgerErrorKind::Config,
+                    format!("sslrootcert {} holds no usable certificate", path.display()),
+                ));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(LedgerError::new(
+                    LedgerErrorKind::Config,
+                    "sslmode=require without sslrootcert, and no system root certificates found",
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LedgerError::with_source(LedgerErrorKind::Config, "TLS protocol versions", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// The URL with any password replaced, for logs.
@@ -203,17 +292,23 @@ impl PgDb {
         options: &PostgresOptions,
         migrations: &[(i64, &str)],
     ) -> Result<PgDb, LedgerError> {
-        let mut config = parse_config(url)?;
+        let PgTarget {
+            mut config,
+            root_cert,
+        } = parse_config(url)?;
         let timeout = Duration::from_millis(options.connect_timeout_ms);
         config.connect_timeout(timeout);
         config.application_name("dcpipe-ledger");
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if config.get_ssl_mode() == SslMode::Require {
+            let tls =
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(root_cert.as_deref())?);
+            Manager::from_config(config, tls, manager_config)
+        } else {
+            Manager::from_config(config, NoTls, manager_config)
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .wait_timeout(Some(timeout))
@@ -1643,8 +1738,35 @@ mod tests {
     }
 
     #[test]
-    fn refuses_required_tls() {
-        let err = parse_config("postgres://bank@db/ledger?sslmode=require").expect_err("tls");
+    fn sslrootcert_is_taken_out_of_the_url() {
+        let target =
+            parse_config("postgres://bank@db/ledger?sslmode=require&sslrootcert=/etc/ca.pem")
+                .expect("valid");
+        assert_eq!(target.config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(target.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        let target = parse_config("postgres://bank@db/ledger?sslrootcert=ca.pem&sslmode=require")
+            .expect("either order");
+        assert_eq!(target.root_cert, Some(PathBuf::from("ca.pem")));
+        let plain = parse_config("postgres://bank@db/ledger").expect("valid");
+        assert_eq!(plain.root_cert, None);
+        assert_eq!(plain.config.get_ssl_mode(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn a_root_certificate_without_required_tls_is_refused() {
+        let err = parse_config("postgres://bank@db/ledger?sslrootcert=ca.pem").expect_err("mode");
+        assert_eq!(err.kind(), LedgerErrorKind::Config);
+        assert!(err.to_string().contains("sslmode=require"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_root_certificate_is_a_config_error() {
+        let err = tls_config(Some(Path::new("/nonexistent/ca.pem"))).expect_err("no file");
+        assert_eq!(err.kind(), LedgerErrorKind::Config);
+        let dir = tempfile::tempdir().expect("dir");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let err = tls_config(Some(&empty)).expect_err("no certificate");
         assert_eq!(err.kind(), LedgerErrorKind::Config);
     }
 

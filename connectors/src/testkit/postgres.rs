@@ -132,12 +132,24 @@ pub struct PostgresServer {
     child: Option<Child>,
     /// The supervisor's stdin: `restart` lines, and closing it stops everything.
     commands: Option<ChildStdin>,
+    /// Certificate and key files (in the server's directory) when it also accepts TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl PostgresServer {
     /// Creates a cluster in a temporary directory, starts it and waits until it accepts
     /// connections.
     pub async fn start() -> Result<Self, TestkitError> {
+        Self::start_inner(None).await
+    }
+
+    /// Like [`start`](Self::start), with TLS on (`ssl=on`) using this server certificate and
+    /// key (PEM). Clients may still connect without TLS; `pg_stat_ssl` tells which did.
+    pub async fn start_with_tls(cert_file: &Path, key_file: &Path) -> Result<Self, TestkitError> {
+        Self::start_inner(Some((cert_file, key_file))).await
+    }
+
+    async fn start_inner(tls: Option<(&Path, &Path)>) -> Result<Self, TestkitError> {
         let bindir = find_bindir()?;
         let dir = tempfile::Builder::new()
             .prefix("dcpipe-pg-")
@@ -158,6 +170,7 @@ impl PostgresServer {
             run_as,
             child: None,
             commands: None,
+            tls: None,
         };
         let initdb = server.command(
             &server.bindir.join("initdb"),
@@ -190,8 +203,36 @@ impl PostgresServer {
                 format!("initdb exited with {status}\n{}", server.log_tail()),
             ));
         }
+        if let Some((cert_file, key_file)) = tls {
+            server.tls = Some(server.install_tls(cert_file, key_file)?);
+        }
         server.launch().await?;
         Ok(server)
+    }
+
+    /// Copies the certificate and key into the server's directory, readable by the server's
+    /// user only (PostgreSQL refuses a key others can read).
+    fn install_tls(
+        &self,
+        cert_file: &Path,
+        key_file: &Path,
+    ) -> Result<(PathBuf, PathBuf), TestkitError> {
+        use std::os::unix::fs::PermissionsExt;
+
+        let cert = self.dir.path().join("server.crt");
+        let key = self.dir.path().join("server.key");
+        fs::copy(cert_file, &cert).map_err(|e| process_error("copy server certificate", e))?;
+        fs::copy(key_file, &key).map_err(|e| process_error("copy server key", e))?;
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
+            .map_err(|e| process_error("server key permissions", e))?;
+        if self.run_as.is_some() {
+            let (uid, gid) = system_user_ids(SUPERUSER)?;
+            for file in [&cert, &key] {
+                std::os::unix::fs::chown(file, Some(uid), Some(gid))
+                    .map_err(|e| process_error("chown TLS files", e))?;
+            }
+        }
+        Ok((cert, key))
     }
 
     /// The TCP port.
@@ -326,7 +367,15 @@ impl PostgresServer {
         let socket = socket_dir.display().to_string();
         let port = self.port.to_string();
         let max_connections = format!("max_connections={MAX_CONNECTIONS}");
-        let args = [
+        let tls_settings: Vec<String> = match &self.tls {
+            Some((cert, key)) => vec![
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", cert.display()),
+                format!("ssl_key_file={}", key.display()),
+            ],
+            None => Vec::new(),
+        };
+        let mut args = vec![
             "-c",
             SUPERVISOR,
             "dcpipe-pg-supervisor",
@@ -349,6 +398,9 @@ impl PostgresServer {
             "-c",
             max_connections.as_str(),
         ];
+        for setting in &tls_settings {
+            args.extend(["-c", setting.as_str()]);
+        }
         let log = self.log_file()?;
         let log_err = log
             .try_clone()
