@@ -815,27 +815,23 @@ async fn postgres_ledger_with_required_tls_verifies_the_server() {
 
     // A CA that did not sign the server's certificate: refused, typed, without panicking.
     let stranger = Pki::new();
-    let error = open_ledger(
-        &tls_ledger_url(&server, &stranger.ca_file),
-        "oi-tls",
-        &LedgerOptions::default(),
-    )
-    .await
-    .expect_err("a server certificate from another CA");
-    assert_eq!(error.kind(), LedgerErrorKind::Connect, "{error}");
-    let chain = error_chain(&error);
-    assert!(chain.contains("certificate"), "{chain}");
+    assert_ledger_refused(&tls_ledger_url(&server, &stranger.ca_file), "certificate").await;
 
     // A server without TLS cannot meet sslmode=require.
     let plain = PostgresServer::start().await.expect("PostgreSQL");
-    let error = open_ledger(
+    assert_ledger_refused(
         &tls_ledger_url(&plain, &pki.ca_file),
-        "oi-tls",
-        &LedgerOptions::default(),
+        "does not support TLS",
     )
-    .await
-    .expect_err("no TLS on the server");
+    .await;
+}
+
+/// Opening a ledger at `url` fails as a connection error whose causes mention `why`.
+async fn assert_ledger_refused(url: &LedgerUrl, why: &str) {
+    let error = open_ledger(url, "oi-tls", &LedgerOptions::default())
+        .await
+        .expect_err("the ledger must be refused");
     assert_eq!(error.kind(), LedgerErrorKind::Connect, "{error}");
     let chain = error_chain(&error);
-    assert!(chain.contains("does not support TLS"), "{chain}");
+    assert!(chain.contains(why), "{chain}");
 }

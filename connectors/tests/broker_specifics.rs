@@ -22,7 +22,11 @@ fn unique_subject(name: &str) -> String {
 }
 
 async fn nats_bus(server: &NatsServer) -> Arc<dyn Bus> {
-    let bus = NatsBus::connect(&[server.address()], &NatsOptions::default())
+    nats_bus_with(server, &NatsOptions::default()).await
+}
+
+async fn nats_bus_with(server: &NatsServer, options: &NatsOptions) -> Arc<dyn Bus> {
+    let bus = NatsBus::connect(&[server.address()], options)
         .await
         .expect("connect to nats-server");
     Arc::new(bus)
@@ -115,9 +119,7 @@ async fn nats_streams_take_the_configured_retention() {
         stream_replicas: 1,
         ..NatsOptions::default()
     };
-    let bus = NatsBus::connect(&[server.address()], &options)
-        .await
-        .expect("connect");
+    let bus = nats_bus_with(&server, &options).await;
     let subject = unique_subject("orders");
     bus.ensure_subject(&SubjectSpec::new(&subject))
         .await
@@ -142,9 +144,7 @@ async fn nats_replicas_a_single_server_cannot_hold_are_refused() {
         stream_replicas: 3,
         ..NatsOptions::default()
     };
-    let bus = NatsBus::connect(&[server.address()], &options)
-        .await
-        .expect("connect");
+    let bus = nats_bus_with(&server, &options).await;
     let subject = unique_subject("orders");
     let error = bus
         .ensure_subject(&SubjectSpec::new(&subject))
