@@ -189,6 +189,20 @@ impl Case {
         self.net.assert_settled_and_conserved().await;
     }
 
+    /// Submits `envelope`, asserts that `stage` rejected it with `code` and that no money
+    /// moved, and returns the code (the scenario's name in the coverage table).
+    async fn assert_refused(
+        &mut self,
+        envelope: &TransactionEnvelope,
+        code: &str,
+        stage: &str,
+    ) -> String {
+        let outcome = self.run(envelope).await;
+        assert_rejected(&outcome, code, stage);
+        self.assert_no_money_moved().await;
+        code.to_owned()
+    }
+
     /// The state of the payer institution's record of a payment, if any.
     async fn payer_record(&self, payment_id: &PaymentId) -> Option<PaymentState> {
         self.net
@@ -264,6 +278,48 @@ fn issue(case: &Case, role: Role, id: &str, institution: &str) -> CertifiedKey {
             case.net.now_ms() + 365 * DAY_MS,
         )
         .expect("certificate issues")
+}
+
+/// A wallet its institution never opened, holding valid certificates from that institution.
+struct UnknownWallet {
+    wallet: PartyRef,
+    user: CertifiedKey,
+    element: CertifiedKey,
+}
+
+impl UnknownWallet {
+    fn at(case: &Case, institution: String) -> UnknownWallet {
+        let wallet_id = format!("w-{institution}-999999");
+        UnknownWallet {
+            user: issue(case, Role::Terminal, &wallet_id, &institution),
+            element: issue(case, Role::SecureElement, &wallet_id, &institution),
+            wallet: PartyRef {
+                institution_id: institution,
+                wallet_id,
+            },
+        }
+    }
+
+    fn terminal(&self) -> Terminal<'_> {
+        Terminal {
+            wallet: &self.wallet,
+            user: &self.user,
+            secure_element: &self.element,
+            password_free_limit_fen: PASSWORD_FREE_LIMIT_FEN_DEFAULT,
+        }
+    }
+}
+
+/// A small payment negotiated now between two terminals that check each other's certificates.
+fn small_payment(case: &Case, payer: Terminal<'_>, payee: Terminal<'_>) -> TransactionEnvelope {
+    Touch::connect(payer, payee, &case.net.network.verifier, case.net.now_ms())
+        .expect("both certificates are valid")
+        .negotiate(&request(
+            SMALL_FEN,
+            case.net.now_ms(),
+            PinEntry::WhenRequired,
+        ))
+        .expect("negotiation")
 }
 
 /// An envelope the payer's terminal signs with `user` as its certificate (the payee's terminal
@@ -448,10 +504,8 @@ async fn rejects_revoked_payee_certificate() -> String {
             PinEntry::WhenRequired,
         ))
         .expect("negotiation");
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "cert.revoked", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "cert.revoked".to_owned()
+    case.assert_refused(&envelope, "cert.revoked", payer::STAGE)
+        .await
 }
 
 async fn rejects_truncated_payer_certificate() -> String {
@@ -464,10 +518,8 @@ async fn rejects_truncated_payer_certificate() -> String {
         &case.payer_keys().terminal,
         &case.payee_keys().terminal,
     );
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "cert.malformed", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "cert.malformed".to_owned()
+    case.assert_refused(&envelope, "cert.malformed", payer::STAGE)
+        .await
 }
 
 async fn rejects_payer_certificate_with_a_tampered_byte() -> String {
@@ -480,10 +532,8 @@ async fn rejects_payer_certificate_with_a_tampered_byte() -> String {
         &case.payer_keys().terminal,
         &case.payee_keys().terminal,
     );
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "cert.signature_invalid", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "cert.signature_invalid".to_owned()
+    case.assert_refused(&envelope, "cert.signature_invalid", payer::STAGE)
+        .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,20 +546,16 @@ async fn rejects_tampered_payee_consent() -> String {
     flip_last_byte(&mut envelope.payee_signature);
     // The payer signs over the tampered consent: only the consent is wrong.
     sign_as_payer(&mut envelope, &case.payer_keys().terminal);
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "sig.payee_consent_invalid", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "sig.payee_consent_invalid".to_owned()
+    case.assert_refused(&envelope, "sig.payee_consent_invalid", payer::STAGE)
+        .await
 }
 
 async fn rejects_tampered_payer_signature() -> String {
     let mut case = Case::new().await;
     let mut envelope = case.envelope(SMALL_FEN, PinEntry::WhenRequired);
     flip_last_byte(&mut envelope.payer_signature);
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "sig.payer_invalid", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "sig.payer_invalid".to_owned()
+    case.assert_refused(&envelope, "sig.payer_invalid", payer::STAGE)
+        .await
 }
 
 async fn rejects_amount_changed_after_signing_as_factor_mismatch() -> String {
@@ -524,10 +570,8 @@ async fn rejects_amount_changed_after_signing_as_factor_mismatch() -> String {
             .verify(&payer_envelope_bytes(&envelope), &envelope.payer_signature)
             .is_ok()
     );
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "txn.factor_mismatch", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "txn.factor_mismatch".to_owned()
+    case.assert_refused(&envelope, "txn.factor_mismatch", payer::STAGE)
+        .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -556,10 +600,8 @@ async fn pin_proof_is_rejected(
 ) -> String {
     envelope.pin_proof = Some(proof);
     sign_as_payer(envelope, &case.payer_keys().terminal);
-    let outcome = case.run(envelope).await;
-    assert_rejected(&outcome, "txn.pin_proof_invalid", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "txn.pin_proof_invalid".to_owned()
+    case.assert_refused(envelope, "txn.pin_proof_invalid", payer::STAGE)
+        .await
 }
 
 async fn rejects_pin_proof_with_tampered_signature() -> String {
@@ -604,10 +646,8 @@ async fn rejects_payer_certificate_of_another_wallet() -> String {
         .wallet(&case.other_payer)
         .expect("keys");
     let envelope = envelope_with_payer_certificate(&case, &other.terminal);
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "txn.party_mismatch", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "txn.party_mismatch".to_owned()
+    case.assert_refused(&envelope, "txn.party_mismatch", payer::STAGE)
+        .await
 }
 
 async fn rejects_envelope_submitted_to_another_institution() -> String {
@@ -635,20 +675,16 @@ async fn rejects_unsupported_currency() -> String {
         &case.payer_keys().terminal,
         &case.payee_keys().terminal,
     );
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "txn.currency_unsupported", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "txn.currency_unsupported".to_owned()
+    case.assert_refused(&envelope, "txn.currency_unsupported", payer::STAGE)
+        .await
 }
 
 async fn rejects_envelope_dated_too_far_in_the_past() -> String {
     let mut case = Case::new().await;
     let envelope = case.envelope(SMALL_FEN, PinEntry::WhenRequired);
     case.net.clock.advance_ms(CLOCK_SKEW_MS_MAX_DEFAULT + 1);
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "txn.clock_skew", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "txn.clock_skew".to_owned()
+    case.assert_refused(&envelope, "txn.clock_skew", payer::STAGE)
+        .await
 }
 
 async fn rejects_envelope_dated_too_far_in_the_future() -> String {
@@ -659,10 +695,8 @@ async fn rejects_envelope_dated_too_far_in_the_future() -> String {
         .set_ms(now_ms + CLOCK_SKEW_MS_MAX_DEFAULT + 1);
     let envelope = case.envelope(SMALL_FEN, PinEntry::WhenRequired);
     case.net.clock.set_ms(now_ms);
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "txn.clock_skew", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "txn.clock_skew".to_owned()
+    case.assert_refused(&envelope, "txn.clock_skew", payer::STAGE)
+        .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,10 +715,8 @@ async fn rejects_same_payment_id_with_other_amount_as_conflict() -> String {
         9_000,
         PinEntry::WhenRequired,
     );
-    let outcome = case.run(&renegotiated).await;
-    assert_rejected(&outcome, "txn.conflict", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "txn.conflict".to_owned()
+    case.assert_refused(&renegotiated, "txn.conflict", payer::STAGE)
+        .await
 }
 
 async fn repeated_identical_submission_gets_the_first_outcome_and_moves_no_money() -> String {
@@ -728,36 +760,10 @@ async fn repeated_rejected_submission_gets_the_same_rejection() -> String {
 
 async fn rejects_payer_wallet_unknown_to_its_institution() -> String {
     let mut case = Case::new().await;
-    let institution = case.payer_institution();
-    let wallet = PartyRef {
-        institution_id: institution.clone(),
-        wallet_id: format!("w-{institution}-999999"),
-    };
-    let user = issue(&case, Role::Terminal, &wallet.wallet_id, &institution);
-    let element = issue(&case, Role::SecureElement, &wallet.wallet_id, &institution);
-    let payer = Terminal {
-        wallet: &wallet,
-        user: &user,
-        secure_element: &element,
-        password_free_limit_fen: PASSWORD_FREE_LIMIT_FEN_DEFAULT,
-    };
-    let envelope = Touch::connect(
-        payer,
-        case.payee_terminal(),
-        &case.net.network.verifier,
-        case.net.now_ms(),
-    )
-    .expect("both certificates are valid")
-    .negotiate(&request(
-        SMALL_FEN,
-        case.net.now_ms(),
-        PinEntry::WhenRequired,
-    ))
-    .expect("negotiation");
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "payer.unknown_wallet", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "payer.unknown_wallet".to_owned()
+    let stranger = UnknownWallet::at(&case, case.payer_institution());
+    let envelope = small_payment(&case, stranger.terminal(), case.payee_terminal());
+    case.assert_refused(&envelope, "payer.unknown_wallet", payer::STAGE)
+        .await
 }
 
 async fn rejects_locked_payer_wallet() -> String {
@@ -768,23 +774,23 @@ async fn rejects_locked_payer_wallet() -> String {
         .await
         .expect("lock")
         .expect("wallet exists");
-    let outcome = case
-        .run(&case.envelope(SMALL_FEN, PinEntry::WhenRequired))
-        .await;
-    assert_rejected(&outcome, "payer.wallet_locked", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "payer.wallet_locked".to_owned()
+    case.assert_refused(
+        &case.envelope(SMALL_FEN, PinEntry::WhenRequired),
+        "payer.wallet_locked",
+        payer::STAGE,
+    )
+    .await
 }
 
 async fn rejects_amount_above_single_payment_limit() -> String {
     let mut case = Case::new().await;
     let amount_fen = TIER_4.limits.single_payment_limit_fen + 1;
-    let outcome = case
-        .run(&case.envelope(amount_fen, PinEntry::WhenRequired))
-        .await;
-    assert_rejected(&outcome, "limit.single_payment", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "limit.single_payment".to_owned()
+    case.assert_refused(
+        &case.envelope(amount_fen, PinEntry::WhenRequired),
+        "limit.single_payment",
+        payer::STAGE,
+    )
+    .await
 }
 
 async fn set_payer_limits(case: &Case, limits: WalletLimits) {
@@ -811,12 +817,12 @@ async fn rejects_payment_that_takes_the_day_over_the_daily_limit() -> String {
         .await;
     assert_eq!(first.status, OutcomeStatus::Completed);
     case.mark().await;
-    let outcome = case
-        .run(&case.envelope(6_000, PinEntry::WhenRequired))
-        .await;
-    assert_rejected(&outcome, "limit.daily", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "limit.daily".to_owned()
+    case.assert_refused(
+        &case.envelope(6_000, PinEntry::WhenRequired),
+        "limit.daily",
+        payer::STAGE,
+    )
+    .await
 }
 
 async fn rejects_amount_above_available_balance() -> String {
@@ -831,22 +837,20 @@ async fn rejects_amount_above_available_balance() -> String {
     )
     .await;
     let envelope = case.envelope(TIER_4_OPENING_FEN + 1, PinEntry::WhenRequired);
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "funds.insufficient", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "funds.insufficient".to_owned()
+    case.assert_refused(&envelope, "funds.insufficient", payer::STAGE)
+        .await
 }
 
 async fn rejects_amount_beyond_the_ledgers_range_as_invalid_request() -> String {
     let mut case = Case::new().await;
     // The schema accepts amounts up to ten times the most the ledger moves in one payment.
     let amount_fen = dcpipe_connectors::ledger::AMOUNT_FEN_MAX + 1;
-    let outcome = case
-        .run(&case.envelope(amount_fen, PinEntry::WhenRequired))
-        .await;
-    assert_rejected(&outcome, "txn.invalid_request", payer::STAGE);
-    case.assert_no_money_moved().await;
-    "txn.invalid_request".to_owned()
+    case.assert_refused(
+        &case.envelope(amount_fen, PinEntry::WhenRequired),
+        "txn.invalid_request",
+        payer::STAGE,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -855,36 +859,10 @@ async fn rejects_amount_beyond_the_ledgers_range_as_invalid_request() -> String 
 
 async fn rejects_payee_wallet_unknown_to_its_institution() -> String {
     let mut case = Case::new().await;
-    let institution = case.payee_institution();
-    let wallet = PartyRef {
-        institution_id: institution.clone(),
-        wallet_id: format!("w-{institution}-999999"),
-    };
-    let user = issue(&case, Role::Terminal, &wallet.wallet_id, &institution);
-    let element = issue(&case, Role::SecureElement, &wallet.wallet_id, &institution);
-    let payee = Terminal {
-        wallet: &wallet,
-        user: &user,
-        secure_element: &element,
-        password_free_limit_fen: PASSWORD_FREE_LIMIT_FEN_DEFAULT,
-    };
-    let envelope = Touch::connect(
-        case.payer_terminal(),
-        payee,
-        &case.net.network.verifier,
-        case.net.now_ms(),
-    )
-    .expect("both certificates are valid")
-    .negotiate(&request(
-        SMALL_FEN,
-        case.net.now_ms(),
-        PinEntry::WhenRequired,
-    ))
-    .expect("negotiation");
-    let outcome = case.run(&envelope).await;
-    assert_rejected(&outcome, "payee.unknown_wallet", commit::STAGE);
-    case.assert_no_money_moved().await;
-    "payee.unknown_wallet".to_owned()
+    let stranger = UnknownWallet::at(&case, case.payee_institution());
+    let envelope = small_payment(&case, case.payer_terminal(), stranger.terminal());
+    case.assert_refused(&envelope, "payee.unknown_wallet", commit::STAGE)
+        .await
 }
 
 async fn rejects_locked_payee_wallet() -> String {
@@ -895,12 +873,12 @@ async fn rejects_locked_payee_wallet() -> String {
         .await
         .expect("lock")
         .expect("wallet exists");
-    let outcome = case
-        .run(&case.envelope(SMALL_FEN, PinEntry::WhenRequired))
-        .await;
-    assert_rejected(&outcome, "payee.wallet_locked", commit::STAGE);
-    case.assert_no_money_moved().await;
-    "payee.wallet_locked".to_owned()
+    case.assert_refused(
+        &case.envelope(SMALL_FEN, PinEntry::WhenRequired),
+        "payee.wallet_locked",
+        commit::STAGE,
+    )
+    .await
 }
 
 async fn rejects_payment_that_takes_payee_over_its_balance_limit() -> String {
@@ -917,12 +895,12 @@ async fn rejects_payment_that_takes_payee_over_its_balance_limit() -> String {
         .await
         .expect("set limits")
         .expect("wallet exists");
-    let outcome = case
-        .run(&case.envelope(SMALL_FEN, PinEntry::WhenRequired))
-        .await;
-    assert_rejected(&outcome, "payee.balance_limit", commit::STAGE);
-    case.assert_no_money_moved().await;
-    "payee.balance_limit".to_owned()
+    case.assert_refused(
+        &case.envelope(SMALL_FEN, PinEntry::WhenRequired),
+        "payee.balance_limit",
+        commit::STAGE,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
