@@ -21,7 +21,7 @@ use dcpipe_connectors::bus::{
 use dcpipe_connectors::ledger::{
     LedgerErrorKind, LedgerOptions, LedgerUrl, WalletAccount, WalletLimits, open_ledger,
 };
-use dcpipe_connectors::testkit::{NatsServer, PostgresServer, TansuServer};
+use dcpipe_connectors::testkit::{NatsServer, PostgresServer, TansuServer, fetch_until};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -256,16 +256,7 @@ async fn assert_round_trip(bus: &dyn Bus) {
 }
 
 async fn collect(consumer: &mut dyn Consumer, n: usize) -> Vec<Delivery> {
-    let deadline = Instant::now() + DEADLINE;
-    let mut deliveries = Vec::new();
-    while deliveries.len() < n && Instant::now() < deadline {
-        let batch = consumer
-            .fetch(n - deliveries.len(), Duration::from_millis(500))
-            .await
-            .expect("fetch");
-        deliveries.extend(batch);
-    }
-    deliveries
+    fetch_until(consumer, n, Instant::now() + DEADLINE).await
 }
 
 /// Everything logged in this test process, at every level and from every crate (the buses,

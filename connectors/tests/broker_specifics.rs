@@ -9,7 +9,7 @@ use dcpipe_connectors::bus::{
     Bus, BusErrorKind, Consumer, ConsumerConfig, Delivery, KafkaBus, KafkaOptions, NatsBus,
     NatsOptions, Outgoing, SubjectSpec,
 };
-use dcpipe_connectors::testkit::{NatsServer, TansuServer};
+use dcpipe_connectors::testkit::{NatsServer, TansuServer, fetch_until};
 use tokio::time::Instant;
 
 /// How long a test waits for what must happen.
@@ -48,16 +48,7 @@ async fn publish_numbered(bus: &dyn Bus, subject: &str, count: usize) {
 }
 
 async fn collect(consumer: &mut dyn Consumer, n: usize) -> Vec<Delivery> {
-    let deadline = Instant::now() + DEADLINE;
-    let mut deliveries = Vec::new();
-    while deliveries.len() < n && Instant::now() < deadline {
-        let batch = consumer
-            .fetch(n - deliveries.len(), Duration::from_millis(500))
-            .await
-            .expect("fetch");
-        deliveries.extend(batch);
-    }
-    deliveries
+    fetch_until(consumer, n, Instant::now() + DEADLINE).await
 }
 
 fn payloads(deliveries: &[Delivery]) -> Vec<String> {

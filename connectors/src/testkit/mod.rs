@@ -17,10 +17,39 @@ mod tansu;
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::bus::{Consumer, Delivery};
 
 pub use nats::{NATS_SERVER_VERSION, NatsServer};
 pub use postgres::PostgresServer;
 pub use tansu::{TANSU_VERSION, TansuServer};
+
+/// Longest single wait of [`fetch_until`], so that it looks at its deadline often.
+const FETCH_UNTIL_WAIT: Duration = Duration::from_millis(500);
+
+/// Fetches, without acking, until `n` deliveries have arrived or `deadline` has passed: a test
+/// waits on the condition with a deadline, never on a fixed sleep. Panics when a fetch fails.
+pub async fn fetch_until(
+    consumer: &mut dyn Consumer,
+    n: usize,
+    deadline: Instant,
+) -> Vec<Delivery> {
+    let mut deliveries = Vec::new();
+    while deliveries.len() < n && Instant::now() < deadline {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(FETCH_UNTIL_WAIT);
+        let batch = consumer
+            .fetch(n - deliveries.len(), wait)
+            .await
+            .unwrap_or_else(|e| panic!("fetch: {e}"));
+        deliveries.extend(batch);
+    }
+    deliveries
+}
 
 /// What went wrong while running a test server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
