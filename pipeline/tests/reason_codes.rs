@@ -344,19 +344,11 @@ fn factor_of(
     payer_algorithm: Algorithm,
 ) -> dcpipe_schemas::Digest32 {
     transaction_factor(
-        &FactorInput {
-            payment_id: &envelope.payment_id,
-            payer: &envelope.payer,
-            payee: &envelope.payee,
-            amount_fen: envelope.amount_fen,
-            currency: &envelope.currency,
-            created_at_ms: envelope.created_at_ms,
-            channel: envelope.channel,
-            payer_nonce: &envelope.payer_nonce,
-            payee_nonce: &envelope.payee_nonce,
-            payer_certificate_fingerprint: &certificate_fingerprint(&envelope.payer_certificate),
-            payee_certificate_fingerprint: &certificate_fingerprint(&envelope.payee_certificate),
-        },
+        &FactorInput::of_envelope(
+            envelope,
+            &certificate_fingerprint(&envelope.payer_certificate),
+            &certificate_fingerprint(&envelope.payee_certificate),
+        ),
         FactorHash::for_payer(payer_algorithm),
     )
 }

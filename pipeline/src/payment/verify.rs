@@ -105,19 +105,7 @@ pub fn verify_envelope(
     )?;
 
     let factor = transaction_factor(
-        &FactorInput {
-            payment_id: &envelope.payment_id,
-            payer: &envelope.payer,
-            payee: &envelope.payee,
-            amount_fen: envelope.amount_fen,
-            currency: &envelope.currency,
-            created_at_ms: envelope.created_at_ms,
-            channel: envelope.channel,
-            payer_nonce: &envelope.payer_nonce,
-            payee_nonce: &envelope.payee_nonce,
-            payer_certificate_fingerprint: payer.fingerprint(),
-            payee_certificate_fingerprint: payee.fingerprint(),
-        },
+        &FactorInput::of_envelope(envelope, payer.fingerprint(), payee.fingerprint()),
         FactorHash::for_payer(payer.algorithm()),
     );
     if factor != envelope.transaction_factor {

@@ -5,7 +5,7 @@
 //! the factor (its consent), and the payer's signature covers it, so neither side can change
 //! the amount, the parties or the time after the touch.
 
-use dcpipe_schemas::{Channel, Digest32, Nonce, PartyRef, PaymentId};
+use dcpipe_schemas::{Channel, Digest32, Nonce, PartyRef, PaymentId, TransactionEnvelope};
 
 use super::SigningInput;
 use crate::pki::{Algorithm, sha256, sm3};
@@ -67,7 +67,29 @@ pub struct FactorInput<'a> {
     pub payee_certificate_fingerprint: &'a [u8; 32],
 }
 
-impl FactorInput<'_> {
+impl<'a> FactorInput<'a> {
+    /// The terms an envelope carries, with the fingerprints of the certificates it names
+    /// (computed by the caller, who usually has them from verifying the chains).
+    pub fn of_envelope(
+        envelope: &'a TransactionEnvelope,
+        payer_certificate_fingerprint: &'a [u8; 32],
+        payee_certificate_fingerprint: &'a [u8; 32],
+    ) -> Self {
+        FactorInput {
+            payment_id: &envelope.payment_id,
+            payer: &envelope.payer,
+            payee: &envelope.payee,
+            amount_fen: envelope.amount_fen,
+            currency: &envelope.currency,
+            created_at_ms: envelope.created_at_ms,
+            channel: envelope.channel,
+            payer_nonce: &envelope.payer_nonce,
+            payee_nonce: &envelope.payee_nonce,
+            payer_certificate_fingerprint,
+            payee_certificate_fingerprint,
+        }
+    }
+
     /// The exact bytes that are hashed (docs/PROTOCOL.md, "Transaction factor").
     pub fn signing_input(&self) -> SigningInput {
         let mut input = SigningInput::new(TAG_TRANSACTION_FACTOR);
