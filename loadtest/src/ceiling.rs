@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dcpipe_connectors::bus::{Bus, ConsumerConfig, Outgoing, StartAt, SubjectSpec};
 use dcpipe_pipeline::network::Network;
+use dcpipe_pipeline::payment::payer::unsigned_clearing;
 use dcpipe_pipeline::payment::{Institution, verify_envelope};
 use dcpipe_pipeline::pki::{ChainVerifier, Role};
 use dcpipe_pipeline::protocol::{
     clearing_message_bytes, clearing_response_bytes, envelope_digest, payment_outcome_bytes,
 };
 use dcpipe_schemas::{
-    ClearingMessage, ClearingResponse, ClearingStatus, OutcomeStatus, PaymentOutcome,
-    TransactionEnvelope,
+    ClearingResponse, ClearingStatus, OutcomeStatus, PaymentOutcome, TransactionEnvelope,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -161,19 +161,13 @@ impl CryptoWork {
             };
             let payer = institution(&envelope.payer.institution_id)?;
             let payee = institution(&envelope.payee.institution_id)?;
-            let mut clearing = ClearingMessage {
-                payment_id: envelope.payment_id,
-                payer: envelope.payer.clone(),
-                payee: envelope.payee.clone(),
-                amount_fen: envelope.amount_fen,
-                currency: envelope.currency.clone(),
-                transaction_factor: envelope.transaction_factor,
-                envelope_digest: envelope_digest(&envelope),
-                reserved_at_ms: now_ms,
-                expires_at_ms: now_ms + payer.policy.reservation_ttl_ms,
-                institution_certificate: payer.signer.certificate().der().to_vec(),
-                institution_signature: Vec::new(),
-            };
+            let mut clearing = unsigned_clearing(
+                &envelope,
+                envelope_digest(&envelope),
+                now_ms,
+                now_ms + payer.policy.reservation_ttl_ms,
+                payer.signer.certificate().der().to_vec(),
+            );
             let clearing_input = clearing_message_bytes(&clearing);
             clearing.institution_signature = sign(&payer, &clearing_input)?;
             let mut response = ClearingResponse {

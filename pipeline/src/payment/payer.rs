@@ -287,6 +287,31 @@ async fn apply_password_rule(
         .collect())
 }
 
+/// The clearing message that asks the payee's institution to credit an envelope's payment,
+/// reserved from `reserved_at_ms` until `expires_at_ms`, before the payer's institution signs
+/// it (its signature covers `clearing_message_bytes`).
+pub fn unsigned_clearing(
+    envelope: &TransactionEnvelope,
+    envelope_digest: Digest32,
+    reserved_at_ms: i64,
+    expires_at_ms: i64,
+    institution_certificate: Vec<u8>,
+) -> ClearingMessage {
+    ClearingMessage {
+        payment_id: envelope.payment_id,
+        payer: envelope.payer.clone(),
+        payee: envelope.payee.clone(),
+        amount_fen: envelope.amount_fen,
+        currency: envelope.currency.clone(),
+        transaction_factor: envelope.transaction_factor,
+        envelope_digest,
+        reserved_at_ms,
+        expires_at_ms,
+        institution_certificate,
+        institution_signature: Vec::new(),
+    }
+}
+
 /// The clearing message for a reservation, signed by the payer's institution.
 fn clearing(
     inst: &Institution,
@@ -299,25 +324,19 @@ fn clearing(
         tracing::warn!(payee = %payee_institution, "clearing for an unknown institution not sent");
         return Ok(Vec::new());
     }
-    let mut message = ClearingMessage {
-        payment_id: envelope.payment_id,
-        payer: envelope.payer.clone(),
-        payee: envelope.payee.clone(),
-        amount_fen: envelope.amount_fen,
-        currency: envelope.currency.clone(),
-        transaction_factor: envelope.transaction_factor,
-        envelope_digest: record
+    let mut message = unsigned_clearing(
+        envelope,
+        record
             .digest
             .map(|d| Digest32::from_bytes(d.0))
             .unwrap_or_else(|| envelope_digest(envelope)),
         // Both from the stage's clock (the expiry it chose), not the ledger's stamps.
-        reserved_at_ms: record
+        record
             .expires_at_ms
             .map_or(record.created_ms, |at| at - inst.policy.reservation_ttl_ms),
-        expires_at_ms: record.expires_at_ms.unwrap_or(record.created_ms),
-        institution_certificate: inst.certificate(),
-        institution_signature: Vec::new(),
-    };
+        record.expires_at_ms.unwrap_or(record.created_ms),
+        inst.certificate(),
+    );
     message.institution_signature = inst.sign(&clearing_message_bytes(&message))?;
     let subject = subjects::clearing_request(payee_institution);
     let msg_id = format!("{subject}/{}", message.payment_id);
