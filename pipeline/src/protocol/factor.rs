@@ -8,10 +8,8 @@
 use dcpipe_schemas::{Channel, Digest32, Nonce, PartyRef, PaymentId, TransactionEnvelope};
 
 use super::SigningInput;
+use super::layout::TRANSACTION_FACTOR;
 use crate::pki::{Algorithm, sha256, sm3};
-
-/// Domain tag of the transaction factor.
-pub(super) const TAG_TRANSACTION_FACTOR: &str = "dcpipe/v1/transaction-factor";
 
 /// Which hash makes the factor: the payer certificate's family, so an SM2 payer stays within
 /// the national algorithms.
@@ -92,7 +90,7 @@ impl<'a> FactorInput<'a> {
 
     /// The exact bytes that are hashed (docs/PROTOCOL.md, "Transaction factor").
     pub fn signing_input(&self) -> SigningInput {
-        let mut input = SigningInput::new(TAG_TRANSACTION_FACTOR);
+        let mut input = SigningInput::of(&TRANSACTION_FACTOR);
         input
             .fixed(self.payment_id.as_bytes())
             .string(&self.payer.institution_id)
@@ -117,7 +115,7 @@ pub fn transaction_factor(input: &FactorInput<'_>, hash: FactorHash) -> Digest32
 }
 
 /// The Avro symbol of a channel.
-pub(super) fn channel_symbol(channel: Channel) -> &'static str {
+fn channel_symbol(channel: Channel) -> &'static str {
     match channel {
         Channel::Nfc => "NFC",
         Channel::Bluetooth => "BLUETOOTH",

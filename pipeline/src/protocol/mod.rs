@@ -3,14 +3,17 @@
 //! Nothing here is Avro: signatures cover a small, explicit encoding ([`SigningInput`]) that
 //! another implementation can reproduce from `docs/PROTOCOL.md` alone, and that does not change
 //! when a schema gains a field. Each signed message has its own domain-separation tag, so a
-//! signature made for one purpose never verifies for another.
+//! signature made for one purpose never verifies for another. Each input is described once, as
+//! data, in [`layout`]: the builders follow it, and the documents are checked against it.
 
 mod encoding;
 mod factor;
+pub mod layout;
 mod signed;
 
 pub use encoding::{SigningInput, TAG_BYTES_MAX};
 pub use factor::{FactorHash, FactorInput, transaction_factor};
+pub use layout::{Encoding, Field, Output, SIGNING_LAYOUTS, SigningLayout};
 pub use signed::{
     TAG_CLEARING_MESSAGE, TAG_CLEARING_RESPONSE, TAG_PAYEE_CONSENT, TAG_PAYER_ENVELOPE,
     TAG_PAYMENT_OUTCOME, TAG_PIN_PROOF, TAG_REVOCATION_UPDATE, TAG_SETTLEMENT_INSTRUCTION,

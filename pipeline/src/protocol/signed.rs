@@ -8,25 +8,28 @@ use dcpipe_schemas::{
 };
 
 use super::SigningInput;
+use super::layout::{
+    CLEARING_MESSAGE, CLEARING_RESPONSE, PAYEE_CONSENT, PAYER_ENVELOPE, PAYMENT_OUTCOME, PIN_PROOF,
+    REVOCATION_UPDATE, SETTLEMENT_INSTRUCTION,
+};
 use crate::pki::sha256;
 
 /// Domain tag of the payee's consent signature (over the transaction factor).
-pub const TAG_PAYEE_CONSENT: &str = "dcpipe/v1/payee-consent";
+pub const TAG_PAYEE_CONSENT: &str = PAYEE_CONSENT.tag;
 /// Domain tag of the secure element's PIN-verification proof.
-pub const TAG_PIN_PROOF: &str = "dcpipe/v1/pin-proof";
+pub const TAG_PIN_PROOF: &str = PIN_PROOF.tag;
 /// Domain tag of the payer's signature over the envelope.
-pub const TAG_PAYER_ENVELOPE: &str = "dcpipe/v1/payer-envelope";
+pub const TAG_PAYER_ENVELOPE: &str = PAYER_ENVELOPE.tag;
 /// Domain tag of the payer institution's signature over a clearing message.
-pub const TAG_CLEARING_MESSAGE: &str = "dcpipe/v1/clearing-message";
+pub const TAG_CLEARING_MESSAGE: &str = CLEARING_MESSAGE.tag;
 /// Domain tag of the payee institution's signature over a clearing response.
-pub const TAG_CLEARING_RESPONSE: &str = "dcpipe/v1/clearing-response";
+pub const TAG_CLEARING_RESPONSE: &str = CLEARING_RESPONSE.tag;
 /// Domain tag of the deciding institution's signature over a payment outcome.
-pub const TAG_PAYMENT_OUTCOME: &str = "dcpipe/v1/payment-outcome";
+pub const TAG_PAYMENT_OUTCOME: &str = PAYMENT_OUTCOME.tag;
 /// Domain tag of the central bank's signature over a settlement instruction.
-pub const TAG_SETTLEMENT_INSTRUCTION: &str = "dcpipe/v1/settlement-instruction";
-
+pub const TAG_SETTLEMENT_INSTRUCTION: &str = SETTLEMENT_INSTRUCTION.tag;
 /// Domain tag of a CA's signature over a revocation update.
-pub const TAG_REVOCATION_UPDATE: &str = "dcpipe/v1/revocation-update";
+pub const TAG_REVOCATION_UPDATE: &str = REVOCATION_UPDATE.tag;
 
 /// SHA-256 of a certificate's DER: how certificates enter every signed input.
 pub fn certificate_fingerprint(der: &[u8]) -> [u8; 32] {
@@ -39,7 +42,7 @@ fn party(input: &mut SigningInput, party: &PartyRef) {
 
 /// What the payee's terminal signs to consent: the factor.
 pub fn payee_consent_bytes(transaction_factor: &Digest32) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_PAYEE_CONSENT);
+    let mut input = SigningInput::of(&PAYEE_CONSENT);
     input.fixed(transaction_factor.as_bytes());
     input.into_bytes()
 }
@@ -50,7 +53,7 @@ pub fn pin_proof_bytes(
     payer_wallet_id: &str,
     verified_at_ms: i64,
 ) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_PIN_PROOF);
+    let mut input = SigningInput::of(&PIN_PROOF);
     input
         .fixed(transaction_factor.as_bytes())
         .string(payer_wallet_id)
@@ -61,7 +64,7 @@ pub fn pin_proof_bytes(
 /// What the payer signs: the factor (which binds the payment's terms, both nonces and both
 /// certificates), the payee's consent, and the PIN proof if any.
 pub fn payer_envelope_bytes(envelope: &TransactionEnvelope) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_PAYER_ENVELOPE);
+    let mut input = SigningInput::of(&PAYER_ENVELOPE);
     input
         .fixed(envelope.transaction_factor.as_bytes())
         .bytes(&envelope.payee_signature)
@@ -92,7 +95,7 @@ pub fn submission_digest(frame: &[u8]) -> Digest32 {
 
 /// What the payer's institution signs on a clearing message.
 pub fn clearing_message_bytes(message: &ClearingMessage) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_CLEARING_MESSAGE);
+    let mut input = SigningInput::of(&CLEARING_MESSAGE);
     input.fixed(message.payment_id.as_bytes());
     party(&mut input, &message.payer);
     party(&mut input, &message.payee);
@@ -109,7 +112,7 @@ pub fn clearing_message_bytes(message: &ClearingMessage) -> Vec<u8> {
 
 /// What the payee's institution signs on a clearing response.
 pub fn clearing_response_bytes(response: &ClearingResponse) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_CLEARING_RESPONSE);
+    let mut input = SigningInput::of(&CLEARING_RESPONSE);
     input
         .fixed(response.payment_id.as_bytes())
         .string(&response.payer_institution_id)
@@ -127,7 +130,7 @@ pub fn clearing_response_bytes(response: &ClearingResponse) -> Vec<u8> {
 
 /// What the deciding institution signs on a payment outcome.
 pub fn payment_outcome_bytes(outcome: &PaymentOutcome) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_PAYMENT_OUTCOME);
+    let mut input = SigningInput::of(&PAYMENT_OUTCOME);
     input
         .fixed(outcome.payment_id.as_bytes())
         .fixed(outcome.envelope_digest.as_bytes())
@@ -151,7 +154,7 @@ pub fn payment_outcome_bytes(outcome: &PaymentOutcome) -> Vec<u8> {
 
 /// What the central bank signs on a settlement instruction.
 pub fn settlement_instruction_bytes(instruction: &SettlementInstruction) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_SETTLEMENT_INSTRUCTION);
+    let mut input = SigningInput::of(&SETTLEMENT_INSTRUCTION);
     input
         .fixed(instruction.instruction_id.as_bytes())
         .i64(instruction.window_id)
@@ -176,7 +179,7 @@ pub fn settlement_instruction_bytes(instruction: &SettlementInstruction) -> Vec<
 
 /// What a CA signs on a revocation update.
 pub fn revocation_update_bytes(update: &RevocationUpdate) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_REVOCATION_UPDATE);
+    let mut input = SigningInput::of(&REVOCATION_UPDATE);
     input
         .fixed(update.update_id.as_bytes())
         .i64(update.sequence)

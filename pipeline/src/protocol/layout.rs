@@ -1,0 +1,537 @@
+//! Every signing input described once, as data: its domain tag and its fields in order, each
+//! with its encoding (docs/PROTOCOL.md §3–§5).
+//!
+//! The builders in this module's siblings start their input with [`SigningInput::of`], which
+//! checks in debug builds that every field they append is the next one of the layout, with its
+//! encoding, and that none is missing; tests render docs/PROTOCOL.md §4 and §5 and the `.avsc`
+//! doc strings of the signature, factor and digest fields from the same data and compare. So
+//! the code, the document and the schemas cannot say different things about the signed bytes.
+//!
+//! [`SigningInput::of`]: super::SigningInput::of
+
+/// How one field of a signing input is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// An id, digest or nonce of this many bytes, as they are (no length prefix).
+    Fixed(usize),
+    /// A 32-bit integer: big-endian two's complement, 4 bytes.
+    I32,
+    /// A 64-bit integer: big-endian two's complement, 8 bytes.
+    I64,
+    /// A string: u32 big-endian byte length, then its UTF-8 bytes.
+    String,
+    /// A byte string: u32 big-endian length, then the bytes.
+    Bytes,
+    /// An optional string: `00` when absent; `01`, then the string.
+    OptionalString,
+    /// An Avro enum: the name of its symbol, written as a string (length-prefixed).
+    Symbol(&'static [&'static str]),
+    /// A `PartyRef`: its `institution_id`, then its `wallet_id`, each a string.
+    Party,
+    /// A certificate: SHA-256 of its DER, as 32 bytes (no length prefix).
+    Fingerprint,
+    /// An array: u32 big-endian element count, then each element's fields in order.
+    Array(&'static [Field]),
+    /// An optional record: `00` when absent; `01`, then its fields in order.
+    Optional(&'static [Field]),
+}
+
+/// One field of a signing input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    /// The Avro field it is read from (a path such as `payer.wallet_id` when it is nested).
+    pub name: &'static str,
+    /// How it is written.
+    pub encoding: Encoding,
+}
+
+const fn field(name: &'static str, encoding: Encoding) -> Field {
+    Field { name, encoding }
+}
+
+/// What is made of a signing input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// A 64-byte message signature (docs/PROTOCOL.md §3) by the key of this party.
+    Signature {
+        /// Who signs, e.g. "the payer's terminal".
+        signer: &'static str,
+    },
+    /// The transaction factor: a hash of the input, SHA-256 or SM3 by the payer's algorithm.
+    Factor,
+}
+
+/// The exact bytes behind one signature (or the transaction factor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigningLayout {
+    /// What the input is, in words: "payer envelope".
+    pub name: &'static str,
+    /// The domain-separation tag that starts it.
+    pub tag: &'static str,
+    /// The Avro record that carries the result.
+    pub message: &'static str,
+    /// The field of [`SigningLayout::message`] that holds the result (a path when nested).
+    pub result_field: &'static str,
+    /// A signature, or the factor.
+    pub output: Output,
+    /// The fields after the tag, in order.
+    pub fields: &'static [Field],
+    /// What a reader should know beyond the field list (may be empty).
+    pub note: &'static str,
+}
+
+const CHANNELS: &[&str] = &["NFC", "BLUETOOTH", "REMOTE"];
+const CLEARING_STATUSES: &[&str] = &["ACCEPTED", "REJECTED"];
+const OUTCOME_STATUSES: &[&str] = &["COMPLETED", "REJECTED"];
+
+/// The transaction factor (docs/PROTOCOL.md §4).
+pub const TRANSACTION_FACTOR: SigningLayout = SigningLayout {
+    name: "transaction factor",
+    tag: "dcpipe/v1/transaction-factor",
+    message: "TransactionEnvelope",
+    result_field: "transaction_factor",
+    output: Output::Factor,
+    fields: &[
+        field("payment_id", Encoding::Fixed(16)),
+        field("payer", Encoding::Party),
+        field("payee", Encoding::Party),
+        field("amount_fen", Encoding::I64),
+        field("currency", Encoding::String),
+        field("created_at_ms", Encoding::I64),
+        field("channel", Encoding::Symbol(CHANNELS)),
+        field("payer_nonce", Encoding::Fixed(32)),
+        field("payee_nonce", Encoding::Fixed(32)),
+        field("payer_certificate", Encoding::Fingerprint),
+        field("payee_certificate", Encoding::Fingerprint),
+    ],
+    note: "",
+};
+
+/// The payee terminal's consent.
+pub const PAYEE_CONSENT: SigningLayout = SigningLayout {
+    name: "payee consent",
+    tag: "dcpipe/v1/payee-consent",
+    message: "TransactionEnvelope",
+    result_field: "payee_signature",
+    output: Output::Signature {
+        signer: "the payee's terminal (the key of payee_certificate)",
+    },
+    fields: &[field("transaction_factor", Encoding::Fixed(32))],
+    note: "",
+};
+
+/// The payer's secure element's PIN-verification proof.
+pub const PIN_PROOF: SigningLayout = SigningLayout {
+    name: "PIN proof",
+    tag: "dcpipe/v1/pin-proof",
+    message: "TransactionEnvelope",
+    result_field: "pin_proof.signature",
+    output: Output::Signature {
+        signer: "the payer's secure element (the key of pin_proof.secure_element_certificate)",
+    },
+    fields: &[
+        field("transaction_factor", Encoding::Fixed(32)),
+        field("payer.wallet_id", Encoding::String),
+        field("pin_proof.verified_at_ms", Encoding::I64),
+    ],
+    note: "",
+};
+
+/// The payer terminal's signature over the envelope.
+pub const PAYER_ENVELOPE: SigningLayout = SigningLayout {
+    name: "payer envelope",
+    tag: "dcpipe/v1/payer-envelope",
+    message: "TransactionEnvelope",
+    result_field: "payer_signature",
+    output: Output::Signature {
+        signer: "the payer's terminal (the key of payer_certificate)",
+    },
+    fields: &[
+        field("transaction_factor", Encoding::Fixed(32)),
+        field("payee_signature", Encoding::Bytes),
+        field(
+            "pin_proof",
+            Encoding::Optional(&[
+                field("secure_element_certificate", Encoding::Fingerprint),
+                field("verified_at_ms", Encoding::I64),
+                field("signature", Encoding::Bytes),
+            ]),
+        ),
+    ],
+    note: "The other fields of the envelope are covered through transaction_factor, which binds \
+           the payment id, both parties, the amount, the currency, the time, the channel, both \
+           nonces and both certificates.",
+};
+
+/// The payer institution's signature over a clearing message.
+pub const CLEARING_MESSAGE: SigningLayout = SigningLayout {
+    name: "clearing message",
+    tag: "dcpipe/v1/clearing-message",
+    message: "ClearingMessage",
+    result_field: "institution_signature",
+    output: Output::Signature {
+        signer: "the payer's institution signer (the key of institution_certificate)",
+    },
+    fields: &[
+        field("payment_id", Encoding::Fixed(16)),
+        field("payer", Encoding::Party),
+        field("payee", Encoding::Party),
+        field("amount_fen", Encoding::I64),
+        field("currency", Encoding::String),
+        field("transaction_factor", Encoding::Fixed(32)),
+        field("envelope_digest", Encoding::Fixed(32)),
+        field("reserved_at_ms", Encoding::I64),
+        field("expires_at_ms", Encoding::I64),
+        field("institution_certificate", Encoding::Fingerprint),
+    ],
+    note: "",
+};
+
+/// The payee institution's signature over a clearing response.
+pub const CLEARING_RESPONSE: SigningLayout = SigningLayout {
+    name: "clearing response",
+    tag: "dcpipe/v1/clearing-response",
+    message: "ClearingResponse",
+    result_field: "institution_signature",
+    output: Output::Signature {
+        signer: "the payee's institution signer (the key of institution_certificate)",
+    },
+    fields: &[
+        field("payment_id", Encoding::Fixed(16)),
+        field("payer_institution_id", Encoding::String),
+        field("payee_institution_id", Encoding::String),
+        field("status", Encoding::Symbol(CLEARING_STATUSES)),
+        field("reason_code", Encoding::OptionalString),
+        field("amount_fen", Encoding::I64),
+        field("responded_at_ms", Encoding::I64),
+        field("institution_certificate", Encoding::Fingerprint),
+    ],
+    note: "",
+};
+
+/// The deciding institution's signature over a payment outcome.
+pub const PAYMENT_OUTCOME: SigningLayout = SigningLayout {
+    name: "payment outcome",
+    tag: "dcpipe/v1/payment-outcome",
+    message: "PaymentOutcome",
+    result_field: "institution_signature",
+    output: Output::Signature {
+        signer: "the deciding institution's signer (decided_by; the key of \
+                 institution_certificate)",
+    },
+    fields: &[
+        field("payment_id", Encoding::Fixed(16)),
+        field("envelope_digest", Encoding::Fixed(32)),
+        field("status", Encoding::Symbol(OUTCOME_STATUSES)),
+        field("reason_code", Encoding::OptionalString),
+        field("detail", Encoding::String),
+        field("payer", Encoding::Party),
+        field("payee", Encoding::Party),
+        field("amount_fen", Encoding::I64),
+        field("currency", Encoding::String),
+        field("decided_at_ms", Encoding::I64),
+        field("decided_by", Encoding::String),
+        field("stage", Encoding::String),
+        field("institution_certificate", Encoding::Fingerprint),
+    ],
+    note: "",
+};
+
+/// The central bank's signature over a settlement instruction.
+pub const SETTLEMENT_INSTRUCTION: SigningLayout = SigningLayout {
+    name: "settlement instruction",
+    tag: "dcpipe/v1/settlement-instruction",
+    message: "SettlementInstruction",
+    result_field: "signature",
+    output: Output::Signature {
+        signer: "the central bank's settlement signer (the key of issuer_certificate)",
+    },
+    fields: &[
+        field("instruction_id", Encoding::Fixed(16)),
+        field("window_id", Encoding::I64),
+        field("window_start_at_ms", Encoding::I64),
+        field("window_end_at_ms", Encoding::I64),
+        field(
+            "positions",
+            Encoding::Array(&[
+                field("institution_id", Encoding::String),
+                field("net_fen", Encoding::I64),
+                field("debit_fen", Encoding::I64),
+                field("credit_fen", Encoding::I64),
+                field("clearing_count", Encoding::I64),
+            ]),
+        ),
+        field("late_clearing_count", Encoding::I64),
+        field("late_amount_fen", Encoding::I64),
+        field("issued_at_ms", Encoding::I64),
+        field("issuer_certificate", Encoding::Fingerprint),
+    ],
+    note: "A position's window_id, window_start_at_ms and window_end_at_ms are not signed: they \
+           MUST equal the instruction's, which every decoder checks. SettlementPosition messages \
+           published on their own carry no signature; an institution trusts a position only as \
+           part of a verified instruction.",
+};
+
+/// A certificate authority's signature over a revocation update.
+pub const REVOCATION_UPDATE: SigningLayout = SigningLayout {
+    name: "revocation update",
+    tag: "dcpipe/v1/revocation-update",
+    message: "RevocationUpdate",
+    result_field: "signature",
+    output: Output::Signature {
+        signer: "the issuing certificate authority (the key of issuer_certificate)",
+    },
+    fields: &[
+        field("update_id", Encoding::Fixed(16)),
+        field("sequence", Encoding::I64),
+        field("issuer_fingerprint", Encoding::Fixed(32)),
+        field(
+            "revoked",
+            Encoding::Array(&[
+                field("serial", Encoding::Bytes),
+                field("revoked_at_ms", Encoding::I64),
+                field("reason", Encoding::String),
+            ]),
+        ),
+        field("issued_at_ms", Encoding::I64),
+        field("issuer_certificate", Encoding::Fingerprint),
+    ],
+    note: "",
+};
+
+/// Every signing input of the protocol, in the order docs/PROTOCOL.md lists them.
+pub const SIGNING_LAYOUTS: [&SigningLayout; 9] = [
+    &TRANSACTION_FACTOR,
+    &PAYEE_CONSENT,
+    &PIN_PROOF,
+    &PAYER_ENVELOPE,
+    &CLEARING_MESSAGE,
+    &CLEARING_RESPONSE,
+    &PAYMENT_OUTCOME,
+    &SETTLEMENT_INSTRUCTION,
+    &REVOCATION_UPDATE,
+];
+
+/// One step a builder takes, checked against the layout in debug builds.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step<'a> {
+    Fixed(usize),
+    I32,
+    I64,
+    Bytes,
+    String(&'a str),
+    OptionalString,
+    Count(usize),
+    Present(bool),
+}
+
+/// Where a builder stands in its layout.
+#[cfg(debug_assertions)]
+#[derive(Debug, Clone)]
+pub(super) struct Cursor {
+    layout: &'static SigningLayout,
+    /// Innermost last: the top-level fields, then the element or optional record being written.
+    frames: Vec<Frame>,
+}
+
+#[cfg(debug_assertions)]
+#[derive(Debug, Clone)]
+struct Frame {
+    fields: &'static [Field],
+    next: usize,
+    /// Strings of a party already written (0 or 1).
+    party_part: u8,
+    /// Array elements still to come after the current one.
+    elements_left: usize,
+}
+
+#[cfg(debug_assertions)]
+impl Cursor {
+    pub(super) fn new(layout: &'static SigningLayout) -> Self {
+        Cursor {
+            layout,
+            frames: vec![Frame {
+                fields: layout.fields,
+                next: 0,
+                party_part: 0,
+                elements_left: 0,
+            }],
+        }
+    }
+
+    /// The field the next step must write, leaving finished elements and records.
+    fn expected(&mut self) -> Option<Field> {
+        loop {
+            let frame = self.frames.last_mut()?;
+            if let Some(field) = frame.fields.get(frame.next) {
+                return Some(*field);
+            }
+            if frame.elements_left > 0 {
+                frame.elements_left -= 1;
+                frame.next = 0;
+            } else {
+                self.frames.pop();
+            }
+        }
+    }
+
+    fn done(&mut self) {
+        if let Some(frame) = self.frames.last_mut() {
+            frame.next += 1;
+            frame.party_part = 0;
+        }
+    }
+
+    /// Checks one step of the builder against the layout.
+    ///
+    /// # Panics
+    /// When the step is not the next field of the layout, with its encoding: a builder that
+    /// disagrees with its documented layout is a defect.
+    pub(super) fn step(&mut self, step: Step<'_>) {
+        let tag = self.layout.tag;
+        let Some(field) = self.expected() else {
+            panic!("{tag}: {step:?} written after the last field of the layout");
+        };
+        match (field.encoding, step) {
+            (Encoding::Fixed(expected), Step::Fixed(len)) if expected == len => self.done(),
+            (Encoding::Fingerprint, Step::Fixed(32))
+            | (Encoding::I32, Step::I32)
+            | (Encoding::I64, Step::I64)
+            | (Encoding::Bytes, Step::Bytes)
+            | (Encoding::String, Step::String(_))
+            | (Encoding::OptionalString, Step::OptionalString) => self.done(),
+            (Encoding::Symbol(symbols), Step::String(symbol)) if symbols.contains(&symbol) => {
+                self.done();
+            }
+            (Encoding::Party, Step::String(_)) => {
+                let finished = self.frames.last().is_some_and(|f| f.party_part == 1);
+                if finished {
+                    self.done();
+                } else if let Some(frame) = self.frames.last_mut() {
+                    frame.party_part = 1;
+                }
+            }
+            (Encoding::Array(elements), Step::Count(count)) => {
+                self.done();
+                if count > 0 {
+                    self.frames.push(Frame {
+                        fields: elements,
+                        next: 0,
+                        party_part: 0,
+                        elements_left: count - 1,
+                    });
+                }
+            }
+            (Encoding::Optional(fields), Step::Present(present)) => {
+                self.done();
+                if present {
+                    self.frames.push(Frame {
+                        fields,
+                        next: 0,
+                        party_part: 0,
+                        elements_left: 0,
+                    });
+                }
+            }
+            (encoding, step) => panic!(
+                "{tag}: field {} is {encoding:?} but the builder wrote {step:?}",
+                field.name
+            ),
+        }
+    }
+
+    /// Checks that every field of the layout was written.
+    ///
+    /// # Panics
+    /// When a field is missing.
+    pub(super) fn finish(&self) {
+        let open = self
+            .frames
+            .iter()
+            .rev()
+            .find(|f| f.next < f.fields.len() || f.elements_left > 0);
+        if let Some(frame) = open {
+            let missing = frame
+                .fields
+                .get(frame.next)
+                .map_or("an element", |f| f.name);
+            panic!("{}: ends before {missing}", self.layout.tag);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::SigningInput;
+
+    const NESTED: SigningLayout = SigningLayout {
+        name: "nested",
+        tag: "test/nested",
+        message: "Test",
+        result_field: "signature",
+        output: Output::Signature { signer: "a test" },
+        fields: &[
+            field("who", Encoding::Party),
+            field(
+                "items",
+                Encoding::Array(&[
+                    field("name", Encoding::String),
+                    field("proof", Encoding::Optional(&[field("at", Encoding::I64)])),
+                ]),
+            ),
+            field("status", Encoding::Symbol(OUTCOME_STATUSES)),
+        ],
+        note: "",
+    };
+
+    #[test]
+    fn tags_are_distinct_and_within_the_limit() {
+        let mut tags: Vec<&str> = SIGNING_LAYOUTS.iter().map(|l| l.tag).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(tags.len(), SIGNING_LAYOUTS.len());
+        assert!(tags.iter().all(|t| t.starts_with("dcpipe/v1/")));
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    fn a_builder_following_the_layout_passes_with_arrays_and_optionals() {
+        let mut input = SigningInput::of(&NESTED);
+        input.string("oi01").string("w-1").count(2);
+        input.string("a").present(true).i64(7);
+        input.string("b").present(false);
+        input.string("COMPLETED");
+        // tag, party, count, "a" with its proof, "b" without, the symbol
+        assert_eq!(
+            input.into_bytes().len(),
+            13 + 15 + 4 + (5 + 1 + 8) + (5 + 1) + 13
+        );
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "test/nested: field status is Symbol")]
+    fn a_symbol_outside_the_enum_is_caught() {
+        let mut input = SigningInput::of(&NESTED);
+        input.string("oi01").string("w-1").count(0).string("DONE");
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "test/nested: field items is Array")]
+    fn a_field_of_the_wrong_encoding_is_caught() {
+        let mut input = SigningInput::of(&NESTED);
+        input.string("oi01").string("w-1").i64(2);
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "test/nested: ends before proof")]
+    fn a_missing_field_is_caught() {
+        let mut input = SigningInput::of(&NESTED);
+        input.string("oi01").string("w-1").count(1).string("a");
+        let _ = input.into_bytes();
+    }
+}
