@@ -23,9 +23,9 @@ pub struct ClearingMessage {
     pub amount_fen: i64,
     /// ISO 4217 currency code.
     pub currency: String,
-    /// The transaction factor both terminals signed.
+    /// The transaction factor, copied from the envelope.
     pub transaction_factor: Digest32,
-    /// Hash of the complete framed transaction envelope, for audit.
+    /// The envelope digest: SHA-256 of what the payer signed (docs/PROTOCOL.md §5).
     pub envelope_digest: Digest32,
     /// When the payer's institution reserved the funds (Unix epoch milliseconds).
     pub reserved_at_ms: i64,
@@ -34,7 +34,8 @@ pub struct ClearingMessage {
     /// DER certificate of the payer's institution.
     #[serde(with = "apache_avro::serde::bytes")]
     pub institution_certificate: Vec<u8>,
-    /// The payer institution's signature over every other field.
+    /// The payer institution's signature over the signing input `dcpipe/v1/clearing-message`
+    /// (docs/PROTOCOL.md §5).
     #[serde(with = "apache_avro::serde::bytes")]
     pub institution_signature: Vec<u8>,
 }
@@ -92,7 +93,8 @@ pub struct ClearingResponse {
     /// DER certificate of the payee's institution.
     #[serde(with = "apache_avro::serde::bytes")]
     pub institution_certificate: Vec<u8>,
-    /// The payee institution's signature over every other field.
+    /// The payee institution's signature over the signing input `dcpipe/v1/clearing-response`
+    /// (docs/PROTOCOL.md §5).
     #[serde(with = "apache_avro::serde::bytes")]
     pub institution_signature: Vec<u8>,
 }

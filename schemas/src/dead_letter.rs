@@ -28,7 +28,7 @@ pub struct DeadLetter {
     pub original_size_bytes: i64,
     /// Subject or topic the original arrived on.
     pub subject: String,
-    /// Pipeline stage that gave up, e.g. `decode`.
+    /// Pipeline stage that gave up, e.g. `payer` or `settlement`.
     pub stage: String,
     /// Stable reason code, e.g. `schema.bad_magic`.
     pub reason_code: String,

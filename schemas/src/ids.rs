@@ -138,7 +138,8 @@ macro_rules! bytes32 {
 }
 
 bytes32!(
-    /// A 32-byte hash: SHA-256 or SM3. On the wire: the Avro fixed `Digest32`.
+    /// 32 bytes of a hash or a certificate fingerprint; the field that holds it says which hash
+    /// of what. On the wire: the Avro fixed `Digest32`.
     Digest32
 );
 bytes32!(

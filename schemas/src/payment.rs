@@ -30,7 +30,8 @@ pub struct PinProof {
     pub secure_element_certificate: Vec<u8>,
     /// When the secure element verified the PIN (Unix epoch milliseconds).
     pub verified_at_ms: i64,
-    /// Secure element's signature over the transaction factor and `verified_at_ms`.
+    /// The secure element's signature over the signing input `dcpipe/v1/pin-proof`: the
+    /// transaction factor, the payer's wallet id and `verified_at_ms` (docs/PROTOCOL.md §5).
     #[serde(with = "apache_avro::serde::bytes")]
     pub signature: Vec<u8>,
 }
@@ -63,15 +64,18 @@ pub struct TransactionEnvelope {
     /// DER certificate of the payee's terminal.
     #[serde(with = "apache_avro::serde::bytes")]
     pub payee_certificate: Vec<u8>,
-    /// Hash over the domain tag, both nonces, both certificate fingerprints, amount, currency
-    /// and time.
+    /// SHA-256 or SM3 (by the payer certificate's algorithm) of the signing input
+    /// `dcpipe/v1/transaction-factor`: the payment id, both parties, amount, currency, time,
+    /// channel, both nonces and both certificate fingerprints (docs/PROTOCOL.md §4).
     pub transaction_factor: Digest32,
-    /// The payee's signature over the transaction factor: its consent.
+    /// The payee's signature over the signing input `dcpipe/v1/payee-consent` (the transaction
+    /// factor): its consent.
     #[serde(with = "apache_avro::serde::bytes")]
     pub payee_signature: Vec<u8>,
     /// PIN-verification proof; required above the wallet's password-free limit.
     pub pin_proof: Option<PinProof>,
-    /// The payer's signature over every other field.
+    /// The payer's signature over the signing input `dcpipe/v1/payer-envelope`: the factor,
+    /// the payee's signature and the PIN proof (docs/PROTOCOL.md §5).
     #[serde(with = "apache_avro::serde::bytes")]
     pub payer_signature: Vec<u8>,
 }
@@ -120,7 +124,8 @@ pub enum OutcomeStatus {
 pub struct PaymentOutcome {
     /// Id of the payment.
     pub payment_id: PaymentId,
-    /// Digest of the envelope this outcome answers (see docs/PROTOCOL.md).
+    /// The envelope digest of the envelope this outcome answers, or its submission digest when
+    /// it was refused before its payer was authenticated (docs/PROTOCOL.md §5).
     pub envelope_digest: Digest32,
     /// The outcome.
     pub status: OutcomeStatus,
@@ -140,12 +145,13 @@ pub struct PaymentOutcome {
     pub decided_at_ms: i64,
     /// Id of the operating institution that decided.
     pub decided_by: String,
-    /// Pipeline stage that decided, e.g. `verify`.
+    /// Pipeline stage that decided: `payer` or `commit`.
     pub stage: String,
     /// DER certificate of the deciding institution.
     #[serde(with = "apache_avro::serde::bytes")]
     pub institution_certificate: Vec<u8>,
-    /// The deciding institution's signature over every other field.
+    /// The deciding institution's signature over the signing input `dcpipe/v1/payment-outcome`
+    /// (docs/PROTOCOL.md §5).
     #[serde(with = "apache_avro::serde::bytes")]
     pub institution_signature: Vec<u8>,
 }

@@ -15,7 +15,9 @@ const REASON_CHARS_MAX: usize = 32;
 /// One revoked certificate (Avro record `RevokedCertificate`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokedCertificate {
-    /// Certificate serial number, big-endian, 1 to [`SERIAL_BYTES_MAX`] bytes.
+    /// Certificate serial number: the content octets of its DER INTEGER exactly as in the
+    /// certificate (with a leading zero byte when the certificate has one), 1 to
+    /// [`SERIAL_BYTES_MAX`] bytes.
     #[serde(with = "apache_avro::serde::bytes")]
     pub serial: Vec<u8>,
     /// When the revocation took effect (Unix epoch milliseconds).
@@ -54,7 +56,8 @@ impl RevokedCertificate {
 pub struct RevocationUpdate {
     /// Id of this update.
     pub update_id: RevocationUpdateId,
-    /// Per-issuer update counter; rises by one per update, so a gap shows a missed update.
+    /// Per-issuer update counter: 1 for an issuer's first update, then one more per update, so
+    /// an audit sees a missed one. Verifiers apply every authentic update whatever its sequence.
     pub sequence: i64,
     /// SHA-256 of the DER of the issuing CA certificate.
     pub issuer_fingerprint: Digest32,
@@ -65,7 +68,8 @@ pub struct RevocationUpdate {
     /// DER certificate of the issuing CA.
     #[serde(with = "apache_avro::serde::bytes")]
     pub issuer_certificate: Vec<u8>,
-    /// The CA's signature over every other field.
+    /// The CA's signature over the signing input `dcpipe/v1/revocation-update`
+    /// (docs/PROTOCOL.md §5).
     #[serde(with = "apache_avro::serde::bytes")]
     pub signature: Vec<u8>,
 }

@@ -89,7 +89,9 @@ pub struct SettlementInstruction {
     /// DER certificate of the settlement service.
     #[serde(with = "apache_avro::serde::bytes")]
     pub issuer_certificate: Vec<u8>,
-    /// The settlement service's signature over every other field.
+    /// The settlement signer's signature over the signing input
+    /// `dcpipe/v1/settlement-instruction` (docs/PROTOCOL.md §5); the positions' window fields
+    /// are not signed and must equal the instruction's.
     #[serde(with = "apache_avro::serde::bytes")]
     pub signature: Vec<u8>,
 }

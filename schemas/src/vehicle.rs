@@ -40,7 +40,7 @@ pub struct VehicleTelemetry {
     /// DER certificate of the in-vehicle client.
     #[serde(with = "apache_avro::serde::bytes")]
     pub certificate: Vec<u8>,
-    /// The client's signature over every other field.
+    /// Reserved: protocol v1 defines no signing input for this message yet.
     #[serde(with = "apache_avro::serde::bytes")]
     pub signature: Vec<u8>,
 }
@@ -102,7 +102,7 @@ pub struct ServiceAuthorization {
     /// DER certificate of the paying wallet's terminal.
     #[serde(with = "apache_avro::serde::bytes")]
     pub certificate: Vec<u8>,
-    /// The paying wallet's signature over every other field.
+    /// Reserved: protocol v1 defines no signing input for this message yet.
     #[serde(with = "apache_avro::serde::bytes")]
     pub signature: Vec<u8>,
 }
@@ -308,7 +308,7 @@ pub struct ServiceCompleteReport {
     /// DER certificate of the service entity.
     #[serde(with = "apache_avro::serde::bytes")]
     pub certificate: Vec<u8>,
-    /// The entity's signature over every other field.
+    /// Reserved: protocol v1 defines no signing input for this message yet.
     #[serde(with = "apache_avro::serde::bytes")]
     pub signature: Vec<u8>,
 }

@@ -45,7 +45,7 @@ pub struct WalletKeySet {
     /// DER certificate of the wallet.
     #[serde(with = "apache_avro::serde::bytes")]
     pub certificate: Vec<u8>,
-    /// The wallet key's signature over every other field.
+    /// Reserved: protocol v1 defines no signing input for this message yet.
     #[serde(with = "apache_avro::serde::bytes")]
     pub signature: Vec<u8>,
 }
@@ -128,7 +128,7 @@ pub struct WalletSyncResult {
     /// DER certificate of the answering institution.
     #[serde(with = "apache_avro::serde::bytes")]
     pub institution_certificate: Vec<u8>,
-    /// The institution's signature over every other field.
+    /// Reserved: protocol v1 defines no signing input for this message yet.
     #[serde(with = "apache_avro::serde::bytes")]
     pub institution_signature: Vec<u8>,
 }
@@ -208,7 +208,7 @@ pub struct RemoteControlCommand {
     /// DER certificate of the issuing institution.
     #[serde(with = "apache_avro::serde::bytes")]
     pub institution_certificate: Vec<u8>,
-    /// The institution's signature over every other field.
+    /// Reserved: protocol v1 defines no signing input for this message yet.
     #[serde(with = "apache_avro::serde::bytes")]
     pub institution_signature: Vec<u8>,
 }

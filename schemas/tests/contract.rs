@@ -138,6 +138,45 @@ fn docs_list_every_reason_code() {
     }
 }
 
+/// The Parsing Canonical Form of every schema (what an Avro reader and writer must agree on:
+/// names, types, fields, symbols, sizes; no docs, no defaults), pinned by its CRC-64-AVRO
+/// fingerprint. Editing the doc strings of an `.avsc` leaves these alone; a change here is a
+/// wire change and needs a new schema id (docs/SCHEMAS.md, "Evolution").
+const CANONICAL_FORM_FINGERPRINTS: [(u32, &str); 15] = [
+    (1, "7b3ffe5b4cad7aa1"),
+    (2, "988d7611fe76ceb3"),
+    (3, "247d2f5dcc63e473"),
+    (4, "a6a64ab8714a6979"),
+    (5, "1d811189d55e9b8c"),
+    (6, "bb42bf3339a47659"),
+    (7, "353c31c5622fa60a"),
+    (8, "e3160c4ca00e2415"),
+    (9, "f0759d8250ae0f47"),
+    (10, "3fd6a70c71dd77bb"),
+    (11, "adec91872aaec1bc"),
+    (12, "d8e7776cfd09396b"),
+    (13, "db59bb3a3fce672e"),
+    (14, "df6595fa9cec74d5"),
+    (15, "6048614372481e4c"),
+];
+
+#[test]
+fn canonical_forms_are_pinned() {
+    use dcpipe_schemas::apache_avro::rabin::Rabin;
+    let actual: Vec<(u32, String)> = SCHEMA_TABLE
+        .iter()
+        .map(|entry| {
+            let schema = Schema::parse_str(entry.avsc).expect("parses");
+            (entry.id, schema.fingerprint::<Rabin>().to_string())
+        })
+        .collect();
+    let pinned: Vec<(u32, String)> = CANONICAL_FORM_FINGERPRINTS
+        .iter()
+        .map(|(id, fingerprint)| (*id, (*fingerprint).to_owned()))
+        .collect();
+    assert_eq!(actual, pinned);
+}
+
 /// The frames of the fixtures, byte for byte, as committed in `testdata/frames/`. They pin the
 /// wire format: a change to a schema, to the codec or to the Avro library that alters the bytes
 /// fails here. The same files were decoded and re-encoded byte-identically by Python fastavro.
