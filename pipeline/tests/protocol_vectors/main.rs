@@ -351,11 +351,12 @@ fn section<'a>(vectors: &'a Value, name: &str, algorithm: Algorithm) -> &'a Valu
     value
 }
 
+/// The bytes of a hex string of the vectors.
 fn hex_of(value: &Value, what: &str) -> Vec<u8> {
     hex::decode(
         value
             .as_str()
-            .unwrap_or_else(|| panic!("vector field {what} missing")),
+            .unwrap_or_else(|| panic!("vector field {what}: missing or not a string")),
     )
     .unwrap_or_else(|e| panic!("{what}: {e}"))
 }

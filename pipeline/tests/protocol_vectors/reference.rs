@@ -6,6 +6,8 @@
 use dcpipe_pipeline::protocol::{Encoding, Field, SIGNING_LAYOUTS, SigningLayout};
 use serde_json::{Value, json};
 
+use super::hex_of;
+
 /// The layout of a vector entry, by its name.
 pub(crate) fn layout_named(name: &str) -> &'static SigningLayout {
     SIGNING_LAYOUTS
@@ -31,15 +33,6 @@ fn length_prefixed(bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(bytes);
 }
 
-fn hex_field(value: &Value, what: &str) -> Vec<u8> {
-    hex::decode(
-        value
-            .as_str()
-            .unwrap_or_else(|| panic!("{what}: not a hex string")),
-    )
-    .unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
 fn encode_fields(tag: &str, fields: &[Field], values: &Value, out: &mut Vec<u8>) {
     let object = values
         .as_object()
@@ -58,12 +51,12 @@ fn encode_fields(tag: &str, fields: &[Field], values: &Value, out: &mut Vec<u8>)
         let what = format!("{tag}: {}", field.name);
         match field.encoding {
             Encoding::Fixed(len) => {
-                let bytes = hex_field(value, &what);
+                let bytes = hex_of(value, &what);
                 assert_eq!(bytes.len(), len, "{what}");
                 out.extend_from_slice(&bytes);
             }
             Encoding::Fingerprint => {
-                let bytes = hex_field(value, &what);
+                let bytes = hex_of(value, &what);
                 assert_eq!(bytes.len(), 32, "{what}");
                 out.extend_from_slice(&bytes);
             }
@@ -73,7 +66,7 @@ fn encode_fields(tag: &str, fields: &[Field], values: &Value, out: &mut Vec<u8>)
             }
             Encoding::I64 => out.extend_from_slice(&value.as_i64().expect(&what).to_be_bytes()),
             Encoding::String => length_prefixed(value.as_str().expect(&what).as_bytes(), out),
-            Encoding::Bytes => length_prefixed(&hex_field(value, &what), out),
+            Encoding::Bytes => length_prefixed(&hex_of(value, &what), out),
             Encoding::OptionalString => match value {
                 Value::Null => out.push(0),
                 Value::String(text) => {
