@@ -48,79 +48,18 @@ const fn party(
 }
 
 /// Issuers before the certificates they issue.
+#[rustfmt::skip]
 pub(crate) const PARTIES: [PartySpec; 9] = [
-    party(
-        "root",
-        Role::CentralBankRoot,
-        "central-bank",
-        "central-bank",
-        None,
-        0x88,
-    ),
-    party(
-        "oi01_ca",
-        Role::InstitutionCa,
-        "oi01",
-        "oi01",
-        Some("root"),
-        0x77,
-    ),
-    party(
-        "oi02_ca",
-        Role::InstitutionCa,
-        "oi02",
-        "oi02",
-        Some("root"),
-        0x99,
-    ),
-    party(
-        "settlement_signer",
-        Role::SettlementSigner,
-        "settlement",
-        "central-bank",
-        Some("root"),
-        0x66,
-    ),
-    party(
-        "oi01_signer",
-        Role::InstitutionSigner,
-        "oi01",
-        "oi01",
-        Some("oi01_ca"),
-        0x44,
-    ),
-    party(
-        "oi02_signer",
-        Role::InstitutionSigner,
-        "oi02",
-        "oi02",
-        Some("oi02_ca"),
-        0x55,
-    ),
-    party(
-        "payer_terminal",
-        Role::Terminal,
-        "w-oi01-000001",
-        "oi01",
-        Some("oi01_ca"),
-        0x11,
-    ),
-    party(
-        "payer_secure_element",
-        Role::SecureElement,
-        "w-oi01-000001",
-        "oi01",
-        Some("oi01_ca"),
-        0x33,
-    ),
-    party(
-        "payee_terminal",
-        Role::Terminal,
-        "w-oi02-000002",
-        "oi02",
-        Some("oi02_ca"),
-        0x22,
-    ),
+    //    key                     role                     CN               O               issuer           scalar
+    party("root",                 Role::CentralBankRoot,   "central-bank",  "central-bank", None,            0x88),
+    party("oi01_ca",              Role::InstitutionCa,     "oi01",          "oi01",         Some("root"),    0x77),
+    party("oi02_ca",              Role::InstitutionCa,     "oi02",          "oi02",         Some("root"),    0x99),
+    party("settlement_signer",    Role::SettlementSigner,  "settlement",    "central-bank", Some("root"),    0x66),
+    party("oi01_signer",          Role::InstitutionSigner, "oi01",          "oi01",         Some("oi01_ca"), 0x44),
+    party("oi02_signer",          Role::InstitutionSigner, "oi02",          "oi02",         Some("oi02_ca"), 0x55),
+    party("payer_terminal",       Role::Terminal,          "w-oi01-000001", "oi01",         Some("oi01_ca"), 0x11),
+    party("payer_secure_element", Role::SecureElement,     "w-oi01-000001", "oi01",         Some("oi01_ca"), 0x33),
+    party("payee_terminal",       Role::Terminal,          "w-oi02-000002", "oi02",         Some("oi02_ca"), 0x22),
 ];
 
 /// The keys and certificates of one algorithm's PKI.
