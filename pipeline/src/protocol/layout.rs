@@ -464,27 +464,6 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::SigningInput;
-
-    const NESTED: SigningLayout = SigningLayout {
-        name: "nested",
-        tag: "test/nested",
-        message: "Test",
-        result_field: "signature",
-        output: Output::Signature { signer: "a test" },
-        fields: &[
-            field("who", Encoding::Party),
-            field(
-                "items",
-                Encoding::Array(&[
-                    field("name", Encoding::String),
-                    field("proof", Encoding::Optional(&[field("at", Encoding::I64)])),
-                ]),
-            ),
-            field("status", Encoding::Symbol(OUTCOME_STATUSES)),
-        ],
-        note: "",
-    };
 
     #[test]
     fn tags_are_distinct_and_within_the_limit() {
@@ -495,43 +474,66 @@ mod tests {
         assert!(tags.iter().all(|t| t.starts_with("dcpipe/v1/")));
     }
 
+    /// The checks exist in debug builds only.
     #[cfg(debug_assertions)]
-    #[test]
-    fn a_builder_following_the_layout_passes_with_arrays_and_optionals() {
-        let mut input = SigningInput::of(&NESTED);
-        input.string("oi01").string("w-1").count(2);
-        input.string("a").present(true).i64(7);
-        input.string("b").present(false);
-        input.string("COMPLETED");
-        // tag, party, count, "a" with its proof, "b" without, the symbol
-        assert_eq!(
-            input.into_bytes().len(),
-            13 + 15 + 4 + (5 + 1 + 8) + (5 + 1) + 13
-        );
-    }
+    mod cursor {
+        use super::super::*;
+        use crate::protocol::SigningInput;
 
-    #[cfg(debug_assertions)]
-    #[test]
-    #[should_panic(expected = "test/nested: field status is Symbol")]
-    fn a_symbol_outside_the_enum_is_caught() {
-        let mut input = SigningInput::of(&NESTED);
-        input.string("oi01").string("w-1").count(0).string("DONE");
-    }
+        const NESTED: SigningLayout = SigningLayout {
+            name: "nested",
+            tag: "test/nested",
+            message: "Test",
+            result_field: "signature",
+            output: Output::Signature { signer: "a test" },
+            fields: &[
+                field("who", Encoding::Party),
+                field(
+                    "items",
+                    Encoding::Array(&[
+                        field("name", Encoding::String),
+                        field("proof", Encoding::Optional(&[field("at", Encoding::I64)])),
+                    ]),
+                ),
+                field("status", Encoding::Symbol(OUTCOME_STATUSES)),
+            ],
+            note: "",
+        };
 
-    #[cfg(debug_assertions)]
-    #[test]
-    #[should_panic(expected = "test/nested: field items is Array")]
-    fn a_field_of_the_wrong_encoding_is_caught() {
-        let mut input = SigningInput::of(&NESTED);
-        input.string("oi01").string("w-1").i64(2);
-    }
+        #[test]
+        fn a_builder_following_the_layout_passes_with_arrays_and_optionals() {
+            let mut input = SigningInput::of(&NESTED);
+            input.string("oi01").string("w-1").count(2);
+            input.string("a").present(true).i64(7);
+            input.string("b").present(false);
+            input.string("COMPLETED");
+            // tag, party, count, "a" with its proof, "b" without, the symbol
+            assert_eq!(
+                input.into_bytes().len(),
+                13 + 15 + 4 + (5 + 1 + 8) + (5 + 1) + 13
+            );
+        }
 
-    #[cfg(debug_assertions)]
-    #[test]
-    #[should_panic(expected = "test/nested: ends before proof")]
-    fn a_missing_field_is_caught() {
-        let mut input = SigningInput::of(&NESTED);
-        input.string("oi01").string("w-1").count(1).string("a");
-        let _ = input.into_bytes();
+        #[test]
+        #[should_panic(expected = "test/nested: field status is Symbol")]
+        fn a_symbol_outside_the_enum_is_caught() {
+            let mut input = SigningInput::of(&NESTED);
+            input.string("oi01").string("w-1").count(0).string("DONE");
+        }
+
+        #[test]
+        #[should_panic(expected = "test/nested: field items is Array")]
+        fn a_field_of_the_wrong_encoding_is_caught() {
+            let mut input = SigningInput::of(&NESTED);
+            input.string("oi01").string("w-1").i64(2);
+        }
+
+        #[test]
+        #[should_panic(expected = "test/nested: ends before proof")]
+        fn a_missing_field_is_caught() {
+            let mut input = SigningInput::of(&NESTED);
+            input.string("oi01").string("w-1").count(1).string("a");
+            let _ = input.into_bytes();
+        }
     }
 }
