@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod clock;
+pub mod error;
 pub mod network;
 pub mod payment;
 pub mod pki;
