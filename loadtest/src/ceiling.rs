@@ -250,7 +250,7 @@ impl CryptoWork {
             &item.payer.policy,
             envelope.created_at_ms,
         )
-        .map_err(|e| crypto_error("sample envelope", e.rejected.reason.code()))?;
+        .map_err(|e| crypto_error("sample envelope", e.rejected.reason.as_str()))?;
         counts.chain += 2;
         counts.verify += 2;
         if verified.pin_verified {

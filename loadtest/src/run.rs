@@ -150,7 +150,9 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
     let stage_handles = if config.external_workers {
         Vec::new()
     } else {
-        network.spawn(&bus, &runner, &shutdown)
+        network
+            .spawn(&bus, &runner, &shutdown)
+            .map_err(|e| LoadTestError::new(LoadTestErrorKind::Config, e.to_string()))?
     };
     let permits =
         (config.mode == Mode::Closed).then(|| Arc::new(Semaphore::new(config.concurrency)));

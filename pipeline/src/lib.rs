@@ -8,6 +8,7 @@ pub mod payment;
 pub mod pki;
 pub mod protocol;
 pub mod reason;
+pub mod registry;
 pub mod revocation;
 pub mod runtime;
 pub mod settlement;

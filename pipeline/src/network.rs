@@ -4,7 +4,7 @@
 //! The demo, the end-to-end tests and the load test use it; a production deployment runs the
 //! same stages one per process with `dcpipe worker`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use dcpipe_connectors::bus::{Bus, BusError, SubjectSpec};
@@ -17,17 +17,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::payment::{
-    Institution, PaymentPolicy, commit::CommitStage, finalize::FinalizeStage, payee::PayeeStage,
-    payer::PayerStage,
-};
+use crate::payment::{Institution, PaymentPolicy};
 use crate::pki::{
     AlgorithmChoice, CertifiedKey, ChainVerifier, DemoPkiOptions, IssueError, PkiDirectory,
     PrivateKey, RevocationSet,
 };
+use crate::registry::{self, Build};
 use crate::revocation::RevocationFollower;
-use crate::runtime::{RunnerConfig, Stage, spawn_stage};
-use crate::settlement::{CentralBank, GRACE_MS_DEFAULT, SettlementStage};
+use crate::runtime::{ConfigError, Health, MemberResult, RunnerConfig, Stage, spawn_stage};
+use crate::settlement::{CentralBank, GRACE_MS_DEFAULT};
 use crate::subjects;
 use crate::terminal::Terminal;
 use crate::tier::{FEN_PER_CNY, TIER_2, TIER_4, Tier};
@@ -121,6 +119,8 @@ pub struct Network {
     pub central_bank: Arc<CentralBank>,
     /// Every wallet, in PKI order.
     pub wallets: Vec<WalletInfo>,
+    /// What this process's stages report: members attached, ledgers and bus reachable.
+    pub health: Arc<Health>,
     wallet_index: HashMap<String, usize>,
     /// Sum of all balances once provisioned: the money the network must conserve.
     opening_total_fen: i64,
@@ -233,72 +233,81 @@ impl Network {
             institutions,
             central_bank,
             wallets,
+            health: Arc::new(Health::new()),
             wallet_index,
             opening_total_fen,
         })
     }
 
-    /// Every subject the network uses, created on `bus` (streams or topics) if missing.
+    /// Every subject the network uses: what each registered stage of each owner consumes and
+    /// publishes, the stages' dead-letter subjects and the revocations every process follows.
+    pub fn subjects(&self) -> BTreeSet<String> {
+        let institutions: Vec<String> = self.institutions.keys().cloned().collect();
+        let mut names = BTreeSet::from([subjects::PKI_REVOCATION.to_owned()]);
+        for descriptor in registry::stages() {
+            for owner in descriptor.owners(&institutions) {
+                names.insert((descriptor.consumes)(&owner));
+                names.extend((descriptor.publishes)(&owner, &institutions));
+            }
+            names.insert(descriptor.dead_letter_subject());
+        }
+        names
+    }
+
+    /// Every subject the network uses ([`Network::subjects`]), created on `bus` (streams or
+    /// topics) if missing.
     pub async fn ensure_subjects(&self, bus: &dyn Bus, partitions: u32) -> Result<(), BusError> {
-        let mut names = subjects::central_bank_subjects();
-        for id in self.institutions.keys() {
-            names.extend(subjects::institution_subjects(id));
-        }
-        for stage in [
-            crate::payment::payer::STAGE,
-            crate::payment::payee::STAGE,
-            crate::payment::commit::STAGE,
-            crate::payment::finalize::STAGE,
-            crate::settlement::STAGE,
-        ] {
-            names.push(dcpipe_connectors::bus::dead_letter_subject(stage));
-        }
-        for name in names {
+        for name in self.subjects() {
             bus.ensure_subject(&SubjectSpec::new(name).with_partitions(partitions))
                 .await?;
         }
         Ok(())
     }
 
-    /// Every stage of every institution and the settlement stage.
+    /// Every registered stage: one per institution for the institutions' stages, one for the
+    /// central bank's.
     pub fn stages(&self) -> Vec<Arc<dyn Stage>> {
         let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
-        for institution in self.institutions.values() {
-            stages.push(Arc::new(PayerStage::new(Arc::clone(institution))));
-            stages.push(Arc::new(PayeeStage::new(Arc::clone(institution))));
-            stages.push(Arc::new(CommitStage::new(Arc::clone(institution))));
-            stages.push(Arc::new(FinalizeStage::new(Arc::clone(institution))));
+        for descriptor in registry::stages() {
+            match descriptor.build {
+                Build::Institution(build) => {
+                    stages.extend(self.institutions.values().map(|i| build(Arc::clone(i))));
+                }
+                Build::CentralBank(build) => stages.push(build(Arc::clone(&self.central_bank))),
+            }
         }
-        stages.push(Arc::new(SettlementStage::new(Arc::clone(
-            &self.central_bank,
-        ))));
         stages
     }
 
     /// Starts every stage, and a follower of revocations, on `bus`; they stop when `shutdown`
-    /// is cancelled.
+    /// is cancelled (a stage member also alone, on a fatal failure, which it returns). The
+    /// stages report to [`Network::health`]. Refused before anything starts if `runner` is
+    /// outside its limits.
     pub fn spawn(
         &self,
         bus: &Arc<dyn Bus>,
         runner: &RunnerConfig,
         shutdown: &CancellationToken,
-    ) -> Vec<JoinHandle<Result<(), BusError>>> {
-        let follower =
-            RevocationFollower::new(Arc::clone(&self.verifier), Arc::clone(&self.revocations));
-        let (bus_for_follower, follower_shutdown) = (Arc::clone(bus), shutdown.clone());
-        let mut handles = vec![tokio::spawn(async move {
-            follower.run(bus_for_follower, follower_shutdown).await;
-            Ok(())
-        })];
+    ) -> Result<Vec<JoinHandle<MemberResult>>, ConfigError> {
+        runner.validate()?;
+        let mut handles = Vec::new();
         for stage in self.stages() {
             handles.extend(spawn_stage(
                 Arc::clone(bus),
                 stage,
-                runner.clone(),
-                shutdown.clone(),
-            ));
+                runner,
+                &self.health,
+                shutdown,
+            )?);
         }
-        handles
+        let follower =
+            RevocationFollower::new(Arc::clone(&self.verifier), Arc::clone(&self.revocations));
+        let (bus_for_follower, follower_shutdown) = (Arc::clone(bus), shutdown.clone());
+        handles.push(tokio::spawn(async move {
+            follower.run(bus_for_follower, follower_shutdown).await;
+            Ok(())
+        }));
+        Ok(handles)
     }
 
     /// The terminal of a wallet.

@@ -1,19 +1,26 @@
-//! Why a payment was rejected: one stable code per reason, the table of docs/PROTOCOL.md.
+//! Every stable reason code dcpipe emits, in one enum: payment rejections, certificate and
+//! schema faults, dead-letter codes (stage failures, settlement refusals, contradictions between
+//! institutions) and refused revocation updates. The tables of docs/PROTOCOL.md §7 list them.
 //!
 //! Codes are part of the contract: terminals, auditors and dashboards match on them. A code is
-//! never renamed or reused; new reasons get new codes.
+//! never renamed or reused; new reasons get new codes (and a row in the protocol's tables, which
+//! a test checks in both directions).
 
 use std::fmt;
+use std::str::FromStr;
 
 use dcpipe_connectors::ledger::LedgerRefusal;
+use dcpipe_schemas::CodecErrorKind;
 
 use crate::pki::CertErrorKind;
 
-/// A reason a payment (or a submission of it) is rejected.
+/// Why a payment was rejected, a message dead-lettered or a revocation update refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RejectReason {
+#[non_exhaustive]
+pub enum Reason {
+    // --- Payment rejections (also dead-letter codes for messages between institutions) ---
     /// A certificate (payer's, payee's, secure element's or an institution's) failed its chain
-    /// check; the outcome's detail names which.
+    /// check; the detail names which.
     Certificate(CertErrorKind),
     /// The payee's consent signature over the transaction factor does not verify.
     PayeeConsentSignature,
@@ -29,7 +36,7 @@ pub enum RejectReason {
     PinProofInvalid,
     /// A certificate's subject is not the wallet or institution the message names.
     PartyMismatch,
-    /// The envelope was sent to an institution that does not hold the payer's wallet.
+    /// Sent to an institution that does not hold the wallet (or is not the addressee).
     WrongInstitution,
     /// The currency is not one this system clears.
     CurrencyUnsupported,
@@ -39,6 +46,8 @@ pub enum RejectReason {
     Conflict,
     /// The payee's institution did not answer before the reservation expired.
     Timeout,
+    /// An id or amount outside the ledger's range (malformed in a way the schema cannot say).
+    InvalidRequest,
     /// The payer's wallet is not held by this institution.
     PayerUnknownWallet,
     /// The payer's wallet is locked.
@@ -55,76 +64,237 @@ pub enum RejectReason {
     PayeeWalletLocked,
     /// Crediting would take the payee over its wallet's balance limit.
     PayeeBalanceLimit,
-    /// The request is malformed in a way the schema cannot express (an id or amount out of the
-    /// ledger's range).
-    InvalidRequest,
+
+    // --- Dead letters ---
+    /// The bytes are not a valid frame of the expected message, or an output could not be
+    /// encoded.
+    Schema(CodecErrorKind),
+    /// A clearing response for a payment this institution never reserved.
+    UnknownPayment,
+    /// An outcome on `settlement.clearing` that is not a completed interbank payment.
+    SettlementNotAClearing,
+    /// A clearing recorded before with other content.
+    SettlementConflict,
+    /// The settlement store refused an institution id.
+    SettlementMalformedClearing,
+    /// The settlement store refused an amount.
+    SettlementInvalidAmount,
+    /// The stage kept failing transiently (a database or bus down) until the message's
+    /// deliveries ran out.
+    StageRetriesExhausted,
+    /// The stage stopped on a fatal failure (an invariant breach, a misconfiguration) at the
+    /// message's last allowed delivery: every member it reached stopped.
+    StageFatal,
+    /// The ledger refused this one message's request as invalid input that the stage's own
+    /// checks let through.
+    StageLedgerRefused,
+    /// The bus refused an output of this message (too large, an invalid subject or header).
+    StageOutputRefused,
+
+    // --- Contradictions between institutions (dead letters, logged at error) ---
+    /// A COMPLETED outcome for a payment the payee's ledger never recorded: the payer's
+    /// institution moved money the payee's institution never credited.
+    CompletedUnknown,
+    /// A COMPLETED outcome for a payment the payee's ledger holds as voided (a tombstone),
+    /// reversed or refused: one side moved money, the other released it.
+    CompletedVoided,
+    /// A REJECTED (voided) outcome for a payment the payee's ledger already credited.
+    VoidedCredited,
+    /// A clearing response asking for the other decision than the one already final, for a
+    /// reason other than the reservation's expiry: the payee's institution answered both ways.
+    DecisionChanged,
+    /// An authenticated response or outcome whose amount or envelope digest differs from this
+    /// institution's record of the payment.
+    TermsMismatch,
+
+    // --- Revocation updates (refused, dead-lettered from `pki.revocation`) ---
+    /// The update is not signed by a CA of the trust store.
+    RevocationUnknownIssuer,
+    /// The update's signature does not verify.
+    RevocationSignatureInvalid,
+    /// The revocation set is full.
+    RevocationFull,
 }
 
-impl RejectReason {
-    /// Every reason except the certificate ones (those follow [`CertErrorKind`]).
-    pub const NON_CERTIFICATE: [RejectReason; 21] = [
-        RejectReason::PayeeConsentSignature,
-        RejectReason::PayerSignature,
-        RejectReason::InstitutionSignature,
-        RejectReason::FactorMismatch,
-        RejectReason::PinRequired,
-        RejectReason::PinProofInvalid,
-        RejectReason::PartyMismatch,
-        RejectReason::WrongInstitution,
-        RejectReason::CurrencyUnsupported,
-        RejectReason::ClockSkew,
-        RejectReason::Conflict,
-        RejectReason::Timeout,
-        RejectReason::PayerUnknownWallet,
-        RejectReason::PayerWalletLocked,
-        RejectReason::SinglePaymentLimit,
-        RejectReason::DailyLimit,
-        RejectReason::InsufficientFunds,
-        RejectReason::PayeeUnknownWallet,
-        RejectReason::PayeeWalletLocked,
-        RejectReason::PayeeBalanceLimit,
-        RejectReason::InvalidRequest,
+/// The certificate kinds, in declaration order.
+const CERTIFICATE_KINDS: [CertErrorKind; 16] = [
+    CertErrorKind::Malformed,
+    CertErrorKind::TooLarge,
+    CertErrorKind::UnknownIssuer,
+    CertErrorKind::SignatureInvalid,
+    CertErrorKind::NotYetValid,
+    CertErrorKind::Expired,
+    CertErrorKind::Revoked,
+    CertErrorKind::NotCa,
+    CertErrorKind::UnexpectedCa,
+    CertErrorKind::KeyUsage,
+    CertErrorKind::WrongRole,
+    CertErrorKind::WrongIssuer,
+    CertErrorKind::InstitutionMismatch,
+    CertErrorKind::UnsupportedAlgorithm,
+    CertErrorKind::PathTooLong,
+    CertErrorKind::UnknownCriticalExtension,
+];
+
+/// One refusal of each kind: the codes a ledger stores as a refused record's reason.
+const LEDGER_REFUSALS: [LedgerRefusal; 8] = [
+    LedgerRefusal::MalformedRequest,
+    LedgerRefusal::InvalidAmount,
+    LedgerRefusal::UnknownWallet,
+    LedgerRefusal::WalletLocked,
+    LedgerRefusal::SinglePaymentLimit { limit_fen: 0 },
+    LedgerRefusal::DailyLimit {
+        limit_fen: 0,
+        spent_fen: 0,
+    },
+    LedgerRefusal::InsufficientFunds { available_fen: 0 },
+    LedgerRefusal::BalanceLimit { limit_fen: 0 },
+];
+
+impl Reason {
+    /// Every reason that wraps no other kind, in declaration order.
+    pub const UNWRAPPED: [Reason; 38] = [
+        Reason::PayeeConsentSignature,
+        Reason::PayerSignature,
+        Reason::InstitutionSignature,
+        Reason::FactorMismatch,
+        Reason::PinRequired,
+        Reason::PinProofInvalid,
+        Reason::PartyMismatch,
+        Reason::WrongInstitution,
+        Reason::CurrencyUnsupported,
+        Reason::ClockSkew,
+        Reason::Conflict,
+        Reason::Timeout,
+        Reason::InvalidRequest,
+        Reason::PayerUnknownWallet,
+        Reason::PayerWalletLocked,
+        Reason::SinglePaymentLimit,
+        Reason::DailyLimit,
+        Reason::InsufficientFunds,
+        Reason::PayeeUnknownWallet,
+        Reason::PayeeWalletLocked,
+        Reason::PayeeBalanceLimit,
+        Reason::UnknownPayment,
+        Reason::SettlementNotAClearing,
+        Reason::SettlementConflict,
+        Reason::SettlementMalformedClearing,
+        Reason::SettlementInvalidAmount,
+        Reason::StageRetriesExhausted,
+        Reason::StageFatal,
+        Reason::StageLedgerRefused,
+        Reason::StageOutputRefused,
+        Reason::CompletedUnknown,
+        Reason::CompletedVoided,
+        Reason::VoidedCredited,
+        Reason::DecisionChanged,
+        Reason::TermsMismatch,
+        Reason::RevocationUnknownIssuer,
+        Reason::RevocationSignatureInvalid,
+        Reason::RevocationFull,
     ];
 
-    /// The stable code.
-    pub fn code(self) -> &'static str {
+    /// Every reason, each once: the unwrapped ones, then every certificate and schema kind.
+    pub fn all() -> impl Iterator<Item = Reason> {
+        Reason::UNWRAPPED
+            .into_iter()
+            .chain(CERTIFICATE_KINDS.map(Reason::Certificate))
+            .chain(CodecErrorKind::ALL.map(Reason::Schema))
+    }
+
+    /// The stable code, e.g. `cert.expired`, `contradiction.completed_unknown`.
+    pub const fn as_str(self) -> &'static str {
         match self {
-            RejectReason::Certificate(kind) => kind.reason_code(),
-            RejectReason::PayeeConsentSignature => "sig.payee_consent_invalid",
-            RejectReason::PayerSignature => "sig.payer_invalid",
-            RejectReason::InstitutionSignature => "sig.institution_invalid",
-            RejectReason::FactorMismatch => "txn.factor_mismatch",
-            RejectReason::PinRequired => "txn.pin_required",
-            RejectReason::PinProofInvalid => "txn.pin_proof_invalid",
-            RejectReason::PartyMismatch => "txn.party_mismatch",
-            RejectReason::WrongInstitution => "txn.wrong_institution",
-            RejectReason::CurrencyUnsupported => "txn.currency_unsupported",
-            RejectReason::ClockSkew => "txn.clock_skew",
-            RejectReason::Conflict => "txn.conflict",
-            RejectReason::Timeout => "txn.timeout",
-            RejectReason::PayerUnknownWallet => "payer.unknown_wallet",
-            RejectReason::PayerWalletLocked => "payer.wallet_locked",
-            RejectReason::SinglePaymentLimit => "limit.single_payment",
-            RejectReason::DailyLimit => "limit.daily",
-            RejectReason::InsufficientFunds => "funds.insufficient",
-            RejectReason::PayeeUnknownWallet => "payee.unknown_wallet",
-            RejectReason::PayeeWalletLocked => "payee.wallet_locked",
-            RejectReason::PayeeBalanceLimit => "payee.balance_limit",
-            RejectReason::InvalidRequest => "txn.invalid_request",
+            Reason::Certificate(kind) => match kind {
+                CertErrorKind::Malformed => "cert.malformed",
+                CertErrorKind::TooLarge => "cert.too_large",
+                CertErrorKind::UnknownIssuer => "cert.unknown_issuer",
+                CertErrorKind::SignatureInvalid => "cert.signature_invalid",
+                CertErrorKind::NotYetValid => "cert.not_yet_valid",
+                CertErrorKind::Expired => "cert.expired",
+                CertErrorKind::Revoked => "cert.revoked",
+                CertErrorKind::NotCa => "cert.not_ca",
+                CertErrorKind::UnexpectedCa => "cert.unexpected_ca",
+                CertErrorKind::KeyUsage => "cert.key_usage",
+                CertErrorKind::WrongRole => "cert.wrong_role",
+                CertErrorKind::WrongIssuer => "cert.wrong_issuer",
+                CertErrorKind::InstitutionMismatch => "cert.institution_mismatch",
+                CertErrorKind::UnsupportedAlgorithm => "cert.unsupported_algorithm",
+                CertErrorKind::PathTooLong => "cert.path_too_long",
+                CertErrorKind::UnknownCriticalExtension => "cert.unknown_critical_extension",
+            },
+            // The codec's codes belong to the schemas crate, the contract without dependencies.
+            Reason::Schema(kind) => kind.reason_code(),
+            Reason::PayeeConsentSignature => "sig.payee_consent_invalid",
+            Reason::PayerSignature => "sig.payer_invalid",
+            Reason::InstitutionSignature => "sig.institution_invalid",
+            Reason::FactorMismatch => "txn.factor_mismatch",
+            Reason::PinRequired => "txn.pin_required",
+            Reason::PinProofInvalid => "txn.pin_proof_invalid",
+            Reason::PartyMismatch => "txn.party_mismatch",
+            Reason::WrongInstitution => "txn.wrong_institution",
+            Reason::CurrencyUnsupported => "txn.currency_unsupported",
+            Reason::ClockSkew => "txn.clock_skew",
+            Reason::Conflict => "txn.conflict",
+            Reason::Timeout => "txn.timeout",
+            Reason::InvalidRequest => "txn.invalid_request",
+            Reason::PayerUnknownWallet => "payer.unknown_wallet",
+            Reason::PayerWalletLocked => "payer.wallet_locked",
+            Reason::SinglePaymentLimit => "limit.single_payment",
+            Reason::DailyLimit => "limit.daily",
+            Reason::InsufficientFunds => "funds.insufficient",
+            Reason::PayeeUnknownWallet => "payee.unknown_wallet",
+            Reason::PayeeWalletLocked => "payee.wallet_locked",
+            Reason::PayeeBalanceLimit => "payee.balance_limit",
+            Reason::UnknownPayment => "txn.unknown_payment",
+            Reason::SettlementNotAClearing => "settlement.not_a_clearing",
+            Reason::SettlementConflict => "settlement.conflict",
+            Reason::SettlementMalformedClearing => "settlement.malformed_clearing",
+            Reason::SettlementInvalidAmount => "settlement.invalid_amount",
+            Reason::StageRetriesExhausted => "stage.retries_exhausted",
+            Reason::StageFatal => "stage.fatal",
+            Reason::StageLedgerRefused => "stage.ledger_refused",
+            Reason::StageOutputRefused => "stage.output_refused",
+            Reason::CompletedUnknown => "contradiction.completed_unknown",
+            Reason::CompletedVoided => "contradiction.completed_voided",
+            Reason::VoidedCredited => "contradiction.voided_credited",
+            Reason::DecisionChanged => "contradiction.decision_changed",
+            Reason::TermsMismatch => "contradiction.terms_mismatch",
+            Reason::RevocationUnknownIssuer => "revocation.unknown_issuer",
+            Reason::RevocationSignatureInvalid => "revocation.signature_invalid",
+            Reason::RevocationFull => "revocation.full",
         }
+    }
+
+    /// The reason with this stable code, if there is one.
+    pub fn parse(code: &str) -> Option<Reason> {
+        Reason::all().find(|reason| reason.as_str() == code)
+    }
+
+    /// Whether this reason is a contradiction between institutions: one side's records say
+    /// something the other's deny. Each is dead-lettered and logged at error level.
+    pub fn is_contradiction(self) -> bool {
+        matches!(
+            self,
+            Reason::CompletedUnknown
+                | Reason::CompletedVoided
+                | Reason::VoidedCredited
+                | Reason::DecisionChanged
+                | Reason::TermsMismatch
+        )
     }
 
     /// The reason for a refusal by the payer's ledger.
     pub fn from_payer_refusal(refusal: &LedgerRefusal) -> Self {
         match refusal {
-            LedgerRefusal::UnknownWallet => RejectReason::PayerUnknownWallet,
-            LedgerRefusal::WalletLocked => RejectReason::PayerWalletLocked,
-            LedgerRefusal::SinglePaymentLimit { .. } => RejectReason::SinglePaymentLimit,
-            LedgerRefusal::DailyLimit { .. } => RejectReason::DailyLimit,
-            LedgerRefusal::InsufficientFunds { .. } => RejectReason::InsufficientFunds,
-            LedgerRefusal::BalanceLimit { .. } => RejectReason::PayeeBalanceLimit,
+            LedgerRefusal::UnknownWallet => Reason::PayerUnknownWallet,
+            LedgerRefusal::WalletLocked => Reason::PayerWalletLocked,
+            LedgerRefusal::SinglePaymentLimit { .. } => Reason::SinglePaymentLimit,
+            LedgerRefusal::DailyLimit { .. } => Reason::DailyLimit,
+            LedgerRefusal::InsufficientFunds { .. } => Reason::InsufficientFunds,
+            LedgerRefusal::BalanceLimit { .. } => Reason::PayeeBalanceLimit,
             LedgerRefusal::MalformedRequest | LedgerRefusal::InvalidAmount => {
-                RejectReason::InvalidRequest
+                Reason::InvalidRequest
             }
         }
     }
@@ -132,17 +302,54 @@ impl RejectReason {
     /// The reason for a refusal by the payee's ledger.
     pub fn from_payee_refusal(refusal: &LedgerRefusal) -> Self {
         match refusal {
-            LedgerRefusal::UnknownWallet => RejectReason::PayeeUnknownWallet,
-            LedgerRefusal::WalletLocked => RejectReason::PayeeWalletLocked,
-            LedgerRefusal::BalanceLimit { .. } => RejectReason::PayeeBalanceLimit,
-            other => RejectReason::from_payer_refusal(other),
+            LedgerRefusal::UnknownWallet => Reason::PayeeUnknownWallet,
+            LedgerRefusal::WalletLocked => Reason::PayeeWalletLocked,
+            LedgerRefusal::BalanceLimit { .. } => Reason::PayeeBalanceLimit,
+            other => Reason::from_payer_refusal(other),
+        }
+    }
+
+    /// The reason a payer-side ledger record holds: one of ours, or a refusal the ledger
+    /// recorded under its own code. `None` for a code this version does not know.
+    pub fn of_payer_record(stored: &str) -> Option<Reason> {
+        match stored_refusal(stored) {
+            Some(refusal) => Some(Reason::from_payer_refusal(refusal)),
+            None => Reason::parse(stored),
+        }
+    }
+
+    /// The reason a payee-side ledger record holds (see [`Reason::of_payer_record`]).
+    pub fn of_payee_record(stored: &str) -> Option<Reason> {
+        match stored_refusal(stored) {
+            Some(refusal) => Some(Reason::from_payee_refusal(refusal)),
+            None => Reason::parse(stored),
         }
     }
 }
 
-impl fmt::Display for RejectReason {
+/// The ledger refusal whose stored code is `stored`.
+fn stored_refusal(stored: &str) -> Option<&'static LedgerRefusal> {
+    LEDGER_REFUSALS
+        .iter()
+        .find(|refusal| refusal.reason_code() == stored)
+}
+
+impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is no reason code of this version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown reason code {0:?}")]
+pub struct UnknownReason(pub String);
+
+impl FromStr for Reason {
+    type Err = UnknownReason;
+
+    fn from_str(code: &str) -> Result<Self, UnknownReason> {
+        Reason::parse(code).ok_or_else(|| UnknownReason(code.to_owned()))
     }
 }
 
@@ -150,14 +357,14 @@ impl fmt::Display for RejectReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     /// The reason.
-    pub reason: RejectReason,
+    pub reason: Reason,
     /// What exactly failed.
     pub detail: String,
 }
 
 impl Rejected {
     /// A rejection.
-    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Rejected {
             reason,
             detail: detail.into(),
@@ -167,7 +374,7 @@ impl Rejected {
 
 impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.reason.code(), self.detail)
+        write!(f, "{}: {}", self.reason, self.detail)
     }
 }
 
@@ -177,14 +384,112 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn codes_are_unique_and_dotted() {
-        let mut seen = HashSet::new();
-        for reason in RejectReason::NON_CERTIFICATE {
-            let code = reason.code();
-            assert!(code.contains('.') && code.is_ascii(), "{code}");
-            assert!(seen.insert(code), "duplicate code {code}");
+    /// Fails to compile when a variant is added without a place in [`Reason::UNWRAPPED`],
+    /// [`CERTIFICATE_KINDS`] or the codec's kinds.
+    fn listed(reason: Reason) -> bool {
+        match reason {
+            Reason::Certificate(kind) => CERTIFICATE_KINDS.contains(&kind),
+            Reason::Schema(kind) => CodecErrorKind::ALL.contains(&kind),
+            Reason::PayeeConsentSignature
+            | Reason::PayerSignature
+            | Reason::InstitutionSignature
+            | Reason::FactorMismatch
+            | Reason::PinRequired
+            | Reason::PinProofInvalid
+            | Reason::PartyMismatch
+            | Reason::WrongInstitution
+            | Reason::CurrencyUnsupported
+            | Reason::ClockSkew
+            | Reason::Conflict
+            | Reason::Timeout
+            | Reason::InvalidRequest
+            | Reason::PayerUnknownWallet
+            | Reason::PayerWalletLocked
+            | Reason::SinglePaymentLimit
+            | Reason::DailyLimit
+            | Reason::InsufficientFunds
+            | Reason::PayeeUnknownWallet
+            | Reason::PayeeWalletLocked
+            | Reason::PayeeBalanceLimit
+            | Reason::UnknownPayment
+            | Reason::SettlementNotAClearing
+            | Reason::SettlementConflict
+            | Reason::SettlementMalformedClearing
+            | Reason::SettlementInvalidAmount
+            | Reason::StageRetriesExhausted
+            | Reason::StageFatal
+            | Reason::StageLedgerRefused
+            | Reason::StageOutputRefused
+            | Reason::CompletedUnknown
+            | Reason::CompletedVoided
+            | Reason::VoidedCredited
+            | Reason::DecisionChanged
+            | Reason::TermsMismatch
+            | Reason::RevocationUnknownIssuer
+            | Reason::RevocationSignatureInvalid
+            | Reason::RevocationFull => Reason::UNWRAPPED.contains(&reason),
         }
-        assert!(!seen.contains(RejectReason::Certificate(CertErrorKind::Expired).code()));
+    }
+
+    #[test]
+    fn every_reason_is_listed_once_with_a_unique_dotted_code() {
+        let mut codes = HashSet::new();
+        let all: Vec<Reason> = Reason::all().collect();
+        for reason in &all {
+            assert!(listed(*reason), "{reason:?}");
+            let code = reason.as_str();
+            assert!(
+                code.contains('.')
+                    && code
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_'),
+                "{code}"
+            );
+            assert!(codes.insert(code), "duplicate code {code}");
+        }
+        assert_eq!(
+            all.len(),
+            Reason::UNWRAPPED.len() + CERTIFICATE_KINDS.len() + CodecErrorKind::ALL.len()
+        );
+    }
+
+    #[test]
+    fn codes_parse_back() {
+        for reason in Reason::all() {
+            assert_eq!(reason.as_str().parse::<Reason>(), Ok(reason));
+            assert_eq!(reason.to_string(), reason.as_str());
+        }
+        assert_eq!(
+            "txn.nonsense".parse::<Reason>(),
+            Err(UnknownReason("txn.nonsense".to_owned()))
+        );
+    }
+
+    #[test]
+    fn certificate_codes_are_the_pki_kinds_codes() {
+        for kind in CERTIFICATE_KINDS {
+            assert_eq!(Reason::Certificate(kind).as_str(), kind.reason_code());
+        }
+    }
+
+    #[test]
+    fn stored_ledger_refusals_map_to_each_sides_reason() {
+        let unknown = LedgerRefusal::UnknownWallet.reason_code();
+        assert_eq!(
+            Reason::of_payer_record(unknown),
+            Some(Reason::PayerUnknownWallet)
+        );
+        assert_eq!(
+            Reason::of_payee_record(unknown),
+            Some(Reason::PayeeUnknownWallet)
+        );
+        for refusal in &LEDGER_REFUSALS {
+            assert!(Reason::of_payer_record(refusal.reason_code()).is_some());
+        }
+        assert_eq!(
+            Reason::of_payer_record(Reason::Timeout.as_str()),
+            Some(Reason::Timeout)
+        );
+        assert_eq!(Reason::of_payer_record("ledger.unheard_of"), None);
     }
 }

@@ -15,12 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pki::{Certificate, CertifiedKey, ChainVerifier, KeyError, RevocationSet};
 use crate::protocol::revocation_update_bytes;
+use crate::reason::Reason;
 use crate::subjects;
-
-/// Reason code of an update not signed by a CA of the trust store.
-pub const REASON_UNKNOWN_ISSUER: &str = "revocation.unknown_issuer";
-/// Reason code of an update whose signature does not verify.
-pub const REASON_SIGNATURE_INVALID: &str = "revocation.signature_invalid";
 
 /// Follows `pki.revocation` and applies every update to this process's revocation set.
 ///
@@ -88,7 +84,7 @@ impl RevocationFollower {
                 *next = record.position.offset + 1;
                 self.newest_ms = Some(self.newest_ms.unwrap_or(i64::MIN).max(record.timestamp_ms));
                 match dcpipe_schemas::decode::<RevocationUpdate>(&record.payload)
-                    .map_err(|e| (e.reason_code(), e.to_string()))
+                    .map_err(|e| (Reason::Schema(e.kind()), e.to_string()))
                     .and_then(|update| self.apply(&update).map(|n| (update.sequence, n)))
                 {
                     Ok((sequence, n)) => {
@@ -98,8 +94,8 @@ impl RevocationFollower {
                         added += n;
                     }
                     Err((reason, detail)) => {
-                        tracing::warn!(reason, %detail, "revocation update refused");
-                        metrics::counter!("dcpipe_pki_revocation_updates_refused_total", "reason" => reason).increment(1);
+                        tracing::warn!(%reason, %detail, "revocation update refused");
+                        metrics::counter!("dcpipe_pki_revocation_updates_refused_total", "reason" => reason.as_str()).increment(1);
                     }
                 }
             }
@@ -122,23 +118,27 @@ impl RevocationFollower {
         }
     }
 
-    fn apply(&self, update: &RevocationUpdate) -> Result<usize, (&'static str, String)> {
+    fn apply(&self, update: &RevocationUpdate) -> Result<usize, (Reason, String)> {
         let store = self.verifier.trust_store();
-        let issuer = Certificate::from_der(&update.issuer_certificate)
-            .map_err(|e| (REASON_UNKNOWN_ISSUER, format!("issuer certificate: {e}")))?;
+        let issuer = Certificate::from_der(&update.issuer_certificate).map_err(|e| {
+            (
+                Reason::RevocationUnknownIssuer,
+                format!("issuer certificate: {e}"),
+            )
+        })?;
         let known = std::iter::once(store.root())
             .chain(store.institution_ca(issuer.institution()))
             .any(|ca| ca.der() == issuer.der());
         if !known || issuer.fingerprint() != update.issuer_fingerprint.as_bytes() {
             return Err((
-                REASON_UNKNOWN_ISSUER,
+                Reason::RevocationUnknownIssuer,
                 "the issuer is not a CA of the trust store".to_owned(),
             ));
         }
         issuer
             .public_key()
             .verify(&revocation_update_bytes(update), &update.signature)
-            .map_err(|e| (REASON_SIGNATURE_INVALID, e.to_string()))?;
+            .map_err(|e| (Reason::RevocationSignatureInvalid, e.to_string()))?;
         self.revocations
             .revoke_many(
                 update
@@ -146,7 +146,7 @@ impl RevocationFollower {
                     .iter()
                     .map(|r| (*issuer.fingerprint(), r.serial.as_slice())),
             )
-            .map_err(|e| (e.reason_code(), e.to_string()))
+            .map_err(|e| (Reason::RevocationFull, e.to_string()))
     }
 }
 

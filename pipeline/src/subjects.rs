@@ -35,23 +35,3 @@ pub fn settlement_position(institution: &str) -> String {
 
 /// Certificate revocations, for every worker.
 pub const PKI_REVOCATION: &str = "pki.revocation";
-
-/// Everything an institution's payment stages publish to or consume from.
-pub fn institution_subjects(institution: &str) -> Vec<String> {
-    vec![
-        txn_submit(institution),
-        txn_result(institution),
-        clearing_request(institution),
-        clearing_response(institution),
-        settlement_position(institution),
-    ]
-}
-
-/// The central bank's subjects.
-pub fn central_bank_subjects() -> Vec<String> {
-    vec![
-        SETTLEMENT_CLEARING.to_owned(),
-        SETTLEMENT_INSTRUCTION.to_owned(),
-        PKI_REVOCATION.to_owned(),
-    ]
-}

@@ -17,7 +17,6 @@ use common::{SimBus, TestNet, WalletMoney};
 use dcpipe_connectors::ledger::{PaymentState, Side, WalletLimits};
 use dcpipe_pipeline::audit::Submission;
 use dcpipe_pipeline::network::TIER_4_OPENING_FEN;
-use dcpipe_pipeline::payment::commit::REASON_UNKNOWN_PAYMENT;
 use dcpipe_pipeline::payment::{
     CLOCK_SKEW_MS_MAX_DEFAULT, EXPIRY_MARGIN_MS_DEFAULT, PIN_PROOF_AGE_MS_MAX_DEFAULT,
     RESERVATION_TTL_MS_DEFAULT, commit, ledger_id_of, payer,
@@ -27,14 +26,14 @@ use dcpipe_pipeline::pki::{
 };
 use dcpipe_pipeline::protocol::{
     FactorHash, FactorInput, certificate_fingerprint, clearing_message_bytes,
-    clearing_response_bytes, payee_consent_bytes, payer_envelope_bytes, pin_proof_bytes,
-    transaction_factor,
+    clearing_response_bytes, envelope_digest, payee_consent_bytes, payer_envelope_bytes,
+    payment_outcome_bytes, pin_proof_bytes, transaction_factor,
 };
-use dcpipe_pipeline::reason::RejectReason;
+use dcpipe_pipeline::reason::Reason;
 use dcpipe_pipeline::runtime::Verdict;
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::terminal::{
-    PASSWORD_FREE_LIMIT_FEN_DEFAULT, PaymentRequest, PinEntry, Terminal, Touch,
+    CURRENCY, PASSWORD_FREE_LIMIT_FEN_DEFAULT, PaymentRequest, PinEntry, Terminal, Touch,
 };
 use dcpipe_pipeline::tier::TIER_4;
 use dcpipe_schemas::{
@@ -424,12 +423,12 @@ async fn interbank_until(case: &mut Case, subject: &str) -> (TransactionEnvelope
 fn dead_letter_code(verdict: Verdict) -> (String, String) {
     match verdict {
         Verdict::DeadLetter {
-            reason_code,
+            reason,
             detail,
             outputs,
         } => {
             assert!(outputs.is_empty(), "a dead letter publishes nothing else");
-            (reason_code, detail)
+            (reason.as_str().to_owned(), detail)
         }
         Verdict::Done(outputs) => panic!(
             "processed, {} outputs; expected a dead letter",
@@ -1091,9 +1090,291 @@ async fn dead_letters_response_for_unknown_payment() -> String {
     let payload = dcpipe_schemas::encode(&response).expect("encodes");
     let subject = subjects::clearing_response(&payer_oi);
     let (code, _) = dead_letter_code(case.net.handle_one(&subject, &payload).await);
-    assert_eq!(code, REASON_UNKNOWN_PAYMENT);
+    assert_eq!(code, Reason::UnknownPayment.as_str());
     case.assert_no_money_moved().await;
     code
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contradictions between institutions: dead-lettered under their own codes, never only counted
+// ---------------------------------------------------------------------------------------------
+
+/// The institution signer of `institution`.
+fn signer_of<'a>(case: &'a Case, institution: &str) -> &'a CertifiedKey {
+    &case
+        .net
+        .network
+        .pki
+        .institution(institution)
+        .expect("institution keys")
+        .signer
+}
+
+/// A final outcome of `envelope`'s payment as the payer's institution decides it, authentic
+/// (signed by the payer's institution), encoded.
+fn decided_outcome(
+    case: &Case,
+    envelope: &TransactionEnvelope,
+    status: OutcomeStatus,
+    reason: Option<Reason>,
+) -> Vec<u8> {
+    let payer_oi = case.payer_institution();
+    let signer = signer_of(case, &payer_oi);
+    let mut outcome = PaymentOutcome {
+        payment_id: envelope.payment_id,
+        envelope_digest: envelope_digest(envelope),
+        status,
+        reason_code: reason.map(|r| r.as_str().to_owned()),
+        detail: "decided by the payer's institution".to_owned(),
+        payer: envelope.payer.clone(),
+        payee: envelope.payee.clone(),
+        amount_fen: envelope.amount_fen,
+        currency: CURRENCY.to_owned(),
+        decided_at_ms: case.net.now_ms(),
+        decided_by: payer_oi,
+        stage: commit::STAGE.to_owned(),
+        institution_certificate: signer.certificate().der().to_vec(),
+        institution_signature: Vec::new(),
+    };
+    outcome.institution_signature = signer
+        .key()
+        .sign(&payment_outcome_bytes(&outcome))
+        .expect("signs");
+    dcpipe_schemas::encode(&outcome).expect("encodes")
+}
+
+/// Signs a clearing response again as the payee's institution, after a test changed it.
+fn resign_response(case: &Case, response: &mut ClearingResponse) -> Vec<u8> {
+    let signer = signer_of(case, &case.payee_institution());
+    response.institution_signature = signer
+        .key()
+        .sign(&clearing_response_bytes(response))
+        .expect("signs");
+    dcpipe_schemas::encode(response).expect("encodes")
+}
+
+/// The reason, detail and number of outputs of a dead letter.
+fn dead_letter_with_outputs(verdict: Verdict) -> (Reason, String, usize) {
+    match verdict {
+        Verdict::DeadLetter {
+            reason,
+            detail,
+            outputs,
+        } => (reason, detail, outputs.len()),
+        Verdict::Done(outputs) => panic!(
+            "processed, {} outputs; expected a dead letter",
+            outputs.len()
+        ),
+    }
+}
+
+fn assert_done(verdict: Verdict) {
+    assert!(
+        matches!(verdict, Verdict::Done(_)),
+        "expected no dead letter: {:?}",
+        verdict.reason()
+    );
+}
+
+/// The payer's institution says a payment completed that the payee's institution never saw:
+/// one side moved money, the other never credited it.
+async fn dead_letters_completed_outcome_the_payee_ledger_never_recorded() -> String {
+    let case = Case::new().await;
+    let envelope = case.envelope(SMALL_FEN, PinEntry::WhenRequired);
+    let subject = subjects::txn_result(&case.payee_institution());
+    let completed = decided_outcome(&case, &envelope, OutcomeStatus::Completed, None);
+    let (code, detail) = dead_letter_code(case.net.handle_one(&subject, &completed).await);
+    assert_eq!(code, Reason::CompletedUnknown.as_str(), "{detail}");
+    case.assert_no_money_moved().await;
+    code
+}
+
+/// The payer's institution voided a payment (the payee reversed its pending credit), then says
+/// it completed.
+async fn dead_letters_completed_outcome_after_the_payee_reversed_the_credit() -> String {
+    let mut case = Case::new().await;
+    let subject = subjects::txn_result(&case.payee_institution());
+    let (envelope, genuine) = interbank_until(&mut case, &subject).await;
+    let voided = decided_outcome(
+        &case,
+        &envelope,
+        OutcomeStatus::Rejected,
+        Some(Reason::Timeout),
+    );
+    assert_done(case.net.handle_one(&subject, &voided).await);
+    let (code, detail) = dead_letter_code(case.net.handle_one(&subject, &genuine).await);
+    assert_eq!(code, Reason::CompletedVoided.as_str(), "{detail}");
+    assert!(detail.contains("reversed"), "{detail}");
+    let payee_money = case.net.wallet_money().await[&case.payee];
+    assert_eq!(
+        payee_money, case.before[&case.payee],
+        "the payee's side stays reversed"
+    );
+    code
+}
+
+/// A void that arrived before its clearing message left a tombstone; a completion of the same
+/// payment then contradicts it.
+#[tokio::test]
+async fn dead_letters_completed_outcome_meeting_a_tombstone() {
+    let case = Case::new().await;
+    let envelope = case.envelope(SMALL_FEN, PinEntry::WhenRequired);
+    let subject = subjects::txn_result(&case.payee_institution());
+    let voided = decided_outcome(
+        &case,
+        &envelope,
+        OutcomeStatus::Rejected,
+        Some(Reason::Timeout),
+    );
+    assert_done(case.net.handle_one(&subject, &voided).await);
+    let completed = decided_outcome(&case, &envelope, OutcomeStatus::Completed, None);
+    let (code, detail) = dead_letter_code(case.net.handle_one(&subject, &completed).await);
+    assert_eq!(code, Reason::CompletedVoided.as_str(), "{detail}");
+    assert!(detail.contains("voided"), "{detail}");
+    case.assert_no_money_moved().await;
+}
+
+/// The payer's institution completed a payment (the payee credited it), then says it voided it.
+async fn dead_letters_voided_outcome_after_the_payee_credited_it() -> String {
+    let mut case = Case::new().await;
+    let envelope = case.envelope(SMALL_FEN, PinEntry::WhenRequired);
+    assert_eq!(case.run(&envelope).await.status, OutcomeStatus::Completed);
+    let credited = case.net.wallet_money().await[&case.payee];
+    let subject = subjects::txn_result(&case.payee_institution());
+    let voided = decided_outcome(
+        &case,
+        &envelope,
+        OutcomeStatus::Rejected,
+        Some(Reason::Timeout),
+    );
+    let (code, detail) = dead_letter_code(case.net.handle_one(&subject, &voided).await);
+    assert_eq!(code, Reason::VoidedCredited.as_str(), "{detail}");
+    assert_eq!(
+        case.net.wallet_money().await[&case.payee],
+        credited,
+        "the credit stands"
+    );
+    code
+}
+
+/// The payee's institution refused a payment (the payer voided it), then accepts it: the first
+/// decision stands and is announced again, and the answer is dead-lettered.
+async fn dead_letters_acceptance_after_the_payee_institution_refused() -> String {
+    let mut case = Case::new().await;
+    let subject = subjects::clearing_response(&case.payer_institution());
+    let (envelope, accepted) = interbank_until(&mut case, &subject).await;
+    let mut refusal: ClearingResponse = dcpipe_schemas::decode(&accepted).expect("decodes");
+    refusal.status = ClearingStatus::Rejected;
+    refusal.reason_code = Some(Reason::PayeeWalletLocked.as_str().to_owned());
+    let refusal = resign_response(&case, &mut refusal);
+    assert_done(case.net.handle_one(&subject, &refusal).await);
+    assert_eq!(
+        case.payer_record(&envelope.payment_id).await,
+        Some(PaymentState::Voided)
+    );
+    let (reason, detail, outputs) =
+        dead_letter_with_outputs(case.net.handle_one(&subject, &accepted).await);
+    assert_eq!(reason, Reason::DecisionChanged, "{detail}");
+    assert!(outputs > 0, "the final outcome is announced again");
+    assert_eq!(
+        case.payer_record(&envelope.payment_id).await,
+        Some(PaymentState::Voided),
+        "the first decision stands"
+    );
+    reason.as_str().to_owned()
+}
+
+/// The payee's institution accepted a payment (the payer committed it), then refuses it.
+#[tokio::test]
+async fn dead_letters_refusal_after_the_payee_institution_accepted() {
+    let mut case = Case::new().await;
+    let subject = subjects::clearing_response(&case.payer_institution());
+    let (envelope, accepted) = interbank_until(&mut case, &subject).await;
+    assert_done(case.net.handle_one(&subject, &accepted).await);
+    let mut refusal: ClearingResponse = dcpipe_schemas::decode(&accepted).expect("decodes");
+    refusal.status = ClearingStatus::Rejected;
+    refusal.reason_code = Some(Reason::PayeeBalanceLimit.as_str().to_owned());
+    let refusal = resign_response(&case, &mut refusal);
+    let (reason, detail, _) =
+        dead_letter_with_outputs(case.net.handle_one(&subject, &refusal).await);
+    assert_eq!(reason, Reason::DecisionChanged, "{detail}");
+    assert_eq!(
+        case.payer_record(&envelope.payment_id).await,
+        Some(PaymentState::Committed),
+        "the first decision stands"
+    );
+}
+
+/// An acceptance that arrives after the expiry sweep voided the hold tells of time passing,
+/// not of a contradiction: it is answered with the final outcome.
+#[tokio::test]
+async fn acceptance_after_the_expiry_is_no_contradiction() {
+    let mut case = Case::new().await;
+    let subject = subjects::clearing_response(&case.payer_institution());
+    let (envelope, accepted) = interbank_until(&mut case, &subject).await;
+    case.net.clock.advance_ms(RESERVATION_TTL_MS_DEFAULT);
+    case.bus.sweep(&case.net).await;
+    assert_eq!(
+        case.payer_record(&envelope.payment_id).await,
+        Some(PaymentState::Voided)
+    );
+    assert_done(case.net.handle_one(&subject, &accepted).await);
+}
+
+/// The payer's institution completed a payment for another amount than the payee's institution
+/// holds pending: the credit follows the payee's record, and the disagreement is dead-lettered.
+async fn dead_letters_completed_outcome_for_another_amount() -> String {
+    let mut case = Case::new().await;
+    let subject = subjects::txn_result(&case.payee_institution());
+    let (mut envelope, _) = interbank_until(&mut case, &subject).await;
+    envelope.amount_fen += 1;
+    let completed = decided_outcome(&case, &envelope, OutcomeStatus::Completed, None);
+    let (code, detail) = dead_letter_code(case.net.handle_one(&subject, &completed).await);
+    assert_eq!(code, Reason::TermsMismatch.as_str(), "{detail}");
+    code
+}
+
+/// An authentic response for another amount than the payer's institution reserved.
+#[tokio::test]
+async fn dead_letters_response_for_another_amount() {
+    let mut case = Case::new().await;
+    let subject = subjects::clearing_response(&case.payer_institution());
+    let (_, accepted) = interbank_until(&mut case, &subject).await;
+    let mut response: ClearingResponse = dcpipe_schemas::decode(&accepted).expect("decodes");
+    response.amount_fen += 1;
+    let response = resign_response(&case, &mut response);
+    let (reason, detail, _) =
+        dead_letter_with_outputs(case.net.handle_one(&subject, &response).await);
+    assert_eq!(reason, Reason::TermsMismatch, "{detail}");
+}
+
+/// A response for a payment the payer's institution rejected (it never sent a clearing message
+/// for it) is for a payment it never reserved.
+#[tokio::test]
+async fn dead_letters_response_for_a_payment_the_payer_rejected() {
+    let mut case = Case::new().await;
+    let envelope = case.envelope(PIN_AMOUNT_FEN, PinEntry::Never);
+    assert_rejected(&case.run(&envelope).await, "txn.pin_required", payer::STAGE);
+    let signer = signer_of(&case, &case.payee_institution());
+    let mut response = ClearingResponse {
+        payment_id: envelope.payment_id,
+        payer_institution_id: case.payer_institution(),
+        payee_institution_id: case.payee_institution(),
+        status: ClearingStatus::Accepted,
+        reason_code: None,
+        amount_fen: envelope.amount_fen,
+        responded_at_ms: case.net.now_ms(),
+        institution_certificate: signer.certificate().der().to_vec(),
+        institution_signature: Vec::new(),
+    };
+    let payload = resign_response(&case, &mut response);
+    let subject = subjects::clearing_response(&case.payer_institution());
+    let (code, _) = dead_letter_code(case.net.handle_one(&subject, &payload).await);
+    assert_eq!(code, Reason::UnknownPayment.as_str());
+    assert_eq!(
+        case.payer_record(&envelope.payment_id).await,
+        Some(PaymentState::Rejected)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1246,6 +1527,11 @@ mod scenario {
         dead_letters_clearing_response_with_tampered_institution_signature,
         dead_letters_outcome_with_tampered_institution_signature,
         dead_letters_response_for_unknown_payment,
+        dead_letters_completed_outcome_the_payee_ledger_never_recorded,
+        dead_letters_completed_outcome_after_the_payee_reversed_the_credit,
+        dead_letters_voided_outcome_after_the_payee_credited_it,
+        dead_letters_acceptance_after_the_payee_institution_refused,
+        dead_letters_completed_outcome_for_another_amount,
     );
 }
 
@@ -1268,11 +1554,19 @@ async fn every_reason_code_is_produced_by_a_scenario() {
     for (name, scenario) in scenario::all_scenarios() {
         produced.entry(scenario.await).or_default().push(name);
     }
-    let required = RejectReason::NON_CERTIFICATE
-        .into_iter()
-        .chain(TERMINAL_CERTIFICATE_FAULTS.map(RejectReason::Certificate))
-        .map(RejectReason::code)
-        .chain([REASON_UNKNOWN_PAYMENT, "COMPLETED"]);
+    // The payment flow's codes: its rejections, its dead letters and the contradictions between
+    // institutions. Schema, settlement, stage and revocation codes have their own tests.
+    let required = Reason::all()
+        .filter(|reason| {
+            let family = reason.as_str().split('.').next();
+            matches!(
+                family,
+                Some("sig" | "txn" | "payer" | "payee" | "limit" | "funds" | "contradiction")
+            )
+        })
+        .chain(TERMINAL_CERTIFICATE_FAULTS.map(Reason::Certificate))
+        .map(|reason| reason.as_str())
+        .chain(["COMPLETED"]);
     let missing: Vec<&str> = required
         .filter(|code| !produced.contains_key(*code))
         .collect();

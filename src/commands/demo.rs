@@ -21,7 +21,8 @@ use dcpipe_pipeline::audit::{OutcomeCollector, Submission};
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::network::{Network, NetworkConfig};
 use dcpipe_pipeline::payment::payer;
-use dcpipe_pipeline::pki::{AlgorithmChoice, Role, SpecialCertificate, SubjectSpec};
+use dcpipe_pipeline::pki::{AlgorithmChoice, CertErrorKind, Role, SpecialCertificate, SubjectSpec};
+use dcpipe_pipeline::reason::Reason;
 use dcpipe_pipeline::revocation::revocation_update;
 use dcpipe_pipeline::runtime::RunnerConfig;
 use dcpipe_pipeline::subjects;
@@ -81,7 +82,7 @@ struct Injected {
     what: &'static str,
     submission: Submission,
     /// `None`: must get the same answer as the submission it repeats.
-    expected: Option<&'static str>,
+    expected: Option<Reason>,
     repeats: Option<Submission>,
 }
 
@@ -135,7 +136,7 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         retry_delay: Duration::from_millis(200),
         ..RunnerConfig::default()
     };
-    let mut stage_handles = network.spawn(&bus, &runner, &shutdown);
+    let mut stage_handles = network.spawn(&bus, &runner, &shutdown)?;
     let run_id = format!("{:08x}", rand_u32());
     let (collector, collector_handles) = OutcomeCollector::spawn(
         Arc::clone(&bus),
@@ -300,7 +301,7 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
                 let answer = book.answer(&case.submission);
                 let good = match (case.expected, case.repeats) {
                     (Some(code), _) => {
-                        answer.is_some_and(|a| a.reason_code.as_deref() == Some(code))
+                        answer.is_some_and(|a| a.reason_code.as_deref() == Some(code.as_str()))
                     }
                     (None, Some(first)) => {
                         answer.is_some()
@@ -433,7 +434,7 @@ async fn inject_bad_cases(
         &mut envelopes,
         "forged signature",
         forged,
-        Some("sig.payer_invalid"),
+        Some(Reason::PayerSignature),
         None,
     );
 
@@ -443,7 +444,7 @@ async fn inject_bad_cases(
         &mut envelopes,
         "large amount without PIN",
         large,
-        Some("txn.pin_required"),
+        Some(Reason::PinRequired),
         None,
     );
 
@@ -457,7 +458,7 @@ async fn inject_bad_cases(
         &mut envelopes,
         "clock ten minutes behind",
         skewed,
-        Some("txn.clock_skew"),
+        Some(Reason::ClockSkew),
         None,
     );
 
@@ -485,7 +486,7 @@ async fn inject_bad_cases(
         &mut envelopes,
         "expired certificate",
         expired_envelope,
-        Some("cert.expired"),
+        Some(Reason::Certificate(CertErrorKind::Expired)),
         None,
     );
 
@@ -515,7 +516,7 @@ async fn inject_bad_cases(
         &mut envelopes,
         "conflicting resubmission",
         conflicting,
-        Some("txn.conflict"),
+        Some(Reason::Conflict),
         None,
     );
     // These are answered before the payer's certificate is revoked below.
@@ -561,7 +562,7 @@ async fn inject_bad_cases(
         &mut envelopes,
         "revoked certificate",
         revoked,
-        Some("cert.revoked"),
+        Some(Reason::Certificate(CertErrorKind::Revoked)),
         None,
     );
 

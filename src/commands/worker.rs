@@ -4,47 +4,39 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
-use clap::ValueEnum;
+use anyhow::{Context, anyhow, bail};
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use dcpipe_connectors::bus::{BusUrl, connect};
 use dcpipe_connectors::ledger::{
     LedgerOptions, LedgerUrl, SettlementConfig, open_ledger, open_settlement,
 };
 use dcpipe_pipeline::clock::SystemClock;
 use dcpipe_pipeline::network::copy_certified_key;
-use dcpipe_pipeline::payment::{
-    Institution, PaymentPolicy, commit::CommitStage, finalize::FinalizeStage, payee::PayeeStage,
-    payer::PayerStage,
-};
+use dcpipe_pipeline::payment::{Institution, PaymentPolicy};
 use dcpipe_pipeline::pki::{ChainVerifier, PkiDirectory, RevocationSet};
+use dcpipe_pipeline::registry::{self, Build};
 use dcpipe_pipeline::revocation::RevocationFollower;
-use dcpipe_pipeline::runtime::{RunnerConfig, Stage, StageRunner};
-use dcpipe_pipeline::settlement::{CentralBank, GRACE_MS_DEFAULT, SettlementStage};
+use dcpipe_pipeline::runtime::{ConfigErrorKind, Health, RunnerConfig, Stage, StageRunner};
+use dcpipe_pipeline::settlement::{CentralBank, GRACE_MS_DEFAULT};
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::Settings;
 
-/// The stages a worker can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum StageName {
-    /// The payer institution's intake of envelopes (`txn.submit.<oi>`).
-    Payer,
-    /// The payee institution's intake of clearing messages (`clearing.request.<oi>`).
-    Payee,
-    /// The payer institution's decisions and expiry sweep (`clearing.response.<oi>`).
-    Commit,
-    /// The payee institution's finalization of credits (`txn.result.<oi>`).
-    Finalize,
-    /// The central bank's netting per window (`settlement.clearing`).
-    Settlement,
+/// The stages a worker can run: every registered stage, with its summary for `--help`.
+fn stage_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        registry::stages()
+            .into_iter()
+            .map(|d| PossibleValue::new(d.name).help(d.summary)),
+    )
 }
 
 /// Options of `dcpipe worker`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkerArgs {
     /// Which stage to run.
-    #[arg(value_enum)]
-    stage: StageName,
+    #[arg(value_parser = stage_names())]
+    stage: String,
     /// The institution whose stage this is (all stages but settlement).
     #[arg(long, env = "DCPIPE_INSTITUTION")]
     institution: Option<String>,
@@ -61,7 +53,8 @@ pub(crate) struct WorkerArgs {
     /// Members of the stage's consumer group in this process (batches decided in parallel).
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
-    /// Messages decided together (one ledger transaction).
+    /// Messages decided together (one ledger transaction), at most what a ledger takes in one
+    /// transaction (4096).
     #[arg(long, default_value_t = RunnerConfig::BATCH_MAX_DEFAULT)]
     batch: usize,
     /// A delivery not acked within this many ms is delivered again (to this or another process
@@ -77,6 +70,31 @@ pub(crate) struct WorkerArgs {
 }
 
 pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    // Checked before anything is opened or provisioned.
+    let descriptor = registry::stage(&args.stage).with_context(|| {
+        format!(
+            "no stage {}; the stages are {}",
+            args.stage,
+            registry::names().join(", ")
+        )
+    })?;
+    let runner = RunnerConfig {
+        batch_max: args.batch,
+        concurrency: args.concurrency,
+        ack_wait: std::time::Duration::from_millis(args.ack_wait_ms),
+        ..RunnerConfig::default()
+    };
+    runner.validate().map_err(|e| {
+        let flag = match e.kind() {
+            ConfigErrorKind::BatchMax => format!("--batch {}", args.batch),
+            ConfigErrorKind::Concurrency => format!("--concurrency {}", args.concurrency),
+            ConfigErrorKind::AckWait | ConfigErrorKind::FetchWait | ConfigErrorKind::Linger => {
+                format!("--ack-wait-ms {}", args.ack_wait_ms)
+            }
+            other => other.to_string(),
+        };
+        anyhow!("{flag} refused: {}", e.message())
+    })?;
     let bus_url = settings
         .bus_url(args.bus.as_deref())
         .map_err(anyhow::Error::msg)?;
@@ -101,45 +119,41 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
     let clock = Arc::new(SystemClock);
     let options = LedgerOptions::default();
 
-    let stage: Arc<dyn Stage> = if args.stage == StageName::Settlement {
-        let store = open_settlement(
-            &ledger_url,
-            SettlementConfig {
-                window_ms: args.settlement_window_ms,
-            },
-            &options,
-        )
-        .await?;
-        Arc::new(SettlementStage::new(Arc::new(CentralBank {
-            signer: copy_certified_key(pki.settlement_signer())?,
-            verifier: Arc::clone(&verifier),
-            store,
-            clock,
-            grace_ms: args.settlement_grace_ms,
-        })))
-    } else {
-        let id = args
-            .institution
-            .clone()
-            .context("--institution is required for this stage")?;
-        let keys = pki
-            .institution(&id)
-            .with_context(|| format!("no institution {id} in the PKI"))?;
-        let ledger = open_ledger(&ledger_url, &id, &options).await?;
-        let institution = Arc::new(Institution::new(
-            id,
-            copy_certified_key(&keys.signer)?,
-            Arc::clone(&verifier),
-            ledger,
-            PaymentPolicy::default(),
-            clock,
-        ));
-        match args.stage {
-            StageName::Payer => Arc::new(PayerStage::new(institution)),
-            StageName::Payee => Arc::new(PayeeStage::new(institution)),
-            StageName::Commit => Arc::new(CommitStage::new(institution)),
-            StageName::Finalize => Arc::new(FinalizeStage::new(institution)),
-            StageName::Settlement => unreachable!("handled above"),
+    let stage: Arc<dyn Stage> = match descriptor.build {
+        Build::CentralBank(build) => {
+            let store = open_settlement(
+                &ledger_url,
+                SettlementConfig {
+                    window_ms: args.settlement_window_ms,
+                },
+                &options,
+            )
+            .await?;
+            build(Arc::new(CentralBank {
+                signer: copy_certified_key(pki.settlement_signer())?,
+                verifier: Arc::clone(&verifier),
+                store,
+                clock,
+                grace_ms: args.settlement_grace_ms,
+            }))
+        }
+        Build::Institution(build) => {
+            let id = args
+                .institution
+                .clone()
+                .with_context(|| format!("--institution is required for stage {}", args.stage))?;
+            let keys = pki
+                .institution(&id)
+                .with_context(|| format!("no institution {id} in the PKI"))?;
+            let ledger = open_ledger(&ledger_url, &id, &options).await?;
+            build(Arc::new(Institution::new(
+                id,
+                copy_certified_key(&keys.signer)?,
+                Arc::clone(&verifier),
+                ledger,
+                PaymentPolicy::default(),
+                clock,
+            )))
         }
     };
 
@@ -147,20 +161,19 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
     let shutdown = CancellationToken::new();
     let follower = RevocationFollower::new(Arc::clone(&verifier), revocations);
     tokio::spawn(follower.run(Arc::clone(&bus), shutdown.clone()));
-    let runner = RunnerConfig {
-        batch_max: args.batch,
-        concurrency: args.concurrency,
-        ack_wait: std::time::Duration::from_millis(args.ack_wait_ms),
-        ..RunnerConfig::default()
-    };
     let stopper = shutdown.clone();
     tokio::spawn(async move {
         wait_for_termination().await;
         tracing::info!("stopping");
         stopper.cancel();
     });
-    tracing::info!(stage = stage.name(), subject = %stage.subject(), bus = %bus_url, ledger = %ledger_url, "worker starting");
-    StageRunner::run(bus, stage, runner, shutdown).await?;
+    tracing::info!(stage = stage.name(), owner = stage.owner(), subject = %stage.subject(), bus = %bus_url, ledger = %ledger_url, "worker starting");
+    // Returns at shutdown, or once every member has stopped on a fatal failure: a process that
+    // can take no more work exits, and its supervisor decides what comes next.
+    let health = Arc::new(Health::new());
+    StageRunner::run(bus, stage, &runner, &health, &shutdown)
+        .await
+        .map_err(|e| anyhow!("every member of the stage stopped: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

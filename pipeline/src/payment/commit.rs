@@ -17,15 +17,31 @@ use super::{
 };
 use crate::pki::Role;
 use crate::protocol::clearing_response_bytes;
-use crate::reason::RejectReason;
+use crate::reason::Reason;
+use crate::registry::{Build, Flow, StageDescriptor};
 use crate::runtime::{Input, Stage, StageError, Verdict};
 use crate::subjects;
 
 /// Name of this stage.
 pub const STAGE: &str = "commit";
 
-/// Reason code of a response for a payment this institution has no record of.
-pub const REASON_UNKNOWN_PAYMENT: &str = "txn.unknown_payment";
+inventory::submit! {
+    StageDescriptor {
+        name: STAGE,
+        summary: "the payer institution's decisions: commit or void, expiry sweep, outcomes",
+        flow: Flow::Payment,
+        consumes: subjects::clearing_response,
+        // Outcomes to both institutions, completed interbank payments to settlement.
+        publishes: |_, institutions| {
+            institutions
+                .iter()
+                .map(|oi| subjects::txn_result(oi))
+                .chain([subjects::SETTLEMENT_CLEARING.to_owned()])
+                .collect()
+        },
+        build: Build::Institution(|institution| Arc::new(CommitStage::new(institution))),
+    }
+}
 
 /// Reservations voided per sweep at most; the rest wait for the next tick.
 pub const EXPIRY_SWEEP_MAX: usize = 1024;
@@ -83,7 +99,7 @@ impl CommitStage {
         }
         let voids: Vec<_> = expired
             .iter()
-            .map(|record| (record.payment_id, RejectReason::Timeout.code().to_owned()))
+            .map(|record| (record.payment_id, Reason::Timeout.as_str().to_owned()))
             .collect();
         let transitions = inst.ledger.void(&voids).await?;
         let mut outputs = Vec::new();
@@ -98,9 +114,10 @@ impl CommitStage {
 }
 
 /// What a response asks for, once authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Decision {
     Commit,
-    Void(String),
+    Void(Reason),
 }
 
 fn authenticate(
@@ -117,7 +134,7 @@ fn authenticate(
         )
         .map_err(|e| {
             Verdict::dead_letter(
-                RejectReason::Certificate(e.kind()).code(),
+                Reason::Certificate(e.kind()),
                 format!("payee institution certificate: {e}"),
             )
         })?;
@@ -125,7 +142,7 @@ fn authenticate(
         || response.payer_institution_id != inst.id
     {
         return Err(Verdict::dead_letter(
-            RejectReason::PartyMismatch.code(),
+            Reason::PartyMismatch,
             format!(
                 "response from {} for {}, signed by {}",
                 response.payee_institution_id,
@@ -140,32 +157,32 @@ fn authenticate(
             &clearing_response_bytes(response),
             &response.institution_signature,
         )
-        .map_err(|e| {
-            Verdict::dead_letter(RejectReason::InstitutionSignature.code(), e.to_string())
-        })?;
+        .map_err(|e| Verdict::dead_letter(Reason::InstitutionSignature, e.to_string()))?;
     Ok(match response.status {
         ClearingStatus::Accepted => Decision::Commit,
-        ClearingStatus::Rejected => Decision::Void(
-            response
-                .reason_code
-                .clone()
-                .unwrap_or_else(|| RejectReason::InvalidRequest.code().to_owned()),
-        ),
+        ClearingStatus::Rejected => Decision::Void(match response.reason_code.as_deref() {
+            None => Reason::InvalidRequest,
+            Some(code) => Reason::parse(code).unwrap_or_else(|| {
+                // The payee's institution refused; its code is outside this version's table.
+                tracing::warn!(code, payment = %response.payment_id, "rejection with an unknown reason code, recorded as txn.invalid_request");
+                Reason::InvalidRequest
+            }),
+        }),
     })
 }
 
 #[async_trait]
 impl Stage for CommitStage {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         STAGE
+    }
+
+    fn owner(&self) -> &str {
+        &self.institution.id
     }
 
     fn subject(&self) -> String {
         subjects::clearing_response(&self.institution.id)
-    }
-
-    fn group(&self) -> String {
-        format!("{}-{STAGE}", self.institution.id)
     }
 
     async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
@@ -191,7 +208,7 @@ impl Stage for CommitStage {
             .iter()
             .filter_map(|d| match d {
                 Ok((response, Decision::Void(reason))) => {
-                    Some((ledger_id(&response.payment_id), reason.clone()))
+                    Some((ledger_id(&response.payment_id), reason.as_str().to_owned()))
                 }
                 _ => None,
             })
@@ -210,24 +227,36 @@ impl Stage for CommitStage {
         .into_iter();
         let mut verdicts = Vec::with_capacity(batch.len());
         for item in decided {
-            let transition = match item {
+            let (response, decision) = match item {
                 Err(verdict) => {
                     verdicts.push(verdict);
                     continue;
                 }
-                Ok((_, Decision::Commit)) => committed.next(),
-                Ok((_, Decision::Void(_))) => voided.next(),
+                Ok(decided) => decided,
+            };
+            let transition = match decision {
+                Decision::Commit => committed.next(),
+                Decision::Void(_) => voided.next(),
             }
-            .ok_or_else(|| StageError::Output("ledger returned fewer transitions".to_owned()))?;
+            .ok_or_else(|| StageError::fatal("ledger returned fewer transitions than requests"))?;
             verdicts.push(match transition {
-                // A repeat (or an answer after the expiry voided it) repeats the final outcome.
-                Transition::Applied(record) | Transition::AlreadyFinal(record) => {
-                    Verdict::Done(final_outcome(inst, &record)?)
-                }
                 Transition::NotFound => Verdict::dead_letter(
-                    REASON_UNKNOWN_PAYMENT,
+                    Reason::UnknownPayment,
                     "no reservation under this payment id",
                 ),
+                // A repeat (or an answer after the expiry voided it) repeats the final outcome;
+                // a contradiction repeats it too (the first decision stands), dead-lettered.
+                Transition::Applied(record) | Transition::AlreadyFinal(record) => {
+                    let outputs = final_outcome(inst, &record)?;
+                    match contradiction(&response, decision, &record) {
+                        None => Verdict::Done(outputs),
+                        Some((reason, detail)) => Verdict::DeadLetter {
+                            reason,
+                            detail,
+                            outputs,
+                        },
+                    }
+                }
             });
         }
         Ok(verdicts)
@@ -248,13 +277,62 @@ impl Stage for CommitStage {
     }
 }
 
+/// What an authenticated response contradicts in this institution's record of the payment, if
+/// anything: the payee's institution answered for other terms, answered both ways, or answered
+/// for a payment this institution rejected and never sent.
+///
+/// A decision met by the other one because the reservation expired first is no contradiction:
+/// an acceptance that arrives after the expiry sweep voided the hold, or a payee that refuses a
+/// redelivered clearing message as too late after it accepted the first, tell of time passing.
+fn contradiction(
+    response: &ClearingResponse,
+    decision: Decision,
+    record: &PaymentRecord,
+) -> Option<(Reason, String)> {
+    if record.state == PaymentState::Rejected {
+        return Some((
+            Reason::UnknownPayment,
+            "a response for a payment this institution rejected and never forwarded".to_owned(),
+        ));
+    }
+    if response.amount_fen != record.amount_fen {
+        return Some((
+            Reason::TermsMismatch,
+            format!(
+                "response for {} fen; {} fen were reserved",
+                response.amount_fen, record.amount_fen
+            ),
+        ));
+    }
+    let voided_for = record
+        .reason_code
+        .as_deref()
+        .and_then(Reason::of_payer_record);
+    match (decision, record.state) {
+        (Decision::Commit, PaymentState::Voided) if voided_for != Some(Reason::Timeout) => Some((
+            Reason::DecisionChanged,
+            format!(
+                "accepted after the payee's institution refused it ({}); it stays voided",
+                voided_for.unwrap_or(Reason::InvalidRequest)
+            ),
+        )),
+        (Decision::Void(reason), PaymentState::Committed) if reason != Reason::Timeout => Some((
+            Reason::DecisionChanged,
+            format!(
+                "refused ({reason}) after the payee's institution accepted it; it stays committed"
+            ),
+        )),
+        _ => None,
+    }
+}
+
 /// The outcome of a decided payer-side record, to both institutions and settlement.
 pub(crate) fn final_outcome(
     inst: &Institution,
     record: &PaymentRecord,
 ) -> Result<Vec<Outgoing>, StageError> {
     debug_assert_eq!(record.side, Side::Payer);
-    let (status, reason_code) = match record.state {
+    let (status, reason) = match record.state {
         PaymentState::Committed => {
             metrics::counter!("dcpipe_payments_completed_total", "institution" => inst.id.clone())
                 .increment(1);
@@ -262,13 +340,7 @@ pub(crate) fn final_outcome(
         }
         PaymentState::Voided => (
             OutcomeStatus::Rejected,
-            Some(
-                record
-                    .reason_code
-                    .as_deref()
-                    .map(outcome_reason)
-                    .unwrap_or(RejectReason::InvalidRequest.code()),
-            ),
+            Some(outcome_reason(record.reason_code.as_deref())),
         ),
         // Not decided here (reserved, or rejected by the payer stage): nothing to tell.
         _ => return Ok(Vec::new()),
@@ -282,7 +354,7 @@ pub(crate) fn final_outcome(
             payment_id: schema_id(&record.payment_id),
             envelope_digest: Digest32::from_bytes(record.digest.map(|d| d.0).unwrap_or([0; 32])),
             status,
-            reason_code,
+            reason,
             detail: if status == OutcomeStatus::Completed {
                 "cleared"
             } else {

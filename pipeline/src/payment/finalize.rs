@@ -5,18 +5,30 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dcpipe_connectors::ledger::{Finalization, FinalizeResult};
+use dcpipe_connectors::ledger::{Finalization, FinalizeResult, PaymentRecord, PaymentState};
 use dcpipe_schemas::{OutcomeStatus, PaymentOutcome};
 
-use super::{Institution, ledger_id};
+use super::{Institution, ledger_digest, ledger_id};
 use crate::pki::Role;
 use crate::protocol::payment_outcome_bytes;
-use crate::reason::RejectReason;
+use crate::reason::Reason;
+use crate::registry::{Build, Flow, StageDescriptor};
 use crate::runtime::{Input, Stage, StageError, Verdict};
 use crate::subjects;
 
 /// Name of this stage.
 pub const STAGE: &str = "finalize";
+
+inventory::submit! {
+    StageDescriptor {
+        name: STAGE,
+        summary: "the payee institution's finalization: credit or reverse on the final outcome",
+        flow: Flow::Payment,
+        consumes: subjects::txn_result,
+        publishes: |_, _| Vec::new(),
+        build: Build::Institution(|institution| Arc::new(FinalizeStage::new(institution))),
+    }
+}
 
 /// The payee institution's application of final outcomes.
 #[derive(Debug, Clone)]
@@ -54,7 +66,7 @@ fn read(inst: &Institution, outcome: PaymentOutcome, now_ms: i64) -> Result<Appl
         )
         .map_err(|e| {
             Verdict::dead_letter(
-                RejectReason::Certificate(e.kind()).code(),
+                Reason::Certificate(e.kind()),
                 format!("deciding institution certificate: {e}"),
             )
         })?;
@@ -62,7 +74,7 @@ fn read(inst: &Institution, outcome: PaymentOutcome, now_ms: i64) -> Result<Appl
         || outcome.decided_by != outcome.payer.institution_id
     {
         return Err(Verdict::dead_letter(
-            RejectReason::PartyMismatch.code(),
+            Reason::PartyMismatch,
             format!(
                 "outcome decided by {} for payer institution {}, signed by {}",
                 outcome.decided_by,
@@ -77,16 +89,17 @@ fn read(inst: &Institution, outcome: PaymentOutcome, now_ms: i64) -> Result<Appl
             &payment_outcome_bytes(&outcome),
             &outcome.institution_signature,
         )
-        .map_err(|e| {
-            Verdict::dead_letter(RejectReason::InstitutionSignature.code(), e.to_string())
-        })?;
+        .map_err(|e| Verdict::dead_letter(Reason::InstitutionSignature, e.to_string()))?;
     let finalization = match outcome.status {
         OutcomeStatus::Completed => Finalization::Completed,
         OutcomeStatus::Rejected => Finalization::Voided {
             reason_code: outcome
                 .reason_code
-                .clone()
-                .unwrap_or_else(|| RejectReason::InvalidRequest.code().to_owned()),
+                .as_deref()
+                .and_then(Reason::parse)
+                .unwrap_or(Reason::InvalidRequest)
+                .as_str()
+                .to_owned(),
         },
     };
     Ok(Applies::Finalize(Box::new(outcome), finalization))
@@ -94,16 +107,16 @@ fn read(inst: &Institution, outcome: PaymentOutcome, now_ms: i64) -> Result<Appl
 
 #[async_trait]
 impl Stage for FinalizeStage {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         STAGE
+    }
+
+    fn owner(&self) -> &str {
+        &self.institution.id
     }
 
     fn subject(&self) -> String {
         subjects::txn_result(&self.institution.id)
-    }
-
-    fn group(&self) -> String {
-        format!("{}-{STAGE}", self.institution.id)
     }
 
     async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
@@ -126,27 +139,107 @@ impl Stage for FinalizeStage {
                 _ => None,
             })
             .collect();
-        let results = if finalizations.is_empty() {
+        let mut results = if finalizations.is_empty() {
             Vec::new()
         } else {
             inst.ledger.finalize(&finalizations).await?
-        };
-        for result in &results {
-            let kind = match result {
-                FinalizeResult::Credited(_) => "credited",
-                FinalizeResult::Reversed(_) => "reversed",
-                FinalizeResult::Tombstoned(_) => "tombstoned",
-                FinalizeResult::AlreadyFinal(_) => "repeat",
-                FinalizeResult::NotFound => "not_found",
-            };
-            metrics::counter!("dcpipe_payments_finalized_total", "institution" => inst.id.clone(), "result" => kind).increment(1);
         }
-        Ok(read
-            .into_iter()
-            .map(|r| match r {
+        .into_iter();
+        let mut verdicts = Vec::with_capacity(batch.len());
+        for item in read {
+            verdicts.push(match item {
                 Err(verdict) => verdict,
-                Ok(_) => Verdict::Done(Vec::new()),
-            })
-            .collect())
+                Ok(Applies::Nothing) => Verdict::Done(Vec::new()),
+                Ok(Applies::Finalize(outcome, _)) => {
+                    let result = results.next().ok_or_else(|| {
+                        StageError::fatal("ledger returned fewer finalizations than requests")
+                    })?;
+                    count(inst, &result);
+                    match contradiction(&outcome, &result) {
+                        None => Verdict::Done(Vec::new()),
+                        Some((reason, detail)) => Verdict::dead_letter(reason, detail),
+                    }
+                }
+            });
+        }
+        Ok(verdicts)
     }
+}
+
+fn count(inst: &Institution, result: &FinalizeResult) {
+    let kind = match result {
+        FinalizeResult::Credited(_) => "credited",
+        FinalizeResult::Reversed(_) => "reversed",
+        FinalizeResult::Tombstoned(_) => "tombstoned",
+        FinalizeResult::AlreadyFinal(_) => "repeat",
+        FinalizeResult::NotFound => "not_found",
+    };
+    metrics::counter!("dcpipe_payments_finalized_total", "institution" => inst.id.clone(), "result" => kind).increment(1);
+}
+
+/// What the payer institution's final decision contradicts in this ledger, if anything: one
+/// side moved money the other did not, or they disagree about the terms of the money moved.
+fn contradiction(outcome: &PaymentOutcome, result: &FinalizeResult) -> Option<(Reason, String)> {
+    let state = |record: &PaymentRecord| {
+        format!(
+            "the payee's record is {}{}",
+            record.state.as_str(),
+            record
+                .reason_code
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )
+    };
+    match (outcome.status, result) {
+        (OutcomeStatus::Completed, FinalizeResult::NotFound) => Some((
+            Reason::CompletedUnknown,
+            "completed by the payer's institution; the payee's ledger has no record of it"
+                .to_owned(),
+        )),
+        (OutcomeStatus::Completed, FinalizeResult::Credited(record))
+        | (OutcomeStatus::Completed, FinalizeResult::AlreadyFinal(record))
+            if record.state == PaymentState::Credited =>
+        {
+            terms_mismatch(outcome, record)
+        }
+        (
+            OutcomeStatus::Completed,
+            FinalizeResult::AlreadyFinal(record)
+            | FinalizeResult::Reversed(record)
+            | FinalizeResult::Tombstoned(record),
+        ) => Some((
+            Reason::CompletedVoided,
+            format!("completed by the payer's institution; {}", state(record)),
+        )),
+        (OutcomeStatus::Rejected, FinalizeResult::AlreadyFinal(record))
+            if record.state == PaymentState::Credited =>
+        {
+            Some((
+                Reason::VoidedCredited,
+                format!("voided by the payer's institution; {}", state(record)),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Whether the credited record is for other terms than the outcome says.
+fn terms_mismatch(outcome: &PaymentOutcome, record: &PaymentRecord) -> Option<(Reason, String)> {
+    let digest = Some(ledger_digest(&outcome.envelope_digest));
+    (record.amount_fen != outcome.amount_fen || record.digest != digest).then(|| {
+        (
+            Reason::TermsMismatch,
+            format!(
+                "completed for {} fen; the payee credited {} fen{}",
+                outcome.amount_fen,
+                record.amount_fen,
+                if record.digest == digest {
+                    ""
+                } else {
+                    " of another envelope"
+                }
+            ),
+        )
+    })
 }

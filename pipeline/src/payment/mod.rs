@@ -43,6 +43,7 @@ pub use verify::{EnvelopeRejection, VerifiedEnvelope, verify_envelope};
 use crate::clock::Clock;
 use crate::pki::{CertifiedKey, ChainVerifier};
 use crate::protocol::payment_outcome_bytes;
+use crate::reason::Reason;
 use crate::runtime::{StageError, outgoing};
 use crate::subjects;
 use crate::terminal::CURRENCY;
@@ -105,7 +106,7 @@ impl Institution {
         self.signer
             .key()
             .sign(input)
-            .map_err(|e| StageError::Output(format!("institution signature failed: {e}")))
+            .map_err(|e| StageError::fatal(format!("the institution signer cannot sign: {e}")))
     }
 
     /// The institution signer's certificate, DER.
@@ -120,7 +121,7 @@ pub(crate) struct OutcomeFacts<'a> {
     pub payment_id: PaymentId,
     pub envelope_digest: Digest32,
     pub status: OutcomeStatus,
-    pub reason_code: Option<&'a str>,
+    pub reason: Option<Reason>,
     pub detail: &'a str,
     pub payer: PartyRef,
     pub payee: PartyRef,
@@ -152,7 +153,7 @@ pub(crate) fn outcome_messages(
         payment_id: facts.payment_id,
         envelope_digest: facts.envelope_digest,
         status: facts.status,
-        reason_code: facts.reason_code.map(str::to_owned),
+        reason_code: facts.reason.map(|r| r.as_str().to_owned()),
         detail: facts.detail.to_owned(),
         payer: facts.payer,
         payee: facts.payee,
@@ -213,18 +214,12 @@ pub(crate) fn ledger_digest(digest: &Digest32) -> ledger::Digest {
     ledger::Digest(*digest.as_bytes())
 }
 
-/// The outcome reason for a code stored in a ledger record: refusals the ledger recorded itself
-/// carry its `ledger.*` codes, mapped here to the payer-side reason codes of the protocol.
-pub(crate) fn outcome_reason(stored: &str) -> &str {
-    use crate::reason::RejectReason as R;
-    match stored {
-        "ledger.unknown_wallet" => R::PayerUnknownWallet.code(),
-        "ledger.wallet_locked" => R::PayerWalletLocked.code(),
-        "ledger.single_payment_limit" => R::SinglePaymentLimit.code(),
-        "ledger.daily_limit" => R::DailyLimit.code(),
-        "ledger.insufficient_funds" => R::InsufficientFunds.code(),
-        "ledger.balance_limit" => R::PayeeBalanceLimit.code(),
-        "ledger.malformed_request" | "ledger.invalid_amount" => R::InvalidRequest.code(),
-        other => other,
-    }
+/// The outcome reason for the reason stored in a payer-side ledger record: refusals the ledger
+/// recorded itself carry its `ledger.*` codes, mapped to the protocol's payer-side reasons. A
+/// record without a reason, or with one this version does not know, reads as
+/// `txn.invalid_request`.
+pub(crate) fn outcome_reason(stored: Option<&str>) -> Reason {
+    stored
+        .and_then(Reason::of_payer_record)
+        .unwrap_or(Reason::InvalidRequest)
 }

@@ -15,12 +15,24 @@ use dcpipe_schemas::{ClearingMessage, ClearingResponse, ClearingStatus};
 use super::{Institution, ledger_digest, ledger_id};
 use crate::pki::Role;
 use crate::protocol::{clearing_message_bytes, clearing_response_bytes};
-use crate::reason::RejectReason;
+use crate::reason::Reason;
+use crate::registry::{Build, Flow, StageDescriptor};
 use crate::runtime::{Input, Stage, StageError, Verdict, outgoing};
 use crate::subjects;
 
 /// Name of this stage.
 pub const STAGE: &str = "payee";
+
+inventory::submit! {
+    StageDescriptor {
+        name: STAGE,
+        summary: "the payee institution's intake of clearing messages: pending credit, answer",
+        flow: Flow::Payment,
+        consumes: subjects::clearing_request,
+        publishes: |_, institutions| institutions.iter().map(|oi| subjects::clearing_response(oi)).collect(),
+        build: Build::Institution(|institution| Arc::new(PayeeStage::new(institution))),
+    }
+}
 
 /// The payee institution's intake of clearing messages.
 #[derive(Debug, Clone)]
@@ -48,14 +60,14 @@ fn check(inst: &Institution, message: &ClearingMessage, now_ms: i64) -> Check {
         Ok(identity) => identity,
         Err(e) => {
             return Check::Forged(
-                RejectReason::Certificate(e.kind()).code(),
+                Reason::Certificate(e.kind()),
                 format!("payer institution certificate: {e}"),
             );
         }
     };
     if identity.institution_id() != message.payer.institution_id {
         return Check::Forged(
-            RejectReason::PartyMismatch.code(),
+            Reason::PartyMismatch,
             format!(
                 "signed by {}, claims payer institution {}",
                 identity.institution_id(),
@@ -67,41 +79,41 @@ fn check(inst: &Institution, message: &ClearingMessage, now_ms: i64) -> Check {
         &clearing_message_bytes(message),
         &message.institution_signature,
     ) {
-        return Check::Forged(RejectReason::InstitutionSignature.code(), e.to_string());
+        return Check::Forged(Reason::InstitutionSignature, e.to_string());
     }
     if message.payee.institution_id != inst.id {
         return Check::Forged(
-            RejectReason::WrongInstitution.code(),
+            Reason::WrongInstitution,
             format!("addressed to {}", message.payee.institution_id),
         );
     }
     if now_ms > message.expires_at_ms - inst.policy.expiry_margin_ms {
-        return Check::Reject(RejectReason::Timeout);
+        return Check::Reject(Reason::Timeout);
     }
     Check::Credit
 }
 
 enum Check {
     /// Not authentic or not ours: dead-letter, no answer.
-    Forged(&'static str, String),
+    Forged(Reason, String),
     /// Authentic but refused.
-    Reject(RejectReason),
+    Reject(Reason),
     /// Authentic: record the pending credit.
     Credit,
 }
 
 #[async_trait]
 impl Stage for PayeeStage {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         STAGE
+    }
+
+    fn owner(&self) -> &str {
+        &self.institution.id
     }
 
     fn subject(&self) -> String {
         subjects::clearing_request(&self.institution.id)
-    }
-
-    fn group(&self) -> String {
-        format!("{}-{STAGE}", self.institution.id)
     }
 
     async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
@@ -147,24 +159,20 @@ impl Stage for PayeeStage {
         for item in decoded.drain(..) {
             let verdict = match item {
                 Err(verdict) => verdict,
-                Ok((_, Check::Forged(reason_code, detail))) => {
-                    Verdict::dead_letter(reason_code, detail)
-                }
+                Ok((_, Check::Forged(reason, detail))) => Verdict::dead_letter(reason, detail),
                 Ok((message, Check::Reject(reason))) => {
-                    Verdict::Done(respond(inst, &message, Some(reason.code()), now_ms)?)
+                    Verdict::Done(respond(inst, &message, Some(reason), now_ms)?)
                 }
                 Ok((message, Check::Credit)) => {
                     let result = results.next().ok_or_else(|| {
-                        StageError::Output("ledger returned fewer credit results".to_owned())
+                        StageError::fatal("ledger returned fewer credit results than requests")
                     })?;
                     let reason = match &result {
                         CreditResult::Pending(_) => None,
                         CreditResult::Duplicate(record) => repeated_reason(record),
-                        CreditResult::Conflict(_) => Some(RejectReason::Conflict.code()),
-                        CreditResult::Refused(refusal) => {
-                            Some(RejectReason::from_payee_refusal(refusal).code())
-                        }
-                        CreditResult::AlreadyVoided(_) => Some(RejectReason::Timeout.code()),
+                        CreditResult::Conflict(_) => Some(Reason::Conflict),
+                        CreditResult::Refused(refusal) => Some(Reason::from_payee_refusal(refusal)),
+                        CreditResult::AlreadyVoided(_) => Some(Reason::Timeout),
                     };
                     Verdict::Done(respond(inst, &message, reason, now_ms)?)
                 }
@@ -176,17 +184,18 @@ impl Stage for PayeeStage {
 }
 
 /// The first answer to a clearing message seen before.
-fn repeated_reason(record: &PaymentRecord) -> Option<&'static str> {
+fn repeated_reason(record: &PaymentRecord) -> Option<Reason> {
     match record.state {
         PaymentState::PendingCredit | PaymentState::Credited => None,
         // The payee ledger records its refusals under its own `ledger.*` codes.
-        PaymentState::Rejected => Some(match record.reason_code.as_deref() {
-            Some("ledger.unknown_wallet") => RejectReason::PayeeUnknownWallet.code(),
-            Some("ledger.wallet_locked") => RejectReason::PayeeWalletLocked.code(),
-            Some("ledger.balance_limit") => RejectReason::PayeeBalanceLimit.code(),
-            _ => RejectReason::InvalidRequest.code(),
-        }),
-        _ => Some(RejectReason::Timeout.code()),
+        PaymentState::Rejected => Some(
+            record
+                .reason_code
+                .as_deref()
+                .and_then(Reason::of_payee_record)
+                .unwrap_or(Reason::InvalidRequest),
+        ),
+        _ => Some(Reason::Timeout),
     }
 }
 
@@ -194,7 +203,7 @@ fn repeated_reason(record: &PaymentRecord) -> Option<&'static str> {
 fn respond(
     inst: &Institution,
     message: &ClearingMessage,
-    reason_code: Option<&str>,
+    reason: Option<Reason>,
     now_ms: i64,
 ) -> Result<Vec<Outgoing>, StageError> {
     let payer_institution = &message.payer.institution_id;
@@ -205,12 +214,12 @@ fn respond(
         payment_id: message.payment_id,
         payer_institution_id: payer_institution.clone(),
         payee_institution_id: inst.id.clone(),
-        status: if reason_code.is_none() {
+        status: if reason.is_none() {
             ClearingStatus::Accepted
         } else {
             ClearingStatus::Rejected
         },
-        reason_code: reason_code.map(str::to_owned),
+        reason_code: reason.map(|r| r.as_str().to_owned()),
         amount_fen: message.amount_fen,
         responded_at_ms: now_ms,
         institution_certificate: inst.certificate(),

@@ -17,12 +17,30 @@ use super::{
     ledger_id, outcome_messages, outcome_reason, verify_envelope,
 };
 use crate::protocol::{clearing_message_bytes, envelope_digest, submission_digest};
-use crate::reason::{RejectReason, Rejected};
+use crate::reason::{Reason, Rejected};
+use crate::registry::{Build, Flow, StageDescriptor};
 use crate::runtime::{Input, Stage, StageError, Verdict, outgoing};
 use crate::subjects;
 
 /// Name of this stage (consumer group suffix, dead-letter subject, outcome stage).
 pub const STAGE: &str = "payer";
+
+inventory::submit! {
+    StageDescriptor {
+        name: STAGE,
+        summary: "the payer institution's intake of envelopes: verify, reserve, forward",
+        flow: Flow::Payment,
+        consumes: subjects::txn_submit,
+        // Clearing messages to the payee's institution; rejections to both institutions.
+        publishes: |_, institutions| {
+            institutions
+                .iter()
+                .flat_map(|oi| [subjects::clearing_request(oi), subjects::txn_result(oi)])
+                .collect()
+        },
+        build: Build::Institution(|institution| Arc::new(PayerStage::new(institution))),
+    }
+}
 
 /// The payer institution's intake of envelopes.
 #[derive(Debug, Clone)]
@@ -51,16 +69,16 @@ enum Step {
 
 #[async_trait]
 impl Stage for PayerStage {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         STAGE
+    }
+
+    fn owner(&self) -> &str {
+        &self.institution.id
     }
 
     fn subject(&self) -> String {
         subjects::txn_submit(&self.institution.id)
-    }
-
-    fn group(&self) -> String {
-        format!("{}-{STAGE}", self.institution.id)
     }
 
     async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
@@ -109,7 +127,7 @@ impl Stage for PayerStage {
                     digest: ledger_digest(digest),
                     payer_wallet: envelope.payer.wallet_id.clone(),
                     amount_fen: envelope.amount_fen,
-                    reason_code: rejected.reason.code().to_owned(),
+                    reason_code: rejected.reason.as_str().to_owned(),
                     at_ms: now_ms,
                 }),
                 _ => None,
@@ -203,7 +221,7 @@ impl Stage for PayerStage {
                             &envelope,
                             verified.digest,
                             &Rejected::new(
-                                RejectReason::from_payer_refusal(&refusal),
+                                Reason::from_payer_refusal(&refusal),
                                 format!("{refusal:?}"),
                             ),
                             now_ms,
@@ -231,8 +249,9 @@ async fn known_payment(
     Ok(record.filter(|r| r.digest == Some(digest)))
 }
 
+/// The ledger broke its contract of one result per request: an invariant breach.
 fn short_answer(call: &str) -> StageError {
-    StageError::Output(format!(
+    StageError::fatal(format!(
         "ledger {call} returned fewer results than requests"
     ))
 }
@@ -271,7 +290,7 @@ async fn apply_password_rule(
                 match limits.get(&envelope.payer.wallet_id) {
                     Some(Some(limit_fen)) if envelope.amount_fen > *limit_fen => {
                         let rejected = Rejected::new(
-                            RejectReason::PinRequired,
+                            Reason::PinRequired,
                             format!(
                                 "{} fen is above the password-free limit of {limit_fen} fen",
                                 envelope.amount_fen
@@ -357,14 +376,14 @@ fn rejection(
     now_ms: i64,
     audience: Audience,
 ) -> Result<Vec<Outgoing>, StageError> {
-    metrics::counter!("dcpipe_payments_rejected_total", "institution" => inst.id.clone(), "reason" => rejected.reason.code()).increment(1);
+    metrics::counter!("dcpipe_payments_rejected_total", "institution" => inst.id.clone(), "reason" => rejected.reason.as_str()).increment(1);
     outcome_messages(
         inst,
         OutcomeFacts {
             payment_id: envelope.payment_id,
             envelope_digest: digest,
             status: OutcomeStatus::Rejected,
-            reason_code: Some(rejected.reason.code()),
+            reason: Some(rejected.reason),
             detail: &rejected.detail,
             payer: envelope.payer.clone(),
             payee: envelope.payee.clone(),
@@ -388,7 +407,7 @@ fn conflict(
         envelope,
         digest,
         &Rejected::new(
-            RejectReason::Conflict,
+            Reason::Conflict,
             "payment id already used for other content",
         ),
         now_ms,
@@ -410,31 +429,21 @@ fn repeat(
         .digest
         .map(|d| Digest32::from_bytes(d.0))
         .unwrap_or_else(|| envelope_digest(envelope));
-    let (status, reason_code, stage) = match record.state {
+    let (status, stage) = match record.state {
         PaymentState::Reserved => return clearing(inst, envelope, record),
-        PaymentState::Committed => (OutcomeStatus::Completed, None, super::commit::STAGE),
-        PaymentState::Voided => (
-            OutcomeStatus::Rejected,
-            record.reason_code.as_deref().map(outcome_reason),
-            super::commit::STAGE,
-        ),
-        _ => (
-            OutcomeStatus::Rejected,
-            record.reason_code.as_deref().map(outcome_reason),
-            STAGE,
-        ),
+        PaymentState::Committed => (OutcomeStatus::Completed, super::commit::STAGE),
+        PaymentState::Voided => (OutcomeStatus::Rejected, super::commit::STAGE),
+        _ => (OutcomeStatus::Rejected, STAGE),
     };
-    let reason_code = match (status, reason_code) {
-        (OutcomeStatus::Rejected, None) => Some(RejectReason::InvalidRequest.code()),
-        (_, code) => code,
-    };
+    let reason =
+        (status == OutcomeStatus::Rejected).then(|| outcome_reason(record.reason_code.as_deref()));
     outcome_messages(
         inst,
         OutcomeFacts {
             payment_id: envelope.payment_id,
             envelope_digest: digest,
             status,
-            reason_code,
+            reason,
             detail: "repeated submission: the first outcome",
             payer: envelope.payer.clone(),
             payee: envelope.payee.clone(),

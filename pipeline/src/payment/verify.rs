@@ -9,7 +9,7 @@ use crate::protocol::{
     FactorHash, FactorInput, envelope_digest, payee_consent_bytes, payer_envelope_bytes,
     pin_proof_bytes, transaction_factor,
 };
-use crate::reason::{RejectReason, Rejected};
+use crate::reason::{Reason, Rejected};
 use crate::terminal::CURRENCY;
 
 /// An envelope whose certificates and signatures all check out.
@@ -34,14 +34,14 @@ pub struct EnvelopeRejection {
     pub authenticated: bool,
 }
 
-fn unauthenticated(reason: RejectReason, detail: impl Into<String>) -> EnvelopeRejection {
+fn unauthenticated(reason: Reason, detail: impl Into<String>) -> EnvelopeRejection {
     EnvelopeRejection {
         rejected: Rejected::new(reason, detail),
         authenticated: false,
     }
 }
 
-fn authenticated(reason: RejectReason, detail: impl Into<String>) -> EnvelopeRejection {
+fn authenticated(reason: Reason, detail: impl Into<String>) -> EnvelopeRejection {
     EnvelopeRejection {
         rejected: Rejected::new(reason, detail),
         authenticated: true,
@@ -62,7 +62,7 @@ pub fn verify_envelope(
 ) -> Result<VerifiedEnvelope, EnvelopeRejection> {
     if envelope.payer.institution_id != institution {
         return Err(unauthenticated(
-            RejectReason::WrongInstitution,
+            Reason::WrongInstitution,
             format!(
                 "payer wallet is held by {}, not {institution}",
                 envelope.payer.institution_id
@@ -71,7 +71,7 @@ pub fn verify_envelope(
     }
     if envelope.currency != CURRENCY {
         return Err(unauthenticated(
-            RejectReason::CurrencyUnsupported,
+            Reason::CurrencyUnsupported,
             format!("currency {} is not cleared here", envelope.currency),
         ));
     }
@@ -81,7 +81,7 @@ pub fn verify_envelope(
         .saturating_abs();
     if skew_ms > policy.clock_skew_ms_max {
         return Err(unauthenticated(
-            RejectReason::ClockSkew,
+            Reason::ClockSkew,
             format!(
                 "envelope time is {skew_ms} ms from the institution's clock (at most {})",
                 policy.clock_skew_ms_max
@@ -110,23 +110,23 @@ pub fn verify_envelope(
     );
     if factor != envelope.transaction_factor {
         return Err(unauthenticated(
-            RejectReason::FactorMismatch,
+            Reason::FactorMismatch,
             "the transaction factor does not match the envelope's terms",
         ));
     }
     payee
         .public_key()
         .verify(&payee_consent_bytes(&factor), &envelope.payee_signature)
-        .map_err(|e| unauthenticated(RejectReason::PayeeConsentSignature, e.to_string()))?;
+        .map_err(|e| unauthenticated(Reason::PayeeConsentSignature, e.to_string()))?;
     payer
         .public_key()
         .verify(&payer_envelope_bytes(envelope), &envelope.payer_signature)
-        .map_err(|e| unauthenticated(RejectReason::PayerSignature, e.to_string()))?;
+        .map_err(|e| unauthenticated(Reason::PayerSignature, e.to_string()))?;
 
     let pin_verified = match &envelope.pin_proof {
         None => false,
         Some(proof) => {
-            let invalid = |detail: String| authenticated(RejectReason::PinProofInvalid, detail);
+            let invalid = |detail: String| authenticated(Reason::PinProofInvalid, detail);
             let element = verifier
                 .verify(
                     &proof.secure_element_certificate,
@@ -182,13 +182,13 @@ fn verify_terminal(
         .verify(der, created_at_ms, Role::Terminal)
         .map_err(|e| {
             unauthenticated(
-                RejectReason::Certificate(e.kind()),
+                Reason::Certificate(e.kind()),
                 format!("{which} certificate: {e}"),
             )
         })?;
     if identity.id() != party.wallet_id || identity.institution_id() != party.institution_id {
         return Err(unauthenticated(
-            RejectReason::PartyMismatch,
+            Reason::PartyMismatch,
             format!(
                 "{which} certificate is {}/{}, the envelope names {}/{}",
                 identity.institution_id(),

@@ -46,26 +46,9 @@ pub enum CertErrorKind {
 }
 
 impl CertErrorKind {
-    /// The stable reason code, e.g. `cert.expired`.
+    /// The stable reason code, e.g. `cert.expired` (the table is [`crate::reason::Reason`]).
     pub const fn reason_code(self) -> &'static str {
-        match self {
-            CertErrorKind::Malformed => "cert.malformed",
-            CertErrorKind::TooLarge => "cert.too_large",
-            CertErrorKind::UnknownIssuer => "cert.unknown_issuer",
-            CertErrorKind::SignatureInvalid => "cert.signature_invalid",
-            CertErrorKind::NotYetValid => "cert.not_yet_valid",
-            CertErrorKind::Expired => "cert.expired",
-            CertErrorKind::Revoked => "cert.revoked",
-            CertErrorKind::NotCa => "cert.not_ca",
-            CertErrorKind::UnexpectedCa => "cert.unexpected_ca",
-            CertErrorKind::KeyUsage => "cert.key_usage",
-            CertErrorKind::WrongRole => "cert.wrong_role",
-            CertErrorKind::WrongIssuer => "cert.wrong_issuer",
-            CertErrorKind::InstitutionMismatch => "cert.institution_mismatch",
-            CertErrorKind::UnsupportedAlgorithm => "cert.unsupported_algorithm",
-            CertErrorKind::PathTooLong => "cert.path_too_long",
-            CertErrorKind::UnknownCriticalExtension => "cert.unknown_critical_extension",
-        }
+        crate::reason::Reason::Certificate(self).as_str()
     }
 }
 

@@ -19,13 +19,13 @@ pub const REVOKED_SERIALS_MAX: usize = 1_000_000;
 
 /// A revocation could not be recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("revocation.full: the revocation set holds {REVOKED_SERIALS_MAX} serials")]
+#[error("the revocation set holds {REVOKED_SERIALS_MAX} serials")]
 pub struct RevocationSetFull;
 
 impl RevocationSetFull {
     /// The stable reason code.
     pub const fn reason_code(&self) -> &'static str {
-        "revocation.full"
+        crate::reason::Reason::RevocationFull.as_str()
     }
 }
 

@@ -5,9 +5,23 @@
 //! stored on the bus. A crash in between redelivers the batch; stages are idempotent (the ledger
 //! answers a repeated message with its first result) and outputs carry message ids, so nothing
 //! is lost and no money moves twice.
+//!
+//! A stage's failure says what it is ([`StageErrorKind`]): a transient one is retried with an
+//! exponential backoff, an item one is isolated by splitting the batch and dead-lettered alone,
+//! a fatal one stops the member (its batch is given back for the others) and makes the process
+//! not ready ([`Health`]).
 
+mod config;
+mod error;
+mod health;
 mod runner;
 mod stage;
 
-pub use runner::{REASON_RETRIES_EXHAUSTED, RunnerConfig, StageRunner, spawn_stage};
-pub use stage::{Input, Stage, StageError, Verdict, outgoing};
+pub use config::{ConfigError, ConfigErrorKind, RunnerConfig};
+pub use error::{StageError, StageErrorKind, bus_failure_kind, ledger_failure_kind};
+pub use health::{Component, Health, MemberId, MemberState, NotReady, Reachability, Readiness};
+pub use runner::{MemberResult, StageRunner, spawn_stage};
+pub use stage::{Input, Stage, Verdict, outgoing};
+
+#[cfg(test)]
+mod tests;

@@ -3,8 +3,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use dcpipe_connectors::bus::{Outgoing, Position};
-use dcpipe_connectors::ledger::LedgerError;
 use dcpipe_schemas::{CodecError, Message};
+
+use super::StageError;
+use crate::reason::Reason;
 
 /// One consumed message, as a stage sees it.
 #[derive(Debug, Clone, Copy)]
@@ -24,23 +26,23 @@ pub struct Input<'a> {
 pub enum Verdict {
     /// Processed: publish these messages (possibly none), then ack.
     Done(Vec<Outgoing>),
-    /// Can never be processed: publish a dead letter with the original bytes and this stable
-    /// reason, publish the outputs (possibly none), then ack.
+    /// Can never be processed as it is: publish a dead letter with the original bytes and this
+    /// stable reason, publish the outputs (possibly none), then ack.
     DeadLetter {
-        /// Stable reason code (e.g. `schema.bad_magic`, `sig.institution_invalid`).
-        reason_code: String,
+        /// Stable reason (e.g. `schema.bad_magic`, `contradiction.completed_unknown`).
+        reason: Reason,
         /// Human-readable detail (no secrets).
         detail: String,
-        /// Messages to publish anyway.
+        /// Messages to publish anyway (e.g. the final outcome announced again).
         outputs: Vec<Outgoing>,
     },
 }
 
 impl Verdict {
     /// A dead letter with no outputs.
-    pub fn dead_letter(reason_code: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn dead_letter(reason: Reason, detail: impl Into<String>) -> Self {
         Verdict::DeadLetter {
-            reason_code: reason_code.into(),
+            reason,
             detail: detail.into(),
             outputs: Vec::new(),
         }
@@ -48,35 +50,39 @@ impl Verdict {
 
     /// The dead letter for an input that does not decode.
     pub fn undecodable(error: &CodecError) -> Self {
-        Verdict::dead_letter(error.reason_code(), error.to_string())
+        Verdict::dead_letter(Reason::Schema(error.kind()), error.to_string())
     }
-}
 
-/// A failure that may pass (a database or bus unavailable): the batch is given back for
-/// redelivery, and dead-lettered once its deliveries are exhausted.
-#[derive(Debug, thiserror::Error)]
-pub enum StageError {
-    /// The ledger failed.
-    #[error("ledger: {0}")]
-    Ledger(#[from] LedgerError),
-    /// Signing or encoding an output failed.
-    #[error("output: {0}")]
-    Output(String),
+    /// The reason, if this is a dead letter.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Verdict::Done(_) => None,
+            Verdict::DeadLetter { reason, .. } => Some(*reason),
+        }
+    }
 }
 
 /// A stage of the pipeline: the logic between consuming and publishing.
 #[async_trait]
 pub trait Stage: Send + Sync + 'static {
     /// Stable name, used for the consumer group, dead letters and metrics (e.g. `payer`).
-    fn name(&self) -> &str;
+    fn name(&self) -> &'static str;
+
+    /// Whose stage this instance is: an institution id, or the central bank.
+    fn owner(&self) -> &str;
 
     /// The subject this stage consumes.
     fn subject(&self) -> String;
 
     /// The consumer group; stage instances in any number of processes share it.
-    fn group(&self) -> String;
+    fn group(&self) -> String {
+        format!("{}-{}", self.owner(), self.name())
+    }
 
     /// Decides one batch, returning one verdict per input, in order.
+    ///
+    /// An error says what the whole batch cannot do (see [`super::StageErrorKind`]): the runner
+    /// retries it, splits it to isolate one item, or stops the member.
     async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError>;
 
     /// Periodic work (expiry sweeps, closing settlement windows), if any.
@@ -90,15 +96,15 @@ pub trait Stage: Send + Sync + 'static {
     }
 }
 
-/// Encodes `message` for `subject`, with its dedup id and ordering key.
+/// Encodes `message` for `subject`, with its dedup id and ordering key. A message that does not
+/// encode is an item failure: its input is dead-lettered under the codec's code.
 pub fn outgoing<M: Message>(
     subject: String,
     message: &M,
     msg_id: String,
     key: &[u8],
 ) -> Result<Outgoing, StageError> {
-    let payload = dcpipe_schemas::encode(message)
-        .map_err(|e| StageError::Output(format!("{} does not encode: {e}", M::NAME)))?;
+    let payload = dcpipe_schemas::encode(message)?;
     Ok(Outgoing {
         subject,
         payload: Bytes::from(payload),

@@ -22,19 +22,30 @@ use crate::clock::Clock;
 use crate::payment::commit;
 use crate::pki::{CertifiedKey, ChainVerifier, Role, sha256};
 use crate::protocol::{payment_outcome_bytes, settlement_instruction_bytes};
-use crate::reason::RejectReason;
+use crate::reason::Reason;
+use crate::registry::{Build, CENTRAL_BANK, Flow, StageDescriptor};
 use crate::runtime::{Input, Stage, StageError, Verdict, outgoing};
 use crate::subjects;
 
 /// Name of this stage.
 pub const STAGE: &str = "settlement";
 
-/// Reason code of a clearing recorded before with other content.
-pub const REASON_CONFLICT: &str = "settlement.conflict";
-
-/// Reason code of an outcome on the settlement subject that is not a completed interbank
-/// payment.
-pub const REASON_NOT_A_CLEARING: &str = "settlement.not_a_clearing";
+inventory::submit! {
+    StageDescriptor {
+        name: STAGE,
+        summary: "the central bank's netting of completed interbank payments per window",
+        flow: Flow::Settlement,
+        consumes: |_| subjects::SETTLEMENT_CLEARING.to_owned(),
+        publishes: |_, institutions| {
+            institutions
+                .iter()
+                .map(|oi| subjects::settlement_position(oi))
+                .chain([subjects::SETTLEMENT_INSTRUCTION.to_owned()])
+                .collect()
+        },
+        build: Build::CentralBank(|bank| Arc::new(SettlementStage::new(bank))),
+    }
+}
 
 /// Grace after a window's end before it closes, unless configured otherwise: late clearings
 /// within it still count in their own window.
@@ -127,7 +138,8 @@ impl SettlementStage {
             .collect();
         let net_sum: i64 = positions.iter().map(|p| p.net_fen).sum();
         if net_sum != 0 {
-            return Err(StageError::Output(format!(
+            // Money created or lost in the central bank's records: an operator must look.
+            return Err(StageError::fatal(format!(
                 "window {} positions sum to {net_sum} fen, not zero",
                 window.window_id
             )));
@@ -153,7 +165,7 @@ impl SettlementStage {
             .signer
             .key()
             .sign(&settlement_instruction_bytes(&instruction))
-            .map_err(|e| StageError::Output(format!("settlement signature failed: {e}")))?;
+            .map_err(|e| StageError::fatal(format!("the settlement signer cannot sign: {e}")))?;
         let key = window.window_id.to_be_bytes();
         let mut outputs = vec![outgoing(
             subjects::SETTLEMENT_INSTRUCTION.to_owned(),
@@ -186,7 +198,7 @@ fn clearing_of(
         || outcome.payer.institution_id == outcome.payee.institution_id
     {
         return Err(Verdict::dead_letter(
-            REASON_NOT_A_CLEARING,
+            Reason::SettlementNotAClearing,
             "only completed interbank payments are settled",
         ));
     }
@@ -199,7 +211,7 @@ fn clearing_of(
         )
         .map_err(|e| {
             Verdict::dead_letter(
-                RejectReason::Certificate(e.kind()).code(),
+                Reason::Certificate(e.kind()),
                 format!("payer institution certificate: {e}"),
             )
         })?;
@@ -207,7 +219,7 @@ fn clearing_of(
         || outcome.decided_by != outcome.payer.institution_id
     {
         return Err(Verdict::dead_letter(
-            RejectReason::PartyMismatch.code(),
+            Reason::PartyMismatch,
             "a clearing must be decided and signed by the payer's institution",
         ));
     }
@@ -217,9 +229,7 @@ fn clearing_of(
             &payment_outcome_bytes(outcome),
             &outcome.institution_signature,
         )
-        .map_err(|e| {
-            Verdict::dead_letter(RejectReason::InstitutionSignature.code(), e.to_string())
-        })?;
+        .map_err(|e| Verdict::dead_letter(Reason::InstitutionSignature, e.to_string()))?;
     Ok(ClearingRecord {
         payment_id: crate::payment::ledger_id_of(&outcome.payment_id),
         payer_institution: outcome.payer.institution_id.clone(),
@@ -231,16 +241,16 @@ fn clearing_of(
 
 #[async_trait]
 impl Stage for SettlementStage {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         STAGE
+    }
+
+    fn owner(&self) -> &str {
+        CENTRAL_BANK
     }
 
     fn subject(&self) -> String {
         subjects::SETTLEMENT_CLEARING.to_owned()
-    }
-
-    fn group(&self) -> String {
-        format!("central-bank-{STAGE}")
     }
 
     async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
@@ -275,15 +285,18 @@ impl Stage for SettlementStage {
                     }
                     Some(ClearingOutcome::Duplicate { .. }) => Verdict::Done(Vec::new()),
                     Some(ClearingOutcome::Conflict { window_id }) => Verdict::dead_letter(
-                        REASON_CONFLICT,
+                        Reason::SettlementConflict,
                         format!("payment already settled in window {window_id} with other content"),
                     ),
-                    Some(ClearingOutcome::Refused { reason_code }) => {
-                        Verdict::dead_letter(reason_code, "clearing refused by the settlement store")
-                    }
+                    Some(ClearingOutcome::Refused { reason_code }) => Verdict::dead_letter(
+                        // The store's codes are in the table; one this version does not know
+                        // still says the clearing is malformed.
+                        Reason::parse(reason_code).unwrap_or(Reason::SettlementMalformedClearing),
+                        format!("clearing refused by the settlement store ({reason_code})"),
+                    ),
                     None => {
-                        return Err(StageError::Output(
-                            "settlement store returned fewer results".to_owned(),
+                        return Err(StageError::fatal(
+                            "settlement store returned fewer results than clearings",
                         ));
                     }
                 },

@@ -16,10 +16,8 @@ use dcpipe_pipeline::audit::{OutcomeBook, Submission};
 use dcpipe_pipeline::clock::{Clock, ManualClock, system_now_ms};
 use dcpipe_pipeline::network::{Network, NetworkConfig};
 use dcpipe_pipeline::payment::commit::CommitStage;
-use dcpipe_pipeline::payment::finalize::FinalizeStage;
-use dcpipe_pipeline::payment::payee::PayeeStage;
-use dcpipe_pipeline::payment::payer::PayerStage;
 use dcpipe_pipeline::pki::{AlgorithmChoice, DemoPkiOptions, PkiDirectory};
+use dcpipe_pipeline::reason::Reason;
 use dcpipe_pipeline::runtime::{Input, Stage, Verdict};
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Touch};
@@ -87,20 +85,18 @@ impl TestNet {
         )
         .await
         .expect("network provisions");
-        let mut stages: BTreeMap<String, Arc<dyn Stage>> = BTreeMap::new();
-        let mut commits = BTreeMap::new();
-        for (id, institution) in &network.institutions {
-            let own: [Arc<dyn Stage>; 4] = [
-                Arc::new(PayerStage::new(Arc::clone(institution))),
-                Arc::new(PayeeStage::new(Arc::clone(institution))),
-                Arc::new(CommitStage::new(Arc::clone(institution))),
-                Arc::new(FinalizeStage::new(Arc::clone(institution))),
-            ];
-            for stage in own {
-                stages.insert(stage.subject(), stage);
-            }
-            commits.insert(id.clone(), CommitStage::new(Arc::clone(institution)));
-        }
+        // Every registered stage, as the network runs them: this also proves the stages'
+        // registrations are linked into a test binary.
+        let stages: BTreeMap<String, Arc<dyn Stage>> = network
+            .stages()
+            .into_iter()
+            .map(|stage| (stage.subject(), stage))
+            .collect();
+        let commits = network
+            .institutions
+            .iter()
+            .map(|(id, institution)| (id.clone(), CommitStage::new(Arc::clone(institution))))
+            .collect();
         TestNet {
             network,
             clock,
@@ -284,7 +280,7 @@ pub(crate) struct DeadLettered {
     pub(crate) stage: String,
     /// The subject the message was consumed from.
     pub(crate) subject: String,
-    pub(crate) reason_code: String,
+    pub(crate) reason: Reason,
     pub(crate) detail: String,
 }
 
@@ -449,14 +445,14 @@ impl SimBus {
             match verdict {
                 Verdict::Done(outputs) => outputs.into_iter().for_each(|o| self.publish(o)),
                 Verdict::DeadLetter {
-                    reason_code,
+                    reason,
                     detail,
                     outputs,
                 } => {
                     self.dead_letters.push(DeadLettered {
                         stage: stage.name().to_owned(),
                         subject: subject.to_owned(),
-                        reason_code,
+                        reason,
                         detail,
                     });
                     outputs.into_iter().for_each(|o| self.publish(o));

@@ -91,7 +91,7 @@ pub(crate) struct Running {
     pub(crate) bus: Arc<dyn Bus>,
     shutdown: CancellationToken,
     handles: Vec<JoinHandle<()>>,
-    stages: Vec<JoinHandle<Result<(), dcpipe_connectors::bus::BusError>>>,
+    stages: Vec<JoinHandle<dcpipe_pipeline::runtime::MemberResult>>,
 }
 
 /// Settlement windows of a second, so tests see them close.
@@ -124,7 +124,9 @@ impl Running {
             .await
             .unwrap_or_else(|e| panic!("creating subjects: {e}"));
         let shutdown = CancellationToken::new();
-        let stages = network.spawn(&backend.bus, &runner(), &shutdown);
+        let stages = network
+            .spawn(&backend.bus, &runner(), &shutdown)
+            .unwrap_or_else(|e| panic!("runner configuration: {e}"));
         let (collector, handles) = OutcomeCollector::spawn(
             Arc::clone(&backend.bus),
             network.institutions.keys().cloned(),
