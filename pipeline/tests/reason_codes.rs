@@ -1153,6 +1153,14 @@ fn resign_response(case: &Case, response: &mut ClearingResponse) -> Vec<u8> {
     dcpipe_schemas::encode(response).expect("encodes")
 }
 
+/// The payee institution's refusal, for `reason`, of the payment an authentic acceptance is for.
+fn refusal_of(case: &Case, accepted: &[u8], reason: Reason) -> Vec<u8> {
+    let mut refusal: ClearingResponse = dcpipe_schemas::decode(accepted).expect("decodes");
+    refusal.status = ClearingStatus::Rejected;
+    refusal.reason_code = Some(reason.as_str().to_owned());
+    resign_response(case, &mut refusal)
+}
+
 /// The reason, detail and number of outputs of a dead letter.
 fn dead_letter_with_outputs(verdict: Verdict) -> (Reason, String, usize) {
     match verdict {
@@ -1263,10 +1271,7 @@ async fn dead_letters_acceptance_after_the_payee_institution_refused() -> String
     let mut case = Case::new().await;
     let subject = subjects::clearing_response(&case.payer_institution());
     let (envelope, accepted) = interbank_until(&mut case, &subject).await;
-    let mut refusal: ClearingResponse = dcpipe_schemas::decode(&accepted).expect("decodes");
-    refusal.status = ClearingStatus::Rejected;
-    refusal.reason_code = Some(Reason::PayeeWalletLocked.as_str().to_owned());
-    let refusal = resign_response(&case, &mut refusal);
+    let refusal = refusal_of(&case, &accepted, Reason::PayeeWalletLocked);
     assert_done(case.net.handle_one(&subject, &refusal).await);
     assert_eq!(
         case.payer_record(&envelope.payment_id).await,
@@ -1291,10 +1296,7 @@ async fn dead_letters_refusal_after_the_payee_institution_accepted() {
     let subject = subjects::clearing_response(&case.payer_institution());
     let (envelope, accepted) = interbank_until(&mut case, &subject).await;
     assert_done(case.net.handle_one(&subject, &accepted).await);
-    let mut refusal: ClearingResponse = dcpipe_schemas::decode(&accepted).expect("decodes");
-    refusal.status = ClearingStatus::Rejected;
-    refusal.reason_code = Some(Reason::PayeeBalanceLimit.as_str().to_owned());
-    let refusal = resign_response(&case, &mut refusal);
+    let refusal = refusal_of(&case, &accepted, Reason::PayeeBalanceLimit);
     let (reason, detail, _) =
         dead_letter_with_outputs(case.net.handle_one(&subject, &refusal).await);
     assert_eq!(reason, Reason::DecisionChanged, "{detail}");

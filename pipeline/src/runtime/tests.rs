@@ -241,6 +241,46 @@ async fn dead_letters(bus: &Arc<dyn Bus>) -> Vec<DeadLetter> {
     }
 }
 
+/// The stage's dead letters once there are `count` (or the deadline passed).
+async fn dead_letters_when(bus: &Arc<dyn Bus>, count: usize) -> Vec<DeadLetter> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let letters = dead_letters(bus).await;
+        if letters.len() >= count || tokio::time::Instant::now() >= deadline {
+            return letters;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs the double failing with `failure` on `payloads`: every payload but `bad` comes out, and
+/// `bad` alone is dead-lettered with `reason`, on its first delivery.
+async fn only_the_bad_item_is_dead_lettered(
+    payloads: &[&str],
+    failure: Failure,
+    reason: Reason,
+) -> (Arc<Double>, Running) {
+    let bus = bus_with(payloads).await;
+    let stage = Double::new(failure);
+    let running = Running::start(&bus, &stage, &config(1));
+    let good: Vec<&str> = payloads
+        .iter()
+        .copied()
+        .filter(|p| !is_bad(p.as_bytes()))
+        .collect();
+    assert_eq!(outputs(&bus, good.len()).await, sorted(&good));
+    let letters = dead_letters(&bus).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].original, b"bad");
+    assert_eq!(letters[0].reason_code, reason.as_str());
+    assert_eq!(letters[0].stage, STAGE);
+    assert_eq!(
+        letters[0].delivery_count, 1,
+        "isolated without a redelivery"
+    );
+    (stage, running)
+}
+
 /// Waits until `condition` holds or the deadline passes.
 async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -286,12 +326,7 @@ async fn transient_failure_outliving_the_deliveries_is_dead_lettered() {
         ..config(1)
     };
     let running = Running::start(&bus, &stage, &config);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut letters = Vec::new();
-    while letters.len() < 2 && tokio::time::Instant::now() < deadline {
-        letters = dead_letters(&bus).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let letters = dead_letters_when(&bus, 2).await;
     assert_eq!(letters.len(), 2, "{letters:?}");
     for letter in &letters {
         assert_eq!(letter.reason_code, Reason::StageRetriesExhausted.as_str());
@@ -303,20 +338,9 @@ async fn transient_failure_outliving_the_deliveries_is_dead_lettered() {
 #[tokio::test]
 async fn one_bad_item_is_dead_lettered_alone_and_the_others_complete() {
     let payloads = ["a", "b", "c", "bad", "e", "f", "g", "h"];
-    let bus = bus_with(&payloads).await;
-    let stage = Double::new(Failure::BadItem);
-    let running = Running::start(&bus, &stage, &config(1));
-    let good: Vec<&str> = payloads.iter().copied().filter(|p| *p != "bad").collect();
-    assert_eq!(outputs(&bus, good.len()).await, sorted(&good));
-    let letters = dead_letters(&bus).await;
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0].original, b"bad");
-    assert_eq!(letters[0].reason_code, Reason::StageLedgerRefused.as_str());
-    assert_eq!(letters[0].stage, STAGE);
-    assert_eq!(
-        letters[0].delivery_count, 1,
-        "isolated without a redelivery"
-    );
+    let (stage, running) =
+        only_the_bad_item_is_dead_lettered(&payloads, Failure::BadItem, Reason::StageLedgerRefused)
+            .await;
     // One batch of 8: the whole, then halves down to the bad item, 2·log2(8) + 1 calls at most.
     assert!(stage.calls() <= 7, "{} calls", stage.calls());
     assert!(stage.decided().values().all(|&delivery| delivery == 1));
@@ -327,15 +351,12 @@ async fn one_bad_item_is_dead_lettered_alone_and_the_others_complete() {
 #[tokio::test]
 async fn output_the_bus_refuses_is_dead_lettered_alone() {
     let payloads = ["a", "bad", "c", "d"];
-    let bus = bus_with(&payloads).await;
-    let stage = Double::new(Failure::OversizedOutput);
-    let running = Running::start(&bus, &stage, &config(1));
-    let good: Vec<&str> = payloads.iter().copied().filter(|p| *p != "bad").collect();
-    assert_eq!(outputs(&bus, good.len()).await, sorted(&good));
-    let letters = dead_letters(&bus).await;
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0].original, b"bad");
-    assert_eq!(letters[0].reason_code, Reason::StageOutputRefused.as_str());
+    let (_, running) = only_the_bad_item_is_dead_lettered(
+        &payloads,
+        Failure::OversizedOutput,
+        Reason::StageOutputRefused,
+    )
+    .await;
     assert!(running.stop().await.iter().all(Result::is_ok));
 }
 
@@ -379,12 +400,7 @@ async fn fatal_failure_at_the_last_delivery_is_dead_lettered() {
         ..config(1)
     };
     let running = Running::start(&bus, &stage, &config);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut letters = Vec::new();
-    while letters.is_empty() && tokio::time::Instant::now() < deadline {
-        letters = dead_letters(&bus).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let letters = dead_letters_when(&bus, 1).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason_code, Reason::StageFatal.as_str());
     assert_eq!(letters[0].original, b"a");
