@@ -1064,35 +1064,29 @@ async fn dead_letters_outcome_with_tampered_institution_signature() -> String {
 
 async fn dead_letters_response_for_unknown_payment() -> String {
     let case = Case::new().await;
-    let (payer_oi, payee_oi) = (case.payer_institution(), case.payee_institution());
-    let signer = &case
-        .net
-        .network
-        .pki
-        .institution(&payee_oi)
-        .expect("keys")
-        .signer;
-    let mut response = ClearingResponse {
-        payment_id: PaymentId::random(),
-        payer_institution_id: payer_oi.clone(),
-        payee_institution_id: payee_oi,
-        status: ClearingStatus::Accepted,
-        reason_code: None,
-        amount_fen: SMALL_FEN,
-        responded_at_ms: case.net.now_ms(),
-        institution_certificate: signer.certificate().der().to_vec(),
-        institution_signature: Vec::new(),
-    };
-    response.institution_signature = signer
-        .key()
-        .sign(&clearing_response_bytes(&response))
-        .expect("signs");
-    let payload = dcpipe_schemas::encode(&response).expect("encodes");
-    let subject = subjects::clearing_response(&payer_oi);
+    let payload = acceptance(&case, PaymentId::random(), SMALL_FEN);
+    let subject = subjects::clearing_response(&case.payer_institution());
     let (code, _) = dead_letter_code(case.net.handle_one(&subject, &payload).await);
     assert_eq!(code, Reason::UnknownPayment.as_str());
     case.assert_no_money_moved().await;
     code
+}
+
+/// An authentic acceptance by the payee's institution of a payment of `amount_fen`, encoded.
+fn acceptance(case: &Case, payment_id: PaymentId, amount_fen: i64) -> Vec<u8> {
+    let signer = signer_of(case, &case.payee_institution());
+    let mut response = ClearingResponse {
+        payment_id,
+        payer_institution_id: case.payer_institution(),
+        payee_institution_id: case.payee_institution(),
+        status: ClearingStatus::Accepted,
+        reason_code: None,
+        amount_fen,
+        responded_at_ms: case.net.now_ms(),
+        institution_certificate: signer.certificate().der().to_vec(),
+        institution_signature: Vec::new(),
+    };
+    resign_response(case, &mut response)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1357,19 +1351,7 @@ async fn dead_letters_response_for_a_payment_the_payer_rejected() {
     let mut case = Case::new().await;
     let envelope = case.envelope(PIN_AMOUNT_FEN, PinEntry::Never);
     assert_rejected(&case.run(&envelope).await, "txn.pin_required", payer::STAGE);
-    let signer = signer_of(&case, &case.payee_institution());
-    let mut response = ClearingResponse {
-        payment_id: envelope.payment_id,
-        payer_institution_id: case.payer_institution(),
-        payee_institution_id: case.payee_institution(),
-        status: ClearingStatus::Accepted,
-        reason_code: None,
-        amount_fen: envelope.amount_fen,
-        responded_at_ms: case.net.now_ms(),
-        institution_certificate: signer.certificate().der().to_vec(),
-        institution_signature: Vec::new(),
-    };
-    let payload = resign_response(&case, &mut response);
+    let payload = acceptance(&case, envelope.payment_id, envelope.amount_fen);
     let subject = subjects::clearing_response(&case.payer_institution());
     let (code, _) = dead_letter_code(case.net.handle_one(&subject, &payload).await);
     assert_eq!(code, Reason::UnknownPayment.as_str());
