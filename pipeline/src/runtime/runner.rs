@@ -163,6 +163,10 @@ impl Member {
                     self.process(batch).await?;
                 }
                 Err(e) => {
+                    let e = StageError::from(e);
+                    if e.kind() == StageErrorKind::Fatal {
+                        return Err(e);
+                    }
                     fetch_failures += 1;
                     let why = e.to_string();
                     tracing::warn!(stage = stage.name(), error = %e, "fetch failed");
