@@ -44,6 +44,7 @@ mod dead_letter;
 mod error;
 mod ids;
 mod limits;
+mod offline;
 mod party;
 mod payment;
 mod pki;
@@ -65,6 +66,7 @@ pub use ids::{
     RevocationUpdateId, SessionId,
 };
 pub use limits::*;
+pub use offline::OfflinePayment;
 pub use party::PartyRef;
 pub use payment::{Channel, OutcomeStatus, PaymentOutcome, PinProof, TransactionEnvelope};
 pub use pki::{RevocationUpdate, RevokedCertificate};
@@ -75,8 +77,8 @@ pub use vehicle::{
     ServiceEntity, ServiceKind, Tariff, TollTariff, VehicleTelemetry,
 };
 pub use wallet::{
-    ControlCommand, OfflinePaymentSummary, RemoteControlCommand, SyncStatus, WalletAction,
-    WalletKeySet, WalletLimits, WalletSyncResult,
+    ControlCommand, Der, Frame, OfflineLimits, OfflinePaymentSummary, RefusedPayment,
+    RemoteControlCommand, SyncStatus, WalletAction, WalletKeySet, WalletLimits, WalletSyncResult,
 };
 
 /// The Avro library the schemas are expressed in, re-exported so that callers holding a

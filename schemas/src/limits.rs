@@ -82,6 +82,26 @@ pub const REVOKED_PER_UPDATE_MAX: usize = 512;
 /// Most wallet ids in one blacklist update.
 pub const BLACKLIST_ENTRIES_MAX: usize = 512;
 
+/// Most offline payment records in each list of a wallet key set (the wallet's own payments,
+/// and those it received): a hard wallet synchronizes before it holds more.
+pub const OFFLINE_PAYMENTS_PER_KEY_SET_MAX: usize = 32;
+
+/// Largest wallet key set frame: its own frame plus up to twice
+/// [`OFFLINE_PAYMENTS_PER_KEY_SET_MAX`] offline payment frames, each of which may carry a
+/// certificate of [`CERTIFICATE_BYTES_MAX`]. A key set of 20 payments with real certificates
+/// is about 20 KB.
+pub const WALLET_KEY_SET_FRAME_BYTES_MAX: usize = 384 * 1024;
+
+/// Most trust anchors (the root and the institution CAs) one sync result carries.
+pub const TRUST_ANCHORS_MAX: usize = 128;
+
+/// Most refused offline payments one sync result lists: every received payment of a key set.
+pub const REFUSED_PAYMENTS_MAX: usize = OFFLINE_PAYMENTS_PER_KEY_SET_MAX;
+
+/// Largest wallet sync result frame: with every trust anchor at [`CERTIFICATE_BYTES_MAX`] and a
+/// full blacklist. A result without anchors is under 2 KB.
+pub const WALLET_SYNC_RESULT_FRAME_BYTES_MAX: usize = 640 * 1024;
+
 /// Latitude bound in 1e-7 degrees (90 degrees).
 pub const LATITUDE_E7_MAX: i32 = 900_000_000;
 

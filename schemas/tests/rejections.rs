@@ -338,6 +338,7 @@ fn refuses_entity_without_tariff_of_its_kind() {
 fn refuses_limit_change_without_limits() {
     let mut command = fixtures::remote_control_command();
     command.limits = None;
+    command.offline_limits = None;
     assert!(encode_error(&command).detail().starts_with("limits"));
 }
 
@@ -367,5 +368,69 @@ fn refuses_dead_letter_claiming_fewer_bytes_than_it_keeps() {
         encode_error(&letter)
             .detail()
             .starts_with("original_size_bytes")
+    );
+}
+
+#[test]
+fn refuses_offline_payment_counter_zero() {
+    let error = encode_error(&OfflinePayment {
+        counter: 0,
+        ..fixtures::offline_payment()
+    });
+    assert!(error.detail().starts_with("counter:"), "{error}");
+}
+
+#[test]
+fn refuses_key_set_with_too_many_records() {
+    let error = encode_error(&WalletKeySet {
+        received: (1..=OFFLINE_PAYMENTS_PER_KEY_SET_MAX as i64 + 1)
+            .map(fixtures::offline_payment_frame)
+            .collect(),
+        ..fixtures::wallet_key_set()
+    });
+    assert!(error.detail().starts_with("received:"), "{error}");
+}
+
+#[test]
+fn refuses_key_set_with_an_empty_record() {
+    let error = encode_error(&WalletKeySet {
+        payments: vec![Frame(Vec::new())],
+        ..fixtures::wallet_key_set()
+    });
+    assert!(error.detail().starts_with("payments:"), "{error}");
+}
+
+#[test]
+fn refuses_sync_result_with_a_chain_head_but_no_counter() {
+    let error = encode_error(&WalletSyncResult {
+        counter: 0,
+        ..fixtures::wallet_sync_result()
+    });
+    assert!(error.detail().starts_with("chain_head:"), "{error}");
+}
+
+#[test]
+fn refuses_offline_limits_outside_limit_change() {
+    let error = encode_error(&RemoteControlCommand {
+        command: ControlCommand::Lock,
+        limits: None,
+        ..fixtures::remote_control_command()
+    });
+    assert!(error.detail().starts_with("offline_limits:"), "{error}");
+}
+
+#[test]
+fn refuses_offline_limits_allowing_more_payments_than_a_key_set_carries() {
+    let mut limits = fixtures::offline_limits();
+    limits.payments_per_sync_max = OFFLINE_PAYMENTS_PER_KEY_SET_MAX as i64 + 1;
+    let error = encode_error(&RemoteControlCommand {
+        offline_limits: Some(limits),
+        ..fixtures::remote_control_command()
+    });
+    assert!(
+        error
+            .detail()
+            .starts_with("offline_limits.payments_per_sync_max:"),
+        "{error}"
     );
 }

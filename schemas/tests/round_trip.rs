@@ -42,6 +42,19 @@ round_trip_tests! {
     blacklist_command_round_trips: fixtures::blacklist_command();
     revocation_update_round_trips: fixtures::revocation_update();
     dead_letter_round_trips: fixtures::dead_letter();
+    offline_payment_round_trips: fixtures::offline_payment();
+    empty_key_set_round_trips: fixtures::wallet_key_set_v1();
+    rejected_sync_result_round_trips: WalletSyncResult {
+        status: SyncStatus::Rejected,
+        reason_code: Some("wallet.chain_broken".to_owned()),
+        counter: 0,
+        chain_head: None,
+        ..fixtures::wallet_sync_result()
+    };
+    offline_limit_change_round_trips: RemoteControlCommand {
+        limits: None,
+        ..fixtures::remote_control_command()
+    };
 }
 
 #[test]
@@ -274,4 +287,105 @@ fn largest_service_entity_fits_its_frame() {
         ..fixtures::service_entity()
     };
     round_trip(&entity);
+}
+
+fn largest_offline_payment_frame(counter: i64) -> Frame {
+    let payment = OfflinePayment {
+        payer: fixtures::party(&longest_id(1), &longest_id(2)),
+        payee: fixtures::party(&longest_id(3), &longest_id(4)),
+        amount_fen: AMOUNT_FEN_MAX,
+        counter,
+        paid_at_ms: i64::MAX,
+        payer_certificate: largest_certificate(),
+        signature: vec![7; SIGNATURE_BYTES_MAX],
+        ..fixtures::offline_payment()
+    };
+    Frame(round_trip(&payment))
+}
+
+#[test]
+fn largest_key_set_fits_its_frame() {
+    let records: Vec<Frame> = (1..=OFFLINE_PAYMENTS_PER_KEY_SET_MAX as i64)
+        .map(|counter| largest_offline_payment_frame(i64::MAX - counter))
+        .collect();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.as_bytes().len() < FRAME_BYTES_MAX / 8)
+    );
+    let set = WalletKeySet {
+        wallet_id: longest_id(5),
+        institution_id: longest_id(6),
+        key_version: i32::MAX,
+        public_key: vec![4; PUBLIC_KEY_BYTES_MAX],
+        last_sync_at_ms: i64::MAX,
+        satellite_at_ms: i64::MAX,
+        offline_duration_ms: i64::MAX,
+        offline_payments: OfflinePaymentSummary {
+            count: i64::MAX,
+            total_fen: i64::MAX,
+            chain_head: Digest32::from_bytes([9; 32]),
+        },
+        certificate: largest_certificate(),
+        signature: vec![7; SIGNATURE_BYTES_MAX],
+        payments: records.clone(),
+        received: records,
+        purse_fen: AMOUNT_FEN_MAX,
+        commands_applied_through: i64::MAX,
+        anchors_digest: Some(Digest32::from_bytes([3; 32])),
+    };
+    let frame = round_trip(&set);
+    assert!(
+        frame.len() <= WALLET_KEY_SET_FRAME_BYTES_MAX,
+        "{} bytes",
+        frame.len()
+    );
+}
+
+#[test]
+fn largest_sync_result_fits_its_frame() {
+    let result = WalletSyncResult {
+        wallet_id: longest_id(1),
+        institution_id: longest_id(2),
+        key_version: i32::MAX,
+        status: SyncStatus::Rejected,
+        reason_code: Some("w".repeat(REASON_CODE_CHARS_MAX - 2) + ".x"),
+        actions: vec![
+            WalletAction::ClockResync,
+            WalletAction::KeyRotation,
+            WalletAction::Lock,
+            WalletAction::BlacklistUpdate,
+        ],
+        platform_time_at_ms: i64::MAX,
+        institution_certificate: largest_certificate(),
+        institution_signature: vec![7; SIGNATURE_BYTES_MAX],
+        key_set_digest: Some(Digest32::from_bytes([1; 32])),
+        counter: i64::MAX,
+        chain_head: Some(Digest32::from_bytes([2; 32])),
+        purse_fen: AMOUNT_FEN_MAX,
+        offline_limits: Some(OfflineLimits {
+            purse_limit_fen: AMOUNT_FEN_MAX,
+            single_payment_limit_fen: AMOUNT_FEN_MAX,
+            cumulative_limit_fen: AMOUNT_FEN_MAX,
+            payments_per_sync_max: OFFLINE_PAYMENTS_PER_KEY_SET_MAX as i64,
+            offline_duration_ms_max: i64::MAX,
+        }),
+        blacklist: (0..BLACKLIST_ENTRIES_MAX).map(longest_id).collect(),
+        trust_anchors: (0..TRUST_ANCHORS_MAX)
+            .map(|_| Der(largest_certificate()))
+            .collect(),
+        refused: (0..REFUSED_PAYMENTS_MAX)
+            .map(|i| RefusedPayment {
+                payment_id: PaymentId::from_bytes([i as u8; 16]),
+                reason_code: "r".repeat(REASON_CODE_CHARS_MAX - 2) + ".x",
+            })
+            .collect(),
+        pending_commands: i64::MAX,
+    };
+    let frame = round_trip(&result);
+    assert!(
+        frame.len() <= WALLET_SYNC_RESULT_FRAME_BYTES_MAX,
+        "{} bytes",
+        frame.len()
+    );
 }
