@@ -15,3 +15,4 @@ pub mod settlement;
 pub mod subjects;
 pub mod terminal;
 pub mod tier;
+pub mod wallet;

@@ -1,6 +1,7 @@
 //! Every stable reason code dcpipe emits, in one enum: payment rejections, certificate and
 //! schema faults, dead-letter codes (stage failures, settlement refusals, contradictions between
-//! institutions) and refused revocation updates. The tables of docs/PROTOCOL.md §7 list them.
+//! institutions), refused revocation updates, and the offline wallets' refusals (key sets,
+//! offline payments, remote control). The tables of docs/PROTOCOL.md §7 list them.
 //!
 //! Codes are part of the contract: terminals, auditors and dashboards match on them. A code is
 //! never renamed or reused; new reasons get new codes (and a row in the protocol's tables, which
@@ -114,6 +115,66 @@ pub enum Reason {
     RevocationSignatureInvalid,
     /// The revocation set is full.
     RevocationFull,
+
+    // --- Offline wallets: key sets, offline payments, remote control ---
+    /// A key set sent to an institution that does not hold the wallet.
+    WalletWrongInstitution,
+    /// The institution keeps no offline record of the wallet.
+    WalletUnknown,
+    /// The key set's certificate is not the wallet it names, or not the key it carries.
+    WalletCertificateMismatch,
+    /// The wallet's signature over its key set does not verify.
+    WalletSignature,
+    /// The key set's satellite moment is too far from the platform clock.
+    WalletSatelliteTimeSkew,
+    /// The offline duration does not match the satellite moment and the last synchronization the platform recorded.
+    WalletDurationInconsistent,
+    /// A key set from before the wallet's last accepted synchronization.
+    WalletKeySetReplayed,
+    /// A key version below the one the platform holds.
+    WalletKeyVersionLowered,
+    /// A key the platform does not hold for that key version.
+    WalletKeyUnknown,
+    /// The wallet's offline payments do not continue its hash chain from the recorded head.
+    WalletChainBroken,
+    /// The key set's summary differs from its payment records.
+    WalletSummaryMismatch,
+    /// A payment record of the key set is not the wallet's own (another payer or another wallet's key).
+    WalletRecordForeign,
+    /// A payment record of the key set is not a valid OfflinePayment frame.
+    WalletRecordMalformed,
+    /// The wallet is on the blacklist (fraud evidence).
+    WalletBlacklisted,
+    /// An offline payment's signature does not verify.
+    OfflineSignature,
+    /// An offline payment's certificate is not the payer it names.
+    OfflinePartyMismatch,
+    /// An offline payment in a currency this system does not clear.
+    OfflineCurrency,
+    /// An offline payment presented by a wallet that is not its payee.
+    OfflineWrongPayee,
+    /// An offline payment from a wallet on the blacklist.
+    OfflinePayerBlacklisted,
+    /// An offline payment made after its payer's wallet was locked.
+    OfflinePayerLocked,
+    /// Two different offline payments under one payer counter: fraud evidence.
+    OfflineDoubleSpend,
+    /// Offline payments beyond the payer's purse: fraud evidence.
+    OfflineBeyondPurse,
+    /// Offline payments beyond the payer's offline limits: fraud evidence.
+    OfflineLimitExceeded,
+    /// An offline payment's time lies outside its payer's offline period.
+    OfflineTimeInvalid,
+    /// A remote control command's signature does not verify.
+    RemoteSignature,
+    /// A remote control command not signed by the wallet's institution.
+    RemoteWrongIssuer,
+    /// A remote control command for another wallet.
+    RemoteWrongWallet,
+    /// A remote control command ahead of the next one the wallet expects.
+    RemoteOutOfOrder,
+    /// A remote control command without a sequence number (version 1).
+    RemoteUnsequenced,
 }
 
 /// The certificate kinds, in declaration order.
@@ -153,7 +214,7 @@ const LEDGER_REFUSALS: [LedgerRefusal; 8] = [
 
 impl Reason {
     /// Every reason that wraps no other kind, in declaration order.
-    pub const UNWRAPPED: [Reason; 38] = [
+    pub const UNWRAPPED: [Reason; 67] = [
         Reason::PayeeConsentSignature,
         Reason::PayerSignature,
         Reason::InstitutionSignature,
@@ -192,6 +253,35 @@ impl Reason {
         Reason::RevocationUnknownIssuer,
         Reason::RevocationSignatureInvalid,
         Reason::RevocationFull,
+        Reason::WalletWrongInstitution,
+        Reason::WalletUnknown,
+        Reason::WalletCertificateMismatch,
+        Reason::WalletSignature,
+        Reason::WalletSatelliteTimeSkew,
+        Reason::WalletDurationInconsistent,
+        Reason::WalletKeySetReplayed,
+        Reason::WalletKeyVersionLowered,
+        Reason::WalletKeyUnknown,
+        Reason::WalletChainBroken,
+        Reason::WalletSummaryMismatch,
+        Reason::WalletRecordForeign,
+        Reason::WalletRecordMalformed,
+        Reason::WalletBlacklisted,
+        Reason::OfflineSignature,
+        Reason::OfflinePartyMismatch,
+        Reason::OfflineCurrency,
+        Reason::OfflineWrongPayee,
+        Reason::OfflinePayerBlacklisted,
+        Reason::OfflinePayerLocked,
+        Reason::OfflineDoubleSpend,
+        Reason::OfflineBeyondPurse,
+        Reason::OfflineLimitExceeded,
+        Reason::OfflineTimeInvalid,
+        Reason::RemoteSignature,
+        Reason::RemoteWrongIssuer,
+        Reason::RemoteWrongWallet,
+        Reason::RemoteOutOfOrder,
+        Reason::RemoteUnsequenced,
     ];
 
     /// Every reason, each once: the unwrapped ones, then every certificate and schema kind.
@@ -263,6 +353,35 @@ impl Reason {
             Reason::RevocationUnknownIssuer => "revocation.unknown_issuer",
             Reason::RevocationSignatureInvalid => "revocation.signature_invalid",
             Reason::RevocationFull => "revocation.full",
+            Reason::WalletWrongInstitution => "wallet.wrong_institution",
+            Reason::WalletUnknown => "wallet.unknown",
+            Reason::WalletCertificateMismatch => "wallet.certificate_mismatch",
+            Reason::WalletSignature => "wallet.signature_invalid",
+            Reason::WalletSatelliteTimeSkew => "wallet.satellite_time_skew",
+            Reason::WalletDurationInconsistent => "wallet.duration_inconsistent",
+            Reason::WalletKeySetReplayed => "wallet.keyset_replayed",
+            Reason::WalletKeyVersionLowered => "wallet.key_version_lowered",
+            Reason::WalletKeyUnknown => "wallet.key_unknown",
+            Reason::WalletChainBroken => "wallet.chain_broken",
+            Reason::WalletSummaryMismatch => "wallet.summary_mismatch",
+            Reason::WalletRecordForeign => "wallet.record_foreign",
+            Reason::WalletRecordMalformed => "wallet.record_malformed",
+            Reason::WalletBlacklisted => "wallet.blacklisted",
+            Reason::OfflineSignature => "offline.signature_invalid",
+            Reason::OfflinePartyMismatch => "offline.party_mismatch",
+            Reason::OfflineCurrency => "offline.currency_unsupported",
+            Reason::OfflineWrongPayee => "offline.wrong_payee",
+            Reason::OfflinePayerBlacklisted => "offline.payer_blacklisted",
+            Reason::OfflinePayerLocked => "offline.payer_locked",
+            Reason::OfflineDoubleSpend => "offline.double_spend",
+            Reason::OfflineBeyondPurse => "offline.beyond_purse",
+            Reason::OfflineLimitExceeded => "offline.limit_exceeded",
+            Reason::OfflineTimeInvalid => "offline.time_invalid",
+            Reason::RemoteSignature => "remote.signature_invalid",
+            Reason::RemoteWrongIssuer => "remote.wrong_issuer",
+            Reason::RemoteWrongWallet => "remote.wrong_wallet",
+            Reason::RemoteOutOfOrder => "remote.out_of_order",
+            Reason::RemoteUnsequenced => "remote.unsequenced",
         }
     }
 
@@ -427,7 +546,36 @@ mod tests {
             | Reason::TermsMismatch
             | Reason::RevocationUnknownIssuer
             | Reason::RevocationSignatureInvalid
-            | Reason::RevocationFull => Reason::UNWRAPPED.contains(&reason),
+            | Reason::RevocationFull
+            | Reason::WalletWrongInstitution
+            | Reason::WalletUnknown
+            | Reason::WalletCertificateMismatch
+            | Reason::WalletSignature
+            | Reason::WalletSatelliteTimeSkew
+            | Reason::WalletDurationInconsistent
+            | Reason::WalletKeySetReplayed
+            | Reason::WalletKeyVersionLowered
+            | Reason::WalletKeyUnknown
+            | Reason::WalletChainBroken
+            | Reason::WalletSummaryMismatch
+            | Reason::WalletRecordForeign
+            | Reason::WalletRecordMalformed
+            | Reason::WalletBlacklisted
+            | Reason::OfflineSignature
+            | Reason::OfflinePartyMismatch
+            | Reason::OfflineCurrency
+            | Reason::OfflineWrongPayee
+            | Reason::OfflinePayerBlacklisted
+            | Reason::OfflinePayerLocked
+            | Reason::OfflineDoubleSpend
+            | Reason::OfflineBeyondPurse
+            | Reason::OfflineLimitExceeded
+            | Reason::OfflineTimeInvalid
+            | Reason::RemoteSignature
+            | Reason::RemoteWrongIssuer
+            | Reason::RemoteWrongWallet
+            | Reason::RemoteOutOfOrder
+            | Reason::RemoteUnsequenced => Reason::UNWRAPPED.contains(&reason),
         }
     }
 

@@ -162,10 +162,30 @@ fn capitalized(text: &str) -> String {
         .unwrap_or_default()
 }
 
-fn render_signatures() -> String {
+/// Generated parts of PROTOCOL.md that hold the signing inputs of a flow's own messages, in the
+/// section of that flow, and those messages; every other signature is in §5 (`signing-inputs`).
+const FLOW_PARTS: &[(&str, &[&str])] = &[(
+    "offline-wallet-signing-inputs",
+    &[
+        "OfflinePayment",
+        "WalletKeySet",
+        "WalletSyncResult",
+        "RemoteControlCommand",
+    ],
+)];
+
+/// The part of PROTOCOL.md that renders `layout`.
+fn part_of(layout: &SigningLayout) -> &'static str {
+    FLOW_PARTS
+        .iter()
+        .find(|(_, messages)| messages.contains(&layout.message))
+        .map_or("signing-inputs", |(part, _)| part)
+}
+
+fn render_signatures(part: &str) -> String {
     let signatures: Vec<&SigningLayout> = SIGNING_LAYOUTS
         .into_iter()
-        .filter(|l| matches!(l.output, Output::Signature { .. }))
+        .filter(|l| matches!(l.output, Output::Signature { .. }) && part_of(l) == part)
         .collect();
     let mut out = String::from("| signing input | tag | signature field | signed by |\n");
     out.push_str("|---|---|---|---|\n");
@@ -202,8 +222,15 @@ fn generated_parts() -> Vec<(&'static str, String)> {
     vec![
         ("signing-encoding", render_encodings()),
         ("transaction-factor", render_factor()),
-        ("signing-inputs", render_signatures()),
+        ("signing-inputs", render_signatures("signing-inputs")),
     ]
+    .into_iter()
+    .chain(
+        FLOW_PARTS
+            .iter()
+            .map(|(part, _)| (*part, render_signatures(part))),
+    )
+    .collect()
 }
 
 fn markers(name: &str) -> (String, String) {
@@ -403,12 +430,21 @@ fn named_types(node: &Value, out: &mut Vec<(String, String)>) {
     }
 }
 
+/// The schema of the latest version of `message`: the one its signing input is defined for.
 fn schema_json(message: &str) -> Value {
     let entry = SCHEMA_TABLE
         .iter()
-        .find(|e| e.message == message)
+        .filter(|e| e.message == message)
+        .max_by_key(|e| e.version)
         .unwrap_or_else(|| panic!("no schema for {message}"));
     serde_json::from_str(entry.avsc).expect("avsc is JSON")
+}
+
+/// Whether `entry` is the latest version of its message.
+fn is_latest(entry: &dcpipe_schemas::SchemaEntry) -> bool {
+    SCHEMA_TABLE
+        .iter()
+        .all(|e| e.message != entry.message || e.version <= entry.version)
 }
 
 #[test]
@@ -445,9 +481,12 @@ fn every_signature_field_of_every_schema_has_a_signing_layout_or_says_it_has_non
             {
                 continue;
             }
-            let has_layout = expected
-                .iter()
-                .any(|(message, p, _)| *message == entry.message && *p == path);
+            // An earlier version of a message whose signing input a later version introduced
+            // keeps saying it has none.
+            let has_layout = is_latest(&entry)
+                && expected
+                    .iter()
+                    .any(|(message, p, _)| *message == entry.message && *p == path);
             if !has_layout {
                 assert_eq!(
                     field["doc"].as_str(),

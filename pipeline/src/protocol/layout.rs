@@ -299,8 +299,170 @@ pub const REVOCATION_UPDATE: SigningLayout = SigningLayout {
     note: "",
 };
 
+const SYNC_STATUSES: &[&str] = &["ACCEPTED", "REJECTED"];
+const WALLET_ACTIONS: &[&str] = &["CLOCK_RESYNC", "KEY_ROTATION", "LOCK", "BLACKLIST_UPDATE"];
+const CONTROL_COMMANDS: &[&str] = &["LOCK", "UNLOCK", "LIMIT_CHANGE", "BLACKLIST_UPDATE"];
+
+/// The fields of an `OfflineLimits` record, in order.
+const OFFLINE_LIMITS_FIELDS: &[Field] = &[
+    field("purse_limit_fen", Encoding::I64),
+    field("single_payment_limit_fen", Encoding::I64),
+    field("cumulative_limit_fen", Encoding::I64),
+    field("payments_per_sync_max", Encoding::I64),
+    field("offline_duration_ms_max", Encoding::I64),
+];
+
+/// The payer wallet's signature over an offline payment; SHA-256 of the same input is the
+/// payment's identity (its offline-payment digest).
+pub const OFFLINE_PAYMENT: SigningLayout = SigningLayout {
+    name: "offline payment",
+    tag: "dcpipe/v1/offline-payment",
+    message: "OfflinePayment",
+    result_field: "signature",
+    output: Output::Signature {
+        signer: "the payer's wallet (the key of payer_certificate)",
+    },
+    fields: &[
+        field("payer", Encoding::Party),
+        field("payee", Encoding::Party),
+        field("amount_fen", Encoding::I64),
+        field("currency", Encoding::String),
+        field("counter", Encoding::I64),
+        field("previous_hash", Encoding::Fixed(32)),
+        field("paid_at_ms", Encoding::I64),
+        field("payer_certificate", Encoding::Fingerprint),
+    ],
+    note: "SHA-256 of this input is the offline-payment digest: the payment's identity, its \
+           link in the payer's hash chain (the next payment's previous_hash) and the source of \
+           its payment id.",
+};
+
+/// The wallet's signature over its key information set.
+pub const WALLET_KEY_SET: SigningLayout = SigningLayout {
+    name: "wallet key set",
+    tag: "dcpipe/v1/wallet-key-set",
+    message: "WalletKeySet",
+    result_field: "signature",
+    output: Output::Signature {
+        signer: "the wallet (the key of certificate)",
+    },
+    fields: &[
+        field("wallet_id", Encoding::String),
+        field("institution_id", Encoding::String),
+        field("key_version", Encoding::I32),
+        field("public_key", Encoding::Bytes),
+        field("last_sync_at_ms", Encoding::I64),
+        field("satellite_at_ms", Encoding::I64),
+        field("offline_duration_ms", Encoding::I64),
+        field("offline_payments.count", Encoding::I64),
+        field("offline_payments.total_fen", Encoding::I64),
+        field("offline_payments.chain_head", Encoding::Fixed(32)),
+        field(
+            "received",
+            Encoding::Array(&[field("digest", Encoding::Fixed(32))]),
+        ),
+        field("purse_fen", Encoding::I64),
+        field("commands_applied_through", Encoding::I64),
+        field(
+            "anchors_digest",
+            Encoding::Optional(&[field("anchors_digest", Encoding::Fixed(32))]),
+        ),
+        field("certificate", Encoding::Fingerprint),
+    ],
+    note: "The wallet's own payments are covered through offline_payments.chain_head, the last \
+           link of their hash chain; each received frame enters as the offline-payment digest \
+           of the payment it carries, in the order of the list.",
+};
+
+/// The institution's signature over its answer to a key set.
+pub const WALLET_SYNC_RESULT: SigningLayout = SigningLayout {
+    name: "wallet sync result",
+    tag: "dcpipe/v1/wallet-sync-result",
+    message: "WalletSyncResult",
+    result_field: "institution_signature",
+    output: Output::Signature {
+        signer: "the wallet's institution signer (the key of institution_certificate)",
+    },
+    fields: &[
+        field("wallet_id", Encoding::String),
+        field("institution_id", Encoding::String),
+        field("key_version", Encoding::I32),
+        field("status", Encoding::Symbol(SYNC_STATUSES)),
+        field("reason_code", Encoding::OptionalString),
+        field(
+            "actions",
+            Encoding::Array(&[field("action", Encoding::Symbol(WALLET_ACTIONS))]),
+        ),
+        field("platform_time_at_ms", Encoding::I64),
+        field(
+            "key_set_digest",
+            Encoding::Optional(&[field("key_set_digest", Encoding::Fixed(32))]),
+        ),
+        field("counter", Encoding::I64),
+        field(
+            "chain_head",
+            Encoding::Optional(&[field("chain_head", Encoding::Fixed(32))]),
+        ),
+        field("purse_fen", Encoding::I64),
+        field("offline_limits", Encoding::Optional(OFFLINE_LIMITS_FIELDS)),
+        field(
+            "blacklist",
+            Encoding::Array(&[field("wallet_id", Encoding::String)]),
+        ),
+        field(
+            "trust_anchors",
+            Encoding::Array(&[field("certificate", Encoding::Fingerprint)]),
+        ),
+        field(
+            "refused",
+            Encoding::Array(&[
+                field("payment_id", Encoding::Fixed(16)),
+                field("reason_code", Encoding::String),
+            ]),
+        ),
+        field("pending_commands", Encoding::I64),
+        field("institution_certificate", Encoding::Fingerprint),
+    ],
+    note: "",
+};
+
+/// The institution's signature over a command to one of its wallets.
+pub const REMOTE_CONTROL_COMMAND: SigningLayout = SigningLayout {
+    name: "remote control command",
+    tag: "dcpipe/v1/remote-control-command",
+    message: "RemoteControlCommand",
+    result_field: "institution_signature",
+    output: Output::Signature {
+        signer: "the wallet's institution signer (the key of institution_certificate)",
+    },
+    fields: &[
+        field("command_id", Encoding::Fixed(16)),
+        field("wallet_id", Encoding::String),
+        field("institution_id", Encoding::String),
+        field("sequence", Encoding::I64),
+        field("command", Encoding::Symbol(CONTROL_COMMANDS)),
+        field(
+            "limits",
+            Encoding::Optional(&[
+                field("balance_limit_fen", Encoding::I64),
+                field("single_payment_limit_fen", Encoding::I64),
+                field("daily_limit_fen", Encoding::I64),
+                field("password_free_limit_fen", Encoding::I64),
+            ]),
+        ),
+        field("offline_limits", Encoding::Optional(OFFLINE_LIMITS_FIELDS)),
+        field(
+            "blacklist",
+            Encoding::Array(&[field("wallet_id", Encoding::String)]),
+        ),
+        field("issued_at_ms", Encoding::I64),
+        field("institution_certificate", Encoding::Fingerprint),
+    ],
+    note: "",
+};
+
 /// Every signing input of the protocol, in the order docs/PROTOCOL.md lists them.
-pub const SIGNING_LAYOUTS: [&SigningLayout; 9] = [
+pub const SIGNING_LAYOUTS: [&SigningLayout; 13] = [
     &TRANSACTION_FACTOR,
     &PAYEE_CONSENT,
     &PIN_PROOF,
@@ -310,6 +472,10 @@ pub const SIGNING_LAYOUTS: [&SigningLayout; 9] = [
     &PAYMENT_OUTCOME,
     &SETTLEMENT_INSTRUCTION,
     &REVOCATION_UPDATE,
+    &OFFLINE_PAYMENT,
+    &WALLET_KEY_SET,
+    &WALLET_SYNC_RESULT,
+    &REMOTE_CONTROL_COMMAND,
 ];
 
 /// One step a builder takes, checked against the layout in debug builds.

@@ -10,6 +10,7 @@ mod encoding;
 mod factor;
 pub mod layout;
 mod signed;
+mod wallet;
 
 pub use encoding::{SigningInput, TAG_BYTES_MAX};
 pub use factor::{FactorHash, FactorInput, transaction_factor};
@@ -20,4 +21,10 @@ pub use signed::{
     certificate_fingerprint, clearing_message_bytes, clearing_response_bytes, envelope_digest,
     payee_consent_bytes, payer_envelope_bytes, payment_outcome_bytes, pin_proof_bytes,
     revocation_update_bytes, settlement_instruction_bytes, submission_digest,
+};
+pub use wallet::{
+    CHAIN_START, TAG_OFFLINE_PAYMENT, TAG_REMOTE_CONTROL_COMMAND, TAG_WALLET_KEY_SET,
+    TAG_WALLET_SYNC_RESULT, anchors_digest, key_set_digest, offline_payment_bytes,
+    offline_payment_digest, offline_payment_id, received_digests, remote_control_command_bytes,
+    wallet_key_set_bytes, wallet_sync_result_bytes,
 };
