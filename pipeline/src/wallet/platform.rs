@@ -277,11 +277,12 @@ impl OfflineNetwork {
         )?;
         queue.push(signed.clone());
         if let Some(record) = institution.records.get_mut(&party.wallet_id) {
+            // A lock binds from its issue, whether the wallet knows it yet or not; new limits
+            // bind once the wallet applied them (`with_applied_limits`).
             match command {
                 Command::Lock => record.locked_at_ms = record.locked_at_ms.or(Some(now_ms)),
                 Command::Unlock => record.locked_at_ms = None,
-                Command::OfflineLimits(limits) => record.limits = limits,
-                Command::Blacklist(_) => {}
+                Command::OfflineLimits(_) | Command::Blacklist(_) => {}
             }
         }
         Ok(signed)
@@ -313,7 +314,8 @@ impl OfflineNetwork {
             .get(institution_id)
             .and_then(|i| i.records.get(&set.wallet_id))
             .filter(|_| set.institution_id == institution_id)
-            .cloned();
+            .cloned()
+            .map(|record| self.with_applied_limits(record, set.commands_applied_through));
         let verdict = {
             let standing = |payer: &PartyRef| self.standing(payer);
             verify_key_set(
@@ -449,6 +451,27 @@ impl OfflineNetwork {
             duplicate: false,
             dead_letter: None,
         })
+    }
+
+    /// The record with the offline limits in force on the wallet: those of its last sync, then
+    /// those of the LIMIT_CHANGE commands it says it applied (it applies them when they reach
+    /// it, after a sync, before paying again). A limit change only binds the wallet from then
+    /// on, so payments it made before are judged by the limits it had.
+    fn with_applied_limits(&self, mut record: WalletRecord, applied_through: i64) -> WalletRecord {
+        let commands = self
+            .institutions
+            .get(&record.party.institution_id)
+            .and_then(|i| i.commands.get(&record.party.wallet_id));
+        for command in commands.into_iter().flatten() {
+            if command.sequence > record.commands_applied_through
+                && command.sequence <= applied_through
+            {
+                if let Some(limits) = command.offline_limits {
+                    record.limits = limits;
+                }
+            }
+        }
+        record
     }
 
     fn record_mut(&mut self, party: &PartyRef) -> Option<&mut WalletRecord> {
