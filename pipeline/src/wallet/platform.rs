@@ -433,10 +433,8 @@ impl OfflineNetwork {
             ..context
         };
         let mut result = accepted_result(&decision, &record_after, fraud, &context);
-        if fraud {
-            if let Some(record) = self.record_mut(&party) {
-                record.blacklist_version = context.blacklist_version;
-            }
+        if let Some(record) = self.record_mut(&party).filter(|_| fraud) {
+            record.blacklist_version = context.blacklist_version;
         }
         result = sign_sync_result(result, &signer)?;
         if let Some(institution) = self.institutions.get_mut(institution_id) {
@@ -463,12 +461,10 @@ impl OfflineNetwork {
             .get(&record.party.institution_id)
             .and_then(|i| i.commands.get(&record.party.wallet_id));
         for command in commands.into_iter().flatten() {
-            if command.sequence > record.commands_applied_through
-                && command.sequence <= applied_through
-            {
-                if let Some(limits) = command.offline_limits {
-                    record.limits = limits;
-                }
+            let applied = command.sequence > record.commands_applied_through
+                && command.sequence <= applied_through;
+            if let Some(limits) = command.offline_limits.filter(|_| applied) {
+                record.limits = limits;
             }
         }
         record

@@ -184,7 +184,7 @@ impl SatelliteSource {
             return None;
         }
         let noise = self.noise(true_ms);
-        if self.unavailable_one_in > 0 && noise % self.unavailable_one_in == 0 {
+        if self.unavailable_one_in > 0 && noise.is_multiple_of(self.unavailable_one_in) {
             return None;
         }
         let span = u64::try_from(2 * self.error_ms_max + 1).unwrap_or(1);
