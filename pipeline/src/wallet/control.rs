@@ -95,12 +95,33 @@ pub fn verify_command(
             "a command without a sequence number cannot be applied once and in order",
         ));
     }
-    let signer = verifier
+    let signer = verify_wallet_institution_signer(
+        &command.institution_certificate,
+        command.issued_at_ms,
+        wallet,
+        verifier,
+    )?;
+    signer
+        .public_key()
         .verify(
-            &command.institution_certificate,
-            command.issued_at_ms,
-            Role::InstitutionSigner,
+            &remote_control_command_bytes(command),
+            &command.institution_signature,
         )
+        .map_err(|e| Rejected::new(Reason::RemoteSignature, e.to_string()))
+}
+
+/// Verifies the certificate of a message an institution sends one of its wallets (a command or
+/// a sync result): an institution signer whose chain verifies at `at_ms` (`cert.*`; a
+/// certificate of another role is `remote.wrong_issuer`), of the wallet's own institution
+/// (`remote.wrong_issuer`).
+pub(super) fn verify_wallet_institution_signer(
+    der: &[u8],
+    at_ms: i64,
+    wallet: &PartyRef,
+    verifier: &ChainVerifier,
+) -> Result<crate::pki::VerifiedIdentity, Rejected> {
+    let signer = verifier
+        .verify(der, at_ms, Role::InstitutionSigner)
         .map_err(|e| {
             let reason = if e.kind() == crate::pki::CertErrorKind::WrongRole {
                 Reason::RemoteWrongIssuer
@@ -119,11 +140,5 @@ pub fn verify_command(
             ),
         ));
     }
-    signer
-        .public_key()
-        .verify(
-            &remote_control_command_bytes(command),
-            &command.institution_signature,
-        )
-        .map_err(|e| Rejected::new(Reason::RemoteSignature, e.to_string()))
+    Ok(signer)
 }

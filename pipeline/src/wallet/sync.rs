@@ -739,24 +739,12 @@ pub fn verify_sync_result(
             ),
         ));
     }
-    let signer = verifier
-        .verify(
-            &result.institution_certificate,
-            result.platform_time_at_ms,
-            Role::InstitutionSigner,
-        )
-        .map_err(|e| {
-            Rejected::new(
-                Reason::Certificate(e.kind()),
-                format!("institution certificate: {e}"),
-            )
-        })?;
-    if signer.institution_id() != wallet.institution_id {
-        return Err(Rejected::new(
-            Reason::RemoteWrongIssuer,
-            format!("signed by {}", signer.institution_id()),
-        ));
-    }
+    let signer = super::control::verify_wallet_institution_signer(
+        &result.institution_certificate,
+        result.platform_time_at_ms,
+        wallet,
+        verifier,
+    )?;
     signer
         .public_key()
         .verify(
