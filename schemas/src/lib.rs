@@ -51,6 +51,7 @@ mod pki;
 mod prescan;
 mod registry;
 mod settlement;
+mod telemetry_batch;
 mod vehicle;
 mod wallet;
 
@@ -72,6 +73,7 @@ pub use payment::{Channel, OutcomeStatus, PaymentOutcome, PinProof, TransactionE
 pub use pki::{RevocationUpdate, RevokedCertificate};
 pub use registry::{SCHEMA_TABLE, SchemaEntry, schema_entry};
 pub use settlement::{SettlementInstruction, SettlementPosition};
+pub use telemetry_batch::{TelemetryFix, VehicleTelemetryBatch};
 pub use vehicle::{
     GeoPoint, MeterUnit, MeteredTariff, ParkingTariff, ServiceAuthorization, ServiceCompleteReport,
     ServiceEntity, ServiceKind, Tariff, TollTariff, VehicleTelemetry,

@@ -113,3 +113,10 @@ pub const SPEED_CM_PER_S_MAX: i32 = 20_000;
 
 /// Highest heading in hundredths of a degree.
 pub const HEADING_CDEG_MAX: i32 = 35_999;
+
+/// Most reports in one signed telemetry batch.
+pub const TELEMETRY_REPORTS_PER_BATCH_MAX: usize = 256;
+
+/// Largest horizontal accuracy a report may state, in centimetres (1 km): a receiver that
+/// knows less than that has no fix worth sending.
+pub const HORIZONTAL_ACCURACY_CM_MAX: i32 = 100_000;

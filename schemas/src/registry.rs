@@ -26,7 +26,7 @@ pub struct SchemaEntry {
 
 /// Every schema id in use. docs/SCHEMAS.md repeats this table; a test keeps them equal.
 #[rustfmt::skip]
-pub const SCHEMA_TABLE: [SchemaEntry; 19] = [
+pub const SCHEMA_TABLE: [SchemaEntry; 21] = [
     //    id  message                  version  schema
     entry( 1, "TransactionEnvelope",   1, include_str!("../avsc/transaction_envelope.avsc")),
     entry( 2, "ClearingMessage",       1, include_str!("../avsc/clearing_message.avsc")),
@@ -43,6 +43,8 @@ pub const SCHEMA_TABLE: [SchemaEntry; 19] = [
     entry(13, "RemoteControlCommand",  1, include_str!("../avsc/remote_control_command.avsc")),
     entry(14, "RevocationUpdate",      1, include_str!("../avsc/revocation_update.avsc")),
     entry(15, "DeadLetter",            1, include_str!("../avsc/dead_letter.avsc")),
+    entry(16, "VehicleTelemetryBatch", 1, include_str!("../avsc/vehicle_telemetry_batch.avsc")),
+    entry(17, "ServiceEntity",         2, include_str!("../avsc/service_entity_v2.avsc")),
     entry(24, "WalletKeySet",          2, include_str!("../avsc/wallet_key_set_v2.avsc")),
     entry(25, "OfflinePayment",        1, include_str!("../avsc/offline_payment.avsc")),
     entry(26, "WalletSyncResult",      2, include_str!("../avsc/wallet_sync_result_v2.avsc")),

@@ -240,7 +240,7 @@ impl Tariff {
 }
 
 /// A registry entry for a toll gantry, parking lot, charging station or fuel station
-/// (schema id 9).
+/// (schema id 17, version 2; version 1 is schema id 9, without removal or signature).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEntity {
     /// Service entity id.
@@ -259,13 +259,24 @@ pub struct ServiceEntity {
     pub version: i64,
     /// When this version was made (Unix epoch milliseconds).
     pub updated_at_ms: i64,
+    /// Whether this version removes the entity from the registry (version 2; `false` when
+    /// read from a version 1 frame).
+    #[serde(default)]
+    pub removed: bool,
+    /// DER certificate of the institution signer of `wallet.institution_id` (version 2; empty
+    /// when read from a version 1 frame).
+    #[serde(default, with = "apache_avro::serde::bytes")]
+    pub certificate: Vec<u8>,
+    /// That signer's signature over every other field (version 2; empty from version 1).
+    #[serde(default, with = "apache_avro::serde::bytes")]
+    pub signature: Vec<u8>,
 }
 
 impl Sealed for ServiceEntity {}
 
 impl Message for ServiceEntity {
     const NAME: &'static str = "ServiceEntity";
-    const SCHEMA_ID: u32 = 9;
+    const SCHEMA_ID: u32 = 17;
 
     fn validate(&self) -> Result<(), CodecError> {
         check::id("entity_id", &self.entity_id)?;
@@ -283,7 +294,12 @@ impl Message for ServiceEntity {
         }
         self.tariff.check(self.kind)?;
         check::non_negative("version", self.version)?;
-        check::non_negative("updated_at_ms", self.updated_at_ms)
+        check::non_negative("updated_at_ms", self.updated_at_ms)?;
+        // Empty in a version 1 frame (no signature then); a present certificate is bounded.
+        if !self.certificate.is_empty() {
+            check::certificate("certificate", &self.certificate)?;
+        }
+        check::signature("signature", &self.signature)
     }
 }
 

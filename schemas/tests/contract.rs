@@ -247,3 +247,18 @@ fn wallet_messages_of_version_1_decode_with_the_defaults() {
     let again = encode(&fixtures::wallet_key_set_v1()).expect("re-encodes");
     assert_eq!(schema_id(&again), Ok(WalletKeySet::SCHEMA_ID));
 }
+
+/// A version 1 registry entry, as written before entries were signed, still decodes: into the
+/// current type, not removed and without certificate or signature (which the registry then
+/// refuses as unsigned).
+#[test]
+fn service_entity_version_1_frame_decodes_as_an_unsigned_entry() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/frames-v1/ServiceEntity.bin");
+    let frame = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(schema_id(&frame), Ok(9));
+    let entity: ServiceEntity = decode(&frame).expect("a version 1 frame decodes");
+    assert_eq!(entity, fixtures::service_entity_v1());
+    assert!(!entity.removed && entity.certificate.is_empty() && entity.signature.is_empty());
+    let again = encode(&entity).expect("re-encodes");
+    assert_eq!(schema_id(&again), Ok(ServiceEntity::SCHEMA_ID));
+}

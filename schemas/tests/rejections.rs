@@ -335,6 +335,63 @@ fn refuses_entity_without_tariff_of_its_kind() {
 }
 
 #[test]
+fn refuses_telemetry_batch_whose_times_do_not_rise() {
+    let mut batch = fixtures::vehicle_telemetry_batch();
+    batch.reports[4].recorded_at_ms = batch.reports[3].recorded_at_ms;
+    assert!(
+        encode_error(&batch)
+            .detail()
+            .starts_with("reports[4].recorded_at_ms")
+    );
+}
+
+#[test]
+fn refuses_first_telemetry_batch_with_a_previous_digest() {
+    let mut batch = fixtures::vehicle_telemetry_batch();
+    batch.first_sequence = 0;
+    assert!(
+        encode_error(&batch)
+            .detail()
+            .starts_with("previous_batch_digest")
+    );
+    batch.previous_batch_digest = Digest32::from_bytes([0; 32]);
+    encode(&batch).expect("a first batch chains to zeros");
+}
+
+#[test]
+fn refuses_empty_and_oversized_telemetry_batches() {
+    let mut batch = fixtures::vehicle_telemetry_batch();
+    batch.reports.clear();
+    assert!(encode_error(&batch).detail().starts_with("reports"));
+    let fix = fixtures::vehicle_telemetry_batch().reports[0];
+    batch.reports = (0..=TELEMETRY_REPORTS_PER_BATCH_MAX as i64)
+        .map(|i| TelemetryFix {
+            recorded_at_ms: fix.recorded_at_ms + i,
+            ..fix
+        })
+        .collect();
+    assert!(encode_error(&batch).detail().starts_with("reports"));
+}
+
+#[test]
+fn refuses_telemetry_accuracy_out_of_range() {
+    let mut batch = fixtures::vehicle_telemetry_batch();
+    batch.reports[1].horizontal_accuracy_cm = Some(HORIZONTAL_ACCURACY_CM_MAX + 1);
+    assert!(
+        encode_error(&batch)
+            .detail()
+            .starts_with("reports[1].horizontal_accuracy_cm")
+    );
+}
+
+#[test]
+fn refuses_telemetry_batch_whose_last_sequence_overflows() {
+    let mut batch = fixtures::vehicle_telemetry_batch();
+    batch.first_sequence = i64::MAX - 3;
+    assert!(encode_error(&batch).detail().starts_with("first_sequence"));
+}
+
+#[test]
 fn refuses_limit_change_without_limits() {
     let mut command = fixtures::remote_control_command();
     command.limits = None;

@@ -55,6 +55,11 @@ round_trip_tests! {
         limits: None,
         ..fixtures::remote_control_command()
     };
+    vehicle_telemetry_batch_round_trips: fixtures::vehicle_telemetry_batch();
+    removed_service_entity_round_trips: ServiceEntity {
+        removed: true,
+        ..fixtures::service_entity()
+    };
 }
 
 #[test]
@@ -284,6 +289,8 @@ fn largest_service_entity_fits_its_frame() {
             }),
             ..fixtures::service_entity().tariff
         },
+        certificate: vec![0x30; CERTIFICATE_BYTES_MAX],
+        signature: vec![0x5a; SIGNATURE_BYTES_MAX],
         ..fixtures::service_entity()
     };
     round_trip(&entity);
@@ -388,4 +395,32 @@ fn largest_sync_result_fits_its_frame() {
         "{} bytes",
         frame.len()
     );
+}
+
+#[test]
+fn largest_telemetry_batch_fits_its_frame() {
+    let fix = TelemetryFix {
+        latitude_e7: -LATITUDE_E7_MAX,
+        longitude_e7: -LONGITUDE_E7_MAX,
+        horizontal_accuracy_cm: Some(HORIZONTAL_ACCURACY_CM_MAX),
+        speed_cm_per_s: SPEED_CM_PER_S_MAX,
+        heading_cdeg: HEADING_CDEG_MAX,
+        recorded_at_ms: i64::MAX - TELEMETRY_REPORTS_PER_BATCH_MAX as i64,
+    };
+    let batch = VehicleTelemetryBatch {
+        vehicle_id: "V".repeat(ID_CHARS_MAX),
+        wallet: fixtures::party(&"I".repeat(ID_CHARS_MAX), &"W".repeat(ID_CHARS_MAX)),
+        first_sequence: i64::MAX - TELEMETRY_REPORTS_PER_BATCH_MAX as i64,
+        reports: (0..TELEMETRY_REPORTS_PER_BATCH_MAX as i64)
+            .map(|i| TelemetryFix {
+                recorded_at_ms: fix.recorded_at_ms + i,
+                ..fix
+            })
+            .collect(),
+        certificate: vec![0x30; CERTIFICATE_BYTES_MAX],
+        signature: vec![0x5a; SIGNATURE_BYTES_MAX],
+        ..fixtures::vehicle_telemetry_batch()
+    };
+    let frame = round_trip(&batch);
+    assert!(frame.len() <= FRAME_BYTES_MAX, "{} bytes", frame.len());
 }
