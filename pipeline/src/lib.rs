@@ -15,4 +15,5 @@ pub mod settlement;
 pub mod subjects;
 pub mod terminal;
 pub mod tier;
+pub mod vehicle;
 pub mod wallet;

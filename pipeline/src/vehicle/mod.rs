@@ -1,0 +1,25 @@
+//! Flow 3: vehicles pay where they are (docs/PROTOCOL.md, "Vehicles").
+//!
+//! The pure core of the flow, without bus or database:
+//! - [`signed`]: the exact bytes every vehicle-flow signature covers, and the derived ids;
+//! - [`telemetry`]: signed, hash-chained telemetry batches: the builder an in-vehicle client
+//!   uses and the verification a matching worker applies, sequence checks included;
+//! - [`registry`]: signed registry entries and the spatial index of geofences;
+//! - [`session`]: per-vehicle sessions (enter, exit, cross) from noisy GNSS fixes;
+//! - [`tariff`]: fees in integer fen from an entity's tariff;
+//! - [`preauth`]: pre-authorizations and the rule that caps every charge;
+//! - [`report`]: service-complete reports of charging and fuel stations.
+//!
+//! Every refusal carries a [`VehicleReason`] with a stable code.
+
+pub mod geometry;
+pub mod preauth;
+pub mod reason;
+pub mod registry;
+pub mod report;
+pub mod session;
+pub mod signed;
+pub mod tariff;
+pub mod telemetry;
+
+pub use reason::{Refused, VehicleReason};
