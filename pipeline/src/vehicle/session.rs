@@ -8,11 +8,13 @@
 //! Events use Tile38's vocabulary: **enter** and **exit** for dwell entities (parking lots,
 //! charging and fuel stations), **cross** for toll gantries. GNSS noise is handled the way
 //! trackers do:
-//! - a fix whose stated accuracy is worse than [`SessionConfig::accuracy_cm_max`] is ignored,
-//!   and so is a fix that would imply an impossible speed from the last one kept (an outlier),
-//!   unless several in a row agree (the vehicle really is there);
+//! - a fix whose stated accuracy is worse than [`SessionConfig::accuracy_cm_max`] is ignored;
+//!   so is an outlier: a fix farther from where the last two fixes predict the vehicle than
+//!   acceleration and accuracy allow, or one that implies an impossible speed, unless several
+//!   in a row agree (the vehicle really is there);
 //! - **entry** counts only after [`SessionConfig::entry_fixes_min`] fixes inside spanning at
-//!   least [`SessionConfig::entry_dwell_ms_min`]; the session starts at the first of them;
+//!   least [`SessionConfig::entry_dwell_ms_min`], without as many fixes outside in a row as an
+//!   exit needs in between; the session starts at the first of them;
 //! - **exit** counts only after [`SessionConfig::exit_fixes_min`] fixes outside by more than
 //!   their accuracy, spanning at least [`SessionConfig::exit_hysteresis_ms`] (hysteresis); the
 //!   session ends at the first of them. Fixes outside but within their accuracy of the geofence
@@ -32,7 +34,8 @@ use super::registry::{EntityRegistry, RegisteredEntity};
 use super::signed::session_id;
 
 /// Thresholds of the session machine. The defaults suit fixes every 1 to 5 seconds from a
-/// consumer-grade receiver.
+/// consumer-grade receiver; toll passes need the 1 to 2 seconds of road-tolling units, as a
+/// vehicle at highway speed crosses a gantry's zone in two seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionConfig {
     /// Fixes inside before an entry counts.
@@ -51,8 +54,20 @@ pub struct SessionConfig {
     pub speed_cm_per_s_max: i32,
     /// Outliers in a row after which the next fix is believed (the track is re-anchored).
     pub outliers_in_a_row_max: u32,
-    /// Longest time between the two fixes around a toll zone for a pass to count, in ms.
+    /// A fix is an outlier when it lies farther than this from where its two predecessors
+    /// predict it (plus what acceleration and the fixes' accuracies allow), in cm.
+    pub gate_distance_cm_min: i32,
+    /// The strongest acceleration of a vehicle, braking or turning, in cm/s².
+    pub acceleration_cm_per_s2_max: i32,
+    /// Fixes further apart than this predict nothing about each other, in ms.
+    pub gate_ms_max: i64,
+    /// Longest time between two fixes of a toll pass (from the last fix before the zone to the
+    /// first fix past it) for the pass to count, in ms: a line drawn across a longer gap proves
+    /// nothing.
     pub toll_chord_ms_max: i64,
+    /// How far beside a toll zone (plus twice its accuracy) a fix may lie without ending a pass
+    /// under way, in cm.
+    pub toll_beside_cm_max: i32,
     /// Most entities a vehicle is tracked at at once (open sessions, entries being confirmed,
     /// toll zones being crossed); beyond it, new candidate entries are not tracked.
     pub zones_max: usize,
@@ -69,7 +84,11 @@ impl Default for SessionConfig {
             accuracy_cm_max: 5_000,
             speed_cm_per_s_max: 7_000,
             outliers_in_a_row_max: 3,
+            gate_distance_cm_min: 1_000,
+            acceleration_cm_per_s2_max: 400,
+            gate_ms_max: 4_000,
             toll_chord_ms_max: 15_000,
+            toll_beside_cm_max: 1_000,
             zones_max: 16,
         }
     }
@@ -173,10 +192,12 @@ impl Snapshot {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Phase {
-    /// Fixes inside a dwell entity, not yet enough for an entry.
+    /// Fixes inside a dwell entity, not yet enough for an entry; fixes outside since the last
+    /// one inside (as many as an exit needs end the attempt).
     Entering {
         first_inside_at_ms: i64,
         inside_fixes: u32,
+        outside_fixes: u32,
         entity: Snapshot,
     },
     /// A session is open; `exit_run` counts fixes outside since the last one inside.
@@ -184,11 +205,14 @@ enum Phase {
         session: OpenSession,
         exit_run: Option<(i64, u32)>,
     },
-    /// A toll zone is being crossed: the last fix before it, and when the vehicle entered.
+    /// A toll zone is being crossed: the last fix before it, when the vehicle entered, the
+    /// last fix during the crossing and the longest time between two fixes so far.
     Crossing {
         approach: Option<TrackPoint>,
         entered_at_ms: i64,
         entity: Snapshot,
+        last_at_ms: i64,
+        gap_ms_max: i64,
     },
 }
 
@@ -203,6 +227,8 @@ struct ZoneTrack {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VehicleSessions {
     last_fix: Option<TrackPoint>,
+    /// The fix kept before `last_fix`: with it, where the vehicle should be next.
+    fix_before_last: Option<TrackPoint>,
     outliers_in_a_row: u32,
     zones: Vec<ZoneTrack>,
 }
@@ -267,7 +293,19 @@ impl VehicleSessions {
         }
         let previous = match self.last_fix {
             Some(last) if point.recorded_at_ms <= last.recorded_at_ms => return,
-            Some(last) if is_outlier(&last, &point, config) => {
+            Some(last)
+                if is_outlier(self.fix_before_last.as_ref(), &last, &point, config)
+                    && self
+                        .fix_before_last
+                        .is_some_and(|before| is_back_on_track(&before, &last, &point, config)) =>
+            {
+                // The last fix was the outlier, and this one joins the track before it: forget
+                // the last one for the predictions to come (what it caused stays; entries and
+                // exits need several fixes, so one outlier decides nothing).
+                self.last_fix = self.fix_before_last.take();
+                self.last_fix
+            }
+            Some(last) if is_outlier(self.fix_before_last.as_ref(), &last, &point, config) => {
                 self.outliers_in_a_row += 1;
                 if self.outliers_in_a_row <= config.outliers_in_a_row_max {
                     return;
@@ -278,6 +316,7 @@ impl VehicleSessions {
                         *approach = None;
                     }
                 }
+                self.last_fix = None;
                 None
             }
             last => last,
@@ -292,6 +331,7 @@ impl VehicleSessions {
             events,
         );
         self.apply_dwells(vehicle_id, &point, registry, config, events);
+        self.fix_before_last = self.last_fix;
         self.last_fix = Some(point);
     }
 
@@ -332,10 +372,12 @@ impl VehicleSessions {
                 Phase::Entering {
                     first_inside_at_ms,
                     inside_fixes,
+                    outside_fixes,
                     entity,
                 } => {
                     if inside {
                         *inside_fixes += 1;
+                        *outside_fixes = 0;
                         if *inside_fixes >= config.entry_fixes_min
                             && point.recorded_at_ms - *first_inside_at_ms
                                 >= config.entry_dwell_ms_min
@@ -354,8 +396,11 @@ impl VehicleSessions {
                             };
                         }
                         true
+                    } else if beyond {
+                        *outside_fixes += 1;
+                        *outside_fixes < config.exit_fixes_min
                     } else {
-                        !beyond
+                        true
                     }
                 }
                 Phase::Inside { session, exit_run } => {
@@ -403,6 +448,7 @@ impl VehicleSessions {
                 phase: Phase::Entering {
                     first_inside_at_ms: point.recorded_at_ms,
                     inside_fixes: 1,
+                    outside_fixes: 0,
                     entity: Snapshot::of(s.entity),
                 },
             };
@@ -467,51 +513,133 @@ impl VehicleSessions {
                 z.entity_id == entity.id() && matches!(z.phase, Phase::Crossing { .. })
             });
             match (track, placement) {
-                (Some(_), Placement::Inside) => {}
-                (Some(index), Placement::Outside { distance_m }) => {
-                    let side = zone.axis_side(here);
-                    if side == AxisSide::Within && distance_m <= point.accuracy_m() {
-                        // Beside the zone within the fix's accuracy: the pass goes on.
+                (Some(index), placement) => {
+                    let goes_on = match placement {
+                        Placement::Inside => true,
+                        // Beside the zone, not past its ends and not far off: noise around a
+                        // vehicle in the zone; the pass goes on.
+                        Placement::Outside { distance_m } => {
+                            zone.axis_side(here) == AxisSide::Within
+                                && distance_m
+                                    <= 2.0 * point.accuracy_m()
+                                        + f64::from(config.toll_beside_cm_max) / 100.0
+                        }
+                    };
+                    if let Phase::Crossing {
+                        last_at_ms,
+                        gap_ms_max,
+                        ..
+                    } = &mut self.zones[index].phase
+                    {
+                        *gap_ms_max = (*gap_ms_max).max(point.recorded_at_ms - *last_at_ms);
+                        *last_at_ms = point.recorded_at_ms;
+                    }
+                    if goes_on {
                         continue;
                     }
-                    let track = self.zones.remove(index);
-                    if let Phase::Crossing {
-                        approach: Some(approach),
+                    let Phase::Crossing {
+                        approach,
                         entered_at_ms,
                         entity: snapshot,
-                    } = track.phase
-                        && crosses(entity, &approach, point, config)
+                        gap_ms_max,
+                        ..
+                    } = &self.zones[index].phase
+                    else {
+                        continue;
+                    };
+                    let side = zone.axis_side(here);
+                    let approach_side = approach.map(|a| zone.axis_side(zone.project(a.position)));
+                    let hopeless = match approach_side {
+                        None | Some(AxisSide::Within) => true,
+                        Some(from) => from == side,
+                    };
+                    if hopeless || *gap_ms_max > config.toll_chord_ms_max {
+                        // No approach from an end, turned back, or lost too long: no pass.
+                        self.zones.remove(index);
+                        continue;
+                    }
+                    if side == AxisSide::Within {
+                        // Far beside the zone: an outlier, or a vehicle leaving sideways, which
+                        // never reaches the far end.
+                        continue;
+                    }
+                    if let Some(approach) = approach
+                        && crosses(entity, approach, point)
                     {
                         events.push(SessionEvent::Cross {
                             session: open_session(
                                 vehicle_id,
                                 entity.id(),
                                 ServiceKind::Toll,
-                                &snapshot,
-                                entered_at_ms,
+                                snapshot,
+                                *entered_at_ms,
                             ),
                             exited_at_ms: point.recorded_at_ms,
                         });
+                        self.zones.remove(index);
                     }
+                    // Past the far end but the line misses the zone: an outlier, most likely;
+                    // the next fix decides, within the time bound.
                 }
                 (None, Placement::Inside) => {
+                    // The approach is the last fix before an end of the zone: the previous
+                    // fix, or the one before it when noise put the previous one beside.
+                    let at_an_end = |p: &&TrackPoint| {
+                        zone.axis_side(zone.project(p.position)) != AxisSide::Within
+                    };
+                    let approach = previous
+                        .filter(at_an_end)
+                        .or(self
+                            .fix_before_last
+                            .as_ref()
+                            .filter(|_| previous.is_some())
+                            .filter(at_an_end))
+                        .or(previous)
+                        .copied();
                     if self.zones.len() < config.zones_max {
                         self.zones.push(ZoneTrack {
                             entity_id: entity.id().to_owned(),
                             kind: ServiceKind::Toll,
                             phase: Phase::Crossing {
-                                approach: previous.copied(),
+                                approach,
                                 entered_at_ms: point.recorded_at_ms,
                                 entity: Snapshot::of(entity),
+                                last_at_ms: point.recorded_at_ms,
+                                gap_ms_max: approach
+                                    .map_or(0, |p| point.recorded_at_ms - p.recorded_at_ms),
                             },
                         });
                     }
                 }
                 (None, Placement::Outside { .. }) => {
-                    // Passed through between two fixes, none inside.
-                    if let Some(previous) = previous
-                        && crosses(entity, previous, point, config)
+                    let Some(previous) = previous else {
+                        continue;
+                    };
+                    let from = zone.project(previous.position);
+                    if !zone.segment_intersects(from, here) {
+                        continue;
+                    }
+                    if zone.axis_side(here) == AxisSide::Within {
+                        // Entered between two fixes and now beside the zone: a pass may be
+                        // under way.
+                        if self.zones.len() < config.zones_max {
+                            self.zones.push(ZoneTrack {
+                                entity_id: entity.id().to_owned(),
+                                kind: ServiceKind::Toll,
+                                phase: Phase::Crossing {
+                                    approach: Some(*previous),
+                                    entered_at_ms: point.recorded_at_ms,
+                                    entity: Snapshot::of(entity),
+                                    last_at_ms: point.recorded_at_ms,
+                                    gap_ms_max: point.recorded_at_ms - previous.recorded_at_ms,
+                                },
+                            });
+                        }
+                    } else if point.recorded_at_ms - previous.recorded_at_ms
+                        <= config.toll_chord_ms_max
+                        && crosses(entity, previous, point)
                     {
+                        // Passed through between two fixes, none inside.
                         events.push(SessionEvent::Cross {
                             session: open_session(
                                 vehicle_id,
@@ -530,16 +658,8 @@ impl VehicleSessions {
 }
 
 /// Whether the line from `approach` to `past` crosses the toll zone of `entity` along its
-/// axis, within the time bound.
-fn crosses(
-    entity: &RegisteredEntity,
-    approach: &TrackPoint,
-    past: &TrackPoint,
-    config: &SessionConfig,
-) -> bool {
-    if past.recorded_at_ms - approach.recorded_at_ms > config.toll_chord_ms_max {
-        return false;
-    }
+/// axis.
+fn crosses(entity: &RegisteredEntity, approach: &TrackPoint, past: &TrackPoint) -> bool {
     let zone = entity.zone();
     let (a, b) = (zone.project(approach.position), zone.project(past.position));
     let opposite = matches!(
@@ -549,15 +669,68 @@ fn crosses(
     opposite && zone.segment_intersects(a, b)
 }
 
-/// Whether reaching `next` from `last` needs a speed above the bound.
-fn is_outlier(last: &TrackPoint, next: &TrackPoint, config: &SessionConfig) -> bool {
+/// Whether `next` is an outlier: farther from where the vehicle should be than it could get
+/// by accelerating (`a t² / 2` from the position its last two fixes predict at constant
+/// velocity), with at least [`SessionConfig::gate_distance_cm_min`], plus the fixes'
+/// accuracies. Without a prediction (a single fix kept, or fixes too far apart) only an
+/// impossible speed makes an outlier.
+fn is_outlier(
+    before_last: Option<&TrackPoint>,
+    last: &TrackPoint,
+    next: &TrackPoint,
+    config: &SessionConfig,
+) -> bool {
     let frame = LocalFrame::around(last.position);
-    let moved = frame.project(next.position);
-    let distance_m = (moved.x * moved.x + moved.y * moved.y).sqrt();
+    let seen = frame.project(next.position);
     let elapsed_s = (next.recorded_at_ms - last.recorded_at_ms) as f64 / 1_000.0;
-    // Both positions are uncertain by their accuracy: only a move beyond it is evidence.
     let slack_m = last.accuracy_m() + next.accuracy_m();
-    distance_m - slack_m > elapsed_s * f64::from(config.speed_cm_per_s_max) / 100.0
+    let length = |x: f64, y: f64| (x * x + y * y).sqrt();
+    let too_fast =
+        length(seen.x, seen.y) - slack_m > elapsed_s * f64::from(config.speed_cm_per_s_max) / 100.0;
+    if too_fast {
+        return true;
+    }
+    let gate_s = config.gate_ms_max as f64 / 1_000.0;
+    let Some(before) = before_last else {
+        return false;
+    };
+    let lead_s = (last.recorded_at_ms - before.recorded_at_ms) as f64 / 1_000.0;
+    if elapsed_s > gate_s || lead_s > gate_s || lead_s <= 0.0 {
+        return false;
+    }
+    let origin = frame.project(before.position);
+    // Constant velocity from the last two fixes: last = (0, 0), before = origin.
+    let predicted = (
+        -origin.x / lead_s * elapsed_s,
+        -origin.y / lead_s * elapsed_s,
+    );
+    let off_m = length(seen.x - predicted.0, seen.y - predicted.1);
+    let acceleration_m =
+        f64::from(config.acceleration_cm_per_s2_max) / 100.0 * elapsed_s * elapsed_s / 2.0;
+    // Stated accuracies are 68% radii: twice them covers the noise of the three fixes.
+    let uncertainty_m = 2.0 * (slack_m + before.accuracy_m() * elapsed_s / lead_s);
+    off_m > acceleration_m + f64::from(config.gate_distance_cm_min) / 100.0 + uncertainty_m
+}
+
+/// Whether `next`, judged an outlier after `last`, follows on from `before` (the fix kept
+/// before `last`) at a possible speed and much closer to it than to `last`: then `last` was the
+/// outlier.
+fn is_back_on_track(
+    before: &TrackPoint,
+    last: &TrackPoint,
+    next: &TrackPoint,
+    config: &SessionConfig,
+) -> bool {
+    let frame = LocalFrame::around(next.position);
+    let length = |p: PositionE7| {
+        let c = frame.project(p);
+        (c.x * c.x + c.y * c.y).sqrt()
+    };
+    let (from_before_m, from_last_m) = (length(before.position), length(last.position));
+    let elapsed_s = (next.recorded_at_ms - before.recorded_at_ms) as f64 / 1_000.0;
+    from_before_m - before.accuracy_m() - next.accuracy_m()
+        <= elapsed_s * f64::from(config.speed_cm_per_s_max) / 100.0
+        && from_before_m < from_last_m / 2.0
 }
 
 fn open_session(
