@@ -53,6 +53,9 @@ pub use settlement::{
 pub use sqlite::{
     SQLITE_BUSY_TIMEOUT_MS, SqliteLedger, SqliteOptions, SqliteSettlement, SqliteSync,
 };
+// The database plumbing the vehicles' session store shares with the ledgers.
+pub(crate) use postgres::{AttemptError, PgDb, pg_error, with_retries};
+pub(crate) use sqlite::{SqliteDb, db_error};
 pub use types::{
     AMOUNT_FEN_MAX, BATCH_ITEMS_MAX, BUSINESS_DAY_OFFSET_MS, CreditRequest, CreditResult,
     DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization, FinalizeResult, ID_LEN_MAX,

@@ -192,7 +192,7 @@ pub(crate) fn redact(url: &str) -> String {
 
 /// What a transaction attempt can fail with: a database error (maybe retryable) or a decision
 /// of the rules (never retried).
-enum AttemptError {
+pub(crate) enum AttemptError {
     Pg(tokio_postgres::Error),
     Ledger(LedgerError),
 }
@@ -218,7 +218,7 @@ fn is_retryable(err: &tokio_postgres::Error) -> bool {
     )
 }
 
-fn pg_error(context: &str, err: tokio_postgres::Error) -> LedgerError {
+pub(crate) fn pg_error(context: &str, err: tokio_postgres::Error) -> LedgerError {
     let kind = if err.is_closed() {
         LedgerErrorKind::Connect
     } else {
@@ -240,7 +240,7 @@ fn is_retryable_code(code: &SqlState) -> bool {
 
 /// Runs `attempt` until it succeeds, fails for good, or has been retried [`PG_RETRIES_MAX`]
 /// times.
-async fn with_retries<T, F, Fut>(context: &str, mut attempt: F) -> Result<T, LedgerError>
+pub(crate) async fn with_retries<T, F, Fut>(context: &str, mut attempt: F) -> Result<T, LedgerError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, AttemptError>>,
@@ -271,7 +271,7 @@ fn schema_ident(name: &str) -> String {
 
 /// A connection pool bound to one schema.
 #[derive(Clone)]
-struct PgDb {
+pub(crate) struct PgDb {
     pool: Pool,
     schema: String,
 }
@@ -286,7 +286,7 @@ impl std::fmt::Debug for PgDb {
 }
 
 impl PgDb {
-    async fn connect(
+    pub(crate) async fn connect(
         url: &str,
         name: &str,
         options: &PostgresOptions,
@@ -326,7 +326,7 @@ impl PgDb {
         Ok(db)
     }
 
-    async fn client(&self) -> Result<Object, LedgerError> {
+    pub(crate) async fn client(&self) -> Result<Object, LedgerError> {
         self.pool.get().await.map_err(|e| {
             LedgerError::with_source(
                 LedgerErrorKind::Connect,
@@ -337,7 +337,7 @@ impl PgDb {
     }
 
     /// `sql` with `{s}` replaced by the schema.
-    fn sql(&self, sql: &str) -> String {
+    pub(crate) fn sql(&self, sql: &str) -> String {
         sql.replace("{s}", &self.schema)
     }
 

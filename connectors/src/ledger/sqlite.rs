@@ -70,7 +70,7 @@ pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
 
-fn db_error(context: &str, err: rusqlite::Error) -> LedgerError {
+pub(crate) fn db_error(context: &str, err: rusqlite::Error) -> LedgerError {
     let kind = match err.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => LedgerErrorKind::Busy,
         Some(ErrorCode::ConstraintViolation) => LedgerErrorKind::Integrity,
@@ -91,14 +91,14 @@ fn conversion_error(column: usize, message: String) -> rusqlite::Error {
 
 /// One SQLite connection, used from tokio's blocking pool.
 #[derive(Debug, Clone)]
-struct SqliteDb {
+pub(crate) struct SqliteDb {
     conn: Arc<Mutex<Connection>>,
     path: Option<PathBuf>,
 }
 
 impl SqliteDb {
     /// Opens `path` (or a private in-memory database) and applies `migrations`.
-    async fn open(
+    pub(crate) async fn open(
         path: Option<PathBuf>,
         options: SqliteOptions,
         migrations: &'static [(i64, &'static str)],
@@ -134,7 +134,7 @@ impl SqliteDb {
     }
 
     /// Runs `f` with the connection on the blocking pool.
-    async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
