@@ -8,11 +8,14 @@
 //! - [`session`]: per-vehicle sessions (enter, exit, cross) from noisy GNSS fixes;
 //! - [`tariff`]: fees in integer fen from an entity's tariff;
 //! - [`preauth`]: pre-authorizations and the rule that caps every charge;
-//! - [`report`]: service-complete reports of charging and fuel stations.
+//! - [`report`]: service-complete reports of charging and fuel stations;
+//! - [`matching`]: what one batch does to a vehicle, between reading its record from the
+//!   session store and committing the update back.
 //!
 //! Every refusal carries a [`VehicleReason`] with a stable code.
 
 pub mod geometry;
+pub mod matching;
 pub mod preauth;
 pub mod reason;
 pub mod registry;

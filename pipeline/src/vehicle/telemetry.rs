@@ -326,16 +326,29 @@ pub struct TelemetryChain {
 
 impl TelemetryChain {
     /// Where `batch` stands for a vehicle whose chain is `chain` (`None`: the vehicle was never
-    /// seen, and its first batch is taken as the start of its chain; the time bound of
-    /// [`verify_telemetry_batch`] keeps that from admitting old replays). With `accept_gap`
-    /// (the caller waited long enough) a batch after a gap is applied.
+    /// seen; its chain starts at sequence 0, and a later batch waits like one after a gap).
+    /// With `accept_gap` (the caller waited long enough) a batch after a gap is applied; for a
+    /// vehicle never seen it then starts the chain (the time bound of
+    /// [`verify_telemetry_batch`] keeps that from admitting old replays).
     pub fn check(
         chain: Option<&TelemetryChain>,
         batch: &VerifiedBatch,
         accept_gap: bool,
     ) -> Result<SequenceVerdict, Refused> {
         let Some(chain) = chain else {
-            return Ok(SequenceVerdict::Apply { missing_reports: 0 });
+            // A vehicle never seen starts at sequence 0; a later batch first waits for the
+            // earlier ones, which another member may hold (and is taken as the start of the
+            // chain once the caller stops waiting: a vehicle older than this store).
+            return Ok(if batch.first_sequence == 0 || accept_gap {
+                SequenceVerdict::Apply {
+                    missing_reports: batch.first_sequence,
+                }
+            } else {
+                SequenceVerdict::Gap {
+                    missing_from: 0,
+                    missing_until: batch.first_sequence,
+                }
+            });
         };
         if batch.first_sequence < chain.next_sequence {
             return match chain
