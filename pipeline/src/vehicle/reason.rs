@@ -252,4 +252,16 @@ mod tests {
             "cert.revoked"
         );
     }
+
+    #[test]
+    fn the_protocol_lists_every_code() {
+        let protocol = include_str!("../../../docs/PROTOCOL.md");
+        for reason in VehicleReason::NON_CERTIFICATE {
+            assert!(
+                protocol.contains(&format!("| `{}` |", reason.code())),
+                "docs/PROTOCOL.md lacks {}",
+                reason.code()
+            );
+        }
+    }
 }
