@@ -1,7 +1,8 @@
 //! Synthetic producers for dcpipe, and the load test that drives the whole pipeline with them.
 //!
-//! The producers are realistic terminals (later also vehicles) that publish the same bytes
-//! real devices do ([`payments`]), and offline hard wallets ([`wallets`]). The load test ([`run()`]) provisions a network,
+//! The producers are realistic terminals that publish the same bytes real devices do
+//! ([`payments`]), offline hard wallets ([`wallets`]) and vehicles driving through a
+//! synthetic city ([`vehicles`]). The load test ([`run()`]) provisions a network,
 //! measures what the hardware allows — the signature work alone ([`ceiling::CryptoWork`]) and
 //! the bus alone ([`ceiling::measure_bus`]) — then offers load open-loop, as a ramp or
 //! closed-loop, measures end-to-end latency from each payment's *intended* send time in HDR
@@ -23,6 +24,7 @@ pub mod rss;
 pub mod run;
 pub mod schedule;
 pub mod tracker;
+pub mod vehicles;
 pub mod wallets;
 
 pub use config::{LedgerChoice, LoadConfig, Mode, RampConfig, SustainCriterion};
