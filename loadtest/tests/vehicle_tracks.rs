@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use dcpipe_loadtest::vehicles::{City, CityConfig, ExpectedCharge, Trip, TripConfig};
+use dcpipe_pipeline::vehicle::matching::ended_session_fee;
 use dcpipe_pipeline::vehicle::registry::{EntityRegistry, VerifiedEntity};
 use dcpipe_pipeline::vehicle::session::{SessionConfig, SessionEvent, VehicleSessions};
-use dcpipe_pipeline::vehicle::tariff::{metered_fee, parking_fee, toll_fee};
+use dcpipe_pipeline::vehicle::tariff::metered_fee;
 use dcpipe_schemas::{MeterUnit, ServiceKind};
 
 const T0_MS: i64 = 1_764_000_000_000;
@@ -43,12 +44,8 @@ fn found_charges(trip: &Trip, events: &[SessionEvent]) -> Vec<Found> {
                 exited_at_ms,
             } => (session, *exited_at_ms),
         };
-        let amount_fen = match session.kind {
-            ServiceKind::Toll => toll_fee(&session.tariff, trip.vehicle_class),
-            ServiceKind::Parking => {
-                parking_fee(&session.tariff, session.entered_at_ms, exited_at_ms)
-            }
-            kind => {
+        let amount_fen = ended_session_fee(session, trip.vehicle_class, exited_at_ms)
+            .unwrap_or_else(|| {
                 // The station reports the quantity of the stay (the one closest in time).
                 let quantity = trip
                     .expected
@@ -57,15 +54,14 @@ fn found_charges(trip: &Trip, events: &[SessionEvent]) -> Vec<Found> {
                     .min_by_key(|e| (e.entered_at_ms - session.entered_at_ms).abs())
                     .and_then(|e| e.quantity_milli)
                     .unwrap_or(0);
-                let unit = if kind == ServiceKind::Charging {
+                let unit = if session.kind == ServiceKind::Charging {
                     MeterUnit::Kwh
                 } else {
                     MeterUnit::Litre
                 };
                 metered_fee(&session.tariff, unit, quantity)
-            }
-        }
-        .expect("priced");
+            })
+            .expect("priced");
         found.push(Found {
             entity_id: session.entity_id.clone(),
             entered_at_ms: session.entered_at_ms,

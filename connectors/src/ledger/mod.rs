@@ -55,7 +55,7 @@ pub use sqlite::{
 };
 // The database plumbing the vehicles' session store shares with the ledgers.
 pub(crate) use postgres::{AttemptError, PgDb, pg_error, with_retries};
-pub(crate) use sqlite::{SqliteDb, db_error};
+pub(crate) use sqlite::{SqliteDb, claim_owner, db_error};
 pub use types::{
     AMOUNT_FEN_MAX, BATCH_ITEMS_MAX, BUSINESS_DAY_OFFSET_MS, CreditRequest, CreditResult,
     DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization, FinalizeResult, ID_LEN_MAX,

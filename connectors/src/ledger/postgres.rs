@@ -341,6 +341,44 @@ impl PgDb {
         sql.replace("{s}", &self.schema)
     }
 
+    /// Records in `meta_table` (key, value) of the schema which institution it belongs to,
+    /// refusing a schema of another one (the ledger's and the vehicles' session store's).
+    pub(crate) async fn claim_owner(
+        &self,
+        meta_table: &str,
+        institution_id: &str,
+    ) -> Result<(), LedgerError> {
+        let client = self.client().await?;
+        let context = "cannot claim the schema";
+        client
+            .execute(
+                &self.sql(&format!(
+                    "INSERT INTO {{s}}.{meta_table} (key, value) VALUES ('institution_id', $1)
+                     ON CONFLICT (key) DO NOTHING"
+                )),
+                &[&institution_id],
+            )
+            .await
+            .map_err(|e| pg_error(context, e))?;
+        let owner: String = client
+            .query_one(
+                &self.sql(&format!(
+                    "SELECT value FROM {{s}}.{meta_table} WHERE key = 'institution_id'"
+                )),
+                &[],
+            )
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| pg_error(context, e))?;
+        if owner != institution_id {
+            return Err(LedgerError::new(
+                LedgerErrorKind::Config,
+                format!("this database belongs to {owner}, not to {institution_id}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Creates the schema and applies missing migrations, serialized by an advisory lock so
     /// that workers starting together apply each migration once.
     async fn migrate(&self, migrations: &[(i64, &str)]) -> Result<(), LedgerError> {
@@ -691,38 +729,9 @@ impl PostgresLedger {
     /// Refuses a schema that another institution's ledger already uses (names are mapped to
     /// schemas one to one, so this only catches a schema filled by hand or by another tool).
     async fn claim_institution(&self) -> Result<(), LedgerError> {
-        let client = self.db.client().await?;
-        let context = "cannot claim ledger schema";
-        client
-            .execute(
-                &self.db.sql(
-                    "INSERT INTO {s}.ledger_meta (key, value) VALUES ('institution_id', $1)
-                     ON CONFLICT (key) DO NOTHING",
-                ),
-                &[&self.institution_id],
-            )
+        self.db
+            .claim_owner("ledger_meta", &self.institution_id)
             .await
-            .map_err(|e| pg_error(context, e))?;
-        let owner: String = client
-            .query_one(
-                &self
-                    .db
-                    .sql("SELECT value FROM {s}.ledger_meta WHERE key = 'institution_id'"),
-                &[],
-            )
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(|e| pg_error(context, e))?;
-        if owner != self.institution_id {
-            return Err(LedgerError::new(
-                LedgerErrorKind::Config,
-                format!(
-                    "this ledger belongs to {owner}, not to {}",
-                    self.institution_id
-                ),
-            ));
-        }
-        Ok(())
     }
 
     async fn execute<O: Op>(&self, op: O) -> Result<Vec<O::Item>, LedgerError> {

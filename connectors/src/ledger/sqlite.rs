@@ -509,23 +509,35 @@ fn counterparty_columns(record: &PaymentRecord) -> (Option<&str>, Option<&str>) 
 
 /// Records which institution a ledger file belongs to, refusing a file of another one.
 fn claim_institution(conn: &Connection, institution_id: &str) -> Result<(), LedgerError> {
+    claim_owner(conn, "ledger_meta", institution_id)
+}
+
+/// Records in `meta_table` (key, value) which institution a database belongs to, refusing a
+/// database of another one (the ledger's and the vehicles' session store's).
+pub(crate) fn claim_owner(
+    conn: &Connection,
+    meta_table: &str,
+    institution_id: &str,
+) -> Result<(), LedgerError> {
     conn.execute(
-        "INSERT INTO ledger_meta (key, value) VALUES ('institution_id', ?1)
-         ON CONFLICT (key) DO NOTHING",
+        &format!(
+            "INSERT INTO {meta_table} (key, value) VALUES ('institution_id', ?1)
+             ON CONFLICT (key) DO NOTHING"
+        ),
         [institution_id],
     )
-    .map_err(|e| db_error("cannot write ledger_meta", e))?;
+    .map_err(|e| db_error("cannot write the owner", e))?;
     let owner: String = conn
         .query_row(
-            "SELECT value FROM ledger_meta WHERE key = 'institution_id'",
+            &format!("SELECT value FROM {meta_table} WHERE key = 'institution_id'"),
             [],
             |row| row.get(0),
         )
-        .map_err(|e| db_error("cannot read ledger_meta", e))?;
+        .map_err(|e| db_error("cannot read the owner", e))?;
     if owner != institution_id {
         return Err(LedgerError::new(
             LedgerErrorKind::Config,
-            format!("this ledger belongs to {owner}, not to {institution_id}"),
+            format!("this database belongs to {owner}, not to {institution_id}"),
         ));
     }
     Ok(())

@@ -207,44 +207,11 @@ impl PostgresSessionStore {
             institution_id: institution_id.to_owned(),
             db,
         };
-        store.claim().await?;
+        store
+            .db
+            .claim_owner("store_meta", &store.institution_id)
+            .await?;
         Ok(store)
-    }
-
-    async fn claim(&self) -> Result<(), LedgerError> {
-        let client = self.db.client().await?;
-        let context = "cannot claim the session store";
-        client
-            .execute(
-                &self.db.sql(
-                    "INSERT INTO {s}.store_meta (key, value) VALUES ('institution_id', $1)
-                     ON CONFLICT (key) DO NOTHING",
-                ),
-                &[&self.institution_id],
-            )
-            .await
-            .map_err(|e| pg_error(context, e))?;
-        let owner: String = client
-            .query_one(
-                &self
-                    .db
-                    .sql("SELECT value FROM {s}.store_meta WHERE key = 'institution_id'"),
-                &[],
-            )
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(|e| pg_error(context, e))?;
-        if owner == self.institution_id {
-            Ok(())
-        } else {
-            Err(LedgerError::new(
-                LedgerErrorKind::Config,
-                format!(
-                    "the session store belongs to {owner}, not {}",
-                    self.institution_id
-                ),
-            ))
-        }
     }
 
     async fn load(&self, tx: &Transaction<'_>, keys: &Keys) -> Result<Working, AttemptError> {

@@ -13,7 +13,8 @@ use super::{
     check_updates,
 };
 use crate::ledger::{
-    LedgerError, LedgerErrorKind, Party, PaymentId, SqliteDb, SqliteOptions, db_error, now_ms,
+    LedgerError, LedgerErrorKind, Party, PaymentId, SqliteDb, SqliteOptions, claim_owner, db_error,
+    now_ms,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -352,7 +353,8 @@ impl SqliteSessionStore {
         crate::ledger::validate_institution_id(institution_id)?;
         let db = SqliteDb::open(path, *options, MIGRATIONS).await?;
         let institution = institution_id.to_owned();
-        db.run(move |conn| claim(conn, &institution)).await?;
+        db.run(move |conn| claim_owner(conn, "store_meta", &institution))
+            .await?;
         Ok(SqliteSessionStore {
             institution_id: institution_id.to_owned(),
             db,
@@ -360,33 +362,23 @@ impl SqliteSessionStore {
     }
 }
 
-/// Records the owning institution on first open, and refuses another's file.
-fn claim(conn: &mut Connection, institution: &str) -> Result<(), LedgerError> {
-    let error = |e| db_error("cannot claim the session store", e);
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(error)?;
-    tx.execute(
-        "INSERT INTO store_meta (key, value) VALUES ('institution_id', ?1)
-         ON CONFLICT (key) DO NOTHING",
-        [institution],
-    )
-    .map_err(error)?;
-    let owner: String = tx
-        .query_row(
-            "SELECT value FROM store_meta WHERE key = 'institution_id'",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(error)?;
-    tx.commit().map_err(error)?;
-    if owner == institution {
-        Ok(())
-    } else {
-        Err(LedgerError::new(
-            LedgerErrorKind::Config,
-            format!("the session store belongs to {owner}, not {institution}"),
-        ))
+impl SqliteSessionStore {
+    /// The rows `sql` (with the vehicle id as `?1`) selects, read with `from_row`.
+    async fn of_vehicle<T: Send + 'static>(
+        &self,
+        sql: String,
+        vehicle_id: &str,
+        from_row: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, LedgerError> {
+        let id = vehicle_id.to_owned();
+        self.db
+            .run(move |conn| {
+                let error = |e| db_error("cannot read the session store", e);
+                let mut stmt = conn.prepare_cached(&sql).map_err(error)?;
+                let rows = stmt.query_map([id], from_row).map_err(error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(error)
+            })
+            .await
     }
 }
 
@@ -508,22 +500,15 @@ impl SessionStore for SqliteSessionStore {
         &self,
         vehicle_id: &str,
     ) -> Result<Vec<StoredAuthorization>, LedgerError> {
-        let id = vehicle_id.to_owned();
-        self.db
-            .run(move |conn| {
-                let error = |e| db_error("cannot read pre-authorizations", e);
-                let mut stmt = conn
-                    .prepare_cached(&format!(
-                        "SELECT {AUTHORIZATION_COLUMNS} FROM authorizations
-                         WHERE vehicle_id = ?1 ORDER BY authorization_id"
-                    ))
-                    .map_err(error)?;
-                let rows = stmt
-                    .query_map([id], authorization_from_row)
-                    .map_err(error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(error)
-            })
-            .await
+        self.of_vehicle(
+            format!(
+                "SELECT {AUTHORIZATION_COLUMNS} FROM authorizations
+                 WHERE vehicle_id = ?1 ORDER BY authorization_id"
+            ),
+            vehicle_id,
+            authorization_from_row,
+        )
+        .await
     }
 
     async fn session(&self, session_id: &SessionKey) -> Result<Option<SessionRecord>, LedgerError> {
@@ -540,37 +525,27 @@ impl SessionStore for SqliteSessionStore {
     }
 
     async fn sessions(&self, vehicle_id: &str) -> Result<Vec<SessionRecord>, LedgerError> {
-        let id = vehicle_id.to_owned();
-        self.db
-            .run(move |conn| {
-                let error = |e| db_error("cannot read sessions", e);
-                let mut stmt = conn
-                    .prepare_cached(&format!(
-                        "SELECT {SESSION_COLUMNS} FROM vehicle_sessions
-                         WHERE vehicle_id = ?1 ORDER BY entered_at_ms, session_id"
-                    ))
-                    .map_err(error)?;
-                let rows = stmt.query_map([id], session_from_row).map_err(error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(error)
-            })
-            .await
+        self.of_vehicle(
+            format!(
+                "SELECT {SESSION_COLUMNS} FROM vehicle_sessions
+                 WHERE vehicle_id = ?1 ORDER BY entered_at_ms, session_id"
+            ),
+            vehicle_id,
+            session_from_row,
+        )
+        .await
     }
 
     async fn charges(&self, vehicle_id: &str) -> Result<Vec<ChargeRecord>, LedgerError> {
-        let id = vehicle_id.to_owned();
-        self.db
-            .run(move |conn| {
-                let error = |e| db_error("cannot read charges", e);
-                let mut stmt = conn
-                    .prepare_cached(&format!(
-                        "SELECT {CHARGE_COLUMNS} FROM charges
-                         WHERE vehicle_id = ?1 ORDER BY due_at_ms, payment_id"
-                    ))
-                    .map_err(error)?;
-                let rows = stmt.query_map([id], charge_from_row).map_err(error)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(error)
-            })
-            .await
+        self.of_vehicle(
+            format!(
+                "SELECT {CHARGE_COLUMNS} FROM charges
+                 WHERE vehicle_id = ?1 ORDER BY due_at_ms, payment_id"
+            ),
+            vehicle_id,
+            charge_from_row,
+        )
+        .await
     }
 
     async fn verify_integrity(&self) -> Result<(), LedgerError> {

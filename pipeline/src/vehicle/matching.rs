@@ -147,6 +147,25 @@ pub fn open_session_of(record: &SessionRecord) -> Result<OpenSession, StateError
         .map_err(|e| StateError(format!("session document: {e}")))
 }
 
+/// The fee of a session that ended at `exited_at_ms` for a vehicle of `vehicle_class`: a
+/// toll pass or a parking stay; `None` for charging and fuel, which are charged on the
+/// station's report.
+pub fn ended_session_fee(
+    session: &OpenSession,
+    vehicle_class: i32,
+    exited_at_ms: i64,
+) -> Option<Result<i64, Refused>> {
+    match session.kind {
+        ServiceKind::Toll => Some(toll_fee(&session.tariff, vehicle_class)),
+        ServiceKind::Parking => Some(parking_fee(
+            &session.tariff,
+            session.entered_at_ms,
+            exited_at_ms,
+        )),
+        ServiceKind::Charging | ServiceKind::Fuel => None,
+    }
+}
+
 /// Decides what `batch` (verified as `verified`) does to the vehicle whose stored record is
 /// `record`, with the registry in force, the pre-authorizations held for the vehicle, and
 /// whether a gap before the batch is to be accepted (the worker waited long enough).
@@ -213,13 +232,8 @@ pub fn decide_telemetry(
             session,
             Some(exited_at_ms),
         ));
-        let fee = match session.kind {
-            ServiceKind::Toll => toll_fee(&session.tariff, batch.vehicle_class),
-            ServiceKind::Parking => {
-                parking_fee(&session.tariff, session.entered_at_ms, exited_at_ms)
-            }
-            // Metered services are charged on the station's report.
-            ServiceKind::Charging | ServiceKind::Fuel => continue,
+        let Some(fee) = ended_session_fee(session, batch.vehicle_class, exited_at_ms) else {
+            continue;
         };
         let charge = fee.and_then(|amount_fen| {
             if amount_fen == 0 {
