@@ -130,6 +130,8 @@ pub struct PreparedZone {
     polygon: Polygon<f64>,
     monotone: MonotonicPolygons<f64>,
     envelope: AABB<[f64; 2]>,
+    /// Bounding box in the zone's plane: `(min x, min y, max x, max y)`, in metres.
+    bounds_m: (f64, f64, f64, f64),
     /// Unit vector of the long side of the minimum rotated rectangle.
     axis: Coord<f64>,
     /// Smallest and largest projection of the ring on `axis`, in metres.
@@ -170,6 +172,10 @@ impl PreparedZone {
                 "spans {span_x:.0} m by {span_y:.0} m, at most {ZONE_SPAN_M_MAX:.0} m"
             )));
         }
+        let bounds_m = coords.iter().fold(
+            (f64::MAX, f64::MAX, f64::MIN, f64::MIN),
+            |(x0, y0, x1, y1), c| (x0.min(c.x), y0.min(c.y), x1.max(c.x), y1.max(c.y)),
+        );
         let polygon = Polygon::new(LineString::new(coords), Vec::new());
         if let Some(problem) = polygon.validation_errors().into_iter().next() {
             return Err(GeofenceError(format!("not a simple polygon: {problem}")));
@@ -190,6 +196,7 @@ impl PreparedZone {
                 [f64::from(lon_min), f64::from(lat_min)],
                 [f64::from(lon_max), f64::from(lat_max)],
             ),
+            bounds_m,
             axis,
             axis_extent_m,
             area_m2,
@@ -218,13 +225,27 @@ impl PreparedZone {
 
     /// Inside, or outside at some distance (computed only for points outside).
     pub fn placement(&self, point: Coord<f64>) -> Placement {
-        if self.contains(point) {
-            Placement::Inside
-        } else {
-            Placement::Outside {
-                distance_m: Euclidean.distance(&Point(point), self.polygon.exterior()),
-            }
+        self.placement_within(point, f64::INFINITY)
+            .unwrap_or(Placement::Outside {
+                distance_m: f64::INFINITY,
+            })
+    }
+
+    /// Like [`PreparedZone::placement`], but `None` for a point farther than `radius_m` from
+    /// the zone, which a look at the bounding box settles for most points without testing the
+    /// polygon.
+    pub fn placement_within(&self, point: Coord<f64>, radius_m: f64) -> Option<Placement> {
+        let (x0, y0, x1, y1) = self.bounds_m;
+        let dx = (x0 - point.x).max(point.x - x1).max(0.0);
+        let dy = (y0 - point.y).max(point.y - y1).max(0.0);
+        if dx * dx + dy * dy > radius_m * radius_m {
+            return None;
         }
+        if self.contains(point) {
+            return Some(Placement::Inside);
+        }
+        let distance_m = Euclidean.distance(&Point(point), self.polygon.exterior());
+        (distance_m <= radius_m).then_some(Placement::Outside { distance_m })
     }
 
     /// Whether the segment from `a` to `b` (in the zone's plane) touches the zone.

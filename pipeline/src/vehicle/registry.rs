@@ -390,12 +390,8 @@ impl EntityRegistry {
                 continue;
             };
             let point = entity.zone.project(position);
-            match entity.zone.placement(point) {
-                Placement::Inside => visit(entity, Placement::Inside),
-                Placement::Outside { distance_m } if distance_m <= radius_m => {
-                    visit(entity, Placement::Outside { distance_m })
-                }
-                Placement::Outside { .. } => {}
+            if let Some(placement) = entity.zone.placement_within(point, radius_m) {
+                visit(entity, placement);
             }
         }
     }
