@@ -152,7 +152,7 @@ fn docs_list_every_reason_code() {
 /// names, types, fields, symbols, sizes; no docs, no defaults), pinned by its CRC-64-AVRO
 /// fingerprint. Editing the doc strings of an `.avsc` leaves these alone; a change here is a
 /// wire change and needs a new schema id (docs/SCHEMAS.md, "Evolution").
-const CANONICAL_FORM_FINGERPRINTS: [(u32, &str); 19] = [
+const CANONICAL_FORM_FINGERPRINTS: [(u32, &str); 21] = [
     (1, "7b3ffe5b4cad7aa1"),
     (2, "988d7611fe76ceb3"),
     (3, "247d2f5dcc63e473"),
@@ -168,6 +168,8 @@ const CANONICAL_FORM_FINGERPRINTS: [(u32, &str); 19] = [
     (13, "db59bb3a3fce672e"),
     (14, "df6595fa9cec74d5"),
     (15, "6048614372481e4c"),
+    (16, "02637a68d7e9ed57"),
+    (17, "878923ad5132b264"),
     (24, "ae35779a3eeb9e40"),
     (25, "b089540cf429508b"),
     (26, "daf9e17049c1c4f2"),
