@@ -432,6 +432,7 @@ fn named_types(node: &Value, out: &mut Vec<(String, String)>) {
 
 /// The schema of the latest version of `message`: the one its signing input is defined for.
 fn schema_json(message: &str) -> Value {
+    // The latest version of the message: the one writers use.
     let entry = SCHEMA_TABLE
         .iter()
         .filter(|e| e.message == message)

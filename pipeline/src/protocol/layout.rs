@@ -299,6 +299,164 @@ pub const REVOCATION_UPDATE: SigningLayout = SigningLayout {
     note: "",
 };
 
+const SERVICE_KINDS: &[&str] = &["TOLL", "PARKING", "CHARGING", "FUEL"];
+const METER_UNITS: &[&str] = &["KWH", "LITRE"];
+
+/// A vehicle's telemetry batch (docs/PROTOCOL.md §10.2).
+pub const VEHICLE_TELEMETRY_BATCH: SigningLayout = SigningLayout {
+    name: "vehicle telemetry batch",
+    tag: "dcpipe/v1/vehicle-telemetry-batch",
+    message: "VehicleTelemetryBatch",
+    result_field: "signature",
+    output: Output::Signature {
+        signer: "the in-vehicle client (role vehicle; the key of certificate)",
+    },
+    fields: &[
+        field("vehicle_id", Encoding::String),
+        field("vehicle_class", Encoding::I32),
+        field("wallet", Encoding::Party),
+        field("first_sequence", Encoding::I64),
+        field("previous_batch_digest", Encoding::Fixed(32)),
+        field(
+            "reports",
+            Encoding::Array(&[
+                field("latitude_e7", Encoding::I32),
+                field("longitude_e7", Encoding::I32),
+                field(
+                    "horizontal_accuracy_cm",
+                    Encoding::Optional(&[field("horizontal_accuracy_cm", Encoding::I32)]),
+                ),
+                field("speed_cm_per_s", Encoding::I32),
+                field("heading_cdeg", Encoding::I32),
+                field("recorded_at_ms", Encoding::I64),
+            ]),
+        ),
+        field("certificate", Encoding::Fingerprint),
+    ],
+    note: "The batch digest is SHA-256 of this input; the vehicle's next batch names it.",
+};
+
+/// One version 1 telemetry report (docs/PROTOCOL.md §10.2).
+pub const VEHICLE_TELEMETRY: SigningLayout = SigningLayout {
+    name: "vehicle telemetry report",
+    tag: "dcpipe/v1/vehicle-telemetry",
+    message: "VehicleTelemetry",
+    result_field: "signature",
+    output: Output::Signature {
+        signer: "the in-vehicle client (role vehicle; the key of certificate)",
+    },
+    fields: &[
+        field("vehicle_id", Encoding::String),
+        field("vehicle_class", Encoding::I32),
+        field("wallet", Encoding::Party),
+        field("sequence", Encoding::I64),
+        field("latitude_e7", Encoding::I32),
+        field("longitude_e7", Encoding::I32),
+        field("speed_cm_per_s", Encoding::I32),
+        field("heading_cdeg", Encoding::I32),
+        field("recorded_at_ms", Encoding::I64),
+        field("certificate", Encoding::Fingerprint),
+    ],
+    note: "",
+};
+
+/// A registry entry, ServiceEntity version 2 (docs/PROTOCOL.md §10.3).
+pub const SERVICE_ENTITY: SigningLayout = SigningLayout {
+    name: "service entity",
+    tag: "dcpipe/v1/service-entity",
+    message: "ServiceEntity",
+    result_field: "signature",
+    output: Output::Signature {
+        signer: "the institution signer of wallet.institution_id (the key of certificate)",
+    },
+    fields: &[
+        field("entity_id", Encoding::String),
+        field("kind", Encoding::Symbol(SERVICE_KINDS)),
+        field("name", Encoding::String),
+        field("wallet", Encoding::Party),
+        field(
+            "geofence",
+            Encoding::Array(&[
+                field("latitude_e7", Encoding::I32),
+                field("longitude_e7", Encoding::I32),
+            ]),
+        ),
+        field(
+            "tariff.toll",
+            Encoding::Optional(&[field(
+                "fen_by_vehicle_class",
+                Encoding::Array(&[field("fen", Encoding::I64)]),
+            )]),
+        ),
+        field(
+            "tariff.parking",
+            Encoding::Optional(&[
+                field("fen_per_minute", Encoding::I64),
+                field("free_minutes", Encoding::I32),
+                field("daily_cap_fen", Encoding::I64),
+            ]),
+        ),
+        field(
+            "tariff.metered",
+            Encoding::Optional(&[
+                field("unit", Encoding::Symbol(METER_UNITS)),
+                field("fen_per_unit", Encoding::I64),
+            ]),
+        ),
+        field("version", Encoding::I64),
+        field("updated_at_ms", Encoding::I64),
+        field("removed", Encoding::Optional(&[])),
+        field("certificate", Encoding::Fingerprint),
+    ],
+    note: "removed is written as a presence byte: 01 when the entry removes the entity, 00 \
+           otherwise. Version 1 entries (schema 9) carry no signature.",
+};
+
+/// A wallet's pre-authorization (docs/PROTOCOL.md §10.4).
+pub const SERVICE_AUTHORIZATION: SigningLayout = SigningLayout {
+    name: "service authorization",
+    tag: "dcpipe/v1/service-authorization",
+    message: "ServiceAuthorization",
+    result_field: "signature",
+    output: Output::Signature {
+        signer: "the paying wallet (its terminal or wallet key; the key of certificate)",
+    },
+    fields: &[
+        field("authorization_id", Encoding::Fixed(16)),
+        field("vehicle_id", Encoding::String),
+        field("wallet", Encoding::Party),
+        field("entity_id", Encoding::String),
+        field("service_kind", Encoding::Symbol(SERVICE_KINDS)),
+        field("max_amount_fen", Encoding::I64),
+        field("issued_at_ms", Encoding::I64),
+        field("expires_at_ms", Encoding::I64),
+        field("certificate", Encoding::Fingerprint),
+    ],
+    note: "",
+};
+
+/// A station's service-complete report (docs/PROTOCOL.md §10.7).
+pub const SERVICE_COMPLETE_REPORT: SigningLayout = SigningLayout {
+    name: "service-complete report",
+    tag: "dcpipe/v1/service-complete-report",
+    message: "ServiceCompleteReport",
+    result_field: "signature",
+    output: Output::Signature {
+        signer: "the service entity (role service-entity; the key of certificate)",
+    },
+    fields: &[
+        field("report_id", Encoding::Fixed(16)),
+        field("entity_id", Encoding::String),
+        field("vehicle_id", Encoding::String),
+        field("session_id", Encoding::Fixed(16)),
+        field("unit", Encoding::Symbol(METER_UNITS)),
+        field("quantity_milli", Encoding::I64),
+        field("completed_at_ms", Encoding::I64),
+        field("certificate", Encoding::Fingerprint),
+    ],
+    note: "",
+};
+
 const SYNC_STATUSES: &[&str] = &["ACCEPTED", "REJECTED"];
 const WALLET_ACTIONS: &[&str] = &["CLOCK_RESYNC", "KEY_ROTATION", "LOCK", "BLACKLIST_UPDATE"];
 const CONTROL_COMMANDS: &[&str] = &["LOCK", "UNLOCK", "LIMIT_CHANGE", "BLACKLIST_UPDATE"];
@@ -462,7 +620,7 @@ pub const REMOTE_CONTROL_COMMAND: SigningLayout = SigningLayout {
 };
 
 /// Every signing input of the protocol, in the order docs/PROTOCOL.md lists them.
-pub const SIGNING_LAYOUTS: [&SigningLayout; 13] = [
+pub const SIGNING_LAYOUTS: [&SigningLayout; 18] = [
     &TRANSACTION_FACTOR,
     &PAYEE_CONSENT,
     &PIN_PROOF,
@@ -472,6 +630,11 @@ pub const SIGNING_LAYOUTS: [&SigningLayout; 13] = [
     &PAYMENT_OUTCOME,
     &SETTLEMENT_INSTRUCTION,
     &REVOCATION_UPDATE,
+    &VEHICLE_TELEMETRY_BATCH,
+    &VEHICLE_TELEMETRY,
+    &SERVICE_ENTITY,
+    &SERVICE_AUTHORIZATION,
+    &SERVICE_COMPLETE_REPORT,
     &OFFLINE_PAYMENT,
     &WALLET_KEY_SET,
     &WALLET_SYNC_RESULT,

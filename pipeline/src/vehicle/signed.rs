@@ -1,5 +1,6 @@
 //! The bytes each signature of the vehicle flow covers (docs/PROTOCOL.md, "Vehicles"), in the
-//! signing encoding of §3, and the ids derived from them.
+//! signing encoding of §3, and the ids derived from them. Each builder follows its layout in
+//! `protocol::layout` (checked step by step in debug builds).
 //!
 //! Certificates enter as their SHA-256 fingerprints; a signature never covers itself. Each
 //! message has its own domain tag, so a signature made for one never verifies as another.
@@ -11,18 +12,12 @@ use dcpipe_schemas::{
 };
 
 use crate::pki::sha256;
+use crate::protocol::layout::{
+    SERVICE_AUTHORIZATION, SERVICE_COMPLETE_REPORT, SERVICE_ENTITY, VEHICLE_TELEMETRY,
+    VEHICLE_TELEMETRY_BATCH,
+};
 use crate::protocol::{SigningInput, certificate_fingerprint};
 
-/// Domain tag of an in-vehicle client's signature over a telemetry batch.
-pub const TAG_TELEMETRY_BATCH: &str = "dcpipe/v1/vehicle-telemetry-batch";
-/// Domain tag of an in-vehicle client's signature over one version 1 telemetry report.
-pub const TAG_TELEMETRY_REPORT: &str = "dcpipe/v1/vehicle-telemetry";
-/// Domain tag of an institution signer's signature over a registry entry.
-pub const TAG_SERVICE_ENTITY: &str = "dcpipe/v1/service-entity";
-/// Domain tag of a wallet's signature over a pre-authorization.
-pub const TAG_SERVICE_AUTHORIZATION: &str = "dcpipe/v1/service-authorization";
-/// Domain tag of a service entity's signature over a service-complete report.
-pub const TAG_SERVICE_COMPLETE_REPORT: &str = "dcpipe/v1/service-complete-report";
 /// Domain tag of the session id derivation.
 pub const TAG_SESSION_ID: &str = "dcpipe/v1/vehicle-session";
 /// Domain tag of the derivation of a session's payment id.
@@ -69,7 +64,7 @@ fn fix(input: &mut SigningInput, fix: &TelemetryFix) {
 
 /// What the in-vehicle client signs on a telemetry batch.
 pub fn telemetry_batch_bytes(batch: &VehicleTelemetryBatch) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_TELEMETRY_BATCH);
+    let mut input = SigningInput::of(&VEHICLE_TELEMETRY_BATCH);
     input.string(&batch.vehicle_id).i32(batch.vehicle_class);
     party(&mut input, &batch.wallet);
     input
@@ -91,7 +86,7 @@ pub fn telemetry_batch_digest(batch: &VehicleTelemetryBatch) -> Digest32 {
 
 /// What the in-vehicle client signs on one version 1 report.
 pub fn telemetry_report_bytes(report: &VehicleTelemetry) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_TELEMETRY_REPORT);
+    let mut input = SigningInput::of(&VEHICLE_TELEMETRY);
     input.string(&report.vehicle_id).i32(report.vehicle_class);
     party(&mut input, &report.wallet);
     input
@@ -130,7 +125,7 @@ fn tariff(input: &mut SigningInput, tariff: &Tariff) {
 
 /// What the institution signer signs on a registry entry (ServiceEntity version 2).
 pub fn service_entity_bytes(entity: &ServiceEntity) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_SERVICE_ENTITY);
+    let mut input = SigningInput::of(&SERVICE_ENTITY);
     input
         .string(&entity.entity_id)
         .string(service_kind_symbol(entity.kind))
@@ -157,7 +152,7 @@ pub fn service_entity_digest(entity: &ServiceEntity) -> Digest32 {
 
 /// What the paying wallet signs on a pre-authorization.
 pub fn service_authorization_bytes(authorization: &ServiceAuthorization) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_SERVICE_AUTHORIZATION);
+    let mut input = SigningInput::of(&SERVICE_AUTHORIZATION);
     input
         .fixed(authorization.authorization_id.as_bytes())
         .string(&authorization.vehicle_id);
@@ -179,7 +174,7 @@ pub fn service_authorization_digest(authorization: &ServiceAuthorization) -> Dig
 
 /// What a charging or fuel station signs on a service-complete report.
 pub fn service_complete_report_bytes(report: &ServiceCompleteReport) -> Vec<u8> {
-    let mut input = SigningInput::new(TAG_SERVICE_COMPLETE_REPORT);
+    let mut input = SigningInput::of(&SERVICE_COMPLETE_REPORT);
     input
         .fixed(report.report_id.as_bytes())
         .string(&report.entity_id)
