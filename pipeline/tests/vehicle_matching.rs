@@ -324,9 +324,13 @@ mod sqlite {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn interleaved_members_end_where_one_member_would() {
-        super::interleaved_members_end_where_one_member_would(|| async {
-            let dir = tempfile::tempdir().expect("temp dir").keep();
-            let url = LedgerUrl::SqliteDir(dir);
+        // The directories live until the end of the test, then are removed.
+        let dirs = Mutex::new(Vec::new());
+        let dirs = &dirs;
+        super::interleaved_members_end_where_one_member_would(|| async move {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = LedgerUrl::SqliteDir(dir.path().to_owned());
+            dirs.lock().expect("dirs").push(dir);
             let options = LedgerOptions::default();
             let a = open_session_store(&url, OI, &options).await.expect("open");
             let b = open_session_store(&url, OI, &options).await.expect("open");
