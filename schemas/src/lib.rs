@@ -43,6 +43,7 @@ mod codec;
 mod dead_letter;
 mod error;
 mod ids;
+mod json;
 mod limits;
 mod offline;
 mod party;
@@ -66,6 +67,7 @@ pub use ids::{
     AuthorizationId, CommandId, Digest32, InstructionId, Nonce, PaymentId, ReportId,
     RevocationUpdateId, SessionId,
 };
+pub use json::{ANY_FRAME_BYTES_MAX, AnyMessage, decode_any, json_string, rfc3339_of_ms};
 pub use limits::*;
 pub use offline::OfflinePayment;
 pub use party::PartyRef;
