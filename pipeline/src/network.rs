@@ -26,7 +26,6 @@ use crate::registry::{self, Build};
 use crate::revocation::RevocationFollower;
 use crate::runtime::{ConfigError, Health, MemberResult, RunnerConfig, Stage, spawn_stage};
 use crate::settlement::{CentralBank, GRACE_MS_DEFAULT};
-use crate::subjects;
 use crate::terminal::Terminal;
 use crate::tier::{FEN_PER_CNY, TIER_2, TIER_4, Tier};
 
@@ -243,15 +242,7 @@ impl Network {
     /// publishes, the stages' dead-letter subjects and the revocations every process follows.
     pub fn subjects(&self) -> BTreeSet<String> {
         let institutions: Vec<String> = self.institutions.keys().cloned().collect();
-        let mut names = BTreeSet::from([subjects::PKI_REVOCATION.to_owned()]);
-        for descriptor in registry::stages() {
-            for owner in descriptor.owners(&institutions) {
-                names.insert((descriptor.consumes)(&owner));
-                names.extend((descriptor.publishes)(&owner, &institutions));
-            }
-            names.insert(descriptor.dead_letter_subject());
-        }
-        names
+        registry::network_subjects(&institutions)
     }
 
     /// Every subject the network uses ([`Network::subjects`]), created on `bus` (streams or

@@ -6,6 +6,7 @@
 //! [`crate::network::Network::ensure_subjects`] read this registry, so adding a stage is one
 //! new module and nothing else.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use dcpipe_connectors::ledger::SETTLEMENT_STORE_NAME;
 use crate::payment::Institution;
 use crate::runtime::Stage;
 use crate::settlement::CentralBank;
+use crate::subjects;
 
 /// Which of the mission's flows a stage belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -114,6 +116,35 @@ impl StageDescriptor {
     /// Its dead-letter subject.
     pub fn dead_letter_subject(&self) -> String {
         dcpipe_connectors::bus::dead_letter_subject(self.name)
+    }
+}
+
+/// Every subject a network of these institutions uses: what each registered stage of each
+/// owner consumes and publishes, the stages' dead-letter subjects and the revocations every
+/// process follows. What `dcpipe bus init` provisions.
+pub fn network_subjects(institutions: &[String]) -> BTreeSet<String> {
+    let mut names = BTreeSet::from([subjects::PKI_REVOCATION.to_owned()]);
+    for descriptor in stages() {
+        for owner in descriptor.owners(institutions) {
+            names.insert((descriptor.consumes)(&owner));
+            names.extend((descriptor.publishes)(&owner, institutions));
+        }
+        names.insert(descriptor.dead_letter_subject());
+    }
+    names
+}
+
+impl StageDescriptor {
+    /// Every subject one instance of this stage (for `owner`) needs to exist before it starts:
+    /// what it consumes and publishes, its dead-letter subject and the revocations.
+    pub fn needs(&self, owner: &str, institutions: &[String]) -> BTreeSet<String> {
+        let mut names = BTreeSet::from([
+            subjects::PKI_REVOCATION.to_owned(),
+            (self.consumes)(owner),
+            self.dead_letter_subject(),
+        ]);
+        names.extend((self.publishes)(owner, institutions));
+        names
     }
 }
 

@@ -194,6 +194,102 @@ impl SubjectSpec {
     }
 }
 
+/// How a subject is stored on a bus: what [`Bus::describe_subject`] reads back and
+/// [`Bus::planned_layout`] would create. Provisioning compares the two ([`layout_drift`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectLayout {
+    /// What holds the subject: the JetStream stream (`TXN`), the Kafka topic, the embedded
+    /// subject.
+    pub holder: String,
+    /// Whether the holder takes the subject (a JetStream stream whose subjects do not include
+    /// `family.>` exists but does not).
+    pub holds_subject: bool,
+    /// Kafka partitions; 1 on the other buses.
+    pub partitions: u32,
+    /// Copies kept by the brokers (JetStream replicas, Kafka replication factor); 1 embedded.
+    pub replicas: u32,
+    /// How long messages are kept; `None` where the bus does not say (Kafka topics keep the
+    /// broker's retention, the embedded bus keeps a bounded count).
+    pub max_age: Option<Duration>,
+    /// Storage (`file` or `memory` on JetStream); `None` where it is not a choice.
+    pub storage: Option<String>,
+    /// JetStream's duplicate window; `None` on the other buses.
+    pub duplicate_window: Option<Duration>,
+}
+
+/// How `found` differs from `planned`, one readable line per difference (`replicas 1,
+/// configured 3`); empty when they match. Fields the bus does not report (`None` in `found`)
+/// are not compared.
+pub fn layout_drift(planned: &SubjectLayout, found: &SubjectLayout) -> Vec<String> {
+    let mut drift = Vec::new();
+    if !found.holds_subject {
+        drift.push(format!("{} does not hold the subject", found.holder));
+    }
+    if found.holder != planned.holder {
+        drift.push(format!(
+            "held by {}, configured {}",
+            found.holder, planned.holder
+        ));
+    }
+    if found.partitions != planned.partitions {
+        drift.push(format!(
+            "partitions {}, configured {}",
+            found.partitions, planned.partitions
+        ));
+    }
+    if found.replicas != planned.replicas {
+        drift.push(format!(
+            "replicas {}, configured {}",
+            found.replicas, planned.replicas
+        ));
+    }
+    if let Some(age) = found.max_age
+        && Some(age) != planned.max_age
+    {
+        drift.push(format!(
+            "max age {}, configured {}",
+            describe_duration(Some(age)),
+            describe_duration(planned.max_age)
+        ));
+    }
+    if let Some(storage) = &found.storage
+        && Some(storage) != planned.storage.as_ref()
+    {
+        drift.push(format!(
+            "storage {storage}, configured {}",
+            planned.storage.as_deref().unwrap_or("unset")
+        ));
+    }
+    if let Some(window) = found.duplicate_window
+        && Some(window) != planned.duplicate_window
+    {
+        drift.push(format!(
+            "duplicate window {}, configured {}",
+            describe_duration(Some(window)),
+            describe_duration(planned.duplicate_window)
+        ));
+    }
+    drift
+}
+
+/// A duration as an operator writes it: `30d`, `72h`, `2m`, `90s`, `1500ms`; `unlimited` for
+/// none or zero.
+pub fn describe_duration(duration: Option<Duration>) -> String {
+    let Some(duration) = duration.filter(|d| !d.is_zero()) else {
+        return "unlimited".to_owned();
+    };
+    if duration.subsec_millis() != 0 || duration.as_secs() == 0 {
+        return format!("{}ms", duration.as_millis());
+    }
+    let seconds = duration.as_secs();
+    for (unit, per) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if seconds % per == 0 {
+            return format!("{}{unit}", seconds / per);
+        }
+    }
+    format!("{seconds}s")
+}
+
 /// Where a new consumer group starts when it has no stored position yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartAt {
@@ -360,6 +456,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Idempotent. Publishing to a subject that was never ensured is an error on Kafka.
     async fn ensure_subject(&self, spec: &SubjectSpec) -> Result<(), BusError>;
 
+    /// What [`Bus::ensure_subject`] would create for `spec` with this bus's configuration.
+    fn planned_layout(&self, spec: &SubjectSpec) -> SubjectLayout;
+
+    /// How `subject` is stored now, read from the broker; `None` when nothing holds it yet.
+    /// Changes nothing.
+    async fn describe_subject(&self, subject: &str) -> Result<Option<SubjectLayout>, BusError>;
+
     /// Publishes one message and waits until the bus has stored it.
     async fn publish(&self, message: Outgoing) -> Result<PublishReceipt, BusError>;
 
@@ -389,11 +492,9 @@ pub trait Bus: Send + Sync + 'static {
         original_subject: &str,
         payload: Bytes,
     ) -> Result<PublishReceipt, BusError> {
-        // The dead-letter subject is created on first use: giving up on a message must not fail
-        // because nobody prepared its destination.
+        // The dead-letter subject is provisioned with the others (`dcpipe bus init`); a worker
+        // checks at start that it exists.
         let subject = dead_letter_subject(stage);
-        self.ensure_subject(&SubjectSpec::new(subject.clone()))
-            .await?;
         let message = Outgoing::new(subject, payload)
             .with_header(header::DEAD_LETTER_STAGE, stage)
             .with_header(header::DEAD_LETTER_REASON, reason_code)
@@ -442,6 +543,76 @@ mod tests {
     fn family_is_first_token() {
         assert_eq!(subject_family("txn.submit.oi01"), "txn");
         assert_eq!(subject_family("deadletter.payer"), "deadletter");
+    }
+
+    fn layout() -> SubjectLayout {
+        SubjectLayout {
+            holder: "TXN".into(),
+            holds_subject: true,
+            partitions: 1,
+            replicas: 3,
+            max_age: Some(Duration::from_secs(30 * 86_400)),
+            storage: Some("file".into()),
+            duplicate_window: Some(Duration::from_secs(120)),
+        }
+    }
+
+    #[test]
+    fn matching_layouts_have_no_drift() {
+        assert!(layout_drift(&layout(), &layout()).is_empty());
+    }
+
+    #[test]
+    fn drift_names_each_difference_with_both_values() {
+        let found = SubjectLayout {
+            replicas: 1,
+            max_age: Some(Duration::from_secs(72 * 3_600)),
+            storage: Some("memory".into()),
+            ..layout()
+        };
+        assert_eq!(
+            layout_drift(&layout(), &found),
+            vec![
+                "replicas 1, configured 3".to_string(),
+                "max age 3d, configured 30d".to_string(),
+                "storage memory, configured file".to_string(),
+            ]
+        );
+        let foreign = SubjectLayout {
+            holds_subject: false,
+            ..layout()
+        };
+        assert_eq!(
+            layout_drift(&layout(), &foreign),
+            vec!["TXN does not hold the subject".to_string()]
+        );
+    }
+
+    #[test]
+    fn what_a_bus_does_not_report_is_not_drift() {
+        let found = SubjectLayout {
+            max_age: None,
+            storage: None,
+            duplicate_window: None,
+            ..layout()
+        };
+        assert!(layout_drift(&layout(), &found).is_empty());
+    }
+
+    #[test]
+    fn durations_read_as_an_operator_writes_them() {
+        assert_eq!(describe_duration(None), "unlimited");
+        assert_eq!(describe_duration(Some(Duration::ZERO)), "unlimited");
+        assert_eq!(
+            describe_duration(Some(Duration::from_secs(30 * 86_400))),
+            "30d"
+        );
+        assert_eq!(describe_duration(Some(Duration::from_secs(7_200))), "2h");
+        assert_eq!(describe_duration(Some(Duration::from_secs(90))), "90s");
+        assert_eq!(
+            describe_duration(Some(Duration::from_millis(1_500))),
+            "1500ms"
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@ macro_rules! conformance_suite {
             dead_letter_carries_stage_and_reason,
             payload_over_the_limit_is_rejected,
             header_no_bus_can_carry_is_rejected,
+            describe_reports_what_ensure_created,
         );
     };
     (@each $make:expr; $($scenario:ident),+ $(,)?) => {

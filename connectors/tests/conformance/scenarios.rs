@@ -15,6 +15,7 @@ use bytes::Bytes;
 use dcpipe_connectors::bus::{
     Bus, BusErrorKind, Consumer, ConsumerConfig, Delivery, Outgoing, PAYLOAD_BYTES_MAX,
     PublishReceipt, Record, ReplayFrom, ReplayRequest, SubjectSpec, dead_letter_subject, header,
+    layout_drift,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -708,6 +709,47 @@ pub(crate) async fn dead_letter_carries_stage_and_reason(harness: &mut impl Harn
         header_value(record, header::DEAD_LETTER_SUBJECT),
         Some("txn.submit.oi01")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Provisioning
+
+/// A subject nothing holds is described as absent; once ensured (twice: idempotent) it is
+/// described as the bus planned it, partitions included, and describing changes nothing.
+pub(crate) async fn describe_reports_what_ensure_created(harness: &mut impl Harness) {
+    let bus = harness.bus().await;
+    let subject = unique_subject("orders");
+    let spec = SubjectSpec::new(&subject).with_partitions(3);
+    assert_eq!(
+        bus.describe_subject(&subject).await.expect("describe"),
+        None,
+        "nothing holds a new subject"
+    );
+    assert_eq!(
+        bus.describe_subject(&subject).await.expect("describe"),
+        None,
+        "describing does not create"
+    );
+    let planned = bus.planned_layout(&spec);
+    for _ in 0..2 {
+        bus.ensure_subject(&spec).await.expect("ensure");
+        let found = bus
+            .describe_subject(&subject)
+            .await
+            .expect("describe")
+            .expect("held once ensured");
+        assert!(found.holds_subject);
+        assert_eq!(found.holder, planned.holder);
+        assert_eq!(layout_drift(&planned, &found), Vec::<String>::new());
+    }
+    // A second client sees the same layout: it is read from the broker, not remembered.
+    let other = harness.bus().await;
+    let seen = other
+        .describe_subject(&subject)
+        .await
+        .expect("describe")
+        .expect("held");
+    assert_eq!(layout_drift(&planned, &seen), Vec::<String>::new());
 }
 
 // ---------------------------------------------------------------------------------------------

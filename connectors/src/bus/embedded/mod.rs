@@ -33,8 +33,8 @@ use super::metrics::SubjectMetrics;
 use super::nats::{check_consumer_config, check_portable_headers};
 use super::{
     Acker, Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, Delivery, Outgoing,
-    PAYLOAD_BYTES_MAX, Position, PublishReceipt, Record, ReplayRequest, ReplayStream, SubjectSpec,
-    validate_subject,
+    PAYLOAD_BYTES_MAX, Position, PublishReceipt, Record, ReplayRequest, ReplayStream,
+    SubjectLayout, SubjectSpec, validate_subject,
 };
 
 /// Limits of the embedded bus. Every field has a named default; limits of 0 are raised to 1.
@@ -310,6 +310,25 @@ impl Bus for EmbeddedBus {
     async fn ensure_subject(&self, spec: &SubjectSpec) -> Result<(), BusError> {
         // One ordered log per subject: the partition count is a Kafka notion.
         self.subject(&spec.subject).map(|_| ())
+    }
+
+    fn planned_layout(&self, spec: &SubjectSpec) -> SubjectLayout {
+        SubjectLayout {
+            holder: spec.subject.clone(),
+            holds_subject: true,
+            partitions: 1,
+            replicas: 1,
+            max_age: None,
+            storage: None,
+            duplicate_window: Some(self.shared.config.duplicate_window),
+        }
+    }
+
+    async fn describe_subject(&self, subject: &str) -> Result<Option<SubjectLayout>, BusError> {
+        validate_subject(subject)?;
+        Ok(self
+            .existing(subject)
+            .map(|_| self.planned_layout(&SubjectSpec::new(subject))))
     }
 
     async fn publish(&self, message: Outgoing) -> Result<PublishReceipt, BusError> {

@@ -37,7 +37,8 @@ use super::metrics::SubjectMetrics;
 use super::nats::{check_consumer_config, check_portable_headers};
 use super::{
     Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, KafkaOptions, Outgoing,
-    PAYLOAD_BYTES_MAX, PublishReceipt, ReplayRequest, ReplayStream, SubjectSpec, validate_subject,
+    PAYLOAD_BYTES_MAX, PublishReceipt, ReplayRequest, ReplayStream, SubjectLayout, SubjectSpec,
+    validate_subject,
 };
 
 /// Time a record may wait in the producer (queue and retries included) before its publish
@@ -160,7 +161,7 @@ impl KafkaBus {
         if self.fetch_topic(Some(topic)).await? == 0 {
             return Err(BusError::new(
                 BusErrorKind::UnknownSubject,
-                format!("no topic {topic}: call ensure_subject first"),
+                format!("no topic {topic}: provision the bus first (dcpipe bus init)"),
             ));
         }
         self.remember_topic(topic);
@@ -260,6 +261,31 @@ fn publish_error(subject: &str, error: KafkaError) -> BusError {
     BusError::with_source(kind, format!("publishing to {subject}"), error)
 }
 
+/// The partitions and replication factor of `topic`, `None` when it does not exist. Blocks:
+/// run it on a blocking thread.
+fn topic_shape<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<Option<(u32, u32)>, BusError> {
+    let metadata = client
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| BusError::with_source(BusErrorKind::Connect, "Kafka metadata", e))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| {
+            let partitions = u32::try_from(t.partitions().len()).unwrap_or(u32::MAX);
+            let replicas = t
+                .partitions()
+                .iter()
+                .map(|p| p.replicas().len())
+                .max()
+                .unwrap_or(0);
+            (partitions, u32::try_from(replicas).unwrap_or(u32::MAX))
+        }))
+}
+
 /// The partition count of `topic` (0 when it does not exist), or the number of topics of the
 /// cluster when `None`. Blocks: run it on a blocking thread.
 fn topic_partitions<C: rdkafka::client::ClientContext>(
@@ -348,6 +374,38 @@ impl Bus for KafkaBus {
         }
         self.remember_topic(&spec.subject);
         Ok(())
+    }
+
+    fn planned_layout(&self, spec: &SubjectSpec) -> SubjectLayout {
+        SubjectLayout {
+            holder: spec.subject.clone(),
+            holds_subject: true,
+            partitions: spec.partitions,
+            // -1 asks for the broker's default, which the brokers do not tell clients: the
+            // replicas found are then taken as planned.
+            replicas: u32::try_from(self.replication).unwrap_or(0),
+            max_age: None,
+            storage: None,
+            duplicate_window: None,
+        }
+    }
+
+    async fn describe_subject(&self, subject: &str) -> Result<Option<SubjectLayout>, BusError> {
+        validate_subject(subject)?;
+        let producer = self.producer.clone();
+        let topic = subject.to_owned();
+        let shape = tokio::task::spawn_blocking(move || topic_shape(producer.client(), &topic))
+            .await
+            .map_err(|e| BusError::with_source(BusErrorKind::Closed, "metadata task", e))??;
+        Ok(shape.map(|(partitions, replicas)| SubjectLayout {
+            holder: subject.to_owned(),
+            holds_subject: true,
+            partitions,
+            replicas: if self.replication < 1 { 0 } else { replicas },
+            max_age: None,
+            storage: None,
+            duplicate_window: None,
+        }))
     }
 
     async fn publish(&self, message: Outgoing) -> Result<PublishReceipt, BusError> {

@@ -43,8 +43,8 @@ use tokio::sync::Semaphore;
 use super::metrics::SubjectMetrics;
 use super::{
     Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, NatsOptions, Outgoing,
-    PAYLOAD_BYTES_MAX, Position, PublishReceipt, ReplayRequest, ReplayStream, StartAt, SubjectSpec,
-    subject_family, validate_subject,
+    PAYLOAD_BYTES_MAX, Position, PublishReceipt, ReplayRequest, ReplayStream, StartAt,
+    SubjectLayout, SubjectSpec, subject_family, validate_subject,
 };
 
 pub(crate) use consumer::check_config as check_consumer_config;
@@ -393,13 +393,35 @@ fn stream_config(family: &str, limits: StreamLimits) -> stream::Config {
     }
 }
 
+/// The layout a stream configuration gives `family.>`.
+fn layout_of(family: &str, config: &stream::Config) -> SubjectLayout {
+    let wanted = format!("{family}.>");
+    SubjectLayout {
+        holder: config.name.clone(),
+        holds_subject: config.subjects.contains(&wanted),
+        partitions: 1,
+        replicas: u32::try_from(config.num_replicas.max(1)).unwrap_or(u32::MAX),
+        max_age: Some(config.max_age),
+        storage: Some(
+            match config.storage {
+                stream::StorageType::File => "file",
+                stream::StorageType::Memory => "memory",
+            }
+            .to_owned(),
+        ),
+        duplicate_window: Some(config.duplicate_window),
+    }
+}
+
 /// Maps a failure to look up a stream.
 fn get_stream_error(name: &str, subject: &str, error: GetStreamError) -> BusError {
     let kind = match error.kind() {
         GetStreamErrorKind::JetStream(api) if api.error_code() == ErrorCode::STREAM_NOT_FOUND => {
             return BusError::new(
                 BusErrorKind::UnknownSubject,
-                format!("no stream {name} for {subject}: call ensure_subject first"),
+                format!(
+                    "no stream {name} for {subject}: provision the bus first (dcpipe bus init)"
+                ),
             );
         }
         GetStreamErrorKind::Request => BusErrorKind::Connect,
@@ -486,6 +508,21 @@ impl Bus for NatsBus {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name);
         Ok(())
+    }
+
+    fn planned_layout(&self, spec: &SubjectSpec) -> SubjectLayout {
+        let family = subject_family(&spec.subject);
+        layout_of(family, &stream_config(family, self.limits))
+    }
+
+    async fn describe_subject(&self, subject: &str) -> Result<Option<SubjectLayout>, BusError> {
+        validate_subject(subject)?;
+        let family = subject_family(subject);
+        match self.stream_of(subject).await {
+            Ok(stream) => Ok(Some(layout_of(family, &stream.cached_info().config))),
+            Err(e) if e.kind() == BusErrorKind::UnknownSubject => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn publish(&self, message: Outgoing) -> Result<PublishReceipt, BusError> {
