@@ -1,6 +1,7 @@
 //! The flows.
 
 pub mod audit;
+pub mod clearing;
 pub mod clock;
 pub mod error;
 pub mod network;

@@ -1,7 +1,9 @@
 //! Every stable reason code dcpipe emits, in one enum: payment rejections, certificate and
 //! schema faults, dead-letter codes (stage failures, settlement refusals, contradictions between
 //! institutions), refused revocation updates, and the offline wallets' refusals (key sets,
-//! offline payments, remote control). The tables of docs/PROTOCOL.md §7 list them.
+//! offline payments, remote control), and the vehicles' (telemetry, the entity registry,
+//! pre-authorizations, fees, station reports). The tables of docs/PROTOCOL.md §7 and §10.9
+//! list them.
 //!
 //! Codes are part of the contract: terminals, auditors and dashboards match on them. A code is
 //! never renamed or reused; new reasons get new codes (and a row in the protocol's tables, which
@@ -175,6 +177,92 @@ pub enum Reason {
     RemoteOutOfOrder,
     /// A remote control command without a sequence number (version 1).
     RemoteUnsequenced,
+
+    // --- Vehicles: telemetry, the entity registry, pre-authorizations, fees, station reports ---
+    /// Telemetry sent to an institution that does not hold the vehicle's wallet.
+    TelemetryWrongInstitution,
+    /// A report's time is too far ahead of the platform clock, or too old.
+    TelemetryClockSkew,
+    /// The in-vehicle client's certificate is not the vehicle, or not of the wallet's
+    /// institution.
+    TelemetryVehicleMismatch,
+    /// The batch signature does not verify.
+    TelemetrySignatureInvalid,
+    /// The batch starts after the vehicle's next expected sequence: earlier reports are
+    /// missing (the batch waits a bounded time for them).
+    TelemetrySequenceGap,
+    /// The batch starts before the vehicle's next expected sequence and is not a batch already
+    /// applied.
+    TelemetrySequenceReplayed,
+    /// The batch has the first sequence of a batch already applied, with other content (the
+    /// vehicle signed two histories).
+    TelemetrySequenceConflict,
+    /// The batch continues the sequence but names another previous batch than the one applied.
+    TelemetryChainBroken,
+    /// The batch's first report is not later than the last report applied.
+    TelemetryTimeNotRising,
+
+    /// A registry entry without certificate or signature (every version 1 entry).
+    EntityUnsigned,
+    /// The registry entry's signature does not verify.
+    EntitySignatureInvalid,
+    /// The registry entry is not signed by the institution that holds the entity's wallet.
+    EntityWrongSigner,
+    /// A registry entry older than (or as old as) the version in force.
+    EntityStaleVersion,
+    /// The version in force was registered before with other content.
+    EntityVersionConflict,
+    /// The geofence is not a simple polygon of positive area within the size bound.
+    EntityInvalidGeofence,
+    /// The registry holds its maximum number of entities.
+    EntityRegistryFull,
+
+    /// A pre-authorization sent to an institution that does not hold the paying wallet.
+    PreauthWrongInstitution,
+    /// The signing certificate is not of the wallet the pre-authorization names.
+    PreauthWalletMismatch,
+    /// The pre-authorization's signature does not verify.
+    PreauthSignatureInvalid,
+    /// The pre-authorization has expired.
+    PreauthExpired,
+    /// The pre-authorization is issued too far in the future.
+    PreauthNotYetValid,
+    /// The pre-authorization's lifetime is longer than allowed.
+    PreauthLifetimeTooLong,
+    /// The charge is for another entity than the pre-authorization's.
+    PreauthWrongEntity,
+    /// The charge is for another service than the pre-authorization's.
+    PreauthWrongService,
+    /// The charge is for another vehicle than the pre-authorization's.
+    PreauthVehicleMismatch,
+    /// The charge exceeds the remaining pre-authorized amount.
+    PreauthExceeded,
+    /// No pre-authorization is held for the entity.
+    PreauthMissing,
+    /// A pre-authorization id held before with other content.
+    PreauthConflict,
+
+    /// The vehicle class has no fee in the toll tariff.
+    TariffVehicleClass,
+    /// The report's unit is not the tariff's.
+    TariffUnitMismatch,
+    /// The fee overflows or exceeds the largest amount.
+    TariffOverflow,
+    /// The entity version has no tariff of its kind.
+    TariffMissing,
+    /// The stay is longer than a fee is computed for.
+    TariffStayTooLong,
+    /// The stay ends before it starts.
+    TariffTimeReversed,
+
+    /// The service-complete report's signature does not verify.
+    ReportSignatureInvalid,
+    /// The report's certificate is not the entity it names.
+    ReportEntityMismatch,
+    /// The report names a session the institution does not know.
+    ReportUnknownSession,
+    /// The report comes from another entity, or names another vehicle, than the session's.
+    ReportWrongSession,
 }
 
 /// The certificate kinds, in declaration order.
@@ -214,7 +302,7 @@ const LEDGER_REFUSALS: [LedgerRefusal; 8] = [
 
 impl Reason {
     /// Every reason that wraps no other kind, in declaration order.
-    pub const UNWRAPPED: [Reason; 67] = [
+    pub const UNWRAPPED: [Reason; 105] = [
         Reason::PayeeConsentSignature,
         Reason::PayerSignature,
         Reason::InstitutionSignature,
@@ -282,6 +370,44 @@ impl Reason {
         Reason::RemoteWrongWallet,
         Reason::RemoteOutOfOrder,
         Reason::RemoteUnsequenced,
+        Reason::TelemetryWrongInstitution,
+        Reason::TelemetryClockSkew,
+        Reason::TelemetryVehicleMismatch,
+        Reason::TelemetrySignatureInvalid,
+        Reason::TelemetrySequenceGap,
+        Reason::TelemetrySequenceReplayed,
+        Reason::TelemetrySequenceConflict,
+        Reason::TelemetryChainBroken,
+        Reason::TelemetryTimeNotRising,
+        Reason::EntityUnsigned,
+        Reason::EntitySignatureInvalid,
+        Reason::EntityWrongSigner,
+        Reason::EntityStaleVersion,
+        Reason::EntityVersionConflict,
+        Reason::EntityInvalidGeofence,
+        Reason::EntityRegistryFull,
+        Reason::PreauthWrongInstitution,
+        Reason::PreauthWalletMismatch,
+        Reason::PreauthSignatureInvalid,
+        Reason::PreauthExpired,
+        Reason::PreauthNotYetValid,
+        Reason::PreauthLifetimeTooLong,
+        Reason::PreauthWrongEntity,
+        Reason::PreauthWrongService,
+        Reason::PreauthVehicleMismatch,
+        Reason::PreauthExceeded,
+        Reason::PreauthMissing,
+        Reason::PreauthConflict,
+        Reason::TariffVehicleClass,
+        Reason::TariffUnitMismatch,
+        Reason::TariffOverflow,
+        Reason::TariffMissing,
+        Reason::TariffStayTooLong,
+        Reason::TariffTimeReversed,
+        Reason::ReportSignatureInvalid,
+        Reason::ReportEntityMismatch,
+        Reason::ReportUnknownSession,
+        Reason::ReportWrongSession,
     ];
 
     /// Every reason, each once: the unwrapped ones, then every certificate and schema kind.
@@ -382,6 +508,44 @@ impl Reason {
             Reason::RemoteWrongWallet => "remote.wrong_wallet",
             Reason::RemoteOutOfOrder => "remote.out_of_order",
             Reason::RemoteUnsequenced => "remote.unsequenced",
+            Reason::TelemetryWrongInstitution => "telemetry.wrong_institution",
+            Reason::TelemetryClockSkew => "telemetry.clock_skew",
+            Reason::TelemetryVehicleMismatch => "telemetry.vehicle_mismatch",
+            Reason::TelemetrySignatureInvalid => "telemetry.signature_invalid",
+            Reason::TelemetrySequenceGap => "telemetry.sequence_gap",
+            Reason::TelemetrySequenceReplayed => "telemetry.sequence_replayed",
+            Reason::TelemetrySequenceConflict => "telemetry.sequence_conflict",
+            Reason::TelemetryChainBroken => "telemetry.chain_broken",
+            Reason::TelemetryTimeNotRising => "telemetry.time_not_rising",
+            Reason::EntityUnsigned => "entity.unsigned",
+            Reason::EntitySignatureInvalid => "entity.signature_invalid",
+            Reason::EntityWrongSigner => "entity.wrong_signer",
+            Reason::EntityStaleVersion => "entity.stale_version",
+            Reason::EntityVersionConflict => "entity.version_conflict",
+            Reason::EntityInvalidGeofence => "entity.invalid_geofence",
+            Reason::EntityRegistryFull => "entity.registry_full",
+            Reason::PreauthWrongInstitution => "preauth.wrong_institution",
+            Reason::PreauthWalletMismatch => "preauth.wallet_mismatch",
+            Reason::PreauthSignatureInvalid => "preauth.signature_invalid",
+            Reason::PreauthExpired => "preauth.expired",
+            Reason::PreauthNotYetValid => "preauth.not_yet_valid",
+            Reason::PreauthLifetimeTooLong => "preauth.lifetime_too_long",
+            Reason::PreauthWrongEntity => "preauth.wrong_entity",
+            Reason::PreauthWrongService => "preauth.wrong_service",
+            Reason::PreauthVehicleMismatch => "preauth.vehicle_mismatch",
+            Reason::PreauthExceeded => "preauth.exceeded",
+            Reason::PreauthMissing => "preauth.missing",
+            Reason::PreauthConflict => "preauth.conflict",
+            Reason::TariffVehicleClass => "tariff.vehicle_class",
+            Reason::TariffUnitMismatch => "tariff.unit_mismatch",
+            Reason::TariffOverflow => "tariff.overflow",
+            Reason::TariffMissing => "tariff.missing",
+            Reason::TariffStayTooLong => "tariff.stay_too_long",
+            Reason::TariffTimeReversed => "tariff.time_reversed",
+            Reason::ReportSignatureInvalid => "report.signature_invalid",
+            Reason::ReportEntityMismatch => "report.entity_mismatch",
+            Reason::ReportUnknownSession => "report.unknown_session",
+            Reason::ReportWrongSession => "report.wrong_session",
         }
     }
 
@@ -575,7 +739,45 @@ mod tests {
             | Reason::RemoteWrongIssuer
             | Reason::RemoteWrongWallet
             | Reason::RemoteOutOfOrder
-            | Reason::RemoteUnsequenced => Reason::UNWRAPPED.contains(&reason),
+            | Reason::RemoteUnsequenced
+            | Reason::TelemetryWrongInstitution
+            | Reason::TelemetryClockSkew
+            | Reason::TelemetryVehicleMismatch
+            | Reason::TelemetrySignatureInvalid
+            | Reason::TelemetrySequenceGap
+            | Reason::TelemetrySequenceReplayed
+            | Reason::TelemetrySequenceConflict
+            | Reason::TelemetryChainBroken
+            | Reason::TelemetryTimeNotRising
+            | Reason::EntityUnsigned
+            | Reason::EntitySignatureInvalid
+            | Reason::EntityWrongSigner
+            | Reason::EntityStaleVersion
+            | Reason::EntityVersionConflict
+            | Reason::EntityInvalidGeofence
+            | Reason::EntityRegistryFull
+            | Reason::PreauthWrongInstitution
+            | Reason::PreauthWalletMismatch
+            | Reason::PreauthSignatureInvalid
+            | Reason::PreauthExpired
+            | Reason::PreauthNotYetValid
+            | Reason::PreauthLifetimeTooLong
+            | Reason::PreauthWrongEntity
+            | Reason::PreauthWrongService
+            | Reason::PreauthVehicleMismatch
+            | Reason::PreauthExceeded
+            | Reason::PreauthMissing
+            | Reason::PreauthConflict
+            | Reason::TariffVehicleClass
+            | Reason::TariffUnitMismatch
+            | Reason::TariffOverflow
+            | Reason::TariffMissing
+            | Reason::TariffStayTooLong
+            | Reason::TariffTimeReversed
+            | Reason::ReportSignatureInvalid
+            | Reason::ReportEntityMismatch
+            | Reason::ReportUnknownSession
+            | Reason::ReportWrongSession => Reason::UNWRAPPED.contains(&reason),
         }
     }
 

@@ -7,21 +7,25 @@ use dcpipe_pipeline::reason::Reason;
 
 /// The sections of PROTOCOL.md whose tables list reason codes, by heading. A later section of
 /// codes (the audit's, say) is one more line here.
-const SECTIONS_WITH_CODES: &[&str] = &["## 7. Reason codes"];
+const SECTIONS_WITH_CODES: &[&str] = &["## 7. Reason codes", "### 10.9 Reason codes"];
 
 fn protocol() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 
-/// The text of the section under `heading`, up to the next heading of the same level.
+/// The text of the section under `heading`, up to the next heading of its level or higher.
 fn section<'a>(document: &'a str, heading: &str) -> &'a str {
     let start = document
         .find(&format!("\n{heading}\n"))
         .unwrap_or_else(|| panic!("PROTOCOL.md has no section {heading:?}"));
     let body = &document[start + heading.len() + 2..];
-    let level = heading.split(' ').next().unwrap_or("##");
-    let end = body.find(&format!("\n{level} ")).unwrap_or(body.len());
+    let level = heading.split(' ').next().unwrap_or("##").len();
+    // The next heading of the same level or a higher one.
+    let end = (1..=level)
+        .filter_map(|hashes| body.find(&format!("\n{} ", "#".repeat(hashes))))
+        .min()
+        .unwrap_or(body.len());
     &body[..end]
 }
 

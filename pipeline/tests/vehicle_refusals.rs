@@ -9,6 +9,7 @@ use dcpipe_pipeline::pki::{
     Algorithm, AlgorithmChoice, CertifiedKey, ChainVerifier, DemoPkiOptions, PkiDirectory,
     RevocationSet, Role, SpecialCertificate, SubjectSpec,
 };
+use dcpipe_pipeline::reason::{Reason, Rejected};
 use dcpipe_pipeline::vehicle::preauth::{PreauthPolicy, verify_authorization};
 use dcpipe_pipeline::vehicle::registry::{EntityRegistry, verify_entity};
 use dcpipe_pipeline::vehicle::report::{report_fee, verify_service_report};
@@ -19,7 +20,6 @@ use dcpipe_pipeline::vehicle::signed::{
 use dcpipe_pipeline::vehicle::telemetry::{
     SequenceVerdict, TelemetryBatcher, TelemetryChain, TelemetryPolicy, verify_telemetry_batch,
 };
-use dcpipe_pipeline::vehicle::{Refused, VehicleReason};
 use dcpipe_schemas::{
     AuthorizationId, MeterUnit, PartyRef, ReportId, ServiceAuthorization, ServiceCompleteReport,
     ServiceEntity, ServiceKind, TelemetryFix, VehicleTelemetryBatch,
@@ -106,11 +106,11 @@ fn batches(key: &CertifiedKey, count: usize) -> Vec<VehicleTelemetryBatch> {
         .collect()
 }
 
-fn verify_batch(p: &Pki, batch: &VehicleTelemetryBatch) -> Result<(), Refused> {
+fn verify_batch(p: &Pki, batch: &VehicleTelemetryBatch) -> Result<(), Rejected> {
     verify_telemetry_batch(batch, OI, &p.verifier, &TelemetryPolicy::default(), NOW_MS).map(|_| ())
 }
 
-fn reason(result: Result<(), Refused>) -> VehicleReason {
+fn reason(result: Result<(), Rejected>) -> Reason {
     result.expect_err("refused").reason
 }
 
@@ -125,20 +125,20 @@ fn telemetry_refusals_have_their_codes() {
     forged.reports[0].latitude_e7 += 1;
     assert_eq!(
         reason(verify_batch(&p, &forged)),
-        VehicleReason::TelemetrySignatureInvalid
+        Reason::TelemetrySignatureInvalid
     );
     let mut unsigned = genuine.clone();
     unsigned.signature.clear();
     assert_eq!(
         reason(verify_batch(&p, &unsigned)),
-        VehicleReason::TelemetrySignatureInvalid
+        Reason::TelemetrySignatureInvalid
     );
 
     let mut elsewhere = genuine.clone();
     elsewhere.wallet.institution_id = "oi02".to_owned();
     assert_eq!(
         reason(verify_batch(&p, &elsewhere)),
-        VehicleReason::TelemetryWrongInstitution
+        Reason::TelemetryWrongInstitution
     );
 
     let other = p.issue(Role::Vehicle, "ANOTHER-VEHICLE", OI);
@@ -146,7 +146,7 @@ fn telemetry_refusals_have_their_codes() {
     let impostor = batcher.seal(fixes(T0_MS, 3)).expect("signs");
     assert_eq!(
         reason(verify_batch(&p, &impostor)),
-        VehicleReason::TelemetryVehicleMismatch
+        Reason::TelemetryVehicleMismatch
     );
     let foreign = p.issue(Role::Vehicle, VEHICLE, "oi02");
     let mut batcher =
@@ -154,7 +154,7 @@ fn telemetry_refusals_have_their_codes() {
     let enrolled_elsewhere = batcher.seal(fixes(T0_MS, 3)).expect("signs");
     assert_eq!(
         reason(verify_batch(&p, &enrolled_elsewhere)),
-        VehicleReason::TelemetryVehicleMismatch
+        Reason::TelemetryVehicleMismatch
     );
 
     let terminal = p.special(SpecialCertificate::WrongRole, Role::Vehicle, VEHICLE);
@@ -162,7 +162,7 @@ fn telemetry_refusals_have_their_codes() {
         TelemetryBatcher::new(VEHICLE, 1, wallet(), terminal.certificate(), terminal.key());
     let wrong_role = batcher.seal(fixes(T0_MS, 3)).expect("signs");
     assert_eq!(
-        reason(verify_batch(&p, &wrong_role)).code(),
+        reason(verify_batch(&p, &wrong_role)).as_str(),
         "cert.wrong_role"
     );
     for (kind, code) in [
@@ -171,23 +171,17 @@ fn telemetry_refusals_have_their_codes() {
     ] {
         let key = p.special(kind, Role::Vehicle, VEHICLE);
         let batch = batches(&key, 1).remove(0);
-        assert_eq!(reason(verify_batch(&p, &batch)).code(), code);
+        assert_eq!(reason(verify_batch(&p, &batch)).as_str(), code);
     }
 
     let mut batcher =
         TelemetryBatcher::new(VEHICLE, 1, wallet(), vehicle.certificate(), vehicle.key());
     let ahead = batcher.seal(fixes(NOW_MS + 3 * 60_000, 2)).expect("signs");
-    assert_eq!(
-        reason(verify_batch(&p, &ahead)),
-        VehicleReason::TelemetryClockSkew
-    );
+    assert_eq!(reason(verify_batch(&p, &ahead)), Reason::TelemetryClockSkew);
     let stale = batcher
         .seal(fixes(NOW_MS - 2 * 3_600_000, 2))
         .expect("signs");
-    assert_eq!(
-        reason(verify_batch(&p, &stale)),
-        VehicleReason::TelemetryClockSkew
-    );
+    assert_eq!(reason(verify_batch(&p, &stale)), Reason::TelemetryClockSkew);
 }
 
 #[test]
@@ -248,13 +242,13 @@ fn the_chain_tells_next_duplicate_gap_replay_conflict_and_break() {
             .resume(5, all[0].previous_batch_digest);
     let forked = fork.seal(fixes(T0_MS + 10_500, 5)).expect("signs");
     let code = |batch: &VehicleTelemetryBatch| check(batch, false).expect_err("refused").reason;
-    assert_eq!(code(&forked), VehicleReason::TelemetrySequenceConflict);
+    assert_eq!(code(&forked), Reason::TelemetrySequenceConflict);
     // Older than what the chain remembers.
     let mut old = TelemetryBatcher::new(VEHICLE, 1, wallet(), vehicle.certificate(), vehicle.key())
         .resume(3, all[0].previous_batch_digest);
     assert_eq!(
         code(&old.seal(fixes(T0_MS + 1, 2)).expect("signs")),
-        VehicleReason::TelemetrySequenceReplayed
+        Reason::TelemetrySequenceReplayed
     );
     // The next sequence naming another previous batch.
     let mut broken =
@@ -262,7 +256,7 @@ fn the_chain_tells_next_duplicate_gap_replay_conflict_and_break() {
             .resume(10, all[0].previous_batch_digest);
     assert_eq!(
         code(&broken.seal(fixes(T0_MS + 20_000, 2)).expect("signs")),
-        VehicleReason::TelemetryChainBroken
+        Reason::TelemetryChainBroken
     );
     // The next sequence with a time that goes back.
     let mut back =
@@ -270,7 +264,7 @@ fn the_chain_tells_next_duplicate_gap_replay_conflict_and_break() {
             .resume(10, chain.as_ref().expect("chain").last_digest);
     assert_eq!(
         code(&back.seal(fixes(T0_MS + 1_000, 2)).expect("signs")),
-        VehicleReason::TelemetryTimeNotRising
+        Reason::TelemetryTimeNotRising
     );
 }
 
@@ -304,25 +298,25 @@ fn registry_entries_must_be_signed_by_the_institution_of_the_wallet() {
 
     let unsigned = charging_station();
     let code = |e: &ServiceEntity| verify_entity(e, &p.verifier).expect_err("refused").reason;
-    assert_eq!(code(&unsigned), VehicleReason::EntityUnsigned);
+    assert_eq!(code(&unsigned), Reason::EntityUnsigned);
     let oi01 = &p.pki.institution(OI).expect("oi01").signer;
     assert_eq!(
         code(&signed_entity(oi01, charging_station())),
-        VehicleReason::EntityWrongSigner
+        Reason::EntityWrongSigner
     );
     let mut forged = genuine.clone();
     forged.wallet.wallet_id = "w-oi02-attacker".to_owned();
-    assert_eq!(code(&forged), VehicleReason::EntitySignatureInvalid);
+    assert_eq!(code(&forged), Reason::EntitySignatureInvalid);
     let station_key = p.issue(Role::ServiceEntity, "CHG-1", "oi02");
     assert_eq!(
-        code(&signed_entity(&station_key, charging_station())).code(),
+        code(&signed_entity(&station_key, charging_station())).as_str(),
         "cert.wrong_role"
     );
     let mut bow_tie = charging_station();
     bow_tie.geofence.swap(1, 2);
     assert_eq!(
         code(&signed_entity(oi02, bow_tie)),
-        VehicleReason::EntityInvalidGeofence
+        Reason::EntityInvalidGeofence
     );
 }
 
@@ -386,45 +380,45 @@ fn pre_authorization_refusals_have_their_codes() {
     forged.max_amount_fen *= 10;
     assert_eq!(
         verify(&forged, NOW_MS),
-        Err(VehicleReason::PreauthSignatureInvalid)
+        Err(Reason::PreauthSignatureInvalid)
     );
     assert_eq!(
         verify(&genuine, genuine.expires_at_ms + 1),
-        Err(VehicleReason::PreauthExpired)
+        Err(Reason::PreauthExpired)
     );
     assert_eq!(
         verify(&genuine, genuine.issued_at_ms - 3 * 60_000),
-        Err(VehicleReason::PreauthNotYetValid)
+        Err(Reason::PreauthNotYetValid)
     );
     let mut long = genuine.clone();
     long.expires_at_ms = long.issued_at_ms + 8 * 86_400_000;
     assert_eq!(
         verify(&resign(terminal, long), NOW_MS),
-        Err(VehicleReason::PreauthLifetimeTooLong)
+        Err(Reason::PreauthLifetimeTooLong)
     );
     let mut elsewhere = genuine.clone();
     elsewhere.entity_id = "NOT-REGISTERED".to_owned();
     assert_eq!(
         verify(&resign(terminal, elsewhere), NOW_MS),
-        Err(VehicleReason::PreauthWrongEntity)
+        Err(Reason::PreauthWrongEntity)
     );
     let mut fuel = genuine.clone();
     fuel.service_kind = ServiceKind::Fuel;
     assert_eq!(
         verify(&resign(terminal, fuel), NOW_MS),
-        Err(VehicleReason::PreauthWrongService)
+        Err(Reason::PreauthWrongService)
     );
     let mut other_wallet = genuine.clone();
     other_wallet.wallet.wallet_id = "w-oi01-000003".to_owned();
     assert_eq!(
         verify(&resign(terminal, other_wallet), NOW_MS),
-        Err(VehicleReason::PreauthWalletMismatch)
+        Err(Reason::PreauthWalletMismatch)
     );
     let mut other_institution = genuine.clone();
     other_institution.wallet.institution_id = "oi02".to_owned();
     assert_eq!(
         verify(&resign(terminal, other_institution), NOW_MS),
-        Err(VehicleReason::PreauthWrongInstitution)
+        Err(Reason::PreauthWrongInstitution)
     );
     let secure_element = &p
         .pki
@@ -432,7 +426,7 @@ fn pre_authorization_refusals_have_their_codes() {
         .expect("wallet")
         .secure_element;
     assert_eq!(
-        verify(&authorization(secure_element), NOW_MS).map_err(|r| r.code()),
+        verify(&authorization(secure_element), NOW_MS).map_err(|r| r.as_str()),
         Err("cert.wrong_role")
     );
 }
@@ -472,20 +466,20 @@ fn report_refusals_have_their_codes() {
         Ok(6_413),
         "42.750 kWh at 1.50 CNY, rounded up"
     );
-    let code = |r: Result<i64, Refused>| r.expect_err("refused").reason;
+    let code = |r: Result<i64, Rejected>| r.expect_err("refused").reason;
     assert_eq!(
         code(report_fee(&report, &verified, None)),
-        VehicleReason::ReportUnknownSession
+        Reason::ReportUnknownSession
     );
     assert_eq!(
         code(report_fee(&report, &verified, Some(("ANOTHER", &session)))),
-        VehicleReason::ReportWrongSession
+        Reason::ReportWrongSession
     );
     let mut parking = session.clone();
     parking.kind = ServiceKind::Parking;
     assert_eq!(
         code(report_fee(&report, &verified, Some((VEHICLE, &parking)))),
-        VehicleReason::ReportWrongSession
+        Reason::ReportWrongSession
     );
     let mut forged = report.clone();
     forged.quantity_milli *= 2;
@@ -493,7 +487,7 @@ fn report_refusals_have_their_codes() {
         verify_service_report(&forged, &p.verifier)
             .expect_err("forged")
             .reason,
-        VehicleReason::ReportSignatureInvalid
+        Reason::ReportSignatureInvalid
     );
     let mut other_entity = report.clone();
     other_entity.entity_id = "CHG-2".to_owned();
@@ -505,7 +499,7 @@ fn report_refusals_have_their_codes() {
         verify_service_report(&other_entity, &p.verifier)
             .expect_err("not this station")
             .reason,
-        VehicleReason::ReportEntityMismatch
+        Reason::ReportEntityMismatch
     );
     // A station of another institution than the entity's wallet.
     let foreign = p.issue(Role::ServiceEntity, "CHG-1", OI);
@@ -522,6 +516,6 @@ fn report_refusals_have_their_codes() {
             &verified,
             Some((VEHICLE, &session))
         )),
-        VehicleReason::ReportWrongSession
+        Reason::ReportWrongSession
     );
 }

@@ -10,13 +10,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dcpipe_connectors::bus::Outgoing;
 use dcpipe_connectors::ledger::{DECIDED_LIST_MAX, PaymentRecord, PaymentState, Side, Transition};
-use dcpipe_schemas::{ClearingResponse, ClearingStatus, Digest32, OutcomeStatus, PartyRef};
+use dcpipe_schemas::{ClearingResponse, Digest32, OutcomeStatus, PartyRef};
 
 use super::{
     Audience, Institution, OutcomeFacts, ledger_id, outcome_messages, outcome_reason, schema_id,
 };
-use crate::pki::Role;
-use crate::protocol::clearing_response_bytes;
+use crate::clearing::verify::{ResponseDecision as Decision, verify_clearing_response};
 use crate::reason::Reason;
 use crate::registry::{Build, Flow, StageDescriptor};
 use crate::runtime::{Input, Stage, StageError, Verdict};
@@ -113,62 +112,14 @@ impl CommitStage {
     }
 }
 
-/// What a response asks for, once authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decision {
-    Commit,
-    Void(Reason),
-}
-
 fn authenticate(
     inst: &Institution,
     response: &ClearingResponse,
     now_ms: i64,
 ) -> Result<Decision, Verdict> {
-    let identity = inst
-        .verifier
-        .verify(
-            &response.institution_certificate,
-            now_ms,
-            Role::InstitutionSigner,
-        )
-        .map_err(|e| {
-            Verdict::dead_letter(
-                Reason::Certificate(e.kind()),
-                format!("payee institution certificate: {e}"),
-            )
-        })?;
-    if identity.institution_id() != response.payee_institution_id
-        || response.payer_institution_id != inst.id
-    {
-        return Err(Verdict::dead_letter(
-            Reason::PartyMismatch,
-            format!(
-                "response from {} for {}, signed by {}",
-                response.payee_institution_id,
-                response.payer_institution_id,
-                identity.institution_id()
-            ),
-        ));
-    }
-    identity
-        .public_key()
-        .verify(
-            &clearing_response_bytes(response),
-            &response.institution_signature,
-        )
-        .map_err(|e| Verdict::dead_letter(Reason::InstitutionSignature, e.to_string()))?;
-    Ok(match response.status {
-        ClearingStatus::Accepted => Decision::Commit,
-        ClearingStatus::Rejected => Decision::Void(match response.reason_code.as_deref() {
-            None => Reason::InvalidRequest,
-            Some(code) => Reason::parse(code).unwrap_or_else(|| {
-                // The payee's institution refused; its code is outside this version's table.
-                tracing::warn!(code, payment = %response.payment_id, "rejection with an unknown reason code, recorded as txn.invalid_request");
-                Reason::InvalidRequest
-            }),
-        }),
-    })
+    verify_clearing_response(response, &inst.id, &inst.verifier, now_ms)
+        .map(|verified| verified.decision)
+        .map_err(|rejected| Verdict::dead_letter(rejected.reason, rejected.detail))
 }
 
 #[async_trait]

@@ -9,8 +9,7 @@ use dcpipe_connectors::ledger::{Finalization, FinalizeResult, PaymentRecord, Pay
 use dcpipe_schemas::{OutcomeStatus, PaymentOutcome};
 
 use super::{Institution, ledger_digest, ledger_id};
-use crate::pki::Role;
-use crate::protocol::payment_outcome_bytes;
+use crate::clearing::verify::verify_outcome;
 use crate::reason::Reason;
 use crate::registry::{Build, Flow, StageDescriptor};
 use crate::runtime::{Input, Stage, StageError, Verdict};
@@ -57,39 +56,8 @@ fn read(inst: &Institution, outcome: PaymentOutcome, now_ms: i64) -> Result<Appl
     if outcome.payee.institution_id != inst.id || outcome.stage != super::commit::STAGE {
         return Ok(Applies::Nothing);
     }
-    let identity = inst
-        .verifier
-        .verify(
-            &outcome.institution_certificate,
-            now_ms,
-            Role::InstitutionSigner,
-        )
-        .map_err(|e| {
-            Verdict::dead_letter(
-                Reason::Certificate(e.kind()),
-                format!("deciding institution certificate: {e}"),
-            )
-        })?;
-    if identity.institution_id() != outcome.decided_by
-        || outcome.decided_by != outcome.payer.institution_id
-    {
-        return Err(Verdict::dead_letter(
-            Reason::PartyMismatch,
-            format!(
-                "outcome decided by {} for payer institution {}, signed by {}",
-                outcome.decided_by,
-                outcome.payer.institution_id,
-                identity.institution_id()
-            ),
-        ));
-    }
-    identity
-        .public_key()
-        .verify(
-            &payment_outcome_bytes(&outcome),
-            &outcome.institution_signature,
-        )
-        .map_err(|e| Verdict::dead_letter(Reason::InstitutionSignature, e.to_string()))?;
+    verify_outcome(&outcome, &inst.verifier, now_ms)
+        .map_err(|rejected| Verdict::dead_letter(rejected.reason, rejected.detail))?;
     let finalization = match outcome.status {
         OutcomeStatus::Completed => Finalization::Completed,
         OutcomeStatus::Rejected => Finalization::Voided {

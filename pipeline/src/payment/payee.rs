@@ -13,8 +13,8 @@ use dcpipe_connectors::ledger::{self, CreditRequest, CreditResult, PaymentRecord
 use dcpipe_schemas::{ClearingMessage, ClearingResponse, ClearingStatus};
 
 use super::{Institution, ledger_digest, ledger_id};
-use crate::pki::Role;
-use crate::protocol::{clearing_message_bytes, clearing_response_bytes};
+use crate::clearing::verify::verify_clearing_message;
+use crate::protocol::clearing_response_bytes;
 use crate::reason::Reason;
 use crate::registry::{Build, Flow, StageDescriptor};
 use crate::runtime::{Input, Stage, StageError, Verdict, outgoing};
@@ -47,45 +47,11 @@ impl PayeeStage {
     }
 }
 
-/// Checks a clearing message addressed to `inst`: the payer institution's certificate and
-/// signature, the addressee, and that the reservation will not lapse before the answer.
-/// `Err(Some(reason))` is answered with a rejection; `Err(None)`-like failures of
-/// authenticity are dead-lettered by the caller (an unauthenticated sender gets no answer).
+/// Checks a clearing message addressed to `inst` ([`verify_clearing_message`]), then that
+/// the reservation will not lapse before the answer.
 fn check(inst: &Institution, message: &ClearingMessage, now_ms: i64) -> Check {
-    let identity = match inst.verifier.verify(
-        &message.institution_certificate,
-        now_ms,
-        Role::InstitutionSigner,
-    ) {
-        Ok(identity) => identity,
-        Err(e) => {
-            return Check::Forged(
-                Reason::Certificate(e.kind()),
-                format!("payer institution certificate: {e}"),
-            );
-        }
-    };
-    if identity.institution_id() != message.payer.institution_id {
-        return Check::Forged(
-            Reason::PartyMismatch,
-            format!(
-                "signed by {}, claims payer institution {}",
-                identity.institution_id(),
-                message.payer.institution_id
-            ),
-        );
-    }
-    if let Err(e) = identity.public_key().verify(
-        &clearing_message_bytes(message),
-        &message.institution_signature,
-    ) {
-        return Check::Forged(Reason::InstitutionSignature, e.to_string());
-    }
-    if message.payee.institution_id != inst.id {
-        return Check::Forged(
-            Reason::WrongInstitution,
-            format!("addressed to {}", message.payee.institution_id),
-        );
+    if let Err(rejected) = verify_clearing_message(message, &inst.id, &inst.verifier, now_ms) {
+        return Check::Forged(rejected.reason, rejected.detail);
     }
     if now_ms > message.expires_at_ms - inst.policy.expiry_margin_ms {
         return Check::Reject(Reason::Timeout);

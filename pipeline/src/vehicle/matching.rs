@@ -14,16 +14,18 @@ use dcpipe_connectors::ledger::{Party, PaymentId as LedgerPaymentId};
 use dcpipe_connectors::session::{
     ChargeRecord, SessionRecord, StoredAuthorization, VehicleRecord, VehicleUpdate,
 };
-use dcpipe_schemas::{AuthorizationId, PartyRef, ServiceKind, SessionId, VehicleTelemetryBatch};
+use dcpipe_schemas::{
+    AuthorizationId, PartyRef, PaymentId, ServiceKind, SessionId, VehicleTelemetryBatch,
+};
 use serde::{Deserialize, Serialize};
 
 use super::preauth::{ChargeRequest, HeldAuthorization, select_authorization};
-use super::reason::Refused;
 use super::registry::EntityRegistry;
 use super::session::{OpenSession, SessionConfig, SessionEvent, VehicleSessions};
 use super::signed::{service_kind_symbol, session_payment_id};
 use super::tariff::{parking_fee, toll_fee};
 use super::telemetry::{SequenceVerdict, TelemetryChain, VerifiedBatch};
+use crate::reason::Rejected;
 
 /// What the session store keeps of a vehicle for matching, as its `state` document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,10 +63,20 @@ pub struct StateError(String);
 pub struct RefusedCharge {
     /// The session.
     pub session_id: SessionId,
+    /// The payment id the charge would have had.
+    pub payment_id: PaymentId,
     /// The entity.
     pub entity_id: String,
+    /// The vehicle's wallet.
+    pub payer: PartyRef,
+    /// The entity's wallet.
+    pub payee: PartyRef,
+    /// The fee, when it could be computed (0 when the tariff refused).
+    pub amount_fen: i64,
+    /// When the charge fell due.
+    pub due_at_ms: i64,
     /// Why (`preauth.*`, `tariff.*`).
-    pub refused: Refused,
+    pub refused: Rejected,
 }
 
 /// What to do with a batch.
@@ -90,8 +102,8 @@ pub enum TelemetryDecision {
         /// The batch's first sequence.
         missing_until: i64,
     },
-    /// Refused (`telemetry.*`): a dead letter.
-    Refuse(Refused),
+    /// Rejected (`telemetry.*`): a dead letter.
+    Refuse(Rejected),
 }
 
 /// A held pre-authorization as the store keeps it, in the pipeline's terms.
@@ -154,7 +166,7 @@ pub fn ended_session_fee(
     session: &OpenSession,
     vehicle_class: i32,
     exited_at_ms: i64,
-) -> Option<Result<i64, Refused>> {
+) -> Option<Result<i64, Rejected>> {
     match session.kind {
         ServiceKind::Toll => Some(toll_fee(&session.tariff, vehicle_class)),
         ServiceKind::Parking => Some(parking_fee(
@@ -235,6 +247,7 @@ pub fn decide_telemetry(
         let Some(fee) = ended_session_fee(session, batch.vehicle_class, exited_at_ms) else {
             continue;
         };
+        let amount_fen = fee.as_ref().map_or(0, |fee| *fee);
         let charge = fee.and_then(|amount_fen| {
             if amount_fen == 0 {
                 return Ok(None);
@@ -274,7 +287,12 @@ pub fn decide_telemetry(
             }
             Err(refused) => refused_charges.push(RefusedCharge {
                 session_id: session.session_id,
+                payment_id: session_payment_id(&session.session_id, session.entered_at_ms),
                 entity_id: session.entity_id.clone(),
+                payer: batch.wallet.clone(),
+                payee: session.entity_wallet.clone(),
+                amount_fen,
+                due_at_ms: exited_at_ms,
                 refused,
             }),
         }

@@ -11,18 +11,17 @@
 //! - [`report`]: service-complete reports of charging and fuel stations;
 //! - [`matching`]: what one batch does to a vehicle, between reading its record from the
 //!   session store and committing the update back.
+
 //!
-//! Every refusal carries a [`VehicleReason`] with a stable code.
+//! Every refusal is a [`crate::reason::Rejected`]: one of the vehicle codes of the one
+//! [`crate::reason::Reason`] enum (docs/PROTOCOL.md §10.9), or a certificate's `cert.*`.
 
 pub mod geometry;
 pub mod matching;
 pub mod preauth;
-pub mod reason;
 pub mod registry;
 pub mod report;
 pub mod session;
 pub mod signed;
 pub mod tariff;
 pub mod telemetry;
-
-pub use reason::{Refused, VehicleReason};

@@ -11,10 +11,10 @@
 use dcpipe_schemas::{AuthorizationId, Digest32, ServiceAuthorization, ServiceKind};
 use serde::{Deserialize, Serialize};
 
-use super::reason::{Refused, VehicleReason};
 use super::registry::EntityRegistry;
 use super::signed::{service_authorization_bytes, service_authorization_digest};
 use crate::pki::{ChainVerifier, Role, RoleSet, VerifiedIdentity};
+use crate::reason::{Reason, Rejected};
 
 /// The keys that may sign for a wallet: its terminal and its own wallet key.
 pub const AUTHORIZATION_SIGNER_ROLES: RoleSet = RoleSet::of(&[Role::Terminal, Role::Wallet]);
@@ -65,11 +65,11 @@ pub fn verify_authorization(
     verifier: &ChainVerifier,
     policy: &PreauthPolicy,
     now_ms: i64,
-) -> Result<VerifiedAuthorization, Refused> {
+) -> Result<VerifiedAuthorization, Rejected> {
     let a = authorization;
     if a.wallet.institution_id != institution {
-        return Err(Refused::new(
-            VehicleReason::PreauthWrongInstitution,
+        return Err(Rejected::new(
+            Reason::PreauthWrongInstitution,
             format!(
                 "the wallet is held by {}, not {institution}",
                 a.wallet.institution_id
@@ -77,14 +77,14 @@ pub fn verify_authorization(
         ));
     }
     if a.issued_at_ms > now_ms.saturating_add(policy.clock_skew_ms_max) {
-        return Err(Refused::new(
-            VehicleReason::PreauthNotYetValid,
+        return Err(Rejected::new(
+            Reason::PreauthNotYetValid,
             format!("issued {} ms in the future", a.issued_at_ms - now_ms),
         ));
     }
     if a.expires_at_ms.saturating_sub(a.issued_at_ms) > policy.lifetime_ms_max {
-        return Err(Refused::new(
-            VehicleReason::PreauthLifetimeTooLong,
+        return Err(Rejected::new(
+            Reason::PreauthLifetimeTooLong,
             format!(
                 "valid for {} ms, at most {}",
                 a.expires_at_ms.saturating_sub(a.issued_at_ms),
@@ -93,20 +93,20 @@ pub fn verify_authorization(
         ));
     }
     if now_ms > a.expires_at_ms {
-        return Err(Refused::new(
-            VehicleReason::PreauthExpired,
+        return Err(Rejected::new(
+            Reason::PreauthExpired,
             format!("expired at {} ms, now {now_ms} ms", a.expires_at_ms),
         ));
     }
     let entity = registry.get(&a.entity_id).ok_or_else(|| {
-        Refused::new(
-            VehicleReason::PreauthWrongEntity,
+        Rejected::new(
+            Reason::PreauthWrongEntity,
             format!("entity {} is not registered", a.entity_id),
         )
     })?;
     if entity.kind() != a.service_kind {
-        return Err(Refused::new(
-            VehicleReason::PreauthWrongService,
+        return Err(Rejected::new(
+            Reason::PreauthWrongService,
             format!(
                 "entity {} sells {:?}, not {:?}",
                 a.entity_id,
@@ -118,14 +118,14 @@ pub fn verify_authorization(
     let signer = verifier
         .verify(&a.certificate, a.issued_at_ms, AUTHORIZATION_SIGNER_ROLES)
         .map_err(|e| {
-            Refused::new(
-                VehicleReason::Certificate(e.kind()),
+            Rejected::new(
+                Reason::Certificate(e.kind()),
                 format!("pre-authorization signer: {e}"),
             )
         })?;
     if signer.id() != a.wallet.wallet_id || signer.institution_id() != a.wallet.institution_id {
-        return Err(Refused::new(
-            VehicleReason::PreauthWalletMismatch,
+        return Err(Rejected::new(
+            Reason::PreauthWalletMismatch,
             format!(
                 "signed by {}/{}, the pre-authorization names {}/{}",
                 signer.institution_id(),
@@ -138,7 +138,7 @@ pub fn verify_authorization(
     signer
         .public_key()
         .verify(&service_authorization_bytes(a), &a.signature)
-        .map_err(|e| Refused::new(VehicleReason::PreauthSignatureInvalid, e.to_string()))?;
+        .map_err(|e| Rejected::new(Reason::PreauthSignatureInvalid, e.to_string()))?;
     Ok(VerifiedAuthorization {
         held: HeldAuthorization {
             authorization_id: a.authorization_id,
@@ -197,10 +197,10 @@ pub struct ChargeRequest<'a> {
 }
 
 /// Checks one charge against one held pre-authorization; returns what remains after it.
-pub fn check_charge(held: &HeldAuthorization, charge: &ChargeRequest<'_>) -> Result<i64, Refused> {
+pub fn check_charge(held: &HeldAuthorization, charge: &ChargeRequest<'_>) -> Result<i64, Rejected> {
     if held.vehicle_id != charge.vehicle_id {
-        return Err(Refused::new(
-            VehicleReason::PreauthVehicleMismatch,
+        return Err(Rejected::new(
+            Reason::PreauthVehicleMismatch,
             format!(
                 "held for vehicle {}, charged to {}",
                 held.vehicle_id, charge.vehicle_id
@@ -208,8 +208,8 @@ pub fn check_charge(held: &HeldAuthorization, charge: &ChargeRequest<'_>) -> Res
         ));
     }
     if held.entity_id != charge.entity_id {
-        return Err(Refused::new(
-            VehicleReason::PreauthWrongEntity,
+        return Err(Rejected::new(
+            Reason::PreauthWrongEntity,
             format!(
                 "held for entity {}, charged by {}",
                 held.entity_id, charge.entity_id
@@ -217,8 +217,8 @@ pub fn check_charge(held: &HeldAuthorization, charge: &ChargeRequest<'_>) -> Res
         ));
     }
     if held.service_kind != charge.service_kind {
-        return Err(Refused::new(
-            VehicleReason::PreauthWrongService,
+        return Err(Rejected::new(
+            Reason::PreauthWrongService,
             format!(
                 "held for {:?}, charged for {:?}",
                 held.service_kind, charge.service_kind
@@ -226,8 +226,8 @@ pub fn check_charge(held: &HeldAuthorization, charge: &ChargeRequest<'_>) -> Res
         ));
     }
     if charge.due_at_ms > held.expires_at_ms {
-        return Err(Refused::new(
-            VehicleReason::PreauthExpired,
+        return Err(Rejected::new(
+            Reason::PreauthExpired,
             format!(
                 "due at {} ms, the pre-authorization expired at {} ms",
                 charge.due_at_ms, held.expires_at_ms
@@ -236,8 +236,8 @@ pub fn check_charge(held: &HeldAuthorization, charge: &ChargeRequest<'_>) -> Res
     }
     let remaining = held.remaining_fen();
     if charge.amount_fen <= 0 || charge.amount_fen > remaining {
-        return Err(Refused::new(
-            VehicleReason::PreauthExceeded,
+        return Err(Rejected::new(
+            Reason::PreauthExceeded,
             format!(
                 "{} fen charged, {remaining} fen remaining",
                 charge.amount_fen
@@ -249,12 +249,12 @@ pub fn check_charge(held: &HeldAuthorization, charge: &ChargeRequest<'_>) -> Res
 
 /// Chooses the held pre-authorization a charge goes under: of those for the vehicle and the
 /// entity that allow it, the one expiring first (ties: the smallest id). When none allows it,
-/// the refusal says why: [`VehicleReason::PreauthMissing`] if none is held for the entity,
+/// the refusal says why: [`Reason::PreauthMissing`] if none is held for the entity,
 /// else the refusal of the one that would expire last.
 pub fn select_authorization<'h>(
     held: &'h [HeldAuthorization],
     charge: &ChargeRequest<'_>,
-) -> Result<&'h HeldAuthorization, Refused> {
+) -> Result<&'h HeldAuthorization, Rejected> {
     let mut candidates: Vec<&HeldAuthorization> = held
         .iter()
         .filter(|h| h.vehicle_id == charge.vehicle_id && h.entity_id == charge.entity_id)
@@ -268,8 +268,8 @@ pub fn select_authorization<'h>(
         }
     }
     Err(last_refusal.unwrap_or_else(|| {
-        Refused::new(
-            VehicleReason::PreauthMissing,
+        Rejected::new(
+            Reason::PreauthMissing,
             format!(
                 "no pre-authorization of vehicle {} for entity {}",
                 charge.vehicle_id, charge.entity_id
@@ -315,16 +315,16 @@ mod tests {
     fn a_charge_above_the_remaining_amount_is_refused() {
         let h = held(1, 10_000, 4_000, 1_000);
         let refused = check_charge(&h, &charge(6_001, 500)).expect_err("above");
-        assert_eq!(refused.reason, VehicleReason::PreauthExceeded);
+        assert_eq!(refused.reason, Reason::PreauthExceeded);
         let refused = check_charge(&h, &charge(0, 500)).expect_err("nothing to charge");
-        assert_eq!(refused.reason, VehicleReason::PreauthExceeded);
+        assert_eq!(refused.reason, Reason::PreauthExceeded);
     }
 
     #[test]
     fn a_charge_after_the_expiry_is_refused() {
         let h = held(1, 10_000, 0, 1_000);
         let refused = check_charge(&h, &charge(1, 1_001)).expect_err("expired");
-        assert_eq!(refused.reason, VehicleReason::PreauthExpired);
+        assert_eq!(refused.reason, Reason::PreauthExpired);
     }
 
     #[test]
@@ -334,19 +334,19 @@ mod tests {
         other.entity_id = "PARK-2";
         assert_eq!(
             check_charge(&h, &other).map_err(|r| r.reason),
-            Err(VehicleReason::PreauthWrongEntity)
+            Err(Reason::PreauthWrongEntity)
         );
         let mut other = charge(1, 0);
         other.service_kind = ServiceKind::Fuel;
         assert_eq!(
             check_charge(&h, &other).map_err(|r| r.reason),
-            Err(VehicleReason::PreauthWrongService)
+            Err(Reason::PreauthWrongService)
         );
         let mut other = charge(1, 0);
         other.vehicle_id = "V2";
         assert_eq!(
             check_charge(&h, &other).map_err(|r| r.reason),
-            Err(VehicleReason::PreauthVehicleMismatch)
+            Err(Reason::PreauthVehicleMismatch)
         );
     }
 
@@ -368,12 +368,12 @@ mod tests {
             AuthorizationId::from_bytes([1; 16])
         );
         let refused = select_authorization(&all, &charge(1_000, 500)).expect_err("too much");
-        assert_eq!(refused.reason, VehicleReason::PreauthExceeded);
+        assert_eq!(refused.reason, Reason::PreauthExceeded);
         let refused = select_authorization(&all, &charge(10, 5_000)).expect_err("all expired");
-        assert_eq!(refused.reason, VehicleReason::PreauthExpired);
+        assert_eq!(refused.reason, Reason::PreauthExpired);
         let mut elsewhere = charge(1, 0);
         elsewhere.entity_id = "PARK-9";
         let refused = select_authorization(&all, &elsewhere).expect_err("none held there");
-        assert_eq!(refused.reason, VehicleReason::PreauthMissing);
+        assert_eq!(refused.reason, Reason::PreauthMissing);
     }
 }

@@ -19,9 +19,9 @@ use dcpipe_schemas::{Digest32, PartyRef, ServiceEntity, ServiceKind, Tariff};
 use rstar::{AABB, Envelope, RTree, RTreeObject};
 
 use super::geometry::{Placement, PositionE7, PreparedZone};
-use super::reason::{Refused, VehicleReason};
 use super::signed::{service_entity_bytes, service_entity_digest};
 use crate::pki::{ChainVerifier, Role};
+use crate::reason::{Reason, Rejected};
 
 /// Most entities (live or removed) a registry holds.
 pub const REGISTRY_ENTITIES_MAX: usize = 1_000_000;
@@ -38,9 +38,9 @@ impl VerifiedEntity {
     /// Prepares an entry without checking its signature: only for registries whose entries
     /// the caller made itself (benchmarks, simulations). Everything read from a bus goes
     /// through [`verify_entity`].
-    pub fn without_signature_check(entity: ServiceEntity) -> Result<Self, Refused> {
+    pub fn without_signature_check(entity: ServiceEntity) -> Result<Self, Rejected> {
         let zone = PreparedZone::new(&entity.geofence)
-            .map_err(|e| Refused::new(VehicleReason::EntityInvalidGeofence, e.to_string()))?;
+            .map_err(|e| Rejected::new(Reason::EntityInvalidGeofence, e.to_string()))?;
         Ok(VerifiedEntity {
             digest: service_entity_digest(&entity),
             entity,
@@ -65,10 +65,10 @@ impl VerifiedEntity {
 pub fn verify_entity(
     entity: &ServiceEntity,
     verifier: &ChainVerifier,
-) -> Result<VerifiedEntity, Refused> {
+) -> Result<VerifiedEntity, Rejected> {
     if entity.certificate.is_empty() || entity.signature.is_empty() {
-        return Err(Refused::new(
-            VehicleReason::EntityUnsigned,
+        return Err(Rejected::new(
+            Reason::EntityUnsigned,
             format!(
                 "entry {} version {} is not signed",
                 entity.entity_id, entity.version
@@ -82,14 +82,14 @@ pub fn verify_entity(
             Role::InstitutionSigner,
         )
         .map_err(|e| {
-            Refused::new(
-                VehicleReason::Certificate(e.kind()),
+            Rejected::new(
+                Reason::Certificate(e.kind()),
                 format!("registry signer: {e}"),
             )
         })?;
     if signer.institution_id() != entity.wallet.institution_id {
-        return Err(Refused::new(
-            VehicleReason::EntityWrongSigner,
+        return Err(Rejected::new(
+            Reason::EntityWrongSigner,
             format!(
                 "signed by {}, the entity's wallet is held by {}",
                 signer.institution_id(),
@@ -100,13 +100,13 @@ pub fn verify_entity(
     signer
         .public_key()
         .verify(&service_entity_bytes(entity), &entity.signature)
-        .map_err(|e| Refused::new(VehicleReason::EntitySignatureInvalid, e.to_string()))?;
+        .map_err(|e| Rejected::new(Reason::EntitySignatureInvalid, e.to_string()))?;
     let mut kept = entity.clone();
     // The registry keeps what matching needs; the proof stays on the bus.
     kept.certificate = Vec::new();
     kept.signature = Vec::new();
     let zone = PreparedZone::new(&kept.geofence)
-        .map_err(|e| Refused::new(VehicleReason::EntityInvalidGeofence, e.to_string()))?;
+        .map_err(|e| Rejected::new(Reason::EntityInvalidGeofence, e.to_string()))?;
     Ok(VerifiedEntity {
         digest: service_entity_digest(entity),
         entity: kept,
@@ -221,7 +221,7 @@ impl EntityRegistry {
     /// [`EntityRegistry::apply`] would; returns the refusals with the index of their entry.
     pub fn from_entries(
         entries: impl IntoIterator<Item = VerifiedEntity>,
-    ) -> (Self, Vec<(usize, Refused)>) {
+    ) -> (Self, Vec<(usize, Rejected)>) {
         let mut registry = EntityRegistry::new();
         let mut refusals = Vec::new();
         for (index, entry) in entries.into_iter().enumerate() {
@@ -248,7 +248,7 @@ impl EntityRegistry {
 
     /// Applies one entry: registers, replaces or removes the entity, or refuses an entry older
     /// than (or conflicting with) the version in force.
-    pub fn apply(&mut self, entry: VerifiedEntity) -> Result<RegistryChange, Refused> {
+    pub fn apply(&mut self, entry: VerifiedEntity) -> Result<RegistryChange, Rejected> {
         let change = self.decide(&entry)?;
         if change != RegistryChange::Duplicate {
             self.commit(entry, true);
@@ -256,12 +256,12 @@ impl EntityRegistry {
         Ok(change)
     }
 
-    fn decide(&self, entry: &VerifiedEntity) -> Result<RegistryChange, Refused> {
+    fn decide(&self, entry: &VerifiedEntity) -> Result<RegistryChange, Rejected> {
         let entity = &entry.entity;
         let Some(known) = self.known.get(&entity.entity_id) else {
             if self.known.len() >= REGISTRY_ENTITIES_MAX {
-                return Err(Refused::new(
-                    VehicleReason::EntityRegistryFull,
+                return Err(Rejected::new(
+                    Reason::EntityRegistryFull,
                     format!("{REGISTRY_ENTITIES_MAX} entities registered"),
                 ));
             }
@@ -272,8 +272,8 @@ impl EntityRegistry {
             });
         };
         if entity.version < known.version {
-            return Err(Refused::new(
-                VehicleReason::EntityStaleVersion,
+            return Err(Rejected::new(
+                Reason::EntityStaleVersion,
                 format!(
                     "{} version {} is older than version {} in force",
                     entity.entity_id, entity.version, known.version
@@ -284,8 +284,8 @@ impl EntityRegistry {
             return if entry.digest == known.digest {
                 Ok(RegistryChange::Duplicate)
             } else {
-                Err(Refused::new(
-                    VehicleReason::EntityVersionConflict,
+                Err(Rejected::new(
+                    Reason::EntityVersionConflict,
                     format!(
                         "{} version {} was registered with other content",
                         entity.entity_id, entity.version
@@ -526,7 +526,7 @@ mod tests {
         let stale = registry
             .apply(verified(parking("P1", BEIJING, 1)))
             .expect_err("older version");
-        assert_eq!(stale.reason, VehicleReason::EntityStaleVersion);
+        assert_eq!(stale.reason, Reason::EntityStaleVersion);
         assert_eq!(
             registry.apply(verified(parking("P1", moved, 2))),
             Ok(RegistryChange::Duplicate)
@@ -536,7 +536,7 @@ mod tests {
         let conflict = registry
             .apply(verified(other))
             .expect_err("same version, other content");
-        assert_eq!(conflict.reason, VehicleReason::EntityVersionConflict);
+        assert_eq!(conflict.reason, Reason::EntityVersionConflict);
         assert_eq!(registry.len(), 1);
     }
 
@@ -557,7 +557,7 @@ mod tests {
         let refused = registry
             .apply(verified(parking("P1", BEIJING, 1)))
             .expect_err("stale");
-        assert_eq!(refused.reason, VehicleReason::EntityStaleVersion);
+        assert_eq!(refused.reason, Reason::EntityStaleVersion);
         assert_eq!(
             registry.apply(verified(parking("P1", BEIJING, 3))),
             Ok(RegistryChange::Replaced {
@@ -600,6 +600,6 @@ mod tests {
         let mut entity = parking("P1", BEIJING, 1);
         entity.geofence.swap(1, 2);
         let refused = VerifiedEntity::without_signature_check(entity).expect_err("bow tie");
-        assert_eq!(refused.reason, VehicleReason::EntityInvalidGeofence);
+        assert_eq!(refused.reason, Reason::EntityInvalidGeofence);
     }
 }

@@ -3,11 +3,11 @@
 
 use dcpipe_schemas::{Digest32, ServiceCompleteReport, ServiceKind};
 
-use super::reason::{Refused, VehicleReason};
 use super::session::OpenSession;
 use super::signed::{service_complete_report_bytes, service_complete_report_digest};
 use super::tariff::metered_fee;
 use crate::pki::{ChainVerifier, Role, VerifiedIdentity};
+use crate::reason::{Reason, Rejected};
 
 /// A report whose certificate and signature checked out.
 #[derive(Debug, Clone)]
@@ -24,7 +24,7 @@ pub struct VerifiedReport {
 pub fn verify_service_report(
     report: &ServiceCompleteReport,
     verifier: &ChainVerifier,
-) -> Result<VerifiedReport, Refused> {
+) -> Result<VerifiedReport, Rejected> {
     let station = verifier
         .verify(
             &report.certificate,
@@ -32,14 +32,14 @@ pub fn verify_service_report(
             Role::ServiceEntity,
         )
         .map_err(|e| {
-            Refused::new(
-                VehicleReason::Certificate(e.kind()),
+            Rejected::new(
+                Reason::Certificate(e.kind()),
                 format!("station certificate: {e}"),
             )
         })?;
     if station.id() != report.entity_id {
-        return Err(Refused::new(
-            VehicleReason::ReportEntityMismatch,
+        return Err(Rejected::new(
+            Reason::ReportEntityMismatch,
             format!(
                 "signed by entity {}, the report names {}",
                 station.id(),
@@ -50,7 +50,7 @@ pub fn verify_service_report(
     station
         .public_key()
         .verify(&service_complete_report_bytes(report), &report.signature)
-        .map_err(|e| Refused::new(VehicleReason::ReportSignatureInvalid, e.to_string()))?;
+        .map_err(|e| Rejected::new(Reason::ReportSignatureInvalid, e.to_string()))?;
     Ok(VerifiedReport {
         digest: service_complete_report_digest(report),
         station,
@@ -65,10 +65,10 @@ pub fn report_fee(
     report: &ServiceCompleteReport,
     verified: &VerifiedReport,
     session: Option<(&str, &OpenSession)>,
-) -> Result<i64, Refused> {
+) -> Result<i64, Rejected> {
     let Some((vehicle_id, session)) = session else {
-        return Err(Refused::new(
-            VehicleReason::ReportUnknownSession,
+        return Err(Rejected::new(
+            Reason::ReportUnknownSession,
             format!("no session {}", report.session_id),
         ));
     };
@@ -78,8 +78,8 @@ pub fn report_fee(
         || !metered
         || verified.station.institution_id() != session.entity_wallet.institution_id
     {
-        return Err(Refused::new(
-            VehicleReason::ReportWrongSession,
+        return Err(Rejected::new(
+            Reason::ReportWrongSession,
             format!(
                 "session {} is vehicle {vehicle_id} at {} ({:?}); the report is from {} of {} for {}",
                 report.session_id,

@@ -23,6 +23,9 @@ pub const TAG_SESSION_ID: &str = "dcpipe/v1/vehicle-session";
 /// Domain tag of the derivation of a session's payment id.
 pub const TAG_SESSION_PAYMENT_ID: &str = "dcpipe/v1/vehicle-charge";
 
+/// Domain tag of the digest that names a charge's terms on the clearing path.
+pub const TAG_CHARGE_DIGEST: &str = "dcpipe/v1/vehicle-charge-terms";
+
 /// The digest a vehicle's first batch chains to.
 pub const GENESIS_BATCH_DIGEST: Digest32 = Digest32::from_bytes([0; 32]);
 
@@ -224,6 +227,33 @@ pub fn session_payment_id(session_id: &SessionId, entered_at_ms: i64) -> Payment
     let mut input = SigningInput::new(TAG_SESSION_PAYMENT_ID);
     input.fixed(session_id.as_bytes());
     PaymentId::from_bytes(time_ordered_from(entered_at_ms, &sha256(input.as_bytes())))
+}
+
+/// What a charge is, named on the clearing path (the clearing message's and the outcome's
+/// `envelope_digest`, the ledger record's digest): the payment id, the session, the
+/// pre-authorization, both wallets, the amount and when it fell due. The same payment id with
+/// other terms is a conflict.
+#[allow(clippy::too_many_arguments)]
+pub fn charge_digest(
+    payment_id: &PaymentId,
+    session_id: &[u8; 16],
+    authorization_id: &[u8; 16],
+    vehicle_id: &str,
+    payer: &PartyRef,
+    payee: &PartyRef,
+    amount_fen: i64,
+    due_at_ms: i64,
+) -> Digest32 {
+    let mut input = SigningInput::new(TAG_CHARGE_DIGEST);
+    input
+        .fixed(payment_id.as_bytes())
+        .fixed(session_id)
+        .fixed(authorization_id)
+        .string(vehicle_id);
+    party(&mut input, payer);
+    party(&mut input, payee);
+    input.i64(amount_fen).i64(due_at_ms);
+    Digest32::from_bytes(sha256(input.as_bytes()))
 }
 
 #[cfg(test)]

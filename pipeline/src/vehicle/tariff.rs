@@ -9,7 +9,7 @@
 use dcpipe_connectors::ledger::{AMOUNT_FEN_MAX, BUSINESS_DAY_OFFSET_MS, MS_PER_DAY, business_day};
 use dcpipe_schemas::{MeterUnit, Tariff};
 
-use super::reason::{Refused, VehicleReason};
+use crate::reason::{Reason, Rejected};
 
 /// Milliseconds in a minute.
 const MS_PER_MINUTE: i64 = 60_000;
@@ -20,14 +20,14 @@ pub const PARKING_STAY_MS_MAX: i64 = 366 * MS_PER_DAY;
 /// Thousandths of a unit in a unit (metered quantities are in thousandths).
 const MILLI_PER_UNIT: i128 = 1_000;
 
-fn overflow(what: &str) -> Refused {
-    Refused::new(
-        VehicleReason::TariffOverflow,
+fn overflow(what: &str) -> Rejected {
+    Rejected::new(
+        Reason::TariffOverflow,
         format!("{what} exceeds {AMOUNT_FEN_MAX} fen"),
     )
 }
 
-fn bounded(fee: i128, what: &str) -> Result<i64, Refused> {
+fn bounded(fee: i128, what: &str) -> Result<i64, Rejected> {
     i64::try_from(fee)
         .ok()
         .filter(|fee| (0..=AMOUNT_FEN_MAX).contains(fee))
@@ -36,18 +36,18 @@ fn bounded(fee: i128, what: &str) -> Result<i64, Refused> {
 
 /// The toll for one pass of a vehicle of `vehicle_class` (1 to the number of classes the
 /// tariff lists).
-pub fn toll_fee(tariff: &Tariff, vehicle_class: i32) -> Result<i64, Refused> {
+pub fn toll_fee(tariff: &Tariff, vehicle_class: i32) -> Result<i64, Rejected> {
     let toll = tariff
         .toll
         .as_ref()
-        .ok_or_else(|| Refused::new(VehicleReason::TariffMissing, "no toll tariff"))?;
+        .ok_or_else(|| Rejected::new(Reason::TariffMissing, "no toll tariff"))?;
     let fee = usize::try_from(vehicle_class)
         .ok()
         .and_then(|class| class.checked_sub(1))
         .and_then(|index| toll.fen_by_vehicle_class.get(index))
         .ok_or_else(|| {
-            Refused::new(
-                VehicleReason::TariffVehicleClass,
+            Rejected::new(
+                Reason::TariffVehicleClass,
                 format!(
                     "vehicle class {vehicle_class}; the tariff lists classes 1 to {}",
                     toll.fen_by_vehicle_class.len()
@@ -61,14 +61,18 @@ pub fn toll_fee(tariff: &Tariff, vehicle_class: i32) -> Result<i64, Refused> {
 /// `free_minutes` are free; after them every started minute costs `fen_per_minute`, each
 /// minute counting on the business day (UTC+8, as the ledger's daily limits) it starts in, and
 /// what one business day costs is capped at `daily_cap_fen`.
-pub fn parking_fee(tariff: &Tariff, entered_at_ms: i64, exited_at_ms: i64) -> Result<i64, Refused> {
+pub fn parking_fee(
+    tariff: &Tariff,
+    entered_at_ms: i64,
+    exited_at_ms: i64,
+) -> Result<i64, Rejected> {
     let parking = tariff
         .parking
         .as_ref()
-        .ok_or_else(|| Refused::new(VehicleReason::TariffMissing, "no parking tariff"))?;
+        .ok_or_else(|| Rejected::new(Reason::TariffMissing, "no parking tariff"))?;
     if exited_at_ms < entered_at_ms {
-        return Err(Refused::new(
-            VehicleReason::TariffTimeReversed,
+        return Err(Rejected::new(
+            Reason::TariffTimeReversed,
             format!("exit at {exited_at_ms} ms before entry at {entered_at_ms} ms"),
         ));
     }
@@ -76,8 +80,8 @@ pub fn parking_fee(tariff: &Tariff, entered_at_ms: i64, exited_at_ms: i64) -> Re
         .checked_sub(entered_at_ms)
         .ok_or_else(|| overflow("the stay"))?;
     if stay_ms > PARKING_STAY_MS_MAX {
-        return Err(Refused::new(
-            VehicleReason::TariffStayTooLong,
+        return Err(Rejected::new(
+            Reason::TariffStayTooLong,
             format!("a stay of {stay_ms} ms, at most {PARKING_STAY_MS_MAX}"),
         ));
     }
@@ -112,14 +116,14 @@ pub fn parking_fee(tariff: &Tariff, entered_at_ms: i64, exited_at_ms: i64) -> Re
 
 /// The fee for `quantity_milli` thousandths of a unit: `fen_per_unit` per whole unit, pro rata
 /// in thousandths, rounded up to the next fen (the schema's rule).
-pub fn metered_fee(tariff: &Tariff, unit: MeterUnit, quantity_milli: i64) -> Result<i64, Refused> {
+pub fn metered_fee(tariff: &Tariff, unit: MeterUnit, quantity_milli: i64) -> Result<i64, Rejected> {
     let metered = tariff
         .metered
         .as_ref()
-        .ok_or_else(|| Refused::new(VehicleReason::TariffMissing, "no metered tariff"))?;
+        .ok_or_else(|| Rejected::new(Reason::TariffMissing, "no metered tariff"))?;
     if metered.unit != unit {
-        return Err(Refused::new(
-            VehicleReason::TariffUnitMismatch,
+        return Err(Rejected::new(
+            Reason::TariffUnitMismatch,
             format!("reported in {unit:?}, the tariff is per {:?}", metered.unit),
         ));
     }
@@ -191,10 +195,10 @@ mod tests {
         let tariff = toll(vec![500, 800]);
         for class in [0, 3, -1, i32::MAX] {
             let refused = toll_fee(&tariff, class).expect_err("class out of range");
-            assert_eq!(refused.reason, VehicleReason::TariffVehicleClass, "{class}");
+            assert_eq!(refused.reason, Reason::TariffVehicleClass, "{class}");
         }
         let refused = toll_fee(&parking(1, 0, 1), 1).expect_err("not a toll");
-        assert_eq!(refused.reason, VehicleReason::TariffMissing);
+        assert_eq!(refused.reason, Reason::TariffMissing);
     }
 
     #[test]
@@ -259,9 +263,9 @@ mod tests {
     fn parking_refuses_reversed_and_endless_stays() {
         let tariff = parking(10, 0, 500);
         let refused = parking_fee(&tariff, 10, 9).expect_err("reversed");
-        assert_eq!(refused.reason, VehicleReason::TariffTimeReversed);
+        assert_eq!(refused.reason, Reason::TariffTimeReversed);
         let refused = parking_fee(&tariff, 0, PARKING_STAY_MS_MAX + 1).expect_err("too long");
-        assert_eq!(refused.reason, VehicleReason::TariffStayTooLong);
+        assert_eq!(refused.reason, Reason::TariffStayTooLong);
         assert!(parking_fee(&tariff, 0, PARKING_STAY_MS_MAX).is_ok());
     }
 
@@ -269,7 +273,7 @@ mod tests {
     fn parking_fee_overflow_is_refused() {
         let tariff = parking(AMOUNT_FEN_MAX / 100, 0, AMOUNT_FEN_MAX);
         let refused = parking_fee(&tariff, 0, 2 * MS_PER_DAY).expect_err("two capped days");
-        assert_eq!(refused.reason, VehicleReason::TariffOverflow);
+        assert_eq!(refused.reason, Reason::TariffOverflow);
     }
 
     #[test]
@@ -288,11 +292,11 @@ mod tests {
     fn metered_fees_check_the_unit_and_the_bound() {
         let tariff = metered(MeterUnit::Kwh, 150);
         let refused = metered_fee(&tariff, MeterUnit::Litre, 1_000).expect_err("unit");
-        assert_eq!(refused.reason, VehicleReason::TariffUnitMismatch);
+        assert_eq!(refused.reason, Reason::TariffUnitMismatch);
         let huge = metered(MeterUnit::Kwh, AMOUNT_FEN_MAX);
         let refused = metered_fee(&huge, MeterUnit::Kwh, i64::MAX).expect_err("overflow");
-        assert_eq!(refused.reason, VehicleReason::TariffOverflow);
+        assert_eq!(refused.reason, Reason::TariffOverflow);
         let refused = metered_fee(&toll(vec![1]), MeterUnit::Kwh, 1).expect_err("not metered");
-        assert_eq!(refused.reason, VehicleReason::TariffMissing);
+        assert_eq!(refused.reason, Reason::TariffMissing);
     }
 }

@@ -21,13 +21,13 @@ use std::collections::VecDeque;
 use dcpipe_schemas::{Digest32, PartyRef, TelemetryFix, VehicleTelemetry, VehicleTelemetryBatch};
 use serde::{Deserialize, Serialize};
 
-use super::reason::{Refused, VehicleReason};
 use super::signed::{
     GENESIS_BATCH_DIGEST, telemetry_batch_bytes, telemetry_batch_digest, telemetry_report_bytes,
 };
 use crate::pki::{
     Certificate, ChainVerifier, KeyError, PrivateKey, Role, VerifiedIdentity, sha256,
 };
+use crate::reason::{Reason, Rejected};
 
 /// How far ahead of the platform clock a report's time may be.
 pub const TELEMETRY_CLOCK_SKEW_MS_MAX: i64 = 2 * 60 * 1_000;
@@ -139,12 +139,12 @@ pub struct VerifiedBatch {
     pub last_recorded_at_ms: i64,
 }
 
-fn check_institution(wallet: &PartyRef, institution: &str) -> Result<(), Refused> {
+fn check_institution(wallet: &PartyRef, institution: &str) -> Result<(), Rejected> {
     if wallet.institution_id == institution {
         Ok(())
     } else {
-        Err(Refused::new(
-            VehicleReason::TelemetryWrongInstitution,
+        Err(Rejected::new(
+            Reason::TelemetryWrongInstitution,
             format!(
                 "the vehicle's wallet is held by {}, not {institution}",
                 wallet.institution_id
@@ -158,10 +158,10 @@ fn check_times(
     last_ms: i64,
     policy: &TelemetryPolicy,
     now_ms: i64,
-) -> Result<(), Refused> {
+) -> Result<(), Rejected> {
     if last_ms > now_ms.saturating_add(policy.clock_skew_ms_max) {
-        return Err(Refused::new(
-            VehicleReason::TelemetryClockSkew,
+        return Err(Rejected::new(
+            Reason::TelemetryClockSkew,
             format!(
                 "a report is {} ms ahead of the platform clock (at most {})",
                 last_ms - now_ms,
@@ -170,8 +170,8 @@ fn check_times(
         ));
     }
     if first_ms < now_ms.saturating_sub(policy.age_ms_max) {
-        return Err(Refused::new(
-            VehicleReason::TelemetryClockSkew,
+        return Err(Rejected::new(
+            Reason::TelemetryClockSkew,
             format!(
                 "a report is {} ms old (at most {})",
                 now_ms.saturating_sub(first_ms),
@@ -188,18 +188,18 @@ fn verify_vehicle(
     vehicle_id: &str,
     wallet: &PartyRef,
     at_ms: i64,
-) -> Result<VerifiedIdentity, Refused> {
+) -> Result<VerifiedIdentity, Rejected> {
     let vehicle = verifier
         .verify(certificate, at_ms, Role::Vehicle)
         .map_err(|e| {
-            Refused::new(
-                VehicleReason::Certificate(e.kind()),
+            Rejected::new(
+                Reason::Certificate(e.kind()),
                 format!("in-vehicle client certificate: {e}"),
             )
         })?;
     if vehicle.id() != vehicle_id || vehicle.institution_id() != wallet.institution_id {
-        return Err(Refused::new(
-            VehicleReason::TelemetryVehicleMismatch,
+        return Err(Rejected::new(
+            Reason::TelemetryVehicleMismatch,
             format!(
                 "certificate is vehicle {} of {}; the telemetry names {vehicle_id} paid by {}",
                 vehicle.id(),
@@ -222,12 +222,12 @@ pub fn verify_telemetry_batch(
     verifier: &ChainVerifier,
     policy: &TelemetryPolicy,
     now_ms: i64,
-) -> Result<VerifiedBatch, Refused> {
+) -> Result<VerifiedBatch, Rejected> {
     check_institution(&batch.wallet, institution)?;
     let (Some(first), Some(last)) = (batch.reports.first(), batch.reports.last()) else {
         // The codec refuses empty batches; a hand-built one is refused here too.
-        return Err(Refused::new(
-            VehicleReason::TelemetrySignatureInvalid,
+        return Err(Rejected::new(
+            Reason::TelemetrySignatureInvalid,
             "no reports",
         ));
     };
@@ -243,7 +243,7 @@ pub fn verify_telemetry_batch(
     vehicle
         .public_key()
         .verify(&signed, &batch.signature)
-        .map_err(|e| Refused::new(VehicleReason::TelemetrySignatureInvalid, e.to_string()))?;
+        .map_err(|e| Rejected::new(Reason::TelemetrySignatureInvalid, e.to_string()))?;
     Ok(VerifiedBatch {
         vehicle,
         digest: Digest32::from_bytes(sha256(&signed)),
@@ -263,7 +263,7 @@ pub fn verify_telemetry_report(
     verifier: &ChainVerifier,
     policy: &TelemetryPolicy,
     now_ms: i64,
-) -> Result<VerifiedBatch, Refused> {
+) -> Result<VerifiedBatch, Rejected> {
     check_institution(&report.wallet, institution)?;
     check_times(report.recorded_at_ms, report.recorded_at_ms, policy, now_ms)?;
     let vehicle = verify_vehicle(
@@ -277,7 +277,7 @@ pub fn verify_telemetry_report(
     vehicle
         .public_key()
         .verify(&signed, &report.signature)
-        .map_err(|e| Refused::new(VehicleReason::TelemetrySignatureInvalid, e.to_string()))?;
+        .map_err(|e| Rejected::new(Reason::TelemetrySignatureInvalid, e.to_string()))?;
     Ok(VerifiedBatch {
         vehicle,
         digest: Digest32::from_bytes(sha256(&signed)),
@@ -334,7 +334,7 @@ impl TelemetryChain {
         chain: Option<&TelemetryChain>,
         batch: &VerifiedBatch,
         accept_gap: bool,
-    ) -> Result<SequenceVerdict, Refused> {
+    ) -> Result<SequenceVerdict, Rejected> {
         let Some(chain) = chain else {
             // A vehicle never seen starts at sequence 0; a later batch first waits for the
             // earlier ones, which another member may hold (and is taken as the start of the
@@ -357,15 +357,15 @@ impl TelemetryChain {
                 .find(|(first, _)| *first == batch.first_sequence)
             {
                 Some((_, digest)) if *digest == batch.digest => Ok(SequenceVerdict::Duplicate),
-                Some(_) => Err(Refused::new(
-                    VehicleReason::TelemetrySequenceConflict,
+                Some(_) => Err(Rejected::new(
+                    Reason::TelemetrySequenceConflict,
                     format!(
                         "a batch from sequence {} was applied with other content",
                         batch.first_sequence
                     ),
                 )),
-                None => Err(Refused::new(
-                    VehicleReason::TelemetrySequenceReplayed,
+                None => Err(Rejected::new(
+                    Reason::TelemetrySequenceReplayed,
                     format!(
                         "starts at sequence {}, the vehicle is at {}",
                         batch.first_sequence, chain.next_sequence
@@ -374,8 +374,8 @@ impl TelemetryChain {
             };
         }
         if batch.first_recorded_at_ms <= chain.last_recorded_at_ms {
-            return Err(Refused::new(
-                VehicleReason::TelemetryTimeNotRising,
+            return Err(Rejected::new(
+                Reason::TelemetryTimeNotRising,
                 format!(
                     "first report at {} ms, the last applied at {} ms",
                     batch.first_recorded_at_ms, chain.last_recorded_at_ms
@@ -395,8 +395,8 @@ impl TelemetryChain {
             };
         }
         match batch.previous_digest {
-            Some(previous) if previous != chain.last_digest => Err(Refused::new(
-                VehicleReason::TelemetryChainBroken,
+            Some(previous) if previous != chain.last_digest => Err(Rejected::new(
+                Reason::TelemetryChainBroken,
                 format!(
                     "names previous batch {previous}, the last applied is {}",
                     chain.last_digest
