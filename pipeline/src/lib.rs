@@ -8,6 +8,7 @@ pub mod network;
 pub mod payment;
 pub mod pki;
 pub mod protocol;
+pub mod provision;
 pub mod reason;
 pub mod registry;
 pub mod revocation;

@@ -1,5 +1,6 @@
 //! The subcommands of `dcpipe`.
 
+mod bus;
 mod demo;
 mod loadtest;
 mod pki;
@@ -25,6 +26,9 @@ pub(crate) enum Command {
     /// Run one stage of one institution (or the central bank's settlement) as its own process;
     /// several processes share a stage's load.
     Worker(worker::WorkerArgs),
+    /// Provision the bus: create every stream or topic of the protocol, report drift.
+    #[command(subcommand)]
+    Bus(bus::BusCommand),
     /// Create and inspect the demo PKI (central bank root, institution CAs, wallet keys).
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -39,6 +43,7 @@ impl Command {
             Command::Demo(args) => demo::run(args, settings).await,
             Command::Loadtest(args) => loadtest::run(*args, settings).await,
             Command::Worker(args) => worker::run(args, settings).await,
+            Command::Bus(command) => bus::run(command, settings).await,
             Command::Pki(command) => pki::run(command).await,
             Command::Schemas => schemas::run(),
         }

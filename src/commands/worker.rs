@@ -14,6 +14,7 @@ use dcpipe_pipeline::clock::SystemClock;
 use dcpipe_pipeline::network::copy_certified_key;
 use dcpipe_pipeline::payment::{Institution, PaymentPolicy};
 use dcpipe_pipeline::pki::{ChainVerifier, PkiDirectory, RevocationSet};
+use dcpipe_pipeline::provision::check_subjects;
 use dcpipe_pipeline::registry::{self, Build};
 use dcpipe_pipeline::revocation::RevocationFollower;
 use dcpipe_pipeline::runtime::{ConfigErrorKind, Health, RunnerConfig, Stage, StageRunner};
@@ -158,6 +159,10 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
     };
 
     let bus = connect(&bus_url, &settings.bus_options).await?;
+    // Workers create no stream: a bus that was not provisioned is refused before any member
+    // joins, with the command that provisions it.
+    let institutions: Vec<String> = pki.institutions().map(|(id, _)| id.to_owned()).collect();
+    check_subjects(bus.as_ref(), descriptor.needs(stage.owner(), &institutions)).await?;
     let shutdown = CancellationToken::new();
     let follower = RevocationFollower::new(Arc::clone(&verifier), revocations);
     tokio::spawn(follower.run(Arc::clone(&bus), shutdown.clone()));
