@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         if let Some(addr) = settings.metrics_addr
-            && let Err(message) = telemetry::init_metrics(addr)
+            && let Err(message) = telemetry::init_metrics(addr).await
         {
             eprintln!("dcpipe: {message}");
             return ExitCode::from(2);

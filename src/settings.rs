@@ -101,7 +101,7 @@ pub(crate) struct GlobalArgs {
     /// Log level filter, e.g. `info` or `dcpipe=debug,info` (RUST_LOG wins when set).
     #[arg(long, global = true, env = "DCPIPE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
-    /// Serve Prometheus metrics on this address (path /metrics), e.g. 127.0.0.1:9464.
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 127.0.0.1:9464.
     #[arg(long, global = true, env = "DCPIPE_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// NATS credentials file (.creds).

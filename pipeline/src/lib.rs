@@ -4,6 +4,7 @@ pub mod audit;
 pub mod clearing;
 pub mod clock;
 pub mod error;
+pub mod metrics;
 pub mod network;
 pub mod payment;
 pub mod pki;

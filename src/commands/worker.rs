@@ -17,7 +17,9 @@ use dcpipe_pipeline::pki::{ChainVerifier, PkiDirectory, RevocationSet};
 use dcpipe_pipeline::provision::check_subjects;
 use dcpipe_pipeline::registry::{self, Build};
 use dcpipe_pipeline::revocation::RevocationFollower;
-use dcpipe_pipeline::runtime::{ConfigErrorKind, Health, RunnerConfig, Stage, StageRunner};
+use dcpipe_pipeline::runtime::{
+    Component, ConfigErrorKind, Reachability, RunnerConfig, Stage, StageRunner,
+};
 use dcpipe_pipeline::settlement::{CentralBank, GRACE_MS_DEFAULT};
 use tokio_util::sync::CancellationToken;
 
@@ -158,6 +160,12 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
         }
     };
 
+    // Not ready until the stage's members have joined their group on a connected bus.
+    let health = crate::telemetry::health();
+    health.reach(
+        Component::Bus,
+        Reachability::Unreachable("connecting".to_owned()),
+    );
     let bus = connect(&bus_url, &settings.bus_options).await?;
     // Workers create no stream: a bus that was not provisioned is refused before any member
     // joins, with the command that provisions it.
@@ -175,7 +183,6 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
     tracing::info!(stage = stage.name(), owner = stage.owner(), subject = %stage.subject(), bus = %bus_url, ledger = %ledger_url, "worker starting");
     // Returns at shutdown, or once every member has stopped on a fatal failure: a process that
     // can take no more work exits, and its supervisor decides what comes next.
-    let health = Arc::new(Health::new());
     StageRunner::run(bus, stage, &runner, &health, &shutdown)
         .await
         .map_err(|e| anyhow!("every member of the stage stopped: {e}"))?;

@@ -452,6 +452,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Which implementation this is.
     fn kind(&self) -> BusKind;
 
+    /// Why the bus cannot be reached now, if the client knows it cannot (its connection is
+    /// down and reconnecting); `None` when connected or when the client cannot tell. For
+    /// readiness: a fetch that only waits does not say.
+    fn disconnected(&self) -> Option<String> {
+        None
+    }
+
     /// Creates the stream (JetStream) or topic (Kafka) that holds `spec.subject`, if missing.
     /// Idempotent. Publishing to a subject that was never ensured is an error on Kafka.
     async fn ensure_subject(&self, spec: &SubjectSpec) -> Result<(), BusError>;

@@ -299,6 +299,15 @@ pub(crate) fn final_outcome(
     let Some(counterparty) = record.counterparty.clone() else {
         return Ok(Vec::new());
     };
+    let status_label = if status == OutcomeStatus::Completed {
+        "completed"
+    } else {
+        "rejected"
+    };
+    // Envelope time to decision; a clock behind the envelope's counts as 0.
+    let decision_ms = record.updated_ms.saturating_sub(record.paid_at_ms).max(0);
+    metrics::histogram!(crate::metrics::PAYMENT_DECISION_SECONDS, "status" => status_label)
+        .record(decision_ms as f64 / 1000.0);
     outcome_messages(
         inst,
         OutcomeFacts {

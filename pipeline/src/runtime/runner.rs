@@ -155,7 +155,12 @@ impl Member {
                         fetch_failures = 0;
                         self.health.member(&self.id, MemberState::Attached);
                     }
-                    self.health.reach(Component::Bus, Reachability::Reachable);
+                    // A fetch on a client that is reconnecting may only wait, not fail.
+                    let reach = match self.bus.disconnected() {
+                        None => Reachability::Reachable,
+                        Some(why) => Reachability::Unreachable(why),
+                    };
+                    self.health.reach(Component::Bus, reach);
                     if batch.is_empty() {
                         continue;
                     }

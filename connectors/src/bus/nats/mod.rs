@@ -467,6 +467,13 @@ impl Bus for NatsBus {
         BusKind::Nats
     }
 
+    fn disconnected(&self) -> Option<String> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => None,
+            state => Some(format!("NATS connection {state}")),
+        }
+    }
+
     async fn ensure_subject(&self, spec: &SubjectSpec) -> Result<(), BusError> {
         validate_subject(&spec.subject)?;
         let family = subject_family(&spec.subject);
