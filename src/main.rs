@@ -14,6 +14,14 @@ use crate::commands::Command;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::settings::{GlobalArgs, Settings};
 
+/// What `--version` prints after the name: the version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DCPIPE_COMMIT"),
+    ")"
+);
+
 /// dcpipe: a message-bus pipeline for digital-currency payments.
 ///
 /// Terminals, vehicles and wallets publish signed Avro messages onto NATS JetStream subjects or
@@ -25,7 +33,7 @@ use crate::settings::{GlobalArgs, Settings};
 #[derive(Debug, Parser)]
 #[command(
     name = "dcpipe",
-    version,
+    version = VERSION,
     propagate_version = true,
     max_term_width = 100
 )]
@@ -77,8 +85,9 @@ fn main() -> ExitCode {
         match cli.command.run(&settings).await {
             Ok(code) => code,
             Err(e) => {
-                tracing::error!(error = %e, "command failed");
-                eprintln!("dcpipe: {e}");
+                // Printed once, with every cause ("loading the PKI from DIR: FILE: why"), not
+                // also logged.
+                eprintln!("dcpipe: {e:#}");
                 ExitCode::FAILURE
             }
         }

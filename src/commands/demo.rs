@@ -21,7 +21,10 @@ use dcpipe_pipeline::audit::{OutcomeCollector, Submission};
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::network::{Network, NetworkConfig};
 use dcpipe_pipeline::payment::payer;
-use dcpipe_pipeline::pki::{AlgorithmChoice, CertErrorKind, Role, SpecialCertificate, SubjectSpec};
+use dcpipe_pipeline::pki::{
+    AlgorithmChoice, CertErrorKind, INSTITUTIONS_MAX, Role, SpecialCertificate, SubjectSpec,
+    WALLETS_MAX,
+};
 use dcpipe_pipeline::reason::Reason;
 use dcpipe_pipeline::revocation::revocation_update;
 use dcpipe_pipeline::runtime::RunnerConfig;
@@ -73,6 +76,42 @@ pub(crate) struct DemoArgs {
     partitions: u32,
 }
 
+impl DemoArgs {
+    /// Refuses what the demo cannot run with, before anything is created or provisioned.
+    fn validate(&self) -> anyhow::Result<()> {
+        // The injected cases pay across institutions and between wallets of one.
+        let institutions_min = 2;
+        if !(institutions_min..=INSTITUTIONS_MAX).contains(&self.institutions) {
+            anyhow::bail!(
+                "--institutions {} refused: the demo needs {institutions_min} to {INSTITUTIONS_MAX}",
+                self.institutions
+            );
+        }
+        let wallets_min = 2 * self.institutions;
+        if !(wallets_min..=WALLETS_MAX).contains(&self.wallets) {
+            anyhow::bail!(
+                "--wallets {} refused: {} institutions need {wallets_min} to {WALLETS_MAX} \
+                 (two per institution at least)",
+                self.wallets,
+                self.institutions
+            );
+        }
+        if self.rate == 0 {
+            anyhow::bail!("--rate 0 refused: at least one payment per second");
+        }
+        if self.duration.is_zero() {
+            anyhow::bail!("--duration 0 refused: the terminals must pay for some time");
+        }
+        if self.settlement_window.is_zero() {
+            anyhow::bail!("--settlement-window 0 refused");
+        }
+        if self.partitions == 0 {
+            anyhow::bail!("--partitions 0 refused: at least one partition per topic");
+        }
+        Ok(())
+    }
+}
+
 fn parse_algorithm(text: &str) -> Result<AlgorithmChoice, String> {
     text.parse().map_err(|e| format!("{e}"))
 }
@@ -87,6 +126,7 @@ struct Injected {
 }
 
 pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    args.validate()?;
     let started = Instant::now();
     let bus_url = settings
         .bus_url(args.bus.as_deref())
