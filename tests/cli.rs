@@ -84,3 +84,47 @@ fn a_fatal_error_is_printed_once_with_its_cause_and_no_colour() {
     assert!(lines[0].contains("manifest.toml"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "colour codes: {stderr:?}");
 }
+
+#[test]
+fn loadtest_report_directory_is_created_and_checked_before_the_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A directory where a report file is expected: refused before anything runs.
+    let output = dcpipe(&[
+        "loadtest",
+        "--report",
+        &dir.path().display().to_string(),
+        "--duration",
+        "1s",
+    ]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("a directory; give a file name"), "{stderr}");
+    assert!(!stderr.contains("dcpipe loadtest:"), "it started: {stderr}");
+
+    // A directory that does not exist yet is created (here the run is then refused for its
+    // wallets, which are checked after the paths).
+    let report = dir.path().join("new").join("dir").join("report.json");
+    let output = dcpipe(&[
+        "loadtest",
+        "--report",
+        &report.display().to_string(),
+        "--wallets",
+        "1",
+    ]);
+    assert!(!output.status.success());
+    assert!(report.parent().expect("dir").is_dir());
+    assert!(!report.exists());
+
+    // A file that is in the way of the directory: refused, with the reason.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, b"").expect("file");
+    let output = dcpipe(&[
+        "loadtest",
+        "--report",
+        &blocker.join("report.json").display().to_string(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("cannot create its directory"), "{stderr}");
+    assert!(!stderr.contains("dcpipe loadtest:"), "it started: {stderr}");
+}

@@ -211,6 +211,26 @@ fn redacted_command_line(args: &[String]) -> String {
     out.join(" ")
 }
 
+/// Makes sure `path` can be written once the run ends: its directory exists (created if
+/// missing), it is not a directory, and a file can be created beside it.
+fn prepare_output(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    anyhow::ensure!(
+        !path.is_dir(),
+        "{}: a directory; give a file name",
+        path.display()
+    );
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create its directory", path.display()))?;
+    tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: its directory is not writable", path.display()))?;
+    Ok(())
+}
+
 pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let bus = settings
         .bus_url(args.bus.as_deref())
@@ -229,6 +249,10 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
         .or_else(|| args.report.as_ref().map(|r| r.with_extension("svg")));
     if let Some(path) = &plot {
         check_plot_path(path)?;
+    }
+    // Checked, their directories created, before the run: not found unwritable at its end.
+    for path in args.report.iter().chain(&plot) {
+        prepare_output(path)?;
     }
     let mut bus_options = settings.bus_options.clone();
     let subject_bytes_max = args.embedded_subject_mib * MIB;
