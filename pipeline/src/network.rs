@@ -199,8 +199,9 @@ impl Network {
             for chunk in accounts.chunks(dcpipe_connectors::ledger::BATCH_ITEMS_MAX) {
                 ledger.open_wallets(chunk).await?;
             }
-            // Measured rather than assumed: a ledger that already existed keeps its balances.
-            opening_total_fen += ledger.total_balance_fen().await?;
+            // Money enters only by issuance: what every opening of this ledger issued, the
+            // earlier ones of a ledger that already existed included.
+            opening_total_fen += ledger.issued_total_fen().await?;
             let institution = Institution::new(
                 id,
                 copy_certified_key(&keys.signer)?,
@@ -313,7 +314,8 @@ impl Network {
         })
     }
 
-    /// Sum of all balances when the network was provisioned.
+    /// Money issued to the network's wallets (every opening recorded in the ledgers when it
+    /// was provisioned): what the balances and the money in flight must add up to.
     pub fn opening_total_fen(&self) -> i64 {
         self.opening_total_fen
     }

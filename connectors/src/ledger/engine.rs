@@ -11,9 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 use super::error::LedgerError;
 use super::types::{
     AMOUNT_FEN_MAX, BATCH_ITEMS_MAX, CreditRequest, CreditResult, Finalization, FinalizeResult,
-    ID_LEN_MAX, LedgerRefusal, Party, PaymentId, PaymentRecord, PaymentState, REASON_CODE_LEN_MAX,
-    Rejection, RejectionResult, ReserveRequest, ReserveResult, Side, Transition, WalletAccount,
-    WalletId, WalletState, business_day,
+    ID_LEN_MAX, LedgerRefusal, OpenResult, OpeningTerms, Party, PaymentId, PaymentRecord,
+    PaymentState, REASON_CODE_LEN_MAX, Rejection, RejectionResult, ReserveRequest, ReserveResult,
+    Side, Transition, WalletAccount, WalletId, WalletState, business_day,
 };
 
 /// A payment record's key: one record per payment and side.
@@ -844,6 +844,15 @@ impl Op for FinalizeOp {
 }
 
 /// Checks a batch of wallets to provision: ids, institution, amounts.
+/// The answer to opening `account` again, given the terms its wallet was first opened on
+/// (`None` for a wallet with no issuance record, which cannot be told apart: taken as open).
+pub(crate) fn reopening(account: &WalletAccount, stored: Option<&OpeningTerms>) -> OpenResult {
+    match stored {
+        Some(terms) if *terms != OpeningTerms::of(account) => OpenResult::Conflict,
+        _ => OpenResult::AlreadyOpen,
+    }
+}
+
 pub(crate) fn validate_accounts(
     institution_id: &str,
     accounts: &[WalletAccount],

@@ -59,10 +59,10 @@ pub(crate) use sqlite::{SqliteDb, claim_owner, db_error};
 pub use types::{
     AMOUNT_FEN_MAX, BATCH_ITEMS_MAX, BUSINESS_DAY_OFFSET_MS, CreditRequest, CreditResult,
     DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization, FinalizeResult, ID_LEN_MAX,
-    InstitutionId, LedgerRefusal, MS_PER_DAY, OpenResult, Party, PaymentId, PaymentRecord,
-    PaymentState, PendingTotals, REASON_CODE_LEN_MAX, Rejection, RejectionResult, ReserveRequest,
-    ReserveResult, Side, StateCounts, Transition, WalletAccount, WalletId, WalletLimits,
-    WalletState, business_day,
+    InstitutionId, LedgerRefusal, MS_PER_DAY, OpenResult, OpeningTerms, Party, PaymentId,
+    PaymentRecord, PaymentState, PendingTotals, REASON_CODE_LEN_MAX, Rejection, RejectionResult,
+    ReserveRequest, ReserveResult, Side, StateCounts, Transition, WalletAccount, WalletId,
+    WalletLimits, WalletState, business_day,
 };
 
 /// Longest institution id, in bytes: it names a file and a PostgreSQL schema (`dcpipe_<id>`,
@@ -83,7 +83,11 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     /// The institution this ledger belongs to.
     fn institution_id(&self) -> &str;
 
-    /// Provisions wallets; an existing wallet is left untouched ([`OpenResult::AlreadyOpen`]).
+    /// Opens wallets: each new wallet gets its opening balance, and an issuance record (its
+    /// opening terms and the time) is written in the same transaction, so that every fen in
+    /// the ledger can be traced to the opening that issued it. A wallet already opened on the
+    /// same terms is left untouched ([`OpenResult::AlreadyOpen`]); on other terms it is
+    /// refused ([`OpenResult::Conflict`]). This is the only way money enters a ledger.
     async fn open_wallets(
         &self,
         accounts: &[WalletAccount],
@@ -170,6 +174,13 @@ pub trait Ledger: Send + Sync + fmt::Debug {
         payment_id: &PaymentId,
         side: Side,
     ) -> Result<Option<PaymentRecord>, LedgerError>;
+
+    /// Money issued by every opening so far ([`Ledger::open_wallets`]): what the balances and
+    /// the money in flight of every ledger together must conserve.
+    async fn issued_total_fen(&self) -> Result<i64, LedgerError>;
+
+    /// Number of wallets.
+    async fn wallet_count(&self) -> Result<u64, LedgerError>;
 
     /// Sum of all wallet balances (holds included, pending credits excluded).
     async fn total_balance_fen(&self) -> Result<i64, LedgerError>;

@@ -31,9 +31,9 @@ use super::settlement::{
 };
 use super::types::{
     CreditRequest, CreditResult, DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization,
-    FinalizeResult, OpenResult, Party, PaymentId, PaymentRecord, PaymentState, PendingTotals,
-    Rejection, RejectionResult, ReserveRequest, ReserveResult, Side, StateCounts, Transition,
-    WalletAccount, WalletLimits, WalletState, business_day,
+    FinalizeResult, OpenResult, OpeningTerms, Party, PaymentId, PaymentRecord, PaymentState,
+    PendingTotals, Rejection, RejectionResult, ReserveRequest, ReserveResult, Side, StateCounts,
+    Transition, WalletAccount, WalletLimits, WalletState, business_day,
 };
 use super::{Ledger, SETTLEMENT_STORE_NAME, now_ms};
 
@@ -487,6 +487,25 @@ const LEDGER_MIGRATIONS: &[(i64, &str)] = &[
         "CREATE INDEX IF NOT EXISTS payments_payer_decided
              ON {s}.payments (updated_ms, payment_id)
              WHERE side = 'payer' AND state IN ('committed', 'voided');",
+    ),
+    // Issuance: one record per opened wallet, the only way money enters a ledger. Wallets
+    // opened before this record existed are recorded with their balance at the upgrade.
+    (
+        3,
+        "CREATE TABLE {s}.issuances (
+             wallet_id TEXT PRIMARY KEY,
+             amount_fen BIGINT NOT NULL CHECK (amount_fen >= 0),
+             tier SMALLINT NOT NULL,
+             balance_limit_fen BIGINT NOT NULL,
+             single_payment_limit_fen BIGINT NOT NULL,
+             daily_limit_fen BIGINT NOT NULL,
+             password_free_limit_fen BIGINT NOT NULL,
+             issued_ms BIGINT NOT NULL
+         );
+         INSERT INTO {s}.issuances
+             SELECT wallet_id, balance_fen, tier, balance_limit_fen, single_payment_limit_fen,
+                    daily_limit_fen, password_free_limit_fen, created_ms
+             FROM {s}.wallets;",
     ),
 ];
 
@@ -952,21 +971,40 @@ impl Ledger for PostgresLedger {
         let daily_limits = limit(|l| l.daily_limit_fen);
         let pin_free_limits = limit(|l| l.password_free_limit_fen);
         let locked: Vec<bool> = accounts.iter().map(|a| a.locked).collect();
-        // One statement: inserted rows come back; the rest existed already.
-        let rows = client
+        // One statement: inserted rows come back, each with its issuance record written by
+        // the same statement; the rest existed already.
+        let mut client = client;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| pg_error("cannot open wallets", e))?;
+        let rows = tx
             .query(
                 &self.db.sql(&format!(
-                    "INSERT INTO {{s}}.wallets ({WALLET_COLUMNS}, created_ms, updated_ms)
-                     SELECT wallet_id, institution_id, tier, balance_fen, 0, 0, bl, sl, dl, pl,
-                            locked, $11, $11
-                     FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[],
-                                 $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
-                                 $9::boolean[], $10::bigint[])
-                          AS a(wallet_id, institution_id, tier, balance_fen, bl, sl, dl, pl,
-                               locked, ord)
-                     ORDER BY ord
-                     ON CONFLICT (wallet_id) DO NOTHING
-                     RETURNING wallet_id"
+                    "WITH opened AS (
+                         INSERT INTO {{s}}.wallets ({WALLET_COLUMNS}, created_ms, updated_ms)
+                         SELECT wallet_id, institution_id, tier, balance_fen, 0, 0, bl, sl, dl,
+                                pl, locked, $11, $11
+                         FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[],
+                                     $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
+                                     $9::boolean[], $10::bigint[])
+                              AS a(wallet_id, institution_id, tier, balance_fen, bl, sl, dl, pl,
+                                   locked, ord)
+                         ORDER BY ord
+                         ON CONFLICT (wallet_id) DO NOTHING
+                         RETURNING wallet_id, balance_fen, tier, balance_limit_fen,
+                                   single_payment_limit_fen, daily_limit_fen,
+                                   password_free_limit_fen
+                     ), issued AS (
+                         INSERT INTO {{s}}.issuances (wallet_id, amount_fen, tier,
+                             balance_limit_fen, single_payment_limit_fen, daily_limit_fen,
+                             password_free_limit_fen, issued_ms)
+                         SELECT wallet_id, balance_fen, tier, balance_limit_fen,
+                                single_payment_limit_fen, daily_limit_fen,
+                                password_free_limit_fen, $11
+                         FROM opened
+                     )
+                     SELECT wallet_id FROM opened"
                 )),
                 &[
                     &ids,
@@ -991,6 +1029,41 @@ impl Ledger for PostgresLedger {
                 .map_err(|e| pg_error("cannot open wallets", e))?;
             *created.entry(id).or_default() += 1;
         }
+        // The terms the others were first opened on, to tell a repeat from a conflict.
+        let terms_rows = tx
+            .query(
+                &self.db.sql(
+                    "SELECT wallet_id, tier, amount_fen, balance_limit_fen,
+                            single_payment_limit_fen, daily_limit_fen, password_free_limit_fen
+                     FROM {s}.issuances WHERE wallet_id = ANY($1::text[])",
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(|e| pg_error("cannot read issuances", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| pg_error("cannot open wallets", e))?;
+        let mut stored: HashMap<String, OpeningTerms> = HashMap::new();
+        for row in terms_rows {
+            let read = |e| pg_error("cannot read issuances", e);
+            let tier: i16 = row.try_get(1).map_err(read)?;
+            stored.insert(
+                row.try_get(0).map_err(read)?,
+                OpeningTerms {
+                    tier: u8::try_from(tier).map_err(|_| {
+                        LedgerError::new(LedgerErrorKind::Integrity, format!("tier {tier}"))
+                    })?,
+                    amount_fen: row.try_get(2).map_err(read)?,
+                    limits: WalletLimits {
+                        balance_limit_fen: row.try_get(3).map_err(read)?,
+                        single_payment_limit_fen: row.try_get(4).map_err(read)?,
+                        daily_limit_fen: row.try_get(5).map_err(read)?,
+                        password_free_limit_fen: row.try_get(6).map_err(read)?,
+                    },
+                },
+            );
+        }
         // A wallet named twice in one batch is created by its first mention only.
         Ok(accounts
             .iter()
@@ -999,7 +1072,7 @@ impl Ledger for PostgresLedger {
                     *n -= 1;
                     OpenResult::Created
                 }
-                _ => OpenResult::AlreadyOpen,
+                _ => engine::reopening(a, stored.get(&a.wallet_id)),
             })
             .collect())
     }
@@ -1154,6 +1227,20 @@ impl Ledger for PostgresLedger {
             .await
             .map_err(|e| pg_error("cannot read payment", e))?;
         row.map(|row| payment_from_row(&row)).transpose()
+    }
+
+    async fn issued_total_fen(&self) -> Result<i64, LedgerError> {
+        let totals = self
+            .query_one_i64s("SELECT COALESCE(SUM(amount_fen), 0)::bigint FROM {s}.issuances")
+            .await?;
+        Ok(totals[0])
+    }
+
+    async fn wallet_count(&self) -> Result<u64, LedgerError> {
+        let totals = self
+            .query_one_i64s("SELECT COUNT(*)::bigint FROM {s}.wallets")
+            .await?;
+        Ok(u64::try_from(totals[0]).unwrap_or(0))
     }
 
     async fn total_balance_fen(&self) -> Result<i64, LedgerError> {

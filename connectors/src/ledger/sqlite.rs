@@ -26,9 +26,9 @@ use super::settlement::{
 };
 use super::types::{
     CreditRequest, CreditResult, DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization,
-    FinalizeResult, OpenResult, Party, PaymentId, PaymentRecord, PaymentState, PendingTotals,
-    Rejection, RejectionResult, ReserveRequest, ReserveResult, Side, StateCounts, Transition,
-    WalletAccount, WalletLimits, WalletState, business_day,
+    FinalizeResult, OpenResult, OpeningTerms, Party, PaymentId, PaymentRecord, PaymentState,
+    PendingTotals, Rejection, RejectionResult, ReserveRequest, ReserveResult, Side, StateCounts,
+    Transition, WalletAccount, WalletLimits, WalletState, business_day,
 };
 use super::{Ledger, now_ms};
 
@@ -270,6 +270,25 @@ const LEDGER_MIGRATIONS: &[(i64, &str)] = &[
         "CREATE INDEX IF NOT EXISTS payments_payer_decided
              ON payments (updated_ms, payment_id)
              WHERE side = 'payer' AND state IN ('committed', 'voided');",
+    ),
+    // Issuance: one record per opened wallet, the only way money enters a ledger. Wallets
+    // opened before this record existed are recorded with their balance at the upgrade.
+    (
+        3,
+        "CREATE TABLE issuances (
+             wallet_id TEXT PRIMARY KEY,
+             amount_fen INTEGER NOT NULL CHECK (amount_fen >= 0),
+             tier INTEGER NOT NULL,
+             balance_limit_fen INTEGER NOT NULL,
+             single_payment_limit_fen INTEGER NOT NULL,
+             daily_limit_fen INTEGER NOT NULL,
+             password_free_limit_fen INTEGER NOT NULL,
+             issued_ms INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         INSERT INTO issuances
+             SELECT wallet_id, balance_fen, tier, balance_limit_fen, single_payment_limit_fen,
+                    daily_limit_fen, password_free_limit_fen, created_ms
+             FROM wallets;",
     ),
 ];
 
@@ -640,6 +659,21 @@ impl Ledger for SqliteLedger {
                              ON CONFLICT (wallet_id) DO NOTHING"
                         ))
                         .map_err(|e| db_error("cannot prepare wallet insert", e))?;
+                    let mut issue = tx
+                        .prepare_cached(
+                            "INSERT INTO issuances (wallet_id, amount_fen, tier,
+                                 balance_limit_fen, single_payment_limit_fen, daily_limit_fen,
+                                 password_free_limit_fen, issued_ms)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        )
+                        .map_err(|e| db_error("cannot prepare issuance insert", e))?;
+                    let mut terms = tx
+                        .prepare_cached(
+                            "SELECT tier, amount_fen, balance_limit_fen, single_payment_limit_fen,
+                                    daily_limit_fen, password_free_limit_fen
+                             FROM issuances WHERE wallet_id = ?1",
+                        )
+                        .map_err(|e| db_error("cannot prepare issuance read", e))?;
                     let now = now_ms();
                     for a in &accounts {
                         let created = stmt
@@ -656,11 +690,38 @@ impl Ledger for SqliteLedger {
                                 now,
                             ])
                             .map_err(|e| db_error("cannot insert wallet", e))?;
-                        results.push(if created == 1 {
-                            OpenResult::Created
-                        } else {
-                            OpenResult::AlreadyOpen
-                        });
+                        if created == 1 {
+                            issue
+                                .execute(params![
+                                    a.wallet_id,
+                                    a.balance_fen,
+                                    a.tier,
+                                    a.limits.balance_limit_fen,
+                                    a.limits.single_payment_limit_fen,
+                                    a.limits.daily_limit_fen,
+                                    a.limits.password_free_limit_fen,
+                                    now,
+                                ])
+                                .map_err(|e| db_error("cannot record issuance", e))?;
+                            results.push(OpenResult::Created);
+                            continue;
+                        }
+                        let stored = terms
+                            .query_row([&a.wallet_id], |row| {
+                                Ok(OpeningTerms {
+                                    tier: row.get(0)?,
+                                    amount_fen: row.get(1)?,
+                                    limits: WalletLimits {
+                                        balance_limit_fen: row.get(2)?,
+                                        single_payment_limit_fen: row.get(3)?,
+                                        daily_limit_fen: row.get(4)?,
+                                        password_free_limit_fen: row.get(5)?,
+                                    },
+                                })
+                            })
+                            .optional()
+                            .map_err(|e| db_error("cannot read issuance", e))?;
+                        results.push(engine::reopening(a, stored.as_ref()));
                     }
                 }
                 tx.commit()
@@ -840,6 +901,30 @@ impl Ledger for SqliteLedger {
     ) -> Result<Option<PaymentRecord>, LedgerError> {
         let id = *payment_id;
         self.db.run(move |conn| load_payment(conn, &id, side)).await
+    }
+
+    async fn issued_total_fen(&self) -> Result<i64, LedgerError> {
+        self.db
+            .run(|conn| {
+                conn.query_row(
+                    "SELECT COALESCE(SUM(amount_fen), 0) FROM issuances",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(|e| db_error("cannot sum issuances", e))
+            })
+            .await
+    }
+
+    async fn wallet_count(&self) -> Result<u64, LedgerError> {
+        self.db
+            .run(|conn| {
+                let count: i64 = conn
+                    .query_row("SELECT COUNT(*) FROM wallets", [], |row| row.get(0))
+                    .map_err(|e| db_error("cannot count wallets", e))?;
+                Ok(u64::try_from(count).unwrap_or(0))
+            })
+            .await
     }
 
     async fn total_balance_fen(&self) -> Result<i64, LedgerError> {

@@ -303,8 +303,35 @@ impl LedgerRefusal {
 pub enum OpenResult {
     /// The wallet was created with the given balance.
     Created,
-    /// It existed already and was left as it is (balance, limits and lock unchanged).
+    /// It existed already, opened on the same terms, and was left as it is (balance, limits
+    /// and lock unchanged): opening the same wallet twice issues its money once.
     AlreadyOpen,
+    /// A wallet of this id was opened on other terms (tier, opening balance or limits): refused,
+    /// nothing changed.
+    Conflict,
+}
+
+/// The terms a wallet was opened on, as its issuance record keeps them: the money that entered
+/// the system with it and the tier and limits it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpeningTerms {
+    /// The wallet's tier.
+    pub tier: u8,
+    /// Money issued to it at opening, in fen.
+    pub amount_fen: i64,
+    /// The limits it was opened with.
+    pub limits: WalletLimits,
+}
+
+impl OpeningTerms {
+    /// The terms of opening `account`.
+    pub fn of(account: &WalletAccount) -> Self {
+        OpeningTerms {
+            tier: account.tier,
+            amount_fen: account.balance_fen,
+            limits: account.limits,
+        }
+    }
 }
 
 /// Payer side: hold `amount_fen` on the payer wallet.

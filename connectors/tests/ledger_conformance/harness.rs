@@ -40,6 +40,8 @@ macro_rules! ledger_suite {
     ($make:expr) => {
         ledger_suite!(@each $make;
             scenarios::open_wallets_is_idempotent,
+            scenarios::open_wallets_refuses_other_terms,
+            scenarios::payments_issue_no_money,
             scenarios::open_wallets_refuses_another_institutions_wallet,
             scenarios::wallets_answers_each_requested_id_in_order,
             scenarios::wallets_of_no_ids_is_empty,

@@ -87,12 +87,69 @@ fn ids(records: &[PaymentRecord]) -> Vec<PaymentId> {
 pub(crate) async fn open_wallets_is_idempotent(backend: &dyn Backend) {
     let ledger = payer_with(backend, 50_000).await;
     let again = ledger
-        .open_wallets(&[account(PAYER_OI, "a1", 999_999), account(PAYER_OI, "a2", 7)])
+        .open_wallets(&[
+            account(PAYER_OI, "a1", 50_000),
+            account(PAYER_OI, "a2", 7),
+            account(PAYER_OI, "a2", 7),
+        ])
         .await
         .expect("open again");
-    assert_eq!(again, vec![OpenResult::AlreadyOpen, OpenResult::Created]);
+    assert_eq!(
+        again,
+        vec![
+            OpenResult::AlreadyOpen,
+            OpenResult::Created,
+            OpenResult::AlreadyOpen
+        ]
+    );
     assert_eq!(money(ledger.as_ref(), "a1").await, (50_000, 0, 50_000, 0));
     assert_eq!(ledger.total_balance_fen().await.expect("total"), 50_007);
+    assert_eq!(ledger.issued_total_fen().await.expect("issued"), 50_007);
+    assert_eq!(ledger.wallet_count().await.expect("count"), 2);
+}
+
+/// Opening a wallet again on other terms (balance, tier or limits) is refused and changes
+/// nothing: money is issued once per wallet, on the terms of its first opening.
+pub(crate) async fn open_wallets_refuses_other_terms(backend: &dyn Backend) {
+    let ledger = payer_with(backend, 50_000).await;
+    let mut other_tier = account(PAYER_OI, "a1", 50_000);
+    other_tier.tier = 2;
+    let mut other_limit = account(PAYER_OI, "a1", 50_000);
+    other_limit.limits.password_free_limit_fen += 1;
+    let results = ledger
+        .open_wallets(&[
+            account(PAYER_OI, "a1", 999_999),
+            other_tier,
+            other_limit,
+            account(PAYER_OI, "a3", 1),
+        ])
+        .await
+        .expect("open");
+    assert_eq!(
+        results,
+        vec![
+            OpenResult::Conflict,
+            OpenResult::Conflict,
+            OpenResult::Conflict,
+            OpenResult::Created
+        ]
+    );
+    assert_eq!(money(ledger.as_ref(), "a1").await, (50_000, 0, 50_000, 0));
+    assert_eq!(ledger.issued_total_fen().await.expect("issued"), 50_001);
+}
+
+/// Payments move money between wallets; they issue none: what was issued stays what the
+/// balances and the money in flight add up to.
+pub(crate) async fn payments_issue_no_money(backend: &dyn Backend) {
+    let ledger = payer_with(backend, 50_000).await;
+    let empty = backend.ledger(PAYEE_OI).await;
+    assert_eq!(empty.issued_total_fen().await.expect("issued"), 0);
+    assert_eq!(empty.wallet_count().await.expect("count"), 0);
+    reserved(reserve_one(ledger.as_ref(), reserve(1, "a1", 1_000)).await);
+    let held = ledger.pending_totals().await.expect("pending").held_fen;
+    assert_eq!(held, 1_000);
+    assert_eq!(ledger.issued_total_fen().await.expect("issued"), 50_000);
+    assert_eq!(ledger.total_balance_fen().await.expect("total"), 50_000);
 }
 
 pub(crate) async fn open_wallets_refuses_another_institutions_wallet(backend: &dyn Backend) {
