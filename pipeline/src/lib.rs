@@ -6,6 +6,7 @@ pub mod clock;
 pub mod error;
 pub mod metrics;
 pub mod network;
+pub mod opening;
 pub mod payment;
 pub mod pki;
 pub mod protocol;

@@ -5,6 +5,7 @@ mod demo;
 mod loadtest;
 mod pki;
 mod schemas;
+mod wallets;
 mod worker;
 
 use std::process::ExitCode;
@@ -32,6 +33,9 @@ pub(crate) enum Command {
     /// Create and inspect the demo PKI (central bank root, institution CAs, wallet keys).
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// Open wallets into an institution's ledger from a file: the only way money enters.
+    #[command(subcommand)]
+    Wallets(wallets::WalletsCommand),
     /// List the Avro schemas and their stable ids (Confluent wire format).
     Schemas,
 }
@@ -46,6 +50,7 @@ impl Command {
             Command::Bus(command) => bus::run(command, settings).await,
             Command::Pki(command) => pki::run(command).await,
             Command::Schemas => schemas::run(),
+            Command::Wallets(command) => wallets::run(command, settings).await,
         }
     }
 }

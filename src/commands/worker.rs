@@ -149,6 +149,14 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
                 .institution(&id)
                 .with_context(|| format!("no institution {id} in the PKI"))?;
             let ledger = open_ledger(&ledger_url, &id, &options).await?;
+            if ledger.wallet_count().await? == 0 {
+                // A worker pointed at the wrong database is noticed at start.
+                tracing::warn!(
+                    institution = %id,
+                    ledger = %ledger_url,
+                    "the ledger holds no wallets: every payment will be refused; open them with `dcpipe wallets open --institution {id} --ledger URL --file FILE`"
+                );
+            }
             build(Arc::new(Institution::new(
                 id,
                 copy_certified_key(&keys.signer)?,
