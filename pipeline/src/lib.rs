@@ -7,6 +7,7 @@ pub mod error;
 pub mod metrics;
 pub mod network;
 pub mod opening;
+pub mod ops;
 pub mod payment;
 pub mod pki;
 pub mod protocol;

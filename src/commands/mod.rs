@@ -1,10 +1,16 @@
 //! The subcommands of `dcpipe`.
 
 mod bus;
+mod dead_letters;
 mod demo;
 mod loadtest;
 mod pki;
+mod read_args;
 mod schemas;
+
+mod settlement;
+mod submit;
+mod tail;
 mod wallets;
 mod worker;
 
@@ -36,8 +42,19 @@ pub(crate) enum Command {
     /// Open wallets into an institution's ledger from a file: the only way money enters.
     #[command(subcommand)]
     Wallets(wallets::WalletsCommand),
-    /// List the Avro schemas and their stable ids (Confluent wire format).
-    Schemas,
+    /// List the Avro schemas and their stable ids (Confluent wire format), or show one.
+    Schemas(schemas::SchemasArgs),
+    /// Read or follow a subject, decoded: a table, or JSON lines for jq. Reads by replay: no
+    /// consumer group, no committed offset.
+    Tail(tail::TailArgs),
+    /// Make one payment from two wallets' key files as their terminals would, publish it and
+    /// wait for its outcome. Exits 3 when rejected, 4 without an outcome in time.
+    Submit(submit::SubmitArgs),
+    /// List, show and redrive dead letters.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
+    /// Settlement windows, instructions and positions, verified (signature, zero sum).
+    Settlement(settlement::SettlementArgs),
 }
 
 impl Command {
@@ -49,8 +66,12 @@ impl Command {
             Command::Worker(args) => worker::run(args, settings).await,
             Command::Bus(command) => bus::run(command, settings).await,
             Command::Pki(command) => pki::run(command).await,
-            Command::Schemas => schemas::run(),
             Command::Wallets(command) => wallets::run(command, settings).await,
+            Command::Schemas(args) => schemas::run(args),
+            Command::Tail(args) => tail::run(args, settings).await,
+            Command::Submit(args) => submit::run(args, settings).await,
+            Command::DeadLetters(command) => dead_letters::run(command, settings).await,
+            Command::Settlement(args) => settlement::run(args, settings).await,
         }
     }
 }

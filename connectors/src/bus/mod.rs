@@ -354,7 +354,8 @@ pub enum ReplayFrom {
 /// A replay of one subject over a range, outside any consumer group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayRequest {
-    /// The subject to read.
+    /// The subject to read. On JetStream it may be a pattern (see [`validate_subject_pattern`]):
+    /// the subjects of one family that match it, in stream order.
     pub subject: String,
     /// Start of the range (inclusive).
     pub from: ReplayFrom,
@@ -542,9 +543,54 @@ pub fn validate_subject(subject: &str) -> Result<(), BusError> {
     Ok(())
 }
 
+/// Whether `subject` holds a wildcard token (`*` or `>`).
+pub fn is_subject_pattern(subject: &str) -> bool {
+    subject.split('.').any(|t| t == "*" || t == ">")
+}
+
+/// Checks a subject pattern as JetStream reads it: a valid subject in which any token but the
+/// first (the family, which names the stream) may be `*` (one token) and the last may be `>`
+/// (one or more tokens), e.g. `txn.result.*` or `deadletter.>`.
+pub fn validate_subject_pattern(pattern: &str) -> Result<(), BusError> {
+    let tokens: Vec<&str> = pattern.split('.').collect();
+    let last = tokens.len().saturating_sub(1);
+    let concrete: Vec<String> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match *t {
+            "*" if i > 0 => "x".to_owned(),
+            ">" if i > 0 && i == last => "x".to_owned(),
+            other => other.to_owned(),
+        })
+        .collect();
+    validate_subject(&concrete.join(".")).map_err(|_| {
+        BusError::new(
+            BusErrorKind::InvalidSubject,
+            format!(
+                "invalid subject pattern {pattern:?}: 2+ dot-separated tokens of [a-zA-Z0-9_-], \
+                 `*` for any one token but the first, `>` for the rest as the last token"
+            ),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_take_wildcards_after_the_family() {
+        assert!(validate_subject_pattern("txn.result.*").is_ok());
+        assert!(validate_subject_pattern("deadletter.>").is_ok());
+        assert!(validate_subject_pattern("txn.*.oi01").is_ok());
+        assert!(validate_subject_pattern("txn.result.oi01").is_ok());
+        assert!(validate_subject_pattern("*.result.oi01").is_err());
+        assert!(validate_subject_pattern("txn.>.oi01").is_err());
+        assert!(validate_subject_pattern(">").is_err());
+        assert!(validate_subject_pattern("txn.re*").is_err());
+        assert!(is_subject_pattern("txn.*"));
+        assert!(!is_subject_pattern("txn.result"));
+    }
 
     #[test]
     fn family_is_first_token() {

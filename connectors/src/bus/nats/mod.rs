@@ -44,7 +44,7 @@ use super::metrics::SubjectMetrics;
 use super::{
     Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, NatsOptions, Outgoing,
     PAYLOAD_BYTES_MAX, Position, PublishReceipt, ReplayRequest, ReplayStream, StartAt,
-    SubjectLayout, SubjectSpec, subject_family, validate_subject,
+    SubjectLayout, SubjectSpec, subject_family, validate_subject, validate_subject_pattern,
 };
 
 pub(crate) use consumer::check_config as check_consumer_config;
@@ -615,7 +615,9 @@ impl Bus for NatsBus {
     }
 
     async fn replay(&self, request: ReplayRequest) -> Result<Box<dyn ReplayStream>, BusError> {
-        validate_subject(&request.subject)?;
+        // The filter of the replay's ordered consumer may be a pattern within the family's
+        // stream.
+        validate_subject_pattern(&request.subject)?;
         let stream = self.stream_of(&request.subject).await?;
         Ok(Box::new(replay::NatsReplay::start(stream, request).await?))
     }

@@ -1,0 +1,27 @@
+//! The operator's commands against a running pipeline: submit, tail, dead letters (list and
+//! redrive) and settlement, on every bus. The scenarios are written once (`scenarios.rs`) and
+//! run from one module per bus; each calls the library functions the `dcpipe` binary calls,
+//! and the NATS module also runs the binary itself.
+
+mod harness;
+mod scenarios;
+
+mod embedded {
+    use super::harness::Backend;
+    crate::operator_suite!(Backend::embedded());
+}
+
+mod nats {
+    use super::harness::Backend;
+    crate::operator_suite!(Backend::nats().await);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_binary_submits_tails_lists_and_settles() {
+        super::scenarios::the_binary_submits_tails_lists_and_settles(Backend::nats().await).await;
+    }
+}
+
+mod kafka {
+    use super::harness::Backend;
+    crate::operator_suite!(Backend::kafka().await);
+}
