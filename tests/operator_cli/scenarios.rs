@@ -498,17 +498,22 @@ where
     }
 }
 
-/// Runs the binary with `args`; returns its exit code and standard output.
+/// Runs the binary with `args`; returns its exit code and standard output (its logs, on
+/// standard error, are printed for a failing test).
 fn dcpipe(args: &[&str]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_dcpipe"))
         .args(args)
         .env_remove("DCPIPE_CONFIG")
         .output()
         .expect("dcpipe runs");
+    eprintln!(
+        "dcpipe {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
     (
         output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
     )
 }
 
