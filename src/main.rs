@@ -1,12 +1,13 @@
 //! `dcpipe`: the command that runs dcpipe's demo, workers, audits and load tests.
 
 mod commands;
+mod options;
 mod settings;
 mod telemetry;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 
 use crate::commands::Command;
 
@@ -45,7 +46,21 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Every flag also comes from its DCPIPE_* variable and from the file's key (options.rs).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = options::load_table(options::config_path(&args).as_ref())
+        .and_then(|file| options::apply(Cli::command(), &file));
+    let command = match command {
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("dcpipe: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::from_arg_matches(&command.get_matches_from(args)) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let settings = match Settings::resolve(&cli.global) {
         Ok(settings) => settings,
         Err(message) => {

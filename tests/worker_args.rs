@@ -70,12 +70,12 @@ fn batch_above_the_ledger_limit_is_refused_at_start() {
         &format!("sqlite://{}", ledgers.display()),
         "--pki",
         &dir.path().join("pki").display().to_string(),
-        "--batch",
+        "--batch-max",
         &batch,
     ]);
     assert!(!refused.status.success());
     let stderr = text(&refused.stderr);
-    assert!(stderr.contains(&format!("--batch {batch}")), "{stderr}");
+    assert!(stderr.contains(&format!("--batch-max {batch}")), "{stderr}");
     assert!(stderr.contains("BATCH_ITEMS_MAX"), "{stderr}");
     assert!(stderr.contains(&BATCH_ITEMS_MAX.to_string()), "{stderr}");
     assert!(!ledgers.exists(), "refused before any ledger is opened");

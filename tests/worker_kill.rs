@@ -97,12 +97,12 @@ async fn killed_worker_loses_no_payment_and_pays_none_twice() {
             format!("sqlite://{}", ledger_dir.display()),
             "--pki".to_owned(),
             pki_dir.display().to_string(),
-            "--ack-wait-ms".to_owned(),
-            "1500".to_owned(),
-            "--batch".to_owned(),
+            "--ack-wait".to_owned(),
+            "1500ms".to_owned(),
+            "--batch-max".to_owned(),
             "32".to_owned(),
-            "--settlement-window-ms".to_owned(),
-            "1000".to_owned(),
+            "--settlement-window".to_owned(),
+            "1s".to_owned(),
         ];
         if let Some(institution) = institution {
             args.push("--institution".to_owned());

@@ -72,9 +72,9 @@ pub(crate) struct LoadtestArgs {
     /// Sustainable: achieved at least this share of the offered rate.
     #[arg(long, default_value_t = 0.95)]
     sustain_achieved: f64,
-    /// Sustainable: p99 latency at most this many ms.
-    #[arg(long, default_value_t = 200.0)]
-    sustain_p99_ms: f64,
+    /// Sustainable: p99 latency at most this long.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration, value_name = "DURATION")]
+    sustain_p99: Duration,
     /// Sustainable: at most this share of a step's payments unanswered at its end.
     #[arg(long, default_value_t = 0.05)]
     sustain_backlog: f64,
@@ -281,7 +281,7 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
             max_rate: args.ramp_max,
             criterion: SustainCriterion {
                 achieved_ratio_min: args.sustain_achieved,
-                p99_ms_max: args.sustain_p99_ms,
+                p99_ms_max: args.sustain_p99.as_secs_f64() * 1000.0,
                 backlog_ratio_max: args.sustain_backlog,
             },
             confirm_share: args.ramp_confirm,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::builder::{PossibleValue, PossibleValuesParser};
@@ -20,10 +21,10 @@ use dcpipe_pipeline::revocation::RevocationFollower;
 use dcpipe_pipeline::runtime::{
     Component, ConfigErrorKind, Reachability, RunnerConfig, Stage, StageRunner,
 };
-use dcpipe_pipeline::settlement::{CentralBank, GRACE_MS_DEFAULT};
+use dcpipe_pipeline::settlement::CentralBank;
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::Settings;
+use crate::settings::{Settings, parse_duration};
 
 /// The stages a worker can run: every registered stage, with its summary for `--help`.
 fn stage_names() -> PossibleValuesParser {
@@ -54,22 +55,42 @@ pub(crate) struct WorkerArgs {
     #[arg(long, env = "DCPIPE_PKI", value_name = "DIR")]
     pki: PathBuf,
     /// Members of the stage's consumer group in this process (batches decided in parallel).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "DCPIPE_CONCURRENCY", default_value_t = 1)]
     concurrency: usize,
     /// Messages decided together (one ledger transaction), at most what a ledger takes in one
     /// transaction (4096).
-    #[arg(long, default_value_t = RunnerConfig::BATCH_MAX_DEFAULT)]
-    batch: usize,
-    /// A delivery not acked within this many ms is delivered again (to this or another process
+    #[arg(long, env = "DCPIPE_BATCH_MAX", default_value_t = RunnerConfig::BATCH_MAX_DEFAULT)]
+    batch_max: usize,
+    /// A delivery not acked within this time is delivered again (to this or another process
     /// of the stage): how soon the work of a crashed process is taken over.
-    #[arg(long, default_value_t = 30_000)]
-    ack_wait_ms: u64,
-    /// Settlement window length in ms (settlement stage).
-    #[arg(long, default_value_t = SettlementConfig::default().window_ms)]
-    settlement_window_ms: i64,
-    /// Grace after a window's end before it closes, in ms (settlement stage).
-    #[arg(long, default_value_t = GRACE_MS_DEFAULT)]
-    settlement_grace_ms: i64,
+    #[arg(long, env = "DCPIPE_ACK_WAIT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    ack_wait: Duration,
+    /// Settlement window length (settlement stage), at most 24h.
+    #[arg(long, env = "DCPIPE_SETTLEMENT_WINDOW", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    settlement_window: Duration,
+    /// Grace after a window's end before it closes (settlement stage).
+    #[arg(long, env = "DCPIPE_SETTLEMENT_GRACE", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    settlement_grace: Duration,
+    /// Largest difference between an envelope's time and this institution's clock
+    /// (`txn.clock_skew` beyond it).
+    #[arg(long, env = "DCPIPE_CLOCK_SKEW", default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
+    clock_skew: Duration,
+    /// How long a reservation waits for the payee's institution before it is voided
+    /// (`txn.timeout`).
+    #[arg(long, env = "DCPIPE_RESERVATION_TTL", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    reservation_ttl: Duration,
+    /// Largest difference between a PIN proof's time and its envelope's time.
+    #[arg(long, env = "DCPIPE_PIN_PROOF_WINDOW", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pin_proof_window: Duration,
+    /// The payee's institution refuses a clearing message with less than this left before its
+    /// reservation expires.
+    #[arg(long, env = "DCPIPE_EXPIRY_MARGIN", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    expiry_margin: Duration,
+}
+
+/// A duration in whole milliseconds, refused beyond what an i64 holds.
+fn ms(flag: &str, duration: Duration) -> anyhow::Result<i64> {
+    i64::try_from(duration.as_millis()).map_err(|_| anyhow!("--{flag} {duration:?} is too long"))
 }
 
 pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
@@ -82,17 +103,25 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
         )
     })?;
     let runner = RunnerConfig {
-        batch_max: args.batch,
+        batch_max: args.batch_max,
         concurrency: args.concurrency,
-        ack_wait: std::time::Duration::from_millis(args.ack_wait_ms),
+        ack_wait: args.ack_wait,
         ..RunnerConfig::default()
     };
+    let policy = PaymentPolicy {
+        clock_skew_ms_max: ms("clock-skew", args.clock_skew)?,
+        reservation_ttl_ms: ms("reservation-ttl", args.reservation_ttl)?,
+        pin_proof_age_ms_max: ms("pin-proof-window", args.pin_proof_window)?,
+        expiry_margin_ms: ms("expiry-margin", args.expiry_margin)?,
+    };
+    let settlement_window_ms = ms("settlement-window", args.settlement_window)?;
+    let settlement_grace_ms = ms("settlement-grace", args.settlement_grace)?;
     runner.validate().map_err(|e| {
         let flag = match e.kind() {
-            ConfigErrorKind::BatchMax => format!("--batch {}", args.batch),
+            ConfigErrorKind::BatchMax => format!("--batch-max {}", args.batch_max),
             ConfigErrorKind::Concurrency => format!("--concurrency {}", args.concurrency),
             ConfigErrorKind::AckWait | ConfigErrorKind::FetchWait | ConfigErrorKind::Linger => {
-                format!("--ack-wait-ms {}", args.ack_wait_ms)
+                format!("--ack-wait {:?}", args.ack_wait)
             }
             other => other.to_string(),
         };
@@ -127,7 +156,7 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
             let store = open_settlement(
                 &ledger_url,
                 SettlementConfig {
-                    window_ms: args.settlement_window_ms,
+                    window_ms: settlement_window_ms,
                 },
                 &options,
             )
@@ -137,7 +166,7 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
                 verifier: Arc::clone(&verifier),
                 store,
                 clock,
-                grace_ms: args.settlement_grace_ms,
+                grace_ms: settlement_grace_ms,
             }))
         }
         Build::Institution(build) => {
@@ -162,7 +191,7 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
                 copy_certified_key(&keys.signer)?,
                 Arc::clone(&verifier),
                 ledger,
-                PaymentPolicy::default(),
+                policy.clone(),
                 clock,
             )))
         }
@@ -217,5 +246,43 @@ pub(crate) async fn wait_for_termination() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Probe {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    #[test]
+    fn the_defaults_are_the_named_constants() {
+        let args = Probe::try_parse_from(["worker", "payer", "--pki", "p"])
+            .expect("parses")
+            .worker;
+        let ms = |d: Duration| i64::try_from(d.as_millis()).expect("fits");
+        assert_eq!(
+            ms(args.settlement_window),
+            SettlementConfig::default().window_ms
+        );
+        assert_eq!(
+            ms(args.settlement_grace),
+            dcpipe_pipeline::settlement::GRACE_MS_DEFAULT
+        );
+        assert_eq!(
+            args.ack_wait,
+            dcpipe_connectors::bus::ConsumerConfig::ACK_WAIT_DEFAULT
+        );
+        let policy = PaymentPolicy::default();
+        assert_eq!(ms(args.clock_skew), policy.clock_skew_ms_max);
+        assert_eq!(ms(args.reservation_ttl), policy.reservation_ttl_ms);
+        assert_eq!(ms(args.pin_proof_window), policy.pin_proof_age_ms_max);
+        assert_eq!(ms(args.expiry_margin), policy.expiry_margin_ms);
+        assert_eq!(args.batch_max, RunnerConfig::BATCH_MAX_DEFAULT);
     }
 }
