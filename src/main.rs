@@ -61,7 +61,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let settings = match Settings::resolve(&cli.global) {
+    let mut global = cli.global.clone();
+    if let Some(broker) = cli.command.broker() {
+        broker.apply_to(&mut global);
+    }
+    let settings = match Settings::resolve(&global) {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("dcpipe: {message}");

@@ -292,6 +292,42 @@ mod tests {
     }
 
     #[test]
+    fn broker_flags_are_only_on_commands_that_use_a_broker() {
+        let flags = all_flags();
+        let has = |path: &[&str], name: &str| {
+            flags.iter().any(|(p, a)| {
+                p.iter().map(String::as_str).eq(path.iter().copied()) && a.get_long() == Some(name)
+            })
+        };
+        for path in [
+            &["worker"][..],
+            &["demo"],
+            &["loadtest"],
+            &["bus", "init"],
+            &["tail"],
+            &["submit"],
+            &["settlement"],
+            &["dead-letters", "redrive"],
+        ] {
+            assert!(has(path, "nats-user"), "dcpipe {}", path.join(" "));
+            assert!(has(path, "kafka-property"), "dcpipe {}", path.join(" "));
+        }
+        for (path, arg) in &flags {
+            let name = arg.get_long().unwrap_or_default();
+            if matches!(
+                path.first().map(String::as_str),
+                None | Some("pki" | "schemas")
+            ) {
+                assert!(
+                    !name.starts_with("nats-") && !name.starts_with("kafka-"),
+                    "dcpipe {} --{name}: a broker flag on a command without a broker",
+                    path.join(" ")
+                );
+            }
+        }
+    }
+
+    #[test]
     fn durations_carry_their_unit_in_the_value_not_the_name() {
         for (path, arg) in all_flags() {
             let name = arg.get_long().unwrap_or_default().to_owned();

@@ -104,39 +104,74 @@ pub(crate) struct GlobalArgs {
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 127.0.0.1:9464.
     #[arg(long, global = true, env = "DCPIPE_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Broker options, copied from the command's [`BrokerArgs`] (only commands that use a
+    /// broker have those flags).
+    #[arg(skip)]
+    pub nats_creds: Option<PathBuf>,
+    /// See [`BrokerArgs`].
+    #[arg(skip)]
+    pub nats_user: Option<String>,
+    /// See [`BrokerArgs`].
+    #[arg(skip)]
+    pub nats_password: Option<String>,
+    /// See [`BrokerArgs`].
+    #[arg(skip)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// See [`BrokerArgs`].
+    #[arg(skip)]
+    pub nats_stream_replicas: Option<usize>,
+    /// See [`BrokerArgs`].
+    #[arg(skip)]
+    pub nats_stream_max_age: Option<Duration>,
+    /// See [`BrokerArgs`].
+    #[arg(skip)]
+    pub kafka_properties: Vec<String>,
+}
+
+/// Credentials, TLS and stream limits towards the brokers: flattened into the commands that
+/// use a broker, so that only those show them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct BrokerArgs {
     /// NATS credentials file (.creds).
-    #[arg(long, global = true, env = "DCPIPE_NATS_CREDS", value_name = "FILE")]
+    #[arg(long, env = "DCPIPE_NATS_CREDS", value_name = "FILE")]
     pub nats_creds: Option<PathBuf>,
     /// NATS user name.
-    #[arg(long, global = true, env = "DCPIPE_NATS_USER")]
+    #[arg(long, env = "DCPIPE_NATS_USER")]
     pub nats_user: Option<String>,
     /// NATS password; prefer the environment variable (a flag shows in the process list).
-    #[arg(
-        long,
-        global = true,
-        env = "DCPIPE_NATS_PASSWORD",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "DCPIPE_NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<String>,
     /// CA certificate (PEM) to verify the NATS server; implies TLS.
-    #[arg(long, global = true, env = "DCPIPE_NATS_TLS_CA", value_name = "FILE")]
+    #[arg(long, env = "DCPIPE_NATS_TLS_CA", value_name = "FILE")]
     pub nats_tls_ca: Option<PathBuf>,
     /// Replicas of each NATS stream dcpipe creates: 1 on a single server (the default), 3 or 5
     /// in a cluster. Streams that already exist keep theirs.
-    #[arg(
-        long,
-        global = true,
-        env = "DCPIPE_NATS_STREAM_REPLICAS",
-        value_name = "N"
-    )]
+    #[arg(long, env = "DCPIPE_NATS_STREAM_REPLICAS", value_name = "N")]
     pub nats_stream_replicas: Option<usize>,
     /// How long each NATS stream dcpipe creates keeps its messages, e.g. 30d (the default) or
     /// 72h: the furthest back an audit can replay.
-    #[arg(long, global = true, env = "DCPIPE_NATS_STREAM_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, env = "DCPIPE_NATS_STREAM_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
     pub nats_stream_max_age: Option<Duration>,
     /// Extra Kafka client property KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
-    #[arg(long = "kafka-property", global = true, value_name = "KEY=VALUE")]
+    #[arg(
+        long = "kafka-property",
+        env = "DCPIPE_KAFKA_PROPERTY",
+        value_name = "KEY=VALUE"
+    )]
     pub kafka_properties: Vec<String>,
+}
+
+impl BrokerArgs {
+    /// Copies the broker flags into the global options that [`Settings::resolve`] merges.
+    pub(crate) fn apply_to(&self, global: &mut GlobalArgs) {
+        global.nats_creds.clone_from(&self.nats_creds);
+        global.nats_user.clone_from(&self.nats_user);
+        global.nats_password.clone_from(&self.nats_password);
+        global.nats_tls_ca.clone_from(&self.nats_tls_ca);
+        global.nats_stream_replicas = self.nats_stream_replicas;
+        global.nats_stream_max_age = self.nats_stream_max_age;
+        global.kafka_properties.clone_from(&self.kafka_properties);
+    }
 }
 
 /// Settings after merging flags, environment, file and defaults.

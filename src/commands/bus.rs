@@ -8,7 +8,7 @@ use dcpipe_connectors::bus::{BusUrl, SubjectSpec, connect};
 use dcpipe_pipeline::provision::{SubjectState, provision_subjects};
 use dcpipe_pipeline::registry;
 
-use crate::settings::Settings;
+use crate::settings::{BrokerArgs, Settings};
 
 /// Bus commands.
 #[derive(Debug, Subcommand)]
@@ -26,6 +26,9 @@ pub(crate) struct InitArgs {
     /// The bus: nats://host:port or kafka://host:port.
     #[arg(long, env = "DCPIPE_BUS")]
     bus: Option<String>,
+    /// Credentials, TLS and stream limits towards the broker.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
     /// The operating institutions of the network, comma-separated (oi01,oi02).
     #[arg(
         long,

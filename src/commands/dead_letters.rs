@@ -12,7 +12,7 @@ use dcpipe_pipeline::registry;
 use dcpipe_schemas::{json_string, rfc3339_of_ms};
 
 use super::read_args::{Output, parse_from, parse_until};
-use crate::settings::Settings;
+use crate::settings::{BrokerArgs, Settings};
 use dcpipe_pipeline::ops::tail::ReadUntil;
 
 /// What `dcpipe dead-letters` does.
@@ -35,6 +35,9 @@ pub(crate) struct DeadLetterArgs {
     /// The bus: embedded, nats://host:port or kafka://host:port.
     #[arg(long, env = "DCPIPE_BUS")]
     bus: Option<String>,
+    /// Credentials, TLS and stream limits towards the broker.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
     /// Stages whose dead letters are read (`deadletter.<stage>`), comma-separated; every
     /// stage when not given.
     #[arg(long, env = "DCPIPE_STAGE", value_delimiter = ',')]
@@ -77,6 +80,16 @@ pub(crate) struct RedriveArgs {
     /// Say what would be redriven, and publish nothing.
     #[arg(long, env = "DCPIPE_DRY_RUN")]
     dry_run: bool,
+}
+
+impl DeadLettersCommand {
+    /// The options that select dead letters.
+    pub(crate) fn selection_args(&self) -> &DeadLetterArgs {
+        match self {
+            DeadLettersCommand::List(args) | DeadLettersCommand::Show(args) => args,
+            DeadLettersCommand::Redrive(redrive) => &redrive.select,
+        }
+    }
 }
 
 impl DeadLetterArgs {

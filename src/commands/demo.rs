@@ -35,7 +35,7 @@ use dcpipe_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::{Settings, parse_duration};
+use crate::settings::{BrokerArgs, Settings, parse_duration};
 
 /// How long the demo waits for the pipeline to answer and settle after the traffic stops.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -46,6 +46,9 @@ pub(crate) struct DemoArgs {
     /// The bus: embedded (default), nats://host:port or kafka://host:port.
     #[arg(long, env = "DCPIPE_BUS")]
     bus: Option<String>,
+    /// Credentials, TLS and stream limits towards the broker.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
     /// The ledgers: sqlite://DIR or postgres://user@host:port/db (default: SQLite files in a
     /// new temporary directory).
     #[arg(long, env = "DCPIPE_LEDGER")]

@@ -16,8 +16,8 @@ use dcpipe_loadtest::plot::{check_plot_path, write_plot};
 use dcpipe_loadtest::{LedgerChoice, LoadConfig, Mode, RampConfig, SustainCriterion};
 use dcpipe_pipeline::pki::AlgorithmChoice;
 
-use crate::settings::Settings;
 use crate::settings::parse_duration;
+use crate::settings::{BrokerArgs, Settings};
 
 /// Bytes in a MiB.
 const MIB: usize = 1024 * 1024;
@@ -34,6 +34,9 @@ pub(crate) struct LoadtestArgs {
     /// The bus: embedded (default), nats://host:port or kafka://host:port.
     #[arg(long, env = "DCPIPE_BUS")]
     bus: Option<String>,
+    /// Credentials, TLS and stream limits towards the broker.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
     /// The ledgers: sqlite://DIR or postgres://user@host:port/db (default: SQLite files in a
     /// new temporary directory).
     #[arg(long, env = "DCPIPE_LEDGER")]

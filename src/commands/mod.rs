@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::settings::Settings;
+use crate::settings::{BrokerArgs, Settings};
 
 /// What `dcpipe` does.
 #[derive(Debug, Subcommand)]
@@ -58,6 +58,21 @@ pub(crate) enum Command {
 }
 
 impl Command {
+    /// The broker flags of the command, if it uses a broker.
+    pub(crate) fn broker(&self) -> Option<&BrokerArgs> {
+        match self {
+            Command::Demo(args) => Some(&args.broker),
+            Command::Loadtest(args) => Some(&args.broker),
+            Command::Worker(args) => Some(&args.broker),
+            Command::Bus(bus::BusCommand::Init(args)) => Some(&args.broker),
+            Command::Tail(args) => Some(&args.broker),
+            Command::Submit(args) => Some(&args.broker),
+            Command::DeadLetters(command) => Some(&command.selection_args().broker),
+            Command::Settlement(args) => Some(&args.broker),
+            Command::Pki(_) | Command::Schemas(_) => None,
+        }
+    }
+
     /// Runs the command.
     pub(crate) async fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
         match self {

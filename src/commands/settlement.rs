@@ -11,7 +11,7 @@ use dcpipe_pipeline::ops::verifier;
 use dcpipe_schemas::{json_string, rfc3339_of_ms};
 
 use super::read_args::{Output, parse_from, parse_until};
-use crate::settings::Settings;
+use crate::settings::{BrokerArgs, Settings};
 
 /// Options of `dcpipe settlement`.
 #[derive(Debug, clap::Args)]
@@ -19,6 +19,9 @@ pub(crate) struct SettlementArgs {
     /// The bus: embedded, nats://host:port or kafka://host:port.
     #[arg(long, env = "DCPIPE_BUS")]
     bus: Option<String>,
+    /// Credentials, TLS and stream limits towards the broker.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
     /// The PKI directory: its trust anchors verify the settlement signer.
     #[arg(long, env = "DCPIPE_PKI", value_name = "DIR")]
     pki: PathBuf,

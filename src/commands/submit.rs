@@ -13,7 +13,7 @@ use dcpipe_pipeline::terminal::PASSWORD_FREE_LIMIT_FEN_DEFAULT;
 use dcpipe_schemas::{Channel, OutcomeStatus, PaymentId, json_string};
 
 use super::read_args::Output;
-use crate::settings::{Settings, parse_duration};
+use crate::settings::{BrokerArgs, Settings, parse_duration};
 
 /// Options of `dcpipe submit`.
 #[derive(Debug, clap::Args)]
@@ -21,6 +21,9 @@ pub(crate) struct SubmitArgs {
     /// The bus: embedded, nats://host:port or kafka://host:port.
     #[arg(long, env = "DCPIPE_BUS")]
     bus: Option<String>,
+    /// Credentials, TLS and stream limits towards the broker.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
     /// The PKI directory: its trust anchors (root, institution CAs) verify both terminals'
     /// certificates and the outcome's signature.
     #[arg(long, env = "DCPIPE_PKI", value_name = "DIR")]

@@ -10,7 +10,7 @@ use dcpipe_pipeline::ops::tail::{ReadUntil, TailOptions, tail};
 use tokio_util::sync::CancellationToken;
 
 use super::read_args::{Output, parse_from, parse_until};
-use crate::settings::Settings;
+use crate::settings::{BrokerArgs, Settings};
 
 /// Options of `dcpipe tail`.
 #[derive(Debug, clap::Args)]
@@ -21,6 +21,9 @@ pub(crate) struct TailArgs {
     /// The bus: embedded, nats://host:port or kafka://host:port.
     #[arg(long, env = "DCPIPE_BUS")]
     bus: Option<String>,
+    /// Credentials, TLS and stream limits towards the broker.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
     /// Where to start: `beginning`, a stream sequence or Kafka offset (42), a time
     /// (2026-12-07T08:00:00Z) or a duration ago (15m).
     #[arg(long, env = "DCPIPE_FROM", value_parser = parse_from, default_value = "beginning")]

@@ -24,7 +24,7 @@ use dcpipe_pipeline::runtime::{
 use dcpipe_pipeline::settlement::CentralBank;
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::{Settings, parse_duration};
+use crate::settings::{BrokerArgs, Settings, parse_duration};
 
 /// The stages a worker can run: every registered stage, with its summary for `--help`.
 fn stage_names() -> PossibleValuesParser {
@@ -48,6 +48,9 @@ pub(crate) struct WorkerArgs {
     /// process, so a worker cannot use it).
     #[arg(long, env = "DCPIPE_BUS")]
     bus: Option<String>,
+    /// Credentials, TLS and stream limits towards the broker.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
     /// The ledgers: sqlite://DIR or postgres://user@host:port/db.
     #[arg(long, env = "DCPIPE_LEDGER")]
     ledger: Option<String>,
