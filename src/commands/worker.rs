@@ -14,7 +14,9 @@ use dcpipe_connectors::ledger::{
 use dcpipe_pipeline::clock::SystemClock;
 use dcpipe_pipeline::network::copy_certified_key;
 use dcpipe_pipeline::payment::{Institution, PaymentPolicy};
-use dcpipe_pipeline::pki::{ChainVerifier, PkiDirectory, RevocationSet};
+use dcpipe_pipeline::pki::{
+    CHAIN_CACHE_ENTRIES_DEFAULT, ChainVerifier, PkiDirectory, RevocationSet,
+};
 use dcpipe_pipeline::provision::check_subjects;
 use dcpipe_pipeline::registry::{self, Build};
 use dcpipe_pipeline::revocation::RevocationFollower;
@@ -89,6 +91,10 @@ pub(crate) struct WorkerArgs {
     /// reservation expires.
     #[arg(long, env = "DCPIPE_EXPIRY_MARGIN", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     expiry_margin: Duration,
+    /// Verified certificate chains kept in this process's cache (validity and revocation are
+    /// still checked on every use).
+    #[arg(long, env = "DCPIPE_CHAIN_CACHE_ENTRIES", default_value_t = CHAIN_CACHE_ENTRIES_DEFAULT, value_name = "N")]
+    chain_cache_entries: usize,
 }
 
 /// A duration in whole milliseconds, refused beyond what an i64 holds.
@@ -147,9 +153,10 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
         .await?
         .with_context(|| format!("loading the PKI from {}", args.pki.display()))?;
     let revocations = Arc::new(RevocationSet::new());
-    let verifier = Arc::new(ChainVerifier::new(
+    let verifier = Arc::new(ChainVerifier::with_cache_capacity(
         Arc::clone(pki.trust_store()),
         Arc::clone(&revocations),
+        args.chain_cache_entries,
     ));
     let clock = Arc::new(SystemClock);
     let options = LedgerOptions::default();
@@ -287,5 +294,6 @@ mod tests {
         assert_eq!(ms(args.pin_proof_window), policy.pin_proof_age_ms_max);
         assert_eq!(ms(args.expiry_margin), policy.expiry_margin_ms);
         assert_eq!(args.batch_max, RunnerConfig::BATCH_MAX_DEFAULT);
+        assert_eq!(args.chain_cache_entries, CHAIN_CACHE_ENTRIES_DEFAULT);
     }
 }
