@@ -12,6 +12,7 @@ use dcpipe_connectors::ledger::{
     LedgerError, LedgerOptions, LedgerUrl, SettlementConfig, WalletAccount, open_ledger,
     open_settlement,
 };
+use dcpipe_connectors::session::open_session_store;
 use dcpipe_schemas::PartyRef;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,7 @@ use crate::runtime::{ConfigError, Health, MemberResult, RunnerConfig, Stage, spa
 use crate::settlement::{CentralBank, GRACE_MS_DEFAULT};
 use crate::terminal::Terminal;
 use crate::tier::{FEN_PER_CNY, TIER_2, TIER_4, Tier};
+use crate::vehicle::backend::{RegistryFollower, RegistryView, VehicleInstitution, VehiclePolicy};
 
 /// Every this many wallets, one is tier 2; the others are tier 4.
 pub const TIER_2_EVERY: usize = 10;
@@ -120,6 +122,11 @@ pub struct Network {
     pub wallets: Vec<WalletInfo>,
     /// What this process's stages report: members attached, ledgers and bus reachable.
     pub health: Arc<Health>,
+    /// Each institution's vehicle back-end, once [`Network::enable_vehicles`] opened their
+    /// session stores; empty otherwise (and the vehicle stages are not run).
+    pub vehicles: BTreeMap<String, Arc<VehicleInstitution>>,
+    /// The registry of service entities this process follows (used once vehicles are enabled).
+    pub entity_registry: Arc<RegistryView>,
     wallet_index: HashMap<String, usize>,
     /// Sum of all balances once provisioned: the money the network must conserve.
     opening_total_fen: i64,
@@ -234,16 +241,52 @@ impl Network {
             central_bank,
             wallets,
             health: Arc::new(Health::new()),
+            vehicles: BTreeMap::new(),
+            entity_registry: Arc::new(RegistryView::new()),
             wallet_index,
             opening_total_fen,
         })
     }
 
+    /// Opens each institution's session store beside its ledger (`ledger`, `options`: as the
+    /// network was provisioned with) and runs the vehicle flow's stages from then on.
+    pub async fn enable_vehicles(
+        &mut self,
+        ledger: &LedgerUrl,
+        options: &LedgerOptions,
+        policy: VehiclePolicy,
+    ) -> Result<(), NetworkError> {
+        for (id, institution) in &self.institutions {
+            let store = open_session_store(ledger, id, options).await?;
+            self.vehicles.insert(
+                id.clone(),
+                Arc::new(VehicleInstitution {
+                    institution: Arc::clone(institution),
+                    store,
+                    registry: Arc::clone(&self.entity_registry),
+                    policy,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a stage built this way runs in this network.
+    fn runs(&self, build: &Build) -> bool {
+        !matches!(build, Build::Vehicle(_)) || !self.vehicles.is_empty()
+    }
+
     /// Every subject the network uses: what each registered stage of each owner consumes and
-    /// publishes, the stages' dead-letter subjects and the revocations every process follows.
+    /// publishes, the stages' dead-letter subjects and the revocations every process follows
+    /// (and, with vehicles, the registry of service entities).
     pub fn subjects(&self) -> BTreeSet<String> {
         let institutions: Vec<String> = self.institutions.keys().cloned().collect();
-        registry::network_subjects(&institutions)
+        registry::subjects_of(
+            registry::stages()
+                .into_iter()
+                .filter(|d| self.runs(&d.build)),
+            &institutions,
+        )
     }
 
     /// Every subject the network uses ([`Network::subjects`]), created on `bus` (streams or
@@ -266,6 +309,9 @@ impl Network {
                     stages.extend(self.institutions.values().map(|i| build(Arc::clone(i))));
                 }
                 Build::CentralBank(build) => stages.push(build(Arc::clone(&self.central_bank))),
+                Build::Vehicle(build) => {
+                    stages.extend(self.vehicles.values().map(|v| build(Arc::clone(v))));
+                }
             }
         }
         stages
@@ -299,6 +345,17 @@ impl Network {
             follower.run(bus_for_follower, follower_shutdown).await;
             Ok(())
         }));
+        if !self.vehicles.is_empty() {
+            let follower = RegistryFollower::new(
+                Arc::clone(&self.verifier),
+                Arc::clone(&self.entity_registry),
+            );
+            let (bus_for_follower, follower_shutdown) = (Arc::clone(bus), shutdown.clone());
+            handles.push(tokio::spawn(async move {
+                follower.run(bus_for_follower, follower_shutdown).await;
+                Ok(())
+            }));
+        }
         Ok(handles)
     }
 

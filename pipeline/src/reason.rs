@@ -2,7 +2,7 @@
 //! schema faults, dead-letter codes (stage failures, settlement refusals, contradictions between
 //! institutions), refused revocation updates, and the offline wallets' refusals (key sets,
 //! offline payments, remote control), and the vehicles' (telemetry, the entity registry,
-//! pre-authorizations, fees, station reports). The tables of docs/PROTOCOL.md §7 and §10.9
+//! pre-authorizations, fees, station reports). The tables of docs/PROTOCOL.md §7 and §10.10
 //! list them.
 //!
 //! Codes are part of the contract: terminals, auditors and dashboards match on them. A code is

@@ -16,6 +16,7 @@ use crate::payment::Institution;
 use crate::runtime::Stage;
 use crate::settlement::CentralBank;
 use crate::subjects;
+use crate::vehicle::backend::VehicleInstitution;
 
 /// Which of the mission's flows a stage belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +66,9 @@ pub enum Build {
     Institution(fn(Arc<Institution>) -> Arc<dyn Stage>),
     /// From the central bank's settlement service.
     CentralBank(fn(Arc<CentralBank>) -> Arc<dyn Stage>),
+    /// From an institution's vehicle back-end (its payment back-end, session store and the
+    /// registry of service entities its process follows).
+    Vehicle(fn(Arc<VehicleInstitution>) -> Arc<dyn Stage>),
 }
 
 impl fmt::Debug for Build {
@@ -72,6 +76,7 @@ impl fmt::Debug for Build {
         f.write_str(match self {
             Build::Institution(_) => "Build::Institution",
             Build::CentralBank(_) => "Build::CentralBank",
+            Build::Vehicle(_) => "Build::Vehicle",
         })
     }
 }
@@ -100,7 +105,7 @@ impl StageDescriptor {
     /// Who runs it.
     pub fn operator(&self) -> Operator {
         match self.build {
-            Build::Institution(_) => Operator::Institution,
+            Build::Institution(_) | Build::Vehicle(_) => Operator::Institution,
             Build::CentralBank(_) => Operator::CentralBank,
         }
     }
@@ -121,22 +126,30 @@ impl StageDescriptor {
 
 /// Every subject a network of these institutions uses: what each registered stage of each
 /// owner consumes and publishes, the stages' dead-letter subjects and the revocations every
-/// process follows. What `dcpipe bus init` provisions.
+/// process follows (and the registry of service entities the vehicle stages follow). What
+/// `dcpipe bus init` provisions.
 pub fn network_subjects(institutions: &[String]) -> BTreeSet<String> {
+    subjects_of(stages(), institutions)
+}
+
+/// The subjects [`network_subjects`] lists, for these stages only.
+pub fn subjects_of(
+    descriptors: impl IntoIterator<Item = &'static StageDescriptor>,
+    institutions: &[String],
+) -> BTreeSet<String> {
     let mut names = BTreeSet::from([subjects::PKI_REVOCATION.to_owned()]);
-    for descriptor in stages() {
+    for descriptor in descriptors {
         for owner in descriptor.owners(institutions) {
-            names.insert((descriptor.consumes)(&owner));
-            names.extend((descriptor.publishes)(&owner, institutions));
+            names.extend(descriptor.needs(&owner, institutions));
         }
-        names.insert(descriptor.dead_letter_subject());
     }
     names
 }
 
 impl StageDescriptor {
     /// Every subject one instance of this stage (for `owner`) needs to exist before it starts:
-    /// what it consumes and publishes, its dead-letter subject and the revocations.
+    /// what it consumes and publishes, its dead-letter subject and the revocations (and, for a
+    /// vehicle stage, the registry of service entities).
     pub fn needs(&self, owner: &str, institutions: &[String]) -> BTreeSet<String> {
         let mut names = BTreeSet::from([
             subjects::PKI_REVOCATION.to_owned(),
@@ -144,6 +157,9 @@ impl StageDescriptor {
             self.dead_letter_subject(),
         ]);
         names.extend((self.publishes)(owner, institutions));
+        if matches!(self.build, Build::Vehicle(_)) {
+            names.insert(subjects::VEHICLE_REGISTRY.to_owned());
+        }
         names
     }
 }

@@ -35,3 +35,21 @@ pub fn settlement_position(institution: &str) -> String {
 
 /// Certificate revocations, for every worker.
 pub const PKI_REVOCATION: &str = "pki.revocation";
+
+/// Telemetry of vehicles whose wallet `institution` holds.
+pub fn vehicle_telemetry(institution: &str) -> String {
+    format!("vehicle.telemetry.{institution}")
+}
+
+/// The service-entity registry, followed by every matching process from its beginning.
+pub const VEHICLE_REGISTRY: &str = "vehicle.registry";
+
+/// Pre-authorizations signed by wallets `institution` holds.
+pub fn vehicle_authorization(institution: &str) -> String {
+    format!("vehicle.authorization.{institution}")
+}
+
+/// Service-complete reports for vehicles whose wallet `institution` holds.
+pub fn vehicle_report(institution: &str) -> String {
+    format!("vehicle.report.{institution}")
+}

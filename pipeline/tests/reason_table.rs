@@ -7,7 +7,7 @@ use dcpipe_pipeline::reason::Reason;
 
 /// The sections of PROTOCOL.md whose tables list reason codes, by heading. A later section of
 /// codes (the audit's, say) is one more line here.
-const SECTIONS_WITH_CODES: &[&str] = &["## 7. Reason codes", "### 10.9 Reason codes"];
+const SECTIONS_WITH_CODES: &[&str] = &["## 7. Reason codes", "### 10.10 Reason codes"];
 
 fn protocol() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");

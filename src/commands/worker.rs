@@ -11,6 +11,7 @@ use dcpipe_connectors::bus::{BusUrl, connect};
 use dcpipe_connectors::ledger::{
     LedgerOptions, LedgerUrl, SettlementConfig, open_ledger, open_settlement,
 };
+use dcpipe_connectors::session::open_session_store;
 use dcpipe_pipeline::clock::SystemClock;
 use dcpipe_pipeline::network::copy_certified_key;
 use dcpipe_pipeline::payment::{Institution, PaymentPolicy};
@@ -24,6 +25,9 @@ use dcpipe_pipeline::runtime::{
     Component, ConfigErrorKind, Reachability, RunnerConfig, Stage, StageRunner,
 };
 use dcpipe_pipeline::settlement::CentralBank;
+use dcpipe_pipeline::vehicle::backend::{
+    RegistryFollower, RegistryView, VehicleInstitution, VehiclePolicy,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::{BrokerArgs, Settings, parse_duration};
@@ -160,6 +164,8 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
     ));
     let clock = Arc::new(SystemClock);
     let options = LedgerOptions::default();
+    // The service entities a vehicle stage matches against, followed from the bus.
+    let entity_registry = Arc::new(RegistryView::new());
 
     let stage: Arc<dyn Stage> = match descriptor.build {
         Build::CentralBank(build) => {
@@ -179,7 +185,7 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
                 grace_ms: settlement_grace_ms,
             }))
         }
-        Build::Institution(build) => {
+        Build::Institution(_) | Build::Vehicle(_) => {
             let id = args
                 .institution
                 .clone()
@@ -196,14 +202,27 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
                     "the ledger holds no wallets: every payment will be refused; open them with `dcpipe wallets open --institution {id} --ledger URL --file FILE`"
                 );
             }
-            build(Arc::new(Institution::new(
-                id,
+            let institution = Arc::new(Institution::new(
+                id.clone(),
                 copy_certified_key(&keys.signer)?,
                 Arc::clone(&verifier),
                 ledger,
                 policy.clone(),
                 clock,
-            )))
+            ));
+            match descriptor.build {
+                Build::Vehicle(build) => {
+                    let store = open_session_store(&ledger_url, &id, &options).await?;
+                    build(Arc::new(VehicleInstitution {
+                        institution,
+                        store,
+                        registry: Arc::clone(&entity_registry),
+                        policy: VehiclePolicy::default(),
+                    }))
+                }
+                Build::Institution(build) => build(institution),
+                Build::CentralBank(_) => unreachable!("matched above"),
+            }
         }
     };
 
@@ -221,6 +240,10 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
     let shutdown = CancellationToken::new();
     let follower = RevocationFollower::new(Arc::clone(&verifier), revocations);
     tokio::spawn(follower.run(Arc::clone(&bus), shutdown.clone()));
+    if matches!(descriptor.build, Build::Vehicle(_)) {
+        let follower = RegistryFollower::new(Arc::clone(&verifier), entity_registry);
+        tokio::spawn(follower.run(Arc::clone(&bus), shutdown.clone()));
+    }
     let stopper = shutdown.clone();
     tokio::spawn(async move {
         wait_for_termination().await;

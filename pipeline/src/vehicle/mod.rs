@@ -11,11 +11,16 @@
 //! - [`report`]: service-complete reports of charging and fuel stations;
 //! - [`matching`]: what one batch does to a vehicle, between reading its record from the
 //!   session store and committing the update back.
-
+//!
+//! Around it, the runtime: [`backend`] (an institution's vehicle back-end, the registry
+//! follower), [`stages`] (pre-authorizations, matching, station reports) and [`charging`]
+//! (each session's charge on the clearing path of every payment, [`crate::clearing`]).
 //!
 //! Every refusal is a [`crate::reason::Rejected`]: one of the vehicle codes of the one
-//! [`crate::reason::Reason`] enum (docs/PROTOCOL.md §10.9), or a certificate's `cert.*`.
+//! [`crate::reason::Reason`] enum (docs/PROTOCOL.md §10.10), or a certificate's `cert.*`.
 
+pub mod backend;
+pub mod charging;
 pub mod geometry;
 pub mod matching;
 pub mod preauth;
@@ -23,5 +28,6 @@ pub mod registry;
 pub mod report;
 pub mod session;
 pub mod signed;
+pub mod stages;
 pub mod tariff;
 pub mod telemetry;

@@ -1,0 +1,207 @@
+//! What an institution's vehicle stages share: its back-end (ledger, signer, clock), its session
+//! store, the registry of service entities this process follows, and the flow's policies.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use dcpipe_connectors::bus::{Bus, BusError, ReplayFrom, ReplayRequest};
+use dcpipe_connectors::session::SessionStore;
+use dcpipe_schemas::ServiceEntity;
+use tokio_util::sync::CancellationToken;
+
+use super::preauth::PreauthPolicy;
+use super::registry::{EntityRegistry, RegistryChange, verify_entity};
+use super::session::SessionConfig;
+use super::telemetry::TelemetryPolicy;
+use crate::clearing::Institution;
+use crate::pki::ChainVerifier;
+use crate::reason::{Reason, Rejected};
+use crate::subjects;
+
+/// How often the registry follower looks for new entries: a change is in force within this
+/// and one bus read, well under a second.
+pub const REGISTRY_FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Records read per replay batch of the registry.
+const REGISTRY_REPLAY_BATCH_MAX: usize = 1_024;
+
+/// How far before the newest entry read each poll starts again (entries with a slightly
+/// earlier bus time on another partition are not missed; those read are skipped by position).
+const REGISTRY_FOLLOW_OVERLAP_MS: i64 = 5 * 60 * 1000;
+
+/// The registry of service entities of this process, as its follower keeps it.
+#[derive(Debug, Default)]
+pub struct RegistryView {
+    registry: RwLock<EntityRegistry>,
+    /// Whether the follower has read the subject to its end once: before that, matching would
+    /// miss entities and is held back.
+    caught_up: AtomicBool,
+}
+
+impl RegistryView {
+    /// An empty registry, not caught up.
+    pub fn new() -> Self {
+        RegistryView::default()
+    }
+
+    /// The registry in force (read lock; held briefly).
+    pub fn read(&self) -> RwLockReadGuard<'_, EntityRegistry> {
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the follower has read every entry published before it started.
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Applies one entry checked by `verifier`.
+    pub fn apply(
+        &self,
+        entity: &ServiceEntity,
+        verifier: &ChainVerifier,
+    ) -> Result<RegistryChange, Rejected> {
+        let verified = verify_entity(entity, verifier)?;
+        self.registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .apply(verified)
+    }
+}
+
+/// Follows `vehicle.registry` from its beginning, live, into a [`RegistryView`].
+///
+/// Like the revocation follower it replays the subject rather than joining a group: every
+/// process needs every entry. An entry that fails its checks is logged and counted under its
+/// reason, and skipped; whoever published it reads the same code in the metrics.
+#[derive(Debug)]
+pub struct RegistryFollower {
+    verifier: Arc<ChainVerifier>,
+    view: Arc<RegistryView>,
+    next: HashMap<u32, u64>,
+    newest_ms: Option<i64>,
+}
+
+impl RegistryFollower {
+    /// A follower feeding `view`.
+    pub fn new(verifier: Arc<ChainVerifier>, view: Arc<RegistryView>) -> Self {
+        RegistryFollower {
+            verifier,
+            view,
+            next: HashMap::new(),
+            newest_ms: None,
+        }
+    }
+
+    /// Applies every entry published since the last call; returns how many changed the
+    /// registry. Marks the view caught up once the subject was read to its end.
+    pub async fn poll(&mut self, bus: &dyn Bus) -> Result<usize, BusError> {
+        let from = match self.newest_ms {
+            None => ReplayFrom::Beginning,
+            Some(newest_ms) => ReplayFrom::TimeMs(newest_ms - REGISTRY_FOLLOW_OVERLAP_MS),
+        };
+        let mut replay = bus
+            .replay(ReplayRequest {
+                subject: subjects::VEHICLE_REGISTRY.to_owned(),
+                from,
+                until_ms: None,
+            })
+            .await?;
+        let mut changed = 0;
+        loop {
+            let records = replay.next_batch(REGISTRY_REPLAY_BATCH_MAX).await?;
+            if records.is_empty() {
+                self.view.caught_up.store(true, Ordering::Release);
+                return Ok(changed);
+            }
+            for record in records {
+                let next = self.next.entry(record.position.partition).or_insert(0);
+                if record.position.offset < *next {
+                    continue;
+                }
+                *next = record.position.offset + 1;
+                self.newest_ms = Some(self.newest_ms.unwrap_or(i64::MIN).max(record.timestamp_ms));
+                let applied = dcpipe_schemas::decode::<ServiceEntity>(&record.payload)
+                    .map_err(|e| Rejected::new(Reason::Schema(e.kind()), e.to_string()))
+                    .and_then(|entity| {
+                        self.view
+                            .apply(&entity, &self.verifier)
+                            .map(|change| (entity, change))
+                    });
+                match applied {
+                    Ok((_, RegistryChange::Duplicate)) => {}
+                    Ok((entity, change)) => {
+                        tracing::debug!(entity = %entity.entity_id, version = entity.version, ?change, "registry entry applied");
+                        metrics::counter!("dcpipe_vehicle_registry_applied_total").increment(1);
+                        changed += 1;
+                    }
+                    Err(rejected) => {
+                        tracing::warn!(reason = %rejected.reason, detail = %rejected.detail, "registry entry refused");
+                        metrics::counter!("dcpipe_vehicle_registry_refused_total", "reason" => rejected.reason.as_str()).increment(1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls every [`REGISTRY_FOLLOW_INTERVAL`] until `shutdown` is cancelled.
+    pub async fn run(mut self, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(REGISTRY_FOLLOW_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = interval.tick() => {
+                    if let Err(e) = self.poll(bus.as_ref()).await {
+                        tracing::warn!(error = %e, "registry not read; retried");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Policies of the vehicle flow.
+#[derive(Debug, Clone, Copy)]
+pub struct VehiclePolicy {
+    /// Time bounds of telemetry.
+    pub telemetry: TelemetryPolicy,
+    /// Thresholds of the session machine.
+    pub sessions: SessionConfig,
+    /// Bounds on pre-authorizations.
+    pub preauth: PreauthPolicy,
+    /// Deliveries of a batch after a gap before the gap is accepted (the missing reports
+    /// counted as lost).
+    pub gap_deliveries_max: u32,
+}
+
+impl Default for VehiclePolicy {
+    fn default() -> Self {
+        VehiclePolicy {
+            telemetry: TelemetryPolicy::default(),
+            sessions: SessionConfig::default(),
+            preauth: PreauthPolicy::default(),
+            gap_deliveries_max: GAP_DELIVERIES_DEFAULT,
+        }
+    }
+}
+
+/// Deliveries of a batch after a gap before the gap is accepted.
+pub const GAP_DELIVERIES_DEFAULT: u32 = 3;
+
+/// One institution's vehicle back-end: the payment back-end it charges through, its session
+/// store, and the registry this process follows.
+#[derive(Debug)]
+pub struct VehicleInstitution {
+    /// The institution (ledger, signer, verifier, clock, payment policy).
+    pub institution: Arc<Institution>,
+    /// Its session store.
+    pub store: Arc<dyn SessionStore>,
+    /// The registry of service entities in force.
+    pub registry: Arc<RegistryView>,
+    /// The flow's policies.
+    pub policy: VehiclePolicy,
+}
