@@ -18,6 +18,7 @@ macro_rules! vehicle_suite {
             a_charge_above_the_pre_authorization_is_refused_and_moves_no_money,
             forged_telemetry_is_dead_lettered,
             a_killed_matching_worker_is_resumed_without_losing_the_entry_or_charging_twice,
+            registry_changes_are_in_force_without_a_restart,
         );
     };
     (@each $backend:expr; $($scenario:ident),+ $(,)?) => {

@@ -187,11 +187,7 @@ impl World {
             let mut e: ServiceEntity = entity(id, kind, fence).entity().clone();
             e.wallet = self.wallet(ENTITY_OI, n);
             e.updated_at_ms = self.now_ms - 3_600_000;
-            e.certificate = signer.certificate().der().to_vec();
-            e.signature = signer.key().sign(&service_entity_bytes(&e)).expect("signs");
-            let frame = dcpipe_schemas::encode(&e).expect("encodes");
-            self.publish(subjects::VEHICLE_REGISTRY.to_owned(), id, frame)
-                .await;
+            self.publish_entity(e, signer).await;
         }
         let registry = Arc::clone(&self.network.entity_registry);
         eventually("the registry holds the three entities", || {
@@ -199,6 +195,16 @@ impl World {
             async move { registry.is_caught_up() && registry.read().len() == 3 }
         })
         .await;
+    }
+
+    /// Signs a registry entry with `signer` and publishes it, keyed by the entity.
+    async fn publish_entity(&self, mut e: ServiceEntity, signer: &CertifiedKey) {
+        e.certificate = signer.certificate().der().to_vec();
+        e.signature = signer.key().sign(&service_entity_bytes(&e)).expect("signs");
+        let frame = dcpipe_schemas::encode(&e).expect("encodes");
+        let key = e.entity_id.clone();
+        self.publish(subjects::VEHICLE_REGISTRY.to_owned(), &key, frame)
+            .await;
     }
 
     /// A pre-authorization by `wallet` for `vehicle` at `entity`, up to `max_amount_fen`.
@@ -716,5 +722,72 @@ pub(crate) async fn a_killed_matching_worker_is_resumed_without_losing_the_entry
         [(OutcomeStatus::Completed, None, charges[0].amount_fen)]
     );
     world.wait_until_settled().await;
+    world.stop().await;
+}
+
+pub(crate) async fn registry_changes_are_in_force_without_a_restart(backend: &Backend) {
+    let world = World::start(backend).await;
+    let entity_signer = &world.network.institutions[ENTITY_OI].signer;
+    let other_signer = &world.network.institutions[VEHICLE_OI].signer;
+    let registry = Arc::clone(&world.network.entity_registry);
+    let parking = registry
+        .read()
+        .get("PARK-1")
+        .expect("registered")
+        .entity()
+        .clone();
+
+    // Signed by the institution of another wallet than the entity's: refused, and the entry
+    // in force stays.
+    let mut forged = parking.clone();
+    forged.version = 5;
+    forged
+        .tariff
+        .parking
+        .as_mut()
+        .expect("parking tariff")
+        .fen_per_minute = 1;
+    world.publish_entity(forged, other_signer).await;
+    // A newer tariff, and the toll strip taken out.
+    let mut newer = parking.clone();
+    newer.version = 2;
+    newer.updated_at_ms += 1;
+    newer
+        .tariff
+        .parking
+        .as_mut()
+        .expect("parking tariff")
+        .fen_per_minute = 20;
+    world.publish_entity(newer, entity_signer).await;
+    let mut removed = registry
+        .read()
+        .get("TOLL-1")
+        .expect("registered")
+        .entity()
+        .clone();
+    removed.version = 2;
+    removed.updated_at_ms += 1;
+    removed.removed = true;
+    world.publish_entity(removed, entity_signer).await;
+
+    eventually("the new version and the removal are in force", || {
+        let registry = Arc::clone(&registry);
+        async move {
+            let registry = registry.read();
+            registry.get("PARK-1").is_some_and(|e| e.version() == 2)
+                && registry.get("TOLL-1").is_none()
+        }
+    })
+    .await;
+    let (fen_per_minute, entities) = {
+        let registry = registry.read();
+        let in_force = registry.get("PARK-1").expect("in force");
+        (
+            in_force.tariff().parking.as_ref().map(|p| p.fen_per_minute),
+            registry.len(),
+        )
+    };
+    assert_eq!(fen_per_minute, Some(20), "the forged version 5 was refused");
+    assert_eq!(entities, 2);
     world.stop().await;
 }

@@ -173,7 +173,7 @@ impl ReportStage {
             };
             let Some(record) = vehicles
                 .store
-                .vehicles(&[vehicle_id.clone()])
+                .vehicles(std::slice::from_ref(&vehicle_id))
                 .await?
                 .remove(0)
             else {
