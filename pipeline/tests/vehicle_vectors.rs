@@ -11,8 +11,9 @@ use std::path::PathBuf;
 
 use dcpipe_pipeline::pki::{Algorithm, PrivateKey, PublicKey, sha256};
 use dcpipe_pipeline::vehicle::signed::{
-    service_authorization_bytes, service_complete_report_bytes, service_entity_bytes, session_id,
-    session_payment_id, telemetry_batch_bytes, telemetry_batch_digest, telemetry_report_bytes,
+    charge_digest, service_authorization_bytes, service_complete_report_bytes,
+    service_entity_bytes, session_id, session_payment_id, telemetry_batch_bytes,
+    telemetry_batch_digest, telemetry_report_bytes,
 };
 use dcpipe_schemas::{
     AuthorizationId, Digest32, GeoPoint, MeterUnit, MeteredTariff, PartyRef, ReportId,
@@ -236,7 +237,35 @@ fn make_vectors() -> Value {
             "session_id": session.to_string(),
             "payment_id": session_payment_id(&session, T0_MS + 12_345).to_string(),
         },
+        "charge": {
+            "authorization_id": hex::encode(CHARGE_AUTHORIZATION_ID),
+            "payee": { "institution_id": "oi02", "wallet_id": "w-oi02-000002" },
+            "amount_fen": CHARGE_AMOUNT_FEN,
+            "due_at_ms": CHARGE_DUE_AT_MS,
+            "charge_digest": hex::encode(charge_digest_vector(&session).as_bytes()),
+        },
     })
+}
+
+/// The terms of the charge of the derived session, in the vectors.
+const CHARGE_AUTHORIZATION_ID: [u8; 16] = [0x11; 16];
+const CHARGE_AMOUNT_FEN: i64 = 1_234;
+const CHARGE_DUE_AT_MS: i64 = T0_MS + 1_812_345;
+
+fn charge_digest_vector(session: &SessionId) -> Digest32 {
+    charge_digest(
+        &session_payment_id(session, T0_MS + 12_345),
+        session.as_bytes(),
+        &CHARGE_AUTHORIZATION_ID,
+        VEHICLE,
+        &wallet(),
+        &PartyRef {
+            institution_id: "oi02".to_owned(),
+            wallet_id: "w-oi02-000002".to_owned(),
+        },
+        CHARGE_AMOUNT_FEN,
+        CHARGE_DUE_AT_MS,
+    )
 }
 
 fn load() -> Value {
@@ -284,6 +313,10 @@ fn derived_ids_match_the_vectors() {
     assert_eq!(
         session_payment_id(&session, T0_MS + 12_345).to_string(),
         vectors["derived_ids"]["payment_id"]
+    );
+    assert_eq!(
+        hex::encode(charge_digest_vector(&session).as_bytes()),
+        vectors["charge"]["charge_digest"]
     );
 }
 
