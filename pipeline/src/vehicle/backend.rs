@@ -9,6 +9,7 @@ use std::time::Duration;
 use dcpipe_connectors::bus::{Bus, BusError, ReplayFrom, ReplayRequest};
 use dcpipe_connectors::session::SessionStore;
 use dcpipe_schemas::ServiceEntity;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::preauth::PreauthPolicy;
@@ -38,6 +39,8 @@ pub struct RegistryView {
     /// Whether the follower has read the subject to its end once: before that, matching would
     /// miss entities and is held back.
     caught_up: AtomicBool,
+    /// Woken when it is.
+    caught_up_notify: Notify,
 }
 
 impl RegistryView {
@@ -56,6 +59,26 @@ impl RegistryView {
     /// Whether the follower has read every entry published before it started.
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Waits until the follower has caught up, at most `timeout`; returns whether it has.
+    pub async fn wait_caught_up(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.caught_up_notify.notified();
+            if self.is_caught_up() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_caught_up();
+            }
+        }
+    }
+
+    fn mark_caught_up(&self) {
+        if !self.caught_up.swap(true, Ordering::AcqRel) {
+            self.caught_up_notify.notify_waiters();
+        }
     }
 
     /// Applies one entry checked by `verifier`.
@@ -114,7 +137,7 @@ impl RegistryFollower {
         loop {
             let records = replay.next_batch(REGISTRY_REPLAY_BATCH_MAX).await?;
             if records.is_empty() {
-                self.view.caught_up.store(true, Ordering::Release);
+                self.view.mark_caught_up();
                 return Ok(changed);
             }
             for record in records {

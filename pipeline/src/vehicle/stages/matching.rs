@@ -91,7 +91,7 @@ impl Stage for MatchingStage {
 
     async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
         let vehicles = &self.vehicles;
-        registry_ready(&vehicles.registry)?;
+        registry_ready(&vehicles.registry).await?;
         let inst = &vehicles.institution;
         let now_ms = inst.clock.now_ms();
         let mut verdicts: Vec<Option<Verdict>> = batch.iter().map(|_| None).collect();

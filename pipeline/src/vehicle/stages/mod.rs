@@ -17,13 +17,21 @@ pub mod authorization;
 pub mod matching;
 pub mod report;
 
+use std::time::Duration;
+
 use crate::runtime::StageError;
 use crate::vehicle::backend::RegistryView;
 
-/// Refuses to work before the registry was read to its end once: a vehicle at an entity not
-/// yet known would be missed. Transient: the batch comes back once the follower caught up.
-pub(crate) fn registry_ready(registry: &RegistryView) -> Result<(), StageError> {
-    if registry.is_caught_up() {
+/// How long a stage waits for the registry follower to catch up before handing its batch
+/// back: long enough for a large registry to be read at start, short enough to stay well
+/// inside the bus's acknowledgement wait.
+pub const REGISTRY_WAIT_MAX: Duration = Duration::from_secs(4);
+
+/// Waits until the registry was read to its end once: a vehicle at an entity not yet known
+/// would be missed. Transient when it takes longer than [`REGISTRY_WAIT_MAX`]: the batch comes
+/// back later.
+pub(crate) async fn registry_ready(registry: &RegistryView) -> Result<(), StageError> {
+    if registry.wait_caught_up(REGISTRY_WAIT_MAX).await {
         Ok(())
     } else {
         Err(StageError::transient(

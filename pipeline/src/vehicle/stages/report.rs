@@ -252,7 +252,7 @@ impl Stage for ReportStage {
     }
 
     async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
-        registry_ready(&self.vehicles.registry)?;
+        registry_ready(&self.vehicles.registry).await?;
         let now_ms = self.vehicles.institution.clock.now_ms();
         let mut verdicts = Vec::with_capacity(batch.len());
         for input in batch {
