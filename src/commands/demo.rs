@@ -39,6 +39,8 @@ use crate::settings::{BrokerArgs, Settings, parse_duration};
 
 /// How long the demo waits for the pipeline to answer and settle after the traffic stops.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long an interrupted demo waits for the answers to what it sent.
+const INTERRUPTED_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Options of `dcpipe demo`.
 #[derive(Debug, clap::Args)]
@@ -130,6 +132,8 @@ struct Injected {
 
 pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     args.validate()?;
+    // Ctrl-C stops the traffic; what was sent is still answered (briefly) and reported.
+    let interrupted = super::interrupt::on_interrupt();
     let started = Instant::now();
     let bus_url = settings
         .bus_url(args.bus.as_deref())
@@ -206,7 +210,10 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         let traffic_started = Instant::now();
         let mut last_progress = Instant::now();
         while traffic_started.elapsed() < args.duration {
-            interval.tick().await;
+            tokio::select! {
+                () = interrupted.cancelled() => break,
+                _ = interval.tick() => {}
+            }
             owed += per_tick;
             let mut batch = Vec::new();
             while owed >= 1.0 {
@@ -230,7 +237,10 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         Ok::<_, anyhow::Error>(submitted)
     };
     let injection = async {
-        tokio::time::sleep(args.duration / 3).await;
+        tokio::select! {
+            () = interrupted.cancelled() => return Ok((Vec::new(), 0)),
+            () = tokio::time::sleep(args.duration / 3) => {}
+        }
         inject_bad_cases(&network, &bus, &collector).await
     };
     let (traffic, injection) = tokio::join!(traffic, injection);
@@ -239,17 +249,30 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
     submitted.extend(injected.iter().map(|c| c.submission));
 
     // Drain: every submission answered, nothing in flight, every window settled.
+    let was_interrupted = interrupted.is_cancelled();
+    let drain = if was_interrupted {
+        INTERRUPTED_DRAIN_DEADLINE
+    } else {
+        DRAIN_DEADLINE
+    };
     let answered_all = collector
-        .wait_until(DRAIN_DEADLINE, |book| book.answers_all(&submitted))
+        .wait_until(drain, |book| book.answers_all(&submitted))
         .await;
-    let money = wait_until_settled(&network).await?;
+    let money = wait_until_settled(&network, drain).await?;
     let expected_net = collector.with_book(|book| {
         let mut net = book.expected_net_positions(&submitted);
         net.retain(|_, v| *v != 0);
         net
     });
-    let settled =
-        collect_settlement(&bus, &run_id, run_started_ms, &expected_net, &shutdown).await?;
+    let settled = collect_settlement(
+        &bus,
+        &run_id,
+        run_started_ms,
+        &expected_net,
+        drain,
+        &shutdown,
+    )
+    .await?;
     let dead_letters = count_dead_letters(&bus, run_started_ms, dead_letters_expected).await?;
     shutdown.cancel();
     for handle in stage_handles.drain(..) {
@@ -260,6 +283,13 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
     }
 
     // Report.
+    if was_interrupted {
+        println!();
+        println!(
+            "INTERRUPTED after {:.1} s: the summary covers what was sent until then",
+            started.elapsed().as_secs_f64()
+        );
+    }
     let unique: std::collections::HashSet<Submission> = submitted.iter().copied().collect();
     let (counts, violations) = collector.with_book(|book| {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -367,7 +397,7 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
             .count()
     });
     checks.push((
-        injected_ok == injected.len() && !injected.is_empty(),
+        injected_ok == injected.len() && (!injected.is_empty() || was_interrupted),
         format!(
             "injected bad cases answered as they must be ({injected_ok} of {})",
             injected.len()
@@ -391,7 +421,10 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         println!("  violation: {violation:?}");
     }
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(if all_ok {
+    Ok(if was_interrupted {
+        println!("interrupted: partial run");
+        ExitCode::from(super::interrupt::EXIT_INTERRUPTED)
+    } else if all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -648,8 +681,9 @@ async fn publish(bus: &Arc<dyn Bus>, envelopes: &[TransactionEnvelope]) -> anyho
 
 async fn wait_until_settled(
     network: &Network,
+    within: Duration,
 ) -> anyhow::Result<dcpipe_pipeline::network::MoneyReport> {
-    let deadline = Instant::now() + DRAIN_DEADLINE;
+    let deadline = Instant::now() + within;
     loop {
         let money = network.money().await?;
         if (money.held_fen == 0 && money.pending_credit_fen == 0) || Instant::now() >= deadline {
@@ -672,6 +706,7 @@ async fn collect_settlement(
     run_id: &str,
     since_ms: i64,
     expected: &BTreeMap<String, i64>,
+    within: Duration,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Settled> {
     let mut consumer = bus
@@ -686,7 +721,7 @@ async fn collect_settlement(
         net: BTreeMap::new(),
         windows_balanced: true,
     };
-    let deadline = Instant::now() + DRAIN_DEADLINE;
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline && !shutdown.is_cancelled() {
         for delivery in consumer.fetch(256, Duration::from_millis(200)).await? {
             let instruction: SettlementInstruction =

@@ -3,6 +3,7 @@
 mod bus;
 mod dead_letters;
 mod demo;
+mod interrupt;
 mod loadtest;
 mod pki;
 mod read_args;
