@@ -127,3 +127,99 @@ fn second_sigint_exits_at_once() {
     let (code, _) = wait_exit(child);
     assert_eq!(code, Some(130));
 }
+
+/// `GET /metrics` of the process on `addr`, if it answers.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// The sum of the samples of `family` in an exposition.
+fn sum_of(exposition: &str, family: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(family) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn sigint_stops_the_load_test_with_a_partial_report() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let report = tmp.path().join("reports").join("partial.json");
+    let metrics_addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").to_string()
+    };
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).expect("work dir");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dcpipe"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("DCPIPE_") {
+            command.env_remove(name);
+        }
+    }
+    let child = command
+        .args([
+            "loadtest",
+            "--institutions",
+            "2",
+            "--wallets",
+            "200",
+            "--rate",
+            "200",
+            "--duration",
+            "10m",
+            "--ceiling-duration",
+            "300ms",
+            "--no-progress",
+            "--metrics-addr",
+            &metrics_addr,
+            "--report",
+            &report.display().to_string(),
+        ])
+        .env("TMPDIR", &work)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loadtest starts");
+    // Under load: the stages have settled many more messages than the readiness probes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let settled = scrape(&metrics_addr)
+            .map(|text| sum_of(&text, "dcpipe_stage_messages_total"))
+            .unwrap_or(0.0);
+        if settled > 200.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no load after 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&child, "-INT");
+    let (code, stdout) = wait_exit(child);
+    assert_eq!(code, Some(130), "{stdout}");
+    assert!(stdout.contains("report written to"), "{stdout}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!(written["valid"], false);
+    let reasons = written["invalid_reasons"].as_array().expect("reasons");
+    assert!(
+        reasons[0]
+            .as_str()
+            .is_some_and(|r| r.starts_with("interrupted after")),
+        "{reasons:?}"
+    );
+    assert!(
+        written["submitted"].as_u64().is_some_and(|n| n > 0),
+        "{written}"
+    );
+    assert_eq!(leftovers(&work), Vec::<String>::new());
+}

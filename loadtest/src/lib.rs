@@ -30,4 +30,4 @@ pub mod wallets;
 pub use config::{LedgerChoice, LoadConfig, Mode, RampConfig, SustainCriterion};
 pub use error::{LoadTestError, LoadTestErrorKind};
 pub use report::Report;
-pub use run::run;
+pub use run::{INTERRUPTED_DRAIN_MAX, run, run_until};

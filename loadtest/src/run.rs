@@ -62,6 +62,19 @@ fn ledger_error(error: impl std::fmt::Display) -> LoadTestError {
 /// Runs the load test `config` describes and returns its report. The report says whether the
 /// run was valid; an `Err` means it could not run at all.
 pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
+    run_until(config, &CancellationToken::new()).await
+}
+
+/// How long an interrupted run waits for the answers to what it sent, at most.
+pub const INTERRUPTED_DRAIN_MAX: Duration = Duration::from_secs(5);
+
+/// [`run`], stopped early when `stop` is cancelled (Ctrl-C): sending stops, the answers to
+/// what was sent are awaited for at most [`INTERRUPTED_DRAIN_MAX`], and the report covers the
+/// run so far, marked invalid as interrupted.
+pub async fn run_until(
+    config: &LoadConfig,
+    stop: &CancellationToken,
+) -> Result<Report, LoadTestError> {
     config.check()?;
     let rss = RssSampler::start();
     let bar = progress_bar(config);
@@ -188,34 +201,47 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
     let started_at_ms = system_now_ms();
     let ticker = spawn_progress(bar.clone(), tracker.clone(), shutdown.clone());
 
-    let offered = match config.mode {
-        Mode::Open => {
-            bar.set_length(config.duration.as_secs());
-            send_open(
-                &bus,
-                &tracker,
-                &mut rx,
-                config.rate,
-                Duration::ZERO,
-                config.duration,
-            )
-            .await
-            .map(|()| None)
-        }
-        Mode::Closed => {
-            bar.set_length(config.duration.as_secs());
-            let permits = permits
-                .clone()
-                .ok_or_else(|| LoadTestError::config("closed mode without permits"))?;
-            send_closed(&bus, &tracker, &mut rx, &permits, config.duration)
+    let sending = async {
+        match config.mode {
+            Mode::Open => {
+                bar.set_length(config.duration.as_secs());
+                send_open(
+                    &bus,
+                    &tracker,
+                    &mut rx,
+                    config.rate,
+                    Duration::ZERO,
+                    config.duration,
+                )
                 .await
                 .map(|()| None)
+            }
+            Mode::Closed => {
+                bar.set_length(config.duration.as_secs());
+                let permits = permits
+                    .clone()
+                    .ok_or_else(|| LoadTestError::config("closed mode without permits"))?;
+                send_closed(&bus, &tracker, &mut rx, &permits, config.duration)
+                    .await
+                    .map(|()| None)
+            }
+            Mode::Ramp => {
+                let steps = config.ramp.rates().len() as u64 + 1;
+                bar.set_length(steps * config.ramp.step_duration.as_secs());
+                run_ramp(config, &bus, &tracker, &mut rx).await.map(Some)
+            }
         }
-        Mode::Ramp => {
-            let steps = config.ramp.rates().len() as u64 + 1;
-            bar.set_length(steps * config.ramp.step_duration.as_secs());
-            run_ramp(config, &bus, &tracker, &mut rx).await.map(Some)
-        }
+    };
+    // Dropping the sender half-way is what stopping means: nothing more is published.
+    let offered = tokio::select! {
+        offered = sending => offered,
+        () = stop.cancelled() => Ok(None),
+    };
+    let interrupted = stop.is_cancelled();
+    let drain_timeout = if interrupted {
+        config.drain_timeout.min(INTERRUPTED_DRAIN_MAX)
+    } else {
+        config.drain_timeout
     };
     drop(rx);
     let producer_result = producer.join().unwrap_or_else(|_| {
@@ -239,9 +265,9 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
     let load_end = load_average().unwrap_or(0.0);
 
     bar.set_message("waiting for the last answers");
-    let all_answered = tracker.wait_all_answered(config.drain_timeout).await;
+    let all_answered = tracker.wait_all_answered(drain_timeout).await;
     bar.set_message("waiting for money to settle");
-    let money = wait_settled(&network, config.drain_timeout).await?;
+    let money = wait_settled(&network, drain_timeout).await?;
     let rss_mb_max = rss.max_mib();
     shutdown.cancel();
     for handle in stage_handles {
@@ -259,11 +285,17 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadTestError> {
     let measurement = tracker.with_state(|s| s.measurement().clone());
     let series = tracker.with_state(|s| s.series().points());
     let mut invalid_reasons = Vec::new();
+    if interrupted {
+        invalid_reasons.push(format!(
+            "interrupted after {:.1} s of load: a partial run",
+            load_length.as_secs_f64()
+        ));
+    }
     if !all_answered {
         invalid_reasons.push(format!(
             "{} submissions unanswered {:?} after the load",
             tally.submitted - tally.answered,
-            config.drain_timeout
+            drain_timeout
         ));
     }
     if !tally.violations.is_empty() {

@@ -322,7 +322,9 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
         config.bus,
         config.ledger.kind()
     );
-    let report = dcpipe_loadtest::run(&config).await?;
+    // Ctrl-C stops the load; the report then covers the run so far, marked interrupted.
+    let interrupted = super::interrupt::on_interrupt();
+    let report = dcpipe_loadtest::run_until(&config, &interrupted).await?;
     println!("{}", report.table());
     if let Some(path) = &args.report {
         report.write_json(path)?;
@@ -337,7 +339,9 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
         write_plot(path, &title, &report.series, (start, end))?;
         println!("plot written to {}", path.display());
     }
-    Ok(if report.valid {
+    Ok(if interrupted.is_cancelled() {
+        ExitCode::from(super::interrupt::EXIT_INTERRUPTED)
+    } else if report.valid {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
