@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use dcpipe_connectors::ledger::{LedgerOptions, LedgerUrl, open_ledger};
 use dcpipe_connectors::testkit::NatsServer;
 use dcpipe_pipeline::clock::system_now_ms;
-use dcpipe_pipeline::pki::{AlgorithmChoice, DemoPkiOptions, init_pki_directory};
+use dcpipe_pipeline::pki::{AlgorithmChoice, DemoPkiOptions, PkiLayout, init_pki_directory};
 
 /// Runs `dcpipe` with `args` and no `DCPIPE_*` settings from the environment.
 fn dcpipe(args: &[&str]) -> Output {
@@ -97,7 +97,7 @@ async fn bus_init_creates_once_then_reports_what_exists_and_drift() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_on_an_unprovisioned_bus_fails_fast_naming_bus_init() {
+async fn worker_with_only_its_own_key_fails_fast_on_an_unprovisioned_bus_naming_bus_init() {
     let dir = tempfile::tempdir().expect("temp dir");
     let pki = dir.path().join("pki");
     init_pki_directory(
@@ -105,6 +105,9 @@ async fn worker_on_an_unprovisioned_bus_fails_fast_naming_bus_init() {
         &DemoPkiOptions::new(2, 4, AlgorithmChoice::P256, system_now_ms()),
     )
     .expect("pki");
+    // The worker's machine holds no private key but its institution's signer.
+    let own = PkiLayout::new(&pki).institution_signer("oi01").1;
+    remove_keys_but(&pki, &own);
     let ledgers = format!("sqlite://{}", dir.path().join("ledgers").display());
     let server = NatsServer::start().await.expect("nats-server");
     let url = server.url();
@@ -128,6 +131,18 @@ async fn worker_on_an_unprovisioned_bus_fails_fast_naming_bus_init() {
         stderr.contains("holds no wallets") && stderr.contains("dcpipe wallets open"),
         "a worker on an empty ledger says so: {stderr}"
     );
+}
+
+/// Deletes every private key under `dir` but `keep`.
+fn remove_keys_but(dir: &Path, keep: &Path) {
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            remove_keys_but(&path, keep);
+        } else if path.to_string_lossy().ends_with(".key.pem") && path != keep {
+            std::fs::remove_file(&path).expect("remove key");
+        }
+    }
 }
 
 fn write(path: &Path, lines: &[&str]) {

@@ -70,7 +70,7 @@ impl Command {
             Command::Submit(args) => Some(&args.broker),
             Command::DeadLetters(command) => Some(&command.selection_args().broker),
             Command::Settlement(args) => Some(&args.broker),
-            Command::Pki(_) | Command::Schemas(_) => None,
+            Command::Pki(_) | Command::Schemas(_) | Command::Wallets(_) => None,
         }
     }
 

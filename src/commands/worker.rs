@@ -13,10 +13,9 @@ use dcpipe_connectors::ledger::{
 };
 use dcpipe_connectors::session::open_session_store;
 use dcpipe_pipeline::clock::SystemClock;
-use dcpipe_pipeline::network::copy_certified_key;
 use dcpipe_pipeline::payment::{Institution, PaymentPolicy};
 use dcpipe_pipeline::pki::{
-    CHAIN_CACHE_ENTRIES_DEFAULT, ChainVerifier, PkiDirectory, RevocationSet,
+    CHAIN_CACHE_ENTRIES_DEFAULT, ChainVerifier, KeyHolder, PkiDirectory, RevocationSet,
 };
 use dcpipe_pipeline::provision::check_subjects;
 use dcpipe_pipeline::registry::{self, Build};
@@ -152,13 +151,29 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
         .or(settings.ledger.as_deref())
         .context("--ledger (or DCPIPE_LEDGER) is required")?
         .parse()?;
+    // The trust anchors and this worker's own signing key: no other private key is read.
+    let institution = match descriptor.build {
+        Build::CentralBank(_) => None,
+        Build::Institution(_) | Build::Vehicle(_) => Some(
+            args.institution
+                .clone()
+                .with_context(|| format!("--institution is required for stage {}", args.stage))?,
+        ),
+    };
     let dir = args.pki.clone();
-    let pki = tokio::task::spawn_blocking(move || PkiDirectory::load_institutions(&dir))
-        .await?
-        .with_context(|| format!("loading the PKI from {}", args.pki.display()))?;
+    let holder_id = institution.clone();
+    let keys = tokio::task::spawn_blocking(move || {
+        let holder = match &holder_id {
+            Some(id) => KeyHolder::Institution(id),
+            None => KeyHolder::Settlement,
+        };
+        PkiDirectory::load_worker(&dir, holder)
+    })
+    .await?
+    .with_context(|| format!("loading the PKI from {}", args.pki.display()))?;
     let revocations = Arc::new(RevocationSet::new());
     let verifier = Arc::new(ChainVerifier::with_cache_capacity(
-        Arc::clone(pki.trust_store()),
+        Arc::clone(&keys.trust_store),
         Arc::clone(&revocations),
         args.chain_cache_entries,
     ));
@@ -178,7 +193,7 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
             )
             .await?;
             build(Arc::new(CentralBank {
-                signer: copy_certified_key(pki.settlement_signer())?,
+                signer: keys.signer,
                 verifier: Arc::clone(&verifier),
                 store,
                 clock,
@@ -186,13 +201,7 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
             }))
         }
         Build::Institution(_) | Build::Vehicle(_) => {
-            let id = args
-                .institution
-                .clone()
-                .with_context(|| format!("--institution is required for stage {}", args.stage))?;
-            let keys = pki
-                .institution(&id)
-                .with_context(|| format!("no institution {id} in the PKI"))?;
+            let id = institution.unwrap_or_default();
             let ledger = open_ledger(&ledger_url, &id, &options).await?;
             if ledger.wallet_count().await? == 0 {
                 // A worker pointed at the wrong database is noticed at start.
@@ -204,7 +213,7 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
             }
             let institution = Arc::new(Institution::new(
                 id.clone(),
-                copy_certified_key(&keys.signer)?,
+                keys.signer,
                 Arc::clone(&verifier),
                 ledger,
                 policy.clone(),
@@ -235,8 +244,11 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
     let bus = connect(&bus_url, &settings.bus_options).await?;
     // Workers create no stream: a bus that was not provisioned is refused before any member
     // joins, with the command that provisions it.
-    let institutions: Vec<String> = pki.institutions().map(|(id, _)| id.to_owned()).collect();
-    check_subjects(bus.as_ref(), descriptor.needs(stage.owner(), &institutions)).await?;
+    check_subjects(
+        bus.as_ref(),
+        descriptor.needs(stage.owner(), &keys.institutions),
+    )
+    .await?;
     let shutdown = CancellationToken::new();
     let follower = RevocationFollower::new(Arc::clone(&verifier), revocations);
     tokio::spawn(follower.run(Arc::clone(&bus), shutdown.clone()));

@@ -31,6 +31,7 @@ use super::generate::{
 use super::keys::{Algorithm, PrivateKey};
 use super::parse::{Certificate, is_valid_id};
 use super::role::Role;
+use super::verify::TrustStore;
 
 /// Name of the manifest file.
 pub const MANIFEST_FILE: &str = "manifest.toml";
@@ -177,8 +178,35 @@ pub fn read_certificate_pem(path: &Path) -> Result<Certificate, StoreError> {
         .map_err(|e| StoreError::new(StoreErrorKind::Certificate, path, e.to_string()))
 }
 
-/// Reads a PKCS#8 `PRIVATE KEY` PEM file.
+/// Refuses a private key file that its group or others may read or write: a key must be its
+/// owner's alone.
+fn check_private_key_mode(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(path)
+            .map_err(|e| io_error(path, e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(StoreError::new(
+                StoreErrorKind::Key,
+                path,
+                format!(
+                    "private key file has mode {:04o}, open to group or others: refused; run chmod 600 on it",
+                    mode & 0o7777
+                ),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Reads a PKCS#8 `PRIVATE KEY` PEM file; refused when its group or others may read it.
 pub fn read_private_key_pem(path: &Path) -> Result<PrivateKey, StoreError> {
+    check_private_key_mode(path)?;
     let pem = der::zeroize::Zeroizing::new(read_file(path, PEM_FILE_BYTES_MAX)?);
     PrivateKey::from_pkcs8_pem(&pem)
         .map_err(|e| StoreError::new(StoreErrorKind::Key, path, e.to_string()))
@@ -204,7 +232,18 @@ fn read_pair(
     paths: &(PathBuf, PathBuf),
     expected: Expected<'_>,
 ) -> Result<CertifiedKey, StoreError> {
-    let certificate = read_certificate_pem(&paths.0)?;
+    let certificate = read_expected_certificate(&paths.0, expected)?;
+    let key = read_private_key_pem(&paths.1)?;
+    CertifiedKey::new(certificate, key)
+        .map_err(|e| StoreError::new(StoreErrorKind::KeyMismatch, &paths.1, e.to_string()))
+}
+
+/// Reads a certificate and checks it against the layout.
+fn read_expected_certificate(
+    path: &Path,
+    expected: Expected<'_>,
+) -> Result<Certificate, StoreError> {
+    let certificate = read_certificate_pem(path)?;
     let actual = (
         certificate.role(),
         certificate.id(),
@@ -220,7 +259,7 @@ fn read_pair(
     if actual != wanted {
         return Err(StoreError::new(
             StoreErrorKind::Certificate,
-            &paths.0,
+            path,
             format!(
                 "holds {} {} of {} ({}), expected {} {} of {} ({})",
                 certificate.role_name(),
@@ -234,9 +273,106 @@ fn read_pair(
             ),
         ));
     }
-    let key = read_private_key_pem(&paths.1)?;
-    CertifiedKey::new(certificate, key)
-        .map_err(|e| StoreError::new(StoreErrorKind::KeyMismatch, &paths.1, e.to_string()))
+    Ok(certificate)
+}
+
+/// Whose signing key a worker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHolder<'a> {
+    /// An institution's signer (its payment stages).
+    Institution(&'a str),
+    /// The central bank's settlement signer (the settlement stage).
+    Settlement,
+}
+
+/// What a worker holds: the trust anchors, read from certificates only, and its own signing
+/// key. No other private key is read, so none needs to be on the worker's machine.
+#[derive(Debug)]
+pub struct WorkerKeys {
+    /// The network's institutions, from the manifest.
+    pub institutions: Vec<String>,
+    /// Root, institution CAs and settlement signer, as certificates.
+    pub trust_store: Arc<TrustStore>,
+    /// The key the worker signs with.
+    pub signer: CertifiedKey,
+}
+
+impl PkiDirectory {
+    /// Reads what one worker needs of a PKI directory: the manifest, the root's, the
+    /// institution CAs' and the settlement signer's certificates, and the certificate and
+    /// private key of `holder` only.
+    pub fn load_worker(dir: &Path, holder: KeyHolder<'_>) -> Result<WorkerKeys, StoreError> {
+        let layout = PkiLayout::new(dir);
+        let manifest = read_manifest(&layout.manifest())?;
+        let central_bank = |role, id| Expected {
+            role,
+            id,
+            institution: CENTRAL_BANK_ID,
+            algorithm: manifest.root_algorithm,
+        };
+        let root = read_expected_certificate(
+            &layout.root().0,
+            central_bank(Role::CentralBankRoot, CENTRAL_BANK_ID),
+        )?;
+        let settlement_paths = layout.settlement_signer();
+        let settlement_expected = central_bank(Role::SettlementSigner, SETTLEMENT_SIGNER_ID);
+        let mut cas = Vec::new();
+        let mut own = None;
+        for institution in &manifest.institutions {
+            let id = institution.id.as_str();
+            let expected = |role| Expected {
+                role,
+                id,
+                institution: id,
+                algorithm: institution.algorithm,
+            };
+            cas.push(read_expected_certificate(
+                &layout.institution_ca(id).0,
+                expected(Role::InstitutionCa),
+            )?);
+            if holder == KeyHolder::Institution(id) {
+                own = Some(read_pair(
+                    &layout.institution_signer(id),
+                    expected(Role::InstitutionSigner),
+                )?);
+            }
+        }
+        let (settlement, signer) = match holder {
+            KeyHolder::Settlement => {
+                let pair = read_pair(&settlement_paths, settlement_expected)?;
+                (pair.certificate().clone(), pair)
+            }
+            KeyHolder::Institution(id) => {
+                let signer = own.ok_or_else(|| {
+                    manifest_error(&layout.manifest(), format!("no institution {id}"))
+                })?;
+                let settlement =
+                    read_expected_certificate(&settlement_paths.0, settlement_expected)?;
+                (settlement, signer)
+            }
+        };
+        let trust_store = trust_store_of(root, settlement, cas)
+            .map_err(|e| StoreError::new(StoreErrorKind::Certificate, dir, e.to_string()))?;
+        Ok(WorkerKeys {
+            institutions: manifest.institutions.iter().map(|i| i.id.clone()).collect(),
+            trust_store: Arc::new(trust_store),
+            signer,
+        })
+    }
+}
+
+/// The trust store of a root, its institution CAs and the settlement signer.
+fn trust_store_of(
+    root: Certificate,
+    settlement: Certificate,
+    institution_cas: Vec<Certificate>,
+) -> Result<TrustStore, super::error::CertError> {
+    let mut store = TrustStore::new(root)?;
+    for ca in institution_cas {
+        store.add_institution_ca(ca)?;
+    }
+    store.set_settlement_signer(settlement)?;
+    Ok(store)
 }
 
 fn manifest_error(path: &Path, detail: impl Into<String>) -> StoreError {
