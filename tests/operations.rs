@@ -254,3 +254,202 @@ async fn wallets_open_issues_each_wallet_once_and_refuses_other_terms() {
     );
     assert!(ledger.wallet("w4").await.expect("read").is_none());
 }
+
+/// Waits until `path` contains `needle`, up to `deadline`.
+async fn wait_for_log(path: &Path, needle: &str, deadline: std::time::Instant) -> bool {
+    while std::time::Instant::now() < deadline {
+        if std::fs::read_to_string(path).is_ok_and(|log| log.contains(needle)) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_revoke_reaches_a_running_worker_and_the_revoked_payer_is_refused() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use dcpipe_connectors::bus::{Bus, NatsBus, NatsOptions, Outgoing};
+    use dcpipe_pipeline::audit::{OutcomeCollector, Submission};
+    use dcpipe_pipeline::clock::SystemClock;
+    use dcpipe_pipeline::network::{Network, NetworkConfig};
+    use dcpipe_pipeline::subjects;
+    use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Touch};
+    use dcpipe_schemas::{Channel, OutcomeStatus, PaymentId};
+
+    const DEADLINE: Duration = Duration::from_secs(60);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki_dir = dir.path().join("pki");
+    let ledger_dir = dir.path().join("ledgers");
+    let pki = Arc::new(
+        init_pki_directory(
+            &pki_dir,
+            &DemoPkiOptions::new(2, 4, AlgorithmChoice::P256, system_now_ms()),
+        )
+        .expect("pki"),
+    );
+    let mut config = NetworkConfig::in_memory(2, 4);
+    config.ledger = LedgerUrl::SqliteDir(ledger_dir.clone());
+    let network = Network::from_pki(Arc::clone(&pki), &config, Arc::new(SystemClock))
+        .await
+        .expect("network");
+    let server = NatsServer::start().await.expect("nats-server");
+    let url = server.url();
+    let bus: Arc<dyn Bus> = Arc::new(
+        NatsBus::connect(&[server.address()], &NatsOptions::default())
+            .await
+            .expect("connect"),
+    );
+    network
+        .ensure_subjects(bus.as_ref(), 1)
+        .await
+        .expect("subjects");
+
+    let payer = network.wallets[0].party.clone();
+    let payee = network
+        .wallets
+        .iter()
+        .find(|w| w.party.institution_id != payer.institution_id)
+        .expect("payee")
+        .party
+        .clone();
+    let log = dir.path().join("payer.log");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_dcpipe"))
+        .args([
+            "worker",
+            "payer",
+            "--institution",
+            &payer.institution_id,
+            "--bus",
+            &url,
+            "--ledger",
+            &format!("sqlite://{}", ledger_dir.display()),
+            "--pki",
+            &pki_dir.display().to_string(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("worker");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (collector, _handles) = OutcomeCollector::spawn(
+        Arc::clone(&bus),
+        network.institutions.keys().cloned(),
+        "test-observer",
+        shutdown.clone(),
+    )
+    .await
+    .expect("collector");
+    let pay = |amount_fen: i64| {
+        let now_ms = system_now_ms();
+        let touch = Touch::connect(
+            network.terminal(&payer.wallet_id).expect("payer terminal"),
+            network.terminal(&payee.wallet_id).expect("payee terminal"),
+            &network.verifier,
+            now_ms,
+        )
+        .expect("touch");
+        touch
+            .negotiate(&PaymentRequest {
+                payment_id: PaymentId::time_ordered(),
+                amount_fen,
+                channel: Channel::Nfc,
+                created_at_ms: now_ms,
+                pin: PinEntry::WhenRequired,
+            })
+            .expect("envelope")
+    };
+    let answer = |envelope: dcpipe_schemas::TransactionEnvelope| {
+        let bus = Arc::clone(&bus);
+        let collector = &collector;
+        async move {
+            let submission = Submission::of_envelope(&envelope);
+            bus.publish(Outgoing::new(
+                subjects::txn_submit(&envelope.payer.institution_id),
+                dcpipe_schemas::encode(&envelope).expect("encode"),
+            ))
+            .await
+            .expect("publish");
+            assert!(
+                collector
+                    .wait_until(DEADLINE, |book| book.answers_all(&[submission]))
+                    .await,
+                "no answer"
+            );
+            collector.with_book(|book| book.answer(&submission).cloned().expect("answer"))
+        }
+    };
+
+    // Over the single-payment limit: the payer stage answers by itself, so it is running.
+    let before = answer(pay(10_000_000)).await;
+    assert_eq!(before.status, OutcomeStatus::Rejected);
+    assert_ne!(before.reason_code.as_deref(), Some("cert.revoked"));
+
+    let ca = PkiLayout::new(&pki_dir).institution_dir(&payer.institution_id);
+    let terminal_cert = PkiLayout::new(&pki_dir)
+        .wallet_key(
+            &payer.institution_id,
+            &payer.wallet_id,
+            dcpipe_pipeline::pki::Role::Terminal,
+        )
+        .0;
+    let revoke = dcpipe(&[
+        "pki",
+        "revoke",
+        "--ca",
+        &ca.display().to_string(),
+        "--cert",
+        &terminal_cert.display().to_string(),
+        "--reason",
+        "keyCompromise",
+        "--bus",
+        &url,
+    ]);
+    assert!(revoke.status.success(), "{}", text(&revoke.stderr));
+    assert!(
+        text(&revoke.stdout).contains("sequence 1 published on pki.revocation"),
+        "{}",
+        text(&revoke.stdout)
+    );
+    assert!(
+        wait_for_log(&log, "revocations applied", Instant::now() + DEADLINE).await,
+        "the worker did not apply the revocation: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let after = answer(pay(1_000)).await;
+    assert_eq!(after.status, OutcomeStatus::Rejected);
+    assert_eq!(after.reason_code.as_deref(), Some("cert.revoked"));
+
+    // The same CA's next update takes the next sequence; a serial in hex works as a certificate.
+    let serial = hex::encode(
+        dcpipe_pipeline::pki::read_certificate_pem(&terminal_cert)
+            .expect("certificate")
+            .serial(),
+    );
+    let again = dcpipe(&[
+        "pki",
+        "revoke",
+        "--ca",
+        &ca.display().to_string(),
+        "--serial",
+        &serial,
+        "--reason",
+        "superseded",
+        "--bus",
+        &url,
+    ]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("sequence 2 "),
+        "{}",
+        text(&again.stdout)
+    );
+    shutdown.cancel();
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

@@ -158,14 +158,71 @@ pub fn revocation_update(
     sequence: i64,
     now_ms: i64,
 ) -> Result<RevocationUpdate, KeyError> {
+    let serials: Vec<Vec<u8>> = certificates.iter().map(|c| c.serial().to_vec()).collect();
+    revocation_update_of_serials(issuer, &serials, reason, sequence, now_ms)
+}
+
+/// The reasons a revocation may give: RFC 5280's CRLReason names.
+pub const REVOCATION_REASONS: [&str; 10] = [
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "certificateHold",
+    "removeFromCRL",
+    "privilegeWithdrawn",
+    "aACompromise",
+];
+
+/// The sequence the next update of the CA whose certificate has `issuer_fingerprint` takes:
+/// one more than the highest of its updates on `pki.revocation` (read by replay, outside any
+/// group), 1 for its first.
+pub async fn next_revocation_sequence(
+    bus: &dyn Bus,
+    issuer_fingerprint: &[u8; 32],
+) -> Result<i64, BusError> {
+    let mut replay = bus
+        .replay(ReplayRequest {
+            subject: subjects::PKI_REVOCATION.to_owned(),
+            from: ReplayFrom::Beginning,
+            until_ms: None,
+        })
+        .await?;
+    let mut highest = 0;
+    loop {
+        let records = replay.next_batch(REPLAY_BATCH_MAX).await?;
+        if records.is_empty() {
+            return Ok(highest + 1);
+        }
+        for record in records {
+            if let Ok(update) = dcpipe_schemas::decode::<RevocationUpdate>(&record.payload)
+                && update.issuer_fingerprint.as_bytes() == issuer_fingerprint
+            {
+                highest = highest.max(update.sequence);
+            }
+        }
+    }
+}
+
+/// A revocation update for certificates of `issuer` named by their serials (the content
+/// octets of their DER INTEGER, PROTOCOL.md §8), signed by the issuer.
+pub fn revocation_update_of_serials(
+    issuer: &CertifiedKey,
+    serials: &[Vec<u8>],
+    reason: &str,
+    sequence: i64,
+    now_ms: i64,
+) -> Result<RevocationUpdate, KeyError> {
     let mut update = RevocationUpdate {
         update_id: RevocationUpdateId::random(),
         sequence,
         issuer_fingerprint: Digest32::from_bytes(*issuer.certificate().fingerprint()),
-        revoked: certificates
+        revoked: serials
             .iter()
-            .map(|c| RevokedCertificate {
-                serial: c.serial().to_vec(),
+            .map(|serial| RevokedCertificate {
+                serial: serial.clone(),
                 revoked_at_ms: now_ms,
                 reason: reason.to_owned(),
             })

@@ -70,6 +70,7 @@ impl Command {
             Command::Submit(args) => Some(&args.broker),
             Command::DeadLetters(command) => Some(&command.selection_args().broker),
             Command::Settlement(args) => Some(&args.broker),
+            Command::Pki(pki::PkiCommand::Revoke(args)) => Some(&args.broker),
             Command::Pki(_) | Command::Schemas(_) | Command::Wallets(_) => None,
         }
     }
@@ -81,7 +82,7 @@ impl Command {
             Command::Loadtest(args) => loadtest::run(*args, settings).await,
             Command::Worker(args) => worker::run(args, settings).await,
             Command::Bus(command) => bus::run(command, settings).await,
-            Command::Pki(command) => pki::run(command).await,
+            Command::Pki(command) => pki::run(command, settings).await,
             Command::Wallets(command) => wallets::run(command, settings).await,
             Command::Schemas(args) => schemas::run(args),
             Command::Tail(args) => tail::run(args, settings).await,

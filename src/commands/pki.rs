@@ -3,9 +3,21 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
 use clap::Subcommand;
+use clap::builder::PossibleValuesParser;
+use dcpipe_connectors::bus::{BusUrl, Outgoing, connect};
 use dcpipe_pipeline::clock::system_now_ms;
-use dcpipe_pipeline::pki::{AlgorithmChoice, DemoPkiOptions, PkiDirectory, init_pki_directory};
+use dcpipe_pipeline::pki::{
+    AlgorithmChoice, CertifiedKey, DemoPkiOptions, PkiDirectory, init_pki_directory,
+    read_certificate_pem, read_private_key_pem,
+};
+use dcpipe_pipeline::revocation::{
+    REVOCATION_REASONS, next_revocation_sequence, revocation_update_of_serials,
+};
+use dcpipe_pipeline::subjects;
+
+use crate::settings::{BrokerArgs, Settings};
 
 /// PKI commands.
 #[derive(Debug, Subcommand)]
@@ -28,6 +40,10 @@ pub(crate) enum PkiCommand {
         #[arg(long, default_value = "p256", value_parser = parse_algorithm)]
         algorithm: AlgorithmChoice,
     },
+    /// Revoke certificates as the CA that issued them: sign a RevocationUpdate with the CA's
+    /// key (DIR/ca.key.pem) and publish it on pki.revocation, where every worker applies it.
+    /// The update takes the next sequence of this CA found on the bus.
+    Revoke(RevokeArgs),
     /// Summarize a PKI directory.
     Show {
         /// The directory.
@@ -36,12 +52,38 @@ pub(crate) enum PkiCommand {
     },
 }
 
+/// Options of `dcpipe pki revoke`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "cert"])))]
+pub(crate) struct RevokeArgs {
+    /// The issuing CA's directory, holding ca.crt.pem and ca.key.pem (an institution's
+    /// institutions/<oi>, or root for an institution CA).
+    #[arg(long, env = "DCPIPE_CA", value_name = "DIR")]
+    ca: PathBuf,
+    /// Serial of the certificate to revoke, in hex (the content octets of its DER INTEGER).
+    #[arg(long, env = "DCPIPE_SERIAL", value_name = "HEX")]
+    serial: Option<String>,
+    /// The certificate to revoke (PEM).
+    #[arg(long, env = "DCPIPE_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Why (an RFC 5280 CRLReason name: keyCompromise, superseded, cessationOfOperation, …).
+    #[arg(long, env = "DCPIPE_REASON", value_parser = PossibleValuesParser::new(REVOCATION_REASONS))]
+    reason: String,
+    /// The bus: nats://host:port or kafka://host:port.
+    #[arg(long, env = "DCPIPE_BUS")]
+    bus: Option<String>,
+    /// Credentials and TLS towards the broker.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
+}
+
 fn parse_algorithm(text: &str) -> Result<AlgorithmChoice, String> {
     text.parse().map_err(|e| format!("{e}"))
 }
 
-pub(crate) async fn run(command: PkiCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(command: PkiCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
     match command {
+        PkiCommand::Revoke(args) => revoke(args, settings).await,
         PkiCommand::Init {
             out,
             institutions,
@@ -83,4 +125,68 @@ pub(crate) async fn run(command: PkiCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn revoke(args: RevokeArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let bus_url = settings
+        .bus_url(args.bus.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    if bus_url == BusUrl::Embedded {
+        bail!(
+            "revocations reach workers through a shared bus: --bus nats://host:port or kafka://host:port"
+        );
+    }
+    let ca = {
+        let certificate = read_certificate_pem(&args.ca.join("ca.crt.pem"))?;
+        let key = read_private_key_pem(&args.ca.join("ca.key.pem"))?;
+        CertifiedKey::new(certificate, key)
+            .with_context(|| format!("{}: the key is not the CA's", args.ca.display()))?
+    };
+    let serial = match (&args.serial, &args.cert) {
+        (Some(hex_serial), _) => hex::decode(hex_serial.trim())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .with_context(|| format!("--serial {hex_serial}: expected hex digits"))?,
+        (None, Some(path)) => {
+            let certificate = read_certificate_pem(path)?;
+            if certificate.institution() != ca.certificate().institution()
+                && ca.certificate().institution() != "central-bank"
+            {
+                bail!(
+                    "{} was issued under {}, not by the CA of {}",
+                    path.display(),
+                    certificate.institution(),
+                    ca.certificate().institution()
+                );
+            }
+            certificate.serial().to_vec()
+        }
+        (None, None) => bail!("--serial or --cert is required"),
+    };
+    let bus = connect(&bus_url, &settings.bus_options).await?;
+    let sequence = next_revocation_sequence(bus.as_ref(), ca.certificate().fingerprint()).await?;
+    let update = revocation_update_of_serials(
+        &ca,
+        std::slice::from_ref(&serial),
+        &args.reason,
+        sequence,
+        system_now_ms(),
+    )?;
+    let receipt = bus
+        .publish(
+            Outgoing::new(subjects::PKI_REVOCATION, dcpipe_schemas::encode(&update)?)
+                .with_msg_id(update.update_id.to_string()),
+        )
+        .await?;
+    println!(
+        "revoked serial {} of {} ({}): update {} sequence {sequence} published on {} at {}:{}",
+        hex::encode(&serial),
+        ca.certificate().institution(),
+        args.reason,
+        update.update_id,
+        subjects::PKI_REVOCATION,
+        receipt.position.partition,
+        receipt.position.offset
+    );
+    Ok(ExitCode::SUCCESS)
 }

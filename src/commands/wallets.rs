@@ -33,7 +33,7 @@ pub(crate) struct OpenArgs {
     #[arg(long, env = "DCPIPE_LEDGER")]
     ledger: Option<String>,
     /// The wallet file (JSON lines).
-    #[arg(long, env = "DCPIPE_WALLETS_FILE", value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     file: PathBuf,
 }
 
