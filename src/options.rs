@@ -308,16 +308,20 @@ mod tests {
             &["submit"],
             &["settlement"],
             &["dead-letters", "redrive"],
+            &["pki", "revoke"],
         ] {
             assert!(has(path, "nats-user"), "dcpipe {}", path.join(" "));
             assert!(has(path, "kafka-property"), "dcpipe {}", path.join(" "));
         }
         for (path, arg) in &flags {
             let name = arg.get_long().unwrap_or_default();
-            if matches!(
-                path.first().map(String::as_str),
-                None | Some("pki" | "schemas")
-            ) {
+            let uses_broker = path.iter().map(String::as_str).eq(["pki", "revoke"]);
+            if !uses_broker
+                && matches!(
+                    path.first().map(String::as_str),
+                    None | Some("pki" | "schemas" | "wallets")
+                )
+            {
                 assert!(
                     !name.starts_with("nats-") && !name.starts_with("kafka-"),
                     "dcpipe {} --{name}: a broker flag on a command without a broker",
