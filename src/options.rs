@@ -43,7 +43,9 @@ pub(crate) fn env_name(arg: &Arg) -> String {
 }
 
 /// The TOML key of a flag of the command at `path` (empty for the root): its global key, or
-/// `[<path>] <id>` (also accepted at the top level). `None` for `--config`.
+/// `[<path>] <id>` (also accepted at the top level). `None` for `--config`. The walk below
+/// applies this rule; the tests state it.
+#[cfg(test)]
 pub(crate) fn toml_key(path: &[String], arg: &Arg) -> Option<String> {
     let id = arg.get_id().as_str();
     if let Some((_, key)) = GLOBAL_KEYS.iter().find(|(g, _)| *g == id) {
