@@ -334,6 +334,26 @@ mod tests {
     }
 
     #[test]
+    fn help_shows_every_default() {
+        for (path, arg) in all_flags() {
+            assert!(
+                !arg.is_hide_default_value_set(),
+                "dcpipe {} --{}: its default is hidden from --help",
+                path.join(" "),
+                arg.get_long().unwrap_or_default()
+            );
+        }
+        let mut worker = crate::Cli::command();
+        let help = worker
+            .find_subcommand_mut("worker")
+            .expect("worker")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("[default: 30s]"), "{help}");
+        assert!(help.contains("[env: DCPIPE_ACK_WAIT=]"), "{help}");
+    }
+
+    #[test]
     fn durations_carry_their_unit_in_the_value_not_the_name() {
         for (path, arg) in all_flags() {
             let name = arg.get_long().unwrap_or_default().to_owned();
