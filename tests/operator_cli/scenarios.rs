@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dcpipe_connectors::bus::{ConsumerConfig, Outgoing, ReplayFrom, SubjectSpec};
+use dcpipe_connectors::bus::{BusKind, ConsumerConfig, Outgoing, ReplayFrom, SubjectSpec};
 use dcpipe_connectors::testkit::fetch_until;
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::ops::dead_letters::{self, REDRIVE_OF, Redrive, Selection};
@@ -381,6 +381,20 @@ pub(crate) async fn dead_letters_are_listed_and_redriven_once(backend: Backend) 
             position
         }
     );
+
+    // Two redrives racing past the check: the broker's duplicate window drops the second
+    // where it has one (Kafka has none; the payer stage answers a copy from its ledger).
+    if bus.kind() != BusKind::Kafka {
+        let racing = bus
+            .publish(
+                Outgoing::new(subject.clone(), original.clone())
+                    .with_msg_id(dead_letters::redrive_msg_id(entry))
+                    .with_header(REDRIVE_OF, entry.name()),
+            )
+            .await
+            .expect("published");
+        assert!(racing.duplicate, "the same redrive id is dropped");
+    }
 
     // One copy on the subject, one outcome for the payment.
     let copies: Vec<_> = tail_json(&running, &read_all(&subject))
