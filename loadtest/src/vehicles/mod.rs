@@ -15,9 +15,11 @@
 //! drove past, which must never be charged.
 
 mod city;
+pub mod fleet;
 mod trip;
 
 pub use city::{
     CITY_CENTRE, City, CityConfig, SETBACK_M, Site, Street, TOLL_LENGTH_M, TOLL_WIDTH_M,
 };
+pub use fleet::{FleetConfig, FleetReport, fleet_policy, run_fleet};
 pub use trip::{ExpectedCharge, Trip, TripConfig};
