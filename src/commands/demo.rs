@@ -17,6 +17,7 @@ use dcpipe_connectors::bus::{
 };
 use dcpipe_connectors::ledger::{LedgerUrl, SettlementConfig};
 use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
+use dcpipe_loadtest::vehicles::{FleetConfig, fleet_policy, run_fleet};
 use dcpipe_pipeline::audit::{OutcomeCollector, Submission};
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::network::{Network, NetworkConfig};
@@ -79,6 +80,26 @@ pub(crate) struct DemoArgs {
     /// Partitions of each Kafka topic.
     #[arg(long, default_value_t = 2)]
     partitions: u32,
+    /// Flows to run: payments, and synthetic vehicles paying where they are beside them.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "payments,vehicles"
+    )]
+    flows: Vec<DemoFlow>,
+    /// Synthetic vehicles (with the vehicles flow), each on one recorded trip through a city.
+    #[arg(long, default_value_t = 12)]
+    vehicles: usize,
+}
+
+/// A flow the demo runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DemoFlow {
+    /// Payments between terminals, with the injected bad cases.
+    Payments,
+    /// Vehicles charged by toll gantries, parking lots, charging and fuel stations.
+    Vehicles,
 }
 
 impl DemoArgs {
@@ -112,6 +133,14 @@ impl DemoArgs {
         }
         if self.partitions == 0 {
             anyhow::bail!("--partitions 0 refused: at least one partition per topic");
+        }
+        if !self.flows.contains(&DemoFlow::Payments) {
+            anyhow::bail!(
+                "--flows without payments refused: the demo's checks are held to the payments"
+            );
+        }
+        if self.flows.contains(&DemoFlow::Vehicles) && self.vehicles == 0 {
+            anyhow::bail!("--vehicles 0 refused with the vehicles flow");
         }
         Ok(())
     }
@@ -157,9 +186,16 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         window_ms: i64::try_from(args.settlement_window.as_millis()).unwrap_or(i64::MAX),
     };
     config.settlement_grace_ms = 500;
-    let network = Network::provision(&config, Arc::new(SystemClock))
+    let mut network = Network::provision(&config, Arc::new(SystemClock))
         .await
         .context("provisioning the network")?;
+    let with_vehicles = args.flows.contains(&DemoFlow::Vehicles);
+    if with_vehicles {
+        network
+            .enable_vehicles(&config.ledger, &config.ledger_options, fleet_policy())
+            .await
+            .context("opening the session stores")?;
+    }
     println!(
         "  {} institutions, {} wallets, {} certificates; ledgers opened with {} in {:.1} s",
         network.institutions.len(),
@@ -248,6 +284,27 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
     let (injected, dead_letters_expected) = injection?;
     submitted.extend(injected.iter().map(|c| c.submission));
 
+    // Vehicles: recorded trips through a city, replayed at once, each charge checked.
+    let fleet = if with_vehicles && !interrupted.is_cancelled() {
+        println!("  driving {} vehicles through a city …", args.vehicles);
+        Some(
+            run_fleet(
+                &network,
+                &bus,
+                &FleetConfig {
+                    seed: args.seed,
+                    vehicles: args.vehicles,
+                },
+                system_now_ms(),
+                DRAIN_DEADLINE,
+            )
+            .await
+            .context("driving the vehicles")?,
+        )
+    } else {
+        None
+    };
+
     // Drain: every submission answered, nothing in flight, every window settled.
     let was_interrupted = interrupted.is_cancelled();
     let drain = if was_interrupted {
@@ -261,6 +318,9 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
     let money = wait_until_settled(&network, drain).await?;
     let expected_net = collector.with_book(|book| {
         let mut net = book.expected_net_positions(&submitted);
+        for (institution, fen) in fleet.iter().flat_map(|f| &f.interbank_net) {
+            *net.entry(institution.clone()).or_insert(0) += fen;
+        }
         net.retain(|_, v| *v != 0);
         net
     });
@@ -338,7 +398,51 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         println!("  {institution:<10} net {:>16}", cny_signed(*net));
     }
 
+    if let Some(fleet) = &fleet {
+        println!(
+            "vehicles             {:>7}  ({} reports, {} entities)",
+            fleet.vehicles, fleet.reports, fleet.entities
+        );
+        println!(
+            "  charges            {:>7}  of {} expected, {} completed, {}",
+            fleet.charged,
+            fleet.expected,
+            fleet.completed,
+            cny(fleet.charged_fen)
+        );
+        println!("  decoys passed      {:>7}", fleet.decoys);
+        for failure in fleet.failures().iter().take(10) {
+            println!("  {failure}");
+        }
+    }
     let mut checks: Vec<(bool, String)> = Vec::new();
+    if let Some(fleet) = &fleet {
+        checks.push((
+            fleet.missing.is_empty()
+                && fleet.unexpected.is_empty()
+                && fleet.not_completed.is_empty(),
+            format!(
+                "every expected vehicle charge happened once with its amount ({} of {}, {} \
+                 without a cause, {} not completed)",
+                fleet.expected - fleet.missing.len(),
+                fleet.expected,
+                fleet.unexpected.len(),
+                fleet.not_completed.len()
+            ),
+        ));
+        checks.push((
+            fleet.decoys_charged.is_empty(),
+            format!(
+                "no decoy charged ({} entities driven past, {} charged)",
+                fleet.decoys,
+                fleet.decoys_charged.len()
+            ),
+        ));
+        checks.push((
+            fleet.above_preauth.is_empty(),
+            "no charge above its pre-authorization".to_owned(),
+        ));
+    }
     checks.push((
         answered_all && violations.is_empty(),
         format!(

@@ -87,6 +87,9 @@ pub struct FleetReport {
     pub not_completed: Vec<String>,
     /// Pre-authorizations charged above their maximum (the stores' integrity checks).
     pub above_preauth: Vec<String>,
+    /// What the completed charges between two institutions add to each one's net settlement
+    /// position, in fen (the payer's institution pays, the entity's receives).
+    pub interbank_net: BTreeMap<String, i64>,
 }
 
 impl FleetReport {
@@ -428,7 +431,19 @@ pub async fn run_fleet(
             report.charged += 1;
             report.charged_fen += charge.amount_fen;
             match decision(network, charge).await? {
-                Some(PaymentState::Committed) => report.completed += 1,
+                Some(PaymentState::Committed) => {
+                    report.completed += 1;
+                    if charge.payer.institution_id != charge.payee.institution_id {
+                        *report
+                            .interbank_net
+                            .entry(charge.payer.institution_id.clone())
+                            .or_insert(0) -= charge.amount_fen;
+                        *report
+                            .interbank_net
+                            .entry(charge.payee.institution_id.clone())
+                            .or_insert(0) += charge.amount_fen;
+                    }
+                }
                 other => report.not_completed.push(format!(
                     "{} at {}: {other:?}",
                     vehicle.trip.vehicle_id, charge.entity_id
