@@ -447,6 +447,16 @@ pub trait ReplayStream: Send {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError>;
 }
 
+/// A subject followed from its beginning, outside any group: every record stored, then each
+/// new one as it is stored, for as long as the follower lives ([`Bus::follow`]).
+#[async_trait]
+pub trait Follow: Send {
+    /// The records stored since the last call, at most `max` (at least 1); waits up to `wait`
+    /// for the first, and is empty when none came. An error leaves the follower unusable:
+    /// follow again (records already read come again; their positions tell them apart).
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError>;
+}
+
 /// What workers need from a message bus.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -489,6 +499,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Reads a subject again over a range, outside any group.
     async fn replay(&self, request: ReplayRequest) -> Result<Box<dyn ReplayStream>, BusError>;
+
+    /// Follows `subject` from its beginning, outside any group, with one long-lived reader:
+    /// an ordered consumer on JetStream, an assignment without a group commit on Kafka, a
+    /// reader of the subject's log on the embedded bus. For what every process must read in
+    /// full (revocations), without leaving anything behind on the broker.
+    async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError>;
 
     /// Publishes the original bytes of a message a stage gave up on to `deadletter.<stage>`.
     /// `payload` is normally an encoded dead-letter record; the headers carry the stage and the

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dcpipe_connectors::bus::{
-    Bus, BusErrorKind, Consumer, ConsumerConfig, Delivery, Outgoing, PAYLOAD_BYTES_MAX,
+    Bus, BusErrorKind, Consumer, ConsumerConfig, Delivery, Follow, Outgoing, PAYLOAD_BYTES_MAX,
     PublishReceipt, Record, ReplayFrom, ReplayRequest, SubjectSpec, dead_letter_subject, header,
     layout_drift,
 };
@@ -548,6 +548,59 @@ pub(crate) async fn replay_from_offset_or_beginning_returns_the_range_in_order(
     let mut all = run.a.clone();
     all.extend(run.b.iter().cloned());
     assert_eq!(payloads(&everything), all);
+}
+
+/// Reads `follow` until it has `count` records.
+async fn follow_until(follow: &mut dyn Follow, count: usize) -> Vec<Record> {
+    let until = deadline();
+    let mut records = Vec::new();
+    while records.len() < count {
+        assert!(
+            Instant::now() < until,
+            "{} of {count} followed",
+            records.len()
+        );
+        records.extend(
+            follow
+                .next_batch(count - records.len(), Duration::from_millis(200))
+                .await
+                .expect("follow"),
+        );
+    }
+    records
+}
+
+/// A follower reads what the subject holds, from its beginning and in order per partition, then
+/// each record published after it started; two followers each read everything.
+pub(crate) async fn follow_reads_every_record_then_new_ones(harness: &mut impl Harness) {
+    let (bus, subject) = fresh_subject(harness, "revocations", 1).await;
+    publish_numbered(bus.as_ref(), &subject, "before", 0..3).await;
+    let mut first = bus.follow(&subject).await.expect("follow");
+    let mut second = harness.bus().await.follow(&subject).await.expect("follow");
+    assert_eq!(
+        payloads(&follow_until(first.as_mut(), 3).await),
+        labelled("before", 0..3)
+    );
+    let published = publish_numbered(bus.as_ref(), &subject, "after", 0..2).await;
+    let after = follow_until(first.as_mut(), 2).await;
+    assert_eq!(payloads(&after), labelled("after", 0..2));
+    let positions: Vec<_> = after.iter().map(|r| r.position).collect();
+    let receipts: Vec<_> = published.iter().map(|r| r.position).collect();
+    assert_eq!(positions, receipts);
+    // Nothing more, and nothing twice.
+    assert!(
+        first
+            .next_batch(16, Duration::from_millis(300))
+            .await
+            .expect("follow")
+            .is_empty()
+    );
+    let mut everything = labelled("before", 0..3);
+    everything.extend(labelled("after", 0..2));
+    assert_eq!(
+        payloads(&follow_until(second.as_mut(), 5).await),
+        everything
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

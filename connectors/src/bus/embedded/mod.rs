@@ -32,9 +32,9 @@ use self::subject::{Appended, StoredMessage, SubjectLimits, SubjectLog};
 use super::metrics::SubjectMetrics;
 use super::nats::{check_consumer_config, check_portable_headers};
 use super::{
-    Acker, Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, Delivery, Outgoing,
-    PAYLOAD_BYTES_MAX, Position, PublishReceipt, Record, ReplayRequest, ReplayStream,
-    SubjectLayout, SubjectSpec, validate_subject,
+    Acker, Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, Delivery, Follow,
+    Outgoing, PAYLOAD_BYTES_MAX, Position, PublishReceipt, Record, ReplayFrom, ReplayRequest,
+    ReplayStream, SubjectLayout, SubjectSpec, validate_subject,
 };
 
 /// Limits of the embedded bus. Every field has a named default; limits of 0 are raised to 1.
@@ -456,6 +456,12 @@ impl Bus for EmbeddedBus {
             finished: false,
         }))
     }
+
+    async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError> {
+        let handle = self.subject(subject)?;
+        let next_seq = handle.lock().replay_start(ReplayFrom::Beginning);
+        Ok(Box::new(EmbeddedFollow { handle, next_seq }))
+    }
 }
 
 /// Counts a publish and builds its receipt.
@@ -604,6 +610,36 @@ impl ReplayStream for EmbeddedReplay {
         self.next_seq = batch.next_seq;
         self.finished = batch.finished;
         Ok(batch.records)
+    }
+}
+
+/// How often an embedded follower that found nothing looks again: the log is in this process,
+/// so a look costs a lock.
+const FOLLOW_LOOK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A follower of one subject of the embedded bus: reads the subject's log from its position.
+#[derive(Debug)]
+struct EmbeddedFollow {
+    handle: Arc<SubjectHandle>,
+    next_seq: u64,
+}
+
+#[async_trait]
+impl Follow for EmbeddedFollow {
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError> {
+        let max = max.clamp(1, EmbeddedBus::REPLAY_BATCH_MAX);
+        let deadline = Instant::now() + wait;
+        loop {
+            let batch = {
+                let log = self.handle.lock();
+                log.read(self.next_seq, log.next_seq(), None, max)
+            };
+            self.next_seq = batch.next_seq;
+            if !batch.records.is_empty() || Instant::now() >= deadline {
+                return Ok(batch.records);
+            }
+            tokio::time::sleep_until(deadline.min(Instant::now() + FOLLOW_LOOK_INTERVAL)).await;
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 
 mod client;
 mod consumer;
+mod follow;
 mod replay;
 mod wire;
 
@@ -36,7 +37,7 @@ use self::client::{TracingContext, check_properties, client_config, topic_replic
 use super::metrics::SubjectMetrics;
 use super::nats::{check_consumer_config, check_portable_headers};
 use super::{
-    Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, KafkaOptions, Outgoing,
+    Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, Follow, KafkaOptions, Outgoing,
     PAYLOAD_BYTES_MAX, PublishReceipt, ReplayRequest, ReplayStream, SubjectLayout, SubjectSpec,
     validate_subject,
 };
@@ -468,5 +469,12 @@ impl Bus for KafkaBus {
         self.require_topic(&request.subject).await?;
         let replay = replay::KafkaReplay::start(&self.servers, &self.options, request).await?;
         Ok(Box::new(replay))
+    }
+
+    async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError> {
+        validate_subject(subject)?;
+        self.require_topic(subject).await?;
+        let follow = follow::KafkaFollow::start(&self.servers, &self.options, subject).await?;
+        Ok(Box::new(follow))
     }
 }

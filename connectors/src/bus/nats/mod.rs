@@ -17,6 +17,7 @@
 //! Secrets in [`NatsOptions`] go to the client library only and are never logged.
 
 mod consumer;
+mod follow;
 mod replay;
 mod wire;
 
@@ -42,7 +43,7 @@ use tokio::sync::Semaphore;
 
 use super::metrics::SubjectMetrics;
 use super::{
-    Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, NatsOptions, Outgoing,
+    Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, Follow, NatsOptions, Outgoing,
     PAYLOAD_BYTES_MAX, Position, PublishReceipt, ReplayRequest, ReplayStream, StartAt,
     SubjectLayout, SubjectSpec, subject_family, validate_subject, validate_subject_pattern,
 };
@@ -620,6 +621,12 @@ impl Bus for NatsBus {
         validate_subject_pattern(&request.subject)?;
         let stream = self.stream_of(&request.subject).await?;
         Ok(Box::new(replay::NatsReplay::start(stream, request).await?))
+    }
+
+    async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError> {
+        validate_subject(subject)?;
+        let stream = self.stream_of(subject).await?;
+        Ok(Box::new(follow::NatsFollow::start(stream, subject).await?))
     }
 }
 

@@ -1,0 +1,128 @@
+//! Following a topic on Kafka: one consumer outside any group (a group id librdkafka needs for
+//! `assign`, never joined nor committed to), assigned every partition of the topic from its
+//! beginning, reading for as long as the follower lives. Partitions added to the topic later
+//! are not followed: the follower must be started again to see them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::client::{ClosedOnThread, TracingContext, client_config};
+use super::consumer::FETCH_WAIT_MAX_MS;
+use super::wire;
+use crate::bus::{BusError, BusErrorKind, Follow, KafkaOptions, Record};
+
+/// Time allowed to the metadata lookup.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+type FollowConsumer = StreamConsumer<TracingContext>;
+
+/// A topic followed from its beginning.
+pub(super) struct KafkaFollow {
+    subject: String,
+    consumer: ClosedOnThread<Arc<FollowConsumer>>,
+}
+
+fn follow_error(
+    subject: &str,
+    what: &str,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> BusError {
+    BusError::with_source(
+        BusErrorKind::Consume,
+        format!("following {subject}: {what}"),
+        error,
+    )
+}
+
+impl KafkaFollow {
+    /// Assigns every partition of `subject` from its beginning.
+    pub(super) async fn start(
+        servers: &[String],
+        options: &KafkaOptions,
+        subject: &str,
+    ) -> Result<Self, BusError> {
+        let consumer: FollowConsumer = client_config(
+            servers,
+            &[
+                (
+                    "group.id",
+                    format!("dcpipe-follow-{}", uuid::Uuid::new_v4()),
+                ),
+                ("enable.auto.commit", "false".into()),
+                ("enable.auto.offset.store", "false".into()),
+                ("auto.offset.reset", "earliest".into()),
+                ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string()),
+            ],
+            options,
+        )
+        .create_with_context(TracingContext)
+        .map_err(|e| BusError::with_source(BusErrorKind::Config, "Kafka follow settings", e))?;
+        let consumer = Arc::new(consumer);
+        let assigner = Arc::clone(&consumer);
+        let consumer = ClosedOnThread::new(consumer);
+        let topic = subject.to_owned();
+        tokio::task::spawn_blocking(move || assign_all(&assigner, &topic))
+            .await
+            .map_err(|e| {
+                BusError::with_source(BusErrorKind::Closed, "follow assignment task", e)
+            })??;
+        Ok(KafkaFollow {
+            subject: subject.to_owned(),
+            consumer,
+        })
+    }
+}
+
+/// Assigns every partition of `topic` at its beginning. Blocks on the network.
+fn assign_all(consumer: &FollowConsumer, topic: &str) -> Result<(), BusError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), LOOKUP_TIMEOUT)
+        .map_err(|e| follow_error(topic, "metadata", e))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+    {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(|e| follow_error(topic, "assignment", e))?;
+    }
+    if assignment.count() == 0 {
+        return Err(BusError::new(
+            BusErrorKind::UnknownSubject,
+            format!("following {topic}: the topic has no partitions"),
+        ));
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| follow_error(topic, "assign", e))
+}
+
+#[async_trait]
+impl Follow for KafkaFollow {
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError> {
+        let Some(consumer) = self.consumer.get().cloned() else {
+            return Err(BusError::new(BusErrorKind::Closed, "follower closed"));
+        };
+        let mut records = Vec::new();
+        while records.len() < max.max(1) {
+            let wait = if records.is_empty() {
+                wait
+            } else {
+                Duration::ZERO
+            };
+            let Ok(received) = tokio::time::timeout(wait, consumer.recv()).await else {
+                break;
+            };
+            let message = received.map_err(|e| follow_error(&self.subject, "reading", e))?;
+            records.push(wire::record(&message));
+        }
+        Ok(records)
+    }
+}
