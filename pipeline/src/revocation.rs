@@ -9,8 +9,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dcpipe_connectors::bus::{Bus, BusError, ReplayFrom, ReplayRequest};
-use dcpipe_schemas::{Digest32, RevocationUpdate, RevocationUpdateId, RevokedCertificate};
+use bytes::Bytes;
+use dcpipe_connectors::bus::{
+    Bus, BusError, BusErrorKind, Follow, Outgoing, Record, SubjectSpec, dead_letter_subject, header,
+};
+use dcpipe_schemas::{
+    DeadLetter, Digest32, RevocationUpdate, RevocationUpdateId, RevokedCertificate,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::pki::{Certificate, CertifiedKey, ChainVerifier, KeyError, RevocationSet};
@@ -20,27 +25,33 @@ use crate::subjects;
 
 /// Follows `pki.revocation` and applies every update to this process's revocation set.
 ///
-/// It reads the subject by replay, not in a consumer group: every process needs every update,
-/// and a group per process would leave a durable consumer behind on the broker at each restart.
+/// It reads the subject with one long-lived follower ([`Bus::follow`]), not in a consumer
+/// group and not by a replay per look: every process needs every update, a group per process
+/// would leave a durable consumer behind on the broker at each restart, and a replay per look
+/// made one broker consumer per process every few hundred milliseconds.
 #[derive(Debug)]
 pub struct RevocationFollower {
     verifier: Arc<ChainVerifier>,
     revocations: Arc<RevocationSet>,
-    /// Next offset to read, per partition.
+    /// Next offset to read, per partition: what a new follower reads again is skipped.
     next: HashMap<u32, u64>,
-    /// Bus time of the newest update read.
-    newest_ms: Option<i64>,
+    /// Updates read (applied or refused).
+    updates_read: usize,
 }
 
-/// How often the follower looks for new updates.
-pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+/// Longest wait of one read for a new update (a shutdown interrupts it).
+pub const FOLLOW_WAIT: Duration = Duration::from_secs(1);
 
-/// How far before the newest update read each poll starts again, so that an update stored
-/// with a slightly earlier bus time (another partition, another broker clock) is not missed.
-pub const FOLLOW_OVERLAP_MS: i64 = 5 * 60 * 1000;
+/// Backoff before following again after the bus failed, doubled up to [`FOLLOW_RETRY_MAX`].
+pub const FOLLOW_RETRY: Duration = Duration::from_millis(250);
+/// Longest backoff before following again.
+pub const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// Records read per replay batch.
-const REPLAY_BATCH_MAX: usize = 256;
+/// The stage name of the follower's dead letters (`deadletter.revocation`).
+pub const DEAD_LETTER_STAGE: &str = "revocation";
+
+/// Records read per batch.
+const READ_BATCH_MAX: usize = 256;
 
 impl RevocationFollower {
     /// A follower feeding `revocations`.
@@ -49,71 +60,85 @@ impl RevocationFollower {
             verifier,
             revocations,
             next: HashMap::new(),
-            newest_ms: None,
+            updates_read: 0,
         }
     }
 
-    /// Applies every update published since the last call; returns how many serials were new.
-    /// Updates that fail their checks are logged and counted, and skipped.
-    pub async fn poll(&mut self, bus: &dyn Bus) -> Result<usize, BusError> {
-        // By time, not offset: on Kafka an offset would apply to every partition, and a
-        // partition never seen yet would be skipped. Records already read are skipped by their
-        // position.
-        let from = match self.newest_ms {
-            None => ReplayFrom::Beginning,
-            Some(newest_ms) => ReplayFrom::TimeMs(newest_ms - FOLLOW_OVERLAP_MS),
-        };
-        let mut replay = bus
-            .replay(ReplayRequest {
-                subject: subjects::PKI_REVOCATION.to_owned(),
-                from,
-                until_ms: None,
-            })
-            .await?;
+    /// Updates read so far, applied or refused.
+    pub fn updates_read(&self) -> usize {
+        self.updates_read
+    }
+
+    /// Reads what `follow` has (waiting up to `wait` for it) and applies it; returns how many
+    /// serials were new. An update that fails its checks is dead-lettered on `bus` with its
+    /// original bytes and its `revocation.*` (or `schema.*`) reason, logged and counted, and
+    /// skipped. On an error, follow again: what was read is skipped, and an update whose dead
+    /// letter could not be stored is read (and dead-lettered, under the same message id) again.
+    pub async fn read(
+        &mut self,
+        follow: &mut dyn Follow,
+        bus: &dyn Bus,
+        wait: Duration,
+    ) -> Result<usize, BusError> {
         let mut added = 0;
-        loop {
-            let records = replay.next_batch(REPLAY_BATCH_MAX).await?;
-            if records.is_empty() {
-                return Ok(added);
+        for record in follow.next_batch(READ_BATCH_MAX, wait).await? {
+            let next = self.next.get(&record.position.partition).copied();
+            if next.is_some_and(|next| record.position.offset < next) {
+                continue;
             }
-            for record in records {
-                let next = self.next.entry(record.position.partition).or_insert(0);
-                if record.position.offset < *next {
-                    continue;
+            match dcpipe_schemas::decode::<RevocationUpdate>(&record.payload)
+                .map_err(|e| (Reason::Schema(e.kind()), e.to_string()))
+                .and_then(|update| self.apply(&update).map(|n| (update.sequence, n)))
+            {
+                Ok((sequence, n)) => {
+                    tracing::info!(sequence, added = n, "revocations applied");
+                    metrics::counter!("dcpipe_pki_revocations_applied_total")
+                        .increment(u64::try_from(n).unwrap_or(0));
+                    added += n;
                 }
-                *next = record.position.offset + 1;
-                self.newest_ms = Some(self.newest_ms.unwrap_or(i64::MIN).max(record.timestamp_ms));
-                match dcpipe_schemas::decode::<RevocationUpdate>(&record.payload)
-                    .map_err(|e| (Reason::Schema(e.kind()), e.to_string()))
-                    .and_then(|update| self.apply(&update).map(|n| (update.sequence, n)))
-                {
-                    Ok((sequence, n)) => {
-                        tracing::info!(sequence, added = n, "revocations applied");
-                        metrics::counter!("dcpipe_pki_revocations_applied_total")
-                            .increment(u64::try_from(n).unwrap_or(0));
-                        added += n;
-                    }
-                    Err((reason, detail)) => {
-                        tracing::warn!(%reason, %detail, "revocation update refused");
-                        metrics::counter!("dcpipe_pki_revocation_updates_refused_total", "reason" => reason.as_str()).increment(1);
-                    }
+                Err((reason, detail)) => {
+                    tracing::warn!(%reason, %detail, "revocation update refused; dead-lettered");
+                    dead_letter(bus, &record, reason, &detail).await?;
+                    metrics::counter!("dcpipe_pki_revocation_updates_refused_total", "reason" => reason.as_str()).increment(1);
                 }
             }
+            self.next
+                .insert(record.position.partition, record.position.offset + 1);
+            self.updates_read += 1;
         }
+        Ok(added)
     }
 
-    /// Polls every [`FOLLOW_INTERVAL`] until `shutdown` is cancelled.
+    /// Follows `pki.revocation` until `shutdown` is cancelled, following again with a backoff
+    /// when the bus fails.
     pub async fn run(mut self, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
-        let mut interval = tokio::time::interval(FOLLOW_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures: u32 = 0;
         loop {
+            let failed = tokio::select! {
+                () = shutdown.cancelled() => return,
+                failed = self.follow_until_error(bus.as_ref()) => failed,
+            };
+            failures = failures.saturating_add(1);
+            let backoff = FOLLOW_RETRY
+                .saturating_mul(2u32.saturating_pow(failures.min(16) - 1))
+                .min(FOLLOW_RETRY_MAX);
+            tracing::warn!(error = %failed, ?backoff, "revocations not read; following again");
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = interval.tick() => {
-                    if let Err(e) = self.poll(bus.as_ref()).await {
-                        tracing::warn!(error = %e, "revocations not read; retried");
-                    }
-                }
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+    }
+
+    /// One follower, read until the bus fails.
+    async fn follow_until_error(&mut self, bus: &dyn Bus) -> BusError {
+        let mut follow = match bus.follow(subjects::PKI_REVOCATION).await {
+            Ok(follow) => follow,
+            Err(e) => return e,
+        };
+        loop {
+            if let Err(e) = self.read(follow.as_mut(), bus, FOLLOW_WAIT).await {
+                return e;
             }
         }
     }
@@ -148,6 +173,54 @@ impl RevocationFollower {
             )
             .map_err(|e| (Reason::RevocationFull, e.to_string()))
     }
+}
+
+/// Publishes the dead letter of a refused update on `deadletter.revocation`. Every process
+/// follows the subject and refuses the same update: the message id, the update's position, lets
+/// the bus keep one dead letter per update (within its duplicate window).
+async fn dead_letter(
+    bus: &dyn Bus,
+    record: &Record,
+    reason: Reason,
+    detail: &str,
+) -> Result<(), BusError> {
+    let mut letter = DeadLetter {
+        original: record.payload.to_vec(),
+        original_size_bytes: i64::try_from(record.payload.len()).unwrap_or(i64::MAX),
+        subject: record.subject.clone(),
+        stage: DEAD_LETTER_STAGE.to_owned(),
+        reason_code: reason.as_str().to_owned(),
+        detail: detail.to_owned(),
+        delivery_count: 1,
+        partition: i32::try_from(record.position.partition).unwrap_or(i32::MAX),
+        offset: i64::try_from(record.position.offset).unwrap_or(i64::MAX),
+        received_at_ms: crate::clock::system_now_ms(),
+        headers: record.headers.iter().cloned().collect(),
+    };
+    letter.truncate_to_limits();
+    let payload = dcpipe_schemas::encode(&letter).map_err(|e| {
+        BusError::new(
+            BusErrorKind::Publish,
+            format!("dead letter does not encode: {e}"),
+        )
+    })?;
+    let subject = dead_letter_subject(DEAD_LETTER_STAGE);
+    bus.ensure_subject(&SubjectSpec::new(subject.clone()))
+        .await?;
+    let msg_id = format!(
+        "{subject}/{}/{}",
+        record.position.partition, record.position.offset
+    );
+    bus.publish(
+        Outgoing::new(subject, Bytes::from(payload))
+            .with_msg_id(msg_id)
+            .with_header(header::DEAD_LETTER_STAGE, DEAD_LETTER_STAGE)
+            .with_header(header::DEAD_LETTER_REASON, reason.as_str())
+            .with_header(header::DEAD_LETTER_SUBJECT, record.subject.clone()),
+    )
+    .await?;
+    metrics::counter!("dcpipe_dead_letters_total", "stage" => DEAD_LETTER_STAGE, "reason" => reason.as_str()).increment(1);
+    Ok(())
 }
 
 /// A revocation update for `certificates`, all issued by `issuer`, signed by the issuer.
