@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dcpipe_connectors::bus::{
-    Bus, BusError, BusErrorKind, Follow, Outgoing, Record, SubjectSpec, dead_letter_subject, header,
+    Bus, BusError, BusErrorKind, Follow, Outgoing, Record, ReplayFrom, ReplayRequest, SubjectSpec,
+    dead_letter_subject, header,
 };
 use dcpipe_schemas::{
     DeadLetter, Digest32, RevocationUpdate, RevocationUpdateId, RevokedCertificate,
@@ -265,7 +266,7 @@ pub async fn next_revocation_sequence(
         .await?;
     let mut highest = 0;
     loop {
-        let records = replay.next_batch(REPLAY_BATCH_MAX).await?;
+        let records = replay.next_batch(READ_BATCH_MAX).await?;
         if records.is_empty() {
             return Ok(highest + 1);
         }
