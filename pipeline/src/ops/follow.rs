@@ -2,13 +2,16 @@
 //!
 //! Each poll is a replay ([`Bus::replay`]): on JetStream an ordered ephemeral consumer, on Kafka
 //! a consumer assigned to the partitions that never joins its group nor commits, on the
-//! embedded bus a read of the log. Following polls again from a little before the newest
-//! record read (records already read are skipped by their position), so that a record stored
-//! with a slightly earlier bus time on another partition is not missed.
+//! embedded bus a read of the log. Following polls again from the next sequence on JetStream
+//! and the embedded bus; on Kafka, from a little before the newest record read (records already
+//! read are skipped by their position), so that a record stored with a slightly earlier bus
+//! time on another partition is not missed.
 
 use std::collections::HashMap;
 
-use dcpipe_connectors::bus::{Bus, BusError, BusErrorKind, Record, ReplayFrom, ReplayRequest};
+use dcpipe_connectors::bus::{
+    Bus, BusError, BusErrorKind, BusKind, Record, ReplayFrom, ReplayRequest,
+};
 
 /// How far before the newest record read each later poll starts again.
 pub const FOLLOW_OVERLAP_MS: i64 = 60 * 1000;
@@ -49,12 +52,18 @@ impl SubjectReader {
     /// partition, at most `max` (the rest comes at the next poll). A subject that does not exist
     /// yet reads as empty.
     pub async fn poll(&mut self, bus: &dyn Bus, max: usize) -> Result<Vec<Record>, BusError> {
-        let from = match (self.newest_ms, self.from) {
-            (None, from) => from,
-            (Some(newest), ReplayFrom::TimeMs(start)) => {
+        // One ordered log (JetStream, embedded): go on from the next sequence. Kafka's offsets
+        // are per partition, and an offset would apply to every partition: go by time there.
+        let sequence = (bus.kind() != BusKind::Kafka)
+            .then(|| self.next.get(&0).copied())
+            .flatten();
+        let from = match (self.newest_ms, sequence, self.from) {
+            (None, _, from) => from,
+            (Some(_), Some(next), _) => ReplayFrom::Offset(next),
+            (Some(newest), None, ReplayFrom::TimeMs(start)) => {
                 ReplayFrom::TimeMs((newest - FOLLOW_OVERLAP_MS).max(start))
             }
-            (Some(newest), _) => ReplayFrom::TimeMs(newest - FOLLOW_OVERLAP_MS),
+            (Some(newest), None, _) => ReplayFrom::TimeMs(newest - FOLLOW_OVERLAP_MS),
         };
         let mut replay = match bus
             .replay(ReplayRequest {
