@@ -39,7 +39,7 @@ pub(crate) struct DeadLetterArgs {
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
     /// Stages whose dead letters are read (`deadletter.<stage>`), comma-separated; every
-    /// stage when not given.
+    /// stage and the revocation follower when not given.
     #[arg(long, env = "DCPIPE_STAGE", value_delimiter = ',')]
     stage: Vec<String>,
     /// Only these reason codes, comma-separated (e.g. schema.bad_magic).
@@ -95,7 +95,11 @@ impl DeadLettersCommand {
 impl DeadLetterArgs {
     fn selection(&self) -> anyhow::Result<Selection> {
         let stages = if self.stage.is_empty() {
-            registry::names().into_iter().map(str::to_owned).collect()
+            registry::names()
+                .into_iter()
+                .chain([dcpipe_pipeline::revocation::DEAD_LETTER_STAGE])
+                .map(str::to_owned)
+                .collect()
         } else {
             self.stage.clone()
         };
