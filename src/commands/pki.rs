@@ -43,7 +43,7 @@ pub(crate) enum PkiCommand {
     /// Revoke certificates as the CA that issued them: sign a RevocationUpdate with the CA's
     /// key (DIR/ca.key.pem) and publish it on pki.revocation, where every worker applies it.
     /// The update takes the next sequence of this CA found on the bus.
-    Revoke(RevokeArgs),
+    Revoke(Box<RevokeArgs>),
     /// Summarize a PKI directory.
     Show {
         /// The directory.
@@ -83,7 +83,7 @@ fn parse_algorithm(text: &str) -> Result<AlgorithmChoice, String> {
 
 pub(crate) async fn run(command: PkiCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
     match command {
-        PkiCommand::Revoke(args) => revoke(args, settings).await,
+        PkiCommand::Revoke(args) => revoke(*args, settings).await,
         PkiCommand::Init {
             out,
             institutions,
