@@ -40,6 +40,7 @@ macro_rules! conformance_suite {
             duplicate_msg_id_is_dropped,
             replay_from_time_returns_exactly_the_messages_at_or_after_it,
             replay_until_time_stops_before_it,
+            replay_of_a_subject_without_records_is_empty,
             replay_from_offset_or_beginning_returns_the_range_in_order,
             follow_reads_every_record_then_new_ones,
             order_per_key_is_kept,

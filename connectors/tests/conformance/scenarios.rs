@@ -496,6 +496,27 @@ async fn two_batches_split_by_time(harness: &mut impl Harness) -> TwoBatches {
     }
 }
 
+/// A subject created but never published to replays as empty, whatever the start: from the
+/// beginning, from a position, from a time.
+pub(crate) async fn replay_of_a_subject_without_records_is_empty(harness: &mut impl Harness) {
+    let (bus, subject) = fresh_subject(harness, "audit", 2).await;
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits");
+    for from in [
+        ReplayFrom::Beginning,
+        ReplayFrom::Offset(5),
+        ReplayFrom::TimeMs(now_ms - 60_000),
+    ] {
+        let records = replay(bus.as_ref(), &subject, from, None).await;
+        assert!(records.is_empty(), "{from:?}: {records:?}");
+    }
+}
+
 /// A replay from time T returns exactly the messages stamped at or after T, in order.
 pub(crate) async fn replay_from_time_returns_exactly_the_messages_at_or_after_it(
     harness: &mut impl Harness,

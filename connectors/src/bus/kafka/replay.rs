@@ -190,6 +190,11 @@ fn offsets_for_time(
     bounds: &HashMap<i32, (i64, i64)>,
     ms: i64,
 ) -> Result<HashMap<i32, i64>, BusError> {
+    // A topic without records has nothing to look up, and librdkafka refuses an empty query
+    // (`InvalidArgument`).
+    if bounds.is_empty() {
+        return Ok(HashMap::new());
+    }
     let mut query = TopicPartitionList::new();
     for partition in bounds.keys() {
         query
