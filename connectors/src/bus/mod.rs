@@ -27,6 +27,7 @@ mod embedded;
 mod error;
 mod kafka;
 pub mod metrics;
+mod namespace;
 mod nats;
 mod url;
 
@@ -35,6 +36,7 @@ use std::sync::Arc;
 pub use embedded::{EmbeddedBus, EmbeddedConfig, EmbeddedSubjectStats};
 pub use error::{BusError, BusErrorKind};
 pub use kafka::KafkaBus;
+pub use namespace::NamespacedBus;
 pub use nats::NatsBus;
 pub use url::{BusUrl, KafkaOptions, NatsOptions};
 
@@ -505,6 +507,13 @@ pub trait Bus: Send + Sync + 'static {
     /// reader of the subject's log on the embedded bus. For what every process must read in
     /// full (revocations), without leaving anything behind on the broker.
     async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError>;
+
+    /// Removes what holds `subject`, with everything stored in it: on JetStream the stream of
+    /// its family (every subject and consumer in it), on Kafka the topic, on the embedded bus
+    /// the subject. False when there was nothing to remove. For runs that clean up after
+    /// themselves in a namespace of their own ([`NamespacedBus`]); never for a deployment's
+    /// subjects.
+    async fn delete_subject(&self, subject: &str) -> Result<bool, BusError>;
 
     /// Publishes the original bytes of a message a stage gave up on to `deadletter.<stage>`.
     /// `payload` is normally an encoded dead-letter record; the headers carry the stage and the

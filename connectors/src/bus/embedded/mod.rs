@@ -457,6 +457,17 @@ impl Bus for EmbeddedBus {
         }))
     }
 
+    async fn delete_subject(&self, subject: &str) -> Result<bool, BusError> {
+        validate_subject(subject)?;
+        Ok(self
+            .shared
+            .subjects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(subject)
+            .is_some())
+    }
+
     async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError> {
         let handle = self.subject(subject)?;
         let next_seq = handle.lock().replay_start(ReplayFrom::Beginning);

@@ -477,4 +477,38 @@ impl Bus for KafkaBus {
         let follow = follow::KafkaFollow::start(&self.servers, &self.options, subject).await?;
         Ok(Box::new(follow))
     }
+
+    async fn delete_subject(&self, subject: &str) -> Result<bool, BusError> {
+        validate_subject(subject)?;
+        self.topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(subject);
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let results = self
+            .admin
+            .delete_topics(&[subject], &options)
+            .await
+            .map_err(|e| {
+                BusError::with_source(
+                    BusErrorKind::Topology,
+                    format!("deleting topic {subject}"),
+                    e,
+                )
+            })?;
+        let mut deleted = false;
+        for result in results {
+            match result {
+                Ok(_) => deleted = true,
+                Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((name, code)) => {
+                    return Err(BusError::new(
+                        BusErrorKind::Topology,
+                        format!("deleting topic {name}: {code}"),
+                    ));
+                }
+            }
+        }
+        Ok(deleted)
+    }
 }

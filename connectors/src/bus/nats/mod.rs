@@ -628,6 +628,29 @@ impl Bus for NatsBus {
         let stream = self.stream_of(subject).await?;
         Ok(Box::new(follow::NatsFollow::start(stream, subject).await?))
     }
+
+    async fn delete_subject(&self, subject: &str) -> Result<bool, BusError> {
+        validate_subject(subject)?;
+        let name = stream_config(subject_family(subject), self.limits).name;
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&name);
+        let e = match self.jetstream.delete_stream(&name).await {
+            Ok(_) => return Ok(true),
+            Err(e) => e,
+        };
+        if let async_nats::jetstream::context::DeleteStreamErrorKind::JetStream(js) = e.kind()
+            && js.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+        {
+            return Ok(false);
+        }
+        Err(BusError::with_source(
+            BusErrorKind::Topology,
+            format!("deleting stream {name}"),
+            e,
+        ))
+    }
 }
 
 #[cfg(test)]
