@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use dcpipe_connectors::bus::{
-    Bus, ConsumerConfig, Outgoing, ReplayFrom, ReplayRequest, connect, dead_letter_subject,
+    Bus, ConsumerConfig, NamespacedBus, Outgoing, ReplayFrom, ReplayRequest, connect,
+    dead_letter_subject,
 };
 use dcpipe_connectors::ledger::{LedgerUrl, SettlementConfig};
 use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
@@ -91,6 +92,10 @@ pub(crate) struct DemoArgs {
     /// Synthetic vehicles (with the vehicles flow), each on one recorded trip through a city.
     #[arg(long, default_value_t = 12)]
     vehicles: usize,
+    /// On a broker, keep the run's streams or topics (and their consumers) at the end, for an
+    /// audit of the run; by default they are removed.
+    #[arg(long)]
+    keep: bool,
 }
 
 /// A flow the demo runs.
@@ -205,7 +210,25 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         started.elapsed().as_secs_f64()
     );
 
-    let bus = connect(&bus_url, &settings.bus_options).await?;
+    // On a broker, the run lives in a namespace of its own: it never joins a deployment's
+    // consumer group nor touches its subjects, and it removes what it created at its end.
+    let run_id = format!("{:08x}", rand_u32());
+    let broker = connect(&bus_url, &settings.bus_options).await?;
+    let namespace = if bus_url == dcpipe_connectors::bus::BusUrl::Embedded {
+        None
+    } else {
+        Some(Arc::new(NamespacedBus::new(
+            Arc::clone(&broker),
+            format!("demo-{run_id}"),
+        )?))
+    };
+    let bus: Arc<dyn Bus> = match &namespace {
+        Some(namespace) => {
+            println!("  namespace {} on the broker", namespace.prefix());
+            Arc::clone(namespace) as Arc<dyn Bus>
+        }
+        None => broker,
+    };
     let partitions = if matches!(bus_url, dcpipe_connectors::bus::BusUrl::Kafka(_)) {
         args.partitions
     } else {
@@ -220,7 +243,6 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         ..RunnerConfig::default()
     };
     let mut stage_handles = network.spawn(&bus, &runner, &shutdown)?;
-    let run_id = format!("{:08x}", rand_u32());
     let (collector, collector_handles) = OutcomeCollector::spawn(
         Arc::clone(&bus),
         network.institutions.keys().cloned(),
@@ -340,6 +362,20 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
     }
     for handle in collector_handles {
         let _ = handle.await;
+    }
+    if let Some(namespace) = &namespace {
+        if args.keep {
+            println!(
+                "  kept the run's streams or topics: {}-*",
+                namespace.prefix()
+            );
+        } else {
+            let removed = namespace
+                .remove_created()
+                .await
+                .context("removing the run's streams or topics")?;
+            println!("  removed the run's {removed} streams or topics");
+        }
     }
 
     // Report.

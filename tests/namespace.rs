@@ -1,0 +1,105 @@
+//! A demo run against a broker where a deployment lives: it works in a namespace of its own,
+//! leaves the deployment's streams, messages and consumers as they were, and removes
+//! everything of its own at its end.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+
+use dcpipe_connectors::bus::{Bus, ConsumerConfig, NatsBus, NatsOptions, Outgoing, SubjectSpec};
+use dcpipe_connectors::testkit::NatsServer;
+use dcpipe_pipeline::subjects;
+use futures::StreamExt;
+
+/// Every stream of the server: its message count and its consumers, by name.
+async fn snapshot(server: &NatsServer) -> BTreeMap<String, (u64, Vec<String>)> {
+    let client = async_nats::connect(server.address()).await.expect("client");
+    let jetstream = async_nats::jetstream::new(client);
+    let names: Vec<String> = jetstream
+        .stream_names()
+        .map(|name| name.expect("stream name"))
+        .collect()
+        .await;
+    let mut streams = BTreeMap::new();
+    for name in names {
+        let mut stream = jetstream.get_stream(&name).await.expect("stream");
+        let messages = stream.info().await.expect("info").state.messages;
+        let mut consumers: Vec<String> = stream
+            .consumer_names()
+            .map(|name| name.expect("consumer name"))
+            .collect()
+            .await;
+        consumers.sort();
+        streams.insert(name, (messages, consumers));
+    }
+    streams
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_next_to_a_deployment_leaves_it_untouched_and_nothing_behind() {
+    let server = NatsServer::start().await.expect("nats-server");
+    // The deployment: its subjects, a message waiting, its workers' durable groups.
+    let deployment: Arc<dyn Bus> = Arc::new(
+        NatsBus::connect(&[server.address()], &NatsOptions::default())
+            .await
+            .expect("connect"),
+    );
+    for subject in [
+        subjects::txn_submit("oi01"),
+        subjects::PKI_REVOCATION.to_owned(),
+    ] {
+        deployment
+            .ensure_subject(&SubjectSpec::new(subject))
+            .await
+            .expect("subject");
+    }
+    deployment
+        .publish(Outgoing::new(
+            subjects::txn_submit("oi01"),
+            b"waiting".to_vec(),
+        ))
+        .await
+        .expect("published");
+    for (subject, group) in [
+        (subjects::txn_submit("oi01"), "payer-oi01"),
+        (subjects::PKI_REVOCATION.to_owned(), "audit"),
+    ] {
+        deployment
+            .consumer(ConsumerConfig::new(subject, group))
+            .await
+            .expect("group");
+    }
+    let before = snapshot(&server).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dcpipe"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("DCPIPE_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .args([
+            "demo",
+            "--bus",
+            &server.url(),
+            "--institutions",
+            "2",
+            "--wallets",
+            "40",
+            "--rate",
+            "50",
+            "--duration",
+            "2s",
+        ])
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("namespace demo-"), "{stdout}");
+    assert!(stdout.contains("removed the run's"), "{stdout}");
+
+    // The deployment's streams, messages and groups as they were; nothing of the demo's.
+    assert_eq!(snapshot(&server).await, before);
+}
