@@ -35,10 +35,8 @@ async fn snapshot(server: &NatsServer) -> BTreeMap<String, (u64, Vec<String>)> {
     streams
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_next_to_a_deployment_leaves_it_untouched_and_nothing_behind() {
-    let server = NatsServer::start().await.expect("nats-server");
-    // The deployment: its subjects, a message waiting, its workers' durable groups.
+/// A deployment on `server`: its subjects, a message waiting, its workers' durable groups.
+async fn deploy(server: &NatsServer) {
     let deployment: Arc<dyn Bus> = Arc::new(
         NatsBus::connect(&[server.address()], &NatsOptions::default())
             .await
@@ -69,37 +67,77 @@ async fn demo_next_to_a_deployment_leaves_it_untouched_and_nothing_behind() {
             .await
             .expect("group");
     }
-    let before = snapshot(&server).await;
-    assert_eq!(before.len(), 2, "{before:?}");
+}
 
+/// Runs `dcpipe` with `args`, without `DCPIPE_*` settings from the environment; its stdout.
+fn dcpipe(args: &[&str]) -> String {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dcpipe"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("DCPIPE_") {
             command.env_remove(name);
         }
     }
-    let output = command
-        .args([
-            "demo",
-            "--bus",
-            &server.url(),
-            "--institutions",
-            "2",
-            "--wallets",
-            "40",
-            "--rate",
-            "50",
-            "--duration",
-            "2s",
-        ])
-        .output()
-        .expect("demo runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let output = command.args(args).output().expect("dcpipe runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_next_to_a_deployment_leaves_it_untouched_and_nothing_behind() {
+    let server = NatsServer::start().await.expect("nats-server");
+    deploy(&server).await;
+    let before = snapshot(&server).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    let url = server.url();
+    let stdout = dcpipe(&[
+        "demo",
+        "--bus",
+        &url,
+        "--institutions",
+        "2",
+        "--wallets",
+        "40",
+        "--rate",
+        "50",
+        "--duration",
+        "2s",
+    ]);
     assert!(stdout.contains("namespace demo-"), "{stdout}");
     assert!(stdout.contains("removed the run's"), "{stdout}");
 
     // The deployment's streams, messages and groups as they were; nothing of the demo's.
+    assert_eq!(snapshot(&server).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_next_to_a_deployment_leaves_it_untouched_and_nothing_behind() {
+    let server = NatsServer::start().await.expect("nats-server");
+    deploy(&server).await;
+    let before = snapshot(&server).await;
+
+    let url = server.url();
+    dcpipe(&[
+        "loadtest",
+        "--bus",
+        &url,
+        "--institutions",
+        "2",
+        "--wallets",
+        "100",
+        "--rate",
+        "50",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+        "--cooldown",
+        "200ms",
+        "--ceiling-duration",
+        "300ms",
+        "--no-progress",
+    ]);
     assert_eq!(snapshot(&server).await, before);
 }

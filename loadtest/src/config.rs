@@ -214,6 +214,9 @@ pub struct LoadConfig {
     pub ack_wait: Duration,
     /// Draw a progress bar on the terminal.
     pub progress: bool,
+    /// On a broker, keep the run's streams or topics (in its namespace) at the end, for an
+    /// audit of the run; by default they are removed.
+    pub keep: bool,
     /// The command line, recorded in the report.
     pub command_line: String,
 }
@@ -247,6 +250,7 @@ impl LoadConfig {
             batch_max: dcpipe_pipeline::runtime::RunnerConfig::BATCH_MAX_DEFAULT,
             ack_wait: ACK_WAIT_DEFAULT,
             progress: false,
+            keep: false,
             command_line: String::new(),
         }
     }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dcpipe_connectors::bus::{Bus, BusUrl, Outgoing, connect};
+use dcpipe_connectors::bus::{Bus, BusUrl, NamespacedBus, Outgoing, connect};
 use dcpipe_connectors::ledger::LedgerUrl;
 use dcpipe_pipeline::audit::Submission;
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
@@ -103,9 +103,23 @@ pub async fn run_until(
         }
     };
     let network = Arc::new(network.map_err(provision_error)?);
-    let bus = connect(&config.bus, &config.bus_options)
+    let broker = connect(&config.bus, &config.bus_options)
         .await
         .map_err(|e| LoadTestError::bus("connecting", e))?;
+    // On a broker, the run lives in a namespace of its own (subjects, streams or topics and
+    // consumer groups), removed at its end, so that it never joins a deployment's groups nor
+    // touches its subjects; except with external workers, whose subjects it is meant to drive.
+    let namespace = match (&config.bus, config.external_workers) {
+        (BusUrl::Embedded, _) | (_, true) => None,
+        _ => Some(Arc::new(
+            NamespacedBus::new(Arc::clone(&broker), format!("loadtest-{run_id}"))
+                .map_err(|e| LoadTestError::bus("namespace", e))?,
+        )),
+    };
+    let bus: Arc<dyn Bus> = match &namespace {
+        Some(namespace) => Arc::clone(namespace) as Arc<dyn Bus>,
+        None => broker,
+    };
     let partitions = match config.bus {
         BusUrl::Kafka(_) => config.partitions.max(1),
         _ => 1,
@@ -279,6 +293,14 @@ pub async fn run_until(
     let _ = ticker.await;
     bar.finish_and_clear();
     let _ = rss.stop();
+    if let Some(namespace) = &namespace
+        && !config.keep
+    {
+        namespace
+            .remove_created()
+            .await
+            .map_err(|e| LoadTestError::bus("removing the run's streams or topics", e))?;
+    }
 
     // Judge and report.
     let tally = tracker.with_state(|s| s.tally());

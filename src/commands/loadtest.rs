@@ -159,6 +159,10 @@ pub(crate) struct LoadtestArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// On a broker, keep the run's streams or topics (the run works in a namespace of its own,
+    /// loadtest-<run id>) at the end, for an audit of the run; by default they are removed.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn parse_mode(text: &str) -> Result<Mode, String> {
@@ -313,6 +317,7 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
         batch_max: args.batch_max,
         ack_wait: args.ack_wait,
         progress: !args.no_progress,
+        keep: args.keep,
         command_line: redacted_command_line(&std::env::args().collect::<Vec<_>>()),
     };
     config.check()?;
