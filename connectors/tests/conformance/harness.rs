@@ -43,6 +43,7 @@ macro_rules! conformance_suite {
             replay_of_a_subject_without_records_is_empty,
             replay_from_offset_or_beginning_returns_the_range_in_order,
             follow_reads_every_record_then_new_ones,
+            delete_subject_removes_it_with_its_records,
             order_per_key_is_kept,
             slow_consumer_applies_backpressure,
             broker_restart_loses_nothing_acknowledged,

@@ -624,6 +624,21 @@ pub(crate) async fn follow_reads_every_record_then_new_ones(harness: &mut impl H
     );
 }
 
+/// A subject deleted is gone with what it held: a second deletion finds nothing, and the
+/// subject ensured again is empty.
+pub(crate) async fn delete_subject_removes_it_with_its_records(harness: &mut impl Harness) {
+    let (bus, subject) = fresh_subject(harness, "scratch", 1).await;
+    publish_numbered(bus.as_ref(), &subject, "gone", 0..3).await;
+    assert!(bus.delete_subject(&subject).await.expect("delete"));
+    assert!(!bus.delete_subject(&subject).await.expect("delete again"));
+    ensure(bus.as_ref(), &subject, 1).await;
+    assert!(
+        replay(bus.as_ref(), &subject, ReplayFrom::Beginning, None)
+            .await
+            .is_empty()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backpressure and failures
 
