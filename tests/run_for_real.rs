@@ -1,0 +1,108 @@
+//! README.md's "Running it for real", run as written: `scripts/run-for-real.sh` on a
+//! nats-server of its own (two institutions and settlement, every stage its own process with
+//! only its own key, wallets opened from files, one payment submitted and its outcome read
+//! back), and the README quoting the script's commands exactly.
+
+use std::path::Path;
+use std::process::Command;
+
+use dcpipe_connectors::testkit::NatsServer;
+
+fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_script_runs_a_payment_to_completion_on_a_fresh_nats_server() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new("bash");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("DCPIPE_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .arg(repository().join("scripts/run-for-real.sh"))
+        .arg(server.url())
+        .arg(work.path().join("run"))
+        .env("DCPIPE_BIN", env!("CARGO_BIN_EXE_dcpipe"))
+        .output()
+        .expect("bash runs the script");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the script failed: {stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(" 0 differ"), "{stdout}");
+    assert!(
+        stdout.contains("oi01: 2 wallets opened (2500000 fen issued)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("COMPLETED"), "{stdout}");
+    let outcome = stdout
+        .lines()
+        .find(|l| l.starts_with('{') && l.contains("\"subject\":\"txn.result.oi01\""))
+        .unwrap_or_else(|| panic!("no outcome read back: {stdout}"));
+    assert!(outcome.contains("\"status\":\"COMPLETED\""), "{outcome}");
+    assert!(outcome.contains("\"amount_fen\":12345"), "{outcome}");
+
+    // Each worker was given only its own private key.
+    let keys = work.path().join("run/keys");
+    for (party, own) in [
+        ("oi01", "institutions/oi01/signer.key.pem"),
+        ("oi02", "institutions/oi02/signer.key.pem"),
+        ("central-bank", "central-bank/settlement.key.pem"),
+    ] {
+        let found = private_keys(&keys.join(party));
+        assert_eq!(found, vec![own.to_owned()], "{party}");
+    }
+}
+
+fn private_keys(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).expect("dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(root, &path, found);
+            } else if path.to_string_lossy().ends_with(".key.pem") {
+                let relative = path.strip_prefix(root).expect("under root");
+                found.push(relative.display().to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(dir, dir, &mut found);
+    found
+}
+
+#[test]
+fn the_readme_quotes_the_script_exactly() {
+    let readme = std::fs::read_to_string(repository().join("README.md")).expect("README");
+    let script =
+        std::fs::read_to_string(repository().join("scripts/run-for-real.sh")).expect("script");
+    let section = readme
+        .split("## Running it for real")
+        .nth(1)
+        .expect("the section")
+        .split("\n## ")
+        .next()
+        .expect("its text");
+    let quoted: Vec<&str> = section
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .flat_map(|block| block.lines().skip(1))
+        .map(str::trim)
+        .filter(|l| l.starts_with("dcpipe ") || l.starts_with("worker_keys "))
+        .collect();
+    assert!(quoted.len() >= 8, "{quoted:?}");
+    let script_lines: Vec<&str> = script.lines().map(str::trim).collect();
+    for line in quoted {
+        assert!(
+            script_lines.contains(&line),
+            "README.md quotes {line:?}, which scripts/run-for-real.sh does not run"
+        );
+    }
+}
