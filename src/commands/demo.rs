@@ -447,6 +447,13 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
             cny(fleet.charged_fen)
         );
         println!("  decoys passed      {:>7}", fleet.decoys);
+        if let Some(ms) = fleet.telemetry_applied_ms {
+            println!(
+                "  telemetry applied  {:>7} ms  ({:.0} reports/s: verified, matched, committed)",
+                ms,
+                fleet.reports as f64 * 1_000.0 / ms.max(1) as f64
+            );
+        }
         for failure in fleet.failures().iter().take(10) {
             println!("  {failure}");
         }

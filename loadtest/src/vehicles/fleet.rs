@@ -67,6 +67,9 @@ pub struct FleetReport {
     pub entities: usize,
     /// Telemetry reports published.
     pub reports: usize,
+    /// From the first telemetry batch published to every vehicle's last one applied (verified,
+    /// matched, sessions and charges committed), in ms; `None` if that did not happen in time.
+    pub telemetry_applied_ms: Option<u64>,
     /// Charges the trips must cause.
     pub expected: usize,
     /// Charges made.
@@ -284,7 +287,8 @@ pub async fn run_fleet(
         });
     }
 
-    // The telemetry, signed in batches.
+    // The telemetry, signed in batches (all signed before the clock starts).
+    let mut signed = Vec::with_capacity(vehicles.len());
     for vehicle in &vehicles {
         let mut batcher = TelemetryBatcher::new(
             &vehicle.trip.vehicle_id,
@@ -297,15 +301,49 @@ pub async fn run_fleet(
             let batch = batcher
                 .seal(reports.to_vec())
                 .map_err(|e| fleet_error(format!("signing telemetry: {e}")))?;
-            let frame = frame_of(&batch)?;
-            publish(
+            signed.push((
                 subjects::vehicle_telemetry(&vehicle.wallet.institution_id),
                 vehicle.trip.vehicle_id.clone(),
-                frame,
-            )
-            .await?;
+                frame_of(&batch)?,
+            ));
         }
     }
+    let telemetry_started = tokio::time::Instant::now();
+    for (subject, key, frame) in signed {
+        publish(subject, key, frame).await?;
+    }
+    // Per institution, its vehicles and how many reports each sent.
+    let mut sent: BTreeMap<&str, (Vec<String>, Vec<i64>)> = BTreeMap::new();
+    for vehicle in &vehicles {
+        let entry = sent
+            .entry(vehicle.wallet.institution_id.as_str())
+            .or_default();
+        entry.0.push(vehicle.trip.vehicle_id.clone());
+        entry
+            .1
+            .push(i64::try_from(vehicle.trip.fixes.len()).unwrap_or(i64::MAX));
+    }
+    let applied = wait(until, "every vehicle's telemetry is applied", || async {
+        for (institution, (ids, fixes)) in &sent {
+            let records = network.vehicles[*institution]
+                .store
+                .vehicles(ids)
+                .await
+                .map_err(|e| fleet_error(e.to_string()))?;
+            let behind = records
+                .iter()
+                .zip(fixes)
+                .any(|(record, fixes)| record.as_ref().is_none_or(|r| r.next_sequence < *fixes));
+            if behind {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await;
+    report.telemetry_applied_ms = applied
+        .is_ok()
+        .then(|| u64::try_from(telemetry_started.elapsed().as_millis()).unwrap_or(u64::MAX));
 
     // Stations report each metered session once it ended (the institution tells them its id).
     let mut stations: HashMap<String, CertifiedKey> = HashMap::new();
