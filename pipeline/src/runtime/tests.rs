@@ -174,9 +174,14 @@ impl TestBus {
         }
     }
 
-    /// Creates the test's subjects and publishes `payloads` to the input subject.
+    /// Creates the test's subjects, its dead-letter subject included (as `dcpipe bus init`
+    /// does for a deployment), and publishes `payloads` to the input subject.
     async fn publish(&self, payloads: &[&str]) {
-        for subject in [INPUT, OUTPUT] {
+        for subject in [
+            INPUT.to_owned(),
+            OUTPUT.to_owned(),
+            dead_letter_subject(STAGE),
+        ] {
             self.bus
                 .ensure_subject(&SubjectSpec::new(subject))
                 .await
