@@ -449,8 +449,9 @@ pub trait ReplayStream: Send {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError>;
 }
 
-/// A subject followed from its beginning, outside any group: every record stored, then each
-/// new one as it is stored, for as long as the follower lives ([`Bus::follow`]).
+/// A subject followed from its beginning (or a given position), outside any group: every record
+/// stored, then each new one as it is stored, for as long as the follower lives ([`Bus::follow`],
+/// [`Bus::follow_from`]).
 #[async_trait]
 pub trait Follow: Send {
     /// The records stored since the last call, at most `max` (at least 1); waits up to `wait`
@@ -506,7 +507,19 @@ pub trait Bus: Send + Sync + 'static {
     /// an ordered consumer on JetStream, an assignment without a group commit on Kafka, a
     /// reader of the subject's log on the embedded bus. For what every process must read in
     /// full (revocations), without leaving anything behind on the broker.
-    async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError>;
+    async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError> {
+        self.follow_from(subject, ReplayFrom::Beginning).await
+    }
+
+    /// Follows `subject` as [`Bus::follow`] does, starting at `from` (inclusive) instead of the
+    /// beginning: a stream sequence (JetStream, embedded) or an offset in every partition
+    /// (Kafka), or a bus time. On JetStream `subject` may be a pattern (see
+    /// [`validate_subject_pattern`]).
+    async fn follow_from(
+        &self,
+        subject: &str,
+        from: ReplayFrom,
+    ) -> Result<Box<dyn Follow>, BusError>;
 
     /// Removes what holds `subject`, with everything stored in it: on JetStream the stream of
     /// its family (every subject and consumer in it), on Kafka the topic, on the embedded bus

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::ReplayFrom;
 use super::{
     Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, Delivery, Follow, Outgoing,
     PublishReceipt, Record, ReplayRequest, ReplayStream, SubjectLayout, SubjectSpec,
@@ -156,8 +157,12 @@ impl Bus for NamespacedBus {
         }))
     }
 
-    async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError> {
-        let inner = self.inner.follow(&self.outer(subject)).await?;
+    async fn follow_from(
+        &self,
+        subject: &str,
+        from: ReplayFrom,
+    ) -> Result<Box<dyn Follow>, BusError> {
+        let inner = self.inner.follow_from(&self.outer(subject), from).await?;
         Ok(Box::new(NamespacedFollow {
             inner,
             prefix: self.prefix.clone(),

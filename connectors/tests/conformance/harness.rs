@@ -43,6 +43,7 @@ macro_rules! conformance_suite {
             replay_of_a_subject_without_records_is_empty,
             replay_from_offset_or_beginning_returns_the_range_in_order,
             follow_reads_every_record_then_new_ones,
+            follow_from_a_position_or_a_time_starts_there,
             delete_subject_removes_it_with_its_records,
             order_per_key_is_kept,
             slow_consumer_applies_backpressure,

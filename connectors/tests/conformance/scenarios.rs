@@ -624,6 +624,46 @@ pub(crate) async fn follow_reads_every_record_then_new_ones(harness: &mut impl H
     );
 }
 
+/// A follower started at a position or a time reads from exactly there (what is before it
+/// never), then each record published after it started.
+pub(crate) async fn follow_from_a_position_or_a_time_starts_there(harness: &mut impl Harness) {
+    let run = two_batches_split_by_time(harness).await;
+    let first_b = run.b_receipts[0].position.offset;
+    let mut by_offset = run
+        .bus
+        .follow_from(&run.subject, ReplayFrom::Offset(first_b))
+        .await
+        .expect("follow from an offset");
+    let mut by_time = run
+        .bus
+        .follow_from(&run.subject, ReplayFrom::TimeMs(run.split_ms))
+        .await
+        .expect("follow from a time");
+    for follow in [&mut by_offset, &mut by_time] {
+        let records = follow_until(follow.as_mut(), run.b.len()).await;
+        assert_eq!(payloads(&records), run.b);
+        let positions: Vec<_> = records.iter().map(|r| r.position).collect();
+        let receipts: Vec<_> = run.b_receipts.iter().map(|r| r.position).collect();
+        assert_eq!(positions, receipts);
+    }
+    let published = publish_numbered(run.bus.as_ref(), &run.subject, "later", 0..2).await;
+    for follow in [&mut by_offset, &mut by_time] {
+        let records = follow_until(follow.as_mut(), 2).await;
+        assert_eq!(payloads(&records), labelled("later", 0..2));
+        let positions: Vec<_> = records.iter().map(|r| r.position).collect();
+        let receipts: Vec<_> = published.iter().map(|r| r.position).collect();
+        assert_eq!(positions, receipts);
+        assert!(
+            follow
+                .next_batch(16, Duration::from_millis(300))
+                .await
+                .expect("follow")
+                .is_empty(),
+            "nothing more, and nothing twice"
+        );
+    }
+}
+
 /// A subject deleted is gone with what it held: a second deletion finds nothing, and the
 /// subject ensured again is empty.
 pub(crate) async fn delete_subject_removes_it_with_its_records(harness: &mut impl Harness) {

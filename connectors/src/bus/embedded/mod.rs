@@ -468,9 +468,13 @@ impl Bus for EmbeddedBus {
             .is_some())
     }
 
-    async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError> {
+    async fn follow_from(
+        &self,
+        subject: &str,
+        from: ReplayFrom,
+    ) -> Result<Box<dyn Follow>, BusError> {
         let handle = self.subject(subject)?;
-        let next_seq = handle.lock().replay_start(ReplayFrom::Beginning);
+        let next_seq = handle.lock().replay_start(from);
         Ok(Box::new(EmbeddedFollow { handle, next_seq }))
     }
 }

@@ -34,6 +34,7 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 use self::client::{TracingContext, check_properties, client_config, topic_replication};
+use super::ReplayFrom;
 use super::metrics::SubjectMetrics;
 use super::nats::{check_consumer_config, check_portable_headers};
 use super::{
@@ -471,10 +472,15 @@ impl Bus for KafkaBus {
         Ok(Box::new(replay))
     }
 
-    async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError> {
+    async fn follow_from(
+        &self,
+        subject: &str,
+        from: ReplayFrom,
+    ) -> Result<Box<dyn Follow>, BusError> {
         validate_subject(subject)?;
         self.require_topic(subject).await?;
-        let follow = follow::KafkaFollow::start(&self.servers, &self.options, subject).await?;
+        let follow =
+            follow::KafkaFollow::start(&self.servers, &self.options, subject, from).await?;
         Ok(Box::new(follow))
     }
 

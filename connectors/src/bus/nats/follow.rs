@@ -1,6 +1,6 @@
 //! Following a subject on JetStream: one ordered consumer (ephemeral, no acks, flow-controlled,
 //! recreated by the client after a gap or a reconnect) filtered on the subject, from the start
-//! of the stream, for as long as the follower lives. The server removes it once the follower
+//! of the stream (or a given sequence or time), for as long as the follower lives. The server removes it once the follower
 //! is gone (inactivity threshold), so a process holds one consumer per subject it follows,
 //! never one per read.
 
@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::wire;
-use crate::bus::{BusError, BusErrorKind, Follow, Record};
+use crate::bus::{BusError, BusErrorKind, Follow, Record, ReplayFrom};
 
-/// A subject followed from its beginning.
+/// A subject followed from its beginning or a given position.
 pub(super) struct NatsFollow {
     subject: String,
     messages: Ordered,
@@ -23,17 +23,30 @@ pub(super) struct NatsFollow {
 
 impl NatsFollow {
     /// Starts the ordered consumer on `stream`.
-    pub(super) async fn start(stream: stream::Stream, subject: &str) -> Result<Self, BusError> {
+    pub(super) async fn start(
+        stream: stream::Stream,
+        subject: &str,
+        from: ReplayFrom,
+    ) -> Result<Self, BusError> {
         let follow_error = |what: &str, e: &dyn std::fmt::Display| {
             BusError::new(
                 BusErrorKind::Consume,
                 format!("following {subject}: {what}: {e}"),
             )
         };
+        let deliver_policy = match from {
+            ReplayFrom::Beginning => DeliverPolicy::All,
+            ReplayFrom::Offset(sequence) => DeliverPolicy::ByStartSequence {
+                start_sequence: sequence.max(1),
+            },
+            ReplayFrom::TimeMs(ms) => DeliverPolicy::ByStartTime {
+                start_time: wire::datetime_of_ms(ms)?,
+            },
+        };
         let consumer = stream
             .create_consumer(OrderedConfig {
                 filter_subject: subject.to_owned(),
-                deliver_policy: DeliverPolicy::All,
+                deliver_policy,
                 replay_policy: ReplayPolicy::Instant,
                 ..Default::default()
             })

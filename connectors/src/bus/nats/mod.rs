@@ -41,6 +41,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use super::ReplayFrom;
 use super::metrics::SubjectMetrics;
 use super::{
     Bus, BusError, BusErrorKind, BusKind, Consumer, ConsumerConfig, Follow, NatsOptions, Outgoing,
@@ -623,10 +624,16 @@ impl Bus for NatsBus {
         Ok(Box::new(replay::NatsReplay::start(stream, request).await?))
     }
 
-    async fn follow(&self, subject: &str) -> Result<Box<dyn Follow>, BusError> {
-        validate_subject(subject)?;
+    async fn follow_from(
+        &self,
+        subject: &str,
+        from: ReplayFrom,
+    ) -> Result<Box<dyn Follow>, BusError> {
+        validate_subject_pattern(subject)?;
         let stream = self.stream_of(subject).await?;
-        Ok(Box::new(follow::NatsFollow::start(stream, subject).await?))
+        Ok(Box::new(
+            follow::NatsFollow::start(stream, subject, from).await?,
+        ))
     }
 
     async fn delete_subject(&self, subject: &str) -> Result<bool, BusError> {
