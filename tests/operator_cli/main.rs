@@ -19,6 +19,14 @@ mod nats {
     async fn the_binary_submits_tails_lists_and_settles() {
         super::scenarios::the_binary_submits_tails_lists_and_settles(Backend::nats().await).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tail_follower_holds_one_consumer_and_sees_new_records() {
+        super::scenarios::a_tail_follower_holds_one_consumer_and_sees_new_records(
+            Backend::nats().await,
+        )
+        .await;
+    }
 }
 
 mod kafka {

@@ -604,3 +604,77 @@ pub(crate) async fn the_binary_submits_tails_lists_and_settles(backend: Backend)
     assert_eq!(schema["name"], "PaymentOutcome");
     running.stop().await;
 }
+
+/// How long the tail follower is watched on JetStream.
+const FOLLOWING: Duration = Duration::from_secs(3);
+
+/// `tail --follow` held for a while keeps at most one consumer on the stream (not one per look),
+/// and sees what is published while it follows.
+pub(crate) async fn a_tail_follower_holds_one_consumer_and_sees_new_records(backend: Backend) {
+    let subject = "probe.follow";
+    let bus = std::sync::Arc::clone(&backend.bus);
+    bus.ensure_subject(&SubjectSpec::new(subject))
+        .await
+        .expect("subject");
+    bus.publish(Outgoing::new(subject, Bytes::from("probe-0")))
+        .await
+        .expect("published");
+    let (sender, mut shown) = tokio::sync::mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let follower = {
+        let (bus, stop) = (std::sync::Arc::clone(&bus), stop.clone());
+        tokio::spawn(async move {
+            let options = TailOptions {
+                follow: true,
+                ..read_all(subject)
+            };
+            tail(bus.as_ref(), &options, &stop, |record, _| {
+                let _ = sender.send(record.payload.clone());
+            })
+            .await
+        })
+    };
+    let first = tokio::time::timeout(DEADLINE, shown.recv())
+        .await
+        .expect("the stored record in time")
+        .expect("shown");
+    assert_eq!(first, Bytes::from("probe-0"));
+
+    let url = backend.url.as_deref().expect("NATS URL");
+    let client = async_nats::connect(url).await.expect("client");
+    let jetstream = async_nats::jetstream::new(client);
+    let consumers = || async {
+        let mut total = 0;
+        let mut names = jetstream.stream_names();
+        while let Some(name) = futures::StreamExt::next(&mut names).await {
+            let name = name.expect("stream name");
+            let mut stream = jetstream.get_stream(&name).await.expect("stream");
+            total += stream.info().await.expect("info").state.consumer_count;
+        }
+        total
+    };
+    let started = Instant::now();
+    let mut consumers_max = 0;
+    let mut sampling = tokio::time::interval(Duration::from_millis(100));
+    while started.elapsed() < FOLLOWING {
+        sampling.tick().await;
+        consumers_max = consumers_max.max(consumers().await);
+    }
+    assert_eq!(consumers_max, 1, "consumers on the stream while following");
+
+    for i in 1..4 {
+        bus.publish(Outgoing::new(subject, Bytes::from(format!("probe-{i}"))))
+            .await
+            .expect("published");
+    }
+    for i in 1..4 {
+        let next = tokio::time::timeout(DEADLINE, shown.recv())
+            .await
+            .expect("a new record in time")
+            .expect("shown");
+        assert_eq!(next, Bytes::from(format!("probe-{i}")));
+    }
+    assert!(consumers().await <= 1);
+    stop.cancel();
+    assert_eq!(follower.await.expect("joined").expect("tail"), 4);
+}

@@ -1,4 +1,5 @@
-//! Reading a subject from a position or a time, once or following it, outside any group.
+//! Reading a subject from a position or a time by polling, outside any group (`tail --follow`
+//! holds a follower instead: [`Bus::follow_from`]).
 //!
 //! Each poll is a replay ([`Bus::replay`]): on JetStream an ordered ephemeral consumer, on Kafka
 //! a consumer assigned to the partitions that never joins its group nor commits, on the
