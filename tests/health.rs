@@ -1,6 +1,6 @@
-//! The metrics port of a worker process against a real nats-server: `/healthz`, `/readyz`
-//! following the broker down and back, 404 elsewhere, and histograms of two processes of one
-//! stage that add up.
+//! The metrics port of a worker process against a real broker: `/healthz`, `/readyz`
+//! following the broker (NATS, Kafka) down and back, 404 elsewhere, and histograms of two
+//! processes of one stage that add up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dcpipe_connectors::bus::{Bus, NatsBus, NatsOptions};
+use dcpipe_connectors::bus::{Bus, KafkaBus, KafkaOptions, NatsBus, NatsOptions};
 use dcpipe_connectors::ledger::LedgerUrl;
-use dcpipe_connectors::testkit::NatsServer;
+use dcpipe_connectors::testkit::{NatsServer, TansuServer};
 use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::network::{Network, NetworkConfig};
@@ -185,6 +185,40 @@ async fn readyz_follows_the_broker_down_and_back() {
     assert_eq!(worker.get("/healthz").await, Some((200, "ok\n".to_owned())));
 
     server.start_again().await.expect("nats-server again");
+    worker.wait_for("/readyz", 200).await;
+}
+
+/// As on NATS: the Kafka client's broker state (from the producer's statistics) makes
+/// `/readyz` 503 while the broker is stopped and 200 once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_kafka_broker_down_and_back() {
+    let mut server = TansuServer::start().await.expect("tansu");
+    let bus: Arc<dyn Bus> = Arc::new(
+        KafkaBus::connect(&[server.address()], &KafkaOptions::default())
+            .await
+            .expect("connect"),
+    );
+    let fixture = Fixture::new(bus.as_ref()).await;
+    let worker = Worker::start(
+        &fixture.worker_args("payer", &server.url()),
+        fixture.log("payer-kafka.log"),
+    );
+    worker.wait_for("/readyz", 200).await;
+
+    server.stop();
+    let body = worker.wait_for("/readyz", 503).await;
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["ready"], false);
+    let parts: Vec<&str> = body["not_ready"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|part| part["component"].as_str())
+        .collect();
+    assert!(parts.contains(&"bus"), "{body}");
+    assert_eq!(worker.get("/healthz").await, Some((200, "ok\n".to_owned())));
+
+    server.start_again().await.expect("tansu again");
     worker.wait_for("/readyz", 200).await;
 }
 

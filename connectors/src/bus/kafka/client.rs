@@ -1,11 +1,13 @@
 //! Client settings shared by every Kafka client of the bus, and librdkafka's logs routed to
 //! `tracing`.
 
-use rdkafka::ClientConfig;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Statistics};
 
 use crate::bus::{BusError, BusErrorKind, KafkaOptions};
 
@@ -112,6 +114,63 @@ impl ClientContext for TracingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // Transport errors while a broker restarts are expected and retried by librdkafka.
         tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+/// How often the producer reports its statistics, which say whether a broker is reachable.
+pub(super) const BROKER_STATS_INTERVAL_MS: u32 = 1_000;
+
+/// Whether a broker answers, as the producer's latest statistics say: `Some(why)` when no broker
+/// is up, `None` when one is or before the first statistics.
+#[derive(Debug, Default)]
+pub(super) struct BrokerReach {
+    down: Mutex<Option<String>>,
+}
+
+impl BrokerReach {
+    /// Why no broker can be reached, if none can.
+    pub(super) fn down(&self) -> Option<String> {
+        self.down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes in one report of the statistics: down when no configured or learned broker is up.
+    fn report(&self, statistics: &Statistics) {
+        let brokers: Vec<_> = statistics
+            .brokers
+            .values()
+            .filter(|b| b.source == "configured" || b.source == "learned")
+            .collect();
+        let down = (!brokers.is_empty() && brokers.iter().all(|b| b.state != "UP")).then(|| {
+            let states: Vec<String> = brokers
+                .iter()
+                .map(|b| format!("{} {}", b.nodename, b.state))
+                .collect();
+            format!("no Kafka broker is up ({})", states.join(", "))
+        });
+        *self.down.lock().unwrap_or_else(PoisonError::into_inner) = down;
+    }
+}
+
+/// The producer's context: logs as [`TracingContext`], and keeps the brokers' reach from the
+/// statistics.
+pub(super) struct WatchedContext {
+    pub(super) reach: Arc<BrokerReach>,
+}
+
+impl ClientContext for WatchedContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        TracingContext.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        TracingContext.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.reach.report(&statistics);
     }
 }
 

@@ -24,7 +24,7 @@ mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,7 +33,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
-use self::client::{TracingContext, check_properties, client_config, topic_replication};
+use self::client::{
+    BROKER_STATS_INTERVAL_MS, BrokerReach, TracingContext, WatchedContext, check_properties,
+    client_config, topic_replication,
+};
 use super::ReplayFrom;
 use super::metrics::SubjectMetrics;
 use super::nats::{check_consumer_config, check_portable_headers};
@@ -62,7 +65,9 @@ const PARTITIONS_MAX: u32 = 1024;
 pub struct KafkaBus {
     servers: Vec<String>,
     options: KafkaOptions,
-    producer: FutureProducer<TracingContext>,
+    producer: FutureProducer<WatchedContext>,
+    /// Whether a broker is up, from the producer's statistics.
+    reach: Arc<BrokerReach>,
     admin: AdminClient<TracingContext>,
     replication: i32,
     /// Topics created or seen in metadata by this bus.
@@ -89,7 +94,8 @@ impl KafkaBus {
         }
         check_properties(options)?;
         let replication = topic_replication(options)?;
-        let producer: FutureProducer<TracingContext> = client_config(
+        let reach = Arc::new(BrokerReach::default());
+        let producer: FutureProducer<WatchedContext> = client_config(
             servers,
             &[
                 ("enable.idempotence", "true".into()),
@@ -101,10 +107,16 @@ impl KafkaBus {
                     PUBLISH_TIMEOUT.as_millis().to_string(),
                 ),
                 ("message.max.bytes", (2 * PAYLOAD_BYTES_MAX).to_string()),
+                (
+                    "statistics.interval.ms",
+                    BROKER_STATS_INTERVAL_MS.to_string(),
+                ),
             ],
             options,
         )
-        .create_with_context(TracingContext)
+        .create_with_context(WatchedContext {
+            reach: Arc::clone(&reach),
+        })
         .map_err(|e| BusError::with_source(BusErrorKind::Config, "Kafka producer settings", e))?;
         let admin: AdminClient<TracingContext> = client_config(servers, &[], options)
             .create_with_context(TracingContext)
@@ -113,6 +125,7 @@ impl KafkaBus {
             servers: servers.to_vec(),
             options: options.clone(),
             producer,
+            reach,
             admin,
             replication,
             topics: Mutex::new(HashSet::new()),
@@ -311,6 +324,10 @@ fn topic_partitions<C: rdkafka::client::ClientContext>(
 impl Bus for KafkaBus {
     fn kind(&self) -> BusKind {
         BusKind::Kafka
+    }
+
+    fn disconnected(&self) -> Option<String> {
+        self.reach.down()
     }
 
     async fn ensure_subject(&self, spec: &SubjectSpec) -> Result<(), BusError> {
