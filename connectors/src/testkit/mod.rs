@@ -61,6 +61,9 @@ pub enum TestkitErrorKind {
     Process,
     /// The server did not answer within its start-up deadline.
     NotReady,
+    /// The server exited while starting (on a fresh start, typically because another process
+    /// took its port between the choice of a free port and its bind): start-up tries a new port.
+    Exited,
 }
 
 impl TestkitErrorKind {
@@ -70,6 +73,7 @@ impl TestkitErrorKind {
             TestkitErrorKind::BinaryMissing => "testkit.binary_missing",
             TestkitErrorKind::Process => "testkit.process",
             TestkitErrorKind::NotReady => "testkit.not_ready",
+            TestkitErrorKind::Exited => "testkit.exited",
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::AsyncBufReadExt as _;
 
-use super::process::{ServerProcess, find_binary, free_port};
+use super::process::{START_ATTEMPTS, ServerProcess, find_binary, free_port};
 use super::{TestkitError, TestkitErrorKind};
 
 /// The server version the buses are tested against (installed by `scripts/setup.sh`).
@@ -24,6 +24,8 @@ const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct NatsServer {
     binary: PathBuf,
     port: u16,
+    /// The server's name, unique: readiness checks that the server answering is this one.
+    name: String,
     dir: TempDir,
     process: Option<ServerProcess>,
     /// Appended to the generated configuration (see [`NatsServer::start_with_config`]).
@@ -34,7 +36,7 @@ impl NatsServer {
     /// Starts a server and waits until JetStream answers.
     pub async fn start() -> Result<Self, TestkitError> {
         let mut server = Self::not_started()?;
-        server.launch().await?;
+        server.launch_on_free_port().await?;
         Ok(server)
     }
 
@@ -46,7 +48,7 @@ impl NatsServer {
     pub async fn start_with_config(extra_config: &str) -> Result<Self, TestkitError> {
         let mut server = Self::not_started()?;
         server.extra_config = extra_config.to_owned();
-        server.launch().await?;
+        server.launch_on_free_port().await?;
         Ok(server)
     }
 
@@ -63,10 +65,27 @@ impl NatsServer {
         Ok(NatsServer {
             binary,
             port: free_port()?,
+            name: format!("dcpipe_test_{}", uuid::Uuid::new_v4().simple()),
             dir,
             process: None,
             extra_config: String::new(),
         })
+    }
+
+    /// Launches on the port chosen, and on a new one when the server exits while starting (its
+    /// port was taken), a bounded number of times.
+    async fn launch_on_free_port(&mut self) -> Result<(), TestkitError> {
+        let mut attempt = 1;
+        loop {
+            match self.launch().await {
+                Err(e) if e.kind() == TestkitErrorKind::Exited && attempt < START_ATTEMPTS => {
+                    tracing::warn!(port = self.port, "nats-server did not start: {e}");
+                    self.port = free_port()?;
+                    attempt += 1;
+                }
+                launched => return launched,
+            }
+        }
     }
 
     /// `host:port` to give to the NATS bus.
@@ -104,7 +123,7 @@ impl NatsServer {
         let mut config = String::new();
         // Written by hand: the format is small and quoting the path is all it needs.
         let _ = writeln!(config, "listen: 127.0.0.1:{}", self.port);
-        let _ = writeln!(config, "server_name: dcpipe_test");
+        let _ = writeln!(config, "server_name: {}", self.name);
         let _ = writeln!(config, "max_payload: {MAX_PAYLOAD_BYTES}");
         let _ = writeln!(
             config,
@@ -125,8 +144,9 @@ impl NatsServer {
         )?;
         let url = self.url();
         let greeting_only = !self.extra_config.is_empty();
+        let name = self.name.clone();
         process
-            .wait_ready(|| server_answers(url.clone(), greeting_only))
+            .wait_ready(|| server_answers(url.clone(), name.clone(), greeting_only))
             .await?;
         self.process = Some(process);
         Ok(())
@@ -135,17 +155,18 @@ impl NatsServer {
 
 /// Readiness of a server: JetStream answers, or only the server's greeting when the server may
 /// refuse a client without credentials or TLS.
-async fn server_answers(url: String, greeting_only: bool) -> Result<(), String> {
+/// Either way the server must be the one named `name`.
+async fn server_answers(url: String, name: String, greeting_only: bool) -> Result<(), String> {
     if greeting_only {
-        greeting_received(url).await
+        greeting_received(url, &name).await
     } else {
-        jetstream_answers(url).await
+        jetstream_answers(url, &name).await
     }
 }
 
 /// Opens a TCP connection and reads the `INFO` line every server sends first (in clear text,
 /// also when it requires TLS afterwards).
-async fn greeting_received(url: String) -> Result<(), String> {
+async fn greeting_received(url: String, name: &str) -> Result<(), String> {
     let address = url.trim_start_matches("nats://");
     let read_greeting = async {
         let stream = tokio::net::TcpStream::connect(address)
@@ -156,10 +177,12 @@ async fn greeting_received(url: String) -> Result<(), String> {
             .read_line(&mut line)
             .await
             .map_err(|e| format!("greeting: {e}"))?;
-        if line.starts_with("INFO ") {
+        if !line.starts_with("INFO ") {
+            Err(format!("unexpected greeting {line:?}"))
+        } else if line.contains(&format!("\"server_name\":\"{name}\"")) {
             Ok(())
         } else {
-            Err(format!("unexpected greeting {line:?}"))
+            Err(format!("another server answers: {line:?}"))
         }
     };
     tokio::time::timeout(PROBE_CONNECT_TIMEOUT, read_greeting)
@@ -168,16 +191,38 @@ async fn greeting_received(url: String) -> Result<(), String> {
 }
 
 /// Connects and asks JetStream for the account: succeeds once streams can be created.
-async fn jetstream_answers(url: String) -> Result<(), String> {
+async fn jetstream_answers(url: String, name: &str) -> Result<(), String> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(PROBE_CONNECT_TIMEOUT)
         .connect(url.as_str())
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let answering = client.server_info().server_name;
+    if answering != name {
+        return Err(format!("another server answers: {answering}"));
+    }
     let jetstream = async_nats::jetstream::new(client);
     jetstream
         .query_account()
         .await
         .map(|_| ())
         .map_err(|e| format!("jetstream: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port taken by another server between its choice and the bind: the server started
+    /// does not mistake the other one for itself, and comes up on a new port.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_taken_port_gives_a_new_one_not_the_other_server() {
+        let other = NatsServer::start().await.expect("nats-server");
+        let mut server = NatsServer::not_started().expect("server");
+        server.port = other.port;
+        server.launch_on_free_port().await.expect("started");
+        assert_ne!(server.port, other.port);
+        let client = async_nats::connect(server.address()).await.expect("client");
+        assert_eq!(client.server_info().server_name, server.name);
+    }
 }

@@ -51,7 +51,13 @@ pub(crate) fn find_binary(env_var: &str, relative: &str) -> Result<PathBuf, Test
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Fresh start-ups of one server, each on a new port, before giving up.
+pub(crate) const START_ATTEMPTS: u32 = 4;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago: another process may take it before the
+/// server binds it, so a fresh start-up that fails with [`TestkitErrorKind::Exited`] tries again
+/// on a new one (up to [`START_ATTEMPTS`]), and readiness checks that the server answering is
+/// the one started.
 pub(crate) fn free_port() -> Result<u16, TestkitError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| TestkitError::new(TestkitErrorKind::Process, format!("no free port: {e}")))?;
@@ -110,16 +116,11 @@ impl ServerProcess {
     {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(TestkitError::new(
-                    TestkitErrorKind::NotReady,
-                    format!("{} exited with {status}\n{}", self.name, self.log_tail()),
-                ));
-            }
+            self.check_running()?;
             let last_error = match probe().await {
-                Ok(()) => return Ok(()),
+                // What answered may be another server on the same port, while this one failed
+                // to bind: it must still be running.
+                Ok(()) => return self.check_running(),
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
@@ -134,6 +135,19 @@ impl ServerProcess {
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
+    }
+
+    /// An [`TestkitErrorKind::Exited`] error when the process has exited.
+    fn check_running(&mut self) -> Result<(), TestkitError> {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            return Err(TestkitError::new(
+                TestkitErrorKind::Exited,
+                format!("{} exited with {status}\n{}", self.name, self.log_tail()),
+            ));
+        }
+        Ok(())
     }
 
     /// Kills the process (like a crash: the server gets no chance to flush) and reaps it.

@@ -7,7 +7,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tempfile::TempDir;
 
-use super::process::{ServerProcess, find_binary, free_port};
+use super::process::{START_ATTEMPTS, ServerProcess, find_binary, free_port};
 use super::{TestkitError, TestkitErrorKind};
 
 /// The broker version the Kafka bus is tested against (installed by `scripts/setup.sh`).
@@ -46,8 +46,17 @@ impl TansuServer {
             process: None,
             scram_user: None,
         };
-        server.launch().await?;
-        Ok(server)
+        let mut attempt = 1;
+        loop {
+            match server.launch().await {
+                Err(e) if e.kind() == TestkitErrorKind::Exited && attempt < START_ATTEMPTS => {
+                    tracing::warn!(port = server.port, "tansu did not start: {e}");
+                    server.port = free_port()?;
+                    attempt += 1;
+                }
+                launched => return launched.map(|()| server),
+            }
+        }
     }
 
     /// Starts a broker that requires SASL authentication and knows one SCRAM-SHA-512 user.
