@@ -1,6 +1,6 @@
 //! A demo run against a broker where a deployment lives: it works in a namespace of its own,
 //! leaves the deployment's streams, messages and consumers as they were, and removes
-//! everything of its own at its end.
+//! everything of its own at its end, also when it fails partway.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -140,4 +140,89 @@ async fn loadtest_next_to_a_deployment_leaves_it_untouched_and_nothing_behind() 
         "--no-progress",
     ]);
     assert_eq!(snapshot(&server).await, before);
+}
+
+/// A server whose only account allows two streams: a run needs more, and fails partway,
+/// after it has created streams in its namespace.
+async fn two_streams_only() -> NatsServer {
+    NatsServer::start_with_config(
+        "accounts { RUN: { jetstream: { max_mem: -1, max_file: -1, max_streams: 2, \
+         max_consumers: -1 }, users: [{ user: run, password: run }] } }\n\
+         no_auth_user: run\n",
+    )
+    .await
+    .expect("nats-server")
+}
+
+/// Runs `dcpipe` with `args`, which must fail; its stdout and stderr.
+fn dcpipe_failing(args: &[&str]) -> (String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dcpipe"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("DCPIPE_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command.args(args).output().expect("dcpipe runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// A demo that fails partway removes what it created in its namespace all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_that_fails_after_provisioning_leaves_no_stream_behind() {
+    let server = two_streams_only().await;
+    let url = server.url();
+    let (stdout, stderr) = dcpipe_failing(&[
+        "demo",
+        "--bus",
+        &url,
+        "--institutions",
+        "2",
+        "--wallets",
+        "40",
+        "--rate",
+        "50",
+        "--duration",
+        "2s",
+    ]);
+    assert!(stdout.contains("namespace demo-"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("removed the run's 2 streams or topics"),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(snapshot(&server).await, BTreeMap::new());
+}
+
+/// So does a load test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loadtest_that_fails_after_provisioning_leaves_no_stream_behind() {
+    let server = two_streams_only().await;
+    let url = server.url();
+    let (stdout, stderr) = dcpipe_failing(&[
+        "loadtest",
+        "--bus",
+        &url,
+        "--institutions",
+        "2",
+        "--wallets",
+        "100",
+        "--rate",
+        "50",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+        "--cooldown",
+        "200ms",
+        "--ceiling-duration",
+        "300ms",
+        "--no-progress",
+    ]);
+    assert!(
+        stderr.contains("removed the run's 2 streams or topics"),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(snapshot(&server).await, BTreeMap::new());
 }

@@ -120,324 +120,344 @@ pub async fn run_until(
         Some(namespace) => Arc::clone(namespace) as Arc<dyn Bus>,
         None => broker,
     };
-    let partitions = match config.bus {
-        BusUrl::Kafka(_) => config.partitions.max(1),
-        _ => 1,
-    };
-    network
-        .ensure_subjects(bus.as_ref(), partitions)
-        .await
-        .map_err(|e| LoadTestError::bus("creating the subjects", e))?;
-
-    bar.set_message("measuring the crypto ceiling");
-    let producer_per_core = ceiling::measure_producer(
-        &network,
-        &config.mix,
-        config.seed ^ CEILING_SEED_OFFSET,
-        config.ceiling_duration / 4,
-    )?;
-    let work = CryptoWork::prepare(&network, &config.mix, config.seed ^ CEILING_SEED_OFFSET)?;
-    let kinds = ceiling::payment_messages(&work.sizes(), work.interbank_share());
-    let (cores, ceiling_duration) = (config.cores, config.ceiling_duration);
-    let crypto = tokio::task::spawn_blocking(move || work.measure(cores, ceiling_duration))
-        .await
-        .map_err(|e| LoadTestError::new(LoadTestErrorKind::Crypto, e.to_string()))??;
-
-    bar.set_message("measuring the bus ceiling");
-    // The embedded bus keeps what it carries in this process: the ceiling's messages go
-    // through a bus of their own, with the same limits, dropped once measured.
-    let ceiling_bus = match config.bus {
-        BusUrl::Embedded => connect(&BusUrl::Embedded, &config.bus_options)
-            .await
-            .map_err(|e| LoadTestError::bus("connecting", e))?,
-        _ => Arc::clone(&bus),
-    };
-    let bus_limit = ceiling::measure_bus(
-        &ceiling_bus,
-        &kinds,
-        &run_id,
-        partitions,
-        config.ceiling_duration,
-    )
-    .await?;
-    drop(ceiling_bus);
-
-    // The stages, the tracker and the producer.
-    let shutdown = CancellationToken::new();
-    // Whatever way this function returns, the stages and consumers it started stop.
-    let _stop_on_return = shutdown.clone().drop_guard();
-    let runner = RunnerConfig {
-        fetch_wait: Duration::from_millis(20),
-        ack_wait: config.ack_wait,
-        retry_delay: Duration::from_millis(200),
-        concurrency: config.stage_concurrency,
-        batch_max: config.batch_max,
-        ..RunnerConfig::default()
-    };
-    let stage_handles = if config.external_workers {
-        Vec::new()
-    } else {
+    // Whatever fails from here on, the run's namespace is removed all the same (unless kept);
+    // the stages started inside stop as it returns.
+    let outcome: Result<Report, LoadTestError> = async {
+        let partitions = match config.bus {
+            BusUrl::Kafka(_) => config.partitions.max(1),
+            _ => 1,
+        };
         network
-            .spawn(&bus, &runner, &shutdown)
-            .map_err(|e| LoadTestError::new(LoadTestErrorKind::Config, e.to_string()))?
-    };
-    let permits =
-        (config.mode == Mode::Closed).then(|| Arc::new(Semaphore::new(config.concurrency)));
-    let (window_start, window_end) = config.measured_window();
-    let tracker = OutcomeTracker::new(
-        Instant::now(),
-        Measurement::new(window_start, window_end),
-        permits.clone(),
-    );
-    let consumer_handles = tracker
-        .spawn_consumers(
-            &bus,
-            network.institutions.keys().cloned(),
-            &format!("loadtest-{run_id}-observer"),
-            &shutdown,
+            .ensure_subjects(bus.as_ref(), partitions)
+            .await
+            .map_err(|e| LoadTestError::bus("creating the subjects", e))?;
+
+        bar.set_message("measuring the crypto ceiling");
+        let producer_per_core = ceiling::measure_producer(
+            &network,
+            &config.mix,
+            config.seed ^ CEILING_SEED_OFFSET,
+            config.ceiling_duration / 4,
+        )?;
+        let work = CryptoWork::prepare(&network, &config.mix, config.seed ^ CEILING_SEED_OFFSET)?;
+        let kinds = ceiling::payment_messages(&work.sizes(), work.interbank_share());
+        let (cores, ceiling_duration) = (config.cores, config.ceiling_duration);
+        let crypto = tokio::task::spawn_blocking(move || work.measure(cores, ceiling_duration))
+            .await
+            .map_err(|e| LoadTestError::new(LoadTestErrorKind::Crypto, e.to_string()))??;
+
+        bar.set_message("measuring the bus ceiling");
+        // The embedded bus keeps what it carries in this process: the ceiling's messages go
+        // through a bus of their own, with the same limits, dropped once measured.
+        let ceiling_bus = match config.bus {
+            BusUrl::Embedded => connect(&BusUrl::Embedded, &config.bus_options)
+                .await
+                .map_err(|e| LoadTestError::bus("connecting", e))?,
+            _ => Arc::clone(&bus),
+        };
+        let bus_limit = ceiling::measure_bus(
+            &ceiling_bus,
+            &kinds,
+            &run_id,
+            partitions,
+            config.ceiling_duration,
         )
         .await?;
-    bar.set_message("waiting for every stage to answer");
-    probe_readiness(&network, &bus, &tracker, config.drain_timeout).await?;
-    tracker.restart_clock(Measurement::new(window_start, window_end));
-    let prepared = match config.mode {
-        Mode::Closed => config.concurrency,
-        Mode::Open => usize::try_from(config.rate / 10).unwrap_or(PREPARED_MAX),
-        Mode::Ramp => usize::try_from(config.ramp.max_rate / 10).unwrap_or(PREPARED_MAX),
-    }
-    .clamp(16, PREPARED_MAX);
-    let (tx, mut rx) = mpsc::channel(prepared);
-    let producer = spawn_producer(Arc::clone(&network), config.mix.clone(), config.seed, tx)?;
-    let rss_mb_start = current_rss_kib().map_or(0.0, |k| k as f64 / 1024.0);
-    rss.reset();
-    let cpu_start = process_cpu_seconds();
-    let load_start = load_average().unwrap_or(0.0);
-    let started_at_ms = system_now_ms();
-    let ticker = spawn_progress(bar.clone(), tracker.clone(), shutdown.clone());
+        drop(ceiling_bus);
 
-    let sending = async {
-        match config.mode {
-            Mode::Open => {
-                bar.set_length(config.duration.as_secs());
-                send_open(
-                    &bus,
-                    &tracker,
-                    &mut rx,
-                    config.rate,
-                    Duration::ZERO,
-                    config.duration,
-                )
-                .await
-                .map(|()| None)
-            }
-            Mode::Closed => {
-                bar.set_length(config.duration.as_secs());
-                let permits = permits
-                    .clone()
-                    .ok_or_else(|| LoadTestError::config("closed mode without permits"))?;
-                send_closed(&bus, &tracker, &mut rx, &permits, config.duration)
+        // The stages, the tracker and the producer.
+        let shutdown = CancellationToken::new();
+        // Whatever way this function returns, the stages and consumers it started stop.
+        let _stop_on_return = shutdown.clone().drop_guard();
+        let runner = RunnerConfig {
+            fetch_wait: Duration::from_millis(20),
+            ack_wait: config.ack_wait,
+            retry_delay: Duration::from_millis(200),
+            concurrency: config.stage_concurrency,
+            batch_max: config.batch_max,
+            ..RunnerConfig::default()
+        };
+        let stage_handles = if config.external_workers {
+            Vec::new()
+        } else {
+            network
+                .spawn(&bus, &runner, &shutdown)
+                .map_err(|e| LoadTestError::new(LoadTestErrorKind::Config, e.to_string()))?
+        };
+        let permits =
+            (config.mode == Mode::Closed).then(|| Arc::new(Semaphore::new(config.concurrency)));
+        let (window_start, window_end) = config.measured_window();
+        let tracker = OutcomeTracker::new(
+            Instant::now(),
+            Measurement::new(window_start, window_end),
+            permits.clone(),
+        );
+        let consumer_handles = tracker
+            .spawn_consumers(
+                &bus,
+                network.institutions.keys().cloned(),
+                &format!("loadtest-{run_id}-observer"),
+                &shutdown,
+            )
+            .await?;
+        bar.set_message("waiting for every stage to answer");
+        probe_readiness(&network, &bus, &tracker, config.drain_timeout).await?;
+        tracker.restart_clock(Measurement::new(window_start, window_end));
+        let prepared = match config.mode {
+            Mode::Closed => config.concurrency,
+            Mode::Open => usize::try_from(config.rate / 10).unwrap_or(PREPARED_MAX),
+            Mode::Ramp => usize::try_from(config.ramp.max_rate / 10).unwrap_or(PREPARED_MAX),
+        }
+        .clamp(16, PREPARED_MAX);
+        let (tx, mut rx) = mpsc::channel(prepared);
+        let producer = spawn_producer(Arc::clone(&network), config.mix.clone(), config.seed, tx)?;
+        let rss_mb_start = current_rss_kib().map_or(0.0, |k| k as f64 / 1024.0);
+        rss.reset();
+        let cpu_start = process_cpu_seconds();
+        let load_start = load_average().unwrap_or(0.0);
+        let started_at_ms = system_now_ms();
+        let ticker = spawn_progress(bar.clone(), tracker.clone(), shutdown.clone());
+
+        let sending = async {
+            match config.mode {
+                Mode::Open => {
+                    bar.set_length(config.duration.as_secs());
+                    send_open(
+                        &bus,
+                        &tracker,
+                        &mut rx,
+                        config.rate,
+                        Duration::ZERO,
+                        config.duration,
+                    )
                     .await
                     .map(|()| None)
+                }
+                Mode::Closed => {
+                    bar.set_length(config.duration.as_secs());
+                    let permits = permits
+                        .clone()
+                        .ok_or_else(|| LoadTestError::config("closed mode without permits"))?;
+                    send_closed(&bus, &tracker, &mut rx, &permits, config.duration)
+                        .await
+                        .map(|()| None)
+                }
+                Mode::Ramp => {
+                    let steps = config.ramp.rates().len() as u64 + 1;
+                    bar.set_length(steps * config.ramp.step_duration.as_secs());
+                    run_ramp(config, &bus, &tracker, &mut rx).await.map(Some)
+                }
             }
-            Mode::Ramp => {
-                let steps = config.ramp.rates().len() as u64 + 1;
-                bar.set_length(steps * config.ramp.step_duration.as_secs());
-                run_ramp(config, &bus, &tracker, &mut rx).await.map(Some)
+        };
+        // Dropping the sender half-way is what stopping means: nothing more is published.
+        let offered = tokio::select! {
+            offered = sending => offered,
+            () = stop.cancelled() => Ok(None),
+        };
+        let interrupted = stop.is_cancelled();
+        let drain_timeout = if interrupted {
+            config.drain_timeout.min(INTERRUPTED_DRAIN_MAX)
+        } else {
+            config.drain_timeout
+        };
+        drop(rx);
+        let producer_result = producer.join().unwrap_or_else(|_| {
+            Err(LoadTestError::new(
+                LoadTestErrorKind::Generate,
+                "the producer thread panicked",
+            ))
+        });
+        let ramp = match offered {
+            Ok(ramp) => ramp,
+            Err(e) => {
+                producer_result?;
+                return Err(e);
             }
-        }
-    };
-    // Dropping the sender half-way is what stopping means: nothing more is published.
-    let offered = tokio::select! {
-        offered = sending => offered,
-        () = stop.cancelled() => Ok(None),
-    };
-    let interrupted = stop.is_cancelled();
-    let drain_timeout = if interrupted {
-        config.drain_timeout.min(INTERRUPTED_DRAIN_MAX)
-    } else {
-        config.drain_timeout
-    };
-    drop(rx);
-    let producer_result = producer.join().unwrap_or_else(|_| {
-        Err(LoadTestError::new(
-            LoadTestErrorKind::Generate,
-            "the producer thread panicked",
-        ))
-    });
-    let ramp = match offered {
-        Ok(ramp) => ramp,
-        Err(e) => {
-            producer_result?;
-            return Err(e);
-        }
-    };
-    let load_length = tracker.now();
-    let cpu_cores_used = match (cpu_start, process_cpu_seconds()) {
-        (Some(start), Some(end)) => crate::measure::per_second_f64(end - start, load_length),
-        _ => 0.0,
-    };
-    let load_end = load_average().unwrap_or(0.0);
+        };
+        let load_length = tracker.now();
+        let cpu_cores_used = match (cpu_start, process_cpu_seconds()) {
+            (Some(start), Some(end)) => crate::measure::per_second_f64(end - start, load_length),
+            _ => 0.0,
+        };
+        let load_end = load_average().unwrap_or(0.0);
 
-    bar.set_message("waiting for the last answers");
-    let all_answered = tracker.wait_all_answered(drain_timeout).await;
-    bar.set_message("waiting for money to settle");
-    let money = wait_settled(&network, drain_timeout).await?;
-    let rss_mb_max = rss.max_mib();
-    shutdown.cancel();
-    for handle in stage_handles {
-        let _ = handle.await;
-    }
-    for handle in consumer_handles {
-        let _ = handle.await;
-    }
-    let _ = ticker.await;
-    bar.finish_and_clear();
-    let _ = rss.stop();
-    if let Some(namespace) = &namespace
-        && !config.keep
-    {
-        namespace
-            .remove_created()
-            .await
-            .map_err(|e| LoadTestError::bus("removing the run's streams or topics", e))?;
-    }
-
-    // Judge and report.
-    let tally = tracker.with_state(|s| s.tally());
-    let measurement = tracker.with_state(|s| s.measurement().clone());
-    let series = tracker.with_state(|s| s.series().points());
-    let mut invalid_reasons = Vec::new();
-    if interrupted {
-        invalid_reasons.push(format!(
-            "interrupted after {:.1} s of load: a partial run",
-            load_length.as_secs_f64()
-        ));
-    }
-    if !all_answered {
-        invalid_reasons.push(format!(
-            "{} submissions unanswered {:?} after the load",
-            tally.submitted - tally.answered,
-            drain_timeout
-        ));
-    }
-    if !tally.violations.is_empty() {
-        invalid_reasons.push(format!("{} broken invariants", tally.violations.len()));
-    }
-    let counted: u64 = tally.counts_by_outcome.values().sum();
-    if counted != tally.submitted {
-        invalid_reasons.push(format!(
-            "outcome counts add up to {counted}, not the {} submissions",
-            tally.submitted
-        ));
-    }
-    if !money.is_settled_and_conserved() {
-        invalid_reasons.push(format!(
-            "money not conserved: opening {} fen, now {} fen, {} held, {} pending",
-            money.opening_fen, money.balance_fen, money.held_fen, money.pending_credit_fen
-        ));
-    }
-    let (figures, measured_s, duration_s) = match &ramp {
-        Some(ramp) => {
-            let step = ramp
-                .highest_sustainable_rate
-                .and_then(|rate| ramp.steps.iter().find(|s| s.rate == rate))
-                .or(ramp.steps.first());
-            let figures = step.map(|s| (s.offered_rate, s.achieved_rate, s.latency_ms));
-            (
-                figures.unwrap_or_default(),
-                config.ramp.step_duration.as_secs_f64(),
-                load_length.as_secs_f64(),
-            )
+        bar.set_message("waiting for the last answers");
+        let all_answered = tracker.wait_all_answered(drain_timeout).await;
+        bar.set_message("waiting for money to settle");
+        let money = wait_settled(&network, drain_timeout).await?;
+        let rss_mb_max = rss.max_mib();
+        shutdown.cancel();
+        for handle in stage_handles {
+            let _ = handle.await;
         }
-        None => (
-            (
-                measurement.offered_rate(),
-                measurement.achieved_rate(),
-                measurement.percentiles(),
+        for handle in consumer_handles {
+            let _ = handle.await;
+        }
+        let _ = ticker.await;
+        bar.finish_and_clear();
+        let _ = rss.stop();
+        if let Some(namespace) = &namespace
+            && !config.keep
+        {
+            namespace
+                .remove_created()
+                .await
+                .map_err(|e| LoadTestError::bus("removing the run's streams or topics", e))?;
+        }
+
+        // Judge and report.
+        let tally = tracker.with_state(|s| s.tally());
+        let measurement = tracker.with_state(|s| s.measurement().clone());
+        let series = tracker.with_state(|s| s.series().points());
+        let mut invalid_reasons = Vec::new();
+        if interrupted {
+            invalid_reasons.push(format!(
+                "interrupted after {:.1} s of load: a partial run",
+                load_length.as_secs_f64()
+            ));
+        }
+        if !all_answered {
+            invalid_reasons.push(format!(
+                "{} submissions unanswered {:?} after the load",
+                tally.submitted - tally.answered,
+                drain_timeout
+            ));
+        }
+        if !tally.violations.is_empty() {
+            invalid_reasons.push(format!("{} broken invariants", tally.violations.len()));
+        }
+        let counted: u64 = tally.counts_by_outcome.values().sum();
+        if counted != tally.submitted {
+            invalid_reasons.push(format!(
+                "outcome counts add up to {counted}, not the {} submissions",
+                tally.submitted
+            ));
+        }
+        if !money.is_settled_and_conserved() {
+            invalid_reasons.push(format!(
+                "money not conserved: opening {} fen, now {} fen, {} held, {} pending",
+                money.opening_fen, money.balance_fen, money.held_fen, money.pending_credit_fen
+            ));
+        }
+        let (figures, measured_s, duration_s) = match &ramp {
+            Some(ramp) => {
+                let step = ramp
+                    .highest_sustainable_rate
+                    .and_then(|rate| ramp.steps.iter().find(|s| s.rate == rate))
+                    .or(ramp.steps.first());
+                let figures = step.map(|s| (s.offered_rate, s.achieved_rate, s.latency_ms));
+                (
+                    figures.unwrap_or_default(),
+                    config.ramp.step_duration.as_secs_f64(),
+                    load_length.as_secs_f64(),
+                )
+            }
+            None => (
+                (
+                    measurement.offered_rate(),
+                    measurement.achieved_rate(),
+                    measurement.percentiles(),
+                ),
+                measurement.length().as_secs_f64(),
+                config.duration.as_secs_f64(),
             ),
-            measurement.length().as_secs_f64(),
-            config.duration.as_secs_f64(),
-        ),
-    };
-    let (offered_rate, achieved_rate, latency_ms) = figures;
-    let mix = &config.mix;
-    Ok(Report {
-        mode: config.mode.as_str().to_owned(),
-        bus: config.bus.to_string(),
-        ledger: config.ledger.kind().to_owned(),
-        institutions: network.institutions.len(),
-        wallets: network.wallets.len(),
-        seed: config.seed,
-        mix: MixReport {
-            algorithm: config.algorithm.as_str().to_owned(),
-            interbank_share: mix.interbank_share,
-            hot_share: mix.hot_share,
-            hot_wallets: mix.hot_wallets,
-            large_share: mix.large_share,
-            bad_share: mix.forged_share,
-            duplicate_share: mix.duplicate_share,
-            conflict_share: mix.conflict_share,
-        },
-        concurrency: (config.mode == Mode::Closed).then_some(config.concurrency),
-        duration_s,
-        warmup_s: if ramp.is_some() {
-            0.0
-        } else {
-            config.warmup.as_secs_f64()
-        },
-        cooldown_s: if ramp.is_some() {
-            0.0
-        } else {
-            config.cooldown.as_secs_f64()
-        },
-        measured_s,
-        cores: crypto.cores,
-        crypto_per_core: crypto.per_core,
-        crypto_ceiling: crypto.payments_per_s,
-        producer_per_core,
-        crypto_ceiling_with_producer: ceiling::shared_ceiling(
-            crypto.per_core,
+        };
+        let (offered_rate, achieved_rate, latency_ms) = figures;
+        let mix = &config.mix;
+        Ok(Report {
+            mode: config.mode.as_str().to_owned(),
+            bus: config.bus.to_string(),
+            ledger: config.ledger.kind().to_owned(),
+            institutions: network.institutions.len(),
+            wallets: network.wallets.len(),
+            seed: config.seed,
+            mix: MixReport {
+                algorithm: config.algorithm.as_str().to_owned(),
+                interbank_share: mix.interbank_share,
+                hot_share: mix.hot_share,
+                hot_wallets: mix.hot_wallets,
+                large_share: mix.large_share,
+                bad_share: mix.forged_share,
+                duplicate_share: mix.duplicate_share,
+                conflict_share: mix.conflict_share,
+            },
+            concurrency: (config.mode == Mode::Closed).then_some(config.concurrency),
+            duration_s,
+            warmup_s: if ramp.is_some() {
+                0.0
+            } else {
+                config.warmup.as_secs_f64()
+            },
+            cooldown_s: if ramp.is_some() {
+                0.0
+            } else {
+                config.cooldown.as_secs_f64()
+            },
+            measured_s,
+            cores: crypto.cores,
+            crypto_per_core: crypto.per_core,
+            crypto_ceiling: crypto.payments_per_s,
             producer_per_core,
-            crypto.cores,
-        ),
-        bus_ceiling: bus_limit.payments_per_s,
-        ratio_to_crypto_ceiling: ceiling::ratio(achieved_rate, crypto.payments_per_s),
-        ratio_to_bus_ceiling: ceiling::ratio(achieved_rate, bus_limit.payments_per_s),
-        crypto,
-        bus_limit,
-        offered_rate,
-        achieved_rate,
-        latency_ms,
-        rss_mb_max,
-        rss_mb_start,
-        cpu_cores_used,
-        load_average: (load_start, load_end),
-        submitted: tally.submitted,
-        distinct: tally.distinct,
-        answered: tally.answered,
-        counts_by_outcome: tally.counts_by_outcome,
-        violations: tally.violations.len(),
-        violation_examples: tally
-            .violations
-            .iter()
-            .take(VIOLATION_EXAMPLES_MAX)
-            .map(|v| format!("{v:?}"))
-            .collect(),
-        money: MoneyCheck {
-            opening_fen: money.opening_fen,
-            balance_fen: money.balance_fen,
-            held_fen: money.held_fen,
-            pending_credit_fen: money.pending_credit_fen,
-            conserved: money.is_settled_and_conserved(),
-        },
-        valid: invalid_reasons.is_empty(),
-        invalid_reasons,
-        ramp,
-        series,
-        command_line: config.command_line.clone(),
-        started_at_ms,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    })
+            crypto_ceiling_with_producer: ceiling::shared_ceiling(
+                crypto.per_core,
+                producer_per_core,
+                crypto.cores,
+            ),
+            bus_ceiling: bus_limit.payments_per_s,
+            ratio_to_crypto_ceiling: ceiling::ratio(achieved_rate, crypto.payments_per_s),
+            ratio_to_bus_ceiling: ceiling::ratio(achieved_rate, bus_limit.payments_per_s),
+            crypto,
+            bus_limit,
+            offered_rate,
+            achieved_rate,
+            latency_ms,
+            rss_mb_max,
+            rss_mb_start,
+            cpu_cores_used,
+            load_average: (load_start, load_end),
+            submitted: tally.submitted,
+            distinct: tally.distinct,
+            answered: tally.answered,
+            counts_by_outcome: tally.counts_by_outcome,
+            violations: tally.violations.len(),
+            violation_examples: tally
+                .violations
+                .iter()
+                .take(VIOLATION_EXAMPLES_MAX)
+                .map(|v| format!("{v:?}"))
+                .collect(),
+            money: MoneyCheck {
+                opening_fen: money.opening_fen,
+                balance_fen: money.balance_fen,
+                held_fen: money.held_fen,
+                pending_credit_fen: money.pending_credit_fen,
+                conserved: money.is_settled_and_conserved(),
+            },
+            valid: invalid_reasons.is_empty(),
+            invalid_reasons,
+            ramp,
+            series,
+            command_line: config.command_line.clone(),
+            started_at_ms,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    }
+    .await;
+    if let Err(e) = &outcome
+        && let Some(namespace) = namespace.as_ref().filter(|_| !config.keep)
+    {
+        match namespace.remove_created().await {
+            Ok(removed) => {
+                tracing::warn!(
+                    "load test failed ({e}): removed the run's {removed} streams or topics"
+                );
+            }
+            Err(removal) => tracing::error!(
+                "load test failed ({e}), and removing the run's streams or topics failed too: {removal}"
+            ),
+        }
+    }
+    outcome
 }
 
 fn progress_bar(config: &LoadConfig) -> ProgressBar {

@@ -229,353 +229,373 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         }
         None => broker,
     };
-    let partitions = if matches!(bus_url, dcpipe_connectors::bus::BusUrl::Kafka(_)) {
-        args.partitions
-    } else {
-        1
-    };
-    network.ensure_subjects(bus.as_ref(), partitions).await?;
+    // Whatever fails from here on, the run's namespace is removed all the same (unless kept),
+    // and the stages are stopped first.
     let shutdown = CancellationToken::new();
-    let runner = RunnerConfig {
-        fetch_wait: Duration::from_millis(20),
-        ack_wait: Duration::from_secs(10),
-        retry_delay: Duration::from_millis(200),
-        ..RunnerConfig::default()
-    };
-    let mut stage_handles = network.spawn(&bus, &runner, &shutdown)?;
-    let (collector, collector_handles) = OutcomeCollector::spawn(
-        Arc::clone(&bus),
-        network.institutions.keys().cloned(),
-        &format!("demo-{run_id}-observer"),
-        shutdown.clone(),
-    )
-    .await?;
-    let run_started_ms = system_now_ms();
-
-    // Traffic, with the bad cases injected a third of the way in.
-    println!(
-        "  paying for {:.0} s at {} payments/s …",
-        args.duration.as_secs_f64(),
-        args.rate
-    );
-    let traffic = async {
-        let mut generator = PaymentGenerator::new(&network, PaymentMix::default(), args.seed);
-        let mut submitted: Vec<Submission> = Vec::new();
-        let tick = Duration::from_millis(50);
-        let per_tick = (f64::from(args.rate) * tick.as_secs_f64()).max(1.0);
-        let mut owed = 0.0;
-        let mut interval = tokio::time::interval(tick);
-        let traffic_started = Instant::now();
-        let mut last_progress = Instant::now();
-        while traffic_started.elapsed() < args.duration {
-            tokio::select! {
-                () = interrupted.cancelled() => break,
-                _ = interval.tick() => {}
-            }
-            owed += per_tick;
-            let mut batch = Vec::new();
-            while owed >= 1.0 {
-                owed -= 1.0;
-                let generated = generator.next(system_now_ms())?;
-                submitted.push(generated.submission);
-                batch.push(generated.outgoing());
-            }
-            bus.publish_many(batch).await?;
-            if last_progress.elapsed() >= Duration::from_secs(1) {
-                last_progress = Instant::now();
-                let answered = collector.with_book(|b| b.answers_all_count(&submitted));
-                eprintln!(
-                    "  t={:>4.1}s submitted {:>6} answered {:>6}",
-                    traffic_started.elapsed().as_secs_f64(),
-                    submitted.len(),
-                    answered
-                );
-            }
-        }
-        Ok::<_, anyhow::Error>(submitted)
-    };
-    let injection = async {
-        tokio::select! {
-            () = interrupted.cancelled() => return Ok((Vec::new(), 0)),
-            () = tokio::time::sleep(args.duration / 3) => {}
-        }
-        inject_bad_cases(&network, &bus, &collector).await
-    };
-    let (traffic, injection) = tokio::join!(traffic, injection);
-    let mut submitted = traffic?;
-    let (injected, dead_letters_expected) = injection?;
-    submitted.extend(injected.iter().map(|c| c.submission));
-
-    // Vehicles: recorded trips through a city, replayed at once, each charge checked.
-    let fleet = if with_vehicles && !interrupted.is_cancelled() {
-        println!("  driving {} vehicles through a city …", args.vehicles);
-        Some(
-            run_fleet(
-                &network,
-                &bus,
-                &FleetConfig {
-                    seed: args.seed,
-                    vehicles: args.vehicles,
-                },
-                system_now_ms(),
-                DRAIN_DEADLINE,
-            )
-            .await
-            .context("driving the vehicles")?,
-        )
-    } else {
-        None
-    };
-
-    // Drain: every submission answered, nothing in flight, every window settled.
-    let was_interrupted = interrupted.is_cancelled();
-    let drain = if was_interrupted {
-        INTERRUPTED_DRAIN_DEADLINE
-    } else {
-        DRAIN_DEADLINE
-    };
-    let answered_all = collector
-        .wait_until(drain, |book| book.answers_all(&submitted))
-        .await;
-    let money = wait_until_settled(&network, drain).await?;
-    let expected_net = collector.with_book(|book| {
-        let mut net = book.expected_net_positions(&submitted);
-        for (institution, fen) in fleet.iter().flat_map(|f| &f.interbank_net) {
-            *net.entry(institution.clone()).or_insert(0) += fen;
-        }
-        net.retain(|_, v| *v != 0);
-        net
-    });
-    let settled = collect_settlement(
-        &bus,
-        &run_id,
-        run_started_ms,
-        &expected_net,
-        drain,
-        &shutdown,
-    )
-    .await?;
-    let dead_letters = count_dead_letters(&bus, run_started_ms, dead_letters_expected).await?;
-    shutdown.cancel();
-    for handle in stage_handles.drain(..) {
-        let _ = handle.await;
-    }
-    for handle in collector_handles {
-        let _ = handle.await;
-    }
-    if let Some(namespace) = &namespace {
-        if args.keep {
-            println!(
-                "  kept the run's streams or topics: {}-*",
-                namespace.prefix()
-            );
+    let outcome: anyhow::Result<ExitCode> = async {
+        let partitions = if matches!(bus_url, dcpipe_connectors::bus::BusUrl::Kafka(_)) {
+            args.partitions
         } else {
-            let removed = namespace
-                .remove_created()
-                .await
-                .context("removing the run's streams or topics")?;
-            println!("  removed the run's {removed} streams or topics");
-        }
-    }
+            1
+        };
+        network.ensure_subjects(bus.as_ref(), partitions).await?;
+        let runner = RunnerConfig {
+            fetch_wait: Duration::from_millis(20),
+            ack_wait: Duration::from_secs(10),
+            retry_delay: Duration::from_millis(200),
+            ..RunnerConfig::default()
+        };
+        let mut stage_handles = network.spawn(&bus, &runner, &shutdown)?;
+        let (collector, collector_handles) = OutcomeCollector::spawn(
+            Arc::clone(&bus),
+            network.institutions.keys().cloned(),
+            &format!("demo-{run_id}-observer"),
+            shutdown.clone(),
+        )
+        .await?;
+        let run_started_ms = system_now_ms();
 
-    // Report.
-    if was_interrupted {
-        println!();
+        // Traffic, with the bad cases injected a third of the way in.
         println!(
-            "INTERRUPTED after {:.1} s: the summary covers what was sent until then",
-            started.elapsed().as_secs_f64()
+            "  paying for {:.0} s at {} payments/s …",
+            args.duration.as_secs_f64(),
+            args.rate
         );
-    }
-    let unique: std::collections::HashSet<Submission> = submitted.iter().copied().collect();
-    let (counts, violations) = collector.with_book(|book| {
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for submission in &unique {
-            if let Some(answer) = book.answer(submission) {
-                let key = match answer.status {
-                    OutcomeStatus::Completed => "COMPLETED".to_owned(),
-                    OutcomeStatus::Rejected => answer.reason_code.clone().unwrap_or_default(),
-                };
-                *counts.entry(key).or_insert(0) += 1;
-            }
-        }
-        let submitted_unique: Vec<Submission> = unique.iter().copied().collect();
-        (counts, book.violations(&submitted_unique))
-    });
-    println!();
-    println!(
-        "submitted            {:>7}  ({} distinct)",
-        submitted.len(),
-        unique.len()
-    );
-    println!(
-        "completed            {:>7}",
-        counts.get("COMPLETED").copied().unwrap_or(0)
-    );
-    let rejected: u64 = counts
-        .iter()
-        .filter(|(k, _)| k.as_str() != "COMPLETED")
-        .map(|(_, v)| v)
-        .sum();
-    println!("rejected             {rejected:>7}");
-    for (code, n) in counts.iter().filter(|(k, _)| k.as_str() != "COMPLETED") {
-        println!("  {code:<26} {n:>5}");
-    }
-    println!("dead letters         {:>7}", dead_letters.len());
-    for (code, n) in count_by(&dead_letters) {
-        println!("  {code:<26} {n:>5}");
-    }
-    println!(
-        "settlement           {:>7} windows of {:.0} s, {} interbank clearings",
-        settled.windows,
-        args.settlement_window.as_secs_f64(),
-        settled.clearings
-    );
-    for (institution, net) in &settled.net {
-        println!("  {institution:<10} net {:>16}", cny_signed(*net));
-    }
-
-    if let Some(fleet) = &fleet {
-        println!(
-            "vehicles             {:>7}  ({} reports, {} entities)",
-            fleet.vehicles, fleet.reports, fleet.entities
-        );
-        println!(
-            "  charges            {:>7}  of {} expected, {} completed, {}",
-            fleet.charged,
-            fleet.expected,
-            fleet.completed,
-            cny(fleet.charged_fen)
-        );
-        println!("  decoys passed      {:>7}", fleet.decoys);
-        if let Some(ms) = fleet.telemetry_applied_ms {
-            println!(
-                "  telemetry applied  {:>7} ms  ({:.0} reports/s: verified, matched, committed)",
-                ms,
-                fleet.reports as f64 * 1_000.0 / ms.max(1) as f64
-            );
-        }
-        for failure in fleet.failures().iter().take(10) {
-            println!("  {failure}");
-        }
-    }
-    let mut checks: Vec<(bool, String)> = Vec::new();
-    if let Some(fleet) = &fleet {
-        checks.push((
-            fleet.missing.is_empty()
-                && fleet.unexpected.is_empty()
-                && fleet.not_completed.is_empty(),
-            format!(
-                "every expected vehicle charge happened once with its amount ({} of {}, {} \
-                 without a cause, {} not completed)",
-                fleet.expected - fleet.missing.len(),
-                fleet.expected,
-                fleet.unexpected.len(),
-                fleet.not_completed.len()
-            ),
-        ));
-        checks.push((
-            fleet.decoys_charged.is_empty(),
-            format!(
-                "no decoy charged ({} entities driven past, {} charged)",
-                fleet.decoys,
-                fleet.decoys_charged.len()
-            ),
-        ));
-        checks.push((
-            fleet.above_preauth.is_empty(),
-            "no charge above its pre-authorization".to_owned(),
-        ));
-    }
-    checks.push((
-        answered_all && violations.is_empty(),
-        format!(
-            "every submission got exactly one outcome ({} of {} answered, {} violations)",
-            unique.len()
-                - violations
-                    .iter()
-                    .filter(|v| matches!(v, dcpipe_pipeline::audit::Violation::Unanswered(_)))
-                    .count(),
-            unique.len(),
-            violations.len()
-        ),
-    ));
-    checks.push((
-        money.is_settled_and_conserved(),
-        format!(
-            "money conserved: {} opening, {} now, {} held, {} pending",
-            cny(money.opening_fen),
-            cny(money.balance_fen),
-            cny(money.held_fen),
-            cny(money.pending_credit_fen)
-        ),
-    ));
-    checks.push((
-        settled.net == expected_net && settled.windows_balanced,
-        "settlement nets equal the completed interbank payments; every window sums to zero"
-            .to_owned(),
-    ));
-    let injected_ok = collector.with_book(|book| {
-        injected
-            .iter()
-            .filter(|case| {
-                let answer = book.answer(&case.submission);
-                let good = match (case.expected, case.repeats) {
-                    (Some(code), _) => {
-                        answer.is_some_and(|a| a.reason_code.as_deref() == Some(code.as_str()))
-                    }
-                    (None, Some(first)) => {
-                        answer.is_some()
-                            && answer.map(|a| (a.status, a.reason_code.clone()))
-                                == book
-                                    .answer(&first)
-                                    .map(|a| (a.status, a.reason_code.clone()))
-                    }
-                    (None, None) => false,
-                };
-                if !good {
-                    println!(
-                        "  injected {:<28} got {:?}",
-                        case.what,
-                        answer.map(|a| (a.status, a.reason_code.clone()))
+        let traffic = async {
+            let mut generator = PaymentGenerator::new(&network, PaymentMix::default(), args.seed);
+            let mut submitted: Vec<Submission> = Vec::new();
+            let tick = Duration::from_millis(50);
+            let per_tick = (f64::from(args.rate) * tick.as_secs_f64()).max(1.0);
+            let mut owed = 0.0;
+            let mut interval = tokio::time::interval(tick);
+            let traffic_started = Instant::now();
+            let mut last_progress = Instant::now();
+            while traffic_started.elapsed() < args.duration {
+                tokio::select! {
+                    () = interrupted.cancelled() => break,
+                    _ = interval.tick() => {}
+                }
+                owed += per_tick;
+                let mut batch = Vec::new();
+                while owed >= 1.0 {
+                    owed -= 1.0;
+                    let generated = generator.next(system_now_ms())?;
+                    submitted.push(generated.submission);
+                    batch.push(generated.outgoing());
+                }
+                bus.publish_many(batch).await?;
+                if last_progress.elapsed() >= Duration::from_secs(1) {
+                    last_progress = Instant::now();
+                    let answered = collector.with_book(|b| b.answers_all_count(&submitted));
+                    eprintln!(
+                        "  t={:>4.1}s submitted {:>6} answered {:>6}",
+                        traffic_started.elapsed().as_secs_f64(),
+                        submitted.len(),
+                        answered
                     );
                 }
-                good
-            })
-            .count()
-    });
-    checks.push((
-        injected_ok == injected.len() && (!injected.is_empty() || was_interrupted),
-        format!(
-            "injected bad cases answered as they must be ({injected_ok} of {})",
-            injected.len()
-        ),
-    ));
-    checks.push((
-        dead_letters.len() == dead_letters_expected,
-        format!(
-            "undecodable input dead-lettered with its bytes ({} of {dead_letters_expected})",
-            dead_letters.len()
-        ),
-    ));
-    println!();
-    println!("checks");
-    let mut all_ok = true;
-    for (ok, what) in &checks {
-        all_ok &= ok;
-        println!("  [{}] {what}", if *ok { "ok" } else { "FAILED" });
+            }
+            Ok::<_, anyhow::Error>(submitted)
+        };
+        let injection = async {
+            tokio::select! {
+                () = interrupted.cancelled() => return Ok((Vec::new(), 0)),
+                () = tokio::time::sleep(args.duration / 3) => {}
+            }
+            inject_bad_cases(&network, &bus, &collector).await
+        };
+        let (traffic, injection) = tokio::join!(traffic, injection);
+        let mut submitted = traffic?;
+        let (injected, dead_letters_expected) = injection?;
+        submitted.extend(injected.iter().map(|c| c.submission));
+
+        // Vehicles: recorded trips through a city, replayed at once, each charge checked.
+        let fleet = if with_vehicles && !interrupted.is_cancelled() {
+            println!("  driving {} vehicles through a city …", args.vehicles);
+            Some(
+                run_fleet(
+                    &network,
+                    &bus,
+                    &FleetConfig {
+                        seed: args.seed,
+                        vehicles: args.vehicles,
+                    },
+                    system_now_ms(),
+                    DRAIN_DEADLINE,
+                )
+                .await
+                .context("driving the vehicles")?,
+            )
+        } else {
+            None
+        };
+
+        // Drain: every submission answered, nothing in flight, every window settled.
+        let was_interrupted = interrupted.is_cancelled();
+        let drain = if was_interrupted {
+            INTERRUPTED_DRAIN_DEADLINE
+        } else {
+            DRAIN_DEADLINE
+        };
+        let answered_all = collector
+            .wait_until(drain, |book| book.answers_all(&submitted))
+            .await;
+        let money = wait_until_settled(&network, drain).await?;
+        let expected_net = collector.with_book(|book| {
+            let mut net = book.expected_net_positions(&submitted);
+            for (institution, fen) in fleet.iter().flat_map(|f| &f.interbank_net) {
+                *net.entry(institution.clone()).or_insert(0) += fen;
+            }
+            net.retain(|_, v| *v != 0);
+            net
+        });
+        let settled = collect_settlement(
+            &bus,
+            &run_id,
+            run_started_ms,
+            &expected_net,
+            drain,
+            &shutdown,
+        )
+        .await?;
+        let dead_letters = count_dead_letters(&bus, run_started_ms, dead_letters_expected).await?;
+        shutdown.cancel();
+        for handle in stage_handles.drain(..) {
+            let _ = handle.await;
+        }
+        for handle in collector_handles {
+            let _ = handle.await;
+        }
+        if let Some(namespace) = &namespace {
+            if args.keep {
+                println!(
+                    "  kept the run's streams or topics: {}-*",
+                    namespace.prefix()
+                );
+            } else {
+                let removed = namespace
+                    .remove_created()
+                    .await
+                    .context("removing the run's streams or topics")?;
+                println!("  removed the run's {removed} streams or topics");
+            }
+        }
+
+        // Report.
+        if was_interrupted {
+            println!();
+            println!(
+                "INTERRUPTED after {:.1} s: the summary covers what was sent until then",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let unique: std::collections::HashSet<Submission> = submitted.iter().copied().collect();
+        let (counts, violations) = collector.with_book(|book| {
+            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+            for submission in &unique {
+                if let Some(answer) = book.answer(submission) {
+                    let key = match answer.status {
+                        OutcomeStatus::Completed => "COMPLETED".to_owned(),
+                        OutcomeStatus::Rejected => answer.reason_code.clone().unwrap_or_default(),
+                    };
+                    *counts.entry(key).or_insert(0) += 1;
+                }
+            }
+            let submitted_unique: Vec<Submission> = unique.iter().copied().collect();
+            (counts, book.violations(&submitted_unique))
+        });
+        println!();
+        println!(
+            "submitted            {:>7}  ({} distinct)",
+            submitted.len(),
+            unique.len()
+        );
+        println!(
+            "completed            {:>7}",
+            counts.get("COMPLETED").copied().unwrap_or(0)
+        );
+        let rejected: u64 = counts
+            .iter()
+            .filter(|(k, _)| k.as_str() != "COMPLETED")
+            .map(|(_, v)| v)
+            .sum();
+        println!("rejected             {rejected:>7}");
+        for (code, n) in counts.iter().filter(|(k, _)| k.as_str() != "COMPLETED") {
+            println!("  {code:<26} {n:>5}");
+        }
+        println!("dead letters         {:>7}", dead_letters.len());
+        for (code, n) in count_by(&dead_letters) {
+            println!("  {code:<26} {n:>5}");
+        }
+        println!(
+            "settlement           {:>7} windows of {:.0} s, {} interbank clearings",
+            settled.windows,
+            args.settlement_window.as_secs_f64(),
+            settled.clearings
+        );
+        for (institution, net) in &settled.net {
+            println!("  {institution:<10} net {:>16}", cny_signed(*net));
+        }
+
+        if let Some(fleet) = &fleet {
+            println!(
+                "vehicles             {:>7}  ({} reports, {} entities)",
+                fleet.vehicles, fleet.reports, fleet.entities
+            );
+            println!(
+                "  charges            {:>7}  of {} expected, {} completed, {}",
+                fleet.charged,
+                fleet.expected,
+                fleet.completed,
+                cny(fleet.charged_fen)
+            );
+            println!("  decoys passed      {:>7}", fleet.decoys);
+            if let Some(ms) = fleet.telemetry_applied_ms {
+                println!(
+                    "  telemetry applied  {:>7} ms  ({:.0} reports/s: verified, matched, committed)",
+                    ms,
+                    fleet.reports as f64 * 1_000.0 / ms.max(1) as f64
+                );
+            }
+            for failure in fleet.failures().iter().take(10) {
+                println!("  {failure}");
+            }
+        }
+        let mut checks: Vec<(bool, String)> = Vec::new();
+        if let Some(fleet) = &fleet {
+            checks.push((
+                fleet.missing.is_empty()
+                    && fleet.unexpected.is_empty()
+                    && fleet.not_completed.is_empty(),
+                format!(
+                    "every expected vehicle charge happened once with its amount ({} of {}, {} \
+                     without a cause, {} not completed)",
+                    fleet.expected - fleet.missing.len(),
+                    fleet.expected,
+                    fleet.unexpected.len(),
+                    fleet.not_completed.len()
+                ),
+            ));
+            checks.push((
+                fleet.decoys_charged.is_empty(),
+                format!(
+                    "no decoy charged ({} entities driven past, {} charged)",
+                    fleet.decoys,
+                    fleet.decoys_charged.len()
+                ),
+            ));
+            checks.push((
+                fleet.above_preauth.is_empty(),
+                "no charge above its pre-authorization".to_owned(),
+            ));
+        }
+        checks.push((
+            answered_all && violations.is_empty(),
+            format!(
+                "every submission got exactly one outcome ({} of {} answered, {} violations)",
+                unique.len()
+                    - violations
+                        .iter()
+                        .filter(|v| matches!(v, dcpipe_pipeline::audit::Violation::Unanswered(_)))
+                        .count(),
+                unique.len(),
+                violations.len()
+            ),
+        ));
+        checks.push((
+            money.is_settled_and_conserved(),
+            format!(
+                "money conserved: {} opening, {} now, {} held, {} pending",
+                cny(money.opening_fen),
+                cny(money.balance_fen),
+                cny(money.held_fen),
+                cny(money.pending_credit_fen)
+            ),
+        ));
+        checks.push((
+            settled.net == expected_net && settled.windows_balanced,
+            "settlement nets equal the completed interbank payments; every window sums to zero"
+                .to_owned(),
+        ));
+        let injected_ok = collector.with_book(|book| {
+            injected
+                .iter()
+                .filter(|case| {
+                    let answer = book.answer(&case.submission);
+                    let good = match (case.expected, case.repeats) {
+                        (Some(code), _) => {
+                            answer.is_some_and(|a| a.reason_code.as_deref() == Some(code.as_str()))
+                        }
+                        (None, Some(first)) => {
+                            answer.is_some()
+                                && answer.map(|a| (a.status, a.reason_code.clone()))
+                                    == book
+                                        .answer(&first)
+                                        .map(|a| (a.status, a.reason_code.clone()))
+                        }
+                        (None, None) => false,
+                    };
+                    if !good {
+                        println!(
+                            "  injected {:<28} got {:?}",
+                            case.what,
+                            answer.map(|a| (a.status, a.reason_code.clone()))
+                        );
+                    }
+                    good
+                })
+                .count()
+        });
+        checks.push((
+            injected_ok == injected.len() && (!injected.is_empty() || was_interrupted),
+            format!(
+                "injected bad cases answered as they must be ({injected_ok} of {})",
+                injected.len()
+            ),
+        ));
+        checks.push((
+            dead_letters.len() == dead_letters_expected,
+            format!(
+                "undecodable input dead-lettered with its bytes ({} of {dead_letters_expected})",
+                dead_letters.len()
+            ),
+        ));
+        println!();
+        println!("checks");
+        let mut all_ok = true;
+        for (ok, what) in &checks {
+            all_ok &= ok;
+            println!("  [{}] {what}", if *ok { "ok" } else { "FAILED" });
+        }
+        for violation in violations.iter().take(10) {
+            println!("  violation: {violation:?}");
+        }
+        println!("done in {:.1} s", started.elapsed().as_secs_f64());
+        Ok(if was_interrupted {
+            println!("interrupted: partial run");
+            ExitCode::from(super::interrupt::EXIT_INTERRUPTED)
+        } else if all_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     }
-    for violation in violations.iter().take(10) {
-        println!("  violation: {violation:?}");
+    .await;
+    if let Err(e) = &outcome {
+        shutdown.cancel();
+        if let Some(namespace) = namespace.as_ref().filter(|_| !args.keep) {
+            match namespace.remove_created().await {
+                Ok(removed) => {
+                    eprintln!("  failed ({e:#}): removed the run's {removed} streams or topics")
+                }
+                Err(removal) => eprintln!(
+                    "  failed ({e:#}), and removing the run's streams or topics failed too: \
+                     {removal}"
+                ),
+            }
+        }
     }
-    println!("done in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(if was_interrupted {
-        println!("interrupted: partial run");
-        ExitCode::from(super::interrupt::EXIT_INTERRUPTED)
-    } else if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    outcome
 }
 
 fn rand_u32() -> u32 {
