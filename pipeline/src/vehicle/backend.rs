@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use dcpipe_connectors::bus::{Bus, BusError, ReplayFrom, ReplayRequest};
+use dcpipe_connectors::bus::{Bus, BusError, Follow};
 use dcpipe_connectors::session::SessionStore;
 use dcpipe_schemas::ServiceEntity;
 use tokio::sync::Notify;
@@ -21,16 +21,18 @@ use crate::pki::ChainVerifier;
 use crate::reason::{Reason, Rejected};
 use crate::subjects;
 
-/// How often the registry follower looks for new entries: a change is in force within this
-/// and one bus read, well under a second.
-pub const REGISTRY_FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest wait of one read of the registry follower for a new entry (a shutdown interrupts
+/// it). A read that waited this long for nothing finds the follower caught up.
+pub const REGISTRY_FOLLOW_WAIT: Duration = Duration::from_millis(200);
 
-/// Records read per replay batch of the registry.
-const REGISTRY_REPLAY_BATCH_MAX: usize = 1_024;
+/// Backoff before following again after the bus failed, doubled up to
+/// [`REGISTRY_FOLLOW_RETRY_MAX`].
+pub const REGISTRY_FOLLOW_RETRY: Duration = Duration::from_millis(250);
+/// Longest backoff before following again.
+pub const REGISTRY_FOLLOW_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// How far before the newest entry read each poll starts again (entries with a slightly
-/// earlier bus time on another partition are not missed; those read are skipped by position).
-const REGISTRY_FOLLOW_OVERLAP_MS: i64 = 5 * 60 * 1000;
+/// Records read per batch of the registry.
+const REGISTRY_READ_BATCH_MAX: usize = 1_024;
 
 /// The registry of service entities of this process, as its follower keeps it.
 #[derive(Debug, Default)]
@@ -97,15 +99,17 @@ impl RegistryView {
 
 /// Follows `vehicle.registry` from its beginning, live, into a [`RegistryView`].
 ///
-/// Like the revocation follower it replays the subject rather than joining a group: every
-/// process needs every entry. An entry that fails its checks is logged and counted under its
-/// reason, and skipped; whoever published it reads the same code in the metrics.
+/// Like the revocation follower it reads the subject with one long-lived follower
+/// ([`Bus::follow`]) rather than joining a group or replaying it at each look: every process
+/// needs every entry, and a replay per look made one broker consumer per process every few
+/// hundred milliseconds. An entry that fails its checks is logged and counted under its reason,
+/// and skipped; whoever published it reads the same code in the metrics.
 #[derive(Debug)]
 pub struct RegistryFollower {
     verifier: Arc<ChainVerifier>,
     view: Arc<RegistryView>,
+    /// Next offset to read, per partition: what a new follower reads again is skipped.
     next: HashMap<u32, u64>,
-    newest_ms: Option<i64>,
 }
 
 impl RegistryFollower {
@@ -115,73 +119,81 @@ impl RegistryFollower {
             verifier,
             view,
             next: HashMap::new(),
-            newest_ms: None,
         }
     }
 
-    /// Applies every entry published since the last call; returns how many changed the
-    /// registry. Marks the view caught up once the subject was read to its end.
-    pub async fn poll(&mut self, bus: &dyn Bus) -> Result<usize, BusError> {
-        let from = match self.newest_ms {
-            None => ReplayFrom::Beginning,
-            Some(newest_ms) => ReplayFrom::TimeMs(newest_ms - REGISTRY_FOLLOW_OVERLAP_MS),
-        };
-        let mut replay = bus
-            .replay(ReplayRequest {
-                subject: subjects::VEHICLE_REGISTRY.to_owned(),
-                from,
-                until_ms: None,
-            })
-            .await?;
+    /// Applies what `follow` has (waiting up to `wait` for it); returns how many entries
+    /// changed the registry. A read that found nothing within `wait` marks the view caught up.
+    pub async fn read(
+        &mut self,
+        follow: &mut dyn Follow,
+        wait: Duration,
+    ) -> Result<usize, BusError> {
+        let records = follow.next_batch(REGISTRY_READ_BATCH_MAX, wait).await?;
+        if records.is_empty() {
+            self.view.mark_caught_up();
+            return Ok(0);
+        }
         let mut changed = 0;
-        loop {
-            let records = replay.next_batch(REGISTRY_REPLAY_BATCH_MAX).await?;
-            if records.is_empty() {
-                self.view.mark_caught_up();
-                return Ok(changed);
+        for record in records {
+            let next = self.next.entry(record.position.partition).or_insert(0);
+            if record.position.offset < *next {
+                continue;
             }
-            for record in records {
-                let next = self.next.entry(record.position.partition).or_insert(0);
-                if record.position.offset < *next {
-                    continue;
+            *next = record.position.offset + 1;
+            let applied = dcpipe_schemas::decode::<ServiceEntity>(&record.payload)
+                .map_err(|e| Rejected::new(Reason::Schema(e.kind()), e.to_string()))
+                .and_then(|entity| {
+                    self.view
+                        .apply(&entity, &self.verifier)
+                        .map(|change| (entity, change))
+                });
+            match applied {
+                Ok((_, RegistryChange::Duplicate)) => {}
+                Ok((entity, change)) => {
+                    tracing::debug!(entity = %entity.entity_id, version = entity.version, ?change, "registry entry applied");
+                    metrics::counter!("dcpipe_vehicle_registry_applied_total").increment(1);
+                    changed += 1;
                 }
-                *next = record.position.offset + 1;
-                self.newest_ms = Some(self.newest_ms.unwrap_or(i64::MIN).max(record.timestamp_ms));
-                let applied = dcpipe_schemas::decode::<ServiceEntity>(&record.payload)
-                    .map_err(|e| Rejected::new(Reason::Schema(e.kind()), e.to_string()))
-                    .and_then(|entity| {
-                        self.view
-                            .apply(&entity, &self.verifier)
-                            .map(|change| (entity, change))
-                    });
-                match applied {
-                    Ok((_, RegistryChange::Duplicate)) => {}
-                    Ok((entity, change)) => {
-                        tracing::debug!(entity = %entity.entity_id, version = entity.version, ?change, "registry entry applied");
-                        metrics::counter!("dcpipe_vehicle_registry_applied_total").increment(1);
-                        changed += 1;
-                    }
-                    Err(rejected) => {
-                        tracing::warn!(reason = %rejected.reason, detail = %rejected.detail, "registry entry refused");
-                        metrics::counter!("dcpipe_vehicle_registry_refused_total", "reason" => rejected.reason.as_str()).increment(1);
-                    }
+                Err(rejected) => {
+                    tracing::warn!(reason = %rejected.reason, detail = %rejected.detail, "registry entry refused");
+                    metrics::counter!("dcpipe_vehicle_registry_refused_total", "reason" => rejected.reason.as_str()).increment(1);
                 }
             }
         }
+        Ok(changed)
     }
 
-    /// Polls every [`REGISTRY_FOLLOW_INTERVAL`] until `shutdown` is cancelled.
+    /// Follows `vehicle.registry` until `shutdown` is cancelled, following again with a
+    /// backoff when the bus fails.
     pub async fn run(mut self, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
-        let mut interval = tokio::time::interval(REGISTRY_FOLLOW_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures: u32 = 0;
         loop {
+            let failed = tokio::select! {
+                () = shutdown.cancelled() => return,
+                failed = self.follow_until_error(bus.as_ref()) => failed,
+            };
+            failures = failures.saturating_add(1);
+            let backoff = REGISTRY_FOLLOW_RETRY
+                .saturating_mul(2u32.saturating_pow(failures.min(16) - 1))
+                .min(REGISTRY_FOLLOW_RETRY_MAX);
+            tracing::warn!(error = %failed, ?backoff, "registry not read; following again");
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = interval.tick() => {
-                    if let Err(e) = self.poll(bus.as_ref()).await {
-                        tracing::warn!(error = %e, "registry not read; retried");
-                    }
-                }
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+    }
+
+    /// One follower, read until the bus fails.
+    async fn follow_until_error(&mut self, bus: &dyn Bus) -> BusError {
+        let mut follow = match bus.follow(subjects::VEHICLE_REGISTRY).await {
+            Ok(follow) => follow,
+            Err(e) => return e,
+        };
+        loop {
+            if let Err(e) = self.read(follow.as_mut(), REGISTRY_FOLLOW_WAIT).await {
+                return e;
             }
         }
     }
