@@ -5,9 +5,9 @@
 #
 #   scripts/run-for-real.sh nats://127.0.0.1:4222 WORKDIR
 #
-# WORKDIR must be new or empty; it receives the PKI, the ledgers, the workers' key directories
-# and their logs. DCPIPE_BIN names the dcpipe binary (default: dcpipe on PATH). Exits 0 once
-# the payment completed and its outcome was read back; the workers are stopped on exit.
+# WORKDIR must be new or empty; it receives the PKI, the ledgers and the workers' logs.
+# DCPIPE_BIN names the dcpipe binary (default: dcpipe on PATH). Exits 0 once the payment
+# completed and its outcome was read back; the workers are stopped on exit.
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -36,34 +36,12 @@ stop_workers() {
 }
 trap stop_workers EXIT
 
-# The files a worker of PARTY (an institution, or central-bank for settlement) holds, in
-# keys/PARTY: the manifest, the certificates of the root, the central bank and every
-# institution (the trust anchors), and its own signer's private key. No other private key, and
-# nothing of the wallets: their keys belong on terminals.
-worker_keys() {
-  local party=$1 key
-  if [ "$party" = central-bank ]; then
-    key=central-bank/settlement.key.pem
-  else
-    key=institutions/$party/signer.key.pem
-  fi
-  (cd pki && find . -path ./institutions/\*/wallets -prune -o \( -name '*.crt.pem' -o -name manifest.toml \) -print) |
-    while read -r file; do
-      mkdir -p "keys/$party/$(dirname "$file")"
-      cp "pki/$file" "keys/$party/$file"
-    done
-  cp -p "pki/$key" "keys/$party/$key"
-}
-
 # 1. Provision the bus: every stream of the protocol (idempotent; --dry-run shows the plan).
 dcpipe bus init --bus "$BUS" --institutions oi01,oi02
 
-# 2. Keys: the root, each institution's CA and signer, the settlement signer, the wallets'
-#    terminal keys; then one directory per worker with only what it needs.
+# 2. Keys, one directory per party: root/ (offline), settlement/, institutions/<oi>/ca/,
+#    institutions/<oi>/signer/, wallets/<id>/ (for terminals), and trust/ (certificates only).
 dcpipe pki init --out pki --institutions 2 --wallets 4
-worker_keys oi01
-worker_keys oi02
-worker_keys central-bank
 
 # 3. Open the wallets: one file per institution, JSON lines (docs/OPERATIONS.md).
 cat > wallets-oi01.jsonl <<'EOF'
@@ -77,18 +55,18 @@ EOF
 dcpipe wallets open --institution oi01 --ledger sqlite://ledgers --file wallets-oi01.jsonl
 dcpipe wallets open --institution oi02 --ledger sqlite://ledgers --file wallets-oi02.jsonl
 
-# 4. The workers, each with its own key directory.
+# 4. The workers, each given the trust anchors and its own signer's directory only.
 mkdir -p logs
 for oi in oi01 oi02; do
   for stage in payer payee commit finalize; do
-    dcpipe worker "$stage" --institution "$oi" --bus "$BUS" --ledger sqlite://ledgers --pki "keys/$oi" 2> "logs/$stage-$oi.log" &
+    dcpipe worker "$stage" --institution "$oi" --bus "$BUS" --ledger sqlite://ledgers --pki pki/trust --key "pki/institutions/$oi/signer" 2> "logs/$stage-$oi.log" &
     workers+=($!)
   done
 done
-dcpipe worker settlement --bus "$BUS" --ledger sqlite://ledgers --pki keys/central-bank 2> logs/settlement.log &
+dcpipe worker settlement --bus "$BUS" --ledger sqlite://ledgers --pki pki/trust --key pki/settlement 2> logs/settlement.log &
 workers+=($!)
 
 # 5. One payment, made as the two wallets' terminals would, and its outcome read back.
 PAYMENT_ID=$(cat /proc/sys/kernel/random/uuid)
-dcpipe submit --bus "$BUS" --pki pki --payer pki/institutions/oi01/wallets/w-oi01-000001 --payee pki/institutions/oi02/wallets/w-oi02-000001 --amount-fen 12345 --payment-id "$PAYMENT_ID" --timeout 60s
+dcpipe submit --bus "$BUS" --pki pki/trust --payer pki/wallets/w-oi01-000001 --payee pki/wallets/w-oi02-000001 --amount-fen 12345 --payment-id "$PAYMENT_ID" --timeout 60s
 dcpipe tail txn.result.oi01 --bus "$BUS" --payment-id "$PAYMENT_ID" --output json

@@ -389,13 +389,9 @@ async fn pki_revoke_reaches_a_running_worker_and_the_revoked_payer_is_refused() 
     assert_eq!(before.status, OutcomeStatus::Rejected);
     assert_ne!(before.reason_code.as_deref(), Some("cert.revoked"));
 
-    let ca = PkiLayout::new(&pki_dir).institution_dir(&payer.institution_id);
+    let ca = PkiLayout::new(&pki_dir).institution_ca_dir(&payer.institution_id);
     let terminal_cert = PkiLayout::new(&pki_dir)
-        .wallet_key(
-            &payer.institution_id,
-            &payer.wallet_id,
-            dcpipe_pipeline::pki::Role::Terminal,
-        )
+        .wallet_key(&payer.wallet_id, dcpipe_pipeline::pki::Role::Terminal)
         .0;
     let revoke = dcpipe(&[
         "pki",

@@ -48,15 +48,36 @@ async fn the_script_runs_a_payment_to_completion_on_a_fresh_nats_server() {
     assert!(outcome.contains("\"status\":\"COMPLETED\""), "{outcome}");
     assert!(outcome.contains("\"amount_fen\":12345"), "{outcome}");
 
-    // Each worker was given only its own private key.
-    let keys = work.path().join("run/keys");
+    // The trust anchors hold no private key; each party's directory holds its own only.
+    let pki = work.path().join("run/pki");
+    assert_eq!(private_keys(&pki.join("trust")), Vec::<String>::new());
     for (party, own) in [
-        ("oi01", "institutions/oi01/signer.key.pem"),
-        ("oi02", "institutions/oi02/signer.key.pem"),
-        ("central-bank", "central-bank/settlement.key.pem"),
+        ("institutions/oi01/signer", "signer.key.pem"),
+        ("institutions/oi02/signer", "signer.key.pem"),
+        ("settlement", "signer.key.pem"),
     ] {
-        let found = private_keys(&keys.join(party));
-        assert_eq!(found, vec![own.to_owned()], "{party}");
+        assert_eq!(
+            private_keys(&pki.join(party)),
+            vec![own.to_owned()],
+            "{party}"
+        );
+    }
+    // Each worker was given the trust anchors and its own signer's directory, nothing else.
+    let script =
+        std::fs::read_to_string(repository().join("scripts/run-for-real.sh")).expect("script");
+    let workers: Vec<&str> = script
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("dcpipe worker "))
+        .collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for line in workers {
+        assert!(line.contains(" --pki pki/trust "), "{line}");
+        assert!(
+            line.contains(r#" --key "pki/institutions/$oi/signer" "#)
+                || line.contains(" --key pki/settlement "),
+            "{line}"
+        );
     }
 }
 
@@ -95,7 +116,7 @@ fn the_readme_quotes_the_script_exactly() {
         .step_by(2)
         .flat_map(|block| block.lines().skip(1))
         .map(str::trim)
-        .filter(|l| l.starts_with("dcpipe ") || l.starts_with("worker_keys "))
+        .filter(|l| l.starts_with("dcpipe "))
         .collect();
     assert!(quoted.len() >= 8, "{quoted:?}");
     let script_lines: Vec<&str> = script.lines().map(str::trim).collect();

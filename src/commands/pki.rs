@@ -22,9 +22,10 @@ use crate::settings::{BrokerArgs, Settings};
 /// PKI commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum PkiCommand {
-    /// Write a demo PKI as PEM files (private keys with mode 0600): the central bank's root and
-    /// settlement signer, a CA and a signer per institution, and per wallet a terminal, a
-    /// secure element and a wallet key.
+    /// Write a demo PKI as PEM files (private keys with mode 0600), one directory per party:
+    /// root/ (offline), settlement/, institutions/<oi>/ca/, institutions/<oi>/signer/,
+    /// wallets/<id>/ (terminal, secure element and wallet keys: for terminals), and trust/
+    /// (certificates only: the root, the institution CAs, the settlement signer).
     Init {
         /// Directory to create (must not hold a PKI already).
         #[arg(long, value_name = "DIR")]
@@ -41,7 +42,7 @@ pub(crate) enum PkiCommand {
         algorithm: AlgorithmChoice,
     },
     /// Revoke certificates as the CA that issued them: sign a RevocationUpdate with the CA's
-    /// key (DIR/ca.key.pem) and publish it on pki.revocation, where every worker applies it.
+    /// key (--ca DIR/ca.key.pem) and publish it on pki.revocation, where every worker applies it.
     /// The update takes the next sequence of this CA found on the bus.
     Revoke(Box<RevokeArgs>),
     /// Summarize a PKI directory.
@@ -56,8 +57,8 @@ pub(crate) enum PkiCommand {
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "cert"])))]
 pub(crate) struct RevokeArgs {
-    /// The issuing CA's directory, holding ca.crt.pem and ca.key.pem (an institution's
-    /// institutions/<oi>, or root for an institution CA).
+    /// The issuing CA's party directory, holding ca.crt.pem and ca.key.pem (institutions/<oi>/ca
+    /// for the institution's wallets and signer, root for an institution CA).
     #[arg(long, env = "DCPIPE_CA", value_name = "DIR")]
     ca: PathBuf,
     /// Serial of the certificate to revoke, in hex (the content octets of its DER INTEGER).

@@ -15,7 +15,8 @@ use dcpipe_connectors::session::open_session_store;
 use dcpipe_pipeline::clock::SystemClock;
 use dcpipe_pipeline::payment::{Institution, PaymentPolicy};
 use dcpipe_pipeline::pki::{
-    CHAIN_CACHE_ENTRIES_DEFAULT, ChainVerifier, KeyHolder, PkiDirectory, RevocationSet,
+    CHAIN_CACHE_ENTRIES_DEFAULT, ChainVerifier, KeyHolder, PkiDirectory, PkiLayout, RevocationSet,
+    TRUST_DIR,
 };
 use dcpipe_pipeline::provision::check_subjects;
 use dcpipe_pipeline::registry::{self, Build};
@@ -59,9 +60,15 @@ pub(crate) struct WorkerArgs {
     /// The ledgers: sqlite://DIR or postgres://user@host:port/db.
     #[arg(long, env = "DCPIPE_LEDGER")]
     ledger: Option<String>,
-    /// The PKI directory written by `dcpipe pki init`.
+    /// The trust anchors: the trust/ directory of `dcpipe pki init` (certificates only), or
+    /// the PKI directory holding it.
     #[arg(long, env = "DCPIPE_PKI", value_name = "DIR")]
     pki: PathBuf,
+    /// This worker's own signer directory (signer.crt.pem, signer.key.pem): the PKI's
+    /// institutions/<oi>/signer, or settlement for the settlement stage. Without it, taken from
+    /// --pki when that is a whole PKI directory.
+    #[arg(long, env = "DCPIPE_KEY", value_name = "DIR")]
+    key: Option<PathBuf>,
     /// Members of the stage's consumer group in this process (batches decided in parallel).
     #[arg(long, env = "DCPIPE_CONCURRENCY", default_value_t = 1)]
     concurrency: usize,
@@ -160,17 +167,34 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
                 .with_context(|| format!("--institution is required for stage {}", args.stage))?,
         ),
     };
-    let dir = args.pki.clone();
+    let trust = args.pki.clone();
+    let key_dir = args.key.clone();
     let holder_id = institution.clone();
     let keys = tokio::task::spawn_blocking(move || {
         let holder = match &holder_id {
             Some(id) => KeyHolder::Institution(id),
             None => KeyHolder::Settlement,
         };
-        PkiDirectory::load_worker(&dir, holder)
+        let key_dir = match key_dir {
+            Some(dir) => dir,
+            None if trust.join(TRUST_DIR).is_dir() => PkiLayout::new(&trust).signer_dir(holder),
+            None => bail!(
+                "--key is required: this worker's signer directory ({})",
+                match holder {
+                    KeyHolder::Institution(id) => format!("institutions/{id}/signer"),
+                    KeyHolder::Settlement => "settlement".to_owned(),
+                }
+            ),
+        };
+        PkiDirectory::load_worker(&trust, &key_dir, holder).with_context(|| {
+            format!(
+                "loading the trust anchors from {} and the signing key from {}",
+                trust.display(),
+                key_dir.display()
+            )
+        })
     })
-    .await?
-    .with_context(|| format!("loading the PKI from {}", args.pki.display()))?;
+    .await??;
     let revocations = Arc::new(RevocationSet::new());
     let verifier = Arc::new(ChainVerifier::with_cache_capacity(
         Arc::clone(&keys.trust_store),

@@ -131,7 +131,7 @@ impl Running {
             .filter(|w| w.party.institution_id == institution)
             .nth(n)
             .unwrap_or_else(|| panic!("no wallet {n} at {institution}"));
-        PkiLayout::new(self.pki_dir.path()).wallet_dir(institution, &wallet.party.wallet_id)
+        PkiLayout::new(self.pki_dir.path()).wallet_dir(&wallet.party.wallet_id)
     }
 
     pub(crate) async fn stop(self) {

@@ -19,9 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::pki::{
-    Certificate, ChainVerifier, PkiLayout, RevocationSet, TrustStore, read_certificate_pem,
-};
+use crate::pki::{ChainVerifier, RevocationSet, TrustLayout, TrustStore, read_trust_anchors};
 
 /// What went wrong in an operator's command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,36 +58,13 @@ impl From<dcpipe_connectors::bus::BusError> for OpsError {
     }
 }
 
-/// The trust anchors of a PKI directory: the root's certificate, every institution CA's and the
-/// settlement signer's (certificates only: no private key is read).
+/// The trust anchors of a trust directory (`pki init`'s `trust/`, or the PKI directory holding
+/// it): the root's certificate, every institution CA's and the settlement signer's
+/// (certificates only: no private key is read).
 pub fn trust_anchors(pki: &Path) -> Result<TrustStore, OpsError> {
-    let layout = PkiLayout::new(pki);
-    let keys_error = |e: &dyn std::fmt::Display| OpsError::new(OpsErrorKind::Keys, format!("{e}"));
-    let root = read_certificate_pem(&layout.root().0).map_err(|e| keys_error(&e))?;
-    let mut store = TrustStore::new(root).map_err(|e| keys_error(&e))?;
-    let institutions = pki.join("institutions");
-    let entries = std::fs::read_dir(&institutions)
-        .map_err(|e| keys_error(&format!("{}: {e}", institutions.display())))?;
-    let mut ids: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    ids.sort();
-    for id in ids {
-        let path = layout.institution_ca(&id).0;
-        if path.exists() {
-            let ca: Certificate = read_certificate_pem(&path).map_err(|e| keys_error(&e))?;
-            store.add_institution_ca(ca).map_err(|e| keys_error(&e))?;
-        }
-    }
-    let settlement = layout.settlement_signer().0;
-    if settlement.exists() {
-        let signer = read_certificate_pem(&settlement).map_err(|e| keys_error(&e))?;
-        store
-            .set_settlement_signer(signer)
-            .map_err(|e| keys_error(&e))?;
-    }
-    Ok(store)
+    read_trust_anchors(&TrustLayout::of(pki))
+        .map(|(_, store)| store)
+        .map_err(|e| OpsError::new(OpsErrorKind::Keys, e.to_string()))
 }
 
 /// A chain verifier over the trust anchors of a PKI directory, with no revocations.

@@ -88,8 +88,9 @@ pub use revocation::{REVOKED_SERIALS_MAX, RevocationSet, RevocationSetFull};
 pub use role::{Role, RoleSet, UnknownRole};
 pub use store::{
     KeyHolder, MANIFEST_BYTES_MAX, MANIFEST_FILE, PEM_FILE_BYTES_MAX, PRIVATE_KEY_FILE_MODE,
-    PUBLIC_FILE_MODE, PkiLayout, WorkerKeys, init_pki_directory, read_certificate_pem,
-    read_private_key_pem, write_certificate_pem, write_private_key_pem,
+    PUBLIC_FILE_MODE, PkiLayout, TRUST_DIR, TRUST_INSTITUTIONS_MAX, TrustLayout, WorkerKeys,
+    init_pki_directory, read_certificate_pem, read_private_key_pem, read_trust_anchors,
+    signer_pair, write_certificate_pem, write_private_key_pem,
 };
 pub use verify::{
     ChainVerifier, METRIC_CERTIFICATE_SIGNATURE_CHECKS, METRIC_CHAIN_REJECTIONS, TrustStore,

@@ -1,12 +1,20 @@
-//! PEM files and the PKI directory layout of `dcpipe pki init`.
+//! PEM files and the PKI directory layout of `dcpipe pki init`: one directory per party, and
+//! the trust anchors (certificates only) in a directory of their own.
 //!
 //! ```text
-//! DIR/manifest.toml
-//! DIR/root/{ca.crt.pem,ca.key.pem}
-//! DIR/central-bank/{settlement.crt.pem,settlement.key.pem}
-//! DIR/institutions/<oi>/{ca.crt.pem,ca.key.pem,signer.crt.pem,signer.key.pem}
-//! DIR/institutions/<oi>/wallets/<wallet>/{terminal,secure-element,wallet}.{crt,key}.pem
+//! DIR/manifest.toml                                    what was generated (`pki show`)
+//! DIR/trust/root.crt.pem                               trust anchors: certificates only,
+//! DIR/trust/settlement.crt.pem                         what every verifier needs
+//! DIR/trust/institutions/<oi>.crt.pem
+//! DIR/root/{ca.crt.pem,ca.key.pem}                     the root (offline)
+//! DIR/settlement/{signer.crt.pem,signer.key.pem}       the settlement worker
+//! DIR/institutions/<oi>/ca/{ca.crt.pem,ca.key.pem}     the institution's CA (pki revoke --ca)
+//! DIR/institutions/<oi>/signer/{signer.crt.pem,signer.key.pem}   the institution's workers
+//! DIR/wallets/<wallet>/{terminal,secure-element,wallet}.{crt,key}.pem   the wallet's terminal
 //! ```
+//!
+//! A worker is given the trust directory (`--pki DIR/trust`) and its own signer's directory
+//! (`--key DIR/institutions/<oi>/signer`, or `DIR/settlement`); no other file of the PKI.
 //!
 //! Private keys are PKCS#8 `PRIVATE KEY` PEM created with mode 0600; certificates are
 //! `CERTIFICATE` PEM. Files are created, never overwritten: writing into a directory that
@@ -35,6 +43,8 @@ use super::verify::TrustStore;
 
 /// Name of the manifest file.
 pub const MANIFEST_FILE: &str = "manifest.toml";
+/// Name of the trust anchors' directory inside a PKI directory.
+pub const TRUST_DIR: &str = "trust";
 /// Mode of private key files.
 pub const PRIVATE_KEY_FILE_MODE: u32 = 0o600;
 /// Mode of certificate and manifest files.
@@ -43,6 +53,8 @@ pub const PUBLIC_FILE_MODE: u32 = 0o644;
 pub const PEM_FILE_BYTES_MAX: u64 = 64 * 1024;
 /// Largest manifest read (a million wallets take about 90 MB).
 pub const MANIFEST_BYTES_MAX: u64 = 128 * 1024 * 1024;
+/// Most institution CAs read from a trust directory.
+pub const TRUST_INSTITUTIONS_MAX: usize = 1000;
 
 /// Paths of the files of a PKI directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,14 +78,29 @@ impl PkiLayout {
         self.dir.join(MANIFEST_FILE)
     }
 
+    /// `DIR/trust`: the trust anchors, certificates only.
+    pub fn trust(&self) -> TrustLayout {
+        TrustLayout::new(self.dir.join(TRUST_DIR))
+    }
+
+    /// `DIR/root`: the root's party directory (offline).
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
     /// (certificate, key) of the root.
     pub fn root(&self) -> (PathBuf, PathBuf) {
-        pair(&self.dir.join("root"), "ca")
+        pair(&self.root_dir(), "ca")
+    }
+
+    /// `DIR/settlement`: the settlement signer's party directory.
+    pub fn settlement_dir(&self) -> PathBuf {
+        self.dir.join("settlement")
     }
 
     /// (certificate, key) of the settlement signer.
     pub fn settlement_signer(&self) -> (PathBuf, PathBuf) {
-        pair(&self.dir.join(CENTRAL_BANK_ID), SETTLEMENT_SIGNER_ID)
+        signer_pair(&self.settlement_dir())
     }
 
     /// `DIR/institutions/<oi>`.
@@ -81,27 +108,99 @@ impl PkiLayout {
         self.dir.join("institutions").join(institution)
     }
 
+    /// `DIR/institutions/<oi>/ca`: the institution CA's party directory.
+    pub fn institution_ca_dir(&self, institution: &str) -> PathBuf {
+        self.institution_dir(institution).join("ca")
+    }
+
     /// (certificate, key) of an institution's CA.
     pub fn institution_ca(&self, institution: &str) -> (PathBuf, PathBuf) {
-        pair(&self.institution_dir(institution), "ca")
+        pair(&self.institution_ca_dir(institution), "ca")
+    }
+
+    /// `DIR/institutions/<oi>/signer`: the institution signer's party directory.
+    pub fn institution_signer_dir(&self, institution: &str) -> PathBuf {
+        self.institution_dir(institution).join("signer")
     }
 
     /// (certificate, key) of an institution's signer.
     pub fn institution_signer(&self, institution: &str) -> (PathBuf, PathBuf) {
-        pair(&self.institution_dir(institution), "signer")
+        signer_pair(&self.institution_signer_dir(institution))
     }
 
-    /// `DIR/institutions/<oi>/wallets/<wallet>`.
-    pub fn wallet_dir(&self, institution: &str, wallet: &str) -> PathBuf {
-        self.institution_dir(institution)
-            .join("wallets")
-            .join(wallet)
+    /// The party directory holding the signing key of `holder`.
+    pub fn signer_dir(&self, holder: KeyHolder<'_>) -> PathBuf {
+        match holder {
+            KeyHolder::Institution(id) => self.institution_signer_dir(id),
+            KeyHolder::Settlement => self.settlement_dir(),
+        }
+    }
+
+    /// `DIR/wallets/<wallet>`: what the wallet's terminal holds.
+    pub fn wallet_dir(&self, wallet: &str) -> PathBuf {
+        self.dir.join("wallets").join(wallet)
     }
 
     /// (certificate, key) of a wallet's terminal, secure element or wallet key, by role.
-    pub fn wallet_key(&self, institution: &str, wallet: &str, role: Role) -> (PathBuf, PathBuf) {
-        pair(&self.wallet_dir(institution, wallet), role.as_str())
+    pub fn wallet_key(&self, wallet: &str, role: Role) -> (PathBuf, PathBuf) {
+        pair(&self.wallet_dir(wallet), role.as_str())
     }
+}
+
+/// Paths of a trust directory: the certificates of the root, the settlement signer and every
+/// institution CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustLayout {
+    dir: PathBuf,
+}
+
+impl TrustLayout {
+    /// The trust directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        TrustLayout { dir: dir.into() }
+    }
+
+    /// The trust directory of `dir`: `dir/trust` when `dir` is a whole PKI directory, `dir`
+    /// itself otherwise.
+    pub fn of(dir: &Path) -> Self {
+        let inner = dir.join(TRUST_DIR);
+        if inner.join("root.crt.pem").exists() {
+            TrustLayout::new(inner)
+        } else {
+            TrustLayout::new(dir)
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `trust/root.crt.pem`.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root.crt.pem")
+    }
+
+    /// `trust/settlement.crt.pem`.
+    pub fn settlement_signer(&self) -> PathBuf {
+        self.dir.join("settlement.crt.pem")
+    }
+
+    /// `trust/institutions`.
+    pub fn institutions_dir(&self) -> PathBuf {
+        self.dir.join("institutions")
+    }
+
+    /// `trust/institutions/<oi>.crt.pem`: the institution CA's certificate.
+    pub fn institution_ca(&self, institution: &str) -> PathBuf {
+        self.institutions_dir()
+            .join(format!("{institution}.crt.pem"))
+    }
+}
+
+/// (certificate, key) of a signer's party directory: `signer.crt.pem`, `signer.key.pem`.
+pub fn signer_pair(dir: &Path) -> (PathBuf, PathBuf) {
+    pair(dir, "signer")
 }
 
 fn pair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
@@ -244,6 +343,37 @@ fn read_expected_certificate(
     expected: Expected<'_>,
 ) -> Result<Certificate, StoreError> {
     let certificate = read_certificate_pem(path)?;
+    check_expected(path, &certificate, expected)?;
+    Ok(certificate)
+}
+
+/// Reads a certificate and checks its role, id and institution (any supported algorithm).
+fn read_role_certificate(
+    path: &Path,
+    role: Role,
+    id: &str,
+    institution: &str,
+) -> Result<Certificate, StoreError> {
+    let certificate = read_certificate_pem(path)?;
+    let algorithm = certificate.algorithm();
+    check_expected(
+        path,
+        &certificate,
+        Expected {
+            role,
+            id,
+            institution,
+            algorithm,
+        },
+    )?;
+    Ok(certificate)
+}
+
+fn check_expected(
+    path: &Path,
+    certificate: &Certificate,
+    expected: Expected<'_>,
+) -> Result<(), StoreError> {
     let actual = (
         certificate.role(),
         certificate.id(),
@@ -273,7 +403,7 @@ fn read_expected_certificate(
             ),
         ));
     }
-    Ok(certificate)
+    Ok(())
 }
 
 /// Whose signing key a worker holds.
@@ -297,64 +427,100 @@ pub struct WorkerKeys {
     pub signer: CertifiedKey,
 }
 
-impl PkiDirectory {
-    /// Reads what one worker needs of a PKI directory: the manifest, the root's, the
-    /// institution CAs' and the settlement signer's certificates, and the certificate and
-    /// private key of `holder` only.
-    pub fn load_worker(dir: &Path, holder: KeyHolder<'_>) -> Result<WorkerKeys, StoreError> {
-        let layout = PkiLayout::new(dir);
-        let manifest = read_manifest(&layout.manifest())?;
-        let central_bank = |role, id| Expected {
-            role,
-            id,
-            institution: CENTRAL_BANK_ID,
-            algorithm: manifest.root_algorithm,
+/// The trust anchors of a trust directory ([`TrustLayout`]): the root's, the settlement
+/// signer's and every institution CA's certificate, checked against each other. Returns the
+/// institutions, in id order, and the trust store.
+pub fn read_trust_anchors(trust: &TrustLayout) -> Result<(Vec<String>, TrustStore), StoreError> {
+    let root = read_role_certificate(
+        &trust.root(),
+        Role::CentralBankRoot,
+        CENTRAL_BANK_ID,
+        CENTRAL_BANK_ID,
+    )?;
+    let settlement = read_role_certificate(
+        &trust.settlement_signer(),
+        Role::SettlementSigner,
+        SETTLEMENT_SIGNER_ID,
+        CENTRAL_BANK_ID,
+    )?;
+    let dir = trust.institutions_dir();
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
+        let entry = entry.map_err(|e| io_error(&dir, e))?;
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".crt.pem")) else {
+            continue;
         };
-        let root = read_expected_certificate(
-            &layout.root().0,
-            central_bank(Role::CentralBankRoot, CENTRAL_BANK_ID),
-        )?;
-        let settlement_paths = layout.settlement_signer();
-        let settlement_expected = central_bank(Role::SettlementSigner, SETTLEMENT_SIGNER_ID);
-        let mut cas = Vec::new();
-        let mut own = None;
-        for institution in &manifest.institutions {
-            let id = institution.id.as_str();
-            let expected = |role| Expected {
-                role,
-                id,
-                institution: id,
-                algorithm: institution.algorithm,
-            };
-            cas.push(read_expected_certificate(
-                &layout.institution_ca(id).0,
-                expected(Role::InstitutionCa),
-            )?);
-            if holder == KeyHolder::Institution(id) {
-                own = Some(read_pair(
-                    &layout.institution_signer(id),
-                    expected(Role::InstitutionSigner),
-                )?);
-            }
+        if !is_valid_id(id) {
+            return Err(StoreError::new(
+                StoreErrorKind::Certificate,
+                entry.path(),
+                format!("{id:?} is not an institution id"),
+            ));
         }
-        let (settlement, signer) = match holder {
-            KeyHolder::Settlement => {
-                let pair = read_pair(&settlement_paths, settlement_expected)?;
-                (pair.certificate().clone(), pair)
-            }
-            KeyHolder::Institution(id) => {
-                let signer = own.ok_or_else(|| {
-                    manifest_error(&layout.manifest(), format!("no institution {id}"))
-                })?;
-                let settlement =
-                    read_expected_certificate(&settlement_paths.0, settlement_expected)?;
-                (settlement, signer)
-            }
+        ids.push(id.to_owned());
+        if ids.len() > TRUST_INSTITUTIONS_MAX {
+            return Err(StoreError::new(
+                StoreErrorKind::Certificate,
+                &dir,
+                format!("more than {TRUST_INSTITUTIONS_MAX} institution CAs"),
+            ));
+        }
+    }
+    ids.sort();
+    let mut cas = Vec::with_capacity(ids.len());
+    for id in &ids {
+        cas.push(read_role_certificate(
+            &trust.institution_ca(id),
+            Role::InstitutionCa,
+            id,
+            id,
+        )?);
+    }
+    let store = trust_store_of(root, settlement, cas)
+        .map_err(|e| StoreError::new(StoreErrorKind::Certificate, trust.dir(), e.to_string()))?;
+    Ok((ids, store))
+}
+
+impl PkiDirectory {
+    /// Reads what one worker needs: the trust anchors from the trust directory `trust` (a
+    /// whole PKI directory is accepted too, see [`TrustLayout::of`]) and the certificate and
+    /// private key of `holder` from its party directory `key_dir` (`signer.crt.pem`,
+    /// `signer.key.pem`). No other private key is read.
+    pub fn load_worker(
+        trust: &Path,
+        key_dir: &Path,
+        holder: KeyHolder<'_>,
+    ) -> Result<WorkerKeys, StoreError> {
+        let (institutions, trust_store) = read_trust_anchors(&TrustLayout::of(trust))?;
+        let paths = signer_pair(key_dir);
+        let (role, id, institution) = match holder {
+            KeyHolder::Institution(id) => (Role::InstitutionSigner, id, id),
+            KeyHolder::Settlement => (
+                Role::SettlementSigner,
+                SETTLEMENT_SIGNER_ID,
+                CENTRAL_BANK_ID,
+            ),
         };
-        let trust_store = trust_store_of(root, settlement, cas)
-            .map_err(|e| StoreError::new(StoreErrorKind::Certificate, dir, e.to_string()))?;
+        let certificate = read_role_certificate(&paths.0, role, id, institution)?;
+        let key = read_private_key_pem(&paths.1)?;
+        let signer = CertifiedKey::new(certificate, key)
+            .map_err(|e| StoreError::new(StoreErrorKind::KeyMismatch, &paths.1, e.to_string()))?;
+        let trusted = match holder {
+            KeyHolder::Institution(id) => trust_store.institution_ca(id).is_some(),
+            KeyHolder::Settlement => trust_store
+                .settlement_signer()
+                .is_some_and(|c| c.fingerprint() == signer.certificate().fingerprint()),
+        };
+        if !trusted {
+            return Err(StoreError::new(
+                StoreErrorKind::Certificate,
+                &paths.0,
+                format!("not trusted by the trust anchors of {}", trust.display()),
+            ));
+        }
         Ok(WorkerKeys {
-            institutions: manifest.institutions.iter().map(|i| i.id.clone()).collect(),
+            institutions,
             trust_store: Arc::new(trust_store),
             signer,
         })
@@ -447,6 +613,15 @@ impl PkiDirectory {
             write_pair(&layout.institution_ca(id), &keys.ca)?;
             write_pair(&layout.institution_signer(id), &keys.signer)?;
         }
+        // The trust anchors, certificates only, in a directory of their own.
+        let trust = layout.trust();
+        let trust_institutions = trust.institutions_dir();
+        fs::create_dir_all(&trust_institutions).map_err(|e| io_error(&trust_institutions, e))?;
+        write_certificate_pem(&trust.root(), self.root.certificate())?;
+        write_certificate_pem(&trust.settlement_signer(), self.settlement.certificate())?;
+        for (id, keys) in &self.institutions {
+            write_certificate_pem(&trust.institution_ca(id), keys.ca.certificate())?;
+        }
         let wallets: Vec<(&String, &WalletKeys)> = self.wallets.iter().collect();
         parallel_map(
             &wallets,
@@ -456,7 +631,7 @@ impl PkiDirectory {
                     (Role::SecureElement, &keys.secure_element),
                     (Role::Wallet, &keys.wallet),
                 ] {
-                    write_pair(&layout.wallet_key(&keys.institution, id, role), certified)?;
+                    write_pair(&layout.wallet_key(id, role), certified)?;
                 }
                 Ok(())
             },
@@ -522,7 +697,7 @@ impl PkiDirectory {
             |wallet| {
                 let read = |role| {
                     read_pair(
-                        &layout.wallet_key(&wallet.institution, &wallet.id, role),
+                        &layout.wallet_key(&wallet.id, role),
                         Expected {
                             role,
                             id: &wallet.id,

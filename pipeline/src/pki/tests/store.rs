@@ -270,18 +270,21 @@ fn directory_follows_the_documented_layout() {
         "manifest.toml",
         "root/ca.crt.pem",
         "root/ca.key.pem",
-        "central-bank/settlement.crt.pem",
-        "central-bank/settlement.key.pem",
-        "institutions/oi01/ca.crt.pem",
-        "institutions/oi01/ca.key.pem",
-        "institutions/oi01/signer.crt.pem",
-        "institutions/oi01/signer.key.pem",
-        "institutions/oi01/wallets/w-oi01-000001/terminal.crt.pem",
-        "institutions/oi01/wallets/w-oi01-000001/terminal.key.pem",
-        "institutions/oi01/wallets/w-oi01-000001/secure-element.crt.pem",
-        "institutions/oi01/wallets/w-oi01-000001/secure-element.key.pem",
-        "institutions/oi01/wallets/w-oi01-000001/wallet.crt.pem",
-        "institutions/oi01/wallets/w-oi01-000001/wallet.key.pem",
+        "settlement/signer.crt.pem",
+        "settlement/signer.key.pem",
+        "institutions/oi01/ca/ca.crt.pem",
+        "institutions/oi01/ca/ca.key.pem",
+        "institutions/oi01/signer/signer.crt.pem",
+        "institutions/oi01/signer/signer.key.pem",
+        "wallets/w-oi01-000001/terminal.crt.pem",
+        "wallets/w-oi01-000001/terminal.key.pem",
+        "wallets/w-oi01-000001/secure-element.crt.pem",
+        "wallets/w-oi01-000001/secure-element.key.pem",
+        "wallets/w-oi01-000001/wallet.crt.pem",
+        "wallets/w-oi01-000001/wallet.key.pem",
+        "trust/root.crt.pem",
+        "trust/settlement.crt.pem",
+        "trust/institutions/oi01.crt.pem",
     ] {
         assert!(dir.path().join(file).is_file(), "{file} missing");
     }
@@ -349,8 +352,8 @@ fn load_rejects_a_key_that_is_not_the_certificates() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_pki_directory(dir.path(), &options(1, 2, AlgorithmChoice::P256)).expect("init");
     let layout = PkiLayout::new(dir.path());
-    let (_, first) = layout.wallet_key("oi01", "w-oi01-000001", Role::Terminal);
-    let (_, second) = layout.wallet_key("oi01", "w-oi01-000002", Role::Terminal);
+    let (_, first) = layout.wallet_key("w-oi01-000001", Role::Terminal);
+    let (_, second) = layout.wallet_key("w-oi01-000002", Role::Terminal);
     std::fs::copy(&second, &first).expect("swap key");
     let err = PkiDirectory::load(dir.path()).expect_err("mismatch");
     assert_eq!(err.kind(), StoreErrorKind::KeyMismatch);
@@ -362,8 +365,8 @@ fn load_rejects_a_certificate_in_the_wrong_place() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_pki_directory(dir.path(), &options(1, 1, AlgorithmChoice::Sm2)).expect("init");
     let layout = PkiLayout::new(dir.path());
-    let (terminal, _) = layout.wallet_key("oi01", "w-oi01-000001", Role::Terminal);
-    let (wallet, _) = layout.wallet_key("oi01", "w-oi01-000001", Role::Wallet);
+    let (terminal, _) = layout.wallet_key("w-oi01-000001", Role::Terminal);
+    let (wallet, _) = layout.wallet_key("w-oi01-000001", Role::Wallet);
     std::fs::copy(&wallet, &terminal).expect("swap certificate");
     let err = PkiDirectory::load(dir.path()).expect_err("wrong role");
     assert_eq!(err.kind(), StoreErrorKind::Certificate);
