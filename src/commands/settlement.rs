@@ -22,7 +22,8 @@ pub(crate) struct SettlementArgs {
     /// Credentials, TLS and stream limits towards the broker.
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
-    /// The PKI directory: its trust anchors verify the settlement signer.
+    /// The trust anchors: `pki init`'s trust/ (or the PKI directory holding it); they verify
+    /// the settlement signer.
     #[arg(long, env = "DCPIPE_PKI", value_name = "DIR")]
     pki: PathBuf,
     /// Institutions whose published positions are checked against the signed instructions,

@@ -24,8 +24,8 @@ pub(crate) struct SubmitArgs {
     /// Credentials, TLS and stream limits towards the broker.
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
-    /// The PKI directory: its trust anchors (root, institution CAs) verify both terminals'
-    /// certificates and the outcome's signature.
+    /// The trust anchors: `pki init`'s trust/ (or the PKI directory holding it); they verify
+    /// both terminals' certificates and the outcome's signature.
     #[arg(long, env = "DCPIPE_PKI", value_name = "DIR")]
     pki: PathBuf,
     /// The payer's wallet directory (terminal.{crt,key}.pem, secure-element.{crt,key}.pem).
