@@ -212,9 +212,20 @@ fn readiness_json(readiness: &Readiness) -> String {
             })
         })
         .collect();
+    let warnings: Vec<serde_json::Value> = readiness
+        .warnings
+        .iter()
+        .map(|(component, warning)| {
+            serde_json::json!({
+                "component": component.to_string(),
+                "warning": warning,
+            })
+        })
+        .collect();
     let mut body = serde_json::json!({
         "ready": readiness.is_ready(),
         "not_ready": not_ready,
+        "warnings": warnings,
     })
     .to_string();
     body.push('\n');
@@ -314,7 +325,23 @@ mod tests {
         health.reach(Component::Bus, Reachability::Reachable);
         assert_eq!(
             readiness_json(&health.readiness()),
-            "{\"not_ready\":[],\"ready\":true}\n"
+            "{\"not_ready\":[],\"ready\":true,\"warnings\":[]}\n"
+        );
+    }
+
+    #[test]
+    fn readiness_says_when_a_ledger_holds_no_wallets() {
+        let health = Health::new();
+        let ledger = Component::Ledger("oi01".to_owned());
+        health.reach(ledger.clone(), Reachability::Reachable);
+        health.warn(ledger, "the ledger holds no wallets");
+        let body: serde_json::Value =
+            serde_json::from_str(&readiness_json(&health.readiness())).expect("json");
+        assert_eq!(body["ready"], true);
+        assert_eq!(body["warnings"][0]["component"], "ledger of oi01");
+        assert_eq!(
+            body["warnings"][0]["warning"],
+            "the ledger holds no wallets"
         );
     }
 

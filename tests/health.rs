@@ -164,6 +164,8 @@ async fn readyz_follows_the_broker_down_and_back() {
     let ready = worker.wait_for("/readyz", 200).await;
     let ready: serde_json::Value = serde_json::from_str(&ready).expect("json");
     assert_eq!(ready["ready"], true);
+    // Its ledger holds wallets: nothing to warn of.
+    assert_eq!(ready["warnings"], serde_json::json!([]), "{ready}");
     assert_eq!(worker.get("/healthz").await, Some((200, "ok\n".to_owned())));
     let (status, _) = worker.get("/nothing-here").await.expect("answer");
     assert_eq!(status, 404);

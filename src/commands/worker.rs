@@ -228,12 +228,12 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
             let id = institution.unwrap_or_default();
             let ledger = open_ledger(&ledger_url, &id, &options).await?;
             if ledger.wallet_count().await? == 0 {
-                // A worker pointed at the wrong database is noticed at start.
-                tracing::warn!(
-                    institution = %id,
-                    ledger = %ledger_url,
+                // A worker pointed at the wrong database is noticed: at start and in /readyz.
+                let warning = format!(
                     "the ledger holds no wallets: every payment will be refused; open them with `dcpipe wallets open --institution {id} --ledger URL --file FILE`"
                 );
+                tracing::warn!(institution = %id, ledger = %ledger_url, "{warning}");
+                crate::telemetry::health().warn(Component::Ledger(id.clone()), warning);
             }
             let institution = Arc::new(Institution::new(
                 id.clone(),

@@ -79,6 +79,7 @@ enum Status {
 #[derive(Debug, Default)]
 pub struct Health {
     components: Mutex<BTreeMap<Component, Status>>,
+    warnings: Mutex<BTreeMap<Component, String>>,
 }
 
 /// A component that keeps the process from being ready.
@@ -97,6 +98,10 @@ pub struct NotReady {
 pub struct Readiness {
     /// Every component that is not ready, in a stable order; empty when ready.
     pub not_ready: Vec<NotReady>,
+    /// What an operator should know though it does not keep the process from being ready (a
+    /// ledger that holds no wallets: the worker may be pointed at the wrong database), by
+    /// component, in a stable order.
+    pub warnings: Vec<(Component, String)>,
 }
 
 impl Readiness {
@@ -109,15 +114,19 @@ impl Readiness {
 impl fmt::Display for Readiness {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_ready() {
-            return f.write_str("ready");
-        }
-        f.write_str("not ready: ")?;
-        for (i, part) in self.not_ready.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
+            f.write_str("ready")?;
+        } else {
+            f.write_str("not ready: ")?;
+            for (i, part) in self.not_ready.iter().enumerate() {
+                if i > 0 {
+                    f.write_str("; ")?;
+                }
+                let state = if part.fatal { "stopped" } else { "down" };
+                write!(f, "{} {state}: {}", part.component, part.why)?;
             }
-            let state = if part.fatal { "stopped" } else { "down" };
-            write!(f, "{} {state}: {}", part.component, part.why)?;
+        }
+        for (component, warning) in &self.warnings {
+            write!(f, "; warning: {component}: {warning}")?;
         }
         Ok(())
     }
@@ -138,6 +147,23 @@ impl Health {
     pub fn reach(&self, component: Component, reachability: Reachability) {
         debug_assert!(!matches!(component, Component::Member(_)));
         self.set(component, Status::Part(reachability));
+    }
+
+    /// Reports what an operator should know of a part without it keeping the process from
+    /// being ready (replaces that part's earlier warning).
+    pub fn warn(&self, component: Component, warning: impl Into<String>) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(component, warning.into());
+    }
+
+    /// Withdraws a part's warning.
+    pub fn clear_warning(&self, component: &Component) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(component);
     }
 
     /// Where a member stands, if it reported.
@@ -168,7 +194,17 @@ impl Health {
                 })
             })
             .collect();
-        Readiness { not_ready }
+        let warnings = self
+            .warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(component, warning)| (component.clone(), warning.clone()))
+            .collect();
+        Readiness {
+            not_ready,
+            warnings,
+        }
     }
 
     fn set(&self, component: Component, status: Status) {
@@ -197,6 +233,26 @@ mod tests {
             owner: "oi01".to_owned(),
             index,
         }
+    }
+
+    #[test]
+    fn a_warning_is_said_without_keeping_the_process_from_being_ready() {
+        let health = Health::new();
+        let ledger = Component::Ledger("oi01".to_owned());
+        health.reach(ledger.clone(), Reachability::Reachable);
+        health.warn(ledger.clone(), "holds no wallets");
+        let readiness = health.readiness();
+        assert!(readiness.is_ready());
+        assert_eq!(
+            readiness.warnings,
+            vec![(ledger.clone(), "holds no wallets".to_owned())]
+        );
+        assert_eq!(
+            readiness.to_string(),
+            "ready; warning: ledger of oi01: holds no wallets"
+        );
+        health.clear_warning(&ledger);
+        assert_eq!(health.readiness().to_string(), "ready");
     }
 
     #[test]
