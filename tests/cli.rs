@@ -72,17 +72,40 @@ fn a_fatal_error_is_printed_once_with_its_cause_and_no_colour() {
         &format!("sqlite://{}", dir.path().join("ledgers").display()),
         "--pki",
         &pki.display().to_string(),
+        "--key",
+        &pki.join("signer").display().to_string(),
     ]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     let lines: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.contains("loading the PKI"))
+        .filter(|l| l.contains("loading the trust anchors"))
         .collect();
     assert_eq!(lines.len(), 1, "printed once: {stderr}");
     // Which file, and why.
-    assert!(lines[0].contains("manifest.toml"), "{stderr}");
+    assert!(lines[0].contains("root.crt.pem"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "colour codes: {stderr:?}");
+}
+
+#[test]
+fn a_worker_given_trust_anchors_only_asks_for_its_signer_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dcpipe(&[
+        "worker",
+        "settlement",
+        "--bus",
+        "nats://127.0.0.1:1",
+        "--ledger",
+        &format!("sqlite://{}", dir.path().join("ledgers").display()),
+        "--pki",
+        &dir.path().join("trust").display().to_string(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("--key is required") && stderr.contains("(settlement)"),
+        "{stderr}"
+    );
 }
 
 #[test]
