@@ -38,7 +38,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn machine(pki: &Path, own: &Path, into: &Path) -> (PathBuf, PathBuf) {
     let trust = into.join("trust");
     let key = into.join("key");
-    copy_dir(&PkiLayout::new(pki).trust().dir().to_path_buf(), &trust);
+    copy_dir(PkiLayout::new(pki).trust().dir(), &trust);
     copy_dir(own, &key);
     (trust, key)
 }
@@ -162,7 +162,7 @@ fn a_signer_of_another_pki_is_refused() {
     let other = tempfile::tempdir().expect("another pki");
     pki_in(other.path());
     let err = PkiDirectory::load_worker(
-        &PkiLayout::new(dir.path()).trust().dir().to_path_buf(),
+        PkiLayout::new(dir.path()).trust().dir(),
         &PkiLayout::new(other.path()).settlement_dir(),
         KeyHolder::Settlement,
     )
