@@ -45,11 +45,11 @@ pub(crate) enum PkiCommand {
     /// key (--ca DIR/ca.key.pem) and publish it on pki.revocation, where every worker applies it.
     /// The update takes the next sequence of this CA found on the bus.
     Revoke(Box<RevokeArgs>),
-    /// Summarize a PKI directory.
+    /// Summarize a PKI directory (its manifest.toml and every party's files, checked).
     Show {
-        /// The directory.
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
+        /// The PKI directory written by `pki init --out` (read, like every other --pki).
+        #[arg(long, env = "DCPIPE_PKI", value_name = "DIR", alias = "dir")]
+        pki: PathBuf,
     },
 }
 
@@ -108,7 +108,7 @@ pub(crate) async fn run(command: PkiCommand, settings: &Settings) -> anyhow::Res
             );
             Ok(ExitCode::SUCCESS)
         }
-        PkiCommand::Show { dir } => {
+        PkiCommand::Show { pki: dir } => {
             let pki = tokio::task::spawn_blocking(move || PkiDirectory::load(&dir)).await??;
             let manifest = pki.manifest();
             println!("algorithm choice: {}", manifest.algorithm.as_str());
