@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::pki::{Certificate, CertifiedKey, ChainVerifier, KeyError, RevocationSet};
 use crate::protocol::revocation_update_bytes;
 use crate::reason::Reason;
+use crate::runtime::{Follower, keep_following};
 use crate::subjects;
 
 /// Follows `pki.revocation` and applies every update to this process's revocation set.
@@ -42,11 +43,6 @@ pub struct RevocationFollower {
 
 /// Longest wait of one read for a new update (a shutdown interrupts it).
 pub const FOLLOW_WAIT: Duration = Duration::from_secs(1);
-
-/// Backoff before following again after the bus failed, doubled up to [`FOLLOW_RETRY_MAX`].
-pub const FOLLOW_RETRY: Duration = Duration::from_millis(250);
-/// Longest backoff before following again.
-pub const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The stage name of the follower's dead letters (`deadletter.revocation`).
 pub const DEAD_LETTER_STAGE: &str = "revocation";
@@ -113,35 +109,7 @@ impl RevocationFollower {
     /// Follows `pki.revocation` until `shutdown` is cancelled, following again with a backoff
     /// when the bus fails.
     pub async fn run(mut self, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
-        let mut failures: u32 = 0;
-        loop {
-            let failed = tokio::select! {
-                () = shutdown.cancelled() => return,
-                failed = self.follow_until_error(bus.as_ref()) => failed,
-            };
-            failures = failures.saturating_add(1);
-            let backoff = FOLLOW_RETRY
-                .saturating_mul(2u32.saturating_pow(failures.min(16) - 1))
-                .min(FOLLOW_RETRY_MAX);
-            tracing::warn!(error = %failed, ?backoff, "revocations not read; following again");
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-        }
-    }
-
-    /// One follower, read until the bus fails.
-    async fn follow_until_error(&mut self, bus: &dyn Bus) -> BusError {
-        let mut follow = match bus.follow(subjects::PKI_REVOCATION).await {
-            Ok(follow) => follow,
-            Err(e) => return e,
-        };
-        loop {
-            if let Err(e) = self.read(follow.as_mut(), bus, FOLLOW_WAIT).await {
-                return e;
-            }
-        }
+        keep_following("revocations", &mut self, bus.as_ref(), &shutdown).await;
     }
 
     fn apply(&self, update: &RevocationUpdate) -> Result<usize, (Reason, String)> {
@@ -173,6 +141,21 @@ impl RevocationFollower {
                     .map(|r| (*issuer.fingerprint(), r.serial.as_slice())),
             )
             .map_err(|e| (Reason::RevocationFull, e.to_string()))
+    }
+}
+
+impl Follower for RevocationFollower {
+    /// One reader, read until the bus fails.
+    async fn follow_until_error(&mut self, bus: &dyn Bus) -> BusError {
+        let mut follow = match bus.follow(subjects::PKI_REVOCATION).await {
+            Ok(follow) => follow,
+            Err(e) => return e,
+        };
+        loop {
+            if let Err(e) = self.read(follow.as_mut(), bus, FOLLOW_WAIT).await {
+                return e;
+            }
+        }
     }
 }
 

@@ -13,12 +13,14 @@
 
 mod config;
 mod error;
+mod follow;
 mod health;
 mod runner;
 mod stage;
 
 pub use config::{ConfigError, ConfigErrorKind, RunnerConfig};
 pub use error::{StageError, StageErrorKind, bus_failure_kind, ledger_failure_kind};
+pub use follow::{FOLLOW_RETRY, FOLLOW_RETRY_MAX, Follower, follow_backoff, keep_following};
 pub use health::{Component, Health, MemberId, MemberState, NotReady, Reachability, Readiness};
 pub use runner::{MemberResult, StageRunner, spawn_stage};
 pub use stage::{Input, Stage, Verdict, outgoing};

@@ -19,17 +19,12 @@ use super::telemetry::TelemetryPolicy;
 use crate::clearing::Institution;
 use crate::pki::ChainVerifier;
 use crate::reason::{Reason, Rejected};
+use crate::runtime::{Follower, keep_following};
 use crate::subjects;
 
 /// Longest wait of one read of the registry follower for a new entry (a shutdown interrupts
 /// it). A read that waited this long for nothing finds the follower caught up.
 pub const REGISTRY_FOLLOW_WAIT: Duration = Duration::from_millis(200);
-
-/// Backoff before following again after the bus failed, doubled up to
-/// [`REGISTRY_FOLLOW_RETRY_MAX`].
-pub const REGISTRY_FOLLOW_RETRY: Duration = Duration::from_millis(250);
-/// Longest backoff before following again.
-pub const REGISTRY_FOLLOW_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Records read per batch of the registry.
 const REGISTRY_READ_BATCH_MAX: usize = 1_024;
@@ -167,25 +162,12 @@ impl RegistryFollower {
     /// Follows `vehicle.registry` until `shutdown` is cancelled, following again with a
     /// backoff when the bus fails.
     pub async fn run(mut self, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
-        let mut failures: u32 = 0;
-        loop {
-            let failed = tokio::select! {
-                () = shutdown.cancelled() => return,
-                failed = self.follow_until_error(bus.as_ref()) => failed,
-            };
-            failures = failures.saturating_add(1);
-            let backoff = REGISTRY_FOLLOW_RETRY
-                .saturating_mul(2u32.saturating_pow(failures.min(16) - 1))
-                .min(REGISTRY_FOLLOW_RETRY_MAX);
-            tracing::warn!(error = %failed, ?backoff, "registry not read; following again");
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-        }
+        keep_following("registry", &mut self, bus.as_ref(), &shutdown).await;
     }
+}
 
-    /// One follower, read until the bus fails.
+impl Follower for RegistryFollower {
+    /// One reader, read until the bus fails.
     async fn follow_until_error(&mut self, bus: &dyn Bus) -> BusError {
         let mut follow = match bus.follow(subjects::VEHICLE_REGISTRY).await {
             Ok(follow) => follow,
