@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Statistics};
 
+use super::consumer::FETCH_WAIT_MAX_MS;
 use crate::bus::{BusError, BusErrorKind, KafkaOptions};
 
 /// Prefix of the properties dcpipe reads itself and never passes to librdkafka.
@@ -18,6 +19,35 @@ pub(super) const TOPIC_REPLICATION_PROPERTY: &str = "dcpipe.topic.replication.fa
 /// Replication factor of new topics unless [`TOPIC_REPLICATION_PROPERTY`] says otherwise: one
 /// copy suits a single broker (tests, demo); production clusters set 3.
 pub(super) const TOPIC_REPLICATION_DEFAULT: i32 = 1;
+
+/// A consumer that reads partitions it assigns itself (a replay, a follower): its group id is
+/// unique and never joined nor committed to (librdkafka's `assign()` needs one), nothing is
+/// stored, and a start offset removed by retention meanwhile reads what is left. `purpose`
+/// names it in errors and in the group id.
+pub(super) fn ungrouped_reader(
+    servers: &[String],
+    options: &KafkaOptions,
+    purpose: &str,
+) -> Result<StreamConsumer<TracingContext>, BusError> {
+    client_config(
+        servers,
+        &[
+            (
+                "group.id",
+                format!("dcpipe-{purpose}-{}", uuid::Uuid::new_v4()),
+            ),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string()),
+        ],
+        options,
+    )
+    .create_with_context(TracingContext)
+    .map_err(|e| {
+        BusError::with_source(BusErrorKind::Config, format!("Kafka {purpose} settings"), e)
+    })
+}
 
 /// A client configuration: `bootstrap.servers`, dcpipe's settings for this client, then the
 /// caller's properties (except `dcpipe.*`), which win.

@@ -10,8 +10,7 @@ use async_trait::async_trait;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::client::{ClosedOnThread, TracingContext, client_config};
-use super::consumer::FETCH_WAIT_MAX_MS;
+use super::client::{ClosedOnThread, TracingContext, ungrouped_reader};
 use super::wire;
 use crate::bus::{BusError, BusErrorKind, Follow, KafkaOptions, Record, ReplayFrom};
 
@@ -46,22 +45,7 @@ impl KafkaFollow {
         subject: &str,
         from: ReplayFrom,
     ) -> Result<Self, BusError> {
-        let consumer: FollowConsumer = client_config(
-            servers,
-            &[
-                (
-                    "group.id",
-                    format!("dcpipe-follow-{}", uuid::Uuid::new_v4()),
-                ),
-                ("enable.auto.commit", "false".into()),
-                ("enable.auto.offset.store", "false".into()),
-                ("auto.offset.reset", "earliest".into()),
-                ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string()),
-            ],
-            options,
-        )
-        .create_with_context(TracingContext)
-        .map_err(|e| BusError::with_source(BusErrorKind::Config, "Kafka follow settings", e))?;
+        let consumer: FollowConsumer = ungrouped_reader(servers, options, "follow")?;
         let consumer = Arc::new(consumer);
         let assigner = Arc::clone(&consumer);
         let consumer = ClosedOnThread::new(consumer);

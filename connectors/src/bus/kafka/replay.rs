@@ -15,8 +15,7 @@ use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
-use super::client::{ClosedOnThread, TracingContext, client_config};
-use super::consumer::FETCH_WAIT_MAX_MS;
+use super::client::{ClosedOnThread, TracingContext, ungrouped_reader};
 use super::wire;
 use crate::bus::{
     BusError, BusErrorKind, KafkaOptions, Record, ReplayFrom, ReplayRequest, ReplayStream,
@@ -49,25 +48,7 @@ impl KafkaReplay {
         options: &KafkaOptions,
         request: ReplayRequest,
     ) -> Result<Self, BusError> {
-        let consumer: ReplayConsumer = client_config(
-            servers,
-            &[
-                // librdkafka's assign() needs a group id; this one is never joined nor
-                // committed to.
-                (
-                    "group.id",
-                    format!("dcpipe-replay-{}", uuid::Uuid::new_v4()),
-                ),
-                ("enable.auto.commit", "false".into()),
-                ("enable.auto.offset.store", "false".into()),
-                // A start offset removed by retention meanwhile: read what is left.
-                ("auto.offset.reset", "earliest".into()),
-                ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string()),
-            ],
-            options,
-        )
-        .create_with_context(TracingContext)
-        .map_err(|e| BusError::with_source(BusErrorKind::Config, "Kafka replay settings", e))?;
+        let consumer: ReplayConsumer = ungrouped_reader(servers, options, "replay")?;
         let consumer = Arc::new(consumer);
         // The planner's reference ends with the planning task, before this function goes on:
         // the last one is always `ClosedOnThread`'s.
