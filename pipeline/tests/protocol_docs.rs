@@ -348,6 +348,14 @@ const UNDEFINED_SIGNATURE_DOC: &str = "Reserved: protocol v1 defines no signing 
 const DIGEST32_DOC: &str = "32 bytes of a hash or a certificate fingerprint; the field that holds \
     it says which hash of what.";
 
+/// What a vehicle charge carries in place of an envelope's transaction factor.
+const VEHICLE_FACTOR_DOC: &str = "For a vehicle charge (docs/PROTOCOL.md, 10.9): the digest of the \
+    pre-authorization the charge is made under.";
+
+/// What a vehicle charge carries in place of an envelope digest.
+const VEHICLE_DIGEST_DOC: &str = "For a vehicle charge (docs/PROTOCOL.md, 10.9): the charge digest, \
+    SHA-256 of \"dcpipe/v1/vehicle-charge-terms\".";
+
 /// Every (message, field path) whose doc is fixed by the layouts, with that doc.
 fn expected_docs() -> Vec<(&'static str, String, String)> {
     let mut expected = Vec::new();
@@ -362,14 +370,14 @@ fn expected_docs() -> Vec<(&'static str, String, String)> {
         CLEARING_MESSAGE.message,
         "transaction_factor".to_owned(),
         format!(
-            "Copied from the envelope. {}",
+            "Copied from the envelope. {} {VEHICLE_FACTOR_DOC}",
             avsc_doc(&TRANSACTION_FACTOR)
         ),
     ));
     expected.push((
         CLEARING_MESSAGE.message,
         "envelope_digest".to_owned(),
-        envelope_digest_doc(),
+        format!("{} {VEHICLE_DIGEST_DOC}", envelope_digest_doc()),
     ));
     expected.push((
         PAYMENT_OUTCOME.message,
@@ -377,7 +385,8 @@ fn expected_docs() -> Vec<(&'static str, String, String)> {
         format!(
             "{} A conflicting resubmission under the same payment_id gets its own outcome, told \
              apart by this digest. An envelope rejected before its payer was authenticated is \
-             answered under its submission digest instead: SHA-256 of the exact frame submitted.",
+             answered under its submission digest instead: SHA-256 of the exact frame submitted. \
+             {VEHICLE_DIGEST_DOC}",
             envelope_digest_doc()
         ),
     ));
