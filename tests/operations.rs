@@ -272,8 +272,8 @@ async fn pki_revoke_reaches_a_running_worker_and_the_revoked_payer_is_refused() 
     use std::time::{Duration, Instant};
 
     use dcpipe_connectors::bus::{Bus, NatsBus, NatsOptions, Outgoing};
-    use dcpipe_pipeline::audit::{OutcomeCollector, Submission};
     use dcpipe_pipeline::clock::SystemClock;
+    use dcpipe_pipeline::invariants::{OutcomeCollector, Submission};
     use dcpipe_pipeline::network::{Network, NetworkConfig};
     use dcpipe_pipeline::subjects;
     use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Touch};

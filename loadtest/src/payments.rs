@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use dcpipe_connectors::bus::Outgoing;
-use dcpipe_pipeline::audit::Submission;
+use dcpipe_pipeline::invariants::Submission;
 use dcpipe_pipeline::network::Network;
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Touch, TouchError};

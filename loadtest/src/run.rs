@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use dcpipe_connectors::bus::{Bus, BusUrl, NamespacedBus, Outgoing, connect};
 use dcpipe_connectors::ledger::LedgerUrl;
-use dcpipe_pipeline::audit::Submission;
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
+use dcpipe_pipeline::invariants::Submission;
 use dcpipe_pipeline::network::{MoneyReport, Network, NetworkConfig};
 use dcpipe_pipeline::pki::PkiDirectory;
 use dcpipe_pipeline::runtime::RunnerConfig;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use dcpipe_connectors::bus::{Bus, ConsumerConfig, StartAt};
-use dcpipe_pipeline::audit::{OutcomeBook, Submission, Violation};
+use dcpipe_pipeline::invariants::{OutcomeBook, Submission, Violation};
 use dcpipe_pipeline::subjects;
 use dcpipe_schemas::{Digest32, OutcomeStatus, PaymentId, PaymentOutcome};
 use hdrhistogram::Histogram;

@@ -1,9 +1,9 @@
 //! The flows.
 
-pub mod audit;
 pub mod clearing;
 pub mod clock;
 pub mod error;
+pub mod invariants;
 pub mod metrics;
 pub mod network;
 pub mod opening;

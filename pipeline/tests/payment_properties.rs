@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use common::{SimBus, TestNet};
 use dcpipe_connectors::ledger::{PaymentState, Side, WalletLimits};
-use dcpipe_pipeline::audit::Submission;
+use dcpipe_pipeline::invariants::Submission;
 use dcpipe_pipeline::network::TIER_4_OPENING_FEN;
 use dcpipe_pipeline::payment::{
     CLOCK_SKEW_MS_MAX_DEFAULT, EXPIRY_MARGIN_MS_DEFAULT, RESERVATION_TTL_MS_DEFAULT, ledger_id_of,

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use common::{SimBus, TestNet, WalletMoney};
 use dcpipe_connectors::ledger::{PaymentState, Side, WalletLimits};
-use dcpipe_pipeline::audit::Submission;
+use dcpipe_pipeline::invariants::Submission;
 use dcpipe_pipeline::network::TIER_4_OPENING_FEN;
 use dcpipe_pipeline::payment::{
     CLOCK_SKEW_MS_MAX_DEFAULT, EXPIRY_MARGIN_MS_DEFAULT, PIN_PROOF_AGE_MS_MAX_DEFAULT,

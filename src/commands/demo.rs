@@ -19,8 +19,8 @@ use dcpipe_connectors::bus::{
 use dcpipe_connectors::ledger::{LedgerUrl, SettlementConfig};
 use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
 use dcpipe_loadtest::vehicles::{FleetConfig, fleet_policy, run_fleet};
-use dcpipe_pipeline::audit::{OutcomeCollector, Submission};
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
+use dcpipe_pipeline::invariants::{OutcomeCollector, Submission};
 use dcpipe_pipeline::network::{Network, NetworkConfig};
 use dcpipe_pipeline::payment::payer;
 use dcpipe_pipeline::pki::{
@@ -496,7 +496,7 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
                 unique.len()
                     - violations
                         .iter()
-                        .filter(|v| matches!(v, dcpipe_pipeline::audit::Violation::Unanswered(_)))
+                        .filter(|v| matches!(v, dcpipe_pipeline::invariants::Violation::Unanswered(_)))
                         .count(),
                 unique.len(),
                 violations.len()

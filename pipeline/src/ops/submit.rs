@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::follow::SubjectReader;
 use super::{OpsError, OpsErrorKind};
-use crate::audit::Submission;
+use crate::invariants::Submission;
 use crate::pki::{CertifiedKey, ChainVerifier, Role, read_certificate_pem, read_private_key_pem};
 use crate::protocol::payment_outcome_bytes;
 use crate::subjects;

@@ -8,8 +8,8 @@ use dcpipe_connectors::bus::{
 };
 use dcpipe_connectors::ledger::{LedgerUrl, SettlementConfig};
 use dcpipe_connectors::testkit::{NatsServer, PostgresServer, TansuServer};
-use dcpipe_pipeline::audit::OutcomeCollector;
 use dcpipe_pipeline::clock::SystemClock;
+use dcpipe_pipeline::invariants::OutcomeCollector;
 use dcpipe_pipeline::network::{Network, NetworkConfig};
 use dcpipe_pipeline::runtime::RunnerConfig;
 use tokio::task::JoinHandle;

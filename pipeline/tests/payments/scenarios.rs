@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dcpipe_connectors::bus::{ConsumerConfig, Outgoing, dead_letter_subject};
-use dcpipe_pipeline::audit::Submission;
 use dcpipe_pipeline::clock::system_now_ms;
+use dcpipe_pipeline::invariants::Submission;
 use dcpipe_pipeline::payment::payer;
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::terminal::{PaymentRequest, PinEntry, Touch};
