@@ -66,6 +66,12 @@ pub fn describe() {
         "Envelopes submitted again and answered with their first outcome."
     );
     describe_counter!(
+        "dcpipe_payments_redelivered_total",
+        Unit::Count,
+        "Submissions the bus delivered again (an ack lost, a member stopped), answered under \
+         their first answer's message id: not resubmissions."
+    );
+    describe_counter!(
         "dcpipe_payments_finalized_total",
         Unit::Count,
         "Final outcomes applied by the payee's institution, by result."

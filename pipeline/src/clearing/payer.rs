@@ -11,7 +11,7 @@ use dcpipe_schemas::{Digest32, OutcomeStatus};
 use super::{Audience, Institution, OutcomeFacts, PaymentIntent, outcome_messages, outcome_reason};
 use crate::protocol::clearing_message_bytes;
 use crate::reason::{Reason, Rejected};
-use crate::runtime::{StageError, outgoing};
+use crate::runtime::{Input, StageError, outgoing};
 use crate::subjects;
 
 /// The stage that decides commits and voids: outcomes of decided payments name it.
@@ -93,13 +93,13 @@ pub async fn record_rejections(
     Ok(results)
 }
 
-/// The messages answering one reservation result of `intent`, received at `position`; `stage`
-/// names the stage that rejects.
+/// The messages answering one reservation result of `intent`, which arrived as `arrival` says
+/// (a bus position is a first delivery); `stage` names the stage that rejects.
 pub fn answer_reservation(
     inst: &Institution,
     intent: &PaymentIntent,
     result: &ReserveResult,
-    position: Position,
+    arrival: impl Into<Arrival>,
     now_ms: i64,
     stage: &str,
 ) -> Result<Vec<Outgoing>, StageError> {
@@ -108,7 +108,7 @@ pub fn answer_reservation(
             clearing(inst, intent, record)
         }
         (ReservationAnswer::Repeat, ReserveResult::Duplicate(record)) => {
-            repeat(inst, intent, record, position, stage)
+            repeat(inst, intent, record, arrival.into(), stage)
         }
         (ReservationAnswer::Reject(rejected), _) => rejection(
             inst,
@@ -209,17 +209,58 @@ pub fn conflict(
     )
 }
 
-/// The answer to an identical resubmission: the first answer again, moving no money. While the
+/// How a copy of a payment the ledger already knows reached the stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// A message stored at this bus position, delivered for the first time: the terminal
+    /// submitted again and waits for an answer.
+    Submitted(Position),
+    /// A stored message delivered again (its ack was lost in a broker restart, or the member
+    /// holding it stopped): no new submission, so nobody waits for a new answer.
+    Redelivered,
+}
+
+impl Arrival {
+    /// How `input` arrived, from its delivery count.
+    pub fn of(input: &Input<'_>) -> Self {
+        if input.delivery_count > 1 {
+            Arrival::Redelivered
+        } else {
+            Arrival::Submitted(input.position)
+        }
+    }
+}
+
+impl From<Position> for Arrival {
+    fn from(position: Position) -> Self {
+        Arrival::Submitted(position)
+    }
+}
+
+/// The answer to an identical copy: the first answer again, moving no money. While the
 /// payment is undecided, the clearing message is sent again (the bus drops the copy by its id).
+/// A resubmission is answered as a new message for the terminal that retried; a redelivery
+/// under the first answer's message id, which the bus's duplicate window drops, and it is not
+/// counted as a resubmission.
 pub fn repeat(
     inst: &Institution,
     intent: &PaymentIntent,
     record: &PaymentRecord,
-    position: Position,
+    arrival: Arrival,
     stage: &str,
 ) -> Result<Vec<Outgoing>, StageError> {
-    metrics::counter!("dcpipe_payments_duplicates_total", "institution" => inst.id.clone())
-        .increment(1);
+    let audience = match arrival {
+        Arrival::Submitted(position) => {
+            metrics::counter!("dcpipe_payments_duplicates_total", "institution" => inst.id.clone())
+                .increment(1);
+            Audience::Resubmission(position)
+        }
+        Arrival::Redelivered => {
+            metrics::counter!("dcpipe_payments_redelivered_total", "institution" => inst.id.clone())
+                .increment(1);
+            Audience::PayerOnly
+        }
+    };
     let digest = record
         .digest
         .map(|d| Digest32::from_bytes(d.0))
@@ -246,7 +287,7 @@ pub fn repeat(
             decided_at_ms: record.updated_ms,
             stage,
         },
-        Audience::Resubmission(position),
+        audience,
     )
 }
 

@@ -15,7 +15,8 @@ use super::{
 };
 use crate::clearing::PaymentIntent;
 use crate::clearing::payer::{
-    answer_reservation, conflict, record_rejections, rejection, repeat, reserve, short_answer,
+    Arrival, answer_reservation, conflict, record_rejections, rejection, repeat, reserve,
+    short_answer,
 };
 use crate::protocol::{envelope_digest, submission_digest};
 use crate::reason::{Reason, Rejected};
@@ -156,7 +157,7 @@ impl Stage for PayerStage {
 
         let mut verdicts = Vec::with_capacity(steps.len());
         for ((step, intent), input) in steps.into_iter().zip(&intents).zip(batch) {
-            let position = input.position;
+            let arrival = Arrival::of(input);
             let verdict = match (step, intent) {
                 (Step::Decided(verdict), _) => verdict,
                 (Step::Unauthenticated(envelope, digest, rejected), Some(intent)) => {
@@ -164,7 +165,7 @@ impl Stage for PayerStage {
                         // A copy of a payment already decided, rejected now only because time
                         // passed (clock, expiry, revocation) or its bytes were broken: the
                         // first answer stands.
-                        Some(record) => repeat(inst, intent, &record, position, STAGE)?,
+                        Some(record) => repeat(inst, intent, &record, arrival, STAGE)?,
                         // Only the submitter's institution hears of it: nobody vouched for
                         // the payee named inside.
                         None => rejection(
@@ -193,7 +194,7 @@ impl Stage for PayerStage {
                             STAGE,
                         )?,
                         RejectionResult::Duplicate(record) => {
-                            repeat(inst, intent, &record, position, STAGE)?
+                            repeat(inst, intent, &record, arrival, STAGE)?
                         }
                         RejectionResult::Conflict(_) => {
                             conflict(inst, intent, digest, now_ms, STAGE)?
@@ -203,7 +204,7 @@ impl Stage for PayerStage {
                 (Step::Verified(..), Some(intent)) => {
                     let result = reserved.next().ok_or_else(|| short_answer("reserve"))?;
                     Verdict::Done(answer_reservation(
-                        inst, intent, &result, position, now_ms, STAGE,
+                        inst, intent, &result, arrival, now_ms, STAGE,
                     )?)
                 }
                 (_, None) => return Err(StageError::fatal("an envelope step without its intent")),

@@ -299,6 +299,8 @@ pub(crate) struct SimBus {
     pub(crate) settlement: Vec<PaymentOutcome>,
     /// Everything dead-lettered.
     pub(crate) dead_letters: Vec<DeadLettered>,
+    /// The subject and message id of every outcome published, in order.
+    pub(crate) outcome_ids: Vec<(String, Option<String>)>,
 }
 
 impl SimBus {
@@ -316,6 +318,8 @@ impl SimBus {
                 .expect("a result is an outcome");
             self.book.record(&outcome);
             self.outcomes.push(outcome);
+            self.outcome_ids
+                .push((message.subject.clone(), message.msg_id.clone()));
         }
         self.push(message.subject, message.payload);
     }
@@ -345,6 +349,11 @@ impl SimBus {
             Bytes::from(frame),
         );
         submission
+    }
+
+    /// Queues a message taken earlier again, at its own position: a redelivery.
+    pub(crate) fn queue_again(&mut self, queued: Queued) {
+        self.queue.push(queued);
     }
 
     /// Messages waiting.
