@@ -339,9 +339,14 @@ impl Member {
                 }
             },
         }
-        for (delivery, fate) in settled {
-            self.settle(delivery, fate).await;
-        }
+        // Settled together: after a broker restart the confirmations of a whole batch are
+        // waited for once, not one after the other.
+        futures::future::join_all(
+            settled
+                .into_iter()
+                .map(|(delivery, fate)| self.settle(delivery, fate)),
+        )
+        .await;
         metrics::histogram!("dcpipe_stage_batch_seconds", "stage" => self.id.stage)
             .record(started.elapsed().as_secs_f64());
         fatal.map_or(Ok(()), Err)

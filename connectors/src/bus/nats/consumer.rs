@@ -377,6 +377,11 @@ fn give_back(client: &Client, replies: Vec<Subject>) {
     });
 }
 
+/// How long an ack or nak waits for the server's confirmation. A confirmation lost (the
+/// server restarted and forgot the delivery) costs at most a redelivery, which every stage
+/// answers idempotently, so a stage does not stall on it longer than this.
+const ACK_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Settles one JetStream delivery and gives its place back. Dropped unsettled (its holder
 /// gave up on it, or was cancelled), it gives the message back at once.
 struct NatsAcker {
@@ -393,8 +398,11 @@ struct NatsAcker {
 impl NatsAcker {
     async fn settle(&mut self, kind: AckKind, what: &str) -> Result<(), BusError> {
         self.settled = true;
+        let request = async_nats::Request::new()
+            .payload(kind.into())
+            .timeout(Some(ACK_CONFIRM_TIMEOUT));
         self.client
-            .request(self.reply.clone(), kind.into())
+            .send_request(self.reply.clone(), request)
             .await
             .map(|_| ())
             .map_err(|e| {
