@@ -51,6 +51,7 @@ mod payment;
 mod pki;
 mod prescan;
 mod registry;
+mod session_event;
 mod settlement;
 mod telemetry_batch;
 mod vehicle;
@@ -74,6 +75,7 @@ pub use party::PartyRef;
 pub use payment::{Channel, OutcomeStatus, PaymentOutcome, PinProof, TransactionEnvelope};
 pub use pki::{RevocationUpdate, RevokedCertificate};
 pub use registry::{SCHEMA_TABLE, SchemaEntry, schema_entry};
+pub use session_event::{SessionEventKind, VehicleSessionEvent};
 pub use settlement::{SettlementInstruction, SettlementPosition};
 pub use telemetry_batch::{TelemetryFix, VehicleTelemetryBatch};
 pub use vehicle::{

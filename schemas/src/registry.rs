@@ -26,7 +26,7 @@ pub struct SchemaEntry {
 
 /// Every schema id in use. docs/SCHEMAS.md repeats this table; a test keeps them equal.
 #[rustfmt::skip]
-pub const SCHEMA_TABLE: [SchemaEntry; 21] = [
+pub const SCHEMA_TABLE: [SchemaEntry; 22] = [
     //    id  message                  version  schema
     entry( 1, "TransactionEnvelope",   1, include_str!("../avsc/transaction_envelope.avsc")),
     entry( 2, "ClearingMessage",       1, include_str!("../avsc/clearing_message.avsc")),
@@ -49,6 +49,7 @@ pub const SCHEMA_TABLE: [SchemaEntry; 21] = [
     entry(25, "OfflinePayment",        1, include_str!("../avsc/offline_payment.avsc")),
     entry(26, "WalletSyncResult",      2, include_str!("../avsc/wallet_sync_result_v2.avsc")),
     entry(27, "RemoteControlCommand",  2, include_str!("../avsc/remote_control_command_v2.avsc")),
+    entry(28, "VehicleSessionEvent",   1, include_str!("../avsc/vehicle_session_event.avsc")),
 ];
 
 const fn entry(id: u32, message: &'static str, version: u32, avsc: &'static str) -> SchemaEntry {

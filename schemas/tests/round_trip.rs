@@ -56,6 +56,12 @@ round_trip_tests! {
         ..fixtures::remote_control_command()
     };
     vehicle_telemetry_batch_round_trips: fixtures::vehicle_telemetry_batch();
+    vehicle_session_event_round_trips: fixtures::vehicle_session_event();
+    vehicle_enter_event_round_trips: VehicleSessionEvent {
+        event: SessionEventKind::Enter,
+        occurred_at_ms: fixtures::vehicle_session_event().entered_at_ms,
+        ..fixtures::vehicle_session_event()
+    };
     removed_service_entity_round_trips: ServiceEntity {
         removed: true,
         ..fixtures::service_entity()
