@@ -49,6 +49,12 @@ pub fn vehicle_authorization(institution: &str) -> String {
     format!("vehicle.authorization.{institution}")
 }
 
+/// Session events (enter, exit, cross) of vehicles whose wallet `institution` holds: what
+/// their in-vehicle clients follow.
+pub fn vehicle_session(institution: &str) -> String {
+    format!("vehicle.session.{institution}")
+}
+
 /// Service-complete reports for vehicles whose wallet `institution` holds.
 pub fn vehicle_report(institution: &str) -> String {
     format!("vehicle.report.{institution}")

@@ -434,6 +434,7 @@ fn dead_letter_code(verdict: Verdict) -> (String, String) {
             "processed, {} outputs; expected a dead letter",
             outputs.len()
         ),
+        Verdict::Retry { why } => panic!("handed back ({why}); expected a dead letter"),
     }
 }
 
@@ -1167,6 +1168,7 @@ fn dead_letter_with_outputs(verdict: Verdict) -> (Reason, String, usize) {
             "processed, {} outputs; expected a dead letter",
             outputs.len()
         ),
+        Verdict::Retry { why } => panic!("handed back ({why}); expected a dead letter"),
     }
 }
 

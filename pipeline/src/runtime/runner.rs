@@ -380,7 +380,10 @@ impl Member {
                         Reachability::Reachable,
                     );
                     for (slot, verdict) in fates[part].iter_mut().zip(verdicts) {
-                        *slot = Some(Fate::Decided(verdict));
+                        *slot = Some(match verdict {
+                            Verdict::Retry { why } => Fate::Retry(Arc::from(why)),
+                            verdict => Fate::Decided(verdict),
+                        });
                     }
                     continue;
                 }
@@ -448,7 +451,7 @@ impl Member {
                     self.dead_letter(delivery, *reason, detail).await?;
                     outputs.extend(out.iter().cloned());
                 }
-                Fate::Retry(_) | Fate::GiveBack(_) => {}
+                Fate::Decided(Verdict::Retry { .. }) | Fate::Retry(_) | Fate::GiveBack(_) => {}
             }
         }
         publish_all(self.bus.as_ref(), outputs)
@@ -484,11 +487,15 @@ impl Member {
         verdict: Verdict,
         fatal: &mut Option<StageError>,
     ) -> Fate {
+        if let Verdict::Retry { why } = verdict {
+            return Fate::Retry(Arc::from(why));
+        }
         // Once published, the delivery is only to be acked.
         let published = Fate::Decided(Verdict::Done(Vec::new()));
         let outcome = async {
             let outputs = match verdict {
                 Verdict::Done(outputs) => outputs,
+                Verdict::Retry { .. } => Vec::new(),
                 Verdict::DeadLetter {
                     reason,
                     detail,
@@ -610,7 +617,7 @@ impl Member {
             match fate {
                 Fate::Decided(Verdict::Done(_)) => done += 1,
                 Fate::Decided(Verdict::DeadLetter { .. }) => dead += 1,
-                Fate::Retry(_) | Fate::GiveBack(_) => {}
+                Fate::Decided(Verdict::Retry { .. }) | Fate::Retry(_) | Fate::GiveBack(_) => {}
             }
         }
         let stage = self.id.stage;

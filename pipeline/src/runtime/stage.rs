@@ -36,6 +36,13 @@ pub enum Verdict {
         /// Messages to publish anyway (e.g. the final outcome announced again).
         outputs: Vec<Outgoing>,
     },
+    /// Not yet: handed back and delivered again after the runner's backoff, while the rest of
+    /// the batch completes (e.g. a vehicle's telemetry after a gap, waiting for the missing
+    /// reports). Dead-lettered `stage.retries_exhausted` when its deliveries run out.
+    Retry {
+        /// Why it waits (no secrets).
+        why: String,
+    },
 }
 
 impl Verdict {
@@ -56,7 +63,7 @@ impl Verdict {
     /// The reason, if this is a dead letter.
     pub fn reason(&self) -> Option<Reason> {
         match self {
-            Verdict::Done(_) => None,
+            Verdict::Done(_) | Verdict::Retry { .. } => None,
             Verdict::DeadLetter { reason, .. } => Some(*reason),
         }
     }

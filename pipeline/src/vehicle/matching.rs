@@ -15,7 +15,8 @@ use dcpipe_connectors::session::{
     ChargeRecord, SessionRecord, StoredAuthorization, VehicleRecord, VehicleUpdate,
 };
 use dcpipe_schemas::{
-    AuthorizationId, PartyRef, PaymentId, ServiceKind, SessionId, VehicleTelemetryBatch,
+    AuthorizationId, PartyRef, PaymentId, ServiceKind, SessionEventKind, SessionId,
+    VehicleSessionEvent, VehicleTelemetryBatch,
 };
 use serde::{Deserialize, Serialize};
 
@@ -157,6 +158,35 @@ pub fn session_record(
 pub fn open_session_of(record: &SessionRecord) -> Result<OpenSession, StateError> {
     serde_json::from_slice(&record.document)
         .map_err(|e| StateError(format!("session document: {e}")))
+}
+
+/// The announcement of `event` (docs/PROTOCOL.md §10.5): caused by the reports of the batch of
+/// `batch` starting at `batch_first_sequence`, decided at `decided_at_ms`.
+pub fn session_event_message(
+    event: &SessionEvent,
+    batch: &VehicleTelemetryBatch,
+    decided_at_ms: i64,
+) -> VehicleSessionEvent {
+    let session = event.session();
+    let (kind, occurred_at_ms) = match event {
+        SessionEvent::Enter(_) => (SessionEventKind::Enter, session.entered_at_ms),
+        SessionEvent::Exit { exited_at_ms, .. } => (SessionEventKind::Exit, *exited_at_ms),
+        SessionEvent::Cross { exited_at_ms, .. } => (SessionEventKind::Cross, *exited_at_ms),
+    };
+    VehicleSessionEvent {
+        event: kind,
+        session_id: session.session_id,
+        payment_id: session_payment_id(&session.session_id, session.entered_at_ms),
+        vehicle_id: batch.vehicle_id.clone(),
+        wallet: batch.wallet.clone(),
+        entity_id: session.entity_id.clone(),
+        entity_version: session.entity_version,
+        service_kind: session.kind,
+        entered_at_ms: session.entered_at_ms,
+        occurred_at_ms,
+        batch_first_sequence: batch.first_sequence,
+        decided_at_ms,
+    }
 }
 
 /// The fee of a session that ended at `exited_at_ms` for a vehicle of `vehicle_class`: a
@@ -311,4 +341,88 @@ pub fn decide_telemetry(
         refused_charges,
         missing_reports,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use dcpipe_schemas::{Digest32, Tariff, TelemetryFix};
+
+    use super::*;
+    use crate::vehicle::signed::session_id;
+
+    const VEHICLE: &str = "LSVAU2180N2183294";
+    const T0_MS: i64 = 1_764_000_000_000;
+
+    fn party(institution: &str, wallet: &str) -> PartyRef {
+        PartyRef {
+            institution_id: institution.to_owned(),
+            wallet_id: wallet.to_owned(),
+        }
+    }
+
+    fn session() -> OpenSession {
+        OpenSession {
+            session_id: session_id(VEHICLE, "PARK-1", T0_MS),
+            entity_id: "PARK-1".to_owned(),
+            entity_version: 4,
+            kind: ServiceKind::Parking,
+            entity_wallet: party("oi02", "w-oi02-000001"),
+            tariff: Tariff {
+                toll: None,
+                parking: None,
+                metered: None,
+            },
+            entered_at_ms: T0_MS,
+        }
+    }
+
+    fn batch() -> VehicleTelemetryBatch {
+        VehicleTelemetryBatch {
+            vehicle_id: VEHICLE.to_owned(),
+            vehicle_class: 1,
+            wallet: party("oi01", "w-oi01-000001"),
+            first_sequence: 40,
+            previous_batch_digest: Digest32::from_bytes([7; 32]),
+            reports: vec![TelemetryFix {
+                latitude_e7: 399_042_000,
+                longitude_e7: 1_164_074_000,
+                horizontal_accuracy_cm: None,
+                speed_cm_per_s: 0,
+                heading_cdeg: 0,
+                recorded_at_ms: T0_MS + 600_000,
+            }],
+            certificate: Vec::new(),
+            signature: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_exit_is_announced_with_its_session_its_charge_and_its_batch() {
+        let event = SessionEvent::Exit {
+            session: session(),
+            exited_at_ms: T0_MS + 540_000,
+        };
+        let message = session_event_message(&event, &batch(), T0_MS + 601_000);
+        assert_eq!(message.event, SessionEventKind::Exit);
+        assert_eq!(message.session_id, session().session_id);
+        assert_eq!(
+            message.payment_id,
+            session_payment_id(&session().session_id, T0_MS)
+        );
+        assert_eq!(message.wallet, party("oi01", "w-oi01-000001"));
+        assert_eq!(message.entity_version, 4);
+        assert_eq!(message.occurred_at_ms, T0_MS + 540_000);
+        assert_eq!(message.batch_first_sequence, 40);
+        assert_eq!(message.decided_at_ms, T0_MS + 601_000);
+        dcpipe_schemas::encode(&message).expect("a valid frame");
+    }
+
+    #[test]
+    fn an_entry_happens_at_the_sessions_start() {
+        let message =
+            session_event_message(&SessionEvent::Enter(session()), &batch(), T0_MS + 601_000);
+        assert_eq!(message.event, SessionEventKind::Enter);
+        assert_eq!(message.occurred_at_ms, T0_MS);
+        dcpipe_schemas::encode(&message).expect("a valid frame");
+    }
 }

@@ -289,6 +289,29 @@ pub fn verify_telemetry_report(
     })
 }
 
+/// A version 1 report as the batch of one it is read as: the report's sequence first, no
+/// previous batch named (its [`VerifiedBatch`] carries none, so the chain link is not checked),
+/// no accuracy stated.
+pub fn report_as_batch(report: &VehicleTelemetry) -> VehicleTelemetryBatch {
+    VehicleTelemetryBatch {
+        vehicle_id: report.vehicle_id.clone(),
+        vehicle_class: report.vehicle_class,
+        wallet: report.wallet.clone(),
+        first_sequence: report.sequence,
+        previous_batch_digest: GENESIS_BATCH_DIGEST,
+        reports: vec![TelemetryFix {
+            latitude_e7: report.latitude_e7,
+            longitude_e7: report.longitude_e7,
+            horizontal_accuracy_cm: None,
+            speed_cm_per_s: report.speed_cm_per_s,
+            heading_cdeg: report.heading_cdeg,
+            recorded_at_ms: report.recorded_at_ms,
+        }],
+        certificate: report.certificate.clone(),
+        signature: report.signature.clone(),
+    }
+}
+
 /// A batch's place in its vehicle's chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SequenceVerdict {

@@ -453,6 +453,9 @@ impl SimBus {
         for verdict in verdicts {
             match verdict {
                 Verdict::Done(outputs) => outputs.into_iter().for_each(|o| self.publish(o)),
+                Verdict::Retry { why } => {
+                    panic!("stage {} handed an input back: {why}", stage.name())
+                }
                 Verdict::DeadLetter {
                     reason,
                     detail,

@@ -19,6 +19,7 @@ macro_rules! vehicle_suite {
             forged_telemetry_is_dead_lettered,
             a_killed_matching_worker_is_resumed_without_losing_the_entry_or_charging_twice,
             registry_changes_are_in_force_without_a_restart,
+            a_gap_holds_back_only_its_vehicle_and_version_1_reports_are_read,
         );
     };
     (@each $backend:expr; $($scenario:ident),+ $(,)?) => {

@@ -5,25 +5,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dcpipe_connectors::bus::{Bus, ConsumerConfig, Outgoing, dead_letter_subject};
+use dcpipe_connectors::bus::{Bus, ConsumerConfig, Outgoing, Position, dead_letter_subject};
 use dcpipe_connectors::session::{ChargeRecord, SessionStore};
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::invariants::OutcomeCollector;
 use dcpipe_pipeline::network::{Network, NetworkConfig};
 use dcpipe_pipeline::pki::{Algorithm, CertifiedKey, Role, SubjectSpec};
-use dcpipe_pipeline::runtime::MemberResult;
+use dcpipe_pipeline::runtime::{Input, MemberResult, Stage, Verdict};
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::vehicle::backend::VehiclePolicy;
 use dcpipe_pipeline::vehicle::signed::{
     service_authorization_bytes, service_complete_report_bytes, service_entity_bytes,
+    telemetry_report_bytes,
 };
 use dcpipe_pipeline::vehicle::stages::matching;
 use dcpipe_pipeline::vehicle::tariff::parking_fee;
 use dcpipe_pipeline::vehicle::telemetry::TelemetryBatcher;
 use dcpipe_schemas::{
     AuthorizationId, DeadLetter, MeterUnit, OutcomeStatus, PartyRef, PaymentId, ReportId,
-    ServiceAuthorization, ServiceCompleteReport, ServiceEntity, ServiceKind, SessionId,
-    VehicleTelemetryBatch,
+    ServiceAuthorization, ServiceCompleteReport, ServiceEntity, ServiceKind, SessionEventKind,
+    SessionId, VehicleSessionEvent, VehicleTelemetry, VehicleTelemetryBatch,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -275,6 +276,42 @@ impl World {
         }
     }
 
+    /// The session events announced for `vehicle`, once at least `count` were read, ordered
+    /// by session start (members of a group may publish two batches' events out of order).
+    async fn session_events(&self, vehicle: &str, count: usize) -> Vec<VehicleSessionEvent> {
+        let mut consumer = self
+            .bus
+            .consumer(ConsumerConfig::new(
+                subjects::vehicle_session(VEHICLE_OI),
+                "test-session-events",
+            ))
+            .await
+            .expect("consumer");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut events = Vec::new();
+        while events.len() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} session events: {events:?}",
+                events.len()
+            );
+            for delivery in consumer
+                .fetch(64, Duration::from_millis(200))
+                .await
+                .expect("fetch")
+            {
+                let event: VehicleSessionEvent =
+                    dcpipe_schemas::decode(&delivery.record.payload).expect("event decodes");
+                if event.vehicle_id == vehicle {
+                    events.push(event);
+                }
+                delivery.ack().await.expect("ack");
+            }
+        }
+        events.sort_by_key(|e| (e.entered_at_ms, e.event != SessionEventKind::Enter));
+        events
+    }
+
     async fn charges(&self, vehicle: &str) -> Vec<ChargeRecord> {
         self.store().charges(vehicle).await.expect("read")
     }
@@ -458,6 +495,32 @@ pub(crate) async fn a_noisy_track_is_charged_once_per_session_with_the_right_amo
     let sessions = store.sessions(VEHICLE).await.expect("read");
     let entities: Vec<&str> = sessions.iter().map(|s| s.entity_id.as_str()).collect();
     assert_eq!(entities, ["TOLL-1", "PARK-1", "CHG-1"], "no decoy session");
+    // The vehicle can follow its sessions: each event announced once, with the ids of the
+    // session and of its charge.
+    let events = world.session_events(VEHICLE, 5).await;
+    let seen: Vec<(SessionEventKind, &str)> = events
+        .iter()
+        .map(|e| (e.event, e.entity_id.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (SessionEventKind::Cross, "TOLL-1"),
+            (SessionEventKind::Enter, "PARK-1"),
+            (SessionEventKind::Exit, "PARK-1"),
+            (SessionEventKind::Enter, "CHG-1"),
+            (SessionEventKind::Exit, "CHG-1"),
+        ]
+    );
+    for event in &events {
+        let session = sessions
+            .iter()
+            .find(|s| s.entity_id == event.entity_id)
+            .expect("a session per event");
+        assert_eq!(event.session_id.as_bytes(), &session.session_id);
+        assert_eq!(event.entered_at_ms, session.entered_at_ms);
+        assert_eq!(event.wallet, wallet);
+    }
     let charging = &sessions[2];
     let report = station_report(
         &world,
@@ -789,5 +852,86 @@ pub(crate) async fn registry_changes_are_in_force_without_a_restart(backend: &Ba
     };
     assert_eq!(fen_per_minute, Some(20), "the forged version 5 was refused");
     assert_eq!(entities, 2);
+    world.stop().await;
+}
+
+pub(crate) async fn a_gap_holds_back_only_its_vehicle_and_version_1_reports_are_read(
+    backend: &Backend,
+) {
+    const GAPPED: &str = "LSVAU2180N2000031";
+    const INNOCENT: &str = "LSVAU2180N2000032";
+    const VERSION_1: &str = "LSVAU2180N2000033";
+    let world = World::start(backend).await;
+    let wallet = world.wallet(VEHICLE_OI, 3);
+    // Far from every entity: nothing to match, only the chains move.
+    let mut drive = drive_from(world.now_ms, 300_000, 9, (3_000.0, 3_000.0));
+    drive.to((4_200.0, 3_000.0), 12.0);
+    let gapped = sign(&drive, GAPPED, &wallet, &world.vehicle_key(GAPPED));
+    let innocent = sign(&drive, INNOCENT, &wallet, &world.vehicle_key(INNOCENT));
+    assert!(gapped.len() >= 2, "a drive of two batches at least");
+    let key = world.vehicle_key(VERSION_1);
+    let fix = drive.fixes[0];
+    let mut report = VehicleTelemetry {
+        vehicle_id: VERSION_1.to_owned(),
+        vehicle_class: 1,
+        wallet: wallet.clone(),
+        sequence: 0,
+        latitude_e7: fix.latitude_e7,
+        longitude_e7: fix.longitude_e7,
+        speed_cm_per_s: fix.speed_cm_per_s,
+        heading_cdeg: fix.heading_cdeg,
+        recorded_at_ms: fix.recorded_at_ms,
+        certificate: key.certificate().der().to_vec(),
+        signature: Vec::new(),
+    };
+    report.signature = key
+        .key()
+        .sign(&telemetry_report_bytes(&report))
+        .expect("signs");
+
+    // One bus batch: the gapped vehicle's second batch (its first never came), an innocent
+    // vehicle's first, a version 1 report.
+    let frames = [
+        dcpipe_schemas::encode(&gapped[1]).expect("encodes"),
+        dcpipe_schemas::encode(&innocent[0]).expect("encodes"),
+        dcpipe_schemas::encode(&report).expect("encodes"),
+    ];
+    let subject = subjects::vehicle_telemetry(VEHICLE_OI);
+    let inputs: Vec<Input<'_>> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, frame)| Input {
+            subject: &subject,
+            payload: frame,
+            delivery_count: 1,
+            position: Position {
+                partition: 0,
+                offset: 1_000 + i as u64,
+            },
+        })
+        .collect();
+    let stage = matching::MatchingStage::new(Arc::clone(&world.network.vehicles[VEHICLE_OI]));
+    let verdicts = stage.handle(&inputs).await.expect("decided");
+    assert!(
+        matches!(&verdicts[0], Verdict::Retry { why } if why.contains("missing")),
+        "{:?}",
+        verdicts[0]
+    );
+    assert!(matches!(verdicts[1], Verdict::Done(_)), "{:?}", verdicts[1]);
+    assert!(matches!(verdicts[2], Verdict::Done(_)), "{:?}", verdicts[2]);
+    let ids = [GAPPED, INNOCENT, VERSION_1].map(str::to_owned);
+    let records = world.store().vehicles(&ids).await.expect("read");
+    let next: Vec<Option<i64>> = records
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.next_sequence))
+        .collect();
+    assert_eq!(
+        next,
+        [
+            None,
+            Some(i64::try_from(innocent[0].reports.len()).expect("small")),
+            Some(1),
+        ]
+    );
     world.stop().await;
 }

@@ -6,10 +6,11 @@
 //! A bus batch may hold several telemetry batches of one vehicle: they are decided and
 //! committed in their order, one per round, the batches of different vehicles of a round in one
 //! store transaction. A commit answered *stale* (another member got there first) is read and
-//! decided again. A telemetry batch after a gap hands the whole bus batch back (transient), so
-//! that the missing one is applied meanwhile; from its
+//! decided again. A telemetry batch after a gap is handed back ([`Verdict::Retry`]) with the
+//! later batches of its vehicle, so that the missing one is applied meanwhile, while the other
+//! vehicles' batches of the bus batch complete; from its
 //! [`super::super::backend::VehiclePolicy::gap_deliveries_max`]th delivery on, the gap is
-//! accepted. Batches already applied are acknowledged, their charges cleared again (a no-op
+//! accepted. A version 1 report (schema 7) is read as a batch of one. Batches already applied are acknowledged, their charges cleared again (a no-op
 //! for the ledger unless the worker that applied them stopped before clearing).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -18,16 +19,24 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use dcpipe_connectors::bus::Outgoing;
 use dcpipe_connectors::session::{UpdateResult, VehicleUpdate};
-use dcpipe_schemas::VehicleTelemetryBatch;
+use dcpipe_schemas::{
+    CodecError, Message, SessionEventKind, VehicleSessionEvent, VehicleTelemetry,
+    VehicleTelemetryBatch,
+};
 
 use super::registry_ready;
+use crate::reason::Reason;
 use crate::registry::{Build, Flow, StageDescriptor};
 use crate::runtime::{Input, Stage, StageError, Verdict};
 use crate::subjects;
 use crate::vehicle::backend::VehicleInstitution;
 use crate::vehicle::charging::{clear_charges, redrive_charges, refused_charge_outcomes};
-use crate::vehicle::matching::{TelemetryDecision, decide_telemetry, held_authorization};
-use crate::vehicle::telemetry::{VerifiedBatch, verify_telemetry_batch};
+use crate::vehicle::matching::{
+    TelemetryDecision, decide_telemetry, held_authorization, session_event_message,
+};
+use crate::vehicle::telemetry::{
+    VerifiedBatch, report_as_batch, verify_telemetry_batch, verify_telemetry_report,
+};
 
 /// Name of this stage.
 pub const STAGE: &str = "vehicle-matching";
@@ -42,11 +51,15 @@ inventory::submit! {
         summary: "the wallet institution's matching of telemetry: sessions, fees, charges",
         flow: Flow::Vehicle,
         consumes: subjects::vehicle_telemetry,
-        // Charges: clearing messages to the entities' institutions; refusals to both.
-        publishes: |_, institutions| {
-            institutions
-                .iter()
-                .flat_map(|oi| [subjects::clearing_request(oi), subjects::txn_result(oi)])
+        // Session events to the vehicles; charges: clearing messages to the entities'
+        // institutions; refusals to both.
+        publishes: |owner, institutions| {
+            std::iter::once(subjects::vehicle_session(owner))
+                .chain(
+                    institutions
+                        .iter()
+                        .flat_map(|oi| [subjects::clearing_request(oi), subjects::txn_result(oi)]),
+                )
                 .collect()
         },
         build: Build::Vehicle(|vehicles| Arc::new(MatchingStage::new(vehicles))),
@@ -63,6 +76,22 @@ impl MatchingStage {
     /// The stage for an institution's vehicle back-end.
     pub fn new(vehicles: Arc<VehicleInstitution>) -> Self {
         MatchingStage { vehicles }
+    }
+}
+
+/// A telemetry frame as read: a signed batch, or a version 1 report signed alone.
+enum Telemetry {
+    Batch(VehicleTelemetryBatch),
+    Report(VehicleTelemetry),
+}
+
+/// Reads a frame of either version by its schema id: a version 1 report (schema 7) is still
+/// read, as a batch of one (docs/PROTOCOL.md §10.2).
+fn read_telemetry(frame: &[u8]) -> Result<Telemetry, CodecError> {
+    if dcpipe_schemas::schema_id(frame)? == VehicleTelemetry::SCHEMA_ID {
+        dcpipe_schemas::decode(frame).map(Telemetry::Report)
+    } else {
+        dcpipe_schemas::decode(frame).map(Telemetry::Batch)
     }
 }
 
@@ -98,21 +127,34 @@ impl Stage for MatchingStage {
         // Per vehicle, its batches in bus order.
         let mut queues: BTreeMap<String, VecDeque<Pending>> = BTreeMap::new();
         for (index, input) in batch.iter().enumerate() {
-            let decoded = dcpipe_schemas::decode::<VehicleTelemetryBatch>(input.payload);
-            let telemetry = match decoded {
-                Ok(telemetry) => telemetry,
+            let read = match read_telemetry(input.payload) {
+                Ok(read) => read,
                 Err(e) => {
                     verdicts[index] = Some(Verdict::undecodable(&e));
                     continue;
                 }
             };
-            match verify_telemetry_batch(
-                &telemetry,
-                &inst.id,
-                &inst.verifier,
-                &vehicles.policy.telemetry,
-                now_ms,
-            ) {
+            let verified = match &read {
+                Telemetry::Batch(batch) => verify_telemetry_batch(
+                    batch,
+                    &inst.id,
+                    &inst.verifier,
+                    &vehicles.policy.telemetry,
+                    now_ms,
+                ),
+                Telemetry::Report(report) => verify_telemetry_report(
+                    report,
+                    &inst.id,
+                    &inst.verifier,
+                    &vehicles.policy.telemetry,
+                    now_ms,
+                ),
+            };
+            let telemetry = match read {
+                Telemetry::Batch(batch) => batch,
+                Telemetry::Report(report) => report_as_batch(&report),
+            };
+            match verified {
                 Err(rejected) => {
                     verdicts[index] = Some(Verdict::dead_letter(rejected.reason, rejected.detail));
                 }
@@ -190,11 +232,15 @@ impl Stage for MatchingStage {
                         missing_from,
                         missing_until,
                     } => {
-                        return Err(StageError::transient(format!(
+                        // Only this vehicle's batches wait; the others of the bus batch go on.
+                        let why = format!(
                             "vehicle {vehicle_id}: reports {missing_from} to {} are missing; \
                              handed back until they arrive",
                             missing_until - 1
-                        )));
+                        );
+                        for pending in queue.drain(..) {
+                            verdicts[pending.index] = Some(Verdict::Retry { why: why.clone() });
+                        }
                     }
                     TelemetryDecision::Refuse(rejected) => {
                         let pending = queue.pop_front().expect("a head");
@@ -227,16 +273,22 @@ impl Stage for MatchingStage {
                     UpdateResult::Applied { .. } | UpdateResult::AlreadyApplied { .. } => {
                         let pending = queue.pop_front().expect("a head");
                         let position = batch[pending.index].position;
+                        let mut outputs: Vec<Outgoing> = Vec::with_capacity(events.len());
                         for event in &events {
                             metrics::counter!("dcpipe_vehicle_session_events_total", "institution" => inst.id.clone(), "event" => event.name()).increment(1);
                             tracing::debug!(vehicle = %vehicle_id, entity = %event.session().entity_id, event = event.name(), "session event");
+                            outputs.push(session_event_output(
+                                &inst.id,
+                                &session_event_message(event, &pending.batch, now_ms),
+                            )?);
                         }
                         if missing_reports > 0 {
                             tracing::warn!(vehicle = %vehicle_id, missing_reports, "telemetry gap accepted");
                         }
-                        let mut outputs: Vec<Outgoing> =
+                        outputs.extend(
                             clear_charges(vehicles, &update.charges, position, now_ms, STAGE)
-                                .await?;
+                                .await?,
+                        );
                         outputs.extend(refused_charge_outcomes(
                             vehicles,
                             &refused_charges,
@@ -268,4 +320,29 @@ impl Stage for MatchingStage {
             .map(|v| v.ok_or_else(|| StageError::fatal("a telemetry batch left undecided")))
             .collect()
     }
+}
+
+/// The message announcing a session event on `vehicle.session.<oi>`, keyed by the vehicle id;
+/// its message id (`vehicle.session.<oi>/<session id>/<enter|exit|cross>`) lets the bus drop a
+/// copy published again.
+fn session_event_output(
+    institution: &str,
+    event: &VehicleSessionEvent,
+) -> Result<Outgoing, StageError> {
+    let frame = dcpipe_schemas::encode(event).map_err(|e| {
+        StageError::item(
+            Reason::Schema(e.kind()),
+            format!("a session event does not encode: {e}"),
+        )
+    })?;
+    let subject = subjects::vehicle_session(institution);
+    let word = match event.event {
+        SessionEventKind::Enter => "enter",
+        SessionEventKind::Exit => "exit",
+        SessionEventKind::Cross => "cross",
+    };
+    let msg_id = format!("{subject}/{}/{word}", event.session_id);
+    Ok(Outgoing::new(subject, frame)
+        .with_key(event.vehicle_id.clone().into_bytes())
+        .with_msg_id(msg_id))
 }
