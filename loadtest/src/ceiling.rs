@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dcpipe_connectors::bus::{Bus, ConsumerConfig, Outgoing, StartAt, SubjectSpec};
+use dcpipe_connectors::session::VehicleRecord;
 use dcpipe_pipeline::network::Network;
 use dcpipe_pipeline::payment::payer::unsigned_clearing;
 use dcpipe_pipeline::payment::{Institution, verify_envelope};
@@ -29,8 +30,12 @@ use dcpipe_pipeline::pki::{ChainVerifier, Role};
 use dcpipe_pipeline::protocol::{
     clearing_message_bytes, clearing_response_bytes, envelope_digest, payment_outcome_bytes,
 };
+use dcpipe_pipeline::vehicle::backend::VehicleInstitution;
+use dcpipe_pipeline::vehicle::matching::{TelemetryDecision, decide_telemetry};
+use dcpipe_pipeline::vehicle::telemetry::verify_telemetry_batch;
 use dcpipe_schemas::{
     ClearingResponse, ClearingStatus, OutcomeStatus, PaymentOutcome, TransactionEnvelope,
+    VehicleTelemetryBatch,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -770,5 +775,184 @@ mod tests {
         assert_eq!(c.cores, 2);
         assert!((c.ops_per_payment.sign - 3.0).abs() < 1e-9);
         assert!((c.ops_per_payment.verify - 5.75).abs() < 1e-9);
+    }
+}
+
+/// The vehicle flow's ceiling: telemetry reports per second that the matching stage's pure
+/// work alone allows (no bus, no session store), on all the cores the run uses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VehicleCeiling {
+    /// Reports per second on all cores.
+    pub reports_per_s: f64,
+    /// Reports per second per core.
+    pub per_core: f64,
+    /// Threads it was measured on.
+    pub cores: usize,
+    /// Signature checks per report (one per batch).
+    pub verify_per_report: f64,
+    /// Reports done during the measurement.
+    pub reports: u64,
+    /// Length of the measurement, seconds.
+    pub seconds: f64,
+}
+
+/// The matching stage's work on real signed batches of the run's vehicles, ready to measure:
+/// per batch what `vehicle-matching` does between reading the vehicle's record and committing
+/// — [`verify_telemetry_batch`] (institution, times, certificate chain from the cache, the
+/// signature) and [`decide_telemetry`] (the chain check, the session machine against the
+/// registry in force, fees and charges) — each vehicle's batches in order, its record kept in
+/// memory instead of the session store.
+pub struct VehicleWork {
+    /// Per vehicle, its decoded batches in order.
+    vehicles: Vec<Vec<VehicleTelemetryBatch>>,
+    institutions: Vec<Arc<VehicleInstitution>>,
+}
+
+impl std::fmt::Debug for VehicleWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VehicleWork")
+            .field("vehicles", &self.vehicles.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VehicleWork {
+    /// The work of `frames` (per vehicle, its telemetry frames in order) at the institutions
+    /// of `network` holding the vehicles' wallets.
+    pub fn prepare<'f>(
+        network: &Network,
+        frames: impl IntoIterator<Item = Vec<&'f [u8]>>,
+    ) -> Result<Self, LoadTestError> {
+        let mut vehicles = Vec::new();
+        let mut institutions = Vec::new();
+        for frames in frames {
+            let batches: Vec<VehicleTelemetryBatch> = frames
+                .into_iter()
+                .map(dcpipe_schemas::decode)
+                .collect::<Result<_, _>>()
+                .map_err(|e| crypto_error("a sample telemetry batch", e))?;
+            let Some(first) = batches.first() else {
+                continue;
+            };
+            let institution = network
+                .vehicles
+                .get(&first.wallet.institution_id)
+                .ok_or_else(|| {
+                    crypto_error("a sample vehicle", "its institution runs no vehicles")
+                })?;
+            institutions.push(Arc::clone(institution));
+            vehicles.push(batches);
+        }
+        if vehicles.is_empty() {
+            return Err(crypto_error("vehicle ceiling", "no sample batches"));
+        }
+        Ok(VehicleWork {
+            vehicles,
+            institutions,
+        })
+    }
+
+    /// One vehicle's batches, verified and decided in order; the reports done.
+    fn one_vehicle(&self, v: usize, now_ms: i64) -> Result<u64, LoadTestError> {
+        let vehicles = &self.institutions[v];
+        let inst = &vehicles.institution;
+        let mut record: Option<VehicleRecord> = None;
+        let mut reports = 0u64;
+        for batch in &self.vehicles[v] {
+            let verified = verify_telemetry_batch(
+                batch,
+                &inst.id,
+                &inst.verifier,
+                &vehicles.policy.telemetry,
+                now_ms,
+            )
+            .map_err(|e| crypto_error("sample telemetry", e.reason.as_str()))?;
+            let decision = decide_telemetry(
+                record.as_ref(),
+                batch,
+                &verified,
+                &vehicles.registry.read(),
+                &vehicles.policy.sessions,
+                &[],
+                false,
+            )
+            .map_err(|e| crypto_error("sample telemetry", e))?;
+            let TelemetryDecision::Apply { update, .. } = decision else {
+                return Err(crypto_error(
+                    "sample telemetry",
+                    "a batch not applied in order",
+                ));
+            };
+            record = Some(VehicleRecord {
+                vehicle_id: update.vehicle_id,
+                version: record.as_ref().map_or(1, |r| r.version + 1),
+                next_sequence: update.next_sequence,
+                last_batch_digest: update.batch_digest,
+                state: update.state,
+                updated_ms: now_ms,
+            });
+            reports += batch.reports.len() as u64;
+        }
+        Ok(reports)
+    }
+
+    /// Runs the work on `threads` threads for `duration` and returns the ceiling.
+    pub fn measure(
+        &self,
+        threads: usize,
+        duration: Duration,
+    ) -> Result<VehicleCeiling, LoadTestError> {
+        let threads = threads.max(1);
+        let now_ms = dcpipe_pipeline::clock::system_now_ms();
+        let started = Instant::now();
+        let deadline = started + duration;
+        let results: Vec<Result<(u64, u64), LoadTestError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    scope.spawn(move || {
+                        let (mut reports, mut batches) = (0u64, 0u64);
+                        let mut v = t * self.vehicles.len() / threads;
+                        while Instant::now() < deadline {
+                            let index = v % self.vehicles.len();
+                            reports += self.one_vehicle(index, now_ms)?;
+                            batches += self.vehicles[index].len() as u64;
+                            v += 1;
+                        }
+                        Ok((reports, batches))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(crypto_error(
+                            "vehicle ceiling",
+                            "a measuring thread panicked",
+                        ))
+                    })
+                })
+                .collect()
+        });
+        let seconds = started.elapsed().as_secs_f64();
+        let (mut reports, mut batches) = (0u64, 0u64);
+        for result in results {
+            let (r, b) = result?;
+            reports += r;
+            batches += b;
+        }
+        let rate = if seconds > 0.0 {
+            reports as f64 / seconds
+        } else {
+            0.0
+        };
+        Ok(VehicleCeiling {
+            reports_per_s: rate,
+            per_core: rate / threads as f64,
+            cores: threads,
+            verify_per_report: batches as f64 / reports.max(1) as f64,
+            reports,
+            seconds,
+        })
     }
 }

@@ -32,6 +32,13 @@ pub const STAGE_CONCURRENCY_MAX: usize = 64;
 pub const BATCH_MAX_LIMIT: usize = 4096;
 /// Longest the ceilings are measured for, each.
 pub const CEILING_DURATION_MAX: Duration = Duration::from_secs(60);
+/// Most synthetic vehicles of a vehicle load.
+pub const VEHICLES_MAX: usize = 100_000;
+/// Shortest and longest interval between two reports of one vehicle.
+pub const REPORT_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(60));
+/// Reports a vehicle signs together unless configured otherwise.
+pub const TELEMETRY_BATCH_DEFAULT: usize = 10;
 
 /// How the load is offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +224,14 @@ pub struct LoadConfig {
     /// On a broker, keep the run's streams or topics (in its namespace) at the end, for an
     /// audit of the run; by default they are removed.
     pub keep: bool,
+    /// Synthetic vehicles driven instead of payments (0: payments). Each replays a trip
+    /// through a synthetic city, a report every `report_interval`, signed in batches of
+    /// `telemetry_batch` reports: `vehicles / report_interval` reports per second in all.
+    pub vehicles: usize,
+    /// Interval between two reports of one vehicle (a vehicle load).
+    pub report_interval: Duration,
+    /// Reports a vehicle signs and publishes together (a vehicle load).
+    pub telemetry_batch: usize,
     /// The command line, recorded in the report.
     pub command_line: String,
 }
@@ -251,7 +266,20 @@ impl LoadConfig {
             ack_wait: ACK_WAIT_DEFAULT,
             progress: false,
             keep: false,
+            vehicles: 0,
+            report_interval: Duration::from_secs(1),
+            telemetry_batch: TELEMETRY_BATCH_DEFAULT,
             command_line: String::new(),
+        }
+    }
+
+    /// Reports per second a vehicle load offers: one per vehicle per report interval.
+    pub fn report_rate(&self) -> f64 {
+        let interval_s = self.report_interval.as_secs_f64();
+        if interval_s > 0.0 {
+            self.vehicles as f64 / interval_s
+        } else {
+            0.0
         }
     }
 
@@ -290,6 +318,38 @@ impl LoadConfig {
         }
         if self.batch_max == 0 || self.batch_max > BATCH_MAX_LIMIT {
             return fail(format!("batch size must be 1 to {BATCH_MAX_LIMIT}"));
+        }
+        if self.vehicles > 0 {
+            if self.vehicles > VEHICLES_MAX {
+                return fail(format!("vehicles must be at most {VEHICLES_MAX}"));
+            }
+            if self.mode != Mode::Open {
+                return fail("a vehicle load is offered open-loop only (--mode open)".into());
+            }
+            if self.external_workers {
+                return fail("a vehicle load runs its stages in this process".into());
+            }
+            if self.report_interval < REPORT_INTERVAL_RANGE.0
+                || self.report_interval > REPORT_INTERVAL_RANGE.1
+            {
+                return fail(format!(
+                    "report interval must be {:?} to {:?}",
+                    REPORT_INTERVAL_RANGE.0, REPORT_INTERVAL_RANGE.1
+                ));
+            }
+            if self.telemetry_batch == 0
+                || self.telemetry_batch > dcpipe_schemas::TELEMETRY_REPORTS_PER_BATCH_MAX
+            {
+                return fail(format!(
+                    "telemetry batch must be 1 to {} reports",
+                    dcpipe_schemas::TELEMETRY_REPORTS_PER_BATCH_MAX
+                ));
+            }
+            if self.report_rate() < 1.0 || self.report_rate() > f64::from(RATE_MAX) {
+                return fail(format!(
+                    "vehicles / report interval must be 1 to {RATE_MAX} reports/s"
+                ));
+            }
         }
         match self.mode {
             Mode::Open if self.rate == 0 || self.rate > RATE_MAX => {
@@ -409,6 +469,27 @@ mod tests {
     fn rejects_rate_above_the_limit() {
         let mut c = config();
         c.rate = RATE_MAX + 1;
+        assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn a_vehicle_load_offers_one_report_per_vehicle_per_interval() {
+        let mut c = config();
+        c.vehicles = 2000;
+        c.report_interval = Duration::from_millis(100);
+        assert!(c.check().is_ok());
+        assert!((c.report_rate() - 20_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rejects_a_vehicle_ramp_and_oversized_telemetry_batches() {
+        let mut c = config();
+        c.vehicles = 10;
+        c.mode = Mode::Ramp;
+        assert!(c.check().is_err());
+        let mut c = config();
+        c.vehicles = 10;
+        c.telemetry_batch = dcpipe_schemas::TELEMETRY_REPORTS_PER_BATCH_MAX + 1;
         assert!(c.check().is_err());
     }
 

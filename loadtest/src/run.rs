@@ -51,11 +51,11 @@ const PROBE_AMOUNT_FEN: i64 = 100;
 /// Settlement grace of the load test's central bank, ms.
 const SETTLEMENT_GRACE_MS: i64 = 500;
 
-fn provision_error(error: impl std::fmt::Display) -> LoadTestError {
+pub(crate) fn provision_error(error: impl std::fmt::Display) -> LoadTestError {
     LoadTestError::new(LoadTestErrorKind::Provision, error.to_string())
 }
 
-fn ledger_error(error: impl std::fmt::Display) -> LoadTestError {
+pub(crate) fn ledger_error(error: impl std::fmt::Display) -> LoadTestError {
     LoadTestError::new(LoadTestErrorKind::Ledger, error.to_string())
 }
 
@@ -76,50 +76,18 @@ pub async fn run_until(
     stop: &CancellationToken,
 ) -> Result<Report, LoadTestError> {
     config.check()?;
+    if config.vehicles > 0 {
+        return Err(LoadTestError::config(
+            "a vehicle load is run by vehicles::run_vehicles",
+        ));
+    }
     let rss = RssSampler::start();
     let bar = progress_bar(config);
     let run_id = format!("{:08x}", rand::random::<u32>());
 
     bar.set_message("provisioning the network");
-    let (ledger_url, _ledger_dir) = match &config.ledger {
-        LedgerChoice::Url(url) => (url.clone(), None),
-        LedgerChoice::Temporary => {
-            let dir = tempfile::Builder::new()
-                .prefix("dcpipe-loadtest-")
-                .tempdir()
-                .map_err(|e| provision_error(format!("temporary ledger directory: {e}")))?;
-            (LedgerUrl::SqliteDir(dir.path().to_path_buf()), Some(dir))
-        }
-    };
-    let mut network_config = NetworkConfig::in_memory(config.institutions, config.wallets);
-    network_config.algorithm = config.algorithm;
-    network_config.ledger = ledger_url;
-    network_config.settlement_grace_ms = SETTLEMENT_GRACE_MS;
-    let network = match &config.pki_dir {
-        None => Network::provision(&network_config, Arc::new(SystemClock)).await,
-        Some(dir) => {
-            let pki = PkiDirectory::load(dir).map_err(provision_error)?;
-            Network::from_pki(Arc::new(pki), &network_config, Arc::new(SystemClock)).await
-        }
-    };
-    let network = Arc::new(network.map_err(provision_error)?);
-    let broker = connect(&config.bus, &config.bus_options)
-        .await
-        .map_err(|e| LoadTestError::bus("connecting", e))?;
-    // On a broker, the run lives in a namespace of its own (subjects, streams or topics and
-    // consumer groups), removed at its end, so that it never joins a deployment's groups nor
-    // touches its subjects; except with external workers, whose subjects it is meant to drive.
-    let namespace = match (&config.bus, config.external_workers) {
-        (BusUrl::Embedded, _) | (_, true) => None,
-        _ => Some(Arc::new(
-            NamespacedBus::new(Arc::clone(&broker), format!("loadtest-{run_id}"))
-                .map_err(|e| LoadTestError::bus("namespace", e))?,
-        )),
-    };
-    let bus: Arc<dyn Bus> = match &namespace {
-        Some(namespace) => Arc::clone(namespace) as Arc<dyn Bus>,
-        None => broker,
-    };
+    let (network, _ledger_dir) = provision(config, false).await?;
+    let (bus, namespace) = open_bus(config, &run_id).await?;
     // Whatever fails from here on, the run's namespace is removed all the same (unless kept);
     // the stages started inside stop as it returns.
     let outcome: Result<Report, LoadTestError> = async {
@@ -443,8 +411,92 @@ pub async fn run_until(
         })
     }
     .await;
-    if let Err(e) = &outcome
-        && let Some(namespace) = namespace.as_ref().filter(|_| !config.keep)
+    remove_after_failure(&outcome, namespace.as_ref(), config.keep).await;
+    outcome
+}
+
+/// Where the ledgers live: the configured URL, or SQLite files in a new temporary directory
+/// (returned, to be kept as long as the run).
+pub(crate) fn ledger_url(
+    config: &LoadConfig,
+) -> Result<(LedgerUrl, Option<tempfile::TempDir>), LoadTestError> {
+    match &config.ledger {
+        LedgerChoice::Url(url) => Ok((url.clone(), None)),
+        LedgerChoice::Temporary => {
+            let dir = tempfile::Builder::new()
+                .prefix("dcpipe-loadtest-")
+                .tempdir()
+                .map_err(|e| provision_error(format!("temporary ledger directory: {e}")))?;
+            Ok((LedgerUrl::SqliteDir(dir.path().to_path_buf()), Some(dir)))
+        }
+    }
+}
+
+/// The run's network: PKI, ledgers, wallets; with `vehicles`, the session stores too, under
+/// the fleet's policy. The temporary ledger directory, if any, lives as long as the result.
+pub(crate) async fn provision(
+    config: &LoadConfig,
+    vehicles: bool,
+) -> Result<(Arc<Network>, Option<tempfile::TempDir>), LoadTestError> {
+    let (ledger_url, ledger_dir) = ledger_url(config)?;
+    let mut network_config = NetworkConfig::in_memory(config.institutions, config.wallets);
+    network_config.algorithm = config.algorithm;
+    network_config.ledger = ledger_url;
+    network_config.settlement_grace_ms = SETTLEMENT_GRACE_MS;
+    let network = match &config.pki_dir {
+        None => Network::provision(&network_config, Arc::new(SystemClock)).await,
+        Some(dir) => {
+            let pki = PkiDirectory::load(dir).map_err(provision_error)?;
+            Network::from_pki(Arc::new(pki), &network_config, Arc::new(SystemClock)).await
+        }
+    };
+    let mut network = network.map_err(provision_error)?;
+    if vehicles {
+        network
+            .enable_vehicles(
+                &network_config.ledger,
+                &network_config.ledger_options,
+                crate::vehicles::fleet_policy(),
+            )
+            .await
+            .map_err(provision_error)?;
+    }
+    Ok((Arc::new(network), ledger_dir))
+}
+
+/// The bus the run uses. On a broker, the run lives in a namespace of its own (subjects,
+/// streams or topics and consumer groups), removed at its end, so that it never joins a
+/// deployment's groups nor touches its subjects; except with external workers, whose subjects
+/// it is meant to drive.
+pub(crate) async fn open_bus(
+    config: &LoadConfig,
+    run_id: &str,
+) -> Result<(Arc<dyn Bus>, Option<Arc<NamespacedBus>>), LoadTestError> {
+    let broker = connect(&config.bus, &config.bus_options)
+        .await
+        .map_err(|e| LoadTestError::bus("connecting", e))?;
+    let namespace = match (&config.bus, config.external_workers) {
+        (BusUrl::Embedded, _) | (_, true) => None,
+        _ => Some(Arc::new(
+            NamespacedBus::new(Arc::clone(&broker), format!("loadtest-{run_id}"))
+                .map_err(|e| LoadTestError::bus("namespace", e))?,
+        )),
+    };
+    let bus: Arc<dyn Bus> = match &namespace {
+        Some(namespace) => Arc::clone(namespace) as Arc<dyn Bus>,
+        None => broker,
+    };
+    Ok((bus, namespace))
+}
+
+/// After a run that failed (`outcome`), removes its namespace unless it is to be kept.
+pub(crate) async fn remove_after_failure<T>(
+    outcome: &Result<T, LoadTestError>,
+    namespace: Option<&Arc<NamespacedBus>>,
+    keep: bool,
+) {
+    if let Err(e) = outcome
+        && let Some(namespace) = namespace.filter(|_| !keep)
     {
         match namespace.remove_created().await {
             Ok(removed) => {
@@ -457,10 +509,9 @@ pub async fn run_until(
             ),
         }
     }
-    outcome
 }
 
-fn progress_bar(config: &LoadConfig) -> ProgressBar {
+pub(crate) fn progress_bar(config: &LoadConfig) -> ProgressBar {
     if !config.progress {
         return ProgressBar::hidden();
     }
@@ -770,7 +821,10 @@ async fn probe_readiness(
 /// shows that credit in neither, as if money were lost. The payer's final outcome can be
 /// observed before the payee applies it, so a reading is trusted only once it balances (a
 /// real loss keeps failing until the deadline).
-async fn wait_settled(network: &Network, timeout: Duration) -> Result<MoneyReport, LoadTestError> {
+pub(crate) async fn wait_settled(
+    network: &Network,
+    timeout: Duration,
+) -> Result<MoneyReport, LoadTestError> {
     let deadline = Instant::now() + timeout;
     loop {
         let money = network.money().await.map_err(ledger_error)?;

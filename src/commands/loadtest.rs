@@ -150,6 +150,18 @@ pub(crate) struct LoadtestArgs {
     /// A stage's delivery not acknowledged within this time is delivered again.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     ack_wait: Duration,
+    /// Drive this many synthetic vehicles instead of payments: each replays a trip through a
+    /// synthetic city of toll gantries, parking lots, charging and fuel stations (open mode;
+    /// --duration, --warmup and --cooldown apply, --rate does not).
+    #[arg(long, default_value_t = 0)]
+    vehicles: usize,
+    /// With --vehicles: the interval between two reports of a vehicle (the load offers
+    /// vehicles / interval reports per second).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    report_interval: Duration,
+    /// With --vehicles: reports a vehicle signs and publishes together.
+    #[arg(long, default_value_t = dcpipe_loadtest::config::TELEMETRY_BATCH_DEFAULT)]
+    telemetry_batch: usize,
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -318,9 +330,15 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
         ack_wait: args.ack_wait,
         progress: !args.no_progress,
         keep: args.keep,
+        vehicles: args.vehicles,
+        report_interval: args.report_interval,
+        telemetry_batch: args.telemetry_batch,
         command_line: redacted_command_line(&std::env::args().collect::<Vec<_>>()),
     };
     config.check()?;
+    if config.vehicles > 0 {
+        return run_vehicles(&config, &args, plot.as_deref()).await;
+    }
     eprintln!(
         "dcpipe loadtest: {} mode on {}, ledgers {}",
         config.mode.as_str(),
@@ -340,6 +358,45 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
         let title = format!(
             "dcpipe loadtest: {} on {}, {} ({})",
             report.mode, report.bus, report.mix.algorithm, report.ledger
+        );
+        write_plot(path, &title, &report.series, (start, end))?;
+        println!("plot written to {}", path.display());
+    }
+    Ok(if interrupted.is_cancelled() {
+        ExitCode::from(super::interrupt::EXIT_INTERRUPTED)
+    } else if report.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `dcpipe loadtest --vehicles N`: the vehicle flow's load, its table, report and plot.
+async fn run_vehicles(
+    config: &LoadConfig,
+    args: &LoadtestArgs,
+    plot: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "dcpipe loadtest: {} vehicles, a report every {:?} ({:.0} reports/s) on {}, ledgers {}",
+        config.vehicles,
+        config.report_interval,
+        config.report_rate(),
+        config.bus,
+        config.ledger.kind()
+    );
+    let interrupted = super::interrupt::on_interrupt();
+    let report = dcpipe_loadtest::vehicles::run_vehicles(config, &interrupted).await?;
+    println!("{}", report.table());
+    if let Some(path) = &args.report {
+        report.write_json(path)?;
+        println!("report written to {}", path.display());
+    }
+    if let Some(path) = plot {
+        let (start, end) = (report.warmup_s, report.duration_s - report.cooldown_s);
+        let title = format!(
+            "dcpipe loadtest: {} vehicles on {} ({}): reports/s, report → session event",
+            report.vehicles, report.bus, report.ledger
         );
         write_plot(path, &title, &report.series, (start, end))?;
         println!("plot written to {}", path.display());

@@ -121,12 +121,545 @@ struct Vehicle {
     trip: Trip,
     wallet: PartyRef,
     key: CertifiedKey,
+    /// Charges its fixes may cause but need not: sessions that end too close to the last fix
+    /// sent (or after it) for their end to be confirmed.
+    maybe: Vec<ExpectedCharge>,
+    /// Per charge of `trip.expected` then `maybe`: its station's report was published.
     reports_sent: Vec<bool>,
 }
 
+/// One signed telemetry batch of a vehicle, framed, ready to publish.
+#[derive(Debug, Clone)]
+pub struct SignedBatch {
+    /// `vehicle.telemetry.<oi>`.
+    pub subject: String,
+    /// The vehicle id (the ordering key).
+    pub vehicle_id: String,
+    /// The frame.
+    pub frame: Bytes,
+    /// Reports in the batch.
+    pub reports: usize,
+    /// Sequence of its first report.
+    pub first_sequence: i64,
+}
+
+impl SignedBatch {
+    /// The message to publish.
+    pub fn outgoing(&self) -> Outgoing {
+        Outgoing::new(self.subject.clone(), self.frame.clone())
+            .with_key(self.vehicle_id.clone().into_bytes())
+    }
+}
+
+/// A fleet registered on a network: the city's entities in the registry, each vehicle's
+/// certificate issued and pre-authorizations held, its trip ready to be signed and sent.
+pub struct Fleet {
+    vehicles: Vec<Vehicle>,
+    report: FleetReport,
+    until: tokio::time::Instant,
+}
+
+/// Recorded time after a session's end before the last fix sent for its end to count as
+/// confirmed (the exit hysteresis, stationary fix intervals and reception gaps fit in it).
+pub const CUT_MARGIN_MS: i64 = 120_000;
+
+/// Splits a trip's expected charges at its last fix sent (`cut_ms`): those that must have
+/// happened, and those that may (entered before the cut, ended after it or too close to it).
+fn split_at_cut(
+    expected: Vec<ExpectedCharge>,
+    cut_ms: i64,
+) -> (Vec<ExpectedCharge>, Vec<ExpectedCharge>) {
+    let mut must = Vec::new();
+    let mut maybe = Vec::new();
+    for charge in expected {
+        if charge.exited_at_ms.saturating_add(CUT_MARGIN_MS) <= cut_ms {
+            must.push(charge);
+        } else if charge.entered_at_ms <= cut_ms {
+            maybe.push(charge);
+        }
+    }
+    (must, maybe)
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("vehicles", &self.vehicles.len())
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// Registers a city of entities now and `config.vehicles` vehicles on `network` (vehicles
+    /// enabled with [`fleet_policy`], stages running on `bus`): a trip each, in the past, at
+    /// most `fixes_max` fixes of it sent, with a held pre-authorization for every entity on
+    /// it. Waits at most `deadline` for the pipeline, from now until [`Fleet::finish`] returns.
+    pub async fn prepare(
+        network: &Network,
+        bus: &Arc<dyn Bus>,
+        config: &FleetConfig,
+        fixes_max: Option<usize>,
+        now_ms: i64,
+        deadline: Duration,
+    ) -> Result<Fleet, LoadTestError> {
+        if network.vehicles.is_empty() {
+            return Err(fleet_error("the network runs no vehicle stages"));
+        }
+        let until = tokio::time::Instant::now() + deadline;
+        let institutions: Vec<String> = network.institutions.keys().cloned().collect();
+        let mut city_config = CityConfig::district(config.seed);
+        city_config.institutions = institutions.len();
+        let city = City::generate(city_config);
+
+        // The entities, paying into provisioned wallets of their institutions, signed by them.
+        let mut wallets_of: BTreeMap<&str, Vec<&PartyRef>> = BTreeMap::new();
+        for wallet in &network.wallets {
+            wallets_of
+                .entry(wallet.party.institution_id.as_str())
+                .or_default()
+                .push(&wallet.party);
+        }
+        let mut messages = Vec::new();
+        for (n, site) in city.sites().iter().enumerate() {
+            let mut entity = site.entity.clone();
+            let candidates = wallets_of
+                .get(entity.wallet.institution_id.as_str())
+                .ok_or_else(|| fleet_error("an entity of an institution without wallets"))?;
+            entity.wallet = candidates[n % candidates.len()].clone();
+            entity.updated_at_ms = now_ms - 3_600_000;
+            let signer = &network.institutions[&entity.wallet.institution_id].signer;
+            entity.certificate = signer.certificate().der().to_vec();
+            entity.signature = signer
+                .key()
+                .sign(&service_entity_bytes(&entity))
+                .map_err(|e| fleet_error(format!("signing an entity: {e}")))?;
+            messages.push(keyed(
+                subjects::VEHICLE_REGISTRY.to_owned(),
+                &entity.entity_id,
+                frame_of(&entity)?,
+            ));
+        }
+        publish_all(bus, messages).await?;
+        let entities = city.sites().len();
+        wait(until, "the registry holds the city", || {
+            let registry = Arc::clone(&network.entity_registry);
+            async move { Ok(registry.read().len() >= entities) }
+        })
+        .await?;
+
+        // The vehicles: a trip each, in the past, with pre-authorizations for every entity on
+        // it, all published before any is waited for.
+        let payers: Vec<&PartyRef> = network.wallets.iter().map(|w| &w.party).collect();
+        let mut vehicles = Vec::with_capacity(config.vehicles);
+        let mut report = FleetReport {
+            vehicles: config.vehicles,
+            entities,
+            ..FleetReport::default()
+        };
+        let mut held_expected = Vec::with_capacity(config.vehicles);
+        for v in 0..config.vehicles {
+            let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(v as u64);
+            let vehicle_id = format!("LFV{:014}", seed % 100_000_000_000_000);
+            let probe = Trip::generate(&city, &TripConfig::typical(seed, &vehicle_id, 0));
+            let sent = fixes_max.map_or(probe.fixes.len(), |n| n.min(probe.fixes.len()));
+            let duration_ms = sent
+                .checked_sub(1)
+                .and_then(|last| probe.fixes.get(last))
+                .map_or(0, |f| f.recorded_at_ms);
+            let start_ms = now_ms - duration_ms - 120_000;
+            let mut trip = Trip::generate(&city, &TripConfig::typical(seed, &vehicle_id, start_ms));
+            let mut maybe = Vec::new();
+            if sent < trip.fixes.len() {
+                trip.fixes.truncate(sent);
+                let cut_ms = trip.fixes.last().map_or(start_ms, |f| f.recorded_at_ms);
+                let (must, may) = split_at_cut(std::mem::take(&mut trip.expected), cut_ms);
+                trip.expected = must;
+                maybe = may;
+            }
+            let wallet = payers[v % payers.len()].clone();
+            let key = network
+                .pki
+                .issue(
+                    &SubjectSpec {
+                        role: Role::Vehicle,
+                        id: &vehicle_id,
+                        institution: &wallet.institution_id,
+                        algorithm: Algorithm::EcdsaP256Sha256,
+                    },
+                    start_ms - 60_000,
+                    now_ms + 86_400_000,
+                )
+                .map_err(|e| fleet_error(format!("vehicle certificate: {e}")))?;
+            let mut allowed: BTreeMap<&str, (ServiceKind, i64)> = BTreeMap::new();
+            for expected in trip.expected.iter().chain(&maybe) {
+                let entry = allowed
+                    .entry(expected.entity_id.as_str())
+                    .or_insert((expected.kind, PREAUTH_MARGIN_FEN));
+                entry.1 += expected.amount_fen + expected.tolerance_fen;
+            }
+            for decoy in &trip.passed_by {
+                if let Some(site) = city.sites().iter().find(|s| &s.entity.entity_id == decoy) {
+                    allowed
+                        .entry(decoy.as_str())
+                        .or_insert((site.kind(), PREAUTH_MARGIN_FEN));
+                }
+            }
+            let terminal = &network
+                .pki
+                .wallet(&wallet.wallet_id)
+                .ok_or_else(|| fleet_error("a wallet without keys"))?
+                .terminal;
+            let mut messages = Vec::with_capacity(allowed.len());
+            for (entity_id, (kind, max_amount_fen)) in &allowed {
+                let mut authorization = ServiceAuthorization {
+                    authorization_id: AuthorizationId::random(),
+                    vehicle_id: vehicle_id.clone(),
+                    wallet: wallet.clone(),
+                    entity_id: (*entity_id).to_owned(),
+                    service_kind: *kind,
+                    max_amount_fen: *max_amount_fen,
+                    issued_at_ms: start_ms - 60_000,
+                    expires_at_ms: now_ms + 3_600_000,
+                    certificate: terminal.certificate().der().to_vec(),
+                    signature: Vec::new(),
+                };
+                authorization.signature = terminal
+                    .key()
+                    .sign(&service_authorization_bytes(&authorization))
+                    .map_err(|e| fleet_error(format!("signing a pre-authorization: {e}")))?;
+                messages.push(keyed(
+                    subjects::vehicle_authorization(&wallet.institution_id),
+                    &vehicle_id,
+                    frame_of(&authorization)?,
+                ));
+            }
+            held_expected.push(allowed.len());
+            publish_all(bus, messages).await?;
+            report.expected += trip.expected.len();
+            report.decoys += trip.passed_by.len();
+            report.reports += trip.fixes.len();
+            let reports_sent = vec![false; trip.expected.len() + maybe.len()];
+            vehicles.push(Vehicle {
+                trip,
+                wallet,
+                key,
+                maybe,
+                reports_sent,
+            });
+        }
+        // Pre-authorizations held, looked up only for the vehicles still short of theirs.
+        let mut waiting: Vec<usize> = (0..vehicles.len()).collect();
+        loop {
+            let mut still = Vec::new();
+            for v in waiting {
+                let vehicle = &vehicles[v];
+                let held = network.vehicles[&vehicle.wallet.institution_id]
+                    .store
+                    .authorizations(&vehicle.trip.vehicle_id)
+                    .await
+                    .map_err(|e| fleet_error(e.to_string()))?
+                    .len();
+                if held < held_expected[v] {
+                    still.push(v);
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(fleet_error(format!(
+                    "timed out waiting until the pre-authorizations are held ({} vehicles short)",
+                    waiting.len()
+                )));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        Ok(Fleet {
+            vehicles,
+            report,
+            until,
+        })
+    }
+
+    /// Vehicles, entities, expected charges, decoys and reports of the fleet, before any was
+    /// sent.
+    pub fn planned(&self) -> &FleetReport {
+        &self.report
+    }
+
+    /// Per institution, the ids of its vehicles.
+    pub fn vehicle_ids(&self) -> BTreeMap<String, Vec<String>> {
+        let mut ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for vehicle in &self.vehicles {
+            ids.entry(vehicle.wallet.institution_id.clone())
+                .or_default()
+                .push(vehicle.trip.vehicle_id.clone());
+        }
+        ids
+    }
+
+    /// Every vehicle's telemetry, signed in batches of `reports_per_batch` (1 to
+    /// [`dcpipe_schemas::TELEMETRY_REPORTS_PER_BATCH_MAX`]): per vehicle, its batches in order.
+    pub fn sign_telemetry(
+        &self,
+        reports_per_batch: usize,
+    ) -> Result<Vec<Vec<SignedBatch>>, LoadTestError> {
+        if !(1..=dcpipe_schemas::TELEMETRY_REPORTS_PER_BATCH_MAX).contains(&reports_per_batch) {
+            return Err(fleet_error(format!(
+                "reports per batch must be 1 to {}",
+                dcpipe_schemas::TELEMETRY_REPORTS_PER_BATCH_MAX
+            )));
+        }
+        let mut signed = Vec::with_capacity(self.vehicles.len());
+        for vehicle in &self.vehicles {
+            let mut batcher = TelemetryBatcher::new(
+                &vehicle.trip.vehicle_id,
+                vehicle.trip.vehicle_class,
+                vehicle.wallet.clone(),
+                vehicle.key.certificate(),
+                vehicle.key.key(),
+            );
+            let mut batches = Vec::new();
+            for reports in vehicle.trip.fixes.chunks(reports_per_batch) {
+                let batch = batcher
+                    .seal(reports.to_vec())
+                    .map_err(|e| fleet_error(format!("signing telemetry: {e}")))?;
+                batches.push(SignedBatch {
+                    subject: subjects::vehicle_telemetry(&vehicle.wallet.institution_id),
+                    vehicle_id: vehicle.trip.vehicle_id.clone(),
+                    frame: Bytes::from(frame_of(&batch)?),
+                    reports: batch.reports.len(),
+                    first_sequence: batch.first_sequence,
+                });
+            }
+            signed.push(batches);
+        }
+        Ok(signed)
+    }
+
+    /// Waits until every vehicle's telemetry is applied (`telemetry_started`: when its first
+    /// batch was published), has the stations report each metered session that ended, waits
+    /// for the charges to be decided and checks them.
+    pub async fn finish(
+        mut self,
+        network: &Network,
+        bus: &Arc<dyn Bus>,
+        telemetry_started: tokio::time::Instant,
+        now_ms: i64,
+    ) -> Result<FleetReport, LoadTestError> {
+        let until = self.until;
+        let mut report = self.report.clone();
+        let vehicles = &mut self.vehicles;
+        // Per institution, its vehicles and how many reports each sent.
+        let mut sent: BTreeMap<&str, (Vec<String>, Vec<i64>)> = BTreeMap::new();
+        for vehicle in vehicles.iter() {
+            let entry = sent
+                .entry(vehicle.wallet.institution_id.as_str())
+                .or_default();
+            entry.0.push(vehicle.trip.vehicle_id.clone());
+            entry
+                .1
+                .push(i64::try_from(vehicle.trip.fixes.len()).unwrap_or(i64::MAX));
+        }
+        let applied = wait(until, "every vehicle's telemetry is applied", || async {
+            for (institution, (ids, fixes)) in &sent {
+                let records = network.vehicles[*institution]
+                    .store
+                    .vehicles(ids)
+                    .await
+                    .map_err(|e| fleet_error(e.to_string()))?;
+                let behind = records.iter().zip(fixes).any(|(record, fixes)| {
+                    record.as_ref().is_none_or(|r| r.next_sequence < *fixes)
+                });
+                if behind {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await;
+        report.telemetry_applied_ms = applied
+            .is_ok()
+            .then(|| u64::try_from(telemetry_started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        drop(sent);
+
+        // Stations report each metered session once it ended (the institution tells them its
+        // id); a session that may not have ended is reported if it did.
+        let mut stations: HashMap<String, CertifiedKey> = HashMap::new();
+        loop {
+            let mut waiting = 0;
+            for vehicle in vehicles.iter_mut() {
+                let store = &network.vehicles[&vehicle.wallet.institution_id].store;
+                let sessions = store
+                    .sessions(&vehicle.trip.vehicle_id)
+                    .await
+                    .map_err(|e| fleet_error(e.to_string()))?;
+                let required = vehicle.trip.expected.len();
+                for (i, expected) in vehicle
+                    .trip
+                    .expected
+                    .iter()
+                    .chain(&vehicle.maybe)
+                    .enumerate()
+                {
+                    let Some(quantity_milli) = expected.quantity_milli else {
+                        continue;
+                    };
+                    if vehicle.reports_sent[i] {
+                        continue;
+                    }
+                    let ended = session_of(expected, &sessions)
+                        .and_then(|s| s.exited_at_ms.map(|exited_at_ms| (s, exited_at_ms)));
+                    let Some((session, exited_at_ms)) = ended else {
+                        if i < required {
+                            waiting += 1;
+                        }
+                        continue;
+                    };
+                    let station = station_key(network, &mut stations, session, now_ms)?;
+                    let mut station_report = ServiceCompleteReport {
+                        report_id: ReportId::random(),
+                        entity_id: session.entity_id.clone(),
+                        vehicle_id: vehicle.trip.vehicle_id.clone(),
+                        session_id: SessionId::from_bytes(session.session_id),
+                        unit: if expected.kind == ServiceKind::Charging {
+                            MeterUnit::Kwh
+                        } else {
+                            MeterUnit::Litre
+                        },
+                        quantity_milli,
+                        completed_at_ms: exited_at_ms,
+                        certificate: station.certificate().der().to_vec(),
+                        signature: Vec::new(),
+                    };
+                    station_report.signature = station
+                        .key()
+                        .sign(&service_complete_report_bytes(&station_report))
+                        .map_err(|e| fleet_error(format!("signing a report: {e}")))?;
+                    publish_all(
+                        bus,
+                        vec![keyed(
+                            subjects::vehicle_report(&vehicle.wallet.institution_id),
+                            &vehicle.trip.vehicle_id,
+                            frame_of(&station_report)?,
+                        )],
+                    )
+                    .await?;
+                    vehicle.reports_sent[i] = true;
+                }
+            }
+            if waiting == 0 || tokio::time::Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+
+        // Every charge made, and decided.
+        let expected_total = report.expected;
+        let vehicles = &*vehicles;
+        let _ = wait(
+            until,
+            "every expected charge is made and decided",
+            || async {
+                let (mut made, mut decided) = (0, 0);
+                for vehicle in vehicles {
+                    for charge in charges_of(network, vehicle).await? {
+                        made += 1;
+                        if decision(network, &charge).await?.is_some() {
+                            decided += 1;
+                        }
+                    }
+                }
+                // Every charge made decided, also those a cut trip may cause.
+                Ok(decided >= expected_total && decided == made)
+            },
+        )
+        .await;
+
+        // The checks.
+        for vehicle in vehicles {
+            let charges = charges_of(network, vehicle).await?;
+            let mut unpaired: Vec<&ChargeRecord> = charges.iter().collect();
+            let sessions = network.vehicles[&vehicle.wallet.institution_id]
+                .store
+                .sessions(&vehicle.trip.vehicle_id)
+                .await
+                .map_err(|e| fleet_error(e.to_string()))?;
+            let pairs = |expected: &ExpectedCharge, charge: &ChargeRecord| {
+                let session = sessions.iter().find(|s| s.session_id == charge.session_id);
+                charge.entity_id == expected.entity_id
+                    && session.is_some_and(|s| {
+                        (s.entered_at_ms - expected.entered_at_ms).abs() <= ENTRY_TOLERANCE_MS
+                    })
+                    && (charge.amount_fen - expected.amount_fen).abs() <= expected.tolerance_fen
+            };
+            for expected in &vehicle.trip.expected {
+                match unpaired.iter().position(|charge| pairs(expected, charge)) {
+                    Some(index) => {
+                        unpaired.remove(index);
+                    }
+                    None => report.missing.push(format!(
+                        "{} at {} ({} fen)",
+                        vehicle.trip.vehicle_id, expected.entity_id, expected.amount_fen
+                    )),
+                }
+            }
+            for expected in &vehicle.maybe {
+                if let Some(index) = unpaired.iter().position(|charge| pairs(expected, charge)) {
+                    unpaired.remove(index);
+                }
+            }
+            for charge in unpaired {
+                report.unexpected.push(format!(
+                    "{} at {} ({} fen)",
+                    vehicle.trip.vehicle_id, charge.entity_id, charge.amount_fen
+                ));
+            }
+            for charge in &charges {
+                if vehicle.trip.passed_by.contains(&charge.entity_id) {
+                    report.decoys_charged.push(format!(
+                        "{} at {}",
+                        vehicle.trip.vehicle_id, charge.entity_id
+                    ));
+                }
+                report.charged += 1;
+                report.charged_fen += charge.amount_fen;
+                match decision(network, charge).await? {
+                    Some(PaymentState::Committed) => {
+                        report.completed += 1;
+                        if charge.payer.institution_id != charge.payee.institution_id {
+                            *report
+                                .interbank_net
+                                .entry(charge.payer.institution_id.clone())
+                                .or_insert(0) -= charge.amount_fen;
+                            *report
+                                .interbank_net
+                                .entry(charge.payee.institution_id.clone())
+                                .or_insert(0) += charge.amount_fen;
+                        }
+                    }
+                    other => report.not_completed.push(format!(
+                        "{} at {}: {other:?}",
+                        vehicle.trip.vehicle_id, charge.entity_id
+                    )),
+                }
+            }
+        }
+        for (id, vehicles) in &network.vehicles {
+            if let Err(e) = vehicles.store.verify_integrity().await {
+                report.above_preauth.push(format!("{id}: {e}"));
+            }
+        }
+        Ok(report)
+    }
+}
+
 /// Drives `config.vehicles` vehicles through a city of entities registered now, on `network`
-/// (vehicles enabled with [`fleet_policy`], stages running on `bus`), and checks the outcome.
-/// Waits at most `deadline` for the pipeline.
+/// (vehicles enabled with [`fleet_policy`], stages running on `bus`): every trip whole, all
+/// its telemetry published at once; then checks the outcome. Waits at most `deadline` for
+/// the pipeline.
 pub async fn run_fleet(
     network: &Network,
     bus: &Arc<dyn Bus>,
@@ -134,367 +667,28 @@ pub async fn run_fleet(
     now_ms: i64,
     deadline: Duration,
 ) -> Result<FleetReport, LoadTestError> {
-    if network.vehicles.is_empty() {
-        return Err(fleet_error("the network runs no vehicle stages"));
-    }
-    let until = tokio::time::Instant::now() + deadline;
-    let institutions: Vec<String> = network.institutions.keys().cloned().collect();
-    let mut city_config = CityConfig::district(config.seed);
-    city_config.institutions = institutions.len();
-    let city = City::generate(city_config);
-    let publish = |subject: String, key: String, frame: Vec<u8>| {
-        let bus = Arc::clone(bus);
-        async move {
-            bus.publish(Outgoing::new(subject, Bytes::from(frame)).with_key(key.into_bytes()))
-                .await
-                .map_err(|e| fleet_error(format!("publishing: {e}")))
-        }
-    };
-
-    // The entities, paying into provisioned wallets of their institutions, signed by them.
-    let mut wallets_of: BTreeMap<&str, Vec<&PartyRef>> = BTreeMap::new();
-    for wallet in &network.wallets {
-        wallets_of
-            .entry(wallet.party.institution_id.as_str())
-            .or_default()
-            .push(&wallet.party);
-    }
-    for (n, site) in city.sites().iter().enumerate() {
-        let mut entity = site.entity.clone();
-        let candidates = wallets_of
-            .get(entity.wallet.institution_id.as_str())
-            .ok_or_else(|| fleet_error("an entity of an institution without wallets"))?;
-        entity.wallet = candidates[n % candidates.len()].clone();
-        entity.updated_at_ms = now_ms - 3_600_000;
-        let signer = &network.institutions[&entity.wallet.institution_id].signer;
-        entity.certificate = signer.certificate().der().to_vec();
-        entity.signature = signer
-            .key()
-            .sign(&service_entity_bytes(&entity))
-            .map_err(|e| fleet_error(format!("signing an entity: {e}")))?;
-        let frame = frame_of(&entity)?;
-        publish(
-            subjects::VEHICLE_REGISTRY.to_owned(),
-            entity.entity_id.clone(),
-            frame,
-        )
-        .await?;
-    }
-    let entities = city.sites().len();
-    wait(until, "the registry holds the city", || {
-        let registry = Arc::clone(&network.entity_registry);
-        async move { Ok(registry.read().len() >= entities) }
-    })
-    .await?;
-
-    // The vehicles: a trip each, in the past, with pre-authorizations for every entity on it.
-    let payers: Vec<&PartyRef> = network.wallets.iter().map(|w| &w.party).collect();
-    let mut vehicles = Vec::with_capacity(config.vehicles);
-    let mut report = FleetReport {
-        vehicles: config.vehicles,
-        entities,
-        ..FleetReport::default()
-    };
-    for v in 0..config.vehicles {
-        let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(v as u64);
-        let vehicle_id = format!("LFV{:014}", seed % 100_000_000_000_000);
-        let probe = Trip::generate(&city, &TripConfig::typical(seed, &vehicle_id, 0));
-        let duration_ms = probe.fixes.last().map_or(0, |f| f.recorded_at_ms);
-        let start_ms = now_ms - duration_ms - 120_000;
-        let trip = Trip::generate(&city, &TripConfig::typical(seed, &vehicle_id, start_ms));
-        let wallet = payers[v % payers.len()].clone();
-        let key = network
-            .pki
-            .issue(
-                &SubjectSpec {
-                    role: Role::Vehicle,
-                    id: &vehicle_id,
-                    institution: &wallet.institution_id,
-                    algorithm: Algorithm::EcdsaP256Sha256,
-                },
-                start_ms - 60_000,
-                now_ms + 86_400_000,
-            )
-            .map_err(|e| fleet_error(format!("vehicle certificate: {e}")))?;
-        let mut allowed: BTreeMap<&str, (ServiceKind, i64)> = BTreeMap::new();
-        for expected in &trip.expected {
-            let entry = allowed
-                .entry(expected.entity_id.as_str())
-                .or_insert((expected.kind, PREAUTH_MARGIN_FEN));
-            entry.1 += expected.amount_fen + expected.tolerance_fen;
-        }
-        for decoy in &trip.passed_by {
-            if let Some(site) = city.sites().iter().find(|s| &s.entity.entity_id == decoy) {
-                allowed
-                    .entry(decoy.as_str())
-                    .or_insert((site.kind(), PREAUTH_MARGIN_FEN));
-            }
-        }
-        let terminal = &network
-            .pki
-            .wallet(&wallet.wallet_id)
-            .ok_or_else(|| fleet_error("a wallet without keys"))?
-            .terminal;
-        for (entity_id, (kind, max_amount_fen)) in &allowed {
-            let mut authorization = ServiceAuthorization {
-                authorization_id: AuthorizationId::random(),
-                vehicle_id: vehicle_id.clone(),
-                wallet: wallet.clone(),
-                entity_id: (*entity_id).to_owned(),
-                service_kind: *kind,
-                max_amount_fen: *max_amount_fen,
-                issued_at_ms: start_ms - 60_000,
-                expires_at_ms: now_ms + 3_600_000,
-                certificate: terminal.certificate().der().to_vec(),
-                signature: Vec::new(),
-            };
-            authorization.signature = terminal
-                .key()
-                .sign(&service_authorization_bytes(&authorization))
-                .map_err(|e| fleet_error(format!("signing a pre-authorization: {e}")))?;
-            let frame = frame_of(&authorization)?;
-            publish(
-                subjects::vehicle_authorization(&wallet.institution_id),
-                vehicle_id.clone(),
-                frame,
-            )
-            .await?;
-        }
-        let held = allowed.len();
-        let store = Arc::clone(&network.vehicles[&wallet.institution_id].store);
-        let id = vehicle_id.clone();
-        wait(until, "the pre-authorizations are held", || {
-            let (store, id) = (Arc::clone(&store), id.clone());
-            async move {
-                Ok(store
-                    .authorizations(&id)
-                    .await
-                    .map_err(|e| fleet_error(e.to_string()))?
-                    .len()
-                    >= held)
-            }
-        })
-        .await?;
-        report.expected += trip.expected.len();
-        report.decoys += trip.passed_by.len();
-        report.reports += trip.fixes.len();
-        let reports_sent = vec![false; trip.expected.len()];
-        vehicles.push(Vehicle {
-            trip,
-            wallet,
-            key,
-            reports_sent,
-        });
-    }
-
-    // The telemetry, signed in batches (all signed before the clock starts).
-    let mut signed = Vec::with_capacity(vehicles.len());
-    for vehicle in &vehicles {
-        let mut batcher = TelemetryBatcher::new(
-            &vehicle.trip.vehicle_id,
-            vehicle.trip.vehicle_class,
-            vehicle.wallet.clone(),
-            vehicle.key.certificate(),
-            vehicle.key.key(),
-        );
-        for reports in vehicle.trip.fixes.chunks(FLEET_BATCH_REPORTS) {
-            let batch = batcher
-                .seal(reports.to_vec())
-                .map_err(|e| fleet_error(format!("signing telemetry: {e}")))?;
-            signed.push((
-                subjects::vehicle_telemetry(&vehicle.wallet.institution_id),
-                vehicle.trip.vehicle_id.clone(),
-                frame_of(&batch)?,
-            ));
-        }
-    }
+    let fleet = Fleet::prepare(network, bus, config, None, now_ms, deadline).await?;
+    // All signed before the clock starts.
+    let signed = fleet.sign_telemetry(FLEET_BATCH_REPORTS)?;
     let telemetry_started = tokio::time::Instant::now();
-    for (subject, key, frame) in signed {
-        publish(subject, key, frame).await?;
+    for batches in signed {
+        publish_all(bus, batches.iter().map(SignedBatch::outgoing).collect()).await?;
     }
-    // Per institution, its vehicles and how many reports each sent.
-    let mut sent: BTreeMap<&str, (Vec<String>, Vec<i64>)> = BTreeMap::new();
-    for vehicle in &vehicles {
-        let entry = sent
-            .entry(vehicle.wallet.institution_id.as_str())
-            .or_default();
-        entry.0.push(vehicle.trip.vehicle_id.clone());
-        entry
-            .1
-            .push(i64::try_from(vehicle.trip.fixes.len()).unwrap_or(i64::MAX));
-    }
-    let applied = wait(until, "every vehicle's telemetry is applied", || async {
-        for (institution, (ids, fixes)) in &sent {
-            let records = network.vehicles[*institution]
-                .store
-                .vehicles(ids)
-                .await
-                .map_err(|e| fleet_error(e.to_string()))?;
-            let behind = records
-                .iter()
-                .zip(fixes)
-                .any(|(record, fixes)| record.as_ref().is_none_or(|r| r.next_sequence < *fixes));
-            if behind {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })
-    .await;
-    report.telemetry_applied_ms = applied
-        .is_ok()
-        .then(|| u64::try_from(telemetry_started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    fleet.finish(network, bus, telemetry_started, now_ms).await
+}
 
-    // Stations report each metered session once it ended (the institution tells them its id).
-    let mut stations: HashMap<String, CertifiedKey> = HashMap::new();
-    loop {
-        let mut waiting = 0;
-        for vehicle in &mut vehicles {
-            let store = &network.vehicles[&vehicle.wallet.institution_id].store;
-            let sessions = store
-                .sessions(&vehicle.trip.vehicle_id)
-                .await
-                .map_err(|e| fleet_error(e.to_string()))?;
-            for (i, expected) in vehicle.trip.expected.iter().enumerate() {
-                let Some(quantity_milli) = expected.quantity_milli else {
-                    continue;
-                };
-                if vehicle.reports_sent[i] {
-                    continue;
-                }
-                let Some(session) = session_of(expected, &sessions) else {
-                    waiting += 1;
-                    continue;
-                };
-                let Some(exited_at_ms) = session.exited_at_ms else {
-                    waiting += 1;
-                    continue;
-                };
-                let station = station_key(network, &mut stations, session, now_ms)?;
-                let mut station_report = ServiceCompleteReport {
-                    report_id: ReportId::random(),
-                    entity_id: session.entity_id.clone(),
-                    vehicle_id: vehicle.trip.vehicle_id.clone(),
-                    session_id: SessionId::from_bytes(session.session_id),
-                    unit: if expected.kind == ServiceKind::Charging {
-                        MeterUnit::Kwh
-                    } else {
-                        MeterUnit::Litre
-                    },
-                    quantity_milli,
-                    completed_at_ms: exited_at_ms,
-                    certificate: station.certificate().der().to_vec(),
-                    signature: Vec::new(),
-                };
-                station_report.signature = station
-                    .key()
-                    .sign(&service_complete_report_bytes(&station_report))
-                    .map_err(|e| fleet_error(format!("signing a report: {e}")))?;
-                let frame = frame_of(&station_report)?;
-                publish(
-                    subjects::vehicle_report(&vehicle.wallet.institution_id),
-                    vehicle.trip.vehicle_id.clone(),
-                    frame,
-                )
-                .await?;
-                vehicle.reports_sent[i] = true;
-            }
-        }
-        if waiting == 0 || tokio::time::Instant::now() >= until {
-            break;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+fn keyed(subject: String, key: &str, frame: Vec<u8>) -> Outgoing {
+    Outgoing::new(subject, Bytes::from(frame)).with_key(key.as_bytes().to_vec())
+}
 
-    // Every charge made, and decided.
-    let expected_total = report.expected;
-    let _ = wait(
-        until,
-        "every expected charge is made and decided",
-        || async {
-            let mut decided = 0;
-            for vehicle in &vehicles {
-                for charge in charges_of(network, vehicle).await? {
-                    if decision(network, &charge).await?.is_some() {
-                        decided += 1;
-                    }
-                }
-            }
-            Ok(decided >= expected_total)
-        },
-    )
-    .await;
-
-    // The checks.
-    for vehicle in &vehicles {
-        let charges = charges_of(network, vehicle).await?;
-        let mut unpaired: Vec<&ChargeRecord> = charges.iter().collect();
-        let sessions = network.vehicles[&vehicle.wallet.institution_id]
-            .store
-            .sessions(&vehicle.trip.vehicle_id)
-            .await
-            .map_err(|e| fleet_error(e.to_string()))?;
-        for expected in &vehicle.trip.expected {
-            let found = unpaired.iter().position(|charge| {
-                let session = sessions.iter().find(|s| s.session_id == charge.session_id);
-                charge.entity_id == expected.entity_id
-                    && session.is_some_and(|s| {
-                        (s.entered_at_ms - expected.entered_at_ms).abs() <= ENTRY_TOLERANCE_MS
-                    })
-                    && (charge.amount_fen - expected.amount_fen).abs() <= expected.tolerance_fen
-            });
-            match found {
-                Some(index) => {
-                    unpaired.remove(index);
-                }
-                None => report.missing.push(format!(
-                    "{} at {} ({} fen)",
-                    vehicle.trip.vehicle_id, expected.entity_id, expected.amount_fen
-                )),
-            }
-        }
-        for charge in unpaired {
-            report.unexpected.push(format!(
-                "{} at {} ({} fen)",
-                vehicle.trip.vehicle_id, charge.entity_id, charge.amount_fen
-            ));
-        }
-        for charge in &charges {
-            if vehicle.trip.passed_by.contains(&charge.entity_id) {
-                report.decoys_charged.push(format!(
-                    "{} at {}",
-                    vehicle.trip.vehicle_id, charge.entity_id
-                ));
-            }
-            report.charged += 1;
-            report.charged_fen += charge.amount_fen;
-            match decision(network, charge).await? {
-                Some(PaymentState::Committed) => {
-                    report.completed += 1;
-                    if charge.payer.institution_id != charge.payee.institution_id {
-                        *report
-                            .interbank_net
-                            .entry(charge.payer.institution_id.clone())
-                            .or_insert(0) -= charge.amount_fen;
-                        *report
-                            .interbank_net
-                            .entry(charge.payee.institution_id.clone())
-                            .or_insert(0) += charge.amount_fen;
-                    }
-                }
-                other => report.not_completed.push(format!(
-                    "{} at {}: {other:?}",
-                    vehicle.trip.vehicle_id, charge.entity_id
-                )),
-            }
-        }
+async fn publish_all(bus: &Arc<dyn Bus>, messages: Vec<Outgoing>) -> Result<(), LoadTestError> {
+    if messages.is_empty() {
+        return Ok(());
     }
-    for (id, vehicles) in &network.vehicles {
-        if let Err(e) = vehicles.store.verify_integrity().await {
-            report.above_preauth.push(format!("{id}: {e}"));
-        }
-    }
-    Ok(report)
+    bus.publish_many(messages)
+        .await
+        .map(|_| ())
+        .map_err(|e| fleet_error(format!("publishing: {e}")))
 }
 
 fn frame_of<M: dcpipe_schemas::Message>(message: &M) -> Result<Vec<u8>, LoadTestError> {
@@ -586,5 +780,41 @@ where
             return Err(fleet_error(format!("timed out waiting until {what}")));
         }
         tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charge(entity_id: &str, entered_at_ms: i64, exited_at_ms: i64) -> ExpectedCharge {
+        ExpectedCharge {
+            entity_id: entity_id.to_owned(),
+            kind: ServiceKind::Parking,
+            amount_fen: 100,
+            tolerance_fen: 0,
+            entered_at_ms,
+            exited_at_ms,
+            quantity_milli: None,
+        }
+    }
+
+    #[test]
+    fn a_cut_trip_must_cause_what_ended_well_before_and_may_cause_what_it_cut() {
+        let cut_ms = 1_000_000;
+        let (must, maybe) = split_at_cut(
+            vec![
+                charge("ENDED", 100_000, cut_ms - CUT_MARGIN_MS),
+                charge("ENDED-LATE", 200_000, cut_ms - CUT_MARGIN_MS + 1),
+                charge("CUT", 900_000, cut_ms + 60_000),
+                charge("AFTER", cut_ms + 1, cut_ms + 60_000),
+            ],
+            cut_ms,
+        );
+        let ids = |list: &[ExpectedCharge]| -> Vec<String> {
+            list.iter().map(|c| c.entity_id.clone()).collect()
+        };
+        assert_eq!(ids(&must), ["ENDED"]);
+        assert_eq!(ids(&maybe), ["ENDED-LATE", "CUT"]);
     }
 }

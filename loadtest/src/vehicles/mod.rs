@@ -13,13 +13,18 @@
 //! drives through lengthwise, each stay with its true entry and exit (and the fee they make),
 //! each charging or fuel stay with the quantity the station reports; and the entities it only
 //! drove past, which must never be charged.
+//!
+//! [`run_fleet`] replays whole trips at once and checks them (the demo); [`run_vehicles`] is
+//! the load test of the flow (`dcpipe loadtest --vehicles N`).
 
 mod city;
 pub mod fleet;
+pub mod load;
 mod trip;
 
 pub use city::{
     CITY_CENTRE, City, CityConfig, SETBACK_M, Site, Street, TOLL_LENGTH_M, TOLL_WIDTH_M,
 };
-pub use fleet::{FleetConfig, FleetReport, fleet_policy, run_fleet};
+pub use fleet::{Fleet, FleetConfig, FleetReport, SignedBatch, fleet_policy, run_fleet};
+pub use load::{VehicleReport, run_vehicles};
 pub use trip::{ExpectedCharge, Trip, TripConfig};

@@ -1,0 +1,85 @@
+//! A short vehicle load (`dcpipe loadtest --vehicles N`) on each bus: the run is valid (every
+//! report applied, every charge the trips must cause made once with its amount, no decoy
+//! charged, none above its pre-authorization, money conserved) and its figures consistent.
+//! Nothing here asserts speed: the machine running the tests may be slow or busy.
+
+use std::time::Duration;
+
+use dcpipe_connectors::bus::BusUrl;
+use dcpipe_connectors::testkit::{NatsServer, TansuServer};
+use dcpipe_loadtest::LoadConfig;
+use dcpipe_loadtest::vehicles::{VehicleReport, run_vehicles};
+use tokio_util::sync::CancellationToken;
+
+/// A few vehicles for a few seconds, a report every 20 ms each: 200 reports, minutes of
+/// driving, each.
+fn short_config(bus: BusUrl) -> LoadConfig {
+    let mut config = LoadConfig::embedded(1, Duration::from_secs(4));
+    config.bus = bus;
+    config.institutions = 2;
+    config.wallets = 40;
+    config.vehicles = 10;
+    config.report_interval = Duration::from_millis(20);
+    config.telemetry_batch = 10;
+    config.warmup = Duration::from_millis(500);
+    config.cooldown = Duration::from_millis(500);
+    config.ceiling_duration = Duration::from_millis(300);
+    config.drain_timeout = Duration::from_secs(60);
+    config
+}
+
+async fn run_and_check(bus: BusUrl) -> VehicleReport {
+    let config = short_config(bus);
+    let report = run_vehicles(&config, &CancellationToken::new())
+        .await
+        .expect("the vehicle load runs");
+    assert!(report.valid, "invalid: {:?}", report.invalid_reasons);
+    assert!(report.fleet.failures.is_empty(), "{:?}", report.fleet);
+    // 10 vehicles × 4 s ÷ 20 ms: 2,000 reports, all applied.
+    assert_eq!(report.reports_sent, 2_000);
+    assert_eq!(report.reports_applied, report.reports_sent);
+    assert!(
+        (report.offered_rate - 500.0).abs() < 50.0,
+        "{}",
+        report.offered_rate
+    );
+    assert!(report.achieved_rate > 0.0);
+    assert_eq!(report.fleet.charged, report.fleet.completed);
+    assert!(report.money.conserved);
+    let events: u64 = report.session_events.values().sum();
+    assert!(events > 0, "no session event: {:?}", report.session_events);
+    let l = report.matching_latency_ms;
+    assert!(l.samples > 0 && l.is_ordered(), "{l:?}");
+    assert!(report.ceiling > 0.0 && report.bus_ceiling > 0.0);
+    assert!(
+        (report.ratio_to_ceiling - report.achieved_rate / report.ceiling).abs() < 1e-9,
+        "{report:?}"
+    );
+    assert!(report.vehicle_ceiling.verify_per_report <= 0.11);
+    assert!(!report.series.is_empty());
+    let table = report.table();
+    eprintln!("{table}");
+    assert!(table.contains("report → session event"));
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_load_on_the_embedded_bus_is_valid_and_consistent() {
+    run_and_check(BusUrl::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_load_on_nats_is_valid_and_consistent() {
+    let server = NatsServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("starting nats-server: {e}"));
+    run_and_check(BusUrl::Nats(vec![server.address()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_load_on_kafka_is_valid_and_consistent() {
+    let server = TansuServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("starting tansu: {e}"));
+    run_and_check(BusUrl::Kafka(vec![server.address()])).await;
+}
