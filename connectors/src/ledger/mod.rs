@@ -37,12 +37,16 @@ use async_trait::async_trait;
 mod engine;
 mod error;
 pub mod metrics;
+pub mod offline;
 mod postgres;
+mod postgres_offline;
 mod settlement;
 mod sqlite;
+mod sqlite_offline;
 mod types;
 
 pub use error::{LedgerError, LedgerErrorKind};
+pub use offline::OfflineLedger;
 pub use postgres::{
     PG_POOL_SIZE_DEFAULT, PG_RETRIES_MAX, PostgresLedger, PostgresOptions, PostgresSettlement,
 };
@@ -190,6 +194,10 @@ pub trait Ledger: Send + Sync + fmt::Debug {
 
     /// Number of payment records per side and state.
     async fn state_counts(&self) -> Result<StateCounts, LedgerError>;
+
+    /// The offline side of this ledger (flow 2): purses, the platform's records of offline
+    /// wallets, offline payments cleared, the loss account, remote commands, the blacklist.
+    fn offline(&self) -> &dyn OfflineLedger;
 
     /// Recomputes every wallet's holds and pending credits and every daily total from the
     /// payment records and compares them with the stored ones: an

@@ -507,6 +507,8 @@ const LEDGER_MIGRATIONS: &[(i64, &str)] = &[
                     daily_limit_fen, password_free_limit_fen, created_ms
              FROM {s}.wallets;",
     ),
+    // Offline wallets (flow 2): see `offline`. Purse accounts are rows of `wallets`.
+    (4, super::postgres_offline::MIGRATION),
 ];
 
 const PAYMENT_COLUMNS: &str = "payment_id, side, state, digest, wallet_id, cp_institution_id, \
@@ -721,7 +723,7 @@ impl<'a> PaymentColumns<'a> {
 #[derive(Debug)]
 pub struct PostgresLedger {
     institution_id: String,
-    db: PgDb,
+    pub(super) db: PgDb,
     sql: LedgerSql,
 }
 
@@ -947,6 +949,10 @@ impl PostgresLedger {
 impl Ledger for PostgresLedger {
     fn institution_id(&self) -> &str {
         &self.institution_id
+    }
+
+    fn offline(&self) -> &dyn super::OfflineLedger {
+        self
     }
 
     async fn open_wallets(

@@ -290,6 +290,10 @@ const LEDGER_MIGRATIONS: &[(i64, &str)] = &[
                     daily_limit_fen, password_free_limit_fen, created_ms
              FROM wallets;",
     ),
+    // Offline wallets (flow 2): the platform's record of each, the purse fundings, the
+    // offline payments cleared here as payer's institution, the loss account, the remote
+    // commands and the blacklist (`offline`). Purse accounts are rows of `wallets`.
+    (4, super::sqlite_offline::MIGRATION),
 ];
 
 const PAYMENT_COLUMNS: &str = "payment_id, side, state, digest, wallet_id, cp_institution_id, \
@@ -566,7 +570,7 @@ pub(crate) fn claim_owner(
 #[derive(Debug, Clone)]
 pub struct SqliteLedger {
     institution_id: String,
-    db: SqliteDb,
+    pub(super) db: SqliteDb,
 }
 
 impl SqliteLedger {
@@ -637,6 +641,10 @@ impl SqliteLedger {
 impl Ledger for SqliteLedger {
     fn institution_id(&self) -> &str {
         &self.institution_id
+    }
+
+    fn offline(&self) -> &dyn super::OfflineLedger {
+        self
     }
 
     async fn open_wallets(

@@ -10,6 +10,7 @@
 #[macro_use]
 mod harness;
 mod fixtures;
+mod offline;
 mod property;
 mod scenarios;
 mod settlement;
