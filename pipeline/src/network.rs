@@ -400,7 +400,10 @@ impl Network {
                     break (balance, after);
                 }
             };
+            let offline = ledger.offline().offline_totals().await?;
             report.balance_fen += balance;
+            report.loss_fen += offline.loss_account_fen;
+            report.purses_fen += offline.purse_accounts_fen;
             report.held_fen += pending.held_fen;
             report.pending_credit_fen += pending.pending_credit_fen;
             report
@@ -417,8 +420,13 @@ impl Network {
 pub struct MoneyReport {
     /// What the wallets were opened with.
     pub opening_fen: i64,
-    /// Sum of balances (holds included, pending credits not).
+    /// Sum of balances (holds included, pending credits not; offline purse accounts
+    /// included).
     pub balance_fen: i64,
+    /// Of which in offline purse accounts.
+    pub purses_fen: i64,
+    /// The institutions' loss accounts for offline double spending (0 or below).
+    pub loss_fen: i64,
     /// Reserved, not yet decided.
     pub held_fen: i64,
     /// Credited, not yet final.
@@ -428,8 +436,12 @@ pub struct MoneyReport {
 }
 
 impl MoneyReport {
-    /// Money is conserved and nothing is in flight: the balances sum to the opening total.
+    /// Money is conserved and nothing is in flight: the balances and the loss accounts sum to
+    /// the opening total.
     pub fn is_settled_and_conserved(&self) -> bool {
-        self.balance_fen == self.opening_fen && self.held_fen == 0 && self.pending_credit_fen == 0
+        self.balance_fen + self.loss_fen == self.opening_fen
+            && self.loss_fen <= 0
+            && self.held_fen == 0
+            && self.pending_credit_fen == 0
     }
 }

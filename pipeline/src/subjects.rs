@@ -59,3 +59,23 @@ pub fn vehicle_session(institution: &str) -> String {
 pub fn vehicle_report(institution: &str) -> String {
     format!("vehicle.report.{institution}")
 }
+
+/// Key sets of offline wallets `institution` holds, published when they reconnect.
+pub fn wallet_keyset(institution: &str) -> String {
+    format!("wallet.keyset.{institution}")
+}
+
+/// Sync results for wallets of `institution`, keyed by wallet id.
+pub fn wallet_result(institution: &str) -> String {
+    format!("wallet.result.{institution}")
+}
+
+/// Remote control commands for wallets of `institution`, keyed by wallet id.
+pub fn wallet_command(institution: &str) -> String {
+    format!("wallet.command.{institution}")
+}
+
+/// Offline payments uploaded by their payees, to be cleared by the payer's `institution`.
+pub fn wallet_offline(institution: &str) -> String {
+    format!("wallet.offline.{institution}")
+}

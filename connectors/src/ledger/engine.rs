@@ -860,6 +860,13 @@ pub(crate) fn validate_accounts(
     check_batch_len(accounts.len())?;
     for account in accounts {
         check_id("wallet id", &account.wallet_id)?;
+        if account.wallet_id.ends_with(super::offline::PURSE_SUFFIX) {
+            return Err(LedgerError::invalid_input(format!(
+                "wallet {}: ids ending in {} name offline purse accounts",
+                account.wallet_id,
+                super::offline::PURSE_SUFFIX
+            )));
+        }
         if account.institution_id != institution_id {
             return Err(LedgerError::invalid_input(format!(
                 "wallet {} belongs to {}, not to this ledger's {institution_id}",

@@ -35,8 +35,9 @@ use async_trait::async_trait;
 use super::error::LedgerError;
 use super::types::{AMOUNT_FEN_MAX, BATCH_ITEMS_MAX, ID_LEN_MAX, PaymentId};
 
-/// What is appended to a wallet's id to name its purse account.
-pub const PURSE_SUFFIX: &str = "~purse";
+/// What is appended to a wallet's id to name its purse account (letters, digits, `-` and `_`,
+/// as every wallet id on the protocol). Opening a wallet whose id ends with it is refused.
+pub const PURSE_SUFFIX: &str = "-purse";
 
 /// Longest id of a wallet that can go offline: its purse account's id must fit
 /// [`ID_LEN_MAX`].

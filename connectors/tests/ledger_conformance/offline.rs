@@ -137,6 +137,11 @@ pub(crate) async fn offline_opening_makes_an_empty_purse_account_once(backend: &
     assert_eq!(balance(ledger.as_ref(), &purse_wallet_id("a1")).await, 0);
     assert_eq!(offline.offline_wallet("ghost").await.expect("read"), None);
     assert_conserved(ledger.as_ref()).await;
+    let err = ledger
+        .open_wallets(&[crate::fixtures::account(PAYER_OI, "x-purse", 1)])
+        .await
+        .expect_err("a purse account's name");
+    assert_eq!(err.kind(), LedgerErrorKind::InvalidInput);
 }
 
 pub(crate) async fn funding_moves_online_money_into_the_purse_once(backend: &dyn Backend) {

@@ -18,6 +18,8 @@ pub enum AuthorizationKind {
     Envelope,
     /// A vehicle's charge for a session (flow 3), under a pre-authorization its wallet signed.
     VehicleCharge,
+    /// An offline payment (flow 2) the payer's wallet signed, cleared from its purse account.
+    OfflinePayment,
 }
 
 /// What makes a payment valid, as the clearing path carries it.

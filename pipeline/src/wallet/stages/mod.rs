@@ -1,0 +1,53 @@
+//! Flow 2's stages at each institution: thin runtimes around the pure core of
+//! [`crate::wallet`], registered where they are defined.
+//!
+//! ```text
+//! wallet.keyset.<oi>  ──▶ [wallet-sync]: verify, decide, clear the wallet's own payments,
+//!                          commit at the version read ──▶ wallet.result.<oi> (signed answer),
+//!                          wallet.command.<oi> (commands waiting), wallet.offline.<payer oi>
+//!                          (received payments), clearing path (own payments)
+//! wallet.offline.<oi> ──▶ [wallet-clearing]: verify, clear at the payer's institution with the
+//!                          double-spending rule ──▶ clearing path
+//! ```
+//!
+//! An offline payment clears from its payer's **purse account** (a ledger row of its own,
+//! `<wallet>-purse`, funded from the wallet's online balance): it is recorded once by its
+//! payment id with the part its purse pays and the part the loss account pays
+//! (`OfflineLedger::commit_offline`), then takes the clearing path of every payment — reserved
+//! on the purse account, a clearing message to the payee's institution, commit, outcome,
+//! settlement. Recording again, reserving again and clearing again are all recognized by the
+//! payment id, so a payment uploaded by both sides, and however often, moves money once.
+
+pub mod clearing;
+pub mod record;
+pub mod sync;
+
+use dcpipe_connectors::ledger::offline::OfflineCommit;
+use dcpipe_connectors::ledger::{OfflineLedger, offline::OfflineUpdate};
+
+use crate::runtime::StageError;
+
+/// How often a stage reads a wallet's record again after a competing worker wrote it between
+/// its read and its write, before handing the message back.
+pub const STALE_RETRIES_MAX: u32 = 8;
+
+/// Writes `updates` at the versions read; `false` when a record changed since it was read.
+pub(crate) async fn commit(
+    offline: &dyn OfflineLedger,
+    updates: &[OfflineUpdate],
+) -> Result<bool, StageError> {
+    match offline.commit_offline(updates).await? {
+        OfflineCommit::Committed => Ok(true),
+        OfflineCommit::Stale(wallet_id) => {
+            tracing::debug!(wallet = %wallet_id, "offline record changed since read; deciding again");
+            Ok(false)
+        }
+    }
+}
+
+/// The error when a record kept changing under a stage: the message comes back later.
+pub(crate) fn kept_changing(wallet_id: &str) -> StageError {
+    StageError::transient(format!(
+        "the offline record of {wallet_id} changed {STALE_RETRIES_MAX} times while deciding"
+    ))
+}

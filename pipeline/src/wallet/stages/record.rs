@@ -1,0 +1,310 @@
+//! The pure part of the stages: the platform's record between the ledger's words and the
+//! core's, the clearing of one payer's payments with the double-spending rule, the intent an
+//! offline payment hands to the clearing path, and the limits a wallet applied.
+
+use std::collections::BTreeMap;
+
+use dcpipe_connectors::ledger::PaymentId as LedgerPaymentId;
+use dcpipe_connectors::ledger::offline::{
+    OfflineClearing, OfflineRecord, OfflineTerms, purse_wallet_id,
+};
+use dcpipe_schemas::{Digest32, OfflineLimits, PartyRef, PaymentId, RemoteControlCommand};
+
+use crate::clearing::{Authorization, AuthorizationKind, PaymentIntent};
+use crate::wallet::double_spend::{PayerHistory, PaymentToClear, clear_payer_payments};
+use crate::wallet::payment::VerifiedOfflinePayment;
+use crate::wallet::sync::{PayerStanding, WalletRecord};
+
+/// The core's view of a stored record of a wallet of `institution`.
+pub fn wallet_record(institution: &str, stored: &OfflineRecord) -> WalletRecord {
+    WalletRecord {
+        party: PartyRef {
+            institution_id: institution.to_owned(),
+            wallet_id: stored.wallet_id.clone(),
+        },
+        key_version: stored.key_version,
+        key_fingerprint: stored.key_fingerprint,
+        last_sync_at_ms: stored.last_sync_at_ms,
+        counter: stored.counter,
+        chain_head: Digest32::from_bytes(stored.chain_head),
+        purse_fen: stored.purse_fen,
+        limits: limits_of(&stored.limits),
+        locked_at_ms: stored.locked_at_ms,
+        blacklisted_at_ms: stored.blacklisted_at_ms,
+        last_key_set: stored.last_key_set.map(Digest32::from_bytes),
+        commands_applied_through: stored.commands_applied_through,
+        blacklist_version: stored.blacklist_version,
+    }
+}
+
+/// The record to store for `record`, written over `read` (the version read, what was funded)
+/// with the answer to keep.
+pub fn stored_record(
+    record: &WalletRecord,
+    read: &OfflineRecord,
+    last_answer: Option<Vec<u8>>,
+) -> OfflineRecord {
+    OfflineRecord {
+        wallet_id: read.wallet_id.clone(),
+        version: read.version,
+        key_version: record.key_version,
+        key_fingerprint: record.key_fingerprint,
+        last_sync_at_ms: record.last_sync_at_ms,
+        counter: record.counter,
+        chain_head: *record.chain_head.as_bytes(),
+        purse_fen: record.purse_fen,
+        funded_fen: read.funded_fen,
+        limits: terms_of(&record.limits),
+        locked_at_ms: record.locked_at_ms,
+        blacklisted_at_ms: record.blacklisted_at_ms,
+        last_key_set: record.last_key_set.map(|d| *d.as_bytes()),
+        commands_applied_through: record.commands_applied_through,
+        blacklist_version: record.blacklist_version,
+        last_answer: last_answer.or_else(|| read.last_answer.clone()),
+    }
+}
+
+/// The schema's offline limits for the ledger's.
+pub fn limits_of(terms: &OfflineTerms) -> OfflineLimits {
+    OfflineLimits {
+        purse_limit_fen: terms.purse_limit_fen,
+        single_payment_limit_fen: terms.single_payment_limit_fen,
+        cumulative_limit_fen: terms.cumulative_limit_fen,
+        payments_per_sync_max: terms.payments_per_sync_max,
+        offline_duration_ms_max: terms.offline_duration_ms_max,
+    }
+}
+
+/// The ledger's offline limits for the schema's.
+pub fn terms_of(limits: &OfflineLimits) -> OfflineTerms {
+    OfflineTerms {
+        purse_limit_fen: limits.purse_limit_fen,
+        single_payment_limit_fen: limits.single_payment_limit_fen,
+        cumulative_limit_fen: limits.cumulative_limit_fen,
+        payments_per_sync_max: limits.payments_per_sync_max,
+        offline_duration_ms_max: limits.offline_duration_ms_max,
+    }
+}
+
+/// When a payer was locked or blacklisted, from its record.
+pub fn standing(record: &WalletRecord) -> PayerStanding {
+    PayerStanding {
+        locked_at_ms: record.locked_at_ms,
+        blacklisted_at_ms: record.blacklisted_at_ms,
+    }
+}
+
+/// The record with the limits in force on the wallet: those recorded, then those of the
+/// LIMIT_CHANGE commands (`commands`, the wallet's after the record's applied sequence) it
+/// says it applied through `applied_through`. A limit change binds the wallet only from then
+/// on, so the payments it made before are judged by the limits it had.
+pub fn with_applied_limits(
+    mut record: WalletRecord,
+    commands: &[RemoteControlCommand],
+    applied_through: i64,
+) -> WalletRecord {
+    for command in commands {
+        let applied = command.sequence > record.commands_applied_through
+            && command.sequence <= applied_through;
+        if let Some(limits) = command.offline_limits.filter(|_| applied) {
+            record.limits = limits;
+        }
+    }
+    record
+}
+
+/// Locks `record` and marks it blacklisted at `now_ms` (kept if earlier): the answer to fraud
+/// evidence.
+pub fn mark_fraud(record: &mut WalletRecord, now_ms: i64) {
+    record.locked_at_ms = record.locked_at_ms.or(Some(now_ms));
+    record.blacklisted_at_ms = record.blacklisted_at_ms.or(Some(now_ms));
+}
+
+/// One payment to clear with the frame it came in.
+#[derive(Debug, Clone, Copy)]
+pub struct ToClear<'a> {
+    /// The verified payment.
+    pub payment: &'a VerifiedOfflinePayment,
+    /// Its OfflinePayment frame (kept for the audit).
+    pub frame: &'a [u8],
+}
+
+/// What clearing payments of one payer changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayerUpdate {
+    /// The payer's record after (purse, and lock and blacklist on evidence).
+    pub record: WalletRecord,
+    /// The payments newly cleared, for the ledger.
+    pub clearings: Vec<OfflineClearing>,
+    /// Whether they hold evidence against the payer.
+    pub fraud: bool,
+}
+
+/// Clears `payments` of the payer whose record is `record` at `now_ms`, knowing the payments
+/// `cleared_before` under their counters: the double-spending rule
+/// ([`clear_payer_payments`]); a payment cleared before is recognized and clears nothing.
+pub fn decide_payer_clearing(
+    record: &WalletRecord,
+    cleared_before: &[OfflineClearing],
+    payments: &[ToClear<'_>],
+    now_ms: i64,
+) -> PayerUpdate {
+    let mut history = PayerHistory {
+        purse_fen: record.purse_fen,
+        cleared: BTreeMap::new(),
+    };
+    for clearing in cleared_before {
+        history
+            .cleared
+            .entry(clearing.counter)
+            .or_default()
+            .push(Digest32::from_bytes(clearing.digest));
+    }
+    let to_clear: Vec<PaymentToClear> = payments
+        .iter()
+        .map(|p| PaymentToClear {
+            payment_id: p.payment.payment_id,
+            digest: p.payment.digest,
+            counter: p.payment.payment.counter,
+            amount_fen: p.payment.payment.amount_fen,
+        })
+        .collect();
+    let decided = clear_payer_payments(&history, &to_clear);
+    let mut next = record.clone();
+    next.purse_fen = decided.purse_after_fen;
+    if decided.fraud {
+        mark_fraud(&mut next, now_ms);
+    }
+    let clearings = decided
+        .decisions
+        .iter()
+        .filter_map(|decision| {
+            let found = payments
+                .iter()
+                .find(|p| p.payment.payment_id == decision.payment.payment_id)?;
+            let payment = &found.payment.payment;
+            Some(OfflineClearing {
+                payment_id: LedgerPaymentId(*decision.payment.payment_id.as_bytes()),
+                digest: *decision.payment.digest.as_bytes(),
+                payer_wallet_id: record.party.wallet_id.clone(),
+                counter: payment.counter,
+                payee_institution_id: payment.payee.institution_id.clone(),
+                payee_wallet_id: payment.payee.wallet_id.clone(),
+                amount_fen: payment.amount_fen,
+                from_purse_fen: decision.from_purse_fen,
+                from_loss_fen: decision.from_loss_fen,
+                evidence: decision.evidence.map(|r| r.as_str().to_owned()),
+                paid_at_ms: payment.paid_at_ms,
+                frame: found.frame.to_vec(),
+            })
+        })
+        .collect();
+    PayerUpdate {
+        record: next,
+        clearings,
+        fraud: decided.fraud,
+    }
+}
+
+/// The payer of an offline payment on the clearing path: its purse account.
+pub fn purse_party(payer: &PartyRef) -> PartyRef {
+    PartyRef {
+        institution_id: payer.institution_id.clone(),
+        wallet_id: purse_wallet_id(&payer.wallet_id),
+    }
+}
+
+/// The intent to pay of a verified offline payment: from the payer's purse account to the
+/// payee, named by its offline-payment digest (which the payer's wallet signed).
+pub fn offline_intent(payment: &VerifiedOfflinePayment) -> PaymentIntent {
+    let p = &payment.payment;
+    PaymentIntent {
+        payment_id: payment.payment_id,
+        payer: purse_party(&p.payer),
+        payee: p.payee.clone(),
+        amount_fen: p.amount_fen,
+        currency: p.currency.clone(),
+        paid_at_ms: p.paid_at_ms,
+        authorization: Authorization {
+            kind: AuthorizationKind::OfflinePayment,
+            digest: payment.digest,
+            binding: payment.digest,
+        },
+    }
+}
+
+/// The ledger's id of an offline payment.
+pub fn ledger_id(payment_id: &PaymentId) -> LedgerPaymentId {
+    LedgerPaymentId(*payment_id.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use dcpipe_connectors::ledger::offline::OfflineRecord;
+
+    use super::*;
+    use crate::protocol::CHAIN_START;
+    use crate::wallet::limits::OFFLINE_TIER_4;
+
+    fn stored() -> OfflineRecord {
+        OfflineRecord {
+            wallet_id: "w1".to_owned(),
+            version: 4,
+            key_version: 2,
+            key_fingerprint: [3; 32],
+            last_sync_at_ms: 1_000,
+            counter: 5,
+            chain_head: [6; 32],
+            purse_fen: 7_000,
+            funded_fen: 9_000,
+            limits: terms_of(&OFFLINE_TIER_4),
+            locked_at_ms: None,
+            blacklisted_at_ms: Some(8),
+            last_key_set: Some([9; 32]),
+            commands_applied_through: 2,
+            blacklist_version: 1,
+            last_answer: Some(vec![1]),
+        }
+    }
+
+    #[test]
+    fn a_stored_record_reads_and_writes_back_unchanged() {
+        let read = stored();
+        let record = wallet_record("oi01", &read);
+        assert_eq!(record.party.institution_id, "oi01");
+        assert_eq!(record.limits, OFFLINE_TIER_4);
+        assert_eq!(stored_record(&record, &read, None), read);
+    }
+
+    #[test]
+    fn a_new_answer_replaces_the_stored_one() {
+        let read = stored();
+        let record = wallet_record("oi01", &read);
+        assert_eq!(
+            stored_record(&record, &read, Some(vec![2])).last_answer,
+            Some(vec![2])
+        );
+    }
+
+    #[test]
+    fn fraud_keeps_an_earlier_lock() {
+        let mut record = wallet_record("oi01", &stored());
+        record.locked_at_ms = Some(3);
+        mark_fraud(&mut record, 10);
+        assert_eq!(
+            (record.locked_at_ms, record.blacklisted_at_ms),
+            (Some(3), Some(8))
+        );
+    }
+
+    #[test]
+    fn an_offline_payment_pays_from_the_purse_account() {
+        let payer = PartyRef {
+            institution_id: "oi01".to_owned(),
+            wallet_id: "w1".to_owned(),
+        };
+        assert_eq!(purse_party(&payer).wallet_id, "w1-purse");
+        assert_eq!(purse_party(&payer).institution_id, "oi01");
+        assert_ne!(CHAIN_START, Digest32::from_bytes([1; 32]));
+    }
+}

@@ -1,0 +1,518 @@
+//! Offline-wallet scenarios, each run on every backend.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dcpipe_connectors::bus::{Consumer, ConsumerConfig, Outgoing, dead_letter_subject};
+use dcpipe_connectors::ledger::offline::{OfflineOpening, PurseFunding};
+use dcpipe_connectors::ledger::{Ledger, OfflineLedger};
+use dcpipe_pipeline::clock::system_now_ms;
+use dcpipe_pipeline::invariants::Submission;
+use dcpipe_pipeline::network::MoneyReport;
+use dcpipe_pipeline::protocol::{CHAIN_START, offline_payment_digest, offline_payment_id};
+use dcpipe_pipeline::reason::Reason;
+use dcpipe_pipeline::subjects;
+use dcpipe_pipeline::wallet::limits::{HOUR_MS, PAID_AT_SKEW_MS_MAX_DEFAULT};
+use dcpipe_pipeline::wallet::stages::record::terms_of;
+use dcpipe_pipeline::wallet::stages::{clearing, sync};
+use dcpipe_pipeline::wallet::{
+    HardWallet, OFFLINE_TIER_4, SatelliteFix, WalletProvisioning, copied_key, key_fingerprint,
+    key_set_input,
+};
+use dcpipe_schemas::{
+    DeadLetter, Digest32, OfflinePayment, OutcomeStatus, PartyRef, PaymentId, SyncStatus,
+    WalletAction, WalletSyncResult,
+};
+
+use crate::harness::{Backend, Running};
+
+/// How long a scenario waits for the pipeline before failing.
+const DEADLINE: Duration = Duration::from_secs(90);
+/// What each wallet moves into its purse before going offline.
+const PURSE_FEN: i64 = 50_000;
+const OI_A: &str = "oi01";
+const OI_B: &str = "oi02";
+
+fn fix(at_ms: i64) -> SatelliteFix {
+    SatelliteFix { at_ms }
+}
+
+/// A network of two institutions, 8 wallets, every stage running, and a reader of the sync
+/// results of each institution.
+struct World {
+    running: Running,
+    results: Vec<Box<dyn Consumer>>,
+    answers: VecDeque<WalletSyncResult>,
+    anchors: Vec<Vec<u8>>,
+    /// When the wallets went offline (their last sync): an hour ago.
+    t0: i64,
+}
+
+impl World {
+    async fn start(backend: &Backend) -> Self {
+        let running = Running::start(backend, 2, 8).await;
+        let mut results = Vec::new();
+        for oi in [OI_A, OI_B] {
+            results.push(
+                running
+                    .bus
+                    .consumer(ConsumerConfig::new(
+                        subjects::wallet_result(oi),
+                        "test-wallet-results",
+                    ))
+                    .await
+                    .expect("results consumer"),
+            );
+        }
+        let pki = &running.network.pki;
+        let mut anchors = vec![pki.root().certificate().der().to_vec()];
+        anchors.extend(
+            pki.institutions()
+                .map(|(_, keys)| keys.ca.certificate().der().to_vec()),
+        );
+        World {
+            running,
+            results,
+            answers: VecDeque::new(),
+            anchors,
+            t0: system_now_ms() - HOUR_MS,
+        }
+    }
+
+    fn ledger(&self, institution: &str) -> &Arc<dyn Ledger> {
+        &self.running.network.institutions[institution].ledger
+    }
+
+    fn offline(&self, institution: &str) -> &dyn OfflineLedger {
+        self.ledger(institution).offline()
+    }
+
+    /// The `n`th wallet of `institution`.
+    fn party(&self, institution: &str, n: usize) -> PartyRef {
+        self.running
+            .network
+            .wallets
+            .iter()
+            .filter(|w| w.party.institution_id == institution)
+            .nth(n)
+            .map(|w| w.party.clone())
+            .expect("wallet")
+    }
+
+    /// The `n`th wallet of `institution`, opened for offline use an hour ago with a purse of
+    /// [`PURSE_FEN`] funded from its balance.
+    async fn offline_wallet(&self, institution: &str, n: usize) -> HardWallet {
+        let party = self.party(institution, n);
+        let keys = self
+            .running
+            .network
+            .pki
+            .wallet(&party.wallet_id)
+            .expect("wallet keys");
+        let spki = keys
+            .wallet
+            .certificate()
+            .public_key()
+            .to_spki_der()
+            .expect("spki");
+        let offline = self.offline(institution);
+        offline
+            .open_offline(&[OfflineOpening {
+                wallet_id: party.wallet_id.clone(),
+                key_version: 1,
+                key_fingerprint: key_fingerprint(&spki),
+                last_sync_at_ms: self.t0,
+                limits: terms_of(&OFFLINE_TIER_4),
+            }])
+            .await
+            .expect("open offline");
+        let mut funding_id = [0u8; 16];
+        funding_id[..party.wallet_id.len().min(16)]
+            .copy_from_slice(&party.wallet_id.as_bytes()[..party.wallet_id.len().min(16)]);
+        offline
+            .fund_purses(&[PurseFunding {
+                funding_id,
+                wallet_id: party.wallet_id.clone(),
+                amount_fen: PURSE_FEN,
+            }])
+            .await
+            .expect("fund");
+        let mut wallet = HardWallet::provision(WalletProvisioning {
+            party,
+            tier: 4,
+            key: copied_key(&keys.wallet).expect("copy"),
+            key_version: 1,
+            limits: OFFLINE_TIER_4,
+            trust_anchors: self.anchors.clone(),
+            last_sync_at_ms: self.t0,
+            counter: 0,
+            chain_head: CHAIN_START,
+            purse_fen: 0,
+        })
+        .expect("provisioned");
+        wallet.fund_purse(PURSE_FEN).expect("purse");
+        wallet
+    }
+
+    async fn publish(&self, subject: String, key: &str, frame: Vec<u8>) {
+        self.running
+            .bus
+            .publish(Outgoing::new(subject, Bytes::from(frame)).with_key(key.as_bytes().to_vec()))
+            .await
+            .expect("published");
+    }
+
+    /// The next answer naming `digest` for `wallet_id`, in the order they were published.
+    async fn answer(&mut self, wallet_id: &str, digest: Digest32) -> WalletSyncResult {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let found = self
+                .answers
+                .iter()
+                .position(|r| r.wallet_id == wallet_id && r.key_set_digest == Some(digest));
+            if let Some(index) = found {
+                return self.answers.remove(index).expect("answer");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no answer for {wallet_id}"
+            );
+            for consumer in &mut self.results {
+                for delivery in consumer
+                    .fetch(16, Duration::from_millis(50))
+                    .await
+                    .expect("fetch")
+                {
+                    let result: WalletSyncResult =
+                        dcpipe_schemas::decode(&delivery.record.payload).expect("result decodes");
+                    self.answers.push_back(result);
+                    delivery.ack().await.expect("ack");
+                }
+            }
+        }
+    }
+
+    /// The wallet reconnects now: publishes its key set, waits for the answer and applies it.
+    async fn sync(&mut self, wallet: &mut HardWallet) -> WalletSyncResult {
+        let upload = wallet.key_set(fix(system_now_ms())).expect("key set");
+        let party = wallet.party().clone();
+        self.publish(
+            subjects::wallet_keyset(&party.institution_id),
+            &party.wallet_id,
+            upload.frame.clone(),
+        )
+        .await;
+        let result = self.answer(&party.wallet_id, upload.digest).await;
+        wallet
+            .apply_sync_result(&result, &self.running.network.verifier)
+            .expect("the wallet takes its answer");
+        result
+    }
+
+    /// Waits until every payment completed once and no money is in flight, and returns the
+    /// money then.
+    async fn cleared(&self, payments: &[(PaymentId, Digest32)]) -> MoneyReport {
+        let submissions: Vec<Submission> = payments
+            .iter()
+            .map(|(payment_id, digest)| Submission {
+                payment_id: *payment_id,
+                envelope_digest: *digest,
+                submission_digest: *digest,
+            })
+            .collect();
+        let completed = self
+            .running
+            .collector
+            .wait_until(DEADLINE, |book| {
+                submissions.iter().all(|s| {
+                    book.answer(s)
+                        .is_some_and(|a| a.status == OutcomeStatus::Completed)
+                })
+            })
+            .await;
+        assert!(completed, "every offline payment completes");
+        self.running
+            .collector
+            .with_book(|book| assert!(book.violations(&submissions).is_empty()));
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let money = self.running.network.money().await.expect("money");
+            if money.held_fen == 0 && money.pending_credit_fen == 0 {
+                assert!(money.is_settled_and_conserved(), "{money:?}");
+                return money;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "money still in flight: {money:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn balance(&self, party: &PartyRef) -> i64 {
+        self.ledger(&party.institution_id)
+            .wallet(&party.wallet_id)
+            .await
+            .expect("read")
+            .expect("wallet")
+            .account
+            .balance_fen
+    }
+
+    async fn dead_letter(&self, stage: &str) -> DeadLetter {
+        let mut consumer = self
+            .running
+            .bus
+            .consumer(ConsumerConfig::new(
+                dead_letter_subject(stage),
+                "test-dead-letters",
+            ))
+            .await
+            .expect("consumer");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+            let batch = consumer
+                .fetch(8, Duration::from_millis(200))
+                .await
+                .expect("fetch");
+            if let Some(delivery) = batch.into_iter().next() {
+                let letter = dcpipe_schemas::decode::<DeadLetter>(&delivery.record.payload)
+                    .expect("dead letter decodes");
+                delivery.ack().await.expect("ack");
+                return letter;
+            }
+        }
+    }
+}
+
+/// `payer` pays `payee` offline at `at_ms`; the payee takes it. Returns the payment's id and
+/// digest.
+fn pay(
+    payer: &mut HardWallet,
+    payee: &mut HardWallet,
+    amount_fen: i64,
+    at_ms: i64,
+) -> (PaymentId, Digest32, Vec<u8>) {
+    let frame = payer
+        .pay(payee.party(), amount_fen, fix(at_ms))
+        .expect("the payer pays");
+    payee
+        .receive(frame.as_bytes(), fix(at_ms), PAID_AT_SKEW_MS_MAX_DEFAULT)
+        .expect("the payee takes it");
+    let payment: OfflinePayment = dcpipe_schemas::decode(frame.as_bytes()).expect("decodes");
+    let digest = offline_payment_digest(&payment);
+    (
+        offline_payment_id(&digest),
+        digest,
+        frame.as_bytes().to_vec(),
+    )
+}
+
+pub(crate) async fn offline_payments_clear_once_whoever_uploads_first(backend: &Backend) {
+    let mut world = World::start(backend).await;
+    let mut a0 = world.offline_wallet(OI_A, 0).await;
+    let mut a1 = world.offline_wallet(OI_A, 1).await;
+    let mut b0 = world.offline_wallet(OI_B, 0).await;
+    let before = [
+        world.balance(a0.party()).await,
+        world.balance(a1.party()).await,
+        world.balance(b0.party()).await,
+    ];
+    let at = world.t0 + 10 * 60_000;
+    let (p1, d1, frame1) = pay(&mut a0, &mut b0, 1_000, at);
+    let (p2, d2, _) = pay(&mut a0, &mut a1, 2_000, at + 1_000);
+    let (p3, d3, _) = pay(&mut b0, &mut a0, 500, at + 2_000);
+    // The payee of p1 uploads first; its key set also carries its own p3.
+    let b0_answer = world.sync(&mut b0).await;
+    assert_eq!(b0_answer.status, SyncStatus::Accepted, "{b0_answer:?}");
+    assert_eq!(b0_answer.purse_fen, PURSE_FEN - 500);
+    // The payer uploads p1 again with p2, and its received p3.
+    let a0_answer = world.sync(&mut a0).await;
+    assert_eq!(a0_answer.status, SyncStatus::Accepted, "{a0_answer:?}");
+    assert_eq!(a0_answer.purse_fen, PURSE_FEN - 3_000);
+    assert_eq!(a0.purse_fen(), PURSE_FEN - 3_000);
+    let a1_answer = world.sync(&mut a1).await;
+    assert_eq!(a1_answer.status, SyncStatus::Accepted, "{a1_answer:?}");
+    // The payee's wallet uploads p1 again, three times.
+    for _ in 0..3 {
+        world
+            .publish(subjects::wallet_offline(OI_A), "upload", frame1.clone())
+            .await;
+    }
+    let money = world.cleared(&[(p1, d1), (p2, d2), (p3, d3)]).await;
+    assert_eq!(money.loss_fen, 0);
+    assert_eq!(world.balance(a0.party()).await, before[0] + 500);
+    assert_eq!(world.balance(a1.party()).await, before[1] + 2_000);
+    assert_eq!(world.balance(b0.party()).await, before[2] + 1_000);
+    let a_totals = world.offline(OI_A).offline_totals().await.expect("totals");
+    assert_eq!(a_totals.cleared_fen, 3_000, "p1 and p2 cleared once each");
+    assert_eq!(
+        (a_totals.purses_fen, a_totals.purse_accounts_fen),
+        (2 * PURSE_FEN - 3_000, 2 * PURSE_FEN - 3_000)
+    );
+    let b_totals = world.offline(OI_B).offline_totals().await.expect("totals");
+    assert_eq!(b_totals.cleared_fen, 500);
+    world.running.collector.with_book(|book| {
+        for (payment_id, digest) in [(p1, d1), (p2, d2), (p3, d3)] {
+            let answer = book
+                .answer(&Submission {
+                    payment_id,
+                    envelope_digest: digest,
+                    submission_digest: digest,
+                })
+                .expect("answered");
+            assert_eq!(answer.status, OutcomeStatus::Completed);
+        }
+    });
+    world.running.stop().await;
+}
+
+pub(crate) async fn a_double_spender_is_caught_locked_and_blacklisted(backend: &Backend) {
+    let mut world = World::start(backend).await;
+    let mut a0 = world.offline_wallet(OI_A, 0).await;
+    let mut a1 = world.offline_wallet(OI_A, 1).await;
+    let mut b0 = world.offline_wallet(OI_B, 0).await;
+    let at = world.t0 + 10 * 60_000;
+    let (p1, d1, _) = pay(&mut a0, &mut b0, 30_000, at);
+    // A tampered secure element spends the purse again under the same counter.
+    a0.rewind_for_double_spending(0, CHAIN_START, PURSE_FEN);
+    let (p2, d2, _) = pay(&mut a0, &mut a1, 30_000, at + 60_000);
+    assert_eq!(world.sync(&mut b0).await.status, SyncStatus::Accepted);
+    assert_eq!(world.sync(&mut a1).await.status, SyncStatus::Accepted);
+    let money = world.cleared(&[(p1, d1), (p2, d2)]).await;
+    // Both payees credited in full; the purse pays 50,000, the loss account the other 10,000.
+    assert_eq!(money.loss_fen, -10_000);
+    let a_totals = world.offline(OI_A).offline_totals().await.expect("totals");
+    assert_eq!(a_totals.loss_account_fen, -10_000);
+    assert_eq!(a_totals.from_loss_fen, 10_000);
+    let wallet_id = a0.party().wallet_id.clone();
+    let record = world
+        .offline(OI_A)
+        .offline_wallet(&wallet_id)
+        .await
+        .expect("read")
+        .expect("record");
+    assert!(record.locked_at_ms.is_some() && record.blacklisted_at_ms.is_some());
+    assert_eq!(record.purse_fen, 0);
+    assert!(
+        world
+            .offline(OI_A)
+            .blacklist()
+            .await
+            .expect("blacklist")
+            .contains(&wallet_id)
+    );
+    let online = world
+        .ledger(OI_A)
+        .wallet(&wallet_id)
+        .await
+        .expect("read")
+        .expect("wallet");
+    assert!(online.account.locked, "its online payments are refused too");
+    // Its own key set is refused now.
+    let answer = world.sync(&mut a0).await;
+    assert_eq!(answer.status, SyncStatus::Rejected);
+    assert_eq!(
+        answer.reason_code.as_deref(),
+        Some(Reason::WalletBlacklisted.as_str())
+    );
+    // An honest wallet of the same institution learns of it at its next sync.
+    let (_, _, _) = pay(&mut a1, &mut b0, 100, system_now_ms());
+    let a1_answer = world.sync(&mut a1).await;
+    assert!(a1_answer.actions.contains(&WalletAction::BlacklistUpdate));
+    assert!(a1.blacklist().contains(&wallet_id));
+    world.running.stop().await;
+}
+
+pub(crate) async fn forged_and_replayed_key_sets_are_refused_with_their_codes(backend: &Backend) {
+    let mut world = World::start(backend).await;
+    let mut a0 = world.offline_wallet(OI_A, 0).await;
+    let mut a1 = world.offline_wallet(OI_A, 1).await;
+    let at = world.t0 + 10 * 60_000;
+    pay(&mut a0, &mut a1, 1_000, at);
+    // Signed with another wallet's key: refused, and nothing recorded.
+    let upload = a0.key_set(fix(system_now_ms())).expect("key set");
+    let mut forged = upload.key_set.clone();
+    forged.signature = a1.key().key().sign(&key_set_input(&forged)).expect("signs");
+    world
+        .publish(
+            subjects::wallet_keyset(OI_A),
+            &forged.wallet_id,
+            dcpipe_schemas::encode(&forged).expect("encodes"),
+        )
+        .await;
+    let refused = world.answer(&forged.wallet_id, upload.digest).await;
+    assert_eq!(refused.status, SyncStatus::Rejected);
+    assert_eq!(
+        refused.reason_code.as_deref(),
+        Some(Reason::WalletSignature.as_str())
+    );
+    // The genuine key set is accepted.
+    let first = world.sync(&mut a0).await;
+    assert_eq!(first.status, SyncStatus::Accepted, "{first:?}");
+    // Delivered again: the same answer.
+    world
+        .publish(
+            subjects::wallet_keyset(OI_A),
+            &forged.wallet_id,
+            upload.frame.clone(),
+        )
+        .await;
+    let again = world.answer(&forged.wallet_id, upload.digest).await;
+    assert_eq!(again, first);
+    // After a newer sync, the first key set is a replay.
+    pay(&mut a0, &mut a1, 500, system_now_ms());
+    assert_eq!(world.sync(&mut a0).await.status, SyncStatus::Accepted);
+    world
+        .publish(
+            subjects::wallet_keyset(OI_A),
+            &forged.wallet_id,
+            upload.frame.clone(),
+        )
+        .await;
+    let replayed = world.answer(&forged.wallet_id, upload.digest).await;
+    assert_eq!(replayed.status, SyncStatus::Rejected);
+    assert_eq!(
+        replayed.reason_code.as_deref(),
+        Some(Reason::WalletKeySetReplayed.as_str())
+    );
+    let totals = world.offline(OI_A).offline_totals().await.expect("totals");
+    assert_eq!(totals.cleared_fen, 1_500, "each payment cleared once");
+    world.running.stop().await;
+}
+
+pub(crate) async fn key_sets_nobody_here_can_answer_are_dead_lettered(backend: &Backend) {
+    let world = World::start(backend).await;
+    let mut b0 = world.offline_wallet(OI_B, 0).await;
+    // A key set of a wallet of oi02 sent to oi01.
+    let upload = b0.key_set(fix(system_now_ms())).expect("key set");
+    world
+        .publish(
+            subjects::wallet_keyset(OI_A),
+            &b0.party().wallet_id,
+            upload.frame.clone(),
+        )
+        .await;
+    let letter = world.dead_letter(sync::STAGE).await;
+    assert_eq!(letter.original, upload.frame);
+    assert_eq!(letter.reason_code, Reason::WalletWrongInstitution.as_str());
+    // Bytes that are no offline payment, uploaded for clearing.
+    world
+        .publish(
+            subjects::wallet_offline(OI_A),
+            "junk",
+            b"not a payment".to_vec(),
+        )
+        .await;
+    let letter = world.dead_letter(clearing::STAGE).await;
+    assert_eq!(letter.original, b"not a payment".to_vec());
+    assert!(
+        letter.reason_code.starts_with("schema."),
+        "{}",
+        letter.reason_code
+    );
+    world.running.stop().await;
+}
