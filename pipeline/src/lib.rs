@@ -1,5 +1,6 @@
 //! The flows.
 
+pub mod audit;
 pub mod clearing;
 pub mod clock;
 pub mod error;

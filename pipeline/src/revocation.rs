@@ -19,7 +19,7 @@ use dcpipe_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::pki::{Certificate, CertifiedKey, ChainVerifier, KeyError, RevocationSet};
+use crate::pki::{Certificate, CertifiedKey, ChainVerifier, KeyError, RevocationSet, TrustStore};
 use crate::protocol::revocation_update_bytes;
 use crate::reason::Reason;
 use crate::runtime::{Follower, keep_following};
@@ -113,26 +113,7 @@ impl RevocationFollower {
     }
 
     fn apply(&self, update: &RevocationUpdate) -> Result<usize, (Reason, String)> {
-        let store = self.verifier.trust_store();
-        let issuer = Certificate::from_der(&update.issuer_certificate).map_err(|e| {
-            (
-                Reason::RevocationUnknownIssuer,
-                format!("issuer certificate: {e}"),
-            )
-        })?;
-        let known = std::iter::once(store.root())
-            .chain(store.institution_ca(issuer.institution()))
-            .any(|ca| ca.der() == issuer.der());
-        if !known || issuer.fingerprint() != update.issuer_fingerprint.as_bytes() {
-            return Err((
-                Reason::RevocationUnknownIssuer,
-                "the issuer is not a CA of the trust store".to_owned(),
-            ));
-        }
-        issuer
-            .public_key()
-            .verify(&revocation_update_bytes(update), &update.signature)
-            .map_err(|e| (Reason::RevocationSignatureInvalid, e.to_string()))?;
+        let issuer = verify_update(self.verifier.trust_store(), update)?;
         self.revocations
             .revoke_many(
                 update
@@ -142,6 +123,35 @@ impl RevocationFollower {
             )
             .map_err(|e| (Reason::RevocationFull, e.to_string()))
     }
+}
+
+/// Checks a revocation update: its issuer is the root or an institution CA of `store`, named by
+/// its fingerprint, and its signature verifies. Returns the issuer. Workers apply what passes;
+/// the audit rebuilds the revocation history from it.
+pub fn verify_update(
+    store: &TrustStore,
+    update: &RevocationUpdate,
+) -> Result<Certificate, (Reason, String)> {
+    let issuer = Certificate::from_der(&update.issuer_certificate).map_err(|e| {
+        (
+            Reason::RevocationUnknownIssuer,
+            format!("issuer certificate: {e}"),
+        )
+    })?;
+    let known = std::iter::once(store.root())
+        .chain(store.institution_ca(issuer.institution()))
+        .any(|ca| ca.der() == issuer.der());
+    if !known || issuer.fingerprint() != update.issuer_fingerprint.as_bytes() {
+        return Err((
+            Reason::RevocationUnknownIssuer,
+            "the issuer is not a CA of the trust store".to_owned(),
+        ));
+    }
+    issuer
+        .public_key()
+        .verify(&revocation_update_bytes(update), &update.signature)
+        .map_err(|e| (Reason::RevocationSignatureInvalid, e.to_string()))?;
+    Ok(issuer)
 }
 
 impl Follower for RevocationFollower {

@@ -377,6 +377,16 @@ impl VerifiedIdentity {
     pub fn valid_until_ms(&self) -> i64 {
         self.0.valid_until_ms
     }
+
+    /// Every certificate of the chain below the root as (issuer fingerprint, serial): what a
+    /// revocation names. An audit checks them against the revocations in force at a message's
+    /// own time rather than now.
+    pub fn revocation_keys(&self) -> impl Iterator<Item = (&[u8; 32], &[u8])> {
+        self.0
+            .revocation_keys
+            .iter()
+            .map(|(issuer, serial)| (issuer, &**serial))
+    }
 }
 
 impl fmt::Debug for VerifiedIdentity {

@@ -1,0 +1,1065 @@
+//! The reconciliation, in record order: each payment's life rebuilt across subjects (envelope
+//! → clearing message → response → outcomes → settlement), each settlement window's clearings
+//! summed against its instruction, each position against its instruction's row.
+//!
+//! State is kept per **open** payment, never per message: a payment is judged and forgotten
+//! once its life is complete (a short summary stays for [`BookConfig::closed_retention_ms`] of
+//! bus time, so that repeats and contradictions arriving later are still recognized).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use dcpipe_connectors::bus::Position;
+use dcpipe_schemas::{
+    Digest32, OutcomeStatus, PaymentId, SettlementInstruction, SettlementPosition,
+};
+
+use super::check::{Checked, Fact, OutcomeFact, Terms};
+use super::code::AuditCode;
+use super::report::{AuditReport, Discrepancy, Location, PartialPayment};
+use crate::ops::settlement::zero_sum;
+use crate::vehicle::stages::{matching, report as station_report};
+
+/// Default width of the range's edges: a payment begun less than this after the range's start
+/// (or active less than this before its end) and not whole in it is partial.
+pub const EDGE_MS_DEFAULT: i64 = 60_000;
+
+/// Default time a complete payment waits (bus time) before it is judged: records of one
+/// payment on different subjects or partitions may be read slightly out of their order.
+pub const REORDER_MS_DEFAULT: i64 = 5_000;
+
+/// Default time a judged payment's summary is kept (bus time) for later repeats.
+pub const CLOSED_RETENTION_MS_DEFAULT: i64 = 10 * 60_000;
+
+/// Judged payments whose summary is kept at most; the oldest are forgotten first.
+pub const CLOSED_KEPT_MAX: usize = 1_000_000;
+
+/// Settlement windows whose positions are kept to check the positions published after them.
+pub const WINDOWS_KEPT_MAX: usize = 256;
+
+/// Records refused by their checks awaiting a dead letter, at most.
+pub const REFUSED_PENDING_MAX: usize = 100_000;
+
+/// How the book judges the range's edges.
+#[derive(Debug, Clone)]
+pub struct BookConfig {
+    /// Bus time of the range's start; `None` when the range starts at the beginning (nothing
+    /// can have begun before it).
+    pub range_start_ms: Option<i64>,
+    /// Width of the edges.
+    pub edge_ms: i64,
+    /// How long a judged payment's summary is kept.
+    pub closed_retention_ms: i64,
+    /// How long a complete payment waits before it is judged.
+    pub reorder_ms: i64,
+    /// Only this institution's subjects are read: payments of other payers are judged on
+    /// what this institution sees.
+    pub institution: Option<String>,
+}
+
+impl Default for BookConfig {
+    fn default() -> Self {
+        BookConfig {
+            range_start_ms: None,
+            edge_ms: EDGE_MS_DEFAULT,
+            closed_retention_ms: CLOSED_RETENTION_MS_DEFAULT,
+            reorder_ms: REORDER_MS_DEFAULT,
+            institution: None,
+        }
+    }
+}
+
+/// A payment judged whole, for the ledgers to confirm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JudgedPayment {
+    /// The payment.
+    pub payment_id: PaymentId,
+    /// Its terms.
+    pub terms: Terms,
+    /// Completed (else rejected: it must have moved nothing).
+    pub completed: bool,
+    /// The record of its final outcome.
+    pub location: Location,
+    /// The bus time the payment was last seen at.
+    pub last_seen_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+struct SubmissionSeen {
+    envelope_digest: Digest32,
+    submission_digest: Digest32,
+    terms: Terms,
+    factor: Digest32,
+    valid: Result<(), String>,
+    location: Location,
+}
+
+#[derive(Debug, Clone)]
+struct ClearingSeen {
+    terms: Terms,
+    digest: Digest32,
+    binding: Digest32,
+    location: Location,
+}
+
+#[derive(Debug, Clone)]
+struct OutcomeSeen {
+    fact: OutcomeFact,
+    location: Location,
+    /// Already judged in an earlier life of the payment (a repeat).
+    repeat: bool,
+}
+
+/// What is kept of a judged payment.
+#[derive(Debug, Clone, Default)]
+struct Summary {
+    /// Final outcome per digest answered, with its terms.
+    finals: Vec<(Digest32, OutcomeStatus, Option<String>, Terms)>,
+    /// Settled in a window.
+    settled: bool,
+}
+
+#[derive(Debug, Clone)]
+struct OpenPayment {
+    first_seen_ms: i64,
+    last_seen_ms: i64,
+    submissions: Vec<SubmissionSeen>,
+    clearing: Option<ClearingSeen>,
+    accepted: Option<bool>,
+    outcomes: Vec<OutcomeSeen>,
+    settled: bool,
+    prior: Option<Summary>,
+    /// Waiting in the queue of complete payments.
+    queued: bool,
+}
+
+impl OpenPayment {
+    fn new(at_ms: i64, prior: Option<Summary>) -> Self {
+        OpenPayment {
+            first_seen_ms: at_ms,
+            last_seen_ms: at_ms,
+            submissions: Vec::new(),
+            clearing: None,
+            accepted: None,
+            outcomes: Vec::new(),
+            settled: prior.as_ref().is_some_and(|p| p.settled),
+            prior,
+            queued: false,
+        }
+    }
+
+    fn completed(&self) -> Option<&OutcomeSeen> {
+        self.outcomes
+            .iter()
+            .find(|o| o.fact.status == OutcomeStatus::Completed)
+    }
+
+    /// Whether its life is complete: every valid submission answered, an outcome seen, and a
+    /// completed interbank payment settled.
+    fn complete(&self) -> bool {
+        if self.prior.is_some() && self.submissions.is_empty() && self.clearing.is_none() {
+            // A judged payment read again (a copy, a repeat): nothing new to wait for.
+            return self
+                .outcomes
+                .iter()
+                .all(|o| o.repeat || o.fact.status == OutcomeStatus::Rejected)
+                || self.settled;
+        }
+        let answered = self.submissions.iter().all(|s| {
+            s.valid.is_err()
+                || self
+                    .outcomes
+                    .iter()
+                    .any(|o| o.fact.digest == s.envelope_digest)
+        });
+        let settled = match self.completed() {
+            Some(o) if !o.repeat && o.fact.terms.is_interbank() => self.settled,
+            _ => true,
+        };
+        answered && !self.outcomes.is_empty() && settled
+    }
+
+    fn describe(&self) -> String {
+        let mut seen = Vec::new();
+        if !self.submissions.is_empty() {
+            seen.push("envelope");
+        }
+        if self.clearing.is_some() {
+            seen.push("clearing");
+        }
+        if self.accepted.is_some() {
+            seen.push("response");
+        }
+        if !self.outcomes.is_empty() {
+            seen.push("outcome");
+        }
+        if self.settled {
+            seen.push("settlement");
+        }
+        seen.join(", ")
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PendingClearing {
+    payment_id: PaymentId,
+    payer_institution: String,
+    payee_institution: String,
+    amount_fen: i64,
+    decided_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+struct RefusedRecord {
+    payload_sha256: [u8; 32],
+    discrepancy: Discrepancy,
+    at_ms: i64,
+}
+
+/// One institution's row as the clearings make it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Row {
+    debit_fen: i64,
+    credit_fen: i64,
+    clearing_count: i64,
+}
+
+/// The reconciliation state.
+#[derive(Debug)]
+pub struct Book {
+    config: BookConfig,
+    open: HashMap<PaymentId, OpenPayment>,
+    closed: HashMap<PaymentId, Summary>,
+    closed_order: VecDeque<(i64, PaymentId)>,
+    authorizations: HashMap<Digest32, (i64, i64)>,
+    authorization_order: VecDeque<(i64, Digest32)>,
+    pending_clearings: Vec<PendingClearing>,
+    repeated_clearings: Vec<PendingClearing>,
+    windows: BTreeMap<i64, Vec<SettlementPosition>>,
+    pending_positions: Vec<(SettlementPosition, Location, i64)>,
+    refused: HashMap<(String, Position), RefusedRecord>,
+    judged: Vec<JudgedPayment>,
+    newest_ms: i64,
+    last_touched: Option<PaymentId>,
+    complete: VecDeque<(i64, PaymentId)>,
+}
+
+impl Book {
+    /// An empty book.
+    pub fn new(config: BookConfig) -> Self {
+        Book {
+            config,
+            open: HashMap::new(),
+            closed: HashMap::new(),
+            closed_order: VecDeque::new(),
+            authorizations: HashMap::new(),
+            authorization_order: VecDeque::new(),
+            pending_clearings: Vec::new(),
+            repeated_clearings: Vec::new(),
+            windows: BTreeMap::new(),
+            pending_positions: Vec::new(),
+            refused: HashMap::new(),
+            judged: Vec::new(),
+            newest_ms: i64::MIN,
+            last_touched: None,
+            complete: VecDeque::new(),
+        }
+    }
+
+    /// Payments open now (the memory the book holds is proportional to it).
+    pub fn open_payments(&self) -> usize {
+        self.open.len()
+    }
+
+    /// The payments judged since the last call, for the ledgers.
+    pub fn take_judged(&mut self) -> Vec<JudgedPayment> {
+        std::mem::take(&mut self.judged)
+    }
+
+    /// Takes one checked record, in record order.
+    pub fn apply(&mut self, checked: Checked, report: &mut AuditReport) {
+        let at_ms = checked.timestamp_ms;
+        self.newest_ms = self.newest_ms.max(at_ms);
+        let location = Location::new(&checked.subject, checked.position);
+        match checked.fact {
+            Fact::Envelope {
+                payment_id,
+                terms,
+                envelope_digest,
+                submission_digest,
+                factor,
+                verdict,
+            } => {
+                report.counts.verified += 1;
+                let payment = self.entry(payment_id, at_ms);
+                payment.submissions.push(SubmissionSeen {
+                    envelope_digest,
+                    submission_digest,
+                    terms,
+                    factor,
+                    valid: verdict.map_err(|r| r.to_string()),
+                    location,
+                });
+            }
+            Fact::Clearing {
+                payment_id,
+                terms,
+                digest,
+                binding,
+            } => {
+                report.counts.verified += 1;
+                let payment = self.entry(payment_id, at_ms);
+                if payment.clearing.is_none() {
+                    payment.clearing = Some(ClearingSeen {
+                        terms,
+                        digest,
+                        binding,
+                        location,
+                    });
+                }
+            }
+            Fact::Response {
+                payment_id,
+                accepted,
+                amount_fen: _,
+            } => {
+                report.counts.verified += 1;
+                let payment = self.entry(payment_id, at_ms);
+                payment.accepted = Some(payment.accepted.unwrap_or(false) || accepted);
+            }
+            Fact::Outcome(fact) => {
+                report.counts.verified += 1;
+                self.outcome(fact, location, at_ms, report);
+            }
+            Fact::SettlementClearing(fact) => {
+                report.counts.verified += 1;
+                self.settlement_clearing(fact, location, at_ms, report);
+            }
+            Fact::Instruction(instruction) => {
+                report.counts.verified += 1;
+                self.instruction(&instruction, &location, report);
+            }
+            Fact::Position(position) => self.position(position, location, at_ms, report),
+            Fact::Revocation => report.counts.verified += 1,
+            Fact::Authorization {
+                digest,
+                wallet: _,
+                max_amount_fen,
+                expires_at_ms,
+            } => {
+                report.counts.verified += 1;
+                self.authorizations
+                    .insert(digest, (max_amount_fen, expires_at_ms));
+                self.authorization_order.push_back((expires_at_ms, digest));
+            }
+            Fact::DeadLetter {
+                subject,
+                position,
+                original_sha256,
+            } => {
+                if let Some(refused) = self.refused.get(&(subject.clone(), position))
+                    && refused.payload_sha256 == original_sha256
+                {
+                    self.refused.remove(&(subject, position));
+                    report.counts.refused_and_dead_lettered += 1;
+                }
+            }
+            Fact::Unaudited => {}
+            Fact::Refused {
+                code,
+                payment_id,
+                found,
+                payload_sha256,
+            } => {
+                let expected = match code {
+                    AuditCode::UndecodableNotDeadLettered => {
+                        "a frame of the subject's message, or a dead letter with its bytes"
+                    }
+                    _ => "a signature that verifies at the message's time, or a dead letter",
+                };
+                let discrepancy =
+                    Discrepancy::new(code, location.clone(), payment_id, expected, found);
+                if self.refused.len() >= REFUSED_PENDING_MAX {
+                    report.push(discrepancy);
+                } else {
+                    self.refused.insert(
+                        (checked.subject, checked.position),
+                        RefusedRecord {
+                            payload_sha256,
+                            discrepancy,
+                            at_ms,
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(payment_id) = self.last_touched.take() {
+            self.close_if_complete(payment_id, report);
+        }
+    }
+
+    /// The open payment `payment_id`, opened (with its summary if it was judged before).
+    fn entry(&mut self, payment_id: PaymentId, at_ms: i64) -> &mut OpenPayment {
+        self.last_touched = Some(payment_id);
+        let closed = &mut self.closed;
+        let payment = self
+            .open
+            .entry(payment_id)
+            .or_insert_with(|| OpenPayment::new(at_ms, closed.remove(&payment_id)));
+        payment.last_seen_ms = payment.last_seen_ms.max(at_ms);
+        payment
+    }
+
+    fn outcome(
+        &mut self,
+        fact: OutcomeFact,
+        location: Location,
+        at_ms: i64,
+        report: &mut AuditReport,
+    ) {
+        let payment = self.entry(fact.payment_id, at_ms);
+        let prior_final = payment
+            .prior
+            .as_ref()
+            .and_then(|p| p.finals.iter().find(|(d, ..)| *d == fact.digest).cloned());
+        let same = |status: OutcomeStatus, reason: &Option<String>| {
+            status == fact.status && *reason == fact.reason_code
+        };
+        if let Some(seen) = payment
+            .outcomes
+            .iter()
+            .find(|o| o.fact.digest == fact.digest)
+        {
+            if !same(seen.fact.status, &seen.fact.reason_code) {
+                report.push(Discrepancy::new(
+                    AuditCode::OutcomeContradiction,
+                    location,
+                    Some(fact.payment_id),
+                    format!(
+                        "{} (as at {} {})",
+                        seen.fact.describe_status(),
+                        seen.location.subject,
+                        seen.location.offset
+                    ),
+                    fact.describe_status(),
+                ));
+            } else if seen.fact.terms != fact.terms {
+                report.push(Discrepancy::new(
+                    AuditCode::OutcomeMismatch,
+                    location,
+                    Some(fact.payment_id),
+                    seen.fact.terms.describe(),
+                    fact.terms.describe(),
+                ));
+            }
+            return;
+        }
+        if let Some((_, status, reason, terms)) = &prior_final {
+            if !same(*status, reason) {
+                report.push(Discrepancy::new(
+                    AuditCode::OutcomeContradiction,
+                    location.clone(),
+                    Some(fact.payment_id),
+                    describe(*status, reason),
+                    fact.describe_status(),
+                ));
+            } else if *terms != fact.terms {
+                report.push(Discrepancy::new(
+                    AuditCode::OutcomeMismatch,
+                    location.clone(),
+                    Some(fact.payment_id),
+                    terms.describe(),
+                    fact.terms.describe(),
+                ));
+            }
+        }
+        let completed_before = payment.completed().map(|o| o.fact.digest).or_else(|| {
+            payment.prior.as_ref().and_then(|p| {
+                p.finals
+                    .iter()
+                    .find(|(_, s, ..)| *s == OutcomeStatus::Completed)
+                    .map(|(d, ..)| *d)
+            })
+        });
+        if fact.status == OutcomeStatus::Completed
+            && completed_before.is_some_and(|d| d != fact.digest)
+        {
+            report.push(Discrepancy::new(
+                AuditCode::OutcomeContradiction,
+                location.clone(),
+                Some(fact.payment_id),
+                "one completion per payment",
+                "COMPLETED under a second content",
+            ));
+        }
+        payment.outcomes.push(OutcomeSeen {
+            fact,
+            location,
+            repeat: prior_final.is_some(),
+        });
+    }
+
+    fn settlement_clearing(
+        &mut self,
+        fact: OutcomeFact,
+        location: Location,
+        at_ms: i64,
+        report: &mut AuditReport,
+    ) {
+        if fact.status != OutcomeStatus::Completed || !fact.terms.is_interbank() {
+            report.push(Discrepancy::new(
+                AuditCode::SettlementClearingInvalid,
+                location,
+                Some(fact.payment_id),
+                "a COMPLETED interbank outcome",
+                format!("{} {}", fact.describe_status(), fact.terms.describe()),
+            ));
+            return;
+        }
+        let clearing = PendingClearing {
+            payment_id: fact.payment_id,
+            payer_institution: fact.terms.payer.institution_id.clone(),
+            payee_institution: fact.terms.payee.institution_id.clone(),
+            amount_fen: fact.terms.amount_fen,
+            decided_at_ms: fact.decided_at_ms,
+        };
+        let payment = self.entry(fact.payment_id, at_ms);
+        if payment.settled {
+            // Already counted once: only a window that counts it again is wrong.
+            self.repeated_clearings.push(clearing);
+            return;
+        }
+        if let Some(completed) = payment.completed()
+            && (completed.fact.terms != fact.terms || completed.fact.digest != fact.digest)
+        {
+            report.push(Discrepancy::new(
+                AuditCode::SettlementClearingInvalid,
+                location.clone(),
+                Some(fact.payment_id),
+                completed.fact.terms.describe(),
+                fact.terms.describe(),
+            ));
+        }
+        payment.settled = true;
+        self.pending_clearings.push(clearing);
+    }
+
+    fn instruction(
+        &mut self,
+        instruction: &SettlementInstruction,
+        location: &Location,
+        report: &mut AuditReport,
+    ) {
+        let (start, end) = (instruction.window_start_at_ms, instruction.window_end_at_ms);
+        let mut counted = Vec::new();
+        let mut late = Vec::new();
+        let mut rest = Vec::new();
+        for clearing in self.pending_clearings.drain(..) {
+            if (start..end).contains(&clearing.decided_at_ms) {
+                counted.push(clearing);
+            } else if clearing.decided_at_ms < start {
+                late.push(clearing);
+            } else {
+                rest.push(clearing);
+            }
+        }
+        self.pending_clearings = rest;
+        let repeated = std::mem::take(&mut self.repeated_clearings);
+        self.windows
+            .insert(instruction.window_id, instruction.positions.clone());
+        while self.windows.len() > WINDOWS_KEPT_MAX {
+            self.windows.pop_first();
+        }
+        self.resolve_positions(instruction.window_id, report);
+        if let Err(e) = zero_sum(&instruction.positions) {
+            report.push(Discrepancy::new(
+                AuditCode::SettlementMismatch,
+                location.clone(),
+                None,
+                "positions that sum to zero",
+                e,
+            ));
+            return;
+        }
+        if self.config.range_start_ms.is_some_and(|from| start < from) {
+            // Its clearings began before the range: partial, not judged.
+            return;
+        }
+        report.counts.windows_checked += 1;
+        let all: Vec<&PendingClearing> = counted.iter().chain(late.iter()).collect();
+        let found = rows_of_instruction(instruction);
+        let expected = rows_of(all.iter().copied());
+        let late_amount_fen: i64 = late.iter().map(|c| c.amount_fen).sum();
+        let late_matches = instruction.late_clearing_count == late.len() as i64
+            && instruction.late_amount_fen == late_amount_fen;
+        if expected == found && late_matches {
+            return;
+        }
+        for repeat in &repeated {
+            let again = rows_of(all.iter().copied().chain(std::iter::once(repeat)));
+            if again == found {
+                report.push(Discrepancy::new(
+                    AuditCode::ClearingInTwoWindows,
+                    location.clone(),
+                    Some(repeat.payment_id),
+                    "each clearing in one window",
+                    format!(
+                        "counted again in window {} ({} fen {} → {})",
+                        instruction.window_id,
+                        repeat.amount_fen,
+                        repeat.payer_institution,
+                        repeat.payee_institution
+                    ),
+                ));
+                return;
+            }
+        }
+        report.push(Discrepancy::new(
+            AuditCode::SettlementMismatch,
+            location.clone(),
+            None,
+            format!(
+                "window {}: {} ({} late, {} fen)",
+                instruction.window_id,
+                describe_rows(&expected),
+                late.len(),
+                late_amount_fen
+            ),
+            format!(
+                "{} ({} late, {} fen)",
+                describe_rows(&found),
+                instruction.late_clearing_count,
+                instruction.late_amount_fen
+            ),
+        ));
+    }
+
+    fn position(
+        &mut self,
+        position: SettlementPosition,
+        location: Location,
+        at_ms: i64,
+        report: &mut AuditReport,
+    ) {
+        if let Some(rows) = self.windows.get(&position.window_id) {
+            check_position(rows, &position, location, report);
+        } else if self.pending_positions.len() < WINDOWS_KEPT_MAX * 64 {
+            self.pending_positions.push((position, location, at_ms));
+        }
+    }
+
+    fn resolve_positions(&mut self, window_id: i64, report: &mut AuditReport) {
+        let Some(rows) = self.windows.get(&window_id) else {
+            return;
+        };
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_positions)
+            .into_iter()
+            .partition(|(p, _, _)| p.window_id == window_id);
+        for (position, location, _) in now {
+            check_position(rows, &position, location, report);
+        }
+        self.pending_positions = later;
+    }
+
+    /// Queues the last touched payment once its life is complete; judges the payments
+    /// complete for longer than the reorder delay.
+    fn close_if_complete(&mut self, payment_id: PaymentId, report: &mut AuditReport) {
+        if let Some(payment) = self.open.get_mut(&payment_id)
+            && !payment.queued
+            && payment.complete()
+        {
+            payment.queued = true;
+            self.complete.push_back((self.newest_ms, payment_id));
+        }
+        let horizon = self.newest_ms.saturating_sub(self.config.reorder_ms);
+        while let Some(&(at_ms, id)) = self.complete.front() {
+            if at_ms > horizon {
+                break;
+            }
+            self.complete.pop_front();
+            let still = self.open.get_mut(&id).is_some_and(|p| {
+                p.queued = false;
+                p.complete()
+            });
+            if still && let Some(payment) = self.open.remove(&id) {
+                self.judge(id, payment, report);
+            }
+        }
+        self.forget_old();
+    }
+
+    /// Whether a payment first seen at `first_seen_ms` may have begun before the range.
+    fn at_start_edge(&self, first_seen_ms: i64) -> bool {
+        self.config
+            .range_start_ms
+            .is_some_and(|from| first_seen_ms < from.saturating_add(self.config.edge_ms))
+    }
+
+    fn judge(&mut self, payment_id: PaymentId, payment: OpenPayment, report: &mut AuditReport) {
+        let mut summary = payment.prior.clone().unwrap_or_default();
+        summary.settled |= payment.settled;
+        let fresh: Vec<&OutcomeSeen> = payment.outcomes.iter().filter(|o| !o.repeat).collect();
+        let other_payer = self.config.institution.as_ref().is_some_and(|oi| {
+            payment
+                .outcomes
+                .iter()
+                .any(|o| &o.fact.terms.payer.institution_id != oi)
+        });
+        let mut partial = false;
+        for outcome in &fresh {
+            let o = &outcome.fact;
+            let mut authorized = true;
+            let submission = payment
+                .submissions
+                .iter()
+                .find(|s| s.envelope_digest == o.digest || s.submission_digest == o.digest);
+            let vehicle = payment
+                .clearing
+                .as_ref()
+                .and_then(|c| self.authorizations.get(&c.binding).map(|a| (c, *a)));
+            match (submission, vehicle) {
+                (Some(s), _) => {
+                    if o.status == OutcomeStatus::Completed
+                        && let Err(why) = &s.valid
+                    {
+                        report.push(Discrepancy::new(
+                            AuditCode::CompletedUnauthorized,
+                            outcome.location.clone(),
+                            Some(payment_id),
+                            "an envelope whose signatures verify at its time",
+                            why.clone(),
+                        ));
+                    }
+                    if s.terms != o.terms {
+                        report.push(Discrepancy::new(
+                            AuditCode::OutcomeMismatch,
+                            outcome.location.clone(),
+                            Some(payment_id),
+                            s.terms.describe(),
+                            o.terms.describe(),
+                        ));
+                    }
+                    if o.status == OutcomeStatus::Completed
+                        && let Some(c) = &payment.clearing
+                        && (c.terms != s.terms
+                            || c.digest != s.envelope_digest
+                            || c.binding != s.factor)
+                    {
+                        report.push(Discrepancy::new(
+                            AuditCode::ClearingMismatch,
+                            c.location.clone(),
+                            Some(payment_id),
+                            format!(
+                                "{} under the envelope's digest and factor",
+                                s.terms.describe()
+                            ),
+                            c.terms.describe(),
+                        ));
+                    }
+                }
+                (None, Some((clearing, (max_amount_fen, _)))) => {
+                    if clearing.terms.amount_fen > max_amount_fen {
+                        report.push(Discrepancy::new(
+                            AuditCode::ClearingMismatch,
+                            clearing.location.clone(),
+                            Some(payment_id),
+                            format!("at most the pre-authorized {max_amount_fen} fen"),
+                            format!("{} fen", clearing.terms.amount_fen),
+                        ));
+                    }
+                    if clearing.terms != o.terms || clearing.digest != o.digest {
+                        report.push(Discrepancy::new(
+                            AuditCode::OutcomeMismatch,
+                            outcome.location.clone(),
+                            Some(payment_id),
+                            clearing.terms.describe(),
+                            o.terms.describe(),
+                        ));
+                    }
+                }
+                (None, None) => {
+                    let vehicle_refusal = o.status == OutcomeStatus::Rejected
+                        && (o.stage == matching::STAGE || o.stage == station_report::STAGE);
+                    if vehicle_refusal || other_payer {
+                        // A charge refused before any money moved; or a payer this audit
+                        // does not read: judged on what it sees.
+                    } else if self.at_start_edge(payment.first_seen_ms) {
+                        partial = true;
+                    } else {
+                        authorized = false;
+                        report.push(Discrepancy::new(
+                            AuditCode::OutcomeWithoutSubmission,
+                            outcome.location.clone(),
+                            Some(payment_id),
+                            "an envelope or pre-authorization in the record",
+                            format!("{} {}", o.describe_status(), o.terms.describe()),
+                        ));
+                    }
+                }
+            }
+            if o.status == OutcomeStatus::Completed && !partial && authorized {
+                let accepted = payment.accepted == Some(true);
+                if (payment.clearing.is_none() || !accepted)
+                    && !self.at_start_edge(payment.first_seen_ms)
+                {
+                    report.push(Discrepancy::new(
+                        AuditCode::CompletedWithoutClearing,
+                        outcome.location.clone(),
+                        Some(payment_id),
+                        "a clearing message and an accepted response before completion",
+                        payment.describe(),
+                    ));
+                }
+            }
+            summary
+                .finals
+                .push((o.digest, o.status, o.reason_code.clone(), o.terms.clone()));
+        }
+        if partial {
+            report.push_partial(PartialPayment {
+                payment_id: payment_id.to_string(),
+                edge: "start",
+                seen: payment.describe(),
+            });
+        } else if let Some(last) = fresh.last() {
+            report.counts.payments_judged += 1;
+            let completed = payment.completed().filter(|o| !o.repeat);
+            if completed.is_some() {
+                report.counts.payments_completed += 1;
+            } else {
+                report.counts.payments_rejected += 1;
+            }
+            let chosen = completed.unwrap_or(last);
+            self.judged.push(JudgedPayment {
+                payment_id,
+                terms: chosen.fact.terms.clone(),
+                completed: completed.is_some(),
+                location: chosen.location.clone(),
+                last_seen_ms: payment.last_seen_ms,
+            });
+        }
+        self.closed.insert(payment_id, summary);
+        self.closed_order
+            .push_back((payment.last_seen_ms, payment_id));
+    }
+
+    /// Forgets judged summaries older than the retention, and expired pre-authorizations.
+    fn forget_old(&mut self) {
+        let horizon = self
+            .newest_ms
+            .saturating_sub(self.config.closed_retention_ms);
+        while let Some(&(at_ms, id)) = self.closed_order.front() {
+            if at_ms >= horizon && self.closed_order.len() <= CLOSED_KEPT_MAX {
+                break;
+            }
+            self.closed_order.pop_front();
+            self.closed.remove(&id);
+        }
+        while let Some(&(expires_at_ms, digest)) = self.authorization_order.front() {
+            if expires_at_ms >= horizon {
+                break;
+            }
+            self.authorization_order.pop_front();
+            self.authorizations.remove(&digest);
+        }
+    }
+
+    /// Ends the range at bus time `range_end_ms`: what is still open is judged incomplete, or
+    /// partial when it was active near an edge.
+    pub fn finish(&mut self, range_end_ms: i64, report: &mut AuditReport) {
+        let end_edge = range_end_ms.saturating_sub(self.config.edge_ms);
+        self.complete.clear();
+        let mut open: Vec<(PaymentId, OpenPayment)> = self.open.drain().collect();
+        open.sort_by_key(|(_, p)| p.first_seen_ms);
+        for (payment_id, payment) in open {
+            let partial = !payment.complete()
+                && (payment.last_seen_ms >= end_edge || self.at_start_edge(payment.first_seen_ms));
+            if partial {
+                report.push_partial(PartialPayment {
+                    payment_id: payment_id.to_string(),
+                    edge: if payment.last_seen_ms >= end_edge {
+                        "end"
+                    } else {
+                        "start"
+                    },
+                    seen: payment.describe(),
+                });
+                continue;
+            }
+            let unanswered = payment.submissions.iter().find(|s| {
+                s.valid.is_ok()
+                    && !payment
+                        .outcomes
+                        .iter()
+                        .any(|o| o.fact.digest == s.envelope_digest)
+            });
+            if let Some(s) = unanswered {
+                report.push(Discrepancy::new(
+                    AuditCode::OutcomeMissing,
+                    s.location.clone(),
+                    Some(payment_id),
+                    "one final outcome",
+                    format!("none ({})", payment.describe()),
+                ));
+            }
+            if let Some(completed) = payment.completed().filter(|o| !o.repeat)
+                && completed.fact.terms.is_interbank()
+                && !payment.settled
+                && (payment.clearing.is_some() || !payment.submissions.is_empty())
+            {
+                report.push(Discrepancy::new(
+                    AuditCode::SettlementMissing,
+                    completed.location.clone(),
+                    Some(payment_id),
+                    "the completed interbank payment on settlement.clearing",
+                    "no settlement record",
+                ));
+            }
+            if payment.outcomes.is_empty() {
+                if payment.submissions.is_empty() && payment.prior.is_none() {
+                    // A clearing message or response that nothing answered.
+                    let location = payment.clearing.as_ref().map_or_else(
+                        || {
+                            Location::new(
+                                "-",
+                                Position {
+                                    partition: 0,
+                                    offset: 0,
+                                },
+                            )
+                        },
+                        |c| c.location.clone(),
+                    );
+                    report.push(Discrepancy::new(
+                        AuditCode::OutcomeMissing,
+                        location,
+                        Some(payment_id),
+                        "one final outcome",
+                        format!("none ({})", payment.describe()),
+                    ));
+                }
+                continue;
+            }
+            self.judge(payment_id, payment, report);
+        }
+        for clearing in self.pending_clearings.drain(..) {
+            if clearing.decided_at_ms < end_edge {
+                report.push(Discrepancy::new(
+                    AuditCode::SettlementMissing,
+                    Location::new(
+                        crate::subjects::SETTLEMENT_CLEARING,
+                        Position {
+                            partition: 0,
+                            offset: 0,
+                        },
+                    ),
+                    Some(clearing.payment_id),
+                    "the clearing counted in a settlement instruction",
+                    "no instruction counted it",
+                ));
+            }
+        }
+        for (position, location, at_ms) in self.pending_positions.drain(..) {
+            let early = self
+                .config
+                .range_start_ms
+                .is_some_and(|from| position.window_start_at_ms < from);
+            if at_ms < end_edge && !early {
+                report.push(Discrepancy::new(
+                    AuditCode::PositionMismatch,
+                    location,
+                    None,
+                    format!("the instruction of window {}", position.window_id),
+                    "no instruction of its window",
+                ));
+            }
+        }
+        for (_, refused) in self.refused.drain() {
+            if refused.at_ms < end_edge {
+                report.push(refused.discrepancy);
+            }
+        }
+    }
+}
+
+fn describe(status: OutcomeStatus, reason: &Option<String>) -> String {
+    match status {
+        OutcomeStatus::Completed => "COMPLETED".to_owned(),
+        OutcomeStatus::Rejected => format!("REJECTED {}", reason.as_deref().unwrap_or("-")),
+    }
+}
+
+fn rows_of<'a>(clearings: impl Iterator<Item = &'a PendingClearing>) -> BTreeMap<String, Row> {
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    for c in clearings {
+        let payer = rows.entry(c.payer_institution.clone()).or_default();
+        payer.debit_fen += c.amount_fen;
+        payer.clearing_count += 1;
+        let payee = rows.entry(c.payee_institution.clone()).or_default();
+        payee.credit_fen += c.amount_fen;
+        payee.clearing_count += 1;
+    }
+    rows
+}
+
+fn rows_of_instruction(instruction: &SettlementInstruction) -> BTreeMap<String, Row> {
+    instruction
+        .positions
+        .iter()
+        .filter(|p| p.debit_fen != 0 || p.credit_fen != 0 || p.clearing_count != 0)
+        .map(|p| {
+            (
+                p.institution_id.clone(),
+                Row {
+                    debit_fen: p.debit_fen,
+                    credit_fen: p.credit_fen,
+                    clearing_count: p.clearing_count,
+                },
+            )
+        })
+        .collect()
+}
+
+fn describe_rows(rows: &BTreeMap<String, Row>) -> String {
+    if rows.is_empty() {
+        return "no clearings".to_owned();
+    }
+    rows.iter()
+        .map(|(oi, r)| {
+            format!(
+                "{oi} debit {} credit {} ({} clearings)",
+                r.debit_fen, r.credit_fen, r.clearing_count
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn check_position(
+    rows: &[SettlementPosition],
+    position: &SettlementPosition,
+    location: Location,
+    report: &mut AuditReport,
+) {
+    match rows
+        .iter()
+        .find(|r| r.institution_id == position.institution_id)
+    {
+        Some(row) if row == position => {}
+        row => report.push(Discrepancy::new(
+            AuditCode::PositionMismatch,
+            location,
+            None,
+            row.map(|r| {
+                format!(
+                    "net {} fen (debit {}, credit {})",
+                    r.net_fen, r.debit_fen, r.credit_fen
+                )
+            })
+            .unwrap_or_else(|| "no row of this institution".to_owned()),
+            format!(
+                "net {} fen (debit {}, credit {})",
+                position.net_fen, position.debit_fen, position.credit_fen
+            ),
+        )),
+    }
+}

@@ -1,0 +1,237 @@
+//! Reconciliation with the institutions' ledgers (`dcpipe audit --ledger`): each payment the
+//! record shows whole was debited and credited exactly once with its amount when it completed,
+//! and moved nothing when it was rejected; each ledger's stored totals agree with its payment
+//! records. The judgement is pure ([`reconcile_payment`]); reading the ledgers is
+//! [`LedgerReconciler`]'s.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dcpipe_connectors::ledger::{Ledger, PaymentRecord, PaymentState, Side};
+
+use super::book::JudgedPayment;
+use super::code::AuditCode;
+use super::report::{AuditReport, Discrepancy, Location};
+use crate::clearing::ledger_id_of;
+
+/// What the ledgers should hold for `payment`, given the payer institution's record and the
+/// payee institution's (`None`: no record). `Err((expected, found))` when they do not.
+pub fn reconcile_payment(
+    payment: &JudgedPayment,
+    payer: Option<&PaymentRecord>,
+    payee: Option<&PaymentRecord>,
+) -> Result<(), (String, String)> {
+    let describe = |record: Option<&PaymentRecord>| match record {
+        None => "no record".to_owned(),
+        Some(r) => format!(
+            "{:?} {} fen of {}",
+            r.state,
+            r.amount_fen,
+            r.wallet_id.as_deref().unwrap_or("-")
+        ),
+    };
+    let terms = &payment.terms;
+    if payment.completed {
+        let payer_ok = payer.is_some_and(|r| {
+            r.state == PaymentState::Committed
+                && r.amount_fen == terms.amount_fen
+                && r.wallet_id.as_deref() == Some(terms.payer.wallet_id.as_str())
+        });
+        let payee_ok = payee.is_some_and(|r| {
+            r.state == PaymentState::Credited
+                && r.amount_fen == terms.amount_fen
+                && r.wallet_id.as_deref() == Some(terms.payee.wallet_id.as_str())
+        });
+        if payer_ok && payee_ok {
+            return Ok(());
+        }
+        return Err((
+            format!(
+                "payer Committed {} fen of {}, payee Credited {} fen of {}",
+                terms.amount_fen, terms.payer.wallet_id, terms.amount_fen, terms.payee.wallet_id
+            ),
+            format!("payer {}, payee {}", describe(payer), describe(payee)),
+        ));
+    }
+    let payer_ok =
+        payer.is_none_or(|r| matches!(r.state, PaymentState::Rejected | PaymentState::Voided));
+    let payee_ok = payee.is_none_or(|r| {
+        matches!(
+            r.state,
+            PaymentState::Rejected | PaymentState::Voided | PaymentState::Reversed
+        )
+    });
+    if payer_ok && payee_ok {
+        Ok(())
+    } else {
+        Err((
+            "nothing moved (no record, rejected, voided or reversed)".to_owned(),
+            format!("payer {}, payee {}", describe(payer), describe(payee)),
+        ))
+    }
+}
+
+/// The ledgers of the institutions, by id.
+#[derive(Clone, Default)]
+pub struct LedgerReconciler {
+    ledgers: BTreeMap<String, Arc<dyn Ledger>>,
+}
+
+impl std::fmt::Debug for LedgerReconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerReconciler")
+            .field("institutions", &self.ledgers.keys())
+            .finish()
+    }
+}
+
+impl LedgerReconciler {
+    /// Reconciles with these ledgers.
+    pub fn new(ledgers: BTreeMap<String, Arc<dyn Ledger>>) -> Self {
+        LedgerReconciler { ledgers }
+    }
+
+    /// Checks each judged payment against the ledgers of its two institutions; a payment with
+    /// an institution whose ledger was not given is skipped (partial coverage), and so is one
+    /// last seen at or after `settling_from_ms` that a ledger still holds in flight (a hold or a
+    /// pending credit: the range ends before its last stage ran).
+    pub async fn check(
+        &self,
+        payments: &[JudgedPayment],
+        settling_from_ms: i64,
+        report: &mut AuditReport,
+    ) -> Result<(), dcpipe_connectors::ledger::LedgerError> {
+        for payment in payments {
+            let (Some(payer_ledger), Some(payee_ledger)) = (
+                self.ledgers.get(&payment.terms.payer.institution_id),
+                self.ledgers.get(&payment.terms.payee.institution_id),
+            ) else {
+                continue;
+            };
+            let id = ledger_id_of(&payment.payment_id);
+            let payer = payer_ledger.payment(&id, Side::Payer).await?;
+            let payee = payee_ledger.payment(&id, Side::Payee).await?;
+            let in_flight = |r: &Option<PaymentRecord>| {
+                r.as_ref().is_some_and(|r| {
+                    matches!(
+                        r.state,
+                        PaymentState::Reserved | PaymentState::PendingCredit
+                    )
+                })
+            };
+            if payment.last_seen_ms >= settling_from_ms && (in_flight(&payer) || in_flight(&payee))
+            {
+                continue;
+            }
+            report.counts.ledger_payments_checked += 1;
+            if let Err((expected, found)) =
+                reconcile_payment(payment, payer.as_ref(), payee.as_ref())
+            {
+                report.push(Discrepancy::new(
+                    AuditCode::LedgerMismatch,
+                    payment.location.clone(),
+                    Some(payment.payment_id),
+                    expected,
+                    found,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each ledger's stored balances, holds and pending credits recomputed from its records.
+    pub async fn check_integrity(
+        &self,
+        report: &mut AuditReport,
+    ) -> Result<(), dcpipe_connectors::ledger::LedgerError> {
+        for (institution, ledger) in &self.ledgers {
+            if let Err(e) = ledger.verify_integrity().await {
+                if e.kind() != dcpipe_connectors::ledger::LedgerErrorKind::Integrity {
+                    return Err(e);
+                }
+                report.push(Discrepancy::new(
+                    AuditCode::LedgerMismatch,
+                    Location {
+                        subject: format!("ledger {institution}"),
+                        partition: 0,
+                        offset: 0,
+                    },
+                    None,
+                    "stored totals equal to the payment records",
+                    e.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dcpipe_connectors::ledger::{Digest, Party};
+    use dcpipe_schemas::{PartyRef, PaymentId};
+
+    use super::*;
+    use crate::audit::check::Terms;
+
+    fn judged(completed: bool) -> JudgedPayment {
+        JudgedPayment {
+            payment_id: PaymentId::from_bytes([3; 16]),
+            terms: Terms {
+                payer: PartyRef {
+                    institution_id: "oi01".into(),
+                    wallet_id: "w1".into(),
+                },
+                payee: PartyRef {
+                    institution_id: "oi02".into(),
+                    wallet_id: "w2".into(),
+                },
+                amount_fen: 500,
+                currency: "CNY".into(),
+            },
+            completed,
+            location: Location {
+                subject: "txn.result.oi01".into(),
+                partition: 0,
+                offset: 9,
+            },
+            last_seen_ms: 0,
+        }
+    }
+
+    fn record(side: Side, state: PaymentState, wallet: &str, amount_fen: i64) -> PaymentRecord {
+        PaymentRecord {
+            payment_id: ledger_id_of(&PaymentId::from_bytes([3; 16])),
+            side,
+            state,
+            digest: Some(Digest([0; 32])),
+            wallet_id: Some(wallet.into()),
+            counterparty: None::<Party>,
+            amount_fen,
+            reason_code: None,
+            paid_at_ms: 0,
+            created_ms: 0,
+            updated_ms: 0,
+            expires_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_completed_payment_is_debited_and_credited_with_its_amount() {
+        let payer = record(Side::Payer, PaymentState::Committed, "w1", 500);
+        let payee = record(Side::Payee, PaymentState::Credited, "w2", 500);
+        assert!(reconcile_payment(&judged(true), Some(&payer), Some(&payee)).is_ok());
+        let changed = record(Side::Payee, PaymentState::Credited, "w2", 501);
+        assert!(reconcile_payment(&judged(true), Some(&payer), Some(&changed)).is_err());
+        assert!(reconcile_payment(&judged(true), Some(&payer), None).is_err());
+    }
+
+    #[test]
+    fn a_rejected_payment_moved_nothing() {
+        let voided = record(Side::Payer, PaymentState::Voided, "w1", 500);
+        assert!(reconcile_payment(&judged(false), Some(&voided), None).is_ok());
+        assert!(reconcile_payment(&judged(false), None, None).is_ok());
+        let committed = record(Side::Payer, PaymentState::Committed, "w1", 500);
+        assert!(reconcile_payment(&judged(false), Some(&committed), None).is_err());
+    }
+}
