@@ -1,0 +1,41 @@
+//! The audit replay (`dcpipe audit`) against a recorded run on every bus: a clean record
+//! reconciles with no discrepancy, and each tamper of the record is found with its code. The
+//! scenario is written once (`scenarios.rs`) and run from one module per bus.
+
+#[allow(dead_code)]
+#[path = "../payments/harness.rs"]
+mod harness;
+mod scenarios;
+
+#[macro_export]
+macro_rules! audit_suite {
+    ($backend:expr) => {
+        $crate::audit_suite!(@each $backend;
+            a_clean_record_reconciles_and_each_tamper_is_found_with_its_code,
+        );
+    };
+    (@each $backend:expr; $($scenario:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let mut backend = $backend;
+                $crate::scenarios::$scenario(&mut backend).await;
+            }
+        )+
+    };
+}
+
+mod embedded {
+    use super::harness::Backend;
+    crate::audit_suite!(Backend::embedded_sqlite());
+}
+
+mod nats {
+    use super::harness::Backend;
+    crate::audit_suite!(Backend::nats_sqlite().await);
+}
+
+mod kafka {
+    use super::harness::Backend;
+    crate::audit_suite!(Backend::kafka_sqlite().await);
+}
