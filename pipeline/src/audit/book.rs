@@ -93,6 +93,14 @@ struct SubmissionSeen {
     location: Location,
 }
 
+impl SubmissionSeen {
+    /// Whether `outcome` answers it: under its envelope digest, or under its submission digest
+    /// when the payer's institution refused it before authenticating the payer.
+    fn answered_by(&self, outcome: &OutcomeFact) -> bool {
+        outcome.digest == self.envelope_digest || outcome.digest == self.submission_digest
+    }
+}
+
 #[derive(Debug, Clone)]
 struct ClearingSeen {
     terms: Terms,
@@ -164,13 +172,10 @@ impl OpenPayment {
                 .all(|o| o.repeat || o.fact.status == OutcomeStatus::Rejected)
                 || self.settled;
         }
-        let answered = self.submissions.iter().all(|s| {
-            s.valid.is_err()
-                || self
-                    .outcomes
-                    .iter()
-                    .any(|o| o.fact.digest == s.envelope_digest)
-        });
+        let answered = self
+            .submissions
+            .iter()
+            .all(|s| s.valid.is_err() || self.outcomes.iter().any(|o| s.answered_by(&o.fact)));
         let settled = match self.completed() {
             Some(o) if !o.repeat && o.fact.terms.is_interbank() => self.settled,
             _ => true,
@@ -886,11 +891,7 @@ impl Book {
                 continue;
             }
             let unanswered = payment.submissions.iter().find(|s| {
-                s.valid.is_ok()
-                    && !payment
-                        .outcomes
-                        .iter()
-                        .any(|o| o.fact.digest == s.envelope_digest)
+                s.valid.is_ok() && !payment.outcomes.iter().any(|o| s.answered_by(&o.fact))
             });
             if let Some(s) = unanswered {
                 report.push(Discrepancy::new(
