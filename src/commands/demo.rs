@@ -96,6 +96,10 @@ pub(crate) struct DemoArgs {
     /// audit of the run; by default they are removed.
     #[arg(long)]
     keep: bool,
+    /// At the end, audit the run as `dcpipe audit` would (every message re-verified, payments,
+    /// settlement and ledgers reconciled) and hold the run to it: one more check.
+    #[arg(long)]
+    audit: bool,
 }
 
 /// A flow the demo runs.
@@ -366,6 +370,13 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         for handle in collector_handles {
             let _ = handle.await;
         }
+        // The record as it stands, audited before the namespace is removed.
+        let audit_report = if args.audit && !was_interrupted {
+            println!("  auditing the run …");
+            Some(audit_run(&network, &bus).await?)
+        } else {
+            None
+        };
         if let Some(namespace) = &namespace {
             if args.keep {
                 println!(
@@ -560,6 +571,20 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
                 dead_letters.len()
             ),
         ));
+        if let Some(report) = &audit_report {
+            println!();
+            print!("{}", report.table());
+            checks.push((
+                report.is_clean(),
+                format!(
+                    "the audit of the run reconciles ({} records re-verified, {} payments \
+                     judged, {} discrepancies)",
+                    report.counts.records,
+                    report.counts.payments_judged,
+                    report.discrepancies_by_code.values().sum::<u64>()
+                ),
+            ));
+        }
         println!();
         println!("checks");
         let mut all_ok = true;
@@ -596,6 +621,33 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         }
     }
     outcome
+}
+
+/// Audits what the run left on `bus` (from its beginning to now), with the network's ledgers.
+async fn audit_run(
+    network: &Network,
+    bus: &Arc<dyn Bus>,
+) -> anyhow::Result<dcpipe_pipeline::audit::AuditReport> {
+    let ledgers = dcpipe_pipeline::audit::LedgerReconciler::new(
+        network
+            .institutions
+            .iter()
+            .map(|(id, institution)| (id.clone(), Arc::clone(&institution.ledger)))
+            .collect(),
+    );
+    let mut options = dcpipe_pipeline::audit::AuditOptions::new(
+        network.institutions.keys().cloned().collect(),
+        system_now_ms() + 1,
+    );
+    // The stages have stopped: nothing at the end of the run is still in flight.
+    options.edge_ms = 0;
+    super::audit::audit_bus(
+        bus.as_ref(),
+        Arc::clone(network.pki.trust_store()),
+        Some(&ledgers),
+        &options,
+    )
+    .await
 }
 
 fn rand_u32() -> u32 {

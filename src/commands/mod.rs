@@ -1,5 +1,6 @@
 //! The subcommands of `dcpipe`.
 
+mod audit;
 mod bus;
 mod dead_letters;
 mod demo;
@@ -56,6 +57,9 @@ pub(crate) enum Command {
     DeadLetters(dead_letters::DeadLettersCommand),
     /// Settlement windows, instructions and positions, verified (signature, zero sum).
     Settlement(settlement::SettlementArgs),
+    /// Re-verify every message of a time or sequence range and reconcile it with settlement
+    /// (and the ledgers). Exits 0 when it reconciles, 1 on a discrepancy, 2 when it cannot run.
+    Audit(audit::AuditArgs),
 }
 
 impl Command {
@@ -70,6 +74,7 @@ impl Command {
             Command::Submit(args) => Some(&args.broker),
             Command::DeadLetters(command) => Some(&command.selection_args().broker),
             Command::Settlement(args) => Some(&args.broker),
+            Command::Audit(args) => Some(&args.broker),
             Command::Pki(pki::PkiCommand::Revoke(args)) => Some(&args.broker),
             Command::Pki(_) | Command::Schemas(_) | Command::Wallets(_) => None,
         }
@@ -89,6 +94,7 @@ impl Command {
             Command::Submit(args) => submit::run(args, settings).await,
             Command::DeadLetters(command) => dead_letters::run(command, settings).await,
             Command::Settlement(args) => settlement::run(args, settings).await,
+            Command::Audit(args) => audit::run(args, settings).await,
         }
     }
 }
