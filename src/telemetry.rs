@@ -178,6 +178,7 @@ impl Endpoints {
             _ => {
                 self.prometheus.run_upkeep();
                 let mut text = self.prometheus.render();
+                text.push_str(&readiness_metrics(&self.health.readiness()));
                 text.push_str(&process_metrics(&ProcessStats::now()));
                 reply(StatusCode::OK, PROMETHEUS_TEXT, text)
             }
@@ -230,6 +231,35 @@ fn readiness_json(readiness: &Readiness) -> String {
     .to_string();
     body.push('\n');
     body
+}
+
+/// `dcpipe_ready`: what `/readyz` answers, as a gauge Prometheus can alert on (1 ready, 0 not),
+/// and `dcpipe_not_ready` per part that is not ready (`fatal` says whether it stopped for good).
+fn readiness_metrics(readiness: &Readiness) -> String {
+    let mut text = format!(
+        "# HELP dcpipe_ready Whether every stage member is attached and the bus and ledgers answer (1) or not (0).\n\
+         # TYPE dcpipe_ready gauge\ndcpipe_ready {}\n\n",
+        u8::from(readiness.is_ready())
+    );
+    if !readiness.not_ready.is_empty() {
+        text.push_str(
+            "# HELP dcpipe_not_ready Parts of this process that are not ready, by component.\n\
+             # TYPE dcpipe_not_ready gauge\n",
+        );
+        for part in &readiness.not_ready {
+            let component = part
+                .component
+                .to_string()
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"");
+            text.push_str(&format!(
+                "dcpipe_not_ready{{component=\"{component}\",fatal=\"{}\"}} 1\n",
+                part.fatal
+            ));
+        }
+        text.push('\n');
+    }
+    text
 }
 
 /// What the operating system says of this process, where it says it (`/proc`).
@@ -342,6 +372,27 @@ mod tests {
         assert_eq!(
             body["warnings"][0]["warning"],
             "the ledger holds no wallets"
+        );
+    }
+
+    #[test]
+    fn readiness_is_a_gauge_naming_what_is_not_ready() {
+        let health = Health::new();
+        health.reach(Component::Bus, Reachability::Reachable);
+        assert_eq!(
+            readiness_metrics(&health.readiness()),
+            "# HELP dcpipe_ready Whether every stage member is attached and the bus and ledgers answer (1) or not (0).\n\
+             # TYPE dcpipe_ready gauge\ndcpipe_ready 1\n\n"
+        );
+        health.reach(
+            Component::Bus,
+            Reachability::Unreachable("connection refused".to_owned()),
+        );
+        let text = readiness_metrics(&health.readiness());
+        assert!(text.contains("dcpipe_ready 0\n"), "{text}");
+        assert!(
+            text.contains("dcpipe_not_ready{component=\"bus\",fatal=\"false\"} 1\n"),
+            "{text}"
         );
     }
 

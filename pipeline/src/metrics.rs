@@ -1,7 +1,7 @@
 //! The help text of every metric the flows emit, so that each family a scrape shows says what
 //! it counts (`# HELP`). The names are used where the events happen; this is their catalogue.
 
-use ::metrics::{Unit, describe_counter, describe_histogram};
+use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 use crate::pki::{
     METRIC_CERTIFICATE_SIGNATURE_CHECKS, METRIC_CHAIN_CACHE_HITS, METRIC_CHAIN_CACHE_MISSES,
@@ -11,6 +11,25 @@ use crate::pki::{
 /// Histogram: time from a payment's envelope (when it was paid) to its final decision by the
 /// payer's institution, by `status` (`completed`, `rejected`).
 pub const PAYMENT_DECISION_SECONDS: &str = "dcpipe_payment_decision_seconds";
+
+/// Gauge: reservations the payer's institution's last expiry sweep found past their expiry, by
+/// `institution` (at most the sweep's limit; the sweep voids them).
+pub const PAYMENTS_HELD_PAST_EXPIRY: &str = "dcpipe_payments_held_past_expiry";
+
+/// Gauge: when the expiry sweep of the payer's institution last ran to its end (Unix seconds,
+/// the stage's clock), by `institution`.
+pub const EXPIRY_SWEEP_TIMESTAMP_SECONDS: &str = "dcpipe_payments_expiry_sweep_timestamp_seconds";
+
+/// Gauge: when settlement last closed its due windows (Unix seconds, the stage's clock).
+pub const SETTLEMENT_CLOSER_TIMESTAMP_SECONDS: &str = "dcpipe_settlement_closer_timestamp_seconds";
+
+/// Gauge: each institution's net position in the last settlement window closed, in fen
+/// (positive: it receives), by `institution`.
+pub const SETTLEMENT_NET_POSITION_FEN: &str = "dcpipe_settlement_net_position_fen";
+
+/// Gauge: how long after its end the last settlement window closed, in seconds (the grace,
+/// plus any delay of the closing itself).
+pub const SETTLEMENT_CLOSE_DELAY_SECONDS: &str = "dcpipe_settlement_close_delay_seconds";
 
 /// Registers the help text and unit of every flow metric with the installed recorder. Call it
 /// once after installing the recorder; calling it again is harmless.
@@ -75,6 +94,30 @@ pub fn describe() {
         "dcpipe_payments_finalized_total",
         Unit::Count,
         "Final outcomes applied by the payee's institution, by result."
+    );
+    describe_gauge!(
+        PAYMENTS_HELD_PAST_EXPIRY,
+        Unit::Count,
+        "Reservations the last expiry sweep found past their expiry (and voided)."
+    );
+    describe_gauge!(
+        EXPIRY_SWEEP_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "When the expiry sweep last ran to its end (Unix time)."
+    );
+    describe_gauge!(
+        SETTLEMENT_CLOSER_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "When settlement last closed its due windows (Unix time)."
+    );
+    describe_gauge!(
+        SETTLEMENT_NET_POSITION_FEN,
+        "Net position of each institution in the last settlement window closed, in fen."
+    );
+    describe_gauge!(
+        SETTLEMENT_CLOSE_DELAY_SECONDS,
+        Unit::Seconds,
+        "How long after its end the last settlement window closed."
     );
     describe_counter!(
         "dcpipe_settlement_clearings_total",

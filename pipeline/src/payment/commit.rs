@@ -93,7 +93,12 @@ impl CommitStage {
             .ledger
             .expired_reservations(now_ms, EXPIRY_SWEEP_MAX)
             .await?;
+        // What an operator alerts on: reservations found past their expiry, and when the
+        // sweep last ran to its end (a sweep that stops leaves money held).
+        let held = metrics::gauge!(crate::metrics::PAYMENTS_HELD_PAST_EXPIRY, "institution" => inst.id.clone());
+        held.set(expired.len() as f64);
         if expired.is_empty() {
+            mark_sweep(inst, now_ms);
             return Ok(Vec::new());
         }
         let voids: Vec<_> = expired
@@ -108,8 +113,15 @@ impl CommitStage {
                 outputs.extend(final_outcome(inst, &record)?);
             }
         }
+        mark_sweep(inst, now_ms);
         Ok(outputs)
     }
+}
+
+/// Records that the expiry sweep of `inst` ran to its end at `now_ms`.
+fn mark_sweep(inst: &Institution, now_ms: i64) {
+    metrics::gauge!(crate::metrics::EXPIRY_SWEEP_TIMESTAMP_SECONDS, "institution" => inst.id.clone())
+        .set(now_ms as f64 / 1000.0);
 }
 
 fn authenticate(

@@ -115,7 +115,11 @@ impl SettlementStage {
                 "settlement window closed"
             );
             outputs.extend(self.announce(&window)?);
+            record_closed(&window, now_ms);
         }
+        // A window closes only while this runs: operators alert when it stops.
+        metrics::gauge!(crate::metrics::SETTLEMENT_CLOSER_TIMESTAMP_SECONDS)
+            .set(now_ms as f64 / 1000.0);
         Ok(outputs)
     }
 
@@ -312,4 +316,16 @@ impl Stage for SettlementStage {
     async fn tick(&self) -> Result<Vec<Outgoing>, StageError> {
         self.close_due().await
     }
+}
+
+/// The gauges of the window just closed at `now_ms`: each institution's net position and how
+/// long after its end the window closed.
+fn record_closed(window: &ClosedWindow, now_ms: i64) {
+    for position in &window.positions {
+        // Exact in an f64 below 2^53 fen, far above any window's positions.
+        metrics::gauge!(crate::metrics::SETTLEMENT_NET_POSITION_FEN, "institution" => position.institution_id.clone())
+            .set(position.net_fen as f64);
+    }
+    metrics::gauge!(crate::metrics::SETTLEMENT_CLOSE_DELAY_SECONDS)
+        .set((now_ms - window.end_ms) as f64 / 1000.0);
 }
