@@ -1,6 +1,8 @@
 //! `dcpipe`: the command that runs dcpipe's demo, workers, audits and load tests.
 
 mod commands;
+#[cfg(test)]
+mod compose_check;
 mod options;
 mod settings;
 mod telemetry;
