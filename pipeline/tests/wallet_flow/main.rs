@@ -17,6 +17,7 @@ macro_rules! wallet_suite {
             a_double_spender_is_caught_locked_and_blacklisted,
             forged_and_replayed_key_sets_are_refused_with_their_codes,
             key_sets_nobody_here_can_answer_are_dead_lettered,
+            a_seeded_scenario_ends_as_the_reference_model_says,
         );
     };
     (@each $backend:expr; $($scenario:ident),+ $(,)?) => {

@@ -18,8 +18,8 @@ use dcpipe_pipeline::wallet::limits::{HOUR_MS, PAID_AT_SKEW_MS_MAX_DEFAULT};
 use dcpipe_pipeline::wallet::stages::record::terms_of;
 use dcpipe_pipeline::wallet::stages::{clearing, sync};
 use dcpipe_pipeline::wallet::{
-    HardWallet, OFFLINE_TIER_4, SatelliteFix, WalletProvisioning, copied_key, key_fingerprint,
-    key_set_input,
+    HardWallet, OFFLINE_TIER_4, OfflineNetwork, SatelliteFix, SyncPolicy, WalletProvisioning,
+    copied_key, key_fingerprint, key_set_input,
 };
 use dcpipe_schemas::{
     DeadLetter, Digest32, OfflinePayment, OutcomeStatus, PartyRef, PaymentId, SyncStatus,
@@ -515,4 +515,196 @@ pub(crate) async fn key_sets_nobody_here_can_answer_are_dead_lettered(backend: &
         letter.reason_code
     );
     world.running.stop().await;
+}
+
+/// A deterministic pseudo-random sequence (64-bit LCG): the same seed, the same scenario.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % bound
+    }
+}
+
+/// Every wallet of the network goes offline, pays the others at random (seeded), one rewinds
+/// its secure element and spends its purse again; they all reconnect. The same key sets go to
+/// the stages and to the reference model (`OfflineNetwork`): the answers, what cleared, what
+/// each payee was credited, the purses, the loss accounts and the fraud verdicts agree.
+pub(crate) async fn a_seeded_scenario_ends_as_the_reference_model_says(backend: &Backend) {
+    let mut world = World::start(backend).await;
+    let parties: Vec<PartyRef> = [OI_A, OI_B]
+        .iter()
+        .flat_map(|oi| (0..4).map(|n| world.party(oi, n)))
+        .collect();
+    let mut wallets = Vec::new();
+    for party in &parties {
+        wallets.push(
+            world
+                .offline_wallet(&party.institution_id, {
+                    parties
+                        .iter()
+                        .filter(|p| p.institution_id == party.institution_id)
+                        .position(|p| p == party)
+                        .expect("index")
+                })
+                .await,
+        );
+    }
+    let network = &world.running.network;
+    let signers = network.institutions.iter().map(|(id, inst)| {
+        (
+            id.clone(),
+            Arc::new(copied_key(&inst.signer).expect("copy signer")),
+        )
+    });
+    let mut model = OfflineNetwork::new(
+        Arc::clone(&network.verifier),
+        world.anchors.clone(),
+        signers,
+        SyncPolicy::default(),
+    );
+    let mut before = Vec::new();
+    for (party, wallet) in parties.iter().zip(&wallets) {
+        let spki = wallet
+            .key()
+            .certificate()
+            .public_key()
+            .to_spki_der()
+            .expect("spki");
+        model.open_wallet(party, 1, &spki, world.t0, OFFLINE_TIER_4);
+        assert!(model.fund_purse(party, PURSE_FEN));
+        before.push(world.balance(party).await);
+    }
+    let mut rng = Lcg(0x5eed_0011);
+    let mut made: Vec<(PaymentId, Digest32)> = Vec::new();
+    let mut at = world.t0 + 60_000;
+    let count = wallets.len();
+    for payer in 0..count {
+        for _ in 0..rng.below(5) {
+            let payee =
+                (payer + 1 + usize::try_from(rng.below(count as u64 - 1)).unwrap_or(0)) % count;
+            at += 1_000 + i64::try_from(rng.below(30_000)).unwrap_or(0);
+            let amount = 1 + i64::try_from(rng.below(5_000)).unwrap_or(0);
+            let (payer_wallet, payee_wallet) = pair(&mut wallets, payer, payee);
+            let (id, digest, _) = pay(payer_wallet, payee_wallet, amount, at);
+            made.push((id, digest));
+        }
+    }
+    // Wallet 0 pays 10,000 more, rewinds, and spends its whole purse again to wallet 5 (the
+    // other institution): its counters from 1 used twice, 5,000 fen at least beyond the purse.
+    {
+        let (payer_wallet, payee_wallet) = pair(&mut wallets, 0, 1);
+        at += 60_000;
+        made.push({
+            let (id, digest, _) = pay(payer_wallet, payee_wallet, 10_000, at);
+            (id, digest)
+        });
+    }
+    wallets[0].rewind_for_double_spending(0, CHAIN_START, PURSE_FEN);
+    {
+        let (payer_wallet, payee_wallet) = pair(&mut wallets, 0, 5);
+        at += 60_000;
+        let (id, digest, _) = pay(payer_wallet, payee_wallet, 45_000, at);
+        made.push((id, digest));
+    }
+    // Everyone but the double spender reconnects, in a seeded order; then, once every payment
+    // cleared, the double spender.
+    let mut order: Vec<usize> = (1..count).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, usize::try_from(rng.below(i as u64 + 1)).unwrap_or(0));
+    }
+    for index in order {
+        let now = system_now_ms();
+        let upload = wallets[index].key_set(fix(now)).expect("key set");
+        let expected = model
+            .sync(&parties[index].institution_id, &upload.key_set, now)
+            .expect("model answers");
+        let answer = world.sync(&mut wallets[index]).await;
+        assert_eq!(
+            answer.status, expected.result.status,
+            "{}",
+            parties[index].wallet_id
+        );
+        assert_eq!(answer.reason_code, expected.result.reason_code);
+        assert_eq!(answer.purse_fen, expected.result.purse_fen);
+    }
+    world.cleared(&made).await;
+    let now = system_now_ms();
+    let upload = wallets[0].key_set(fix(now)).expect("key set");
+    let expected = model
+        .sync(&parties[0].institution_id, &upload.key_set, now)
+        .expect("model answers");
+    let answer = world.sync(&mut wallets[0]).await;
+    assert_eq!(answer.status, expected.result.status);
+    assert_eq!(answer.reason_code, expected.result.reason_code);
+    assert_eq!(
+        answer.reason_code.as_deref(),
+        Some(Reason::WalletBlacklisted.as_str())
+    );
+    // What cleared, and how.
+    let cleared: Vec<PaymentId> = model.cleared().keys().copied().collect();
+    let mut made_ids: Vec<PaymentId> = made.iter().map(|(id, _)| *id).collect();
+    made_ids.sort();
+    assert_eq!(cleared, made_ids, "the model cleared every payment made");
+    for id in &made_ids {
+        let payer = &model.cleared()[id].payer;
+        let stored = world
+            .offline(&payer.institution_id)
+            .offline_clearing(&dcpipe_connectors::ledger::PaymentId(*id.as_bytes()))
+            .await
+            .expect("read")
+            .expect("cleared by the stages");
+        assert_eq!(stored.amount_fen, model.cleared()[id].amount_fen);
+    }
+    for (index, party) in parties.iter().enumerate() {
+        assert_eq!(
+            world.balance(party).await - before[index],
+            model.credited(party),
+            "credited to {}",
+            party.wallet_id
+        );
+        let record = world
+            .offline(&party.institution_id)
+            .offline_wallet(&party.wallet_id)
+            .await
+            .expect("read")
+            .expect("record");
+        let modelled = model.record(party).expect("modelled");
+        assert_eq!(record.purse_fen, modelled.purse_fen, "{}", party.wallet_id);
+        assert_eq!(
+            record.blacklisted_at_ms.is_some(),
+            modelled.blacklisted_at_ms.is_some()
+        );
+        assert_eq!(
+            record.locked_at_ms.is_some(),
+            modelled.locked_at_ms.is_some()
+        );
+    }
+    for oi in [OI_A, OI_B] {
+        let totals = world.offline(oi).offline_totals().await.expect("totals");
+        assert_eq!(totals.loss_account_fen, model.loss_account_fen(oi), "{oi}");
+    }
+    assert!(model.totals().conserved());
+    assert!(
+        model.loss_account_fen(OI_A) <= -5_000,
+        "the excess is a loss"
+    );
+    assert!(model.blacklist().contains(&parties[0].wallet_id));
+    world.running.stop().await;
+}
+
+/// Two distinct wallets of `wallets`, mutably.
+fn pair(wallets: &mut [HardWallet], a: usize, b: usize) -> (&mut HardWallet, &mut HardWallet) {
+    assert_ne!(a, b);
+    if a < b {
+        let (left, right) = wallets.split_at_mut(b);
+        (&mut left[a], &mut right[0])
+    } else {
+        let (left, right) = wallets.split_at_mut(a);
+        (&mut right[0], &mut left[b])
+    }
 }
