@@ -41,8 +41,9 @@ pub(crate) enum Command {
     /// Create and inspect the demo PKI (central bank root, institution CAs, wallet keys).
     #[command(subcommand)]
     Pki(pki::PkiCommand),
-    /// Open wallets into an institution's ledger from a file: the only way money enters.
-    #[command(subcommand)]
+    /// Open wallets into an institution's ledger from a file: the only way money enters. Lock,
+    /// unlock and change the limits of offline wallets by signed remote commands.
+    #[command(subcommand, alias = "wallet")]
     Wallets(wallets::WalletsCommand),
     /// List the Avro schemas and their stable ids (Confluent wire format), or show one.
     Schemas(schemas::SchemasArgs),
@@ -76,7 +77,8 @@ impl Command {
             Command::Settlement(args) => Some(&args.broker),
             Command::Audit(args) => Some(&args.broker),
             Command::Pki(pki::PkiCommand::Revoke(args)) => Some(&args.broker),
-            Command::Pki(_) | Command::Schemas(_) | Command::Wallets(_) => None,
+            Command::Wallets(command) => command.broker(),
+            Command::Pki(_) | Command::Schemas(_) => None,
         }
     }
 

@@ -1,16 +1,27 @@
-//! `dcpipe wallets`: opening wallets, a bank operation.
+//! `dcpipe wallets` (or `dcpipe wallet`): opening wallets, and the remote control of offline
+//! wallets (lock, unlock, limit changes), bank operations.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use dcpipe_connectors::bus::{BusUrl, connect};
 use dcpipe_connectors::ledger::{
     BATCH_ITEMS_MAX, LedgerOptions, LedgerUrl, OpenResult, open_ledger,
 };
+use dcpipe_pipeline::clock::{Clock, SystemClock};
 use dcpipe_pipeline::opening::parse_wallet_file;
+use dcpipe_pipeline::payment::{Institution, PaymentPolicy};
+use dcpipe_pipeline::pki::{ChainVerifier, KeyHolder, PkiDirectory, PkiLayout, RevocationSet};
+use dcpipe_pipeline::wallet::Command;
+use dcpipe_pipeline::wallet::remote::{command_message, issue_command};
+use dcpipe_pipeline::wallet::stages::record::limits_of;
+use dcpipe_schemas::CommandId;
 
-use crate::settings::Settings;
+use crate::settings::{BrokerArgs, Settings, parse_duration};
 
 /// Wallet commands.
 #[derive(Debug, Subcommand)]
@@ -21,6 +32,79 @@ pub(crate) enum WalletsCommand {
     /// opened on the same terms is left as it is; one opened on other terms is refused (exit 1).
     /// A file with a bad line opens nothing.
     Open(OpenArgs),
+    /// Lock an offline wallet: a LOCK command signed by the institution signer is queued for
+    /// it (it follows the wallet's next sync result, and is published now with --bus), and
+    /// the lock binds at once: its online payments are refused (`payer.wallet_locked`), its
+    /// offline payments made from now on are refused at sync. Idempotent by --command-id.
+    Lock(ControlArgs),
+    /// Unlock an offline wallet (a blacklisted one stays locked on the platform).
+    Unlock(ControlArgs),
+    /// Change an offline wallet's limits: a LIMIT_CHANGE command; the limits not given stay.
+    Limit(LimitArgs),
+}
+
+impl WalletsCommand {
+    /// The broker flags, for the commands that may publish.
+    pub(crate) fn broker(&self) -> Option<&BrokerArgs> {
+        match self {
+            WalletsCommand::Open(_) => None,
+            WalletsCommand::Lock(args) | WalletsCommand::Unlock(args) => Some(&args.broker),
+            WalletsCommand::Limit(args) => Some(&args.control.broker),
+        }
+    }
+}
+
+/// Options of the remote control commands.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ControlArgs {
+    /// The wallet's institution, which signs the command.
+    #[arg(long, env = "DCPIPE_INSTITUTION")]
+    institution: String,
+    /// The wallet.
+    #[arg(long)]
+    wallet: String,
+    /// The ledgers: sqlite://DIR or postgres://user@host:port/db.
+    #[arg(long, env = "DCPIPE_LEDGER")]
+    ledger: Option<String>,
+    /// The trust anchors: the trust/ directory of `dcpipe pki init`, or the PKI directory.
+    #[arg(long, env = "DCPIPE_PKI", value_name = "DIR")]
+    pki: PathBuf,
+    /// The institution signer's directory (signer.crt.pem, signer.key.pem); taken from --pki
+    /// when that is a whole PKI directory.
+    #[arg(long, env = "DCPIPE_KEY", value_name = "DIR")]
+    key: Option<PathBuf>,
+    /// Also publish the command now on wallet.command.<institution>, for a wallet online.
+    #[arg(long, env = "DCPIPE_BUS")]
+    bus: Option<String>,
+    /// The command's id (a UUID): issuing again with the same id changes nothing. A fresh
+    /// one when not given.
+    #[arg(long, value_name = "UUID")]
+    command_id: Option<String>,
+    /// Credentials, TLS and stream limits towards the broker.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
+}
+
+/// Options of `dcpipe wallets limit`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LimitArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// Most the purse may hold, in fen.
+    #[arg(long)]
+    purse_limit_fen: Option<i64>,
+    /// Most one offline payment may be, in fen.
+    #[arg(long)]
+    single_payment_limit_fen: Option<i64>,
+    /// Most the offline payments between two syncs may total, in fen.
+    #[arg(long)]
+    cumulative_limit_fen: Option<i64>,
+    /// Most offline payments between two syncs.
+    #[arg(long)]
+    payments_per_sync_max: Option<i64>,
+    /// The preset offline duration (e.g. 24h).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    offline_duration: Option<Duration>,
 }
 
 /// Options of `dcpipe wallets open`.
@@ -40,6 +124,20 @@ pub(crate) struct OpenArgs {
 pub(crate) async fn run(command: WalletsCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
     match command {
         WalletsCommand::Open(args) => open(args, settings).await,
+        WalletsCommand::Lock(args) => control(args, ControlKind::Lock, settings).await,
+        WalletsCommand::Unlock(args) => control(args, ControlKind::Unlock, settings).await,
+        WalletsCommand::Limit(args) => {
+            let kind = ControlKind::Limit {
+                purse_limit_fen: args.purse_limit_fen,
+                single_payment_limit_fen: args.single_payment_limit_fen,
+                cumulative_limit_fen: args.cumulative_limit_fen,
+                payments_per_sync_max: args.payments_per_sync_max,
+                offline_duration_ms_max: args
+                    .offline_duration
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            };
+            control(args.control, kind, settings).await
+        }
     }
 }
 
@@ -104,4 +202,141 @@ async fn open(args: OpenArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What a remote control command asks.
+enum ControlKind {
+    Lock,
+    Unlock,
+    Limit {
+        purse_limit_fen: Option<i64>,
+        single_payment_limit_fen: Option<i64>,
+        cumulative_limit_fen: Option<i64>,
+        payments_per_sync_max: Option<i64>,
+        offline_duration_ms_max: Option<i64>,
+    },
+}
+
+fn parse_command_id(text: &str) -> anyhow::Result<CommandId> {
+    let hex_digits: String = text.chars().filter(|c| *c != '-').collect();
+    let bytes: [u8; 16] = hex::decode(&hex_digits)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("--command-id {text} is not a UUID"))?;
+    Ok(CommandId::from_bytes(bytes))
+}
+
+async fn control(
+    args: ControlArgs,
+    kind: ControlKind,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let ledger_url: LedgerUrl = args
+        .ledger
+        .as_deref()
+        .or(settings.ledger.as_deref())
+        .context("--ledger (or DCPIPE_LEDGER) is required")?
+        .parse()?;
+    let command_id = match &args.command_id {
+        Some(text) => parse_command_id(text)?,
+        None => CommandId::random(),
+    };
+    // The trust anchors and the institution signer: no other private key is read.
+    let trust = args.pki.clone();
+    let key_dir = args.key.clone().unwrap_or_else(|| {
+        PkiLayout::new(&trust).signer_dir(KeyHolder::Institution(&args.institution))
+    });
+    let holder = args.institution.clone();
+    let keys = tokio::task::spawn_blocking(move || {
+        PkiDirectory::load_worker(&trust, &key_dir, KeyHolder::Institution(&holder)).with_context(
+            || {
+                format!(
+                    "loading the trust anchors from {} and the signing key from {}",
+                    trust.display(),
+                    key_dir.display()
+                )
+            },
+        )
+    })
+    .await??;
+    let verifier = Arc::new(ChainVerifier::new(
+        Arc::clone(&keys.trust_store),
+        Arc::new(RevocationSet::new()),
+    ));
+    let ledger = open_ledger(&ledger_url, &args.institution, &LedgerOptions::default()).await?;
+    let clock = Arc::new(SystemClock);
+    let now_ms = clock.now_ms();
+    let institution = Institution::new(
+        args.institution.clone(),
+        keys.signer,
+        verifier,
+        ledger,
+        PaymentPolicy::default(),
+        clock,
+    );
+    let command = match kind {
+        ControlKind::Lock => Command::Lock,
+        ControlKind::Unlock => Command::Unlock,
+        ControlKind::Limit {
+            purse_limit_fen,
+            single_payment_limit_fen,
+            cumulative_limit_fen,
+            payments_per_sync_max,
+            offline_duration_ms_max,
+        } => {
+            let record = institution
+                .ledger
+                .offline()
+                .offline_wallet(&args.wallet)
+                .await?
+                .with_context(|| {
+                    format!(
+                        "{} keeps no offline record of wallet {}",
+                        args.institution, args.wallet
+                    )
+                })?;
+            let mut limits = limits_of(&record.limits);
+            limits.purse_limit_fen = purse_limit_fen.unwrap_or(limits.purse_limit_fen);
+            limits.single_payment_limit_fen =
+                single_payment_limit_fen.unwrap_or(limits.single_payment_limit_fen);
+            limits.cumulative_limit_fen =
+                cumulative_limit_fen.unwrap_or(limits.cumulative_limit_fen);
+            limits.payments_per_sync_max =
+                payments_per_sync_max.unwrap_or(limits.payments_per_sync_max);
+            limits.offline_duration_ms_max =
+                offline_duration_ms_max.unwrap_or(limits.offline_duration_ms_max);
+            Command::OfflineLimits(limits)
+        }
+    };
+    let Some(signed) =
+        issue_command(&institution, &args.wallet, command_id, &command, now_ms).await?
+    else {
+        bail!(
+            "{} keeps no offline record of wallet {}: nothing issued",
+            args.institution,
+            args.wallet
+        );
+    };
+    if args.bus.is_some() || settings.bus.is_some() {
+        let bus_url = settings
+            .bus_url(args.bus.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        if bus_url != BusUrl::Embedded {
+            let bus = connect(&bus_url, &settings.bus_options).await?;
+            bus.publish(command_message(&institution, &signed)?).await?;
+        }
+    }
+    println!(
+        "{}: {:?} for {} issued as command {} (sequence {})",
+        args.institution, signed.command, args.wallet, signed.command_id, signed.sequence
+    );
+    tracing::info!(
+        institution = %args.institution,
+        wallet = %args.wallet,
+        command = ?signed.command,
+        command_id = %signed.command_id,
+        sequence = signed.sequence,
+        "remote command issued"
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,7 @@ pub mod double_spend;
 pub mod limits;
 pub mod payment;
 pub mod platform;
+pub mod remote;
 pub mod stages;
 pub mod sync;
 pub mod time;

@@ -18,6 +18,7 @@ macro_rules! wallet_suite {
             forged_and_replayed_key_sets_are_refused_with_their_codes,
             key_sets_nobody_here_can_answer_are_dead_lettered,
             a_seeded_scenario_ends_as_the_reference_model_says,
+            a_command_issued_while_offline_is_applied_once_after_reconnection,
         );
     };
     (@each $backend:expr; $($scenario:ident),+ $(,)?) => {

@@ -15,15 +15,16 @@ use dcpipe_pipeline::protocol::{CHAIN_START, offline_payment_digest, offline_pay
 use dcpipe_pipeline::reason::Reason;
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::wallet::limits::{HOUR_MS, PAID_AT_SKEW_MS_MAX_DEFAULT};
+use dcpipe_pipeline::wallet::remote::issue_command;
 use dcpipe_pipeline::wallet::stages::record::terms_of;
 use dcpipe_pipeline::wallet::stages::{clearing, sync};
 use dcpipe_pipeline::wallet::{
-    HardWallet, OFFLINE_TIER_4, OfflineNetwork, SatelliteFix, SyncPolicy, WalletProvisioning,
-    copied_key, key_fingerprint, key_set_input,
+    Command, CommandApplied, HardWallet, OFFLINE_TIER_4, OfflineNetwork, SatelliteFix, SyncPolicy,
+    WalletProvisioning, copied_key, key_fingerprint, key_set_input,
 };
 use dcpipe_schemas::{
-    DeadLetter, Digest32, OfflinePayment, OutcomeStatus, PartyRef, PaymentId, SyncStatus,
-    WalletAction, WalletSyncResult,
+    CommandId, DeadLetter, Digest32, OfflineLimits, OfflinePayment, OutcomeStatus, PartyRef,
+    PaymentId, RemoteControlCommand, SyncStatus, WalletAction, WalletSyncResult,
 };
 
 use crate::harness::{Backend, Running};
@@ -707,4 +708,147 @@ fn pair(wallets: &mut [HardWallet], a: usize, b: usize) -> (&mut HardWallet, &mu
         let (left, right) = wallets.split_at_mut(a);
         (&mut right[0], &mut left[b])
     }
+}
+
+/// The remote commands published for `wallet_id` on `institution`'s command subject, until
+/// `count` arrived.
+async fn commands(
+    world: &World,
+    consumer: &mut Box<dyn Consumer>,
+    wallet_id: &str,
+    count: usize,
+) -> Vec<RemoteControlCommand> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut found = Vec::new();
+    while found.len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {count} commands for {wallet_id}",
+            found.len()
+        );
+        for delivery in consumer
+            .fetch(16, Duration::from_millis(50))
+            .await
+            .expect("fetch")
+        {
+            let command: RemoteControlCommand =
+                dcpipe_schemas::decode(&delivery.record.payload).expect("command decodes");
+            if command.wallet_id == wallet_id {
+                found.push(command);
+            }
+            delivery.ack().await.expect("ack");
+        }
+    }
+    let _ = world;
+    found
+}
+
+pub(crate) async fn a_command_issued_while_offline_is_applied_once_after_reconnection(
+    backend: &Backend,
+) {
+    let mut world = World::start(backend).await;
+    let mut a0 = world.offline_wallet(OI_A, 0).await;
+    let wallet_id = a0.party().wallet_id.clone();
+    let inst = Arc::clone(&world.running.network.institutions[OI_A]);
+    let mut consumer = world
+        .running
+        .bus
+        .consumer(ConsumerConfig::new(
+            subjects::wallet_command(OI_A),
+            "test-wallet-commands",
+        ))
+        .await
+        .expect("commands consumer");
+    // While the wallet is offline: new limits, then a lock.
+    let limits = OfflineLimits {
+        purse_limit_fen: 80_000,
+        ..OFFLINE_TIER_4
+    };
+    let lock_id = CommandId::random();
+    let now = system_now_ms();
+    let change = issue_command(
+        &inst,
+        &wallet_id,
+        CommandId::random(),
+        &Command::OfflineLimits(limits),
+        now,
+    )
+    .await
+    .expect("issued")
+    .expect("an offline wallet");
+    let lock = issue_command(&inst, &wallet_id, lock_id, &Command::Lock, now)
+        .await
+        .expect("issued")
+        .expect("an offline wallet");
+    assert_eq!((change.sequence, lock.sequence), (1, 2));
+    // Issued again under its id: the same command, nothing new.
+    let again = issue_command(&inst, &wallet_id, lock_id, &Command::Lock, now)
+        .await
+        .expect("issued")
+        .expect("an offline wallet");
+    assert_eq!(again, lock);
+    // The lock binds at once: the wallet's online payments are refused.
+    let online = world
+        .ledger(OI_A)
+        .wallet(&wallet_id)
+        .await
+        .expect("read")
+        .expect("wallet");
+    assert!(online.account.locked);
+    // The wallet reconnects: told to lock, and the two commands follow its answer, in order.
+    let answer = world.sync(&mut a0).await;
+    assert_eq!(answer.status, SyncStatus::Accepted);
+    assert!(answer.actions.contains(&WalletAction::Lock));
+    assert_eq!(answer.pending_commands, 2);
+    let delivered = commands(&world, &mut consumer, &wallet_id, 2).await;
+    assert_eq!(
+        delivered.iter().map(|c| c.sequence).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let verifier = Arc::clone(&world.running.network.verifier);
+    for command in &delivered {
+        assert!(matches!(
+            a0.apply_command(command, &verifier).expect("applies"),
+            CommandApplied::Applied(_)
+        ));
+    }
+    // Delivered again: applied once.
+    assert_eq!(
+        a0.apply_command(&delivered[0], &verifier)
+            .expect("recognized"),
+        CommandApplied::AlreadyApplied
+    );
+    assert!(a0.is_locked());
+    assert_eq!(a0.limits().purse_limit_fen, 80_000);
+    // Unlocked while offline again: only the new command follows the next answer.
+    let unlock = issue_command(
+        &inst,
+        &wallet_id,
+        CommandId::random(),
+        &Command::Unlock,
+        system_now_ms(),
+    )
+    .await
+    .expect("issued")
+    .expect("an offline wallet");
+    assert_eq!(unlock.sequence, 3);
+    let answer = world.sync(&mut a0).await;
+    assert_eq!(answer.status, SyncStatus::Accepted, "{answer:?}");
+    assert_eq!(answer.pending_commands, 1);
+    assert_eq!(
+        answer.offline_limits.map(|l| l.purse_limit_fen),
+        Some(80_000)
+    );
+    let delivered = commands(&world, &mut consumer, &wallet_id, 1).await;
+    assert_eq!(delivered[0].sequence, 3);
+    a0.apply_command(&delivered[0], &verifier).expect("applies");
+    assert!(!a0.is_locked());
+    let online = world
+        .ledger(OI_A)
+        .wallet(&wallet_id)
+        .await
+        .expect("read")
+        .expect("wallet");
+    assert!(!online.account.locked);
+    world.running.stop().await;
 }
