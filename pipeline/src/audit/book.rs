@@ -1064,3 +1064,312 @@ fn check_position(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use dcpipe_schemas::PartyRef;
+
+    use super::*;
+
+    const T0_MS: i64 = 1_800_000_000_000;
+
+    fn party(institution: &str, wallet: &str) -> PartyRef {
+        PartyRef {
+            institution_id: institution.into(),
+            wallet_id: wallet.into(),
+        }
+    }
+
+    fn terms(payee_institution: &str, amount_fen: i64) -> Terms {
+        Terms {
+            payer: party("oi01", "w1"),
+            payee: party(payee_institution, "w2"),
+            amount_fen,
+            currency: "CNY".into(),
+        }
+    }
+
+    fn record(subject: &str, offset: u64, at_ms: i64, fact: Fact) -> Checked {
+        Checked {
+            subject: subject.into(),
+            position: Position {
+                partition: 0,
+                offset,
+            },
+            timestamp_ms: at_ms,
+            fact,
+        }
+    }
+
+    fn id() -> PaymentId {
+        PaymentId::from_bytes([5; 16])
+    }
+
+    fn digest(byte: u8) -> Digest32 {
+        Digest32::from_bytes([byte; 32])
+    }
+
+    fn envelope(terms: Terms) -> Fact {
+        Fact::Envelope {
+            payment_id: id(),
+            terms,
+            envelope_digest: digest(1),
+            submission_digest: digest(2),
+            factor: digest(3),
+            verdict: Ok(()),
+        }
+    }
+
+    fn clearing(terms: Terms, binding: Digest32) -> Fact {
+        Fact::Clearing {
+            payment_id: id(),
+            terms,
+            digest: digest(1),
+            binding,
+        }
+    }
+
+    fn accepted() -> Fact {
+        Fact::Response {
+            payment_id: id(),
+            accepted: true,
+            amount_fen: 0,
+        }
+    }
+
+    fn outcome(terms: Terms, status: OutcomeStatus, stage: &str) -> OutcomeFact {
+        OutcomeFact {
+            payment_id: id(),
+            digest: digest(1),
+            status,
+            reason_code: (status == OutcomeStatus::Rejected).then(|| "funds.insufficient".into()),
+            terms,
+            stage: stage.into(),
+            decided_at_ms: T0_MS,
+        }
+    }
+
+    fn position(oi: &str, debit_fen: i64, credit_fen: i64) -> SettlementPosition {
+        SettlementPosition {
+            window_id: 7,
+            window_start_at_ms: T0_MS - 1_000,
+            window_end_at_ms: T0_MS + 1_000,
+            institution_id: oi.into(),
+            net_fen: credit_fen - debit_fen,
+            debit_fen,
+            credit_fen,
+            clearing_count: 1,
+        }
+    }
+
+    /// The instruction of window 7 ([T0 − 1 s, T0 + 1 s)) with one clearing oi01 → oi02.
+    fn instruction(amount_fen: i64) -> SettlementInstruction {
+        SettlementInstruction {
+            instruction_id: dcpipe_schemas::InstructionId::from_bytes([1; 16]),
+            window_id: 7,
+            window_start_at_ms: T0_MS - 1_000,
+            window_end_at_ms: T0_MS + 1_000,
+            positions: vec![
+                position("oi01", amount_fen, 0),
+                position("oi02", 0, amount_fen),
+            ],
+            late_clearing_count: 0,
+            late_amount_fen: 0,
+            issued_at_ms: T0_MS + 2_000,
+            issuer_certificate: Vec::new(),
+            signature: Vec::new(),
+        }
+    }
+
+    fn run(config: BookConfig, records: Vec<Checked>, end_ms: i64) -> AuditReport {
+        let mut book = Book::new(config);
+        let mut report = AuditReport::default();
+        for r in records {
+            book.apply(r, &mut report);
+        }
+        book.finish(end_ms, &mut report);
+        report
+    }
+
+    #[test]
+    fn a_whole_interbank_payment_is_judged_once_and_its_copies_are_repeats() {
+        let t = terms("oi02", 700);
+        let completed = outcome(t.clone(), OutcomeStatus::Completed, "commit");
+        let report = run(
+            BookConfig::default(),
+            vec![
+                record("txn.submit.oi01", 1, T0_MS, envelope(t.clone())),
+                record(
+                    "clearing.request.oi02",
+                    1,
+                    T0_MS + 1,
+                    clearing(t.clone(), digest(3)),
+                ),
+                record("clearing.response.oi01", 1, T0_MS + 2, accepted()),
+                record(
+                    "txn.result.oi01",
+                    1,
+                    T0_MS + 3,
+                    Fact::Outcome(completed.clone()),
+                ),
+                record(
+                    "txn.result.oi02",
+                    1,
+                    T0_MS + 3,
+                    Fact::Outcome(completed.clone()),
+                ),
+                record(
+                    "settlement.clearing",
+                    1,
+                    T0_MS + 3,
+                    Fact::SettlementClearing(completed.clone()),
+                ),
+                record(
+                    "settlement.instruction",
+                    1,
+                    T0_MS + 2_000,
+                    Fact::Instruction(instruction(700)),
+                ),
+                record(
+                    "settlement.position.oi02",
+                    1,
+                    T0_MS + 2_000,
+                    Fact::Position(position("oi02", 0, 700)),
+                ),
+                // Long after it was judged, a copy again.
+                record(
+                    "txn.result.oi02",
+                    2,
+                    T0_MS + 60_000,
+                    Fact::Outcome(completed),
+                ),
+            ],
+            T0_MS + 120_000,
+        );
+        assert!(report.is_clean(), "{:#?}", report.discrepancies);
+        assert_eq!(report.counts.payments_judged, 1);
+        assert_eq!(report.counts.payments_completed, 1);
+        assert_eq!(report.counts.windows_checked, 1);
+    }
+
+    #[test]
+    fn a_completed_payment_without_its_clearing_is_found() {
+        let t = terms("oi01", 700);
+        let report = run(
+            BookConfig::default(),
+            vec![
+                record("txn.submit.oi01", 1, T0_MS, envelope(t.clone())),
+                record(
+                    "txn.result.oi01",
+                    1,
+                    T0_MS + 3,
+                    Fact::Outcome(outcome(t, OutcomeStatus::Completed, "commit")),
+                ),
+            ],
+            T0_MS + 120_000,
+        );
+        assert_eq!(report.count_of(AuditCode::CompletedWithoutClearing), 1);
+        assert_eq!(report.discrepancies.len(), 1);
+    }
+
+    #[test]
+    fn an_outcome_begun_before_the_range_is_partial() {
+        let t = terms("oi01", 700);
+        let config = BookConfig {
+            range_start_ms: Some(T0_MS),
+            ..BookConfig::default()
+        };
+        let report = run(
+            config,
+            vec![record(
+                "txn.result.oi01",
+                1,
+                T0_MS + 10,
+                Fact::Outcome(outcome(t, OutcomeStatus::Rejected, "commit")),
+            )],
+            T0_MS + 120_000,
+        );
+        assert!(report.is_clean(), "{:#?}", report.discrepancies);
+        assert_eq!(report.counts.payments_partial, 1);
+        assert_eq!(report.partial[0].edge, "start");
+    }
+
+    #[test]
+    fn a_valid_envelope_without_outcome_is_missing_one_unless_at_the_end() {
+        let t = terms("oi02", 700);
+        let records = || vec![record("txn.submit.oi01", 1, T0_MS, envelope(t.clone()))];
+        let late = run(BookConfig::default(), records(), T0_MS + 120_000);
+        assert_eq!(late.count_of(AuditCode::OutcomeMissing), 1);
+        let at_the_end = run(BookConfig::default(), records(), T0_MS + 1_000);
+        assert!(at_the_end.is_clean());
+        assert_eq!(at_the_end.partial[0].edge, "end");
+    }
+
+    #[test]
+    fn a_vehicle_charge_is_authorized_by_the_pre_authorization_it_names() {
+        let t = terms("oi01", 700);
+        let authorization = |max_amount_fen| {
+            record(
+                "vehicle.authorization.oi01",
+                1,
+                T0_MS - 10,
+                Fact::Authorization {
+                    digest: digest(9),
+                    wallet: party("oi01", "w1"),
+                    max_amount_fen,
+                    expires_at_ms: T0_MS + 60_000,
+                },
+            )
+        };
+        let charge = |max_amount_fen| {
+            vec![
+                authorization(max_amount_fen),
+                record(
+                    "clearing.request.oi01",
+                    1,
+                    T0_MS,
+                    clearing(t.clone(), digest(9)),
+                ),
+                record("clearing.response.oi01", 1, T0_MS + 1, accepted()),
+                record(
+                    "txn.result.oi01",
+                    1,
+                    T0_MS + 2,
+                    Fact::Outcome(outcome(t.clone(), OutcomeStatus::Completed, "commit")),
+                ),
+            ]
+        };
+        let within = run(BookConfig::default(), charge(1_000), T0_MS + 120_000);
+        assert!(within.is_clean(), "{:#?}", within.discrepancies);
+        let above = run(BookConfig::default(), charge(500), T0_MS + 120_000);
+        assert_eq!(above.count_of(AuditCode::ClearingMismatch), 1);
+    }
+
+    #[test]
+    fn an_instruction_is_the_sum_of_its_windows_clearings() {
+        let t = terms("oi02", 700);
+        let clearing = outcome(t, OutcomeStatus::Completed, "commit");
+        let mut book = Book::new(BookConfig::default());
+        let mut report = AuditReport::default();
+        book.apply(
+            record(
+                "settlement.clearing",
+                1,
+                T0_MS,
+                Fact::SettlementClearing(clearing),
+            ),
+            &mut report,
+        );
+        book.apply(
+            record(
+                "settlement.instruction",
+                1,
+                T0_MS + 2_000,
+                Fact::Instruction(instruction(701)),
+            ),
+            &mut report,
+        );
+        assert_eq!(report.count_of(AuditCode::SettlementMismatch), 1);
+        assert_eq!(report.counts.windows_checked, 1);
+    }
+}
