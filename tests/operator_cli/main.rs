@@ -1,5 +1,5 @@
 //! The operator's commands against a running pipeline: submit, tail, dead letters (list and
-//! redrive) and settlement, on every bus. The scenarios are written once (`scenarios.rs`) and
+//! redrive), settlement and the audit, on every bus. The scenarios are written once (`scenarios.rs`) and
 //! run from one module per bus; each calls the library functions the `dcpipe` binary calls,
 //! and the NATS module also runs the binary itself.
 
@@ -18,6 +18,14 @@ mod nats {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_binary_submits_tails_lists_and_settles() {
         super::scenarios::the_binary_submits_tails_lists_and_settles(Backend::nats().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_binary_audits_the_record_and_exits_by_what_it_found() {
+        super::scenarios::the_binary_audits_the_record_and_exits_by_what_it_found(
+            Backend::nats().await,
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -678,3 +678,113 @@ pub(crate) async fn a_tail_follower_holds_one_consumer_and_sees_new_records(back
     stop.cancel();
     assert_eq!(follower.await.expect("joined").expect("tail"), 4);
 }
+
+/// `dcpipe audit` on a live record: exit 0 when it reconciles, 1 with the discrepancy in its
+/// JSON report, 2 when it cannot run.
+pub(crate) async fn the_binary_audits_the_record_and_exits_by_what_it_found(backend: Backend) {
+    let running = Running::start(&backend).await;
+    let report = submit_between(&running, (("oi01", 0), ("oi02", 0)), 10_000).await;
+    assert_eq!(
+        report.outcome.as_ref().map(|(o, _)| o.status),
+        Some(OutcomeStatus::Completed)
+    );
+    // Its window settled, so that the whole payment is in the record.
+    let verifier = verifier(running.pki_dir.path()).expect("trust anchors");
+    let institutions = vec!["oi01".to_owned(), "oi02".to_owned()];
+    wait_for(
+        || {
+            settlement::read(
+                running.bus.as_ref(),
+                &verifier,
+                &institutions,
+                ReplayFrom::Beginning,
+                None,
+            )
+        },
+        |r: &SettlementReport| {
+            r.instructions.iter().any(|c| {
+                c.instruction
+                    .as_ref()
+                    .is_ok_and(|i| i.positions.iter().any(|p| p.debit_fen == 10_000))
+            })
+        },
+    )
+    .await;
+    let url = backend.url.clone().expect("a shared bus");
+    let pki = running.pki_dir.path().display().to_string();
+    let report_file = running.pki_dir.path().join("audit.json");
+    let audit = move |extra: &[&str]| {
+        let (url, pki, report) = (url.clone(), pki.clone(), report_file.clone());
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let report_path = report.display().to_string();
+                let mut args = vec![
+                    "audit",
+                    "--bus",
+                    &url,
+                    "--pki",
+                    &pki,
+                    "--report",
+                    &report_path,
+                    "--edge",
+                    "0s",
+                ];
+                args.extend(extra.iter().map(String::as_str));
+                let (code, out) = dcpipe(&args);
+                let json: serde_json::Value = std::fs::read_to_string(&report)
+                    .ok()
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or_default();
+                (code, out, json)
+            })
+            .await
+            .expect("joined")
+        }
+    };
+
+    let (code, out, json) = audit(&[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json["counts"]["payments_judged"], 1, "{out}");
+    assert_eq!(json["discrepancies"].as_array().map(Vec::len), Some(0));
+
+    // Bytes on a subject no stage reads, so none dead-letters them.
+    running
+        .bus
+        .publish(Outgoing::new(
+            subjects::SETTLEMENT_INSTRUCTION,
+            Bytes::from_static(b"\x00\x00\x00\x00\x06not an instruction"),
+        ))
+        .await
+        .expect("published");
+    let (code, out, json) = audit(&[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        json["discrepancies_by_code"]["audit.undecodable_not_dead_lettered"], 1,
+        "{out}"
+    );
+    assert_eq!(
+        json["discrepancies"][0]["subject"],
+        "settlement.instruction"
+    );
+
+    let (code, out, _) = audit(&["--from", "2099-01-01T00:00:00Z", "--require-messages"]).await;
+    assert_eq!(code, 2, "an empty range with --require-messages: {out}");
+    running.stop().await;
+
+    let pki = std::env::temp_dir().display().to_string();
+    let (code, _) = tokio::task::spawn_blocking(move || {
+        dcpipe(&[
+            "audit",
+            "--bus",
+            "nats://127.0.0.1:1",
+            "--pki",
+            &pki,
+            "--report",
+            "/dev/null",
+        ])
+    })
+    .await
+    .expect("joined");
+    assert_eq!(code, 2, "no trust anchors, no bus: it cannot run");
+}
