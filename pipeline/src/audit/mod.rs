@@ -427,6 +427,10 @@ pub async fn run(
             } else {
                 book.take_judged();
             }
+            report.counts.open_payments_max = report
+                .counts
+                .open_payments_max
+                .max(book.open_payments() as u64);
             let elapsed = started.elapsed().as_secs_f64().max(1e-9);
             progress(&Progress {
                 records: report.counts.records,

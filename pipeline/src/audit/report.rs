@@ -110,6 +110,8 @@ pub struct AuditCounts {
     pub refused_and_dead_lettered: u64,
     /// Payments checked against the ledgers.
     pub ledger_payments_checked: u64,
+    /// Most payments open at once: what the audit's memory grows with (not the records).
+    pub open_payments_max: u64,
 }
 
 /// What an audit found.
@@ -194,6 +196,11 @@ impl AuditReport {
             c.payments_judged, c.payments_completed, c.payments_rejected, c.payments_partial
         );
         let _ = writeln!(out, "  windows checked    {:>10}", c.windows_checked);
+        let _ = writeln!(
+            out,
+            "  open payments, most {:>9}  (the state held, whatever the range)",
+            c.open_payments_max
+        );
         let _ = writeln!(
             out,
             "  refused, dead-lettered {:>6}  (bad input the stages handled)",
