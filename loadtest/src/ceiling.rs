@@ -15,6 +15,9 @@
 //!   bus with no processing, in payments per second: the message rate divided by the messages
 //!   one payment needs (submit, clearing request, clearing response, the outcome to the payer's
 //!   institution, and for an interbank payment its copy to the payee's and to settlement).
+//! - For a vehicle load, the **vehicle ceiling** ([`VehicleWork`]): telemetry reports per
+//!   second that the matching stage's pure work on the run's own signed batches allows, and
+//!   the bus ceiling in batches of their real size.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -323,39 +326,18 @@ impl CryptoWork {
         duration: Duration,
     ) -> Result<CryptoCeiling, LoadTestError> {
         let threads = threads.max(1);
-        let started = Instant::now();
-        let deadline = started + duration;
-        let results: Vec<Result<OpCounts, LoadTestError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    scope.spawn(move || {
-                        let mut counts = OpCounts::default();
-                        let mut i = t * self.items.len() / threads;
-                        while Instant::now() < deadline {
-                            let item = &self.items[i % self.items.len()];
-                            self.one_payment(item, &mut counts)?;
-                            i += 1;
-                        }
-                        Ok(counts)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(crypto_error(
-                            "crypto ceiling",
-                            "a measuring thread panicked",
-                        ))
-                    })
-                })
-                .collect()
-        });
-        let elapsed = started.elapsed().as_secs_f64();
+        let (results, elapsed) = on_threads(threads, duration, |t, deadline| {
+            let mut counts = OpCounts::default();
+            let mut i = t * self.items.len() / threads;
+            while Instant::now() < deadline {
+                let item = &self.items[i % self.items.len()];
+                self.one_payment(item, &mut counts)?;
+                i += 1;
+            }
+            Ok(counts)
+        })?;
         let mut total = OpCounts::default();
-        for result in results {
-            let counts = result?;
+        for counts in results {
             total.payments += counts.payments;
             total.sign += counts.sign;
             total.verify += counts.verify;
@@ -363,6 +345,32 @@ impl CryptoWork {
         }
         Ok(crypto_ceiling_from(total, threads, elapsed))
     }
+}
+
+/// Runs `work(thread index, deadline)` on `threads` threads until `duration` has passed and
+/// returns what each thread counted and the seconds it took.
+fn on_threads<C: Send>(
+    threads: usize,
+    duration: Duration,
+    work: impl Fn(usize, Instant) -> Result<C, LoadTestError> + Sync,
+) -> Result<(Vec<C>, f64), LoadTestError> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let work = &work;
+    let results: Vec<Result<C, LoadTestError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| scope.spawn(move || work(t, deadline)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(crypto_error("ceiling", "a measuring thread panicked")))
+            })
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((results.into_iter().collect::<Result<_, _>>()?, seconds))
 }
 
 /// Envelopes per second one core of the synthetic terminals signs and encodes (two
@@ -904,43 +912,20 @@ impl VehicleWork {
     ) -> Result<VehicleCeiling, LoadTestError> {
         let threads = threads.max(1);
         let now_ms = dcpipe_pipeline::clock::system_now_ms();
-        let started = Instant::now();
-        let deadline = started + duration;
-        let results: Vec<Result<(u64, u64), LoadTestError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    scope.spawn(move || {
-                        let (mut reports, mut batches) = (0u64, 0u64);
-                        let mut v = t * self.vehicles.len() / threads;
-                        while Instant::now() < deadline {
-                            let index = v % self.vehicles.len();
-                            reports += self.one_vehicle(index, now_ms)?;
-                            batches += self.vehicles[index].len() as u64;
-                            v += 1;
-                        }
-                        Ok((reports, batches))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(crypto_error(
-                            "vehicle ceiling",
-                            "a measuring thread panicked",
-                        ))
-                    })
-                })
-                .collect()
-        });
-        let seconds = started.elapsed().as_secs_f64();
-        let (mut reports, mut batches) = (0u64, 0u64);
-        for result in results {
-            let (r, b) = result?;
-            reports += r;
-            batches += b;
-        }
+        let (results, seconds) = on_threads(threads, duration, |t, deadline| {
+            let (mut reports, mut batches) = (0u64, 0u64);
+            let mut v = t * self.vehicles.len() / threads;
+            while Instant::now() < deadline {
+                let index = v % self.vehicles.len();
+                reports += self.one_vehicle(index, now_ms)?;
+                batches += self.vehicles[index].len() as u64;
+                v += 1;
+            }
+            Ok((reports, batches))
+        })?;
+        let (reports, batches) = results
+            .into_iter()
+            .fold((0u64, 0u64), |(r, b), (r1, b1)| (r + r1, b + b1));
         let rate = if seconds > 0.0 {
             reports as f64 / seconds
         } else {

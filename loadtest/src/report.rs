@@ -33,6 +33,23 @@ pub struct MixReport {
     pub conflict_share: f64,
 }
 
+/// A report as pretty JSON.
+pub(crate) fn to_json(report: &impl Serialize) -> Result<String, LoadTestError> {
+    serde_json::to_string_pretty(report)
+        .map_err(|e| LoadTestError::new(LoadTestErrorKind::Output, format!("report: {e}")))
+}
+
+/// Writes a report as pretty JSON to `path`.
+pub(crate) fn write_json(report: &impl Serialize, path: &Path) -> Result<(), LoadTestError> {
+    let json = to_json(report)?;
+    std::fs::write(path, json + "\n").map_err(|e| {
+        LoadTestError::new(
+            LoadTestErrorKind::Output,
+            format!("writing {}: {e}", path.display()),
+        )
+    })
+}
+
 /// Where the money is at the end of the run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MoneyCheck {
@@ -46,6 +63,29 @@ pub struct MoneyCheck {
     pub pending_credit_fen: i64,
     /// Balances equal the opening total and nothing is in flight.
     pub conserved: bool,
+}
+
+impl MoneyCheck {
+    /// The check of a reading of the network's money.
+    pub fn of(money: &dcpipe_pipeline::network::MoneyReport) -> Self {
+        MoneyCheck {
+            opening_fen: money.opening_fen,
+            balance_fen: money.balance_fen,
+            held_fen: money.held_fen,
+            pending_credit_fen: money.pending_credit_fen,
+            conserved: money.is_settled_and_conserved(),
+        }
+    }
+
+    /// Why the run is invalid, if money is not conserved.
+    pub fn failure(&self) -> Option<String> {
+        (!self.conserved).then(|| {
+            format!(
+                "money not conserved: opening {} fen, now {} fen, {} held, {} pending",
+                self.opening_fen, self.balance_fen, self.held_fen, self.pending_credit_fen
+            )
+        })
+    }
 }
 
 /// The ramp's steps and what they found.
@@ -177,19 +217,12 @@ pub const REQUIRED_KEYS: &[&str] = &[
 impl Report {
     /// The report as pretty JSON.
     pub fn to_json(&self) -> Result<String, LoadTestError> {
-        serde_json::to_string_pretty(self)
-            .map_err(|e| LoadTestError::new(LoadTestErrorKind::Output, format!("report: {e}")))
+        to_json(self)
     }
 
     /// Writes the JSON report to `path`.
     pub fn write_json(&self, path: &Path) -> Result<(), LoadTestError> {
-        let json = self.to_json()?;
-        std::fs::write(path, json + "\n").map_err(|e| {
-            LoadTestError::new(
-                LoadTestErrorKind::Output,
-                format!("writing {}: {e}", path.display()),
-            )
-        })
+        write_json(self, path)
     }
 
     /// The table printed at the end of a run.

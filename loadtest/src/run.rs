@@ -255,23 +255,12 @@ pub async fn run_until(
         let money = wait_settled(&network, drain_timeout).await?;
         let rss_mb_max = rss.max_mib();
         shutdown.cancel();
-        for handle in stage_handles {
-            let _ = handle.await;
-        }
-        for handle in consumer_handles {
-            let _ = handle.await;
-        }
+        join_all(stage_handles).await;
+        join_all(consumer_handles).await;
         let _ = ticker.await;
         bar.finish_and_clear();
         let _ = rss.stop();
-        if let Some(namespace) = &namespace
-            && !config.keep
-        {
-            namespace
-                .remove_created()
-                .await
-                .map_err(|e| LoadTestError::bus("removing the run's streams or topics", e))?;
-        }
+        remove_namespace(namespace.as_ref(), config.keep).await?;
 
         // Judge and report.
         let tally = tracker.with_state(|s| s.tally());
@@ -301,12 +290,8 @@ pub async fn run_until(
                 tally.submitted
             ));
         }
-        if !money.is_settled_and_conserved() {
-            invalid_reasons.push(format!(
-                "money not conserved: opening {} fen, now {} fen, {} held, {} pending",
-                money.opening_fen, money.balance_fen, money.held_fen, money.pending_credit_fen
-            ));
-        }
+        let money = MoneyCheck::of(&money);
+        invalid_reasons.extend(money.failure());
         let (figures, measured_s, duration_s) = match &ramp {
             Some(ramp) => {
                 let step = ramp
@@ -394,13 +379,7 @@ pub async fn run_until(
                 .take(VIOLATION_EXAMPLES_MAX)
                 .map(|v| format!("{v:?}"))
                 .collect(),
-            money: MoneyCheck {
-                opening_fen: money.opening_fen,
-                balance_fen: money.balance_fen,
-                held_fen: money.held_fen,
-                pending_credit_fen: money.pending_credit_fen,
-                conserved: money.is_settled_and_conserved(),
-            },
+            money,
             valid: invalid_reasons.is_empty(),
             invalid_reasons,
             ramp,
@@ -487,6 +466,28 @@ pub(crate) async fn open_bus(
         None => broker,
     };
     Ok((bus, namespace))
+}
+
+/// Waits for the tasks the run started (they stop with its shutdown token).
+pub(crate) async fn join_all<T>(handles: impl IntoIterator<Item = tokio::task::JoinHandle<T>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+/// Removes the run's namespace at its end, unless it is to be kept.
+pub(crate) async fn remove_namespace(
+    namespace: Option<&Arc<NamespacedBus>>,
+    keep: bool,
+) -> Result<(), LoadTestError> {
+    match namespace {
+        Some(namespace) if !keep => namespace
+            .remove_created()
+            .await
+            .map(|_| ())
+            .map_err(|e| LoadTestError::bus("removing the run's streams or topics", e)),
+        _ => Ok(()),
+    }
 }
 
 /// After a run that failed (`outcome`), removes its namespace unless it is to be kept.

@@ -29,7 +29,10 @@ fn short_config(bus: BusUrl) -> LoadConfig {
 }
 
 async fn run_and_check(bus: BusUrl) -> VehicleReport {
-    let config = short_config(bus);
+    let mut config = short_config(bus);
+    // The test's broker is thrown away with its data: nothing to remove (tansu 0.6 fails to
+    // delete the run's topics, "broker transport failure", see docs/BENCHMARKS.md).
+    config.keep = matches!(config.bus, BusUrl::Kafka(_));
     let report = run_vehicles(&config, &CancellationToken::new())
         .await
         .expect("the vehicle load runs");

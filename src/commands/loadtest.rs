@@ -4,13 +4,16 @@
 //! Prints a progress bar while it runs, then a table; writes the JSON report (`--report`) and
 //! an SVG plot of throughput and latency over time (`--plot`, by default next to the report).
 //! Exits non-zero when the run is invalid: a submission without exactly one answer, counts that
-//! do not add up, or money not conserved.
+//! do not add up, or money not conserved. With `--vehicles N` it drives synthetic vehicles
+//! instead of payments (`dcpipe_loadtest::vehicles::run_vehicles`): reports per second applied,
+//! report → session event and session end → outcome latencies, the fleet's checks.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use dcpipe_connectors::bus::EmbeddedConfig;
+use dcpipe_loadtest::measure::SeriesPoint;
 use dcpipe_loadtest::payments::PaymentMix;
 use dcpipe_loadtest::plot::{check_plot_path, write_plot};
 use dcpipe_loadtest::{LedgerChoice, LoadConfig, Mode, RampConfig, SustainCriterion};
@@ -348,23 +351,46 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
     // Ctrl-C stops the load; the report then covers the run so far, marked interrupted.
     let interrupted = super::interrupt::on_interrupt();
     let report = dcpipe_loadtest::run_until(&config, &interrupted).await?;
-    println!("{}", report.table());
-    if let Some(path) = &args.report {
-        report.write_json(path)?;
+    let title = format!(
+        "dcpipe loadtest: {} on {}, {} ({})",
+        report.mode, report.bus, report.mix.algorithm, report.ledger
+    );
+    let window = (report.warmup_s, report.duration_s - report.cooldown_s);
+    conclude(
+        &report.table(),
+        args.report.as_deref(),
+        |path| report.write_json(path),
+        plot.as_deref()
+            .map(|path| (path, title, &report.series[..], window)),
+        interrupted.is_cancelled(),
+        report.valid,
+    )
+}
+
+/// A plot to write: its file, title, points and measured window (seconds).
+type PlotOf<'a> = (&'a std::path::Path, String, &'a [SeriesPoint], (f64, f64));
+
+/// Prints a run's table, writes its report and its plot, and returns its exit code.
+fn conclude(
+    table: &str,
+    report_path: Option<&std::path::Path>,
+    write_json: impl FnOnce(&std::path::Path) -> Result<(), dcpipe_loadtest::LoadTestError>,
+    plot: Option<PlotOf<'_>>,
+    interrupted: bool,
+    valid: bool,
+) -> anyhow::Result<ExitCode> {
+    println!("{table}");
+    if let Some(path) = report_path {
+        write_json(path)?;
         println!("report written to {}", path.display());
     }
-    if let Some(path) = &plot {
-        let (start, end) = (report.warmup_s, report.duration_s - report.cooldown_s);
-        let title = format!(
-            "dcpipe loadtest: {} on {}, {} ({})",
-            report.mode, report.bus, report.mix.algorithm, report.ledger
-        );
-        write_plot(path, &title, &report.series, (start, end))?;
+    if let Some((path, title, series, window)) = plot {
+        write_plot(path, &title, series, window)?;
         println!("plot written to {}", path.display());
     }
-    Ok(if interrupted.is_cancelled() {
+    Ok(if interrupted {
         ExitCode::from(super::interrupt::EXIT_INTERRUPTED)
-    } else if report.valid {
+    } else if valid {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -387,27 +413,19 @@ async fn run_vehicles(
     );
     let interrupted = super::interrupt::on_interrupt();
     let report = dcpipe_loadtest::vehicles::run_vehicles(config, &interrupted).await?;
-    println!("{}", report.table());
-    if let Some(path) = &args.report {
-        report.write_json(path)?;
-        println!("report written to {}", path.display());
-    }
-    if let Some(path) = plot {
-        let (start, end) = (report.warmup_s, report.duration_s - report.cooldown_s);
-        let title = format!(
-            "dcpipe loadtest: {} vehicles on {} ({}): reports/s, report → session event",
-            report.vehicles, report.bus, report.ledger
-        );
-        write_plot(path, &title, &report.series, (start, end))?;
-        println!("plot written to {}", path.display());
-    }
-    Ok(if interrupted.is_cancelled() {
-        ExitCode::from(super::interrupt::EXIT_INTERRUPTED)
-    } else if report.valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let title = format!(
+        "dcpipe loadtest: {} vehicles on {} ({}): reports/s, report → session event",
+        report.vehicles, report.bus, report.ledger
+    );
+    let window = (report.warmup_s, report.duration_s - report.cooldown_s);
+    conclude(
+        &report.table(),
+        args.report.as_deref(),
+        |path| report.write_json(path),
+        plot.map(|path| (path, title, &report.series[..], window)),
+        interrupted.is_cancelled(),
+        report.valid,
+    )
 }
 
 #[cfg(test)]

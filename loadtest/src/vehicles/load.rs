@@ -40,7 +40,10 @@ use crate::error::{LoadTestError, LoadTestErrorKind};
 use crate::measure::{Measurement, Percentiles, Series, SeriesPoint, per_second_f64};
 use crate::report::MoneyCheck;
 use crate::rss::{RssSampler, load_average, process_cpu_seconds};
-use crate::run::{open_bus, progress_bar, provision, remove_after_failure, wait_settled};
+use crate::run::{
+    join_all, open_bus, progress_bar, provision, remove_after_failure, remove_namespace,
+    wait_settled,
+};
 use crate::schedule::OpenSchedule;
 
 /// Most batches published in one round.
@@ -178,19 +181,12 @@ impl From<&FleetReport> for FleetSummary {
 impl VehicleReport {
     /// The report as pretty JSON.
     pub fn to_json(&self) -> Result<String, LoadTestError> {
-        serde_json::to_string_pretty(self)
-            .map_err(|e| LoadTestError::new(LoadTestErrorKind::Output, format!("report: {e}")))
+        crate::report::to_json(self)
     }
 
     /// Writes the JSON report to `path`.
     pub fn write_json(&self, path: &Path) -> Result<(), LoadTestError> {
-        let json = self.to_json()?;
-        std::fs::write(path, json + "\n").map_err(|e| {
-            LoadTestError::new(
-                LoadTestErrorKind::Output,
-                format!("writing {}: {e}", path.display()),
-            )
-        })
+        crate::report::write_json(self, path)
     }
 
     /// The table printed at the end of a run.
@@ -614,23 +610,12 @@ pub async fn run_vehicles(
         let money = wait_settled(&network, config.drain_timeout).await?;
         let rss_mb_max = rss.max_mib();
         shutdown.cancel();
-        for handle in stage_handles {
-            let _ = handle.await;
-        }
-        for handle in observers {
-            let _ = handle.await;
-        }
+        join_all(stage_handles).await;
+        join_all(observers).await;
         let _ = poller.await;
         bar.finish_and_clear();
         let _ = rss.stop();
-        if let Some(namespace) = &namespace
-            && !config.keep
-        {
-            namespace
-                .remove_created()
-                .await
-                .map_err(|e| LoadTestError::bus("removing the run's streams or topics", e))?;
-        }
+        remove_namespace(namespace.as_ref(), config.keep).await?;
 
         // Judge and report.
         let o = observed
@@ -655,12 +640,8 @@ pub async fn run_vehicles(
             .map(FleetSummary::from)
             .unwrap_or_default();
         invalid_reasons.extend(fleet.failures.iter().cloned());
-        if !money.is_settled_and_conserved() {
-            invalid_reasons.push(format!(
-                "money not conserved: opening {} fen, now {} fen, {} held, {} pending",
-                money.opening_fen, money.balance_fen, money.held_fen, money.pending_credit_fen
-            ));
-        }
+        let money = MoneyCheck::of(&money);
+        invalid_reasons.extend(money.failure());
         let achieved_rate = o.telemetry.achieved_rate();
         Ok(VehicleReport {
             bus: config.bus.to_string(),
@@ -693,13 +674,7 @@ pub async fn run_vehicles(
             session_events: o.session_events.clone(),
             charge_outcomes: o.charge_outcomes.clone(),
             fleet,
-            money: MoneyCheck {
-                opening_fen: money.opening_fen,
-                balance_fen: money.balance_fen,
-                held_fen: money.held_fen,
-                pending_credit_fen: money.pending_credit_fen,
-                conserved: money.is_settled_and_conserved(),
-            },
+            money,
             rss_mb_max,
             cpu_cores_used,
             load_average: (load_start, load_end),
