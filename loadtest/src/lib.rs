@@ -25,6 +25,7 @@ pub mod run;
 pub mod schedule;
 pub mod tracker;
 pub mod vehicles;
+pub mod wallet_flow;
 pub mod wallets;
 
 pub use config::{LedgerChoice, LoadConfig, Mode, RampConfig, SustainCriterion};

@@ -19,6 +19,7 @@ use dcpipe_connectors::bus::{
 use dcpipe_connectors::ledger::{LedgerUrl, SettlementConfig};
 use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
 use dcpipe_loadtest::vehicles::{FleetConfig, fleet_policy, run_fleet};
+use dcpipe_loadtest::wallet_flow::{WalletFlowConfig, run_wallet_flow};
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::invariants::{OutcomeCollector, Submission};
 use dcpipe_pipeline::network::{Network, NetworkConfig};
@@ -81,14 +82,18 @@ pub(crate) struct DemoArgs {
     /// Partitions of each Kafka topic.
     #[arg(long, default_value_t = 2)]
     partitions: u32,
-    /// Flows to run: payments, and synthetic vehicles paying where they are beside them.
+    /// Flows to run: payments, and beside them synthetic vehicles paying where they are and
+    /// offline wallets paying each other and reconnecting.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "payments,vehicles"
+        default_value = "payments,vehicles,wallets"
     )]
     flows: Vec<DemoFlow>,
+    /// Wallets taken offline (with the wallets flow), spread over the institutions.
+    #[arg(long, default_value_t = 16)]
+    offline_wallets: usize,
     /// Synthetic vehicles (with the vehicles flow), each on one recorded trip through a city.
     #[arg(long, default_value_t = 12)]
     vehicles: usize,
@@ -109,6 +114,9 @@ pub(crate) enum DemoFlow {
     Payments,
     /// Vehicles charged by toll gantries, parking lots, charging and fuel stations.
     Vehicles,
+    /// Offline wallets: purses, offline payments, key sets on reconnection, a double spender,
+    /// forged and replayed key sets, a remote command.
+    Wallets,
 }
 
 impl DemoArgs {
@@ -150,6 +158,15 @@ impl DemoArgs {
         }
         if self.flows.contains(&DemoFlow::Vehicles) && self.vehicles == 0 {
             anyhow::bail!("--vehicles 0 refused with the vehicles flow");
+        }
+        if self.flows.contains(&DemoFlow::Wallets)
+            && !(4..=dcpipe_loadtest::wallet_flow::FLOW_WALLETS_MAX).contains(&self.offline_wallets)
+        {
+            anyhow::bail!(
+                "--offline-wallets {} refused: 4 to {} with the wallets flow",
+                self.offline_wallets,
+                dcpipe_loadtest::wallet_flow::FLOW_WALLETS_MAX
+            );
         }
         Ok(())
     }
@@ -334,6 +351,31 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
             None
         };
 
+        // Offline wallets: purses, offline payments, reconnection, the injected cases.
+        let wallet_flow = if args.flows.contains(&DemoFlow::Wallets) && !interrupted.is_cancelled()
+        {
+            println!(
+                "  taking {} wallets offline and reconnecting them …",
+                args.offline_wallets
+            );
+            Some(
+                run_wallet_flow(
+                    &network,
+                    &bus,
+                    &collector,
+                    &WalletFlowConfig {
+                        seed: args.seed,
+                        wallets: args.offline_wallets,
+                    },
+                    DRAIN_DEADLINE,
+                )
+                .await
+                .context("running the offline wallets")?,
+            )
+        } else {
+            None
+        };
+
         // Drain: every submission answered, nothing in flight, every window settled.
         let was_interrupted = interrupted.is_cancelled();
         let drain = if was_interrupted {
@@ -347,7 +389,11 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         let money = wait_until_settled(&network, drain).await?;
         let expected_net = collector.with_book(|book| {
             let mut net = book.expected_net_positions(&submitted);
-            for (institution, fen) in fleet.iter().flat_map(|f| &f.interbank_net) {
+            for (institution, fen) in fleet
+                .iter()
+                .flat_map(|f| &f.interbank_net)
+                .chain(wallet_flow.iter().flat_map(|w| &w.interbank_net))
+            {
                 *net.entry(institution.clone()).or_insert(0) += fen;
             }
             net.retain(|_, v| *v != 0);
@@ -472,7 +518,57 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
                 println!("  {failure}");
             }
         }
+        if let Some(flow) = &wallet_flow {
+            println!(
+                "offline wallets      {:>7}  ({} key sets answered)",
+                flow.wallets, flow.key_sets_answered
+            );
+            println!(
+                "  offline payments   {:>7}  of {} made completed, loss accounts {}",
+                flow.payments_completed,
+                flow.payments_made,
+                cny_signed(flow.loss_fen)
+            );
+            for failure in flow.failures.iter().take(10) {
+                println!("  {failure}");
+            }
+        }
         let mut checks: Vec<(bool, String)> = Vec::new();
+        if let Some(flow) = &wallet_flow {
+            checks.push((
+                flow.payments_completed == flow.payments_made && flow.failures.is_empty(),
+                format!(
+                    "every offline payment cleared once ({} of {})",
+                    flow.payments_completed, flow.payments_made
+                ),
+            ));
+            checks.push((
+                flow.purses_reconciled == flow.wallets,
+                format!(
+                    "purses reconcile: the platform's and the wallets' ({} of {})",
+                    flow.purses_reconciled, flow.wallets
+                ),
+            ));
+            checks.push((
+                flow.double_spender_caught,
+                format!(
+                    "the double spender caught, locked and blacklisted; the excess on the loss \
+                     account ({})",
+                    cny_signed(flow.loss_fen)
+                ),
+            ));
+            checks.push((
+                flow.forged_refused && flow.replay_refused,
+                "forged and replayed key sets refused (wallet.signature_invalid, \
+                 wallet.keyset_replayed)"
+                    .to_owned(),
+            ));
+            checks.push((
+                flow.command_applied_once,
+                "a command issued while its wallet was offline applied once after reconnection"
+                    .to_owned(),
+            ));
+        }
         if let Some(fleet) = &fleet {
             checks.push((
                 fleet.missing.is_empty()
@@ -516,9 +612,12 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         checks.push((
             money.is_settled_and_conserved(),
             format!(
-                "money conserved: {} opening, {} now, {} held, {} pending",
+                "money conserved: {} opening, {} now ({} in offline purses), {} loss \
+                 accounts, {} held, {} pending",
                 cny(money.opening_fen),
                 cny(money.balance_fen),
+                cny(money.purses_fen),
+                cny_signed(money.loss_fen),
                 cny(money.held_fen),
                 cny(money.pending_credit_fen)
             ),
