@@ -142,12 +142,7 @@ pub(crate) async fn run(command: WalletsCommand, settings: &Settings) -> anyhow:
 }
 
 async fn open(args: OpenArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let ledger_url: LedgerUrl = args
-        .ledger
-        .as_deref()
-        .or(settings.ledger.as_deref())
-        .context("--ledger (or DCPIPE_LEDGER) is required")?
-        .parse()?;
+    let ledger_url = ledger_url(args.ledger.as_deref(), settings)?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let lines = match parse_wallet_file(&args.institution, &text) {
@@ -231,12 +226,7 @@ async fn control(
     kind: ControlKind,
     settings: &Settings,
 ) -> anyhow::Result<ExitCode> {
-    let ledger_url: LedgerUrl = args
-        .ledger
-        .as_deref()
-        .or(settings.ledger.as_deref())
-        .context("--ledger (or DCPIPE_LEDGER) is required")?
-        .parse()?;
+    let ledger_url = ledger_url(args.ledger.as_deref(), settings)?;
     let command_id = match &args.command_id {
         Some(text) => parse_command_id(text)?,
         None => CommandId::random(),
@@ -339,4 +329,12 @@ async fn control(
         "remote command issued"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ledger URL of `--ledger`, or of the configuration.
+fn ledger_url(flag: Option<&str>, settings: &Settings) -> anyhow::Result<LedgerUrl> {
+    Ok(flag
+        .or(settings.ledger.as_deref())
+        .context("--ledger (or DCPIPE_LEDGER) is required")?
+        .parse()?)
 }

@@ -49,6 +49,18 @@ pub const COMMANDS_LIST_MAX: usize = 256;
 /// Longest frame of a queued command or a stored answer, in bytes.
 pub const FRAME_LEN_MAX: usize = 64 * 1024;
 
+/// The columns of a record, a clearing and a command, in the order both backends read them.
+pub(crate) const RECORD_COLUMNS: &str = "wallet_id, version, key_version, key_fingerprint, \
+     last_sync_at_ms, counter, chain_head, purse_fen, funded_fen, purse_limit_fen, \
+     single_payment_limit_fen, cumulative_limit_fen, payments_per_sync_max, \
+     offline_duration_ms_max, locked_at_ms, blacklisted_at_ms, last_key_set, \
+     commands_applied_through, blacklist_version, last_answer";
+pub(crate) const CLEARING_COLUMNS: &str = "payment_id, digest, payer_wallet_id, counter, \
+     payee_institution_id, payee_wallet_id, amount_fen, from_purse_fen, from_loss_fen, evidence, \
+     paid_at_ms, frame";
+pub(crate) const COMMAND_COLUMNS: &str =
+    "command_id, wallet_id, sequence, kind, frame, issued_at_ms";
+
 /// The id of the purse account of `wallet_id`.
 pub fn purse_wallet_id(wallet_id: &str) -> String {
     format!("{wallet_id}{PURSE_SUFFIX}")

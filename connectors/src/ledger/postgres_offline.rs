@@ -11,6 +11,7 @@ use super::offline::{
     OfflineLedger, OfflineOpenResult, OfflineOpening, OfflineRecord, OfflineTerms, OfflineTotals,
     OfflineUpdate, PurseFunding, QueueResult, QueuedCommand, purse_wallet_id,
 };
+use super::offline::{CLEARING_COLUMNS, COMMAND_COLUMNS, RECORD_COLUMNS};
 use super::postgres::{AttemptError, PgDb, PostgresLedger, pg_error, with_retries};
 use super::types::{AMOUNT_FEN_MAX, PaymentId};
 
@@ -80,17 +81,6 @@ pub(crate) const MIGRATION: &str = "CREATE TABLE {s}.offline_wallets (
          position BIGINT NOT NULL UNIQUE,
          listed_at_ms BIGINT NOT NULL
      );";
-
-const RECORD_COLUMNS: &str = "wallet_id, version, key_version, key_fingerprint, last_sync_at_ms, \
-     counter, chain_head, purse_fen, funded_fen, purse_limit_fen, single_payment_limit_fen, \
-     cumulative_limit_fen, payments_per_sync_max, offline_duration_ms_max, locked_at_ms, \
-     blacklisted_at_ms, last_key_set, commands_applied_through, blacklist_version, last_answer";
-
-const CLEARING_COLUMNS: &str = "payment_id, digest, payer_wallet_id, counter, \
-     payee_institution_id, payee_wallet_id, amount_fen, from_purse_fen, from_loss_fen, evidence, \
-     paid_at_ms, frame";
-
-const COMMAND_COLUMNS: &str = "command_id, wallet_id, sequence, kind, frame, issued_at_ms";
 
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
     row: &'a Row,

@@ -195,17 +195,32 @@ impl World {
         }
     }
 
+    /// Publishes a key set's frame for `wallet_id` of `institution` and waits for the next
+    /// answer naming `digest`.
+    async fn answered(
+        &mut self,
+        institution: &str,
+        wallet_id: &str,
+        frame: Vec<u8>,
+        digest: Digest32,
+    ) -> WalletSyncResult {
+        self.publish(subjects::wallet_keyset(institution), wallet_id, frame)
+            .await;
+        self.answer(wallet_id, digest).await
+    }
+
     /// The wallet reconnects now: publishes its key set, waits for the answer and applies it.
     async fn sync(&mut self, wallet: &mut HardWallet) -> WalletSyncResult {
         let upload = wallet.key_set(fix(system_now_ms())).expect("key set");
         let party = wallet.party().clone();
-        self.publish(
-            subjects::wallet_keyset(&party.institution_id),
-            &party.wallet_id,
-            upload.frame.clone(),
-        )
-        .await;
-        let result = self.answer(&party.wallet_id, upload.digest).await;
+        let result = self
+            .answered(
+                &party.institution_id,
+                &party.wallet_id,
+                upload.frame.clone(),
+                upload.digest,
+            )
+            .await;
         wallet
             .apply_sync_result(&result, &self.running.network.verifier)
             .expect("the wallet takes its answer");
@@ -438,14 +453,14 @@ pub(crate) async fn forged_and_replayed_key_sets_are_refused_with_their_codes(ba
     let upload = a0.key_set(fix(system_now_ms())).expect("key set");
     let mut forged = upload.key_set.clone();
     forged.signature = a1.key().key().sign(&key_set_input(&forged)).expect("signs");
-    world
-        .publish(
-            subjects::wallet_keyset(OI_A),
+    let refused = world
+        .answered(
+            OI_A,
             &forged.wallet_id,
             dcpipe_schemas::encode(&forged).expect("encodes"),
+            upload.digest,
         )
         .await;
-    let refused = world.answer(&forged.wallet_id, upload.digest).await;
     assert_eq!(refused.status, SyncStatus::Rejected);
     assert_eq!(
         refused.reason_code.as_deref(),
@@ -455,26 +470,16 @@ pub(crate) async fn forged_and_replayed_key_sets_are_refused_with_their_codes(ba
     let first = world.sync(&mut a0).await;
     assert_eq!(first.status, SyncStatus::Accepted, "{first:?}");
     // Delivered again: the same answer.
-    world
-        .publish(
-            subjects::wallet_keyset(OI_A),
-            &forged.wallet_id,
-            upload.frame.clone(),
-        )
+    let again = world
+        .answered(OI_A, &forged.wallet_id, upload.frame.clone(), upload.digest)
         .await;
-    let again = world.answer(&forged.wallet_id, upload.digest).await;
     assert_eq!(again, first);
     // After a newer sync, the first key set is a replay.
     pay(&mut a0, &mut a1, 500, system_now_ms());
     assert_eq!(world.sync(&mut a0).await.status, SyncStatus::Accepted);
-    world
-        .publish(
-            subjects::wallet_keyset(OI_A),
-            &forged.wallet_id,
-            upload.frame.clone(),
-        )
+    let replayed = world
+        .answered(OI_A, &forged.wallet_id, upload.frame.clone(), upload.digest)
         .await;
-    let replayed = world.answer(&forged.wallet_id, upload.digest).await;
     assert_eq!(replayed.status, SyncStatus::Rejected);
     assert_eq!(
         replayed.reason_code.as_deref(),
