@@ -242,9 +242,14 @@ pub fn ledger_id(payment_id: &PaymentId) -> LedgerPaymentId {
 mod tests {
     use dcpipe_connectors::ledger::offline::OfflineRecord;
 
+    use std::sync::Arc;
+
     use super::*;
+    use crate::pki::{AlgorithmChoice, ChainVerifier, DemoPkiOptions, PkiDirectory, RevocationSet};
     use crate::protocol::CHAIN_START;
+    use crate::wallet::device::{HardWallet, WalletProvisioning, copied_key};
     use crate::wallet::limits::OFFLINE_TIER_4;
+    use crate::wallet::payment::verify_offline_payment_frame;
 
     fn stored() -> OfflineRecord {
         OfflineRecord {
@@ -297,6 +302,133 @@ mod tests {
         );
     }
 
+    /// Two wallets of one institution, the payer funded with `purse_fen` and opened at `t0`.
+    fn payer_and_payee(purse_fen: i64) -> (HardWallet, PartyRef, Arc<ChainVerifier>, i64) {
+        let t0 = crate::clock::system_now_ms();
+        let pki = PkiDirectory::generate(&DemoPkiOptions::new(1, 2, AlgorithmChoice::P256, t0))
+            .expect("PKI");
+        let mut wallets = pki.wallets();
+        let (payer_id, payer_keys) = wallets.next().expect("payer");
+        let (payee_id, payee_keys) = wallets.next().expect("payee");
+        let anchors = vec![
+            pki.root().certificate().der().to_vec(),
+            pki.institutions()
+                .next()
+                .map(|(_, k)| k.ca.certificate().der().to_vec())
+                .expect("CA"),
+        ];
+        let mut payer = HardWallet::provision(WalletProvisioning {
+            party: PartyRef {
+                institution_id: payer_keys.institution.clone(),
+                wallet_id: payer_id.to_owned(),
+            },
+            tier: 4,
+            key: copied_key(&payer_keys.wallet).expect("copy"),
+            key_version: 1,
+            limits: OFFLINE_TIER_4,
+            trust_anchors: anchors,
+            last_sync_at_ms: t0,
+            counter: 0,
+            chain_head: CHAIN_START,
+            purse_fen: 0,
+        })
+        .expect("provisioned");
+        payer.fund_purse(purse_fen).expect("funded");
+        let payee = PartyRef {
+            institution_id: payee_keys.institution.clone(),
+            wallet_id: payee_id.to_owned(),
+        };
+        let verifier = Arc::new(ChainVerifier::new(
+            Arc::clone(pki.trust_store()),
+            Arc::new(RevocationSet::new()),
+        ));
+        (payer, payee, verifier, t0)
+    }
+
+    fn record_of(payer: &HardWallet, purse_fen: i64) -> WalletRecord {
+        let mut record = wallet_record(&payer.party().institution_id, &stored());
+        record.party = payer.party().clone();
+        record.purse_fen = purse_fen;
+        record.locked_at_ms = None;
+        record.blacklisted_at_ms = None;
+        record
+    }
+
+    #[test]
+    fn a_payment_is_cleared_once_from_the_purse_and_a_second_under_its_counter_is_fraud() {
+        let (mut payer, payee, verifier, t0) = payer_and_payee(10_000);
+        let fix = |at_ms| crate::wallet::SatelliteFix { at_ms };
+        let first = payer.pay(&payee, 8_000, fix(t0 + 1_000)).expect("pays");
+        payer.rewind_for_double_spending(0, CHAIN_START, 10_000);
+        let second = payer
+            .pay(&payee, 7_000, fix(t0 + 2_000))
+            .expect("pays again");
+        let first_frame = first.as_bytes();
+        let first = verify_offline_payment_frame(first_frame, &verifier).expect("verifies");
+        let second_frame = second.as_bytes();
+        let second = verify_offline_payment_frame(second_frame, &verifier).expect("verifies");
+        let record = record_of(&payer, 10_000);
+
+        let cleared = decide_payer_clearing(
+            &record,
+            &[],
+            &[ToClear {
+                payment: &first,
+                frame: first_frame,
+            }],
+            t0 + 5_000,
+        );
+        assert!(!cleared.fraud);
+        assert_eq!(cleared.record.purse_fen, 2_000);
+        assert_eq!(cleared.clearings.len(), 1);
+        let stored_first = cleared.clearings[0].clone();
+        assert_eq!(
+            (stored_first.from_purse_fen, stored_first.from_loss_fen),
+            (8_000, 0)
+        );
+        assert_eq!(stored_first.frame, first_frame);
+
+        // Uploaded again (by the payer or the payee): recognized, nothing clears.
+        let again = decide_payer_clearing(
+            &cleared.record,
+            std::slice::from_ref(&stored_first),
+            &[ToClear {
+                payment: &first,
+                frame: first_frame,
+            }],
+            t0 + 6_000,
+        );
+        assert!(again.clearings.is_empty() && !again.fraud);
+        assert_eq!(again.record, cleared.record);
+
+        // Another payment under counter 1: credited in full, 2,000 from the purse, 5,000 from
+        // the loss account, and the payer locked and blacklisted.
+        let spent = decide_payer_clearing(
+            &cleared.record,
+            std::slice::from_ref(&stored_first),
+            &[ToClear {
+                payment: &second,
+                frame: second_frame,
+            }],
+            t0 + 7_000,
+        );
+        assert!(spent.fraud);
+        assert_eq!(spent.record.purse_fen, 0);
+        assert_eq!(
+            (
+                spent.clearings[0].from_purse_fen,
+                spent.clearings[0].from_loss_fen
+            ),
+            (2_000, 5_000)
+        );
+        assert_eq!(
+            spent.clearings[0].evidence.as_deref(),
+            Some(crate::reason::Reason::OfflineDoubleSpend.as_str())
+        );
+        assert_eq!(spent.record.locked_at_ms, Some(t0 + 7_000));
+        assert_eq!(spent.record.blacklisted_at_ms, Some(t0 + 7_000));
+    }
+
     #[test]
     fn an_offline_payment_pays_from_the_purse_account() {
         let payer = PartyRef {
@@ -305,6 +437,5 @@ mod tests {
         };
         assert_eq!(purse_party(&payer).wallet_id, "w1-purse");
         assert_eq!(purse_party(&payer).institution_id, "oi01");
-        assert_ne!(CHAIN_START, Digest32::from_bytes([1; 32]));
     }
 }
