@@ -9,16 +9,21 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use dcpipe_connectors::bus::{BusUrl, connect};
+use dcpipe_connectors::ledger::offline::{
+    FundingResult, OfflineOpenResult, OfflineOpening, PurseFunding,
+};
 use dcpipe_connectors::ledger::{
     BATCH_ITEMS_MAX, LedgerOptions, LedgerUrl, OpenResult, open_ledger,
 };
 use dcpipe_pipeline::clock::{Clock, SystemClock};
 use dcpipe_pipeline::opening::parse_wallet_file;
 use dcpipe_pipeline::payment::{Institution, PaymentPolicy};
-use dcpipe_pipeline::pki::{ChainVerifier, KeyHolder, PkiDirectory, PkiLayout, RevocationSet};
-use dcpipe_pipeline::wallet::Command;
-use dcpipe_pipeline::wallet::remote::{command_message, issue_command};
-use dcpipe_pipeline::wallet::stages::record::limits_of;
+use dcpipe_pipeline::pki::{
+    ChainVerifier, KeyHolder, PkiDirectory, PkiLayout, RevocationSet, Role, read_certificate_pem,
+};
+use dcpipe_pipeline::wallet::remote::{command_message, command_symbol, issue_command};
+use dcpipe_pipeline::wallet::stages::record::{limits_of, terms_of};
+use dcpipe_pipeline::wallet::{Command, key_fingerprint, offline_limits_for_tier};
 use dcpipe_schemas::CommandId;
 
 use crate::settings::{BrokerArgs, Settings, parse_duration};
@@ -32,6 +37,10 @@ pub(crate) enum WalletsCommand {
     /// opened on the same terms is left as it is; one opened on other terms is refused (exit 1).
     /// A file with a bad line opens nothing.
     Open(OpenArgs),
+    /// Open a wallet for offline use: the platform records its wallet key (key version 1,
+    /// from its certificate; no private key is read) and its tier's offline limits, and moves
+    /// --purse-fen from its online balance into its purse account. Idempotent by --funding-id.
+    Offline(OfflineArgs),
     /// Lock an offline wallet: a LOCK command signed by the institution signer is queued for
     /// it (it follows the wallet's next sync result, and is published now with --bus), and
     /// the lock binds at once: its online payments are refused (`payer.wallet_locked`), its
@@ -47,11 +56,35 @@ impl WalletsCommand {
     /// The broker flags, for the commands that may publish.
     pub(crate) fn broker(&self) -> Option<&BrokerArgs> {
         match self {
-            WalletsCommand::Open(_) => None,
+            WalletsCommand::Open(_) | WalletsCommand::Offline(_) => None,
             WalletsCommand::Lock(args) | WalletsCommand::Unlock(args) => Some(&args.broker),
             WalletsCommand::Limit(args) => Some(&args.control.broker),
         }
     }
+}
+
+/// Options of `dcpipe wallets offline`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct OfflineArgs {
+    /// The wallet's institution.
+    #[arg(long, env = "DCPIPE_INSTITUTION")]
+    institution: String,
+    /// The wallet (opened online before).
+    #[arg(long)]
+    wallet: String,
+    /// The wallet key's certificate (PEM), e.g. pki/wallets/<wallet>/wallet.crt.pem.
+    #[arg(long, value_name = "FILE")]
+    certificate: PathBuf,
+    /// Moved from the online balance into the purse, in fen.
+    #[arg(long)]
+    purse_fen: i64,
+    /// The ledgers: sqlite://DIR or postgres://user@host:port/db.
+    #[arg(long, env = "DCPIPE_LEDGER")]
+    ledger: Option<String>,
+    /// The funding's id (a UUID): funding again with the same id moves nothing. A fresh one
+    /// when not given.
+    #[arg(long, value_name = "UUID")]
+    funding_id: Option<String>,
 }
 
 /// Options of the remote control commands.
@@ -124,6 +157,7 @@ pub(crate) struct OpenArgs {
 pub(crate) async fn run(command: WalletsCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
     match command {
         WalletsCommand::Open(args) => open(args, settings).await,
+        WalletsCommand::Offline(args) => offline(args, settings).await,
         WalletsCommand::Lock(args) => control(args, ControlKind::Lock, settings).await,
         WalletsCommand::Unlock(args) => control(args, ControlKind::Unlock, settings).await,
         WalletsCommand::Limit(args) => {
@@ -212,13 +246,82 @@ enum ControlKind {
     },
 }
 
-fn parse_command_id(text: &str) -> anyhow::Result<CommandId> {
+/// A UUID given in `flag`, as its 16 bytes.
+fn parse_uuid(flag: &str, text: &str) -> anyhow::Result<[u8; 16]> {
     let hex_digits: String = text.chars().filter(|c| *c != '-').collect();
-    let bytes: [u8; 16] = hex::decode(&hex_digits)
+    hex::decode(&hex_digits)
         .ok()
         .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("--command-id {text} is not a UUID"))?;
-    Ok(CommandId::from_bytes(bytes))
+        .with_context(|| format!("--{flag} {text} is not a UUID"))
+}
+
+async fn offline(args: OfflineArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let ledger_url = ledger_url(args.ledger.as_deref(), settings)?;
+    let funding_id = match &args.funding_id {
+        Some(text) => parse_uuid("funding-id", text)?,
+        None => *CommandId::random().as_bytes(),
+    };
+    let certificate = read_certificate_pem(&args.certificate)
+        .with_context(|| format!("reading {}", args.certificate.display()))?;
+    if certificate.role() != Some(Role::Wallet)
+        || certificate.id() != args.wallet
+        || certificate.institution() != args.institution
+    {
+        bail!(
+            "{} is not the wallet key of {}/{}",
+            args.certificate.display(),
+            args.institution,
+            args.wallet
+        );
+    }
+    let spki = certificate.public_key().to_spki_der()?;
+    let ledger = open_ledger(&ledger_url, &args.institution, &LedgerOptions::default()).await?;
+    let wallet = ledger
+        .wallet(&args.wallet)
+        .await?
+        .with_context(|| format!("{} has no wallet {}", args.institution, args.wallet))?;
+    let tier = wallet.account.tier;
+    let offline = ledger.offline();
+    let opened = offline
+        .open_offline(&[OfflineOpening {
+            wallet_id: args.wallet.clone(),
+            key_version: 1,
+            key_fingerprint: key_fingerprint(&spki),
+            last_sync_at_ms: SystemClock.now_ms(),
+            limits: terms_of(&offline_limits_for_tier(tier)),
+        }])
+        .await?;
+    if opened.first() == Some(&OfflineOpenResult::Conflict) {
+        bail!(
+            "{} was opened for offline use with another key: nothing changed",
+            args.wallet
+        );
+    }
+    let funded = offline
+        .fund_purses(&[PurseFunding {
+            funding_id,
+            wallet_id: args.wallet.clone(),
+            amount_fen: args.purse_fen,
+        }])
+        .await?;
+    match funded.first() {
+        Some(FundingResult::Funded { purse_fen }) => println!(
+            "{}: {} open for offline use, {} fen moved into its purse (purse {purse_fen} fen), \
+             funding {}",
+            args.institution,
+            args.wallet,
+            args.purse_fen,
+            hex::encode(funding_id)
+        ),
+        Some(FundingResult::Duplicate) => println!(
+            "{}: {} open for offline use; funding {} was done before, nothing moved",
+            args.institution,
+            args.wallet,
+            hex::encode(funding_id)
+        ),
+        other => bail!("{}: funding refused: {other:?}", args.wallet),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn control(
@@ -228,7 +331,7 @@ async fn control(
 ) -> anyhow::Result<ExitCode> {
     let ledger_url = ledger_url(args.ledger.as_deref(), settings)?;
     let command_id = match &args.command_id {
-        Some(text) => parse_command_id(text)?,
+        Some(text) => CommandId::from_bytes(parse_uuid("command-id", text)?),
         None => CommandId::random(),
     };
     // The trust anchors and the institution signer: no other private key is read.
@@ -317,8 +420,12 @@ async fn control(
         }
     }
     println!(
-        "{}: {:?} for {} issued as command {} (sequence {})",
-        args.institution, signed.command, args.wallet, signed.command_id, signed.sequence
+        "{}: {} for {} issued as command {} (sequence {})",
+        args.institution,
+        command_symbol(signed.command),
+        args.wallet,
+        signed.command_id,
+        signed.sequence
     );
     tracing::info!(
         institution = %args.institution,

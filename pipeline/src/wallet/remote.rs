@@ -6,7 +6,7 @@
 
 use dcpipe_connectors::bus::Outgoing;
 use dcpipe_connectors::ledger::offline::{OfflineUpdate, QueueResult, QueuedCommand};
-use dcpipe_schemas::{CommandId, PartyRef, RemoteControlCommand};
+use dcpipe_schemas::{CommandId, ControlCommand, PartyRef, RemoteControlCommand};
 
 use super::control::{Command, sign_command};
 use super::stages::STALE_RETRIES_MAX;
@@ -39,7 +39,7 @@ pub async fn issue_command(
             command_id: *command_id.as_bytes(),
             wallet_id: wallet_id.to_owned(),
             sequence,
-            kind: format!("{:?}", signed.command).to_uppercase(),
+            kind: command_symbol(signed.command).to_owned(),
             frame: dcpipe_schemas::encode(&signed)?,
             issued_at_ms: now_ms,
         };
@@ -75,6 +75,16 @@ pub async fn issue_command(
     };
     apply_on_platform(inst, wallet_id, command, now_ms).await?;
     Ok(Some(signed))
+}
+
+/// The Avro symbol of a command's kind (`LOCK`, `UNLOCK`, `LIMIT_CHANGE`, `BLACKLIST_UPDATE`).
+pub fn command_symbol(command: ControlCommand) -> &'static str {
+    match command {
+        ControlCommand::Lock => "LOCK",
+        ControlCommand::Unlock => "UNLOCK",
+        ControlCommand::LimitChange => "LIMIT_CHANGE",
+        ControlCommand::BlacklistUpdate => "BLACKLIST_UPDATE",
+    }
 }
 
 /// What a command changes on the platform at once: a lock binds from its issue.

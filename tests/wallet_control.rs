@@ -1,0 +1,155 @@
+//! The operator's side of offline wallets, as run from a shell: a wallet opened, opened for
+//! offline use with its purse funded from its balance, then locked and unlocked by signed
+//! remote commands, each numbered after the last and queued in the institution's ledger.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `dcpipe` in `dir` with `args` and no `DCPIPE_*` settings from the environment.
+fn dcpipe(dir: &Path, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dcpipe"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("DCPIPE_") {
+            command.env_remove(name);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("dcpipe runs")
+}
+
+fn stdout_of(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+const WALLET: &str = "w-oi01-000001";
+
+#[test]
+fn a_wallet_goes_offline_and_is_locked_and_unlocked_by_numbered_commands() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    stdout_of(&dcpipe(
+        dir,
+        &[
+            "pki",
+            "init",
+            "--out",
+            "pki",
+            "--institutions",
+            "2",
+            "--wallets",
+            "4",
+        ],
+    ));
+    std::fs::write(
+        dir.join("wallets.jsonl"),
+        format!("{{\"wallet_id\": \"{WALLET}\", \"tier\": 4, \"opening_balance_fen\": 500000}}\n"),
+    )
+    .expect("wallet file");
+    let ledger = ["--ledger", "sqlite://ledgers"];
+    let opened = stdout_of(&dcpipe(
+        dir,
+        &[
+            &[
+                "wallets",
+                "open",
+                "--institution",
+                "oi01",
+                "--file",
+                "wallets.jsonl",
+            ][..],
+            &ledger,
+        ]
+        .concat(),
+    ));
+    assert!(opened.contains("1 wallets opened"), "{opened}");
+    let certificate = format!("pki/wallets/{WALLET}/wallet.crt.pem");
+    let offline = [
+        &[
+            "wallets",
+            "offline",
+            "--institution",
+            "oi01",
+            "--wallet",
+            WALLET,
+            "--certificate",
+            &certificate,
+            "--purse-fen",
+            "50000",
+            "--funding-id",
+            "0190f0e4-0000-7000-8000-000000000001",
+        ][..],
+        &ledger,
+    ]
+    .concat();
+    let funded = stdout_of(&dcpipe(dir, &offline));
+    assert!(
+        funded.contains("50000 fen moved into its purse"),
+        "{funded}"
+    );
+    let again = stdout_of(&dcpipe(dir, &offline));
+    assert!(again.contains("nothing moved"), "{again}");
+    let control = |verb: &str| {
+        [
+            &[
+                "wallet",
+                verb,
+                "--institution",
+                "oi01",
+                "--wallet",
+                WALLET,
+                "--pki",
+                "pki",
+            ][..],
+            &ledger,
+        ]
+        .concat()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect::<Vec<String>>()
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stdout_of(&dcpipe(dir, &args))
+    };
+    let locked = run(control("lock"));
+    assert!(locked.contains("LOCK for w-oi01-000001"), "{locked}");
+    assert!(locked.contains("(sequence 1)"), "{locked}");
+    let unlocked = run(control("unlock"));
+    assert!(unlocked.contains("UNLOCK for w-oi01-000001"), "{unlocked}");
+    assert!(unlocked.contains("(sequence 2)"), "{unlocked}");
+    // The wrong key's certificate is refused.
+    let wrong = dcpipe(
+        dir,
+        &[
+            &[
+                "wallets",
+                "offline",
+                "--institution",
+                "oi01",
+                "--wallet",
+                WALLET,
+                "--certificate",
+                &format!("pki/wallets/{WALLET}/terminal.crt.pem"),
+                "--purse-fen",
+                "1",
+            ][..],
+            &ledger,
+        ]
+        .concat(),
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("is not the wallet key"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+}
