@@ -20,8 +20,8 @@ use crate::pki::{CertErrorKind, Role, VerifiedIdentity, sha256};
 use crate::protocol::{settlement_instruction_bytes, submission_digest};
 use crate::reason::{Reason, Rejected};
 use crate::revocation::verify_update;
-use crate::vehicle::preauth::AUTHORIZATION_SIGNER_ROLES;
-use crate::vehicle::signed::{service_authorization_bytes, service_authorization_digest};
+use crate::vehicle::preauth::verify_authorization_signer;
+use crate::vehicle::signed::service_authorization_digest;
 
 /// A stored record as the audit reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,30 +295,23 @@ fn fact_of(context: &CheckContext, record: &AuditRecord) -> Fact {
             Ok(response) => response_fact(context, &response, addressee(subject), payload),
             Err(e) => undecodable(&e, payload),
         },
-        ["txn", "result", _] => match dcpipe_schemas::decode::<PaymentOutcome>(payload) {
-            Ok(outcome) => match outcome_check(context, &outcome) {
-                Ok(()) => Fact::Outcome(OutcomeFact::of(&outcome)),
-                Err(r) => refused(
-                    code_of(&r),
-                    Some(outcome.payment_id),
-                    r.to_string(),
-                    payload,
-                ),
-            },
-            Err(e) => undecodable(&e, payload),
-        },
-        ["settlement", "clearing"] => match dcpipe_schemas::decode::<PaymentOutcome>(payload) {
-            Ok(outcome) => match outcome_check(context, &outcome) {
-                Ok(()) => Fact::SettlementClearing(OutcomeFact::of(&outcome)),
-                Err(r) => refused(
-                    code_of(&r),
-                    Some(outcome.payment_id),
-                    r.to_string(),
-                    payload,
-                ),
-            },
-            Err(e) => undecodable(&e, payload),
-        },
+        ["txn", "result", _] | ["settlement", "clearing"] => {
+            match dcpipe_schemas::decode::<PaymentOutcome>(payload) {
+                Ok(outcome) => match outcome_check(context, &outcome) {
+                    Ok(()) if family[0] == "settlement" => {
+                        Fact::SettlementClearing(OutcomeFact::of(&outcome))
+                    }
+                    Ok(()) => Fact::Outcome(OutcomeFact::of(&outcome)),
+                    Err(r) => refused(
+                        code_of(&r),
+                        Some(outcome.payment_id),
+                        r.to_string(),
+                        payload,
+                    ),
+                },
+                Err(e) => undecodable(&e, payload),
+            }
+        }
         ["settlement", "instruction"] => {
             match dcpipe_schemas::decode::<SettlementInstruction>(payload) {
                 Ok(instruction) => match instruction_check(context, &instruction) {
@@ -524,30 +517,12 @@ fn instruction_check(
 
 fn authorization_fact(context: &CheckContext, authorization: &ServiceAuthorization) -> Fact {
     let a = authorization;
-    let checked = context
-        .verifier
-        .verify(&a.certificate, a.issued_at_ms, AUTHORIZATION_SIGNER_ROLES)
-        .map_err(|e| Rejected::new(Reason::Certificate(e.kind()), e.to_string()))
-        .and_then(|signer| {
-            if signer.id() != a.wallet.wallet_id
-                || signer.institution_id() != a.wallet.institution_id
-            {
-                return Err(Rejected::new(
-                    Reason::PartyMismatch,
-                    format!(
-                        "signed by {}/{}, names {}/{}",
-                        signer.institution_id(),
-                        signer.id(),
-                        a.wallet.institution_id,
-                        a.wallet.wallet_id
-                    ),
-                ));
-            }
-            signer
-                .public_key()
-                .verify(&service_authorization_bytes(a), &a.signature)
-                .map_err(|e| Rejected::new(Reason::PayerSignature, e.to_string()))
-        });
+    let checked = verify_authorization_signer(a, context.verifier.chains()).and_then(|signer| {
+        context
+            .verifier
+            .check_revocation(&signer, a.issued_at_ms)
+            .map_err(|e| Rejected::new(Reason::Certificate(e.kind()), e.to_string()))
+    });
     match checked {
         // A wallet's signature is not an institution's: a bad one is the vehicle stage's to
         // refuse, and it authorizes nothing here.

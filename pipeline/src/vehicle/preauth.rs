@@ -115,6 +115,30 @@ pub fn verify_authorization(
             ),
         ));
     }
+    let signer = verify_authorization_signer(a, verifier)?;
+    Ok(VerifiedAuthorization {
+        held: HeldAuthorization {
+            authorization_id: a.authorization_id,
+            vehicle_id: a.vehicle_id.clone(),
+            entity_id: a.entity_id.clone(),
+            service_kind: a.service_kind,
+            max_amount_fen: a.max_amount_fen,
+            charged_fen: 0,
+            expires_at_ms: a.expires_at_ms,
+        },
+        digest: service_authorization_digest(a),
+        signer,
+    })
+}
+
+/// Checks who signed a pre-authorization: the certificate chains to the root as the wallet's
+/// terminal or wallet key (valid at issue; revocation as the verifier applies it), of the wallet
+/// named, and its signature verifies. The stage's check and the audit's.
+pub fn verify_authorization_signer(
+    authorization: &ServiceAuthorization,
+    verifier: &ChainVerifier,
+) -> Result<VerifiedIdentity, Rejected> {
+    let a = authorization;
     let signer = verifier
         .verify(&a.certificate, a.issued_at_ms, AUTHORIZATION_SIGNER_ROLES)
         .map_err(|e| {
@@ -139,19 +163,7 @@ pub fn verify_authorization(
         .public_key()
         .verify(&service_authorization_bytes(a), &a.signature)
         .map_err(|e| Rejected::new(Reason::PreauthSignatureInvalid, e.to_string()))?;
-    Ok(VerifiedAuthorization {
-        held: HeldAuthorization {
-            authorization_id: a.authorization_id,
-            vehicle_id: a.vehicle_id.clone(),
-            entity_id: a.entity_id.clone(),
-            service_kind: a.service_kind,
-            max_amount_fen: a.max_amount_fen,
-            charged_fen: 0,
-            expires_at_ms: a.expires_at_ms,
-        },
-        digest: service_authorization_digest(a),
-        signer,
-    })
+    Ok(signer)
 }
 
 /// A pre-authorization held by the wallet's institution, with what was charged under it.

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dcpipe_connectors::bus::{Bus, Outgoing, Record, ReplayFrom, ReplayRequest};
+use dcpipe_connectors::bus::{Bus, Outgoing, Record, ReplayFrom};
 use dcpipe_connectors::ledger::{Ledger, LedgerUrl};
 use dcpipe_pipeline::audit::{self, AuditCode, AuditOptions, AuditReport, LedgerReconciler};
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::invariants::Submission;
+use dcpipe_pipeline::ops::follow::SubjectReader;
 use dcpipe_pipeline::pki::CertifiedKey;
 use dcpipe_pipeline::protocol::{payment_outcome_bytes, settlement_instruction_bytes};
 use dcpipe_pipeline::revocation::revocation_update;
@@ -52,22 +53,10 @@ async fn publish(bus: &dyn Bus, subject: &str, payload: Vec<u8>) {
 }
 
 async fn read_all(bus: &dyn Bus, subject: &str) -> Vec<Record> {
-    let mut replay = bus
-        .replay(ReplayRequest {
-            subject: subject.to_owned(),
-            from: ReplayFrom::Beginning,
-            until_ms: None,
-        })
+    SubjectReader::new(subject, ReplayFrom::Beginning, None)
+        .poll(bus, usize::MAX)
         .await
-        .expect("replay");
-    let mut records = Vec::new();
-    loop {
-        let batch = replay.next_batch(256).await.expect("read");
-        if batch.is_empty() {
-            return records;
-        }
-        records.extend(batch);
-    }
+        .expect("read")
 }
 
 /// Clearings counted by the instructions on the bus.
