@@ -124,6 +124,9 @@ struct Summary {
     finals: Vec<(Digest32, OutcomeStatus, Option<String>, Terms)>,
     /// Settled in a window.
     settled: bool,
+    /// Codes already reported against its outcomes: a contradiction is one discrepancy,
+    /// however many copies of each side the record holds.
+    reported: Vec<AuditCode>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +141,8 @@ struct OpenPayment {
     prior: Option<Summary>,
     /// Waiting in the queue of complete payments.
     queued: bool,
+    /// Codes already reported against its outcomes.
+    reported: Vec<AuditCode>,
 }
 
 impl OpenPayment {
@@ -150,6 +155,10 @@ impl OpenPayment {
             accepted: None,
             outcomes: Vec::new(),
             settled: prior.as_ref().is_some_and(|p| p.settled),
+            reported: prior
+                .as_ref()
+                .map(|p| p.reported.clone())
+                .unwrap_or_default(),
             prior,
             queued: false,
         }
@@ -435,46 +444,62 @@ impl Book {
             .find(|o| o.fact.digest == fact.digest)
         {
             if !same(seen.fact.status, &seen.fact.reason_code) {
-                report.push(Discrepancy::new(
-                    AuditCode::OutcomeContradiction,
-                    location,
-                    Some(fact.payment_id),
-                    format!(
-                        "{} (as at {} {})",
-                        seen.fact.describe_status(),
-                        seen.location.subject,
-                        seen.location.offset
+                once(
+                    &mut payment.reported,
+                    report,
+                    Discrepancy::new(
+                        AuditCode::OutcomeContradiction,
+                        location,
+                        Some(fact.payment_id),
+                        format!(
+                            "{} (as at {} {})",
+                            seen.fact.describe_status(),
+                            seen.location.subject,
+                            seen.location.offset
+                        ),
+                        fact.describe_status(),
                     ),
-                    fact.describe_status(),
-                ));
+                );
             } else if seen.fact.terms != fact.terms {
-                report.push(Discrepancy::new(
-                    AuditCode::OutcomeMismatch,
-                    location,
-                    Some(fact.payment_id),
-                    seen.fact.terms.describe(),
-                    fact.terms.describe(),
-                ));
+                once(
+                    &mut payment.reported,
+                    report,
+                    Discrepancy::new(
+                        AuditCode::OutcomeMismatch,
+                        location,
+                        Some(fact.payment_id),
+                        seen.fact.terms.describe(),
+                        fact.terms.describe(),
+                    ),
+                );
             }
             return;
         }
         if let Some((_, status, reason, terms)) = &prior_final {
             if !same(*status, reason) {
-                report.push(Discrepancy::new(
-                    AuditCode::OutcomeContradiction,
-                    location.clone(),
-                    Some(fact.payment_id),
-                    describe(*status, reason),
-                    fact.describe_status(),
-                ));
+                once(
+                    &mut payment.reported,
+                    report,
+                    Discrepancy::new(
+                        AuditCode::OutcomeContradiction,
+                        location.clone(),
+                        Some(fact.payment_id),
+                        describe(*status, reason),
+                        fact.describe_status(),
+                    ),
+                );
             } else if *terms != fact.terms {
-                report.push(Discrepancy::new(
-                    AuditCode::OutcomeMismatch,
-                    location.clone(),
-                    Some(fact.payment_id),
-                    terms.describe(),
-                    fact.terms.describe(),
-                ));
+                once(
+                    &mut payment.reported,
+                    report,
+                    Discrepancy::new(
+                        AuditCode::OutcomeMismatch,
+                        location.clone(),
+                        Some(fact.payment_id),
+                        terms.describe(),
+                        fact.terms.describe(),
+                    ),
+                );
             }
         }
         let completed_before = payment.completed().map(|o| o.fact.digest).or_else(|| {
@@ -488,13 +513,17 @@ impl Book {
         if fact.status == OutcomeStatus::Completed
             && completed_before.is_some_and(|d| d != fact.digest)
         {
-            report.push(Discrepancy::new(
-                AuditCode::OutcomeContradiction,
-                location.clone(),
-                Some(fact.payment_id),
-                "one completion per payment",
-                "COMPLETED under a second content",
-            ));
+            once(
+                &mut payment.reported,
+                report,
+                Discrepancy::new(
+                    AuditCode::OutcomeContradiction,
+                    location.clone(),
+                    Some(fact.payment_id),
+                    "one completion per payment",
+                    "COMPLETED under a second content",
+                ),
+            );
         }
         payment.outcomes.push(OutcomeSeen {
             fact,
@@ -702,6 +731,7 @@ impl Book {
     fn judge(&mut self, payment_id: PaymentId, payment: OpenPayment, report: &mut AuditReport) {
         let mut summary = payment.prior.clone().unwrap_or_default();
         summary.settled |= payment.settled;
+        summary.reported.clone_from(&payment.reported);
         let fresh: Vec<&OutcomeSeen> = payment.outcomes.iter().filter(|o| !o.repeat).collect();
         let other_payer = self.config.institution.as_ref().is_some_and(|oi| {
             payment
@@ -979,6 +1009,14 @@ impl Book {
                 report.push(refused.discrepancy);
             }
         }
+    }
+}
+
+/// Reports `discrepancy` unless its code was reported for this payment already.
+fn once(reported: &mut Vec<AuditCode>, report: &mut AuditReport, discrepancy: Discrepancy) {
+    if !reported.contains(&discrepancy.code) {
+        reported.push(discrepancy.code);
+        report.push(discrepancy);
     }
 }
 

@@ -193,13 +193,30 @@ pub struct Progress {
     pub discrepancies: u64,
 }
 
-/// One subject's replay, with what it read ahead.
+/// Records read ahead per subject at most, waiting for a partition's next record (Kafka
+/// returns a topic's partitions in its own order; the merge wants each one's head).
+pub const READ_AHEAD_RECORDS_MAX: usize = 4_096;
+
+/// One subject's replay, with what it read ahead, per partition.
 struct SubjectStream {
     stream: Option<Box<dyn ReplayStream>>,
-    buffer: VecDeque<Record>,
+    partitions: std::collections::BTreeMap<u32, VecDeque<Record>>,
+    buffered: usize,
 }
 
-/// The subjects' replays merged by bus time (ties: the order of the subjects given).
+impl SubjectStream {
+    /// Whether to read more before merging: nothing is buffered, or a partition seen before
+    /// has nothing buffered while the read-ahead allows more.
+    fn wants_more(&self) -> bool {
+        self.stream.is_some()
+            && (self.buffered == 0
+                || (self.buffered < READ_AHEAD_RECORDS_MAX
+                    && self.partitions.values().any(VecDeque::is_empty)))
+    }
+}
+
+/// The subjects' replays merged by bus time, partition by partition (ties: the order of the
+/// subjects given).
 struct MergedReplay {
     streams: Vec<SubjectStream>,
     until_offset: Option<u64>,
@@ -229,7 +246,8 @@ impl MergedReplay {
             };
             streams.push(SubjectStream {
                 stream,
-                buffer: VecDeque::new(),
+                partitions: std::collections::BTreeMap::new(),
+                buffered: 0,
             });
         }
         Ok(MergedReplay {
@@ -243,7 +261,7 @@ impl MergedReplay {
         let mut out = Vec::with_capacity(max);
         while out.len() < max {
             for s in &mut self.streams {
-                while s.buffer.is_empty() {
+                while s.wants_more() {
                     let Some(stream) = s.stream.as_mut() else {
                         break;
                     };
@@ -252,24 +270,41 @@ impl MergedReplay {
                         s.stream = None;
                         break;
                     }
-                    let until = self.until_offset;
-                    s.buffer.extend(
-                        records
-                            .into_iter()
-                            .filter(|r| until.is_none_or(|end| r.position.offset < end)),
-                    );
+                    for record in records {
+                        if self
+                            .until_offset
+                            .is_some_and(|end| record.position.offset >= end)
+                        {
+                            continue;
+                        }
+                        s.buffered += 1;
+                        s.partitions
+                            .entry(record.position.partition)
+                            .or_default()
+                            .push_back(record);
+                    }
                 }
             }
             let next = self
                 .streams
                 .iter()
                 .enumerate()
-                .filter_map(|(i, s)| s.buffer.front().map(|r| (r.timestamp_ms, i)))
+                .flat_map(|(i, s)| {
+                    s.partitions
+                        .iter()
+                        .filter_map(move |(p, q)| q.front().map(|r| (r.timestamp_ms, i, *p)))
+                })
                 .min();
-            let Some((_, i)) = next else {
+            let Some((_, i, partition)) = next else {
                 break;
             };
-            if let Some(record) = self.streams[i].buffer.pop_front() {
+            let s = &mut self.streams[i];
+            if let Some(record) = s
+                .partitions
+                .get_mut(&partition)
+                .and_then(VecDeque::pop_front)
+            {
+                s.buffered -= 1;
                 out.push(record);
             }
         }
