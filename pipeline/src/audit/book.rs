@@ -584,13 +584,26 @@ impl Book {
         report: &mut AuditReport,
     ) {
         let (start, end) = (instruction.window_start_at_ms, instruction.window_end_at_ms);
+        // The central bank takes clearings in the order it reads them: a clearing of this
+        // window read before it closed is counted here, one read after is late in the next
+        // window open then. Whatever the bus order, the instruction says how many of each it
+        // counted: take them, in record order, from the clearings not counted yet.
+        let clearings: i64 = instruction
+            .positions
+            .iter()
+            .map(|p| p.clearing_count)
+            .sum::<i64>()
+            / 2;
+        let late_wanted = usize::try_from(instruction.late_clearing_count).unwrap_or(0);
+        let on_time_wanted =
+            usize::try_from(clearings - instruction.late_clearing_count).unwrap_or(0);
         let mut counted = Vec::new();
         let mut late = Vec::new();
         let mut rest = Vec::new();
         for clearing in self.pending_clearings.drain(..) {
-            if (start..end).contains(&clearing.decided_at_ms) {
+            if (start..end).contains(&clearing.decided_at_ms) && counted.len() < on_time_wanted {
                 counted.push(clearing);
-            } else if clearing.decided_at_ms < start {
+            } else if clearing.decided_at_ms < start && late.len() < late_wanted {
                 late.push(clearing);
             } else {
                 rest.push(clearing);
