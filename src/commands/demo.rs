@@ -923,12 +923,14 @@ async fn inject_bad_cases(
         .pki
         .institution(&payer.institution_id)
         .context("payer institution")?;
+    // In force from when it is issued, not from when the injection began: what the terminal
+    // signed before stays good (an audit judges each message at its own time).
     let update = revocation_update(
         &institution.ca,
         &[keys.terminal.certificate()],
         "keyCompromise",
         1,
-        now_ms,
+        system_now_ms(),
     )?;
     bus.publish(Outgoing::new(
         subjects::PKI_REVOCATION,
