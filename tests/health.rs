@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use dcpipe_connectors::bus::{Bus, KafkaBus, KafkaOptions, NatsBus, NatsOptions};
 use dcpipe_connectors::ledger::LedgerUrl;
-use dcpipe_connectors::testkit::{NatsServer, TansuServer};
+use dcpipe_connectors::testkit::{NatsServer, TansuServer, free_address, http_get};
 use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::network::{Network, NetworkConfig};
 use dcpipe_pipeline::pki::{AlgorithmChoice, DemoPkiOptions, init_pki_directory};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a condition may take to come true.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -46,7 +45,7 @@ impl Worker {
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        get(&self.metrics_addr, path).await
+        http_get(&self.metrics_addr, path).await
     }
 
     /// Waits until `path` answers `status`; the last answer.
@@ -73,24 +72,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A local address nothing listens on now.
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
-}
-
-/// `GET path` over HTTP/1.1: the status and the body, or `None` when nothing answers.
-async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
 }
 
 /// A PKI, SQLite ledgers provisioned for 2 institutions and the subjects on `bus`.

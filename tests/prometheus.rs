@@ -16,14 +16,13 @@ use std::time::{Duration, Instant};
 
 use dcpipe_connectors::bus::{Bus, KafkaBus, KafkaOptions, NatsBus, NatsOptions, Outgoing};
 use dcpipe_connectors::ledger::{LedgerUrl, SettlementConfig};
-use dcpipe_connectors::testkit::{NatsServer, TansuServer};
+use dcpipe_connectors::testkit::{NatsServer, TansuServer, free_address, http_get};
 use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::network::{Network, NetworkConfig};
 use dcpipe_pipeline::pki::{AlgorithmChoice, DemoPkiOptions, init_pki_directory};
 use dcpipe_pipeline::subjects;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long the series may take to appear.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -144,24 +143,6 @@ fn metric_names_are_read_from_expressions() {
     );
 }
 
-/// A local address nothing listens on now.
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
-}
-
-/// `GET path` over HTTP/1.0 (no chunked answers): the status and the body.
-async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
-
 /// `text` percent-encoded for a query string.
 fn query_encoded(text: &str) -> String {
     text.bytes()
@@ -238,7 +219,7 @@ impl Prometheus {
 
     /// `GET /api/v1/<path>`'s `data`, once the server answers with success.
     async fn api(&self, path: &str) -> Option<Value> {
-        let (status, body) = get(&self.addr, &format!("/api/v1/{path}")).await?;
+        let (status, body) = http_get(&self.addr, &format!("/api/v1/{path}")).await?;
         let value: Value = serde_json::from_str(&body).ok()?;
         (status == 200 && value["status"] == "success").then(|| value["data"].clone())
     }

@@ -10,6 +10,7 @@
 //!
 //! Enabled by the `testkit` cargo feature.
 
+mod http;
 mod nats;
 pub mod postgres;
 mod process;
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::bus::{Consumer, Delivery};
 
+pub use http::{free_address, http_get};
 pub use nats::{NATS_SERVER_VERSION, NatsServer};
 pub use postgres::PostgresServer;
 pub use tansu::{TANSU_VERSION, TansuServer};
