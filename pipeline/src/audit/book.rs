@@ -443,64 +443,31 @@ impl Book {
             .iter()
             .find(|o| o.fact.digest == fact.digest)
         {
-            if !same(seen.fact.status, &seen.fact.reason_code) {
-                once(
-                    &mut payment.reported,
-                    report,
-                    Discrepancy::new(
-                        AuditCode::OutcomeContradiction,
-                        location,
-                        Some(fact.payment_id),
-                        format!(
-                            "{} (as at {} {})",
-                            seen.fact.describe_status(),
-                            seen.location.subject,
-                            seen.location.offset
-                        ),
-                        fact.describe_status(),
-                    ),
-                );
-            } else if seen.fact.terms != fact.terms {
-                once(
-                    &mut payment.reported,
-                    report,
-                    Discrepancy::new(
-                        AuditCode::OutcomeMismatch,
-                        location,
-                        Some(fact.payment_id),
-                        seen.fact.terms.describe(),
-                        fact.terms.describe(),
-                    ),
-                );
-            }
+            let earlier = format!(
+                "{} (as at {} {})",
+                seen.fact.describe_status(),
+                seen.location.subject,
+                seen.location.offset
+            );
+            let same_decision = same(seen.fact.status, &seen.fact.reason_code);
+            let terms = seen.fact.terms.clone();
+            compare_with_earlier(
+                &mut payment.reported,
+                report,
+                &location,
+                &fact,
+                (same_decision, earlier, &terms),
+            );
             return;
         }
         if let Some((_, status, reason, terms)) = &prior_final {
-            if !same(*status, reason) {
-                once(
-                    &mut payment.reported,
-                    report,
-                    Discrepancy::new(
-                        AuditCode::OutcomeContradiction,
-                        location.clone(),
-                        Some(fact.payment_id),
-                        describe(*status, reason),
-                        fact.describe_status(),
-                    ),
-                );
-            } else if *terms != fact.terms {
-                once(
-                    &mut payment.reported,
-                    report,
-                    Discrepancy::new(
-                        AuditCode::OutcomeMismatch,
-                        location.clone(),
-                        Some(fact.payment_id),
-                        terms.describe(),
-                        fact.terms.describe(),
-                    ),
-                );
-            }
+            compare_with_earlier(
+                &mut payment.reported,
+                report,
+                &location,
+                &fact,
+                (same(*status, reason), describe(*status, reason), terms),
+            );
         }
         let completed_before = payment.completed().map(|o| o.fact.digest).or_else(|| {
             payment.prior.as_ref().and_then(|p| {
@@ -1023,6 +990,45 @@ impl Book {
             }
         }
     }
+}
+
+/// An outcome for a submission answered before (`earlier`: whether the decision is the same,
+/// how it read, its terms): another decision is a contradiction, the same with other terms a
+/// mismatch; each reported once per payment.
+fn compare_with_earlier(
+    reported: &mut Vec<AuditCode>,
+    report: &mut AuditReport,
+    location: &Location,
+    fact: &OutcomeFact,
+    earlier: (bool, String, &Terms),
+) {
+    let (same_decision, described, terms) = earlier;
+    let (code, expected, found) = if !same_decision {
+        (
+            AuditCode::OutcomeContradiction,
+            described,
+            fact.describe_status(),
+        )
+    } else if *terms != fact.terms {
+        (
+            AuditCode::OutcomeMismatch,
+            terms.describe(),
+            fact.terms.describe(),
+        )
+    } else {
+        return;
+    };
+    once(
+        reported,
+        report,
+        Discrepancy::new(
+            code,
+            location.clone(),
+            Some(fact.payment_id),
+            expected,
+            found,
+        ),
+    );
 }
 
 /// Reports `discrepancy` unless its code was reported for this payment already.
