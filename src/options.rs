@@ -311,13 +311,19 @@ mod tests {
             &["settlement"],
             &["dead-letters", "redrive"],
             &["pki", "revoke"],
+            &["wallets", "lock"],
+            &["wallets", "unlock"],
+            &["wallets", "limit"],
         ] {
             assert!(has(path, "nats-user"), "dcpipe {}", path.join(" "));
             assert!(has(path, "kafka-property"), "dcpipe {}", path.join(" "));
         }
         for (path, arg) in &flags {
             let name = arg.get_long().unwrap_or_default();
-            let uses_broker = path.iter().map(String::as_str).eq(["pki", "revoke"]);
+            let uses_broker = matches!(
+                path.iter().map(String::as_str).collect::<Vec<_>>()[..],
+                ["pki", "revoke"] | ["wallets", "lock" | "unlock" | "limit"]
+            );
             if !uses_broker
                 && matches!(
                     path.first().map(String::as_str),
