@@ -115,23 +115,7 @@ pub async fn run_until(
             .map_err(|e| LoadTestError::new(LoadTestErrorKind::Crypto, e.to_string()))??;
 
         bar.set_message("measuring the bus ceiling");
-        // The embedded bus keeps what it carries in this process: the ceiling's messages go
-        // through a bus of their own, with the same limits, dropped once measured.
-        let ceiling_bus = match config.bus {
-            BusUrl::Embedded => connect(&BusUrl::Embedded, &config.bus_options)
-                .await
-                .map_err(|e| LoadTestError::bus("connecting", e))?,
-            _ => Arc::clone(&bus),
-        };
-        let bus_limit = ceiling::measure_bus(
-            &ceiling_bus,
-            &kinds,
-            &run_id,
-            partitions,
-            config.ceiling_duration,
-        )
-        .await?;
-        drop(ceiling_bus);
+        let bus_limit = measure_bus_ceiling(config, &bus, &kinds, &run_id, partitions).await?;
 
         // The stages, the tracker and the producer.
         let shutdown = CancellationToken::new();
@@ -466,6 +450,32 @@ pub(crate) async fn open_bus(
         None => broker,
     };
     Ok((bus, namespace))
+}
+
+/// The bus ceiling of messages of `kinds` on the run's bus. The embedded bus keeps what it
+/// carries in this process: there the ceiling's messages go through a bus of their own, with
+/// the same limits, dropped once measured.
+pub(crate) async fn measure_bus_ceiling(
+    config: &LoadConfig,
+    bus: &Arc<dyn Bus>,
+    kinds: &[ceiling::MessageKind],
+    run_id: &str,
+    partitions: u32,
+) -> Result<ceiling::BusCeiling, LoadTestError> {
+    let ceiling_bus = match config.bus {
+        BusUrl::Embedded => connect(&BusUrl::Embedded, &config.bus_options)
+            .await
+            .map_err(|e| LoadTestError::bus("connecting", e))?,
+        _ => Arc::clone(bus),
+    };
+    ceiling::measure_bus(
+        &ceiling_bus,
+        kinds,
+        run_id,
+        partitions,
+        config.ceiling_duration,
+    )
+    .await
 }
 
 /// Waits for the tasks the run started (they stop with its shutdown token).

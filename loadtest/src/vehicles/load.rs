@@ -22,13 +22,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dcpipe_connectors::bus::{Bus, BusUrl, ConsumerConfig, StartAt};
+use dcpipe_connectors::bus::{Bus, BusUrl, Consumer, ConsumerConfig, StartAt};
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::network::Network;
 use dcpipe_pipeline::runtime::RunnerConfig;
 use dcpipe_pipeline::subjects;
 use dcpipe_schemas::{
-    PaymentId, PaymentOutcome, ServiceKind, SessionEventKind, VehicleSessionEvent,
+    Message, PaymentId, PaymentOutcome, ServiceKind, SessionEventKind, VehicleSessionEvent,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -41,8 +41,8 @@ use crate::measure::{Measurement, Percentiles, Series, SeriesPoint, per_second_f
 use crate::report::MoneyCheck;
 use crate::rss::{RssSampler, load_average, process_cpu_seconds};
 use crate::run::{
-    join_all, open_bus, progress_bar, provision, remove_after_failure, remove_namespace,
-    wait_settled,
+    join_all, measure_bus_ceiling, open_bus, progress_bar, provision, remove_after_failure,
+    remove_namespace, wait_settled,
 };
 use crate::schedule::OpenSchedule;
 
@@ -408,23 +408,7 @@ pub async fn run_vehicles(
             bytes: mean_bytes,
             per_payment: 1.0,
         }];
-        let ceiling_bus = match config.bus {
-            BusUrl::Embedded => {
-                dcpipe_connectors::bus::connect(&BusUrl::Embedded, &config.bus_options)
-                    .await
-                    .map_err(|e| LoadTestError::bus("connecting", e))?
-            }
-            _ => Arc::clone(&bus),
-        };
-        let bus_limit = ceiling::measure_bus(
-            &ceiling_bus,
-            &kinds,
-            &run_id,
-            partitions,
-            config.ceiling_duration,
-        )
-        .await?;
-        drop(ceiling_bus);
+        let bus_limit = measure_bus_ceiling(config, &bus, &kinds, &run_id, partitions).await?;
         let bus_ceiling = bus_limit.payments_per_s * mean_reports;
 
         // The schedule, and the batch each session event comes from.
@@ -461,69 +445,39 @@ pub async fn run_vehicles(
         };
         let mut observers = Vec::new();
         for institution in network.institutions.keys() {
-            let mut events = bus
+            let events = bus
                 .consumer(observer_config(
                     subjects::vehicle_session(institution),
                     &run_id,
                 ))
                 .await
                 .map_err(observer_error)?;
-            let (events_observed, intended_of, events_shutdown, events_now) = (
-                Arc::clone(&observed),
-                Arc::clone(&intended_of),
+            let (observer, intended_of) = (Arc::clone(&observed), Arc::clone(&intended_of));
+            observers.push(spawn_observer(
+                events,
                 shutdown.clone(),
                 now.clone(),
-            );
-            observers.push(tokio::spawn(async move {
-                let (observed, shutdown, now) = (events_observed, events_shutdown, events_now);
-                loop {
-                    let batch = tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        batch = events.fetch(OBSERVER_FETCH_MAX, OBSERVER_FETCH_WAIT) => batch,
-                    };
-                    let Ok(batch) = batch else { continue };
-                    let at = now();
-                    if let Ok(mut o) = observed.lock() {
-                        for delivery in &batch {
-                            if let Ok(event) = dcpipe_schemas::decode::<VehicleSessionEvent>(
-                                &delivery.record.payload,
-                            ) {
-                                o.on_session_event(&event, &intended_of, at);
-                            }
-                        }
+                move |event: VehicleSessionEvent, at| {
+                    if let Ok(mut o) = observer.lock() {
+                        o.on_session_event(&event, &intended_of, at);
                     }
-                    for delivery in batch {
-                        let _ = delivery.ack().await;
-                    }
-                }
-            }));
-            let mut outcomes = bus
+                },
+            ));
+            let outcomes = bus
                 .consumer(observer_config(subjects::txn_result(institution), &run_id))
                 .await
                 .map_err(observer_error)?;
-            let (observed, shutdown, now) = (Arc::clone(&observed), shutdown.clone(), now.clone());
-            observers.push(tokio::spawn(async move {
-                loop {
-                    let batch = tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        batch = outcomes.fetch(OBSERVER_FETCH_MAX, OBSERVER_FETCH_WAIT) => batch,
-                    };
-                    let Ok(batch) = batch else { continue };
-                    let at = now();
-                    if let Ok(mut o) = observed.lock() {
-                        for delivery in &batch {
-                            if let Ok(outcome) =
-                                dcpipe_schemas::decode::<PaymentOutcome>(&delivery.record.payload)
-                            {
-                                o.on_outcome(&outcome, at);
-                            }
-                        }
+            let observer = Arc::clone(&observed);
+            observers.push(spawn_observer(
+                outcomes,
+                shutdown.clone(),
+                now.clone(),
+                move |outcome: PaymentOutcome, at| {
+                    if let Ok(mut o) = observer.lock() {
+                        o.on_outcome(&outcome, at);
                     }
-                    for delivery in batch {
-                        let _ = delivery.ack().await;
-                    }
-                }
-            }));
+                },
+            ));
         }
         let vehicle_ids = fleet.vehicle_ids();
         let poller = {
@@ -728,6 +682,32 @@ impl Observed {
             *self.charge_outcomes.entry(what).or_insert(0) += 1;
         }
     }
+}
+
+/// Consumes `consumer`'s messages of type `M` until `shutdown`, handing each to `on_message`
+/// with the moment it was fetched (a message that does not decode as `M` is skipped).
+fn spawn_observer<M: Message + 'static>(
+    mut consumer: Box<dyn Consumer>,
+    shutdown: CancellationToken,
+    now: impl Fn() -> Duration + Send + 'static,
+    mut on_message: impl FnMut(M, Duration) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let batch = tokio::select! {
+                () = shutdown.cancelled() => break,
+                batch = consumer.fetch(OBSERVER_FETCH_MAX, OBSERVER_FETCH_WAIT) => batch,
+            };
+            let Ok(batch) = batch else { continue };
+            let at = now();
+            for delivery in batch {
+                if let Ok(message) = dcpipe_schemas::decode::<M>(&delivery.record.payload) {
+                    on_message(message, at);
+                }
+                let _ = delivery.ack().await;
+            }
+        }
+    })
 }
 
 fn observer_config(subject: String, run_id: &str) -> ConsumerConfig {
