@@ -121,20 +121,10 @@ pub async fn run_until(
         let shutdown = CancellationToken::new();
         // Whatever way this function returns, the stages and consumers it started stop.
         let _stop_on_return = shutdown.clone().drop_guard();
-        let runner = RunnerConfig {
-            fetch_wait: Duration::from_millis(20),
-            ack_wait: config.ack_wait,
-            retry_delay: Duration::from_millis(200),
-            concurrency: config.stage_concurrency,
-            batch_max: config.batch_max,
-            ..RunnerConfig::default()
-        };
         let stage_handles = if config.external_workers {
             Vec::new()
         } else {
-            network
-                .spawn(&bus, &runner, &shutdown)
-                .map_err(|e| LoadTestError::new(LoadTestErrorKind::Config, e.to_string()))?
+            spawn_stages(config, &network, &bus, &shutdown)?
         };
         let permits =
             (config.mode == Mode::Closed).then(|| Arc::new(Semaphore::new(config.concurrency)));
@@ -476,6 +466,27 @@ pub(crate) async fn measure_bus_ceiling(
         config.ceiling_duration,
     )
     .await
+}
+
+/// Starts every stage of `network` in this process, with the run's runner settings, until
+/// `shutdown`.
+pub(crate) fn spawn_stages(
+    config: &LoadConfig,
+    network: &Network,
+    bus: &Arc<dyn Bus>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<dcpipe_pipeline::runtime::MemberResult>>, LoadTestError> {
+    let runner = RunnerConfig {
+        fetch_wait: Duration::from_millis(20),
+        ack_wait: config.ack_wait,
+        retry_delay: Duration::from_millis(200),
+        concurrency: config.stage_concurrency,
+        batch_max: config.batch_max,
+        ..RunnerConfig::default()
+    };
+    network
+        .spawn(bus, &runner, shutdown)
+        .map_err(|e| LoadTestError::new(LoadTestErrorKind::Config, e.to_string()))
 }
 
 /// Waits for the tasks the run started (they stop with its shutdown token).

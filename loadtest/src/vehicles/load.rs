@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use dcpipe_connectors::bus::{Bus, BusUrl, Consumer, ConsumerConfig, StartAt};
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::network::Network;
-use dcpipe_pipeline::runtime::RunnerConfig;
 use dcpipe_pipeline::subjects;
 use dcpipe_schemas::{
     Message, PaymentId, PaymentOutcome, ServiceKind, SessionEventKind, VehicleSessionEvent,
@@ -42,7 +41,7 @@ use crate::report::MoneyCheck;
 use crate::rss::{RssSampler, load_average, process_cpu_seconds};
 use crate::run::{
     join_all, measure_bus_ceiling, open_bus, progress_bar, provision, remove_after_failure,
-    remove_namespace, wait_settled,
+    remove_namespace, spawn_stages, wait_settled,
 };
 use crate::schedule::OpenSchedule;
 
@@ -354,17 +353,7 @@ pub async fn run_vehicles(
             .map_err(|e| LoadTestError::bus("creating the subjects", e))?;
         let shutdown = CancellationToken::new();
         let _stop_on_return = shutdown.clone().drop_guard();
-        let runner = RunnerConfig {
-            fetch_wait: Duration::from_millis(20),
-            ack_wait: config.ack_wait,
-            retry_delay: Duration::from_millis(200),
-            concurrency: config.stage_concurrency,
-            batch_max: config.batch_max,
-            ..RunnerConfig::default()
-        };
-        let stage_handles = network
-            .spawn(&bus, &runner, &shutdown)
-            .map_err(|e| LoadTestError::new(LoadTestErrorKind::Config, e.to_string()))?;
+        let stage_handles = spawn_stages(config, &network, &bus, &shutdown)?;
 
         bar.set_message("registering the city and the vehicles");
         let length = config.duration;
