@@ -2,6 +2,9 @@
 //! following the broker (NATS, Kafka) down and back, 404 elsewhere, and histograms of two
 //! processes of one stage that add up.
 
+#[path = "support/network.rs"]
+mod network;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -9,12 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dcpipe_connectors::bus::{Bus, KafkaBus, KafkaOptions, NatsBus, NatsOptions};
-use dcpipe_connectors::ledger::LedgerUrl;
+use dcpipe_connectors::ledger::SettlementConfig;
 use dcpipe_connectors::testkit::{NatsServer, TansuServer, free_address, http_get};
 use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
-use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
-use dcpipe_pipeline::network::{Network, NetworkConfig};
-use dcpipe_pipeline::pki::{AlgorithmChoice, DemoPkiOptions, init_pki_directory};
+use dcpipe_pipeline::clock::system_now_ms;
+use dcpipe_pipeline::network::Network;
 
 /// How long a condition may take to come true.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -82,15 +84,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new(bus: &dyn Bus) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let options = DemoPkiOptions::new(2, 20, AlgorithmChoice::P256, system_now_ms());
-        let pki = Arc::new(init_pki_directory(&dir.path().join("pki"), &options).expect("pki"));
-        let mut config = NetworkConfig::in_memory(2, 20);
-        config.ledger = LedgerUrl::SqliteDir(dir.path().join("ledgers"));
-        let network = Network::from_pki(pki, &config, Arc::new(SystemClock))
-            .await
-            .expect("provisioned");
-        network.ensure_subjects(bus, 1).await.expect("subjects");
+        let (dir, network) = network::two_institutions(bus, SettlementConfig::default()).await;
         Fixture { dir, network }
     }
 

@@ -8,6 +8,9 @@
 //! Prometheus and promtool come from Debian's `prometheus` package (scripts/setup.sh);
 //! `DCPIPE_PROMETHEUS` and `DCPIPE_PROMTOOL` name others.
 
+#[path = "support/network.rs"]
+mod network;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,12 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dcpipe_connectors::bus::{Bus, KafkaBus, KafkaOptions, NatsBus, NatsOptions, Outgoing};
-use dcpipe_connectors::ledger::{LedgerUrl, SettlementConfig};
+use dcpipe_connectors::ledger::SettlementConfig;
 use dcpipe_connectors::testkit::{NatsServer, TansuServer, free_address, http_get};
 use dcpipe_loadtest::payments::{PaymentGenerator, PaymentMix};
-use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
-use dcpipe_pipeline::network::{Network, NetworkConfig};
-use dcpipe_pipeline::pki::{AlgorithmChoice, DemoPkiOptions, init_pki_directory};
+use dcpipe_pipeline::clock::system_now_ms;
+use dcpipe_pipeline::network::Network;
 use dcpipe_pipeline::subjects;
 use serde_json::Value;
 
@@ -233,19 +235,13 @@ struct Fixture {
 
 impl Fixture {
     async fn new(bus: &dyn Bus) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let options = DemoPkiOptions::new(2, 20, AlgorithmChoice::P256, system_now_ms());
-        let pki = Arc::new(init_pki_directory(&dir.path().join("pki"), &options).expect("pki"));
-        let mut config = NetworkConfig::in_memory(2, 20);
-        config.ledger = LedgerUrl::SqliteDir(dir.path().join("ledgers"));
-        // Short windows, so that one closes during the run.
-        config.settlement = SettlementConfig {
-            window_ms: SETTLEMENT_WINDOW_MS,
-        };
-        let network = Network::from_pki(pki, &config, Arc::new(SystemClock))
-            .await
-            .expect("provisioned");
-        network.ensure_subjects(bus, 1).await.expect("subjects");
+        let (dir, network) = network::two_institutions(
+            bus,
+            SettlementConfig {
+                window_ms: SETTLEMENT_WINDOW_MS,
+            },
+        )
+        .await;
         Fixture { dir, network }
     }
 
