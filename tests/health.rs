@@ -159,7 +159,12 @@ async fn readyz_follows_the_broker_down_and_back() {
         .collect();
     assert!(parts.contains(&"bus"), "{body}");
     // Alive all the same.
-    assert_eq!(worker.get("/healthz").await, Some((200, "ok\n".to_owned())));
+    assert_eq!(
+        worker.get("/healthz").await,
+        Some((200, "ok\n".to_owned())),
+        "the worker stopped; its log:\n{}",
+        std::fs::read_to_string(fixture.log("payer.log")).unwrap_or_default()
+    );
 
     server.start_again().await.expect("nats-server again");
     worker.wait_for("/readyz", 200).await;
