@@ -269,6 +269,22 @@ pub enum QueueResult {
     UnknownWallet,
 }
 
+/// What [`OfflineLedger::return_voided`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoidedReturn {
+    /// Given back; the payer's purse as the platform records it now.
+    Returned {
+        /// The purse after the return.
+        purse_fen: i64,
+    },
+    /// Given back before: nothing moved.
+    AlreadyReturned,
+    /// No offline payment cleared here under this id (an online payment): nothing to do.
+    NotOffline,
+    /// The payment is not voided at this (its payer's) institution: nothing moved.
+    NotVoided,
+}
+
 /// The money of offline wallets in one ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OfflineTotals {
@@ -278,7 +294,8 @@ pub struct OfflineTotals {
     pub purses_fen: i64,
     /// The purse accounts' balances (the purses and cleared payments not yet committed).
     pub purse_accounts_fen: i64,
-    /// Offline payments cleared here as payer's institution.
+    /// Offline payments cleared here as payer's institution (those voided afterwards, their
+    /// money given back, left out).
     pub cleared_fen: i64,
     /// Of which paid from the loss account.
     pub from_loss_fen: i64,
@@ -325,6 +342,13 @@ pub trait OfflineLedger: Send + Sync + fmt::Debug {
     /// is; with another digest it is an integrity error.
     async fn commit_offline(&self, updates: &[OfflineUpdate])
     -> Result<OfflineCommit, LedgerError>;
+
+    /// Gives back what an offline payment voided on the clearing path (its payee's institution
+    /// refused the credit, or its reservation expired) took when it cleared: the part from the
+    /// purse to the payer's record, the part from the loss account from the purse account back
+    /// to the loss account (the void already released the whole amount into the purse
+    /// account). Once per payment; the record's version is raised.
+    async fn return_voided(&self, payment_id: &PaymentId) -> Result<VoidedReturn, LedgerError>;
 
     /// Queues a signed command for its wallet.
     async fn queue_command(&self, command: &QueuedCommand) -> Result<QueueResult, LedgerError>;

@@ -509,6 +509,9 @@ const LEDGER_MIGRATIONS: &[(i64, &str)] = &[
     ),
     // Offline wallets (flow 2): see `offline`. Purse accounts are rows of `wallets`.
     (4, super::postgres_offline::MIGRATION),
+    // An offline payment voided on the clearing path gives its money back once
+    // (`offline::OfflineLedger::return_voided`).
+    (5, super::postgres_offline::MIGRATION_RETURNS),
 ];
 
 const PAYMENT_COLUMNS: &str = "payment_id, side, state, digest, wallet_id, cp_institution_id, \

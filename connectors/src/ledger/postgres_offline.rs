@@ -9,11 +9,15 @@ use super::now_ms;
 use super::offline::{
     self, COMMANDS_LIST_MAX, FundingRefusal, FundingResult, OfflineClearing, OfflineCommit,
     OfflineLedger, OfflineOpenResult, OfflineOpening, OfflineRecord, OfflineTerms, OfflineTotals,
-    OfflineUpdate, PurseFunding, QueueResult, QueuedCommand, purse_wallet_id,
+    OfflineUpdate, PurseFunding, QueueResult, QueuedCommand, VoidedReturn, purse_wallet_id,
 };
 use super::offline::{CLEARING_COLUMNS, COMMAND_COLUMNS, RECORD_COLUMNS};
 use super::postgres::{AttemptError, PgDb, PostgresLedger, pg_error, with_retries};
 use super::types::{AMOUNT_FEN_MAX, PaymentId};
+
+/// Migration 5 of the ledger: when a voided offline payment's money was given back.
+pub(crate) const MIGRATION_RETURNS: &str =
+    "ALTER TABLE {s}.offline_clearings ADD COLUMN returned_ms BIGINT;";
 
 /// Migration 4 of the ledger.
 pub(crate) const MIGRATION: &str = "CREATE TABLE {s}.offline_wallets (
@@ -505,6 +509,85 @@ impl PostgresLedger {
         Ok(true)
     }
 
+    /// One attempt of `return_voided`: the payer's record is locked first, as every write of
+    /// it does.
+    async fn return_attempt(&self, payment_id: &PaymentId) -> Result<VoidedReturn, AttemptError> {
+        let db = &self.db;
+        let mut client = db.client().await?;
+        let tx = client.transaction().await?;
+        let find = db.sql(&format!(
+            "SELECT {CLEARING_COLUMNS}, returned_ms FROM {{s}}.offline_clearings
+             WHERE payment_id = $1"
+        ));
+        let Some(row) = tx.query_opt(&find, &[&payment_id.0.as_slice()]).await? else {
+            return Ok(VoidedReturn::NotOffline);
+        };
+        let clearing = clearing_from_row(&row)?;
+        let Some(stored) = load_record(db, &tx, &clearing.payer_wallet_id, true).await? else {
+            return Err(AttemptError::Ledger(LedgerError::integrity(format!(
+                "offline payment {payment_id}: no record of its payer {}",
+                clearing.payer_wallet_id
+            ))));
+        };
+        let returned = tx
+            .query_one(
+                &db.sql(
+                    "SELECT returned_ms FROM {s}.offline_clearings WHERE payment_id = $1
+                     FOR UPDATE",
+                ),
+                &[&payment_id.0.as_slice()],
+            )
+            .await?;
+        if get::<Option<i64>>(&returned, 0)?.is_some() {
+            return Ok(VoidedReturn::AlreadyReturned);
+        }
+        let voided = tx
+            .query_opt(
+                &db.sql(
+                    "SELECT 1 FROM {s}.payments
+                     WHERE payment_id = $1 AND side = 'payer' AND state = 'voided'",
+                ),
+                &[&payment_id.0.as_slice()],
+            )
+            .await?;
+        if voided.is_none() {
+            return Ok(VoidedReturn::NotVoided);
+        }
+        let now = now_ms();
+        tx.execute(
+            &db.sql("UPDATE {s}.offline_clearings SET returned_ms = $2 WHERE payment_id = $1"),
+            &[&payment_id.0.as_slice(), &now],
+        )
+        .await?;
+        tx.execute(
+            &db.sql(
+                "UPDATE {s}.offline_wallets SET version = version + 1,
+                     purse_fen = purse_fen + $2, updated_ms = $3
+                 WHERE wallet_id = $1",
+            ),
+            &[&clearing.payer_wallet_id, &clearing.from_purse_fen, &now],
+        )
+        .await?;
+        if clearing.from_loss_fen > 0 {
+            add_balance(
+                db,
+                &tx,
+                &purse_wallet_id(&clearing.payer_wallet_id),
+                -clearing.from_loss_fen,
+            )
+            .await?;
+            tx.execute(
+                &db.sql("UPDATE {s}.offline_loss SET balance_fen = balance_fen + $1 WHERE id = 1"),
+                &[&clearing.from_loss_fen],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(VoidedReturn::Returned {
+            purse_fen: stored.purse_fen + clearing.from_purse_fen,
+        })
+    }
+
     async fn queue_attempt(&self, command: &QueuedCommand) -> Result<QueueResult, AttemptError> {
         let db = &self.db;
         let mut client = db.client().await?;
@@ -669,6 +752,13 @@ impl OfflineLedger for PostgresLedger {
         .await
     }
 
+    async fn return_voided(&self, payment_id: &PaymentId) -> Result<VoidedReturn, LedgerError> {
+        with_retries("voided payment return", || async move {
+            self.return_attempt(payment_id).await
+        })
+        .await
+    }
+
     async fn queue_command(&self, command: &QueuedCommand) -> Result<QueueResult, LedgerError> {
         offline::check_command(command)?;
         with_retries("command queuing", || async move {
@@ -732,8 +822,10 @@ impl OfflineLedger for PostgresLedger {
                      (SELECT COALESCE(SUM(purse_fen), 0)::bigint FROM {s}.offline_wallets),
                      (SELECT COALESCE(SUM(w.balance_fen), 0)::bigint FROM {s}.wallets w
                         JOIN {s}.offline_wallets o ON w.wallet_id = o.wallet_id || $1),
-                     (SELECT COALESCE(SUM(amount_fen), 0)::bigint FROM {s}.offline_clearings),
-                     (SELECT COALESCE(SUM(from_loss_fen), 0)::bigint FROM {s}.offline_clearings),
+                     (SELECT COALESCE(SUM(amount_fen), 0)::bigint FROM {s}.offline_clearings
+                        WHERE returned_ms IS NULL),
+                     (SELECT COALESCE(SUM(from_loss_fen), 0)::bigint FROM {s}.offline_clearings
+                        WHERE returned_ms IS NULL),
                      (SELECT balance_fen FROM {s}.offline_loss WHERE id = 1)",
                 &[&offline::PURSE_SUFFIX],
                 |row| {

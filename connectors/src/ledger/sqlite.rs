@@ -294,6 +294,9 @@ const LEDGER_MIGRATIONS: &[(i64, &str)] = &[
     // offline payments cleared here as payer's institution, the loss account, the remote
     // commands and the blacklist (`offline`). Purse accounts are rows of `wallets`.
     (4, super::sqlite_offline::MIGRATION),
+    // An offline payment voided on the clearing path gives its money back once
+    // (`offline::OfflineLedger::return_voided`).
+    (5, super::sqlite_offline::MIGRATION_RETURNS),
 ];
 
 const PAYMENT_COLUMNS: &str = "payment_id, side, state, digest, wallet_id, cp_institution_id, \

@@ -8,11 +8,15 @@ use super::now_ms;
 use super::offline::{
     self, COMMANDS_LIST_MAX, FundingRefusal, FundingResult, OfflineClearing, OfflineCommit,
     OfflineLedger, OfflineOpenResult, OfflineOpening, OfflineRecord, OfflineTerms, OfflineTotals,
-    OfflineUpdate, PurseFunding, QueueResult, QueuedCommand, purse_wallet_id,
+    OfflineUpdate, PurseFunding, QueueResult, QueuedCommand, VoidedReturn, purse_wallet_id,
 };
 use super::offline::{CLEARING_COLUMNS, COMMAND_COLUMNS, RECORD_COLUMNS};
 use super::sqlite::{SqliteLedger, db_error};
 use super::types::{AMOUNT_FEN_MAX, PaymentId};
+
+/// Migration 5 of the ledger: when a voided offline payment's money was given back.
+pub(crate) const MIGRATION_RETURNS: &str =
+    "ALTER TABLE offline_clearings ADD COLUMN returned_ms INTEGER;";
 
 /// Migration 4 of the ledger.
 pub(crate) const MIGRATION: &str = "CREATE TABLE offline_wallets (
@@ -316,6 +320,71 @@ fn fund_one(conn: &Connection, f: &PurseFunding) -> Result<FundingResult, Ledger
     })
 }
 
+/// `return_voided` inside its transaction.
+fn return_one(conn: &Connection, payment_id: &PaymentId) -> Result<VoidedReturn, LedgerError> {
+    let read = |e| db_error("cannot read a voided offline payment", e);
+    let Some(clearing) = load_clearing(conn, payment_id)? else {
+        return Ok(VoidedReturn::NotOffline);
+    };
+    let returned: Option<i64> = conn
+        .query_row(
+            "SELECT returned_ms FROM offline_clearings WHERE payment_id = ?1",
+            [payment_id.0],
+            |row| row.get(0),
+        )
+        .map_err(read)?;
+    if returned.is_some() {
+        return Ok(VoidedReturn::AlreadyReturned);
+    }
+    let voided: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM payments
+                 WHERE payment_id = ?1 AND side = 'payer' AND state = 'voided')",
+            [payment_id.0],
+            |row| row.get(0),
+        )
+        .map_err(read)?;
+    if !voided {
+        return Ok(VoidedReturn::NotVoided);
+    }
+    let now = now_ms();
+    conn.execute(
+        "UPDATE offline_clearings SET returned_ms = ?2 WHERE payment_id = ?1",
+        params![payment_id.0, now],
+    )
+    .map_err(|e| db_error("cannot mark a return", e))?;
+    let changed = conn
+        .execute(
+            "UPDATE offline_wallets SET version = version + 1, purse_fen = purse_fen + ?2,
+                 updated_ms = ?3
+             WHERE wallet_id = ?1",
+            params![clearing.payer_wallet_id, clearing.from_purse_fen, now],
+        )
+        .map_err(|e| db_error("cannot give a purse back", e))?;
+    if changed != 1 {
+        return Err(LedgerError::integrity(format!(
+            "offline payment {payment_id}: no record of its payer {}",
+            clearing.payer_wallet_id
+        )));
+    }
+    if clearing.from_loss_fen > 0 {
+        add_balance(
+            conn,
+            &purse_wallet_id(&clearing.payer_wallet_id),
+            -clearing.from_loss_fen,
+        )?;
+        conn.execute(
+            "UPDATE offline_loss SET balance_fen = balance_fen + ?1 WHERE id = 1",
+            [clearing.from_loss_fen],
+        )
+        .map_err(|e| db_error("cannot give the loss account back", e))?;
+    }
+    let purse_fen = load_record(conn, &clearing.payer_wallet_id)?
+        .map(|r| r.purse_fen)
+        .unwrap_or_default();
+    Ok(VoidedReturn::Returned { purse_fen })
+}
+
 /// One update of `commit_offline`; `None` when the record is stale.
 fn update_one(conn: &Connection, update: &OfflineUpdate) -> Result<Option<()>, LedgerError> {
     let record = &update.record;
@@ -532,6 +601,19 @@ impl OfflineLedger for SqliteLedger {
             .await
     }
 
+    async fn return_voided(&self, payment_id: &PaymentId) -> Result<VoidedReturn, LedgerError> {
+        let payment_id = *payment_id;
+        self.db
+            .run(move |conn| {
+                let tx = immediate(conn)?;
+                let result = return_one(&tx, &payment_id)?;
+                tx.commit()
+                    .map_err(|e| db_error("cannot commit a voided payment's return", e))?;
+                Ok(result)
+            })
+            .await
+    }
+
     async fn queue_command(&self, command: &QueuedCommand) -> Result<QueueResult, LedgerError> {
         offline::check_command(command)?;
         let command = command.clone();
@@ -685,7 +767,7 @@ impl OfflineLedger for SqliteLedger {
                 let (cleared_fen, from_loss_fen): (i64, i64) = tx
                     .query_row(
                         "SELECT COALESCE(SUM(amount_fen), 0), COALESCE(SUM(from_loss_fen), 0)
-                         FROM offline_clearings",
+                         FROM offline_clearings WHERE returned_ms IS NULL",
                         [],
                         |row| Ok((row.get(0)?, row.get(1)?)),
                     )

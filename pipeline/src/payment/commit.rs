@@ -80,6 +80,7 @@ impl CommitStage {
             .decided_since(since_ms, DECIDED_LIST_MAX)
             .await?
         {
+            crate::wallet::stages::give_back_voided(inst, &record).await?;
             outputs.extend(final_outcome(inst, &record)?);
         }
         Ok(outputs)
@@ -109,6 +110,7 @@ impl CommitStage {
         let mut outputs = Vec::new();
         for transition in transitions {
             if let Transition::Applied(record) = transition {
+                crate::wallet::stages::give_back_voided(inst, &record).await?;
                 metrics::counter!("dcpipe_payments_expired_total", "institution" => inst.id.clone()).increment(1);
                 outputs.extend(final_outcome(inst, &record)?);
             }
@@ -210,6 +212,7 @@ impl Stage for CommitStage {
                 // A repeat (or an answer after the expiry voided it) repeats the final outcome;
                 // a contradiction repeats it too (the first decision stands), dead-lettered.
                 Transition::Applied(record) | Transition::AlreadyFinal(record) => {
+                    crate::wallet::stages::give_back_voided(inst, &record).await?;
                     let outputs = final_outcome(inst, &record)?;
                     match contradiction(&response, decision, &record) {
                         None => Verdict::Done(outputs),

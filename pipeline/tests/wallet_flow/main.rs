@@ -19,6 +19,7 @@ macro_rules! wallet_suite {
             key_sets_nobody_here_can_answer_are_dead_lettered,
             a_seeded_scenario_ends_as_the_reference_model_says,
             a_command_issued_while_offline_is_applied_once_after_reconnection,
+            a_payment_refused_by_its_payee_gives_its_purse_back,
         );
     };
     (@each $backend:expr; $($scenario:ident),+ $(,)?) => {

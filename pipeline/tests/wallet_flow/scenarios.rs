@@ -862,3 +862,100 @@ pub(crate) async fn a_command_issued_while_offline_is_applied_once_after_reconne
     assert!(!online.account.locked);
     world.running.stop().await;
 }
+
+/// A payment whose payee's institution refuses the credit (the payee's wallet is locked) is
+/// voided on the clearing path; what it took from the payer's purse comes back to the purse
+/// record, which agrees with the purse account again, and the payer's wallet learns it at its
+/// next synchronization.
+pub(crate) async fn a_payment_refused_by_its_payee_gives_its_purse_back(backend: &Backend) {
+    let mut world = World::start(backend).await;
+    let mut a0 = world.offline_wallet(OI_A, 0).await;
+    let mut a1 = world.offline_wallet(OI_A, 1).await;
+    let mut b0 = world.offline_wallet(OI_B, 0).await;
+    let before = [
+        world.balance(a0.party()).await,
+        world.balance(a1.party()).await,
+        world.balance(b0.party()).await,
+    ];
+    let at = world.t0 + 10 * 60_000;
+    let (p1, d1, _) = pay(&mut a0, &mut b0, 7_000, at);
+    let (p2, d2, _) = pay(&mut a0, &mut a1, 2_000, at + 1_000);
+    world
+        .ledger(OI_B)
+        .set_locked(&b0.party().wallet_id, true)
+        .await
+        .expect("lock")
+        .expect("wallet");
+    let answer = world.sync(&mut a0).await;
+    assert_eq!(answer.status, SyncStatus::Accepted, "{answer:?}");
+    assert_eq!(answer.purse_fen, PURSE_FEN - 9_000, "both cleared at first");
+    let submission = |payment_id, digest| Submission {
+        payment_id,
+        envelope_digest: digest,
+        submission_digest: digest,
+    };
+    let refused = submission(p1, d1);
+    let decided = world
+        .running
+        .collector
+        .wait_until(DEADLINE, |book| {
+            book.answer(&refused)
+                .is_some_and(|a| a.status == OutcomeStatus::Rejected)
+        })
+        .await;
+    assert!(decided, "the payment to the locked wallet is refused");
+    world.running.collector.with_book(|book| {
+        let answer = book.answer(&refused).expect("answered");
+        assert_eq!(
+            answer.reason_code.as_deref(),
+            Some(Reason::PayeeWalletLocked.as_str())
+        );
+    });
+    let money = world.cleared(&[(p2, d2)]).await;
+    assert_eq!(money.loss_fen, 0);
+    // The void gives the purse back: record and account agree, only p2 counts as cleared.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let record = loop {
+        let record = world
+            .offline(OI_A)
+            .offline_wallet(&a0.party().wallet_id)
+            .await
+            .expect("read")
+            .expect("record");
+        if record.purse_fen == PURSE_FEN - 2_000 {
+            break record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the purse is not given back: {}",
+            record.purse_fen
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(record.locked_at_ms.is_none() && record.blacklisted_at_ms.is_none());
+    let totals = world.offline(OI_A).offline_totals().await.expect("totals");
+    assert_eq!(
+        totals.cleared_fen, 2_000,
+        "the voided payment is not cleared"
+    );
+    assert_eq!(
+        (totals.purses_fen, totals.purse_accounts_fen),
+        (2 * PURSE_FEN - 2_000, 2 * PURSE_FEN - 2_000)
+    );
+    assert_eq!(world.balance(a0.party()).await, before[0]);
+    assert_eq!(world.balance(a1.party()).await, before[1] + 2_000);
+    assert_eq!(world.balance(b0.party()).await, before[2]);
+    // Uploaded again by its payee: recognized, nothing moves twice.
+    let b0_answer = world.sync(&mut b0).await;
+    assert_eq!(b0_answer.status, SyncStatus::Accepted, "{b0_answer:?}");
+    let money = world.cleared(&[(p2, d2)]).await;
+    assert_eq!(money.loss_fen, 0);
+    let again = world.offline(OI_A).offline_totals().await.expect("totals");
+    assert_eq!(again, totals);
+    // The payer's wallet learns its purse at its next synchronization.
+    let answer = world.sync(&mut a0).await;
+    assert_eq!(answer.status, SyncStatus::Accepted, "{answer:?}");
+    assert_eq!(answer.purse_fen, PURSE_FEN - 2_000);
+    assert_eq!(a0.purse_fen(), PURSE_FEN - 2_000);
+    world.running.stop().await;
+}

@@ -17,13 +17,23 @@
 //! on the purse account, a clearing message to the payee's institution, commit, outcome,
 //! settlement. Recording again, reserving again and clearing again are all recognized by the
 //! payment id, so a payment uploaded by both sides, and however often, moves money once.
+//!
+//! When the clearing path voids an offline payment (the payee's institution refuses the credit,
+//! `payee.wallet_locked` or `payee.unknown_wallet`, or the reservation expires), the void
+//! releases the whole amount into the purse account, and [`give_back_voided`] gives the record
+//! its purse part back and the loss account its part, once: the purse record and the purse
+//! account agree again, the payer's wallet learns its purse at its next synchronization.
 
 pub mod clearing;
 pub mod record;
 pub mod sync;
 
-use dcpipe_connectors::ledger::offline::OfflineCommit;
-use dcpipe_connectors::ledger::{OfflineLedger, offline::OfflineUpdate};
+use dcpipe_connectors::ledger::offline::{OfflineCommit, PURSE_SUFFIX, VoidedReturn};
+use dcpipe_connectors::ledger::{
+    OfflineLedger, PaymentRecord, PaymentState, Side, offline::OfflineUpdate,
+};
+
+use crate::clearing::Institution;
 
 use crate::runtime::StageError;
 
@@ -50,4 +60,39 @@ pub(crate) fn kept_changing(wallet_id: &str) -> StageError {
     StageError::transient(format!(
         "the offline record of {wallet_id} changed {STALE_RETRIES_MAX} times while deciding"
     ))
+}
+
+/// Whether `record` is the payer's side of a voided payment from a purse account: an offline
+/// payment whose money goes back ([`give_back_voided`]).
+pub fn voided_offline(record: &PaymentRecord) -> bool {
+    record.side == Side::Payer
+        && record.state == PaymentState::Voided
+        && record
+            .wallet_id
+            .as_deref()
+            .is_some_and(|w| w.ends_with(PURSE_SUFFIX))
+}
+
+/// Called by the clearing path for every final payment it answers for (a repeat included, so
+/// a return interrupted by a stop is done at the redelivery): when `record` is a voided
+/// offline payment, gives its money back to the payer's record and the loss account, once.
+pub(crate) async fn give_back_voided(
+    inst: &Institution,
+    record: &PaymentRecord,
+) -> Result<(), StageError> {
+    if !voided_offline(record) {
+        return Ok(());
+    }
+    match inst
+        .ledger
+        .offline()
+        .return_voided(&record.payment_id)
+        .await?
+    {
+        VoidedReturn::Returned { purse_fen } => {
+            tracing::info!(payment = %record.payment_id, wallet = ?record.wallet_id, purse_fen, "voided offline payment given back to its purse");
+        }
+        VoidedReturn::AlreadyReturned | VoidedReturn::NotOffline | VoidedReturn::NotVoided => {}
+    }
+    Ok(())
 }
