@@ -75,6 +75,12 @@ pub fn wallet_command(institution: &str) -> String {
     format!("wallet.command.{institution}")
 }
 
+/// Blacklist entries for `institution` to follow: a wallet of another institution found
+/// committing offline fraud, signed by its institution (docs/PROTOCOL.md, "Offline wallets").
+pub fn wallet_blacklist(institution: &str) -> String {
+    format!("wallet.blacklist.{institution}")
+}
+
 /// Offline payments uploaded by their payees, to be cleared by the payer's `institution`.
 pub fn wallet_offline(institution: &str) -> String {
     format!("wallet.offline.{institution}")

@@ -17,7 +17,7 @@ use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::wallet::limits::{HOUR_MS, PAID_AT_SKEW_MS_MAX_DEFAULT};
 use dcpipe_pipeline::wallet::remote::issue_command;
 use dcpipe_pipeline::wallet::stages::record::terms_of;
-use dcpipe_pipeline::wallet::stages::{clearing, sync};
+use dcpipe_pipeline::wallet::stages::{blacklist, clearing, sync};
 use dcpipe_pipeline::wallet::{
     Command, CommandApplied, HardWallet, OFFLINE_TIER_4, OfflineNetwork, SatelliteFix, SyncPolicy,
     WalletProvisioning, copied_key, key_fingerprint, key_set_input,
@@ -440,6 +440,51 @@ pub(crate) async fn a_double_spender_is_caught_locked_and_blacklisted(backend: &
     let a1_answer = world.sync(&mut a1).await;
     assert!(a1_answer.actions.contains(&WalletAction::BlacklistUpdate));
     assert!(a1.blacklist().contains(&wallet_id));
+    // The other institution follows the entry its institution published, and its wallets
+    // learn of it too.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !world
+        .offline(OI_B)
+        .blacklist()
+        .await
+        .expect("blacklist")
+        .contains(&wallet_id)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{OI_B} never lists the double spender"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let b0_answer = world.sync(&mut b0).await;
+    assert_eq!(b0_answer.status, SyncStatus::Accepted, "{b0_answer:?}");
+    assert!(b0_answer.actions.contains(&WalletAction::BlacklistUpdate));
+    assert!(b0.blacklist().contains(&wallet_id));
+    // An entry for a wallet of one institution signed by another is dead-lettered, and
+    // nobody lists the wallet.
+    let honest = a1.party().clone();
+    let forged = dcpipe_pipeline::wallet::sign_command(
+        blacklist::entry_command_id(&honest.wallet_id),
+        &honest,
+        1,
+        &Command::Blacklist(vec![honest.wallet_id.clone()]),
+        system_now_ms(),
+        &world.running.network.institutions[OI_B].signer,
+    )
+    .expect("signs");
+    world
+        .publish(
+            subjects::wallet_blacklist(OI_B),
+            &honest.wallet_id,
+            dcpipe_schemas::encode(&forged).expect("encodes"),
+        )
+        .await;
+    let letter = world.dead_letter(blacklist::STAGE).await;
+    assert_eq!(letter.reason_code, Reason::RemoteWrongIssuer.as_str());
+    for oi in [OI_A, OI_B] {
+        let listed = world.offline(oi).blacklist().await.expect("blacklist");
+        assert_eq!(listed, vec![wallet_id.clone()], "{oi}");
+    }
     world.running.stop().await;
 }
 

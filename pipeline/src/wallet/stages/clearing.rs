@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use dcpipe_connectors::bus::Position;
 use dcpipe_connectors::ledger::offline::OfflineUpdate;
 
+use super::blacklist::{blacklist_entries, entry_subjects};
 use super::record::{
     ToClear, decide_payer_clearing, offline_intent, standing, stored_record, wallet_record,
 };
@@ -33,12 +34,15 @@ inventory::submit! {
         summary: "the payer institution's clearing of offline payments uploaded by payees",
         flow: Flow::WalletKeySet,
         consumes: subjects::wallet_offline,
-        // Clearing messages to the payees' institutions; refusals to both institutions.
-        publishes: |_, institutions| {
-            institutions
+        // Clearing messages to the payees' institutions; refusals to both institutions; the
+        // blacklist entry of a payer caught.
+        publishes: |owner, institutions| {
+            let mut names: Vec<String> = institutions
                 .iter()
                 .flat_map(|oi| [subjects::clearing_request(oi), subjects::txn_result(oi)])
-                .collect()
+                .collect();
+            names.extend(entry_subjects(owner, institutions));
+            names
         },
         build: Build::Institution(|inst| Arc::new(OfflineClearingStage::new(inst))),
     }
@@ -87,6 +91,7 @@ impl OfflineClearingStage {
                 .iter()
                 .any(|c| c.digest == *payment.digest.as_bytes());
             let intent = offline_intent(payment);
+            let mut entries = Vec::new();
             if !known {
                 if let Some(reason) = standing(&record).refuses(payment.payment.paid_at_ms) {
                     let refused = Rejected::new(
@@ -116,12 +121,14 @@ impl OfflineClearingStage {
                     continue;
                 }
                 if cleared.fraud {
+                    let at_ms = cleared.record.blacklisted_at_ms.unwrap_or(now_ms);
+                    entries = blacklist_entries(inst, &payer.wallet_id, at_ms)?;
                     tracing::warn!(wallet = %payer.wallet_id, payment = %payment.payment_id, "offline fraud evidence: wallet locked and blacklisted");
                 }
             }
-            return Ok(Verdict::Done(
-                clear_intents(inst, &[intent], position, now_ms, STAGE).await?,
-            ));
+            let mut outputs = entries;
+            outputs.extend(clear_intents(inst, &[intent], position, now_ms, STAGE).await?);
+            return Ok(Verdict::Done(outputs));
         }
         Err(kept_changing(&payer.wallet_id))
     }

@@ -24,6 +24,7 @@
 //! its purse part back and the loss account its part, once: the purse record and the purse
 //! account agree again, the payer's wallet learns its purse at its next synchronization.
 
+pub mod blacklist;
 pub mod clearing;
 pub mod record;
 pub mod sync;

@@ -46,7 +46,11 @@ inventory::submit! {
         // The answer and commands to the wallet; received payments to their payers'
         // institutions; the wallet's own payments on the clearing path.
         publishes: |owner, institutions| {
-            let mut names = vec![subjects::wallet_result(owner), subjects::wallet_command(owner)];
+            let mut names = vec![
+                subjects::wallet_result(owner),
+                subjects::wallet_command(owner),
+            ];
+            names.extend(super::blacklist::entry_subjects(owner, institutions));
             names.extend(institutions.iter().flat_map(|oi| {
                 [
                     subjects::wallet_offline(oi),
@@ -282,6 +286,14 @@ impl WalletSyncStage {
             verified.commands_applied_through,
             position,
         )?);
+        if fraud {
+            let at_ms = after.blacklisted_at_ms.unwrap_or(now_ms);
+            outputs.extend(super::blacklist::blacklist_entries(
+                inst,
+                &party.wallet_id,
+                at_ms,
+            )?);
+        }
         outputs.extend(self.forward_received(&decision.received)?);
         // Every own payment the platform holds as cleared takes the clearing path: the ledger
         // answers one reserved before with its first answer.
