@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dcpipe_connectors::bus::{Bus, Consumer, ConsumerConfig, Outgoing};
 use dcpipe_connectors::ledger::OfflineLedger;
-use dcpipe_connectors::ledger::offline::{OfflineOpening, PurseFunding};
+use dcpipe_connectors::ledger::offline::{FundingResult, OfflineOpening, PurseFunding};
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::invariants::{OutcomeCollector, Submission};
 use dcpipe_pipeline::network::Network;
@@ -27,7 +27,7 @@ use dcpipe_pipeline::wallet::{
     key_fingerprint, key_set_input, offline_limits_for_tier,
 };
 use dcpipe_schemas::{
-    CommandId, Digest32, OfflinePayment, OutcomeStatus, PaymentId, RemoteControlCommand,
+    CommandId, Digest32, OfflinePayment, OutcomeStatus, PartyRef, PaymentId, RemoteControlCommand,
     SyncStatus, WalletSyncResult,
 };
 use rand::rngs::SmallRng;
@@ -57,6 +57,9 @@ pub struct WalletFlowReport {
     pub payments_made: usize,
     /// Of which completed, once each.
     pub payments_completed: usize,
+    /// Of which refused once because their payee, the double spender, was locked when they
+    /// cleared (`payee.wallet_locked`): voided, their purse given back to their payer.
+    pub payments_refused_payee_locked: usize,
     /// Key sets answered.
     pub key_sets_answered: usize,
     /// Wallets whose purse, as their platform records it, is what the wallet holds.
@@ -82,7 +85,7 @@ impl WalletFlowReport {
     /// Whether every check held.
     pub fn valid(&self) -> bool {
         self.failures.is_empty()
-            && self.payments_completed == self.payments_made
+            && self.payments_completed + self.payments_refused_payee_locked == self.payments_made
             && self.purses_reconciled == self.wallets
             && self.double_spender_caught
             && self.forged_refused
@@ -213,7 +216,8 @@ pub async fn run_wallet_flow(
     if institutions.len() < 2 {
         return Err(failed("the flow needs two institutions"));
     }
-    // Wallets round-robin over the institutions, the last of each tier-4 kind first.
+    // Wallets round-robin over the institutions, the last of each first (the payments' load
+    // spends from the first, its hot wallets, and a purse is funded from the balance).
     let wanted = config.wallets.clamp(4, FLOW_WALLETS_MAX);
     let mut chosen = Vec::new();
     for n in 0.. {
@@ -226,6 +230,7 @@ pub async fn run_wallet_flow(
                 .wallets
                 .iter()
                 .filter(|w| &w.party.institution_id == oi)
+                .rev()
                 .nth(n)
             {
                 chosen.push(info.clone());
@@ -296,7 +301,7 @@ pub async fn run_wallet_flow(
             }])
             .await
             .map_err(failed)?;
-        offline
+        let funded = offline
             .fund_purses(&[PurseFunding {
                 funding_id: *CommandId::random().as_bytes(),
                 wallet_id: party.wallet_id.clone(),
@@ -304,6 +309,12 @@ pub async fn run_wallet_flow(
             }])
             .await
             .map_err(failed)?;
+        if !matches!(funded.first(), Some(FundingResult::Funded { .. })) {
+            return Err(failed(format!(
+                "the purse of {} is not funded: {funded:?}",
+                party.wallet_id
+            )));
+        }
         let mut wallet = HardWallet::provision(WalletProvisioning {
             party: party.clone(),
             tier: info.tier.number,
@@ -358,12 +369,12 @@ pub async fn run_wallet_flow(
                 made.push(Made::of(&payment));
             }
         };
-    // Wallet 0, the future double spender, pays only what the injection makes it pay.
+    // Wallet 0, the future double spender, pays only what the injection makes it pay; it is
+    // paid like the others: a payment to it that clears after it was caught (its online wallet
+    // locked) is refused (`payee.wallet_locked`) and its payer's purse given back.
     for payer in 1..count {
         for _ in 0..rng.random_range(0..=4) {
-            // Nobody pays the future double spender: its online wallet is locked when it is
-            // caught, and a locked payee's institution refuses credits (`payee.wallet_locked`).
-            let payee = 1 + (payer - 1 + rng.random_range(1..count - 1)) % (count - 1);
+            let payee = (payer + rng.random_range(1..count)) % count;
             at += rng.random_range(1_000..30_000);
             pay(&mut wallets, payer, payee, rng.random_range(1..=5_000), at);
         }
@@ -494,9 +505,23 @@ pub async fn run_wallet_flow(
             submissions.iter().all(|s| book.answer(s).is_some())
         })
         .await;
+    let spender = wallets[0].party().clone();
+    let mut refunded_payers: Vec<usize> = Vec::new();
     collector.with_book(|book| {
         for payment in &made {
             let answer = book.answer(&payment.submission());
+            if payment.payee == spender
+                && answer.is_some_and(|a| {
+                    a.status == OutcomeStatus::Rejected
+                        && a.reason_code.as_deref() == Some(Reason::PayeeWalletLocked.as_str())
+                })
+            {
+                report.payments_refused_payee_locked += 1;
+                if let Some(index) = wallets.iter().position(|w| *w.party() == payment.payer) {
+                    refunded_payers.push(index);
+                }
+                continue;
+            }
             if !answer.is_some_and(|a| a.status == OutcomeStatus::Completed) {
                 report.failures.push(format!(
                     "offline payment {} not completed: {:?}",
@@ -518,7 +543,13 @@ pub async fn run_wallet_flow(
             }
         }
     });
-    let spender = wallets[0].party().clone();
+    // The payers of refused payments learn their purse back at a sync.
+    refunded_payers.sort_unstable();
+    refunded_payers.dedup();
+    for index in refunded_payers {
+        side.sync(&mut wallets[index]).await?;
+        report.key_sets_answered += 1;
+    }
     let answer = side.sync(&mut wallets[0]).await?;
     report.key_sets_answered += 1;
     let record = side
@@ -576,6 +607,8 @@ pub async fn run_wallet_flow(
 struct Made {
     id: PaymentId,
     digest: Digest32,
+    payer: PartyRef,
+    payee: PartyRef,
     payer_institution: String,
     payee_institution: String,
     amount_fen: i64,
@@ -587,6 +620,8 @@ impl Made {
         Made {
             id: offline_payment_id(&digest),
             digest,
+            payer: payment.payer.clone(),
+            payee: payment.payee.clone(),
             payer_institution: payment.payer.institution_id.clone(),
             payee_institution: payment.payee.institution_id.clone(),
             amount_fen: payment.amount_fen,

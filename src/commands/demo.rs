@@ -524,9 +524,10 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
                 flow.wallets, flow.key_sets_answered
             );
             println!(
-                "  offline payments   {:>7}  of {} made completed, loss accounts {}",
+                "  offline payments   {:>7}  of {} made completed, {} refused (payee locked), loss accounts {}",
                 flow.payments_completed,
                 flow.payments_made,
+                flow.payments_refused_payee_locked,
                 cny_signed(flow.loss_fen)
             );
             for failure in flow.failures.iter().take(10) {
@@ -536,10 +537,14 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
         let mut checks: Vec<(bool, String)> = Vec::new();
         if let Some(flow) = &wallet_flow {
             checks.push((
-                flow.payments_completed == flow.payments_made && flow.failures.is_empty(),
+                flow.payments_completed + flow.payments_refused_payee_locked == flow.payments_made
+                    && flow.failures.is_empty(),
                 format!(
-                    "every offline payment cleared once ({} of {})",
-                    flow.payments_completed, flow.payments_made
+                    "every offline payment cleared once ({} completed, {} refused to the locked \
+                     double spender, of {})",
+                    flow.payments_completed,
+                    flow.payments_refused_payee_locked,
+                    flow.payments_made
                 ),
             ));
             checks.push((
