@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs dcpipe for real on a nats-server: two institutions and the central bank's settlement,
-# every stage its own process, each given only its own key; then one payment and its outcome.
-# The steps of README.md's "Running it for real", which quotes the commands below.
+# every stage its own process, each given only its own key; then one payment and its outcome, and the audit of the run.
+# The steps of README.md's "Running it for real" and "Auditing the record", which quote the
+# commands below.
 #
 #   scripts/run-for-real.sh nats://127.0.0.1:4222 WORKDIR
 #
 # WORKDIR must be new or empty; it receives the PKI, the ledgers and the workers' logs.
 # DCPIPE_BIN names the dcpipe binary (default: dcpipe on PATH). Exits 0 once the payment
-# completed and its outcome was read back; the workers are stopped on exit.
+# completed, its outcome was read back and the audit of the run reconciled; the workers are
+# stopped on exit.
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -70,3 +72,7 @@ workers+=($!)
 PAYMENT_ID=$(cat /proc/sys/kernel/random/uuid)
 dcpipe submit --bus "$BUS" --pki pki/trust --payer pki/wallets/w-oi01-000001 --payee pki/wallets/w-oi02-000001 --amount-fen 12345 --payment-id "$PAYMENT_ID" --timeout 60s
 dcpipe tail txn.result.oi01 --bus "$BUS" --payment-id "$PAYMENT_ID" --output json
+
+# 6. The run audited as an auditor would, with the trust anchors only: every record re-verified,
+#    the payment's life rebuilt and found in both ledgers (exit 0: no discrepancy).
+dcpipe audit --bus "$BUS" --pki pki/trust --ledger sqlite://ledgers --report audit.json

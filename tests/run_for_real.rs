@@ -1,7 +1,8 @@
 //! README.md's "Running it for real", run as written: `scripts/run-for-real.sh` on a
 //! nats-server of its own (two institutions and settlement, every stage its own process with
 //! only its own key, wallets opened from files, one payment submitted and its outcome read
-//! back), and the README quoting the script's commands exactly.
+//! back, then the run audited with zero discrepancies), and the README quoting the script's
+//! commands exactly.
 
 use std::path::Path;
 use std::process::Command;
@@ -47,6 +48,20 @@ async fn the_script_runs_a_payment_to_completion_on_a_fresh_nats_server() {
         .unwrap_or_else(|| panic!("no outcome read back: {stdout}"));
     assert!(outcome.contains("\"status\":\"COMPLETED\""), "{outcome}");
     assert!(outcome.contains("\"amount_fen\":12345"), "{outcome}");
+    // The audit that ends the script (README.md's "Auditing the record") reconciled the run:
+    // the payment judged completed, the ledgers consulted, no discrepancy (the payee's credit
+    // may still be in flight when the audit starts: then it is partial, not checked).
+    assert!(
+        stdout.contains("discrepancies               0  reconciled"),
+        "{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(work.path().join("run/audit.json")).expect("the audit's report"),
+    )
+    .expect("the report is JSON");
+    assert_eq!(report["discrepancies"], serde_json::json!([]), "{report}");
+    assert_eq!(report["ledger_reconciled"], true, "{report}");
+    assert_eq!(report["counts"]["payments_completed"], 1, "{report}");
 
     // The trust anchors hold no private key; each party's directory holds its own only.
     let pki = work.path().join("run/pki");
@@ -103,22 +118,32 @@ fn the_readme_quotes_the_script_exactly() {
     let readme = std::fs::read_to_string(repository().join("README.md")).expect("README");
     let script =
         std::fs::read_to_string(repository().join("scripts/run-for-real.sh")).expect("script");
-    let section = readme
-        .split("## Running it for real")
-        .nth(1)
-        .expect("the section")
-        .split("\n## ")
-        .next()
-        .expect("its text");
-    let quoted: Vec<&str> = section
-        .split("```")
-        .skip(1)
-        .step_by(2)
+    let section = |title: &str| {
+        readme
+            .split(&format!("## {title}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("the section {title}"))
+            .split("\n## ")
+            .next()
+            .expect("its text")
+            .to_owned()
+    };
+    let sections = [
+        section("Running it for real"),
+        section("Auditing the record"),
+    ];
+    let quoted: Vec<&str> = sections
+        .iter()
+        .flat_map(|s| s.split("```").skip(1).step_by(2))
         .flat_map(|block| block.lines().skip(1))
         .map(str::trim)
         .filter(|l| l.starts_with("dcpipe "))
         .collect();
-    assert!(quoted.len() >= 8, "{quoted:?}");
+    assert!(quoted.len() >= 9, "{quoted:?}");
+    assert!(
+        quoted.iter().any(|l| l.starts_with("dcpipe audit ")),
+        "{quoted:?}"
+    );
     let script_lines: Vec<&str> = script.lines().map(str::trim).collect();
     for line in quoted {
         assert!(
