@@ -65,8 +65,8 @@ pub use types::{
     DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization, FinalizeResult, ID_LEN_MAX,
     InstitutionId, LedgerRefusal, MS_PER_DAY, OpenResult, OpeningTerms, Party, PaymentId,
     PaymentRecord, PaymentState, PendingTotals, REASON_CODE_LEN_MAX, Rejection, RejectionResult,
-    ReserveRequest, ReserveResult, Side, StateCounts, Transition, WalletAccount, WalletId,
-    WalletLimits, WalletState, business_day,
+    ReserveRequest, ReserveResult, Side, StateCounts, Transition, WALLET_OPENINGS_PAGE_MAX,
+    WalletAccount, WalletId, WalletLimits, WalletOpening, WalletState, business_day,
 };
 
 /// Longest institution id, in bytes: it names a file and a PostgreSQL schema (`dcpipe_<id>`,
@@ -182,6 +182,16 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     /// Money issued by every opening so far ([`Ledger::open_wallets`]): what the balances and
     /// the money in flight of every ledger together must conserve.
     async fn issued_total_fen(&self) -> Result<i64, LedgerError>;
+
+    /// Wallets with their opening and current balance, by wallet id after `after` (from the
+    /// first when `None`), at most `limit` (capped at [`WALLET_OPENINGS_PAGE_MAX`]), all from
+    /// one snapshot per call. To page, ask again after the last id. The audit checks with it
+    /// that each balance equals its opening plus the payments the record explains.
+    async fn wallet_openings(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WalletOpening>, LedgerError>;
 
     /// Number of wallets.
     async fn wallet_count(&self) -> Result<u64, LedgerError>;

@@ -33,7 +33,8 @@ use super::types::{
     CreditRequest, CreditResult, DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization,
     FinalizeResult, OpenResult, OpeningTerms, Party, PaymentId, PaymentRecord, PaymentState,
     PendingTotals, Rejection, RejectionResult, ReserveRequest, ReserveResult, Side, StateCounts,
-    Transition, WalletAccount, WalletLimits, WalletState, business_day,
+    Transition, WALLET_OPENINGS_PAGE_MAX, WalletAccount, WalletLimits, WalletOpening, WalletState,
+    business_day,
 };
 use super::{Ledger, SETTLEMENT_STORE_NAME, now_ms};
 
@@ -1243,6 +1244,52 @@ impl Ledger for PostgresLedger {
             .query_one_i64s("SELECT COALESCE(SUM(amount_fen), 0)::bigint FROM {s}.issuances")
             .await?;
         Ok(totals[0])
+    }
+
+    async fn wallet_openings(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WalletOpening>, LedgerError> {
+        let after = after.unwrap_or("");
+        let limit = i64::try_from(limit.min(WALLET_OPENINGS_PAGE_MAX)).unwrap_or(0);
+        let client = self.db.client().await?;
+        let read = |e| pg_error("cannot read wallet openings", e);
+        let rows = client
+            .query(
+                &self.db.sql(
+                    "SELECT w.wallet_id, i.amount_fen, i.issued_ms, w.balance_fen, w.held_fen,
+                            w.pending_credit_fen,
+                            (SELECT COUNT(*)::bigint FROM {s}.payments p WHERE p.wallet_id = w.wallet_id
+                               AND ((p.side = 'payer' AND p.state = 'committed')
+                                 OR (p.side = 'payee' AND p.state = 'credited'))),
+                            (w.wallet_id LIKE '%' || $3
+                               OR EXISTS (SELECT 1 FROM {s}.offline_wallets o
+                                          WHERE o.wallet_id = w.wallet_id)
+                               OR EXISTS (SELECT 1 FROM {s}.offline_clearings c
+                                          WHERE c.payee_wallet_id = w.wallet_id))
+                     FROM {s}.wallets w JOIN {s}.issuances i ON i.wallet_id = w.wallet_id
+                     WHERE w.wallet_id > $1 ORDER BY w.wallet_id LIMIT $2",
+                ),
+                &[&after, &limit, &super::offline::PURSE_SUFFIX],
+            )
+            .await
+            .map_err(read)?;
+        rows.iter()
+            .map(|row| {
+                Ok(WalletOpening {
+                    wallet_id: row.try_get(0).map_err(read)?,
+                    opening_fen: row.try_get(1).map_err(read)?,
+                    opened_ms: row.try_get(2).map_err(read)?,
+                    balance_fen: row.try_get(3).map_err(read)?,
+                    held_fen: row.try_get(4).map_err(read)?,
+                    pending_credit_fen: row.try_get(5).map_err(read)?,
+                    moving_payments: u64::try_from(row.try_get::<_, i64>(6).map_err(read)?)
+                        .unwrap_or(0),
+                    offline: row.try_get(7).map_err(read)?,
+                })
+            })
+            .collect()
     }
 
     async fn wallet_count(&self) -> Result<u64, LedgerError> {

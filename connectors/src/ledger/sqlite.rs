@@ -28,7 +28,8 @@ use super::types::{
     CreditRequest, CreditResult, DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization,
     FinalizeResult, OpenResult, OpeningTerms, Party, PaymentId, PaymentRecord, PaymentState,
     PendingTotals, Rejection, RejectionResult, ReserveRequest, ReserveResult, Side, StateCounts,
-    Transition, WalletAccount, WalletLimits, WalletState, business_day,
+    Transition, WALLET_OPENINGS_PAGE_MAX, WalletAccount, WalletLimits, WalletOpening, WalletState,
+    business_day,
 };
 use super::{Ledger, now_ms};
 
@@ -923,6 +924,51 @@ impl Ledger for SqliteLedger {
                     |row| row.get(0),
                 )
                 .map_err(|e| db_error("cannot sum issuances", e))
+            })
+            .await
+    }
+
+    async fn wallet_openings(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WalletOpening>, LedgerError> {
+        let after = after.unwrap_or("").to_owned();
+        let limit = i64::try_from(limit.min(WALLET_OPENINGS_PAGE_MAX)).unwrap_or(0);
+        self.db
+            .run(move |conn| {
+                let read = |e| db_error("cannot read wallet openings", e);
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT w.wallet_id, i.amount_fen, i.issued_ms, w.balance_fen, w.held_fen,
+                            w.pending_credit_fen,
+                            (SELECT COUNT(*) FROM payments p WHERE p.wallet_id = w.wallet_id
+                               AND ((p.side = 'payer' AND p.state = 'committed')
+                                 OR (p.side = 'payee' AND p.state = 'credited'))),
+                            (w.wallet_id LIKE '%' || ?3
+                               OR EXISTS (SELECT 1 FROM offline_wallets o
+                                          WHERE o.wallet_id = w.wallet_id)
+                               OR EXISTS (SELECT 1 FROM offline_clearings c
+                                          WHERE c.payee_wallet_id = w.wallet_id))
+                     FROM wallets w JOIN issuances i ON i.wallet_id = w.wallet_id
+                     WHERE w.wallet_id > ?1 ORDER BY w.wallet_id LIMIT ?2",
+                    )
+                    .map_err(read)?;
+                let rows = stmt
+                    .query_map(params![after, limit, super::offline::PURSE_SUFFIX], |row| {
+                        Ok(WalletOpening {
+                            wallet_id: row.get(0)?,
+                            opening_fen: row.get(1)?,
+                            opened_ms: row.get(2)?,
+                            balance_fen: row.get(3)?,
+                            held_fen: row.get(4)?,
+                            pending_credit_fen: row.get(5)?,
+                            moving_payments: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
+                            offline: row.get(7)?,
+                        })
+                    })
+                    .map_err(read)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(read)
             })
             .await
     }

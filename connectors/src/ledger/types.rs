@@ -475,6 +475,32 @@ pub struct PendingTotals {
     pub pending_credit_fen: i64,
 }
 
+/// Most wallets answered by one [`Ledger::wallet_openings`](super::Ledger::wallet_openings) call.
+pub const WALLET_OPENINGS_PAGE_MAX: usize = 1_000;
+
+/// A wallet's opening and what its balance became, for an audit: the balance must equal the
+/// opening plus the payments that moved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletOpening {
+    /// The wallet.
+    pub wallet_id: WalletId,
+    /// Its opening balance (the issuance record).
+    pub opening_fen: i64,
+    /// When it was opened (ledger clock).
+    pub opened_ms: i64,
+    /// Its balance now.
+    pub balance_fen: i64,
+    /// Holds of its reserved outgoing payments.
+    pub held_fen: i64,
+    /// Its pending incoming credits.
+    pub pending_credit_fen: i64,
+    /// Payment records that moved its balance: payer side committed, payee side credited.
+    pub moving_payments: u64,
+    /// Whether offline money touched it (an offline wallet, a purse account, or the payee of
+    /// an offline payment cleared here): moves that the online record does not explain.
+    pub offline: bool,
+}
+
 /// Number of payment records per side and state.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StateCounts(pub BTreeMap<(Side, PaymentState), u64>);

@@ -73,6 +73,7 @@ macro_rules! ledger_suite {
             scenarios::decided_since_honours_the_limit,
             scenarios::decided_since_excludes_open_rejected_and_payee_records,
             scenarios::credit_pending_is_outside_balance,
+            scenarios::wallet_openings_page_balances_against_openings_and_moving_payments,
             scenarios::credit_duplicate_and_conflict_move_nothing,
             scenarios::credit_refuses_unknown_and_locked_wallet,
             scenarios::credit_refuses_over_balance_limit_counting_pending_credits,

@@ -7,7 +7,7 @@ use dcpipe_connectors::ledger::{
     BATCH_ITEMS_MAX, CreditResult, DECIDED_LIST_MAX, Finalization, FinalizeResult, ID_LEN_MAX,
     Ledger, LedgerErrorKind, LedgerRefusal, MS_PER_DAY, OpenResult, PaymentId, PaymentRecord,
     PaymentState, PendingTotals, Rejection, RejectionResult, ReserveResult, Side, Transition,
-    WalletLimits,
+    WalletLimits, WalletOpening,
 };
 
 use crate::fixtures::{
@@ -1310,4 +1310,70 @@ pub(crate) async fn concurrent_batches_conserve_money_and_never_overdraw(backend
         reserved_count
     );
     setup.verify_integrity().await.expect("integrity");
+}
+
+/// The audit's view of the wallets: each with its opening, its balance, its money in flight and
+/// how many payments moved it, paged by wallet id.
+pub(crate) async fn wallet_openings_page_balances_against_openings_and_moving_payments(
+    backend: &dyn Backend,
+) {
+    let payer = payer_with(backend, 50_000).await;
+    open(payer.as_ref(), &[("a2", 7, TIER4), ("a3", 0, TIER4)]).await;
+    let payee = payee_with(backend, 100).await;
+    reserved(reserve_one(payer.as_ref(), reserve(1, "a1", 1_000)).await);
+    applied(payer.commit(&[pid(1)]).await.expect("commit"));
+    reserved(reserve_one(payer.as_ref(), reserve(2, "a1", 300)).await);
+    payee
+        .credit_pending(&[credit(1, "b1", 1_000)])
+        .await
+        .expect("credit");
+    payee
+        .finalize(&[(pid(1), Finalization::Completed)])
+        .await
+        .expect("finalize");
+    payee
+        .credit_pending(&[credit(2, "b1", 300)])
+        .await
+        .expect("credit");
+
+    let first = payer.wallet_openings(None, 2).await.expect("openings");
+    let ids: Vec<&str> = first.iter().map(|w| w.wallet_id.as_str()).collect();
+    assert_eq!(ids, ["a1", "a2"]);
+    let a1 = &first[0];
+    assert_eq!(
+        (
+            a1.opening_fen,
+            a1.balance_fen,
+            a1.held_fen,
+            a1.pending_credit_fen
+        ),
+        (50_000, 49_000, 300, 0)
+    );
+    assert_eq!(a1.moving_payments, 1, "{a1:?}");
+    assert!(!a1.offline);
+    assert!(a1.opened_ms > 0);
+    let rest = payer
+        .wallet_openings(Some("a2"), 1_000)
+        .await
+        .expect("next page");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].wallet_id, "a3");
+    assert!(
+        payer
+            .wallet_openings(Some("a3"), 1_000)
+            .await
+            .expect("past the end")
+            .is_empty()
+    );
+    let b1: Vec<WalletOpening> = payee.wallet_openings(None, 10).await.expect("payee");
+    assert_eq!(b1.len(), 1);
+    assert_eq!(
+        (
+            b1[0].opening_fen,
+            b1[0].balance_fen,
+            b1[0].pending_credit_fen
+        ),
+        (100, 1_100, 300)
+    );
+    assert_eq!(b1[0].moving_payments, 1);
 }
