@@ -58,11 +58,14 @@ pub enum AuditCode {
     /// debited and credited exactly once with its amount, a rejected one that moved money, or
     /// a ledger whose stored totals disagree with its payment records.
     LedgerMismatch,
+    /// A wallet the range covers whole whose balance is not its opening plus the completed
+    /// payments the record holds for it.
+    WalletBalanceMismatch,
 }
 
 impl AuditCode {
     /// Every code, in the order of docs/PROTOCOL.md §11.
-    pub const ALL: [AuditCode; 17] = [
+    pub const ALL: [AuditCode; 18] = [
         AuditCode::UndecodableNotDeadLettered,
         AuditCode::SignatureInvalid,
         AuditCode::CertificateInvalid,
@@ -80,6 +83,7 @@ impl AuditCode {
         AuditCode::ClearingInTwoWindows,
         AuditCode::PositionMismatch,
         AuditCode::LedgerMismatch,
+        AuditCode::WalletBalanceMismatch,
     ];
 
     /// The stable code.
@@ -102,6 +106,7 @@ impl AuditCode {
             AuditCode::ClearingInTwoWindows => "audit.clearing_in_two_windows",
             AuditCode::PositionMismatch => "audit.position_mismatch",
             AuditCode::LedgerMismatch => "audit.ledger_mismatch",
+            AuditCode::WalletBalanceMismatch => "audit.wallet_balance_mismatch",
         }
     }
 

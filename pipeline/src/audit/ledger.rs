@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dcpipe_connectors::ledger::{Ledger, PaymentRecord, PaymentState, Side};
+use dcpipe_connectors::ledger::{
+    Ledger, PaymentRecord, PaymentState, Side, WALLET_OPENINGS_PAGE_MAX, WalletOpening,
+};
 
 use super::book::JudgedPayment;
 use super::code::AuditCode;
@@ -71,6 +73,85 @@ pub fn reconcile_payment(
     }
 }
 
+/// What the record explains of one wallet's balance: the completed payments it holds for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Explained {
+    /// Credits minus debits, in fen.
+    pub net_fen: i64,
+    /// Completed payments that moved it.
+    pub payments: u64,
+}
+
+/// What the record explains of each wallet, by (institution, wallet): state per wallet the
+/// range's completed payments touched, not per message.
+pub type WalletTally = BTreeMap<(String, String), Explained>;
+
+/// Adds a judged payment to the tally of its two wallets (a completed one moved money; a
+/// rejected one nothing).
+pub fn tally_payment(tally: &mut WalletTally, payment: &JudgedPayment) {
+    if !payment.completed {
+        return;
+    }
+    let terms = &payment.terms;
+    for (party, sign) in [(&terms.payer, -1), (&terms.payee, 1)] {
+        let entry = tally
+            .entry((party.institution_id.clone(), party.wallet_id.clone()))
+            .or_default();
+        entry.net_fen = entry.net_fen.saturating_add(sign * terms.amount_fen);
+        entry.payments += 1;
+    }
+}
+
+/// How a wallet's balance compares with what the record explains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BalanceVerdict {
+    /// Opening plus the record's completed payments: the balance.
+    Balanced,
+    /// The range does not cover the wallet whole (why): not an error.
+    Partial(&'static str),
+    /// The range covers it whole and the balance differs: (expected, found).
+    Differs(String, String),
+}
+
+/// Judges one wallet: its balance must be its opening plus `explained`, when the range covers
+/// it whole (`covers_opening`: the range starts before the wallet was opened; no money in
+/// flight; no offline money; no payment moved it that the range does not hold whole).
+pub fn reconcile_balance(
+    wallet: &WalletOpening,
+    explained: Explained,
+    covers_opening: bool,
+) -> BalanceVerdict {
+    let expected_fen = wallet.opening_fen.saturating_add(explained.net_fen);
+    let differs = || {
+        BalanceVerdict::Differs(
+            format!(
+                "balance {expected_fen} fen: opening {} fen and {} completed payments netting {} fen",
+                wallet.opening_fen, explained.payments, explained.net_fen
+            ),
+            format!(
+                "balance {} fen, {} payments moved it in the ledger",
+                wallet.balance_fen, wallet.moving_payments
+            ),
+        )
+    };
+    if wallet.offline {
+        return BalanceVerdict::Partial("offline money");
+    }
+    if !covers_opening {
+        return BalanceVerdict::Partial("opened before the range");
+    }
+    if wallet.held_fen != 0 || wallet.pending_credit_fen != 0 {
+        return BalanceVerdict::Partial("payments in flight");
+    }
+    if wallet.moving_payments > explained.payments {
+        return BalanceVerdict::Partial("payments the range does not hold whole");
+    }
+    if wallet.moving_payments < explained.payments || wallet.balance_fen != expected_fen {
+        return differs();
+    }
+    BalanceVerdict::Balanced
+}
+
 /// The ledgers of the institutions, by id.
 #[derive(Clone, Default)]
 pub struct LedgerReconciler {
@@ -95,13 +176,16 @@ impl LedgerReconciler {
     /// an institution whose ledger was not given is skipped (partial coverage), and so is one
     /// last seen at or after `settling_from_ms` that a ledger still holds in flight (a hold or a
     /// pending credit: the range ends before its last stage ran).
+    /// Each judged payment is also added to `tally`, for [`LedgerReconciler::check_balances`].
     pub async fn check(
         &self,
         payments: &[JudgedPayment],
         settling_from_ms: i64,
+        tally: &mut WalletTally,
         report: &mut AuditReport,
     ) -> Result<(), dcpipe_connectors::ledger::LedgerError> {
         for payment in payments {
+            tally_payment(tally, payment);
             let (Some(payer_ledger), Some(payee_ledger)) = (
                 self.ledgers.get(&payment.terms.payer.institution_id),
                 self.ledgers.get(&payment.terms.payee.institution_id),
@@ -134,6 +218,57 @@ impl LedgerReconciler {
                     expected,
                     found,
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each wallet's balance against its opening plus what the record explains (`tally`);
+    /// `covers_opening(opened_ms)` tells whether the range starts before an opening. Wallets
+    /// the range does not cover whole are counted as partially covered, not as discrepancies.
+    pub async fn check_balances(
+        &self,
+        tally: &WalletTally,
+        covers_opening: impl Fn(i64) -> bool,
+        report: &mut AuditReport,
+    ) -> Result<(), dcpipe_connectors::ledger::LedgerError> {
+        for (institution, ledger) in &self.ledgers {
+            let mut after: Option<String> = None;
+            loop {
+                let page = ledger
+                    .wallet_openings(after.as_deref(), WALLET_OPENINGS_PAGE_MAX)
+                    .await?;
+                for wallet in &page {
+                    let explained = tally
+                        .get(&(institution.clone(), wallet.wallet_id.clone()))
+                        .copied()
+                        .unwrap_or_default();
+                    match reconcile_balance(wallet, explained, covers_opening(wallet.opened_ms)) {
+                        BalanceVerdict::Balanced => report.counts.wallets_checked += 1,
+                        BalanceVerdict::Partial(_) => report.counts.wallets_partial += 1,
+                        BalanceVerdict::Differs(expected, found) => {
+                            report.counts.wallets_checked += 1;
+                            report.push(Discrepancy::new(
+                                AuditCode::WalletBalanceMismatch,
+                                Location {
+                                    subject: format!(
+                                        "ledger {institution} wallet {}",
+                                        wallet.wallet_id
+                                    ),
+                                    partition: 0,
+                                    offset: 0,
+                                },
+                                None,
+                                expected,
+                                found,
+                            ));
+                        }
+                    }
+                }
+                if page.len() < WALLET_OPENINGS_PAGE_MAX {
+                    break;
+                }
+                after = page.last().map(|w| w.wallet_id.clone());
             }
         }
         Ok(())
@@ -233,5 +368,87 @@ mod tests {
         assert!(reconcile_payment(&judged(false), None, None).is_ok());
         let committed = record(Side::Payer, PaymentState::Committed, "w1", 500);
         assert!(reconcile_payment(&judged(false), Some(&committed), None).is_err());
+    }
+
+    fn wallet(balance_fen: i64, moving_payments: u64) -> WalletOpening {
+        WalletOpening {
+            wallet_id: "w1".into(),
+            opening_fen: 1_000,
+            opened_ms: 10,
+            balance_fen,
+            held_fen: 0,
+            pending_credit_fen: 0,
+            moving_payments,
+            offline: false,
+        }
+    }
+
+    #[test]
+    fn a_balance_is_its_opening_plus_the_completed_payments_of_the_record() {
+        let mut tally = WalletTally::new();
+        tally_payment(&mut tally, &judged(true));
+        tally_payment(&mut tally, &judged(false));
+        let payer = tally[&("oi01".to_owned(), "w1".to_owned())];
+        let payee = tally[&("oi02".to_owned(), "w2".to_owned())];
+        assert_eq!(
+            payer,
+            Explained {
+                net_fen: -500,
+                payments: 1
+            }
+        );
+        assert_eq!(
+            payee,
+            Explained {
+                net_fen: 500,
+                payments: 1
+            }
+        );
+        assert_eq!(
+            reconcile_balance(&wallet(500, 1), payer, true),
+            BalanceVerdict::Balanced
+        );
+        assert!(matches!(
+            reconcile_balance(&wallet(501, 1), payer, true),
+            BalanceVerdict::Differs(..)
+        ));
+        // The record shows a completed payment the ledger never applied.
+        assert!(matches!(
+            reconcile_balance(&wallet(1_000, 0), payer, true),
+            BalanceVerdict::Differs(..)
+        ));
+        // An untouched wallet keeps its opening.
+        assert_eq!(
+            reconcile_balance(&wallet(1_000, 0), Explained::default(), true),
+            BalanceVerdict::Balanced
+        );
+    }
+
+    #[test]
+    fn a_wallet_the_range_does_not_cover_whole_is_partial_not_a_discrepancy() {
+        let payer = Explained {
+            net_fen: -500,
+            payments: 1,
+        };
+        assert_eq!(
+            reconcile_balance(&wallet(7, 1), payer, false),
+            BalanceVerdict::Partial("opened before the range")
+        );
+        assert_eq!(
+            reconcile_balance(&wallet(7, 2), payer, true),
+            BalanceVerdict::Partial("payments the range does not hold whole")
+        );
+        let mut held = wallet(7, 1);
+        held.held_fen = 3;
+        assert_eq!(
+            reconcile_balance(&held, payer, true),
+            BalanceVerdict::Partial("payments in flight")
+        );
+        let mut offline = wallet(7, 1);
+        offline.offline = true;
+        assert_eq!(
+            reconcile_balance(&offline, payer, true),
+            BalanceVerdict::Partial("offline money")
+        );
     }
 }

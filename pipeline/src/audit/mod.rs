@@ -39,7 +39,9 @@ use dcpipe_schemas::RevocationUpdate;
 pub use book::{Book, BookConfig, EDGE_MS_DEFAULT, JudgedPayment};
 pub use check::{AuditRecord, CheckContext, Checked, Fact, check_record};
 pub use code::AuditCode;
-pub use ledger::{LedgerReconciler, reconcile_payment};
+pub use ledger::{
+    BalanceVerdict, Explained, LedgerReconciler, WalletTally, reconcile_balance, reconcile_payment,
+};
 pub use report::{AuditReport, Discrepancy, Location, PartialPayment};
 pub use trust::{RevocationHistory, TimedVerifier};
 
@@ -419,6 +421,7 @@ pub async fn run(
         ..BookConfig::default()
     };
     let mut book: Option<Book> = None;
+    let mut tally = WalletTally::new();
     let mut pending: Option<tokio::task::JoinHandle<Vec<Checked>>> = None;
     let mut newest_ms = i64::MIN;
     loop {
@@ -457,7 +460,12 @@ pub async fn run(
             }
             if let Some(ledgers) = ledgers {
                 ledgers
-                    .check(&book.take_judged(), settling_from_ms, &mut report)
+                    .check(
+                        &book.take_judged(),
+                        settling_from_ms,
+                        &mut tally,
+                        &mut report,
+                    )
                     .await?;
             } else {
                 book.take_judged();
@@ -486,11 +494,26 @@ pub async fn run(
         );
         if let Some(ledgers) = ledgers {
             ledgers
-                .check(&book.take_judged(), settling_from_ms, &mut report)
+                .check(
+                    &book.take_judged(),
+                    settling_from_ms,
+                    &mut tally,
+                    &mut report,
+                )
                 .await?;
         }
     }
     if let Some(ledgers) = ledgers {
+        // A wallet is covered from its opening when the range starts at the record's
+        // beginning, or an edge before the opening.
+        let range_start_ms = book_config.range_start_ms;
+        let edge_ms = options.edge_ms;
+        let covers_opening = |opened_ms: i64| {
+            range_start_ms.is_none_or(|from| from.saturating_add(edge_ms) <= opened_ms)
+        };
+        ledgers
+            .check_balances(&tally, covers_opening, &mut report)
+            .await?;
         ledgers.check_integrity(&mut report).await?;
     }
     let elapsed = started.elapsed();

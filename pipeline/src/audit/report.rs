@@ -110,6 +110,11 @@ pub struct AuditCounts {
     pub refused_and_dead_lettered: u64,
     /// Payments checked against the ledgers.
     pub ledger_payments_checked: u64,
+    /// Wallets whose balance was checked against their opening and the record.
+    pub wallets_checked: u64,
+    /// Wallets the range does not cover whole (opened before it, money in flight, offline
+    /// money, or moved by payments it does not hold whole): not checked.
+    pub wallets_partial: u64,
     /// Most payments open at once: what the audit's memory grows with (not the records).
     pub open_payments_max: u64,
 }
@@ -211,6 +216,11 @@ impl AuditReport {
                 out,
                 "  ledger payments    {:>10}",
                 c.ledger_payments_checked
+            );
+            let _ = writeln!(
+                out,
+                "  wallet balances    {:>10}  ({} partially covered, not checked)",
+                c.wallets_checked, c.wallets_partial
             );
         }
         if self.is_clean() {

@@ -233,6 +233,13 @@ pub(crate) async fn a_clean_record_reconciles_and_each_tamper_is_found_with_its_
     assert_eq!(report.counts.payments_partial, 0);
     assert!(report.counts.windows_checked >= 1);
     assert_eq!(report.counts.ledger_payments_checked, 13);
+    // Every wallet opened in the range: each balance is its opening plus the record's payments.
+    assert_eq!(
+        report.counts.wallets_checked,
+        running.network.wallets.len() as u64,
+        "{report:#?}"
+    );
+    assert_eq!(report.counts.wallets_partial, 0);
 
     let bus = running.bus.as_ref();
     let settled: Vec<PaymentOutcome> = read_all(bus, subjects::SETTLEMENT_CLEARING)
@@ -240,6 +247,46 @@ pub(crate) async fn a_clean_record_reconciles_and_each_tamper_is_found_with_its_
         .iter()
         .map(|r| dcpipe_schemas::decode::<PaymentOutcome>(&r.payload).expect("decodes"))
         .collect();
+
+    // A wallet balance changed behind dcpipe's back (the payment records untouched, so that
+    // no stored total betrays it): the record does not explain it. Then put back.
+    let payee = &settled[0].payee;
+    let db = ledger_dir
+        .path()
+        .join(format!("{}.db", payee.institution_id));
+    let move_balance = |fen: i64| {
+        let connection = rusqlite::Connection::open(&db).expect("ledger file");
+        let rows = connection
+            .execute(
+                "UPDATE wallets SET balance_fen = balance_fen + ?2 WHERE wallet_id = ?1",
+                rusqlite::params![payee.wallet_id, fen],
+            )
+            .expect("update");
+        assert_eq!(rows, 1, "the payee's wallet");
+    };
+    move_balance(5_000);
+    let report = audit_of(&running, &ledgers).await;
+    let found: Vec<_> = report
+        .discrepancies
+        .iter()
+        .map(|d| (d.code, d.location.subject.clone()))
+        .collect();
+    assert_eq!(
+        found,
+        [(
+            AuditCode::WalletBalanceMismatch,
+            format!("ledger {} wallet {}", payee.institution_id, payee.wallet_id)
+        )],
+        "{:#?}",
+        report.discrepancies
+    );
+    move_balance(-5_000);
+    assert_found(
+        &audit_of(&running, &ledgers).await,
+        &expected,
+        "the balance put back",
+    );
+
     assert!(
         settled.len() >= 4,
         "enough interbank payments to tamper with"
