@@ -7,8 +7,8 @@ use bytes::Bytes;
 use dcpipe_connectors::bus::Position;
 use dcpipe_schemas::{
     ClearingMessage, ClearingResponse, ClearingStatus, CodecError, DeadLetter, Digest32,
-    OutcomeStatus, PartyRef, PaymentId, PaymentOutcome, RevocationUpdate, ServiceAuthorization,
-    SettlementInstruction, SettlementPosition, TransactionEnvelope,
+    OfflinePayment, OutcomeStatus, PartyRef, PaymentId, PaymentOutcome, RevocationUpdate,
+    ServiceAuthorization, SettlementInstruction, SettlementPosition, TransactionEnvelope,
 };
 
 use super::code::AuditCode;
@@ -287,6 +287,10 @@ fn fact_of(context: &CheckContext, record: &AuditRecord) -> Fact {
             Ok(envelope) => envelope_fact(context, &envelope, addressee(subject), payload),
             Err(e) => undecodable(&e, payload),
         },
+        ["wallet", "offline", _] => match dcpipe_schemas::decode::<OfflinePayment>(payload) {
+            Ok(payment) => offline_payment_fact(context, &payment, payload),
+            Err(e) => undecodable(&e, payload),
+        },
         ["clearing", "request", _] => match dcpipe_schemas::decode::<ClearingMessage>(payload) {
             Ok(message) => clearing_fact(context, &message, addressee(subject), payload),
             Err(e) => undecodable(&e, payload),
@@ -360,6 +364,33 @@ fn fact_of(context: &CheckContext, record: &AuditRecord) -> Fact {
             Ok(_) => Fact::Unaudited,
             Err(e) => undecodable(&e, payload),
         },
+    }
+}
+
+/// An offline payment uploaded by its payee: the submission of a payment from the payer's
+/// purse account, verified with the wallet module's own check at the time it was paid, and
+/// named (like its clearing message and outcome) by its offline-payment digest.
+fn offline_payment_fact(context: &CheckContext, payment: &OfflinePayment, frame: &[u8]) -> Fact {
+    let digest = crate::protocol::offline_payment_digest(payment);
+    let verdict = crate::wallet::verify_offline_payment(payment, context.verifier.chains())
+        .and_then(|verified| {
+            context
+                .verifier
+                .check_revocation(&verified.payer, payment.paid_at_ms)
+                .map_err(|e| Rejected::new(Reason::Certificate(e.kind()), e.to_string()))
+        });
+    Fact::Envelope {
+        payment_id: crate::protocol::offline_payment_id(&digest),
+        terms: Terms {
+            payer: crate::wallet::stages::record::purse_party(&payment.payer),
+            payee: payment.payee.clone(),
+            amount_fen: payment.amount_fen,
+            currency: payment.currency.clone(),
+        },
+        envelope_digest: digest,
+        submission_digest: submission_digest(frame),
+        factor: digest,
+        verdict,
     }
 }
 
@@ -533,5 +564,117 @@ fn authorization_fact(context: &CheckContext, authorization: &ServiceAuthorizati
             max_amount_fen: a.max_amount_fen,
             expires_at_ms: a.expires_at_ms,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::audit::trust::RevocationHistory;
+    use crate::pki::{AlgorithmChoice, DemoPkiOptions, PkiDirectory};
+    use crate::protocol::CHAIN_START;
+    use crate::wallet::device::{HardWallet, WalletProvisioning, copied_key};
+    use crate::wallet::limits::OFFLINE_TIER_4;
+
+    fn record(subject: &str, payload: Vec<u8>) -> AuditRecord {
+        AuditRecord {
+            subject: subject.to_owned(),
+            position: Position {
+                partition: 0,
+                offset: 1,
+            },
+            timestamp_ms: 0,
+            payload: Bytes::from(payload),
+        }
+    }
+
+    #[test]
+    fn an_offline_payment_is_the_submission_of_its_purse_payment_verified_as_the_wallet_does() {
+        let t0 = crate::clock::system_now_ms();
+        let pki = PkiDirectory::generate(&DemoPkiOptions::new(1, 2, AlgorithmChoice::P256, t0))
+            .expect("PKI");
+        let mut wallets = pki.wallets();
+        let (payer_id, payer_keys) = wallets.next().expect("payer");
+        let (payee_id, payee_keys) = wallets.next().expect("payee");
+        let anchors = vec![
+            pki.root().certificate().der().to_vec(),
+            pki.institutions()
+                .next()
+                .map(|(_, k)| k.ca.certificate().der().to_vec())
+                .expect("CA"),
+        ];
+        let mut payer = HardWallet::provision(WalletProvisioning {
+            party: PartyRef {
+                institution_id: payer_keys.institution.clone(),
+                wallet_id: payer_id.to_owned(),
+            },
+            tier: 4,
+            key: copied_key(&payer_keys.wallet).expect("copy"),
+            key_version: 1,
+            limits: OFFLINE_TIER_4,
+            trust_anchors: anchors,
+            last_sync_at_ms: t0,
+            counter: 0,
+            chain_head: CHAIN_START,
+            purse_fen: 0,
+        })
+        .expect("provisioned");
+        payer.fund_purse(10_000).expect("funded");
+        let payee = PartyRef {
+            institution_id: payee_keys.institution.clone(),
+            wallet_id: payee_id.to_owned(),
+        };
+        let frame = payer
+            .pay(
+                &payee,
+                8_000,
+                crate::wallet::SatelliteFix { at_ms: t0 + 1_000 },
+            )
+            .expect("pays");
+        let context = CheckContext {
+            verifier: TimedVerifier::new(Arc::clone(pki.trust_store()), RevocationHistory::new()),
+            policy: PaymentPolicy::default(),
+        };
+        let subject = crate::subjects::wallet_offline(&payer_keys.institution);
+        let payment: OfflinePayment = dcpipe_schemas::decode(frame.as_bytes()).expect("decodes");
+        let digest = crate::protocol::offline_payment_digest(&payment);
+
+        let checked = check_record(&context, &record(&subject, frame.as_bytes().to_vec()));
+        let Fact::Envelope {
+            payment_id,
+            terms,
+            envelope_digest,
+            factor,
+            verdict,
+            ..
+        } = checked.fact
+        else {
+            panic!("not a submission: {:?}", checked.fact);
+        };
+        assert_eq!(verdict.map_err(|e| e.to_string()), Ok(()));
+        assert_eq!(payment_id, crate::protocol::offline_payment_id(&digest));
+        assert_eq!((envelope_digest, factor), (digest, digest));
+        assert_eq!(terms.payer.wallet_id, format!("{payer_id}-purse"));
+        assert_eq!(terms.payee, payee);
+        assert_eq!(terms.amount_fen, 8_000);
+
+        // The amount changed after the payer signed: refused.
+        let mut inflated = payment.clone();
+        inflated.amount_fen += 1;
+        let frame = dcpipe_schemas::encode(&inflated).expect("encodes");
+        let checked = check_record(&context, &record(&subject, frame));
+        assert!(
+            matches!(
+                checked.fact,
+                Fact::Envelope {
+                    verdict: Err(_),
+                    ..
+                }
+            ),
+            "{:?}",
+            checked.fact
+        );
     }
 }

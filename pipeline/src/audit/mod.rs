@@ -15,7 +15,10 @@
 //! What is wrong is a [`Discrepancy`] with a stable [`AuditCode`] (docs/PROTOCOL.md §11).
 //! Each flow adds its checks in one place: flow 1 (envelopes) and the clearing path in
 //! [`check`]'s and [`book`]'s envelope, clearing and outcome arms; vehicle charges are
-//! recognized by the pre-authorization their clearing message is bound to; settlement in the
+//! recognized by the pre-authorization their clearing message is bound to; offline payments
+//! (`wallet.offline.<oi>`) are the submissions of payments from the payer's purse account,
+//! verified with the wallet's own check and named by their offline-payment digest, so that each
+//! has one final outcome like any payment; settlement in the
 //! instruction and position arms.
 
 pub mod book;
@@ -153,6 +156,7 @@ impl AuditOptions {
                 subjects::txn_result(oi),
                 subjects::settlement_position(oi),
                 subjects::vehicle_authorization(oi),
+                subjects::wallet_offline(oi),
             ]);
         }
         all.extend([
