@@ -98,6 +98,7 @@ macro_rules! ledger_suite {
             offline::a_lock_in_the_record_locks_the_online_wallet_and_blacklisting_lists_it,
             offline::commands_queue_once_in_sequence,
             offline::a_write_cannot_clear_another_payers_payment,
+            offline::a_voided_offline_payment_gives_its_purse_and_loss_back_once,
             settlement::positions_sum_to_zero,
             settlement::late_clearing_goes_to_first_open_window_and_is_counted,
             settlement::recording_a_clearing_again_is_a_no_op,

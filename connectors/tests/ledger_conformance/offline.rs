@@ -8,7 +8,7 @@ use std::sync::Arc;
 use dcpipe_connectors::ledger::offline::{
     FundingRefusal, FundingResult, OfflineClearing, OfflineCommit, OfflineOpenResult,
     OfflineOpening, OfflineRecord, OfflineTerms, OfflineUpdate, PurseFunding, QueueResult,
-    QueuedCommand, purse_wallet_id,
+    QueuedCommand, VoidedReturn, purse_wallet_id,
 };
 use dcpipe_connectors::ledger::{
     Ledger, LedgerErrorKind, OfflineLedger, PaymentId, ReserveResult, Transition,
@@ -516,4 +516,73 @@ pub(crate) async fn a_write_cannot_clear_another_payers_payment(backend: &dyn Ba
             .expect("read"),
         None
     );
+}
+
+pub(crate) async fn a_voided_offline_payment_gives_its_purse_and_loss_back_once(
+    backend: &dyn Backend,
+) {
+    let ledger = offline_payer(backend).await;
+    let offline = ledger.offline();
+    fund(offline, funding(1, "a1", 10_000)).await;
+    // Two payments under counter 1: 6,000 from the purse, then 4,000 from the purse and
+    // 2,000 from the loss account.
+    let mut after = record(offline, "a1").await;
+    after.purse_fen = 0;
+    after.counter = 1;
+    offline
+        .commit_offline(&[OfflineUpdate {
+            record: after,
+            clearings: vec![clearing(1, 1, 6_000, 0), clearing(2, 1, 6_000, 2_000)],
+        }])
+        .await
+        .expect("commit");
+    let purse = purse_wallet_id("a1");
+    ledger
+        .reserve(&[reserve(1, &purse, 6_000), reserve(2, &purse, 6_000)])
+        .await
+        .expect("reserve");
+    // Not voided yet (nor an offline payment): nothing moves.
+    assert_eq!(
+        offline.return_voided(&pid(2)).await.expect("return"),
+        VoidedReturn::NotVoided
+    );
+    assert_eq!(
+        offline.return_voided(&pid(9)).await.expect("return"),
+        VoidedReturn::NotOffline
+    );
+    // The second is voided (its payee refused it): its 4,000 back to the purse record, its
+    // 2,000 back to the loss account, once.
+    let voided = ledger
+        .void(&[(pid(2), "payee.wallet_locked".to_owned())])
+        .await
+        .expect("void");
+    assert!(matches!(voided[0], Transition::Applied(_)), "{voided:?}");
+    let version = record(offline, "a1").await.version;
+    assert_eq!(
+        offline.return_voided(&pid(2)).await.expect("return"),
+        VoidedReturn::Returned { purse_fen: 4_000 }
+    );
+    assert_eq!(
+        offline.return_voided(&pid(2)).await.expect("again"),
+        VoidedReturn::AlreadyReturned
+    );
+    let stored = record(offline, "a1").await;
+    assert_eq!((stored.purse_fen, stored.version), (4_000, version + 1));
+    let totals = offline.offline_totals().await.expect("totals");
+    assert_eq!(totals.loss_account_fen, 0);
+    assert_eq!((totals.cleared_fen, totals.from_loss_fen), (6_000, 0));
+    // The purse account holds the purse and the payment still in flight.
+    assert_eq!(balance(ledger.as_ref(), &purse).await, 4_000 + 6_000);
+    ledger.commit(&[pid(1)]).await.expect("commit");
+    let totals = offline.offline_totals().await.expect("totals");
+    assert_eq!(
+        (totals.purses_fen, totals.purse_accounts_fen),
+        (4_000, 4_000)
+    );
+    // Still recorded under its counter: uploaded again, it is recognized.
+    assert_eq!(
+        offline.offline_clearing(&pid(2)).await.expect("read"),
+        Some(clearing(2, 1, 6_000, 2_000))
+    );
+    ledger.verify_integrity().await.expect("integrity");
 }
