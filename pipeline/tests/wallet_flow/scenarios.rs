@@ -157,6 +157,22 @@ impl World {
         wallet
     }
 
+    /// Wallets 0 and 1 of [`OI_A`] and wallet 0 of [`OI_B`] offline, with their online
+    /// balances after funding.
+    async fn three_wallets(&self) -> ([HardWallet; 3], [i64; 3]) {
+        let wallets = [
+            self.offline_wallet(OI_A, 0).await,
+            self.offline_wallet(OI_A, 1).await,
+            self.offline_wallet(OI_B, 0).await,
+        ];
+        let before = [
+            self.balance(wallets[0].party()).await,
+            self.balance(wallets[1].party()).await,
+            self.balance(wallets[2].party()).await,
+        ];
+        (wallets, before)
+    }
+
     async fn publish(&self, subject: String, key: &str, frame: Vec<u8>) {
         self.running
             .bus
@@ -329,14 +345,7 @@ fn pay(
 
 pub(crate) async fn offline_payments_clear_once_whoever_uploads_first(backend: &Backend) {
     let mut world = World::start(backend).await;
-    let mut a0 = world.offline_wallet(OI_A, 0).await;
-    let mut a1 = world.offline_wallet(OI_A, 1).await;
-    let mut b0 = world.offline_wallet(OI_B, 0).await;
-    let before = [
-        world.balance(a0.party()).await,
-        world.balance(a1.party()).await,
-        world.balance(b0.party()).await,
-    ];
+    let ([mut a0, mut a1, mut b0], before) = world.three_wallets().await;
     let at = world.t0 + 10 * 60_000;
     let (p1, d1, frame1) = pay(&mut a0, &mut b0, 1_000, at);
     let (p2, d2, _) = pay(&mut a0, &mut a1, 2_000, at + 1_000);
@@ -914,14 +923,7 @@ pub(crate) async fn a_command_issued_while_offline_is_applied_once_after_reconne
 /// next synchronization.
 pub(crate) async fn a_payment_refused_by_its_payee_gives_its_purse_back(backend: &Backend) {
     let mut world = World::start(backend).await;
-    let mut a0 = world.offline_wallet(OI_A, 0).await;
-    let mut a1 = world.offline_wallet(OI_A, 1).await;
-    let mut b0 = world.offline_wallet(OI_B, 0).await;
-    let before = [
-        world.balance(a0.party()).await,
-        world.balance(a1.party()).await,
-        world.balance(b0.party()).await,
-    ];
+    let ([mut a0, mut a1, mut b0], before) = world.three_wallets().await;
     let at = world.t0 + 10 * 60_000;
     let (p1, d1, _) = pay(&mut a0, &mut b0, 7_000, at);
     let (p2, d2, _) = pay(&mut a0, &mut a1, 2_000, at + 1_000);
