@@ -569,14 +569,8 @@ fn authorization_fact(context: &CheckContext, authorization: &ServiceAuthorizati
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::audit::trust::RevocationHistory;
-    use crate::pki::{AlgorithmChoice, DemoPkiOptions, PkiDirectory};
-    use crate::protocol::CHAIN_START;
-    use crate::wallet::device::{HardWallet, WalletProvisioning, copied_key};
-    use crate::wallet::limits::OFFLINE_TIER_4;
 
     fn record(subject: &str, payload: Vec<u8>) -> AuditRecord {
         AuditRecord {
@@ -592,40 +586,10 @@ mod tests {
 
     #[test]
     fn an_offline_payment_is_the_submission_of_its_purse_payment_verified_as_the_wallet_does() {
-        let t0 = crate::clock::system_now_ms();
-        let pki = PkiDirectory::generate(&DemoPkiOptions::new(1, 2, AlgorithmChoice::P256, t0))
-            .expect("PKI");
-        let mut wallets = pki.wallets();
-        let (payer_id, payer_keys) = wallets.next().expect("payer");
-        let (payee_id, payee_keys) = wallets.next().expect("payee");
-        let anchors = vec![
-            pki.root().certificate().der().to_vec(),
-            pki.institutions()
-                .next()
-                .map(|(_, k)| k.ca.certificate().der().to_vec())
-                .expect("CA"),
-        ];
-        let mut payer = HardWallet::provision(WalletProvisioning {
-            party: PartyRef {
-                institution_id: payer_keys.institution.clone(),
-                wallet_id: payer_id.to_owned(),
-            },
-            tier: 4,
-            key: copied_key(&payer_keys.wallet).expect("copy"),
-            key_version: 1,
-            limits: OFFLINE_TIER_4,
-            trust_anchors: anchors,
-            last_sync_at_ms: t0,
-            counter: 0,
-            chain_head: CHAIN_START,
-            purse_fen: 0,
-        })
-        .expect("provisioned");
-        payer.fund_purse(10_000).expect("funded");
-        let payee = PartyRef {
-            institution_id: payee_keys.institution.clone(),
-            wallet_id: payee_id.to_owned(),
-        };
+        let (mut payer, payee, store, t0) =
+            crate::wallet::stages::record::tests::funded_payer(10_000);
+        let payer_institution = payer.party().institution_id.clone();
+        let payer_id = payer.party().wallet_id.clone();
         let frame = payer
             .pay(
                 &payee,
@@ -634,10 +598,10 @@ mod tests {
             )
             .expect("pays");
         let context = CheckContext {
-            verifier: TimedVerifier::new(Arc::clone(pki.trust_store()), RevocationHistory::new()),
+            verifier: TimedVerifier::new(store, RevocationHistory::new()),
             policy: PaymentPolicy::default(),
         };
-        let subject = crate::subjects::wallet_offline(&payer_keys.institution);
+        let subject = crate::subjects::wallet_offline(&payer_institution);
         let payment: OfflinePayment = dcpipe_schemas::decode(frame.as_bytes()).expect("decodes");
         let digest = crate::protocol::offline_payment_digest(&payment);
 

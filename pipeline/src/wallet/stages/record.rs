@@ -239,13 +239,15 @@ pub fn ledger_id(payment_id: &PaymentId) -> LedgerPaymentId {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use dcpipe_connectors::ledger::offline::OfflineRecord;
 
     use std::sync::Arc;
 
     use super::*;
-    use crate::pki::{AlgorithmChoice, ChainVerifier, DemoPkiOptions, PkiDirectory, RevocationSet};
+    use crate::pki::{
+        AlgorithmChoice, ChainVerifier, DemoPkiOptions, PkiDirectory, RevocationSet, TrustStore,
+    };
     use crate::protocol::CHAIN_START;
     use crate::wallet::device::{HardWallet, WalletProvisioning, copied_key};
     use crate::wallet::limits::OFFLINE_TIER_4;
@@ -302,8 +304,9 @@ mod tests {
         );
     }
 
-    /// Two wallets of one institution, the payer funded with `purse_fen` and opened at `t0`.
-    fn payer_and_payee(purse_fen: i64) -> (HardWallet, PartyRef, Arc<ChainVerifier>, i64) {
+    /// Two wallets of one institution, the payer funded with `purse_fen` and opened at `t0`,
+    /// and the trust anchors that verify them.
+    pub(crate) fn funded_payer(purse_fen: i64) -> (HardWallet, PartyRef, Arc<TrustStore>, i64) {
         let t0 = crate::clock::system_now_ms();
         let pki = PkiDirectory::generate(&DemoPkiOptions::new(1, 2, AlgorithmChoice::P256, t0))
             .expect("PKI");
@@ -338,10 +341,13 @@ mod tests {
             institution_id: payee_keys.institution.clone(),
             wallet_id: payee_id.to_owned(),
         };
-        let verifier = Arc::new(ChainVerifier::new(
-            Arc::clone(pki.trust_store()),
-            Arc::new(RevocationSet::new()),
-        ));
+        (payer, payee, Arc::clone(pki.trust_store()), t0)
+    }
+
+    /// [`funded_payer`], with a verifier of its trust anchors.
+    fn payer_and_payee(purse_fen: i64) -> (HardWallet, PartyRef, Arc<ChainVerifier>, i64) {
+        let (payer, payee, store, t0) = funded_payer(purse_fen);
+        let verifier = Arc::new(ChainVerifier::new(store, Arc::new(RevocationSet::new())));
         (payer, payee, verifier, t0)
     }
 
