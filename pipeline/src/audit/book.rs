@@ -295,24 +295,18 @@ impl Book {
         self.newest_ms = self.newest_ms.max(at_ms);
         let location = Location::new(&checked.subject, checked.position);
         match checked.fact {
-            Fact::Envelope {
-                payment_id,
-                terms,
-                envelope_digest,
-                submission_digest,
-                factor,
-                verdict,
-            } => {
+            envelope @ Fact::Envelope { .. } => {
                 report.counts.verified += 1;
-                let payment = self.entry(payment_id, at_ms);
-                payment.submissions.push(SubmissionSeen {
-                    envelope_digest,
-                    submission_digest,
-                    terms,
-                    factor,
-                    valid: verdict.map_err(|r| r.to_string()),
-                    location,
-                });
+                self.submission(envelope, location, at_ms);
+            }
+            Fact::Submissions(envelopes) => {
+                report.counts.verified += 1;
+                for envelope in envelopes {
+                    self.submission(envelope, location.clone(), at_ms);
+                    if let Some(payment_id) = self.last_touched.take() {
+                        self.close_if_complete(payment_id, report);
+                    }
+                }
             }
             Fact::Clearing {
                 payment_id,
@@ -408,6 +402,29 @@ impl Book {
         }
         if let Some(payment_id) = self.last_touched.take() {
             self.close_if_complete(payment_id, report);
+        }
+    }
+
+    /// A submission ([`Fact::Envelope`]; any other fact is not one and is ignored).
+    fn submission(&mut self, envelope: Fact, location: Location, at_ms: i64) {
+        if let Fact::Envelope {
+            payment_id,
+            terms,
+            envelope_digest,
+            submission_digest,
+            factor,
+            verdict,
+        } = envelope
+        {
+            let payment = self.entry(payment_id, at_ms);
+            payment.submissions.push(SubmissionSeen {
+                envelope_digest,
+                submission_digest,
+                terms,
+                factor,
+                valid: verdict.map_err(|r| r.to_string()),
+                location,
+            });
         }
     }
 

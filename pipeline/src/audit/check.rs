@@ -9,6 +9,7 @@ use dcpipe_schemas::{
     ClearingMessage, ClearingResponse, ClearingStatus, CodecError, DeadLetter, Digest32,
     OfflinePayment, OutcomeStatus, PartyRef, PaymentId, PaymentOutcome, RevocationUpdate,
     ServiceAuthorization, SettlementInstruction, SettlementPosition, TransactionEnvelope,
+    WalletKeySet,
 };
 
 use super::code::AuditCode;
@@ -147,6 +148,9 @@ pub enum Fact {
         /// Whether everything signed verifies at the envelope's time (else why not).
         verdict: Result<(), Rejected>,
     },
+    /// Several submissions carried by one record (each a [`Fact::Envelope`]): a wallet's key
+    /// set, whose own payments the platform clears from its purse.
+    Submissions(Vec<Fact>),
     /// A clearing message, authentic.
     Clearing {
         /// The payment.
@@ -291,6 +295,10 @@ fn fact_of(context: &CheckContext, record: &AuditRecord) -> Fact {
             Ok(payment) => offline_payment_fact(context, &payment, payload),
             Err(e) => undecodable(&e, payload),
         },
+        ["wallet", "keyset", _] => match dcpipe_schemas::decode::<WalletKeySet>(payload) {
+            Ok(set) => key_set_fact(context, &set, addressee(subject)),
+            Err(e) => undecodable(&e, payload),
+        },
         ["clearing", "request", _] => match dcpipe_schemas::decode::<ClearingMessage>(payload) {
             Ok(message) => clearing_fact(context, &message, addressee(subject), payload),
             Err(e) => undecodable(&e, payload),
@@ -391,6 +399,71 @@ fn offline_payment_fact(context: &CheckContext, payment: &OfflinePayment, frame:
         submission_digest: submission_digest(frame),
         factor: digest,
         verdict,
+    }
+}
+
+/// A wallet's key set: each of its own payments the submission of a purse payment, as
+/// [`offline_payment_fact`] makes it. The key set is verified with the platform's own check at
+/// its satellite moment; the platform's record of the wallet is not on the bus, so it is checked
+/// against the record it claims (its key, last sync, and the chain its first payment continues):
+/// what is verified is everything signed — certificate, signature, each payment, the chain
+/// within the set, the summary. A key set refused clears nothing and carries no submission (a
+/// payment cleared from it anyway is an outcome without submission).
+fn key_set_fact(context: &CheckContext, set: &WalletKeySet, institution: &str) -> Fact {
+    use crate::wallet::sync::{
+        KeySetVerdict, PayerStanding, WalletRecord, key_fingerprint, verify_key_set,
+    };
+    let first: Option<OfflinePayment> = set
+        .payments
+        .first()
+        .and_then(|frame| dcpipe_schemas::decode(frame.as_bytes()).ok());
+    let claimed = WalletRecord {
+        party: PartyRef {
+            institution_id: set.institution_id.clone(),
+            wallet_id: set.wallet_id.clone(),
+        },
+        key_version: set.key_version,
+        key_fingerprint: key_fingerprint(&set.public_key),
+        last_sync_at_ms: set.last_sync_at_ms,
+        counter: first.as_ref().map_or(0, |p| p.counter.saturating_sub(1)),
+        chain_head: first
+            .as_ref()
+            .map_or(crate::protocol::CHAIN_START, |p| p.previous_hash),
+        purse_fen: 0,
+        limits: crate::wallet::OFFLINE_TIER_2,
+        locked_at_ms: None,
+        blacklisted_at_ms: None,
+        last_key_set: None,
+        commands_applied_through: 0,
+        blacklist_version: 0,
+    };
+    let verdict = verify_key_set(
+        set,
+        Some(&claimed),
+        institution,
+        context.verifier.chains(),
+        &crate::wallet::SyncPolicy::default(),
+        set.satellite_at_ms,
+        &|_| PayerStanding::default(),
+    );
+    match verdict {
+        KeySetVerdict::Verified(verified)
+            if context
+                .verifier
+                .check_revocation(&verified.wallet, set.satellite_at_ms)
+                .is_ok() =>
+        {
+            Fact::Submissions(
+                set.payments
+                    .iter()
+                    .filter_map(|frame| {
+                        let payment = dcpipe_schemas::decode(frame.as_bytes()).ok()?;
+                        Some(offline_payment_fact(context, &payment, frame.as_bytes()))
+                    })
+                    .collect(),
+            )
+        }
+        _ => Fact::Submissions(Vec::new()),
     }
 }
 
@@ -637,6 +710,62 @@ mod tests {
                     ..
                 }
             ),
+            "{:?}",
+            checked.fact
+        );
+    }
+
+    #[test]
+    fn a_key_set_is_the_submission_of_each_of_its_own_payments_when_it_verifies() {
+        let (mut payer, payee, store, t0) =
+            crate::wallet::stages::record::tests::funded_payer(10_000);
+        let institution = payer.party().institution_id.clone();
+        let payer_id = payer.party().wallet_id.clone();
+        let fix = |at_ms| crate::wallet::SatelliteFix { at_ms };
+        let frames = [
+            payer.pay(&payee, 3_000, fix(t0 + 1_000)).expect("pays"),
+            payer.pay(&payee, 2_000, fix(t0 + 2_000)).expect("pays"),
+        ];
+        let upload = payer.key_set(fix(t0 + 3_000)).expect("key set");
+        let context = CheckContext {
+            verifier: TimedVerifier::new(store, RevocationHistory::new()),
+            policy: PaymentPolicy::default(),
+        };
+        let subject = crate::subjects::wallet_keyset(&institution);
+
+        let checked = check_record(&context, &record(&subject, upload.frame.clone()));
+        let Fact::Submissions(submissions) = checked.fact else {
+            panic!("not submissions: {:?}", checked.fact);
+        };
+        assert_eq!(submissions.len(), 2);
+        for ((fact, frame), amount_fen) in submissions.iter().zip(&frames).zip([3_000, 2_000]) {
+            let payment: OfflinePayment =
+                dcpipe_schemas::decode(frame.as_bytes()).expect("decodes");
+            let digest = crate::protocol::offline_payment_digest(&payment);
+            let Fact::Envelope {
+                payment_id,
+                terms,
+                envelope_digest,
+                verdict,
+                ..
+            } = fact
+            else {
+                panic!("not a submission: {fact:?}");
+            };
+            assert_eq!(verdict.clone().map_err(|e| e.to_string()), Ok(()));
+            assert_eq!(*payment_id, crate::protocol::offline_payment_id(&digest));
+            assert_eq!(*envelope_digest, digest);
+            assert_eq!(terms.payer.wallet_id, format!("{payer_id}-purse"));
+            assert_eq!(terms.amount_fen, amount_fen);
+        }
+
+        // A key set whose signature does not verify clears nothing: no submission.
+        let mut forged = upload.key_set.clone();
+        forged.offline_payments.total_fen += 1;
+        let frame = dcpipe_schemas::encode(&forged).expect("encodes");
+        let checked = check_record(&context, &record(&subject, frame));
+        assert!(
+            matches!(&checked.fact, Fact::Submissions(s) if s.is_empty()),
             "{:?}",
             checked.fact
         );

@@ -16,7 +16,8 @@
 //! Each flow adds its checks in one place: flow 1 (envelopes) and the clearing path in
 //! [`check`]'s and [`book`]'s envelope, clearing and outcome arms; vehicle charges are
 //! recognized by the pre-authorization their clearing message is bound to; offline payments
-//! (`wallet.offline.<oi>`) are the submissions of payments from the payer's purse account,
+//! (`wallet.offline.<oi>`, and a wallet's own ones in its key set, `wallet.keyset.<oi>`) are
+//! the submissions of payments from the payer's purse account,
 //! verified with the wallet's own check and named by their offline-payment digest, so that each
 //! has one final outcome like any payment; settlement in the
 //! instruction and position arms.
@@ -157,6 +158,7 @@ impl AuditOptions {
                 subjects::settlement_position(oi),
                 subjects::vehicle_authorization(oi),
                 subjects::wallet_offline(oi),
+                subjects::wallet_keyset(oi),
             ]);
         }
         all.extend([
