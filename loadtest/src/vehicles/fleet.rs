@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dcpipe_connectors::bus::{Bus, Outgoing};
-use dcpipe_connectors::ledger::{PaymentId as LedgerPaymentId, PaymentState, Side};
+use dcpipe_connectors::ledger::{PaymentId as LedgerPaymentId, PaymentRecord, PaymentState, Side};
 use dcpipe_connectors::session::{ChargeRecord, SessionRecord};
-use dcpipe_pipeline::network::Network;
+use dcpipe_pipeline::network::{Network, WalletInfo};
 use dcpipe_pipeline::pki::{Algorithm, CertifiedKey, Role, SubjectSpec};
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::vehicle::backend::VehiclePolicy;
@@ -41,6 +41,41 @@ pub const PREAUTH_MARGIN_FEN: i64 = 10_000;
 const ENTRY_TOLERANCE_MS: i64 = 60_000;
 /// Reports are published once their session ended; how often the fleet looks.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The wallets the vehicles pay from, in the order they are handed out: those with the highest
+/// daily limit, the last of the network's list first. The payment load sends most of its
+/// payments from the first wallets (its hot wallets) and drives them to their daily limit; a
+/// vehicle paying from one of them would see its charges rejected (`ledger.daily_limit`).
+/// Wallets whose terminal was revoked are left out where the network is known
+/// ([`terminal_in_force`]).
+fn fleet_payers(wallets: &[WalletInfo]) -> Vec<&PartyRef> {
+    let daily_max = wallets
+        .iter()
+        .map(|w| w.tier.limits.daily_limit_fen)
+        .max()
+        .unwrap_or(0);
+    wallets
+        .iter()
+        .rev()
+        .filter(|w| w.tier.limits.daily_limit_fen == daily_max)
+        .map(|w| &w.party)
+        .collect()
+}
+
+/// Whether a wallet's terminal certificate is still in force (not revoked): only such a
+/// wallet can sign its vehicle's pre-authorizations.
+fn terminal_in_force(network: &Network, wallet: &PartyRef) -> bool {
+    let (Some(institution), Some(keys)) = (
+        network.pki.institution(&wallet.institution_id),
+        network.pki.wallet(&wallet.wallet_id),
+    ) else {
+        return false;
+    };
+    !network.revocations.is_revoked(
+        institution.ca.certificate().fingerprint(),
+        keys.terminal.certificate().serial(),
+    )
+}
 
 /// The vehicle policy of a network that replays recorded trips: reports up to a day old.
 pub fn fleet_policy() -> VehiclePolicy {
@@ -250,7 +285,13 @@ impl Fleet {
 
         // The vehicles: a trip each, in the past, with pre-authorizations for every entity on
         // it, all published before any is waited for.
-        let payers: Vec<&PartyRef> = network.wallets.iter().map(|w| &w.party).collect();
+        let payers: Vec<&PartyRef> = fleet_payers(&network.wallets)
+            .into_iter()
+            .filter(|payer| terminal_in_force(network, payer))
+            .collect();
+        if payers.is_empty() {
+            return Err(fleet_error("the network has no wallets to pay from"));
+        }
         let mut vehicles = Vec::with_capacity(config.vehicles);
         let mut report = FleetReport {
             vehicles: config.vehicles,
@@ -640,10 +681,19 @@ impl Fleet {
                                 .or_insert(0) += charge.amount_fen;
                         }
                     }
-                    other => report.not_completed.push(format!(
-                        "{} at {}: {other:?}",
-                        vehicle.trip.vehicle_id, charge.entity_id
-                    )),
+                    _ => {
+                        let outcome = payer_record(network, charge).await?.map_or_else(
+                            || "no payment recorded".to_owned(),
+                            |r| match r.reason_code {
+                                Some(reason) => format!("{:?} ({reason})", r.state),
+                                None => format!("{:?}", r.state),
+                            },
+                        );
+                        report.not_completed.push(format!(
+                            "{} at {} from {}: {outcome}",
+                            vehicle.trip.vehicle_id, charge.entity_id, charge.payer.wallet_id
+                        ));
+                    }
                 }
             }
         }
@@ -747,17 +797,25 @@ async fn charges_of(
         .map_err(|e| fleet_error(e.to_string()))
 }
 
+/// The payer institution's record of a charge's payment, if any.
+async fn payer_record(
+    network: &Network,
+    charge: &ChargeRecord,
+) -> Result<Option<PaymentRecord>, LoadTestError> {
+    network.institutions[&charge.payer.institution_id]
+        .ledger
+        .payment(&LedgerPaymentId(charge.payment_id.0), Side::Payer)
+        .await
+        .map_err(|e| fleet_error(e.to_string()))
+}
+
 /// The payer institution's final decision on a charge, if any.
 async fn decision(
     network: &Network,
     charge: &ChargeRecord,
 ) -> Result<Option<PaymentState>, LoadTestError> {
-    let record = network.institutions[&charge.payer.institution_id]
-        .ledger
-        .payment(&LedgerPaymentId(charge.payment_id.0), Side::Payer)
-        .await
-        .map_err(|e| fleet_error(e.to_string()))?;
-    Ok(record
+    Ok(payer_record(network, charge)
+        .await?
         .map(|r| r.state)
         .filter(|s| matches!(s, PaymentState::Committed | PaymentState::Voided)))
 }
@@ -796,6 +854,39 @@ mod tests {
             entered_at_ms,
             exited_at_ms,
             quantity_milli: None,
+        }
+    }
+
+    #[test]
+    fn vehicles_pay_from_the_highest_daily_limit_away_from_the_hot_wallets() {
+        use dcpipe_pipeline::network::TIER_2_EVERY;
+        use dcpipe_pipeline::tier::{TIER_2, TIER_4};
+        let wallets: Vec<WalletInfo> = (0..200)
+            .map(|n| WalletInfo {
+                party: PartyRef {
+                    institution_id: format!("oi{:02}", n % 4 + 1),
+                    wallet_id: format!("w-{n:06}"),
+                },
+                tier: if n % TIER_2_EVERY == TIER_2_EVERY - 1 {
+                    TIER_2
+                } else {
+                    TIER_4
+                },
+                opening_fen: 0,
+            })
+            .collect();
+        let payers = fleet_payers(&wallets);
+        assert_eq!(payers.len(), 20);
+        assert_eq!(payers[0].wallet_id, "w-000199");
+        assert_eq!(payers[1].wallet_id, "w-000189");
+        // A dozen vehicles (the demo's) pay from the highest daily limit, none from a wallet
+        // the payment load sends most of its traffic from.
+        let hot = crate::payments::PaymentMix::default().hot_wallets;
+        let hot: Vec<&PartyRef> = wallets.iter().take(hot).map(|w| &w.party).collect();
+        for payer in payers.iter().take(12) {
+            assert!(!hot.contains(payer), "{payer:?} is a hot wallet");
+            let info = wallets.iter().find(|w| &w.party == *payer);
+            assert_eq!(info.map(|w| w.tier.number), Some(TIER_2.number));
         }
     }
 
