@@ -11,6 +11,25 @@ use dcpipe_connectors::testkit::NatsServer;
 use dcpipe_pipeline::subjects;
 use futures::StreamExt;
 
+/// A load test short enough for a namespace test: 2 institutions, 100 wallets, 2 s at 50/s.
+const SHORT_LOADTEST: &[&str] = &[
+    "--institutions",
+    "2",
+    "--wallets",
+    "100",
+    "--rate",
+    "50",
+    "--duration",
+    "2s",
+    "--warmup",
+    "200ms",
+    "--cooldown",
+    "200ms",
+    "--ceiling-duration",
+    "300ms",
+    "--no-progress",
+];
+
 /// Every stream of the server: its message count and its consumers, by name.
 async fn snapshot(server: &NatsServer) -> BTreeMap<String, (u64, Vec<String>)> {
     let client = async_nats::connect(server.address()).await.expect("client");
@@ -119,26 +138,7 @@ async fn loadtest_next_to_a_deployment_leaves_it_untouched_and_nothing_behind() 
     let before = snapshot(&server).await;
 
     let url = server.url();
-    dcpipe(&[
-        "loadtest",
-        "--bus",
-        &url,
-        "--institutions",
-        "2",
-        "--wallets",
-        "100",
-        "--rate",
-        "50",
-        "--duration",
-        "2s",
-        "--warmup",
-        "200ms",
-        "--cooldown",
-        "200ms",
-        "--ceiling-duration",
-        "300ms",
-        "--no-progress",
-    ]);
+    dcpipe(&[&["loadtest", "--bus", &url][..], SHORT_LOADTEST].concat());
     assert_eq!(snapshot(&server).await, before);
 }
 
@@ -200,26 +200,8 @@ async fn a_demo_that_fails_after_provisioning_leaves_no_stream_behind() {
 async fn a_loadtest_that_fails_after_provisioning_leaves_no_stream_behind() {
     let server = two_streams_only().await;
     let url = server.url();
-    let (stdout, stderr) = dcpipe_failing(&[
-        "loadtest",
-        "--bus",
-        &url,
-        "--institutions",
-        "2",
-        "--wallets",
-        "100",
-        "--rate",
-        "50",
-        "--duration",
-        "2s",
-        "--warmup",
-        "200ms",
-        "--cooldown",
-        "200ms",
-        "--ceiling-duration",
-        "300ms",
-        "--no-progress",
-    ]);
+    let (stdout, stderr) =
+        dcpipe_failing(&[&["loadtest", "--bus", &url][..], SHORT_LOADTEST].concat());
     assert!(
         stderr.contains("removed the run's 2 streams or topics"),
         "{stdout}\n{stderr}"

@@ -91,14 +91,7 @@ pub async fn run_until(
     // Whatever fails from here on, the run's namespace is removed all the same (unless kept);
     // the stages started inside stop as it returns.
     let outcome: Result<Report, LoadTestError> = async {
-        let partitions = match config.bus {
-            BusUrl::Kafka(_) => config.partitions.max(1),
-            _ => 1,
-        };
-        network
-            .ensure_subjects(bus.as_ref(), partitions)
-            .await
-            .map_err(|e| LoadTestError::bus("creating the subjects", e))?;
+        let partitions = create_subjects(config, &network, bus.as_ref()).await?;
 
         bar.set_message("measuring the crypto ceiling");
         let producer_per_core = ceiling::measure_producer(
@@ -415,6 +408,24 @@ pub(crate) async fn provision(
             .map_err(provision_error)?;
     }
     Ok((Arc::new(network), ledger_dir))
+}
+
+/// Creates the run's subjects, with the configured partitions on Kafka (one elsewhere), and
+/// returns the partitions per subject.
+pub(crate) async fn create_subjects(
+    config: &LoadConfig,
+    network: &Network,
+    bus: &dyn Bus,
+) -> Result<u32, LoadTestError> {
+    let partitions = match config.bus {
+        BusUrl::Kafka(_) => config.partitions.max(1),
+        _ => 1,
+    };
+    network
+        .ensure_subjects(bus, partitions)
+        .await
+        .map_err(|e| LoadTestError::bus("creating the subjects", e))?;
+    Ok(partitions)
 }
 
 /// The bus the run uses. On a broker, the run lives in a namespace of its own (subjects,

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dcpipe_connectors::bus::{Bus, BusUrl, Consumer, ConsumerConfig, StartAt};
+use dcpipe_connectors::bus::{Bus, Consumer, ConsumerConfig, StartAt};
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::network::Network;
 use dcpipe_pipeline::subjects;
@@ -40,8 +40,8 @@ use crate::measure::{Measurement, Percentiles, Series, SeriesPoint, per_second_f
 use crate::report::MoneyCheck;
 use crate::rss::{RssSampler, load_average, process_cpu_seconds};
 use crate::run::{
-    join_all, measure_bus_ceiling, open_bus, progress_bar, provision, remove_after_failure,
-    remove_namespace, spawn_stages, wait_settled,
+    create_subjects, join_all, measure_bus_ceiling, open_bus, progress_bar, provision,
+    remove_after_failure, remove_namespace, spawn_stages, wait_settled,
 };
 use crate::schedule::OpenSchedule;
 
@@ -343,14 +343,7 @@ pub async fn run_vehicles(
     let (network, _ledger_dir) = provision(config, true).await?;
     let (bus, namespace) = open_bus(config, &run_id).await?;
     let outcome = async {
-        let partitions = match config.bus {
-            BusUrl::Kafka(_) => config.partitions.max(1),
-            _ => 1,
-        };
-        network
-            .ensure_subjects(bus.as_ref(), partitions)
-            .await
-            .map_err(|e| LoadTestError::bus("creating the subjects", e))?;
+        let partitions = create_subjects(config, &network, bus.as_ref()).await?;
         let shutdown = CancellationToken::new();
         let _stop_on_return = shutdown.clone().drop_guard();
         let stage_handles = spawn_stages(config, &network, &bus, &shutdown)?;
