@@ -96,6 +96,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.command, Command::Worker(_)) {
+        // The metrics port opens before the worker has loaded its keys, opened its ledgers and
+        // connected: until it reports, it is not ready (an empty report would read as ready).
+        telemetry::health().reach(
+            dcpipe_pipeline::runtime::Component::Bus,
+            dcpipe_pipeline::runtime::Reachability::Unreachable("starting".to_owned()),
+        );
+    }
     runtime.block_on(async move {
         if let Some(addr) = settings.metrics_addr
             && let Err(message) = telemetry::init_metrics(addr).await

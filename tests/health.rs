@@ -170,6 +170,55 @@ async fn readyz_follows_the_broker_down_and_back() {
     worker.wait_for("/readyz", 200).await;
 }
 
+/// A worker started (or restarted by its supervisor) while its broker is down is alive and not
+/// ready, says why, and becomes ready once the broker is back instead of exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_the_broker_is_down_waits_for_it() {
+    let mut server = NatsServer::start().await.expect("nats-server");
+    let bus = nats_bus(&server).await;
+    let fixture = Fixture::new(bus.as_ref()).await;
+    server.stop();
+    let worker = Worker::start(
+        &fixture.worker_args("payer", &server.url()),
+        fixture.log("payer-late.log"),
+    );
+    let body = worker.wait_for("/readyz", 503).await;
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["ready"], false, "{body}");
+    // Until the bus has been tried the worker is "starting"; then it says the bus is refused.
+    let log = || std::fs::read_to_string(fixture.log("payer-late.log")).unwrap_or_default();
+    let started = Instant::now();
+    while !log().contains("the bus is unreachable; connecting again") {
+        assert!(started.elapsed() < DEADLINE, "no retry logged:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        worker.get("/healthz").await,
+        Some((200, "ok\n".to_owned())),
+        "the worker stopped; its log:\n{}",
+        log()
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&worker.get("/readyz").await.expect("answer").1).expect("json");
+    let bus_part = body["not_ready"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|part| part["component"] == "bus")
+        .unwrap_or_else(|| panic!("bus not listed: {body}"))
+        .clone();
+    assert!(
+        bus_part["why"]
+            .as_str()
+            .is_some_and(|why| why.contains("connecting to NATS")),
+        "{body}"
+    );
+
+    server.start_again().await.expect("nats-server again");
+    worker.wait_for("/readyz", 200).await;
+    assert_eq!(log().matches("worker starting").count(), 1, "{}", log());
+}
+
 /// As on NATS: the Kafka client's broker state (from the producer's statistics) makes
 /// `/readyz` 503 while the broker is stopped and 200 once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

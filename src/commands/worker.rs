@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::builder::{PossibleValue, PossibleValuesParser};
-use dcpipe_connectors::bus::{BusUrl, connect};
+use dcpipe_connectors::bus::{Bus, BusErrorKind, BusUrl, connect};
 use dcpipe_connectors::ledger::{
     LedgerOptions, LedgerUrl, SettlementConfig, open_ledger, open_settlement,
 };
@@ -22,7 +22,7 @@ use dcpipe_pipeline::provision::check_subjects;
 use dcpipe_pipeline::registry::{self, Build};
 use dcpipe_pipeline::revocation::RevocationFollower;
 use dcpipe_pipeline::runtime::{
-    Component, ConfigErrorKind, Reachability, RunnerConfig, Stage, StageRunner,
+    Component, ConfigErrorKind, Health, Reachability, RunnerConfig, Stage, StageRunner,
 };
 use dcpipe_pipeline::settlement::CentralBank;
 use dcpipe_pipeline::vehicle::backend::{
@@ -40,6 +40,11 @@ fn stage_names() -> PossibleValuesParser {
             .map(|d| PossibleValue::new(d.name).help(d.summary)),
     )
 }
+
+/// First pause between two connection attempts while the bus is unreachable at start.
+const CONNECT_RETRY_DELAY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between two connection attempts at start.
+const CONNECT_RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
 
 /// Options of `dcpipe worker`.
 #[derive(Debug, clap::Args)]
@@ -265,7 +270,10 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
         Component::Bus,
         Reachability::Unreachable("connecting".to_owned()),
     );
-    let bus = connect(&bus_url, &settings.bus_options).await?;
+    let Some(bus) = connect_until_reachable(&bus_url, settings, &health).await? else {
+        tracing::info!("stopped before the bus was reachable");
+        return Ok(ExitCode::SUCCESS);
+    };
     // Workers create no stream: a bus that was not provisioned is refused before any member
     // joins, with the command that provisions it.
     check_subjects(
@@ -293,6 +301,35 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
         .await
         .map_err(|e| anyhow!("every member of the stage stopped: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the bus, again and again while it is unreachable: a worker started (or
+/// restarted by its supervisor) while the broker is down waits for it instead of exiting, and
+/// says why in `/readyz`. Any other failure (options, credentials, TLS) ends the worker. `None`
+/// when SIGINT or SIGTERM came first.
+async fn connect_until_reachable(
+    bus_url: &BusUrl,
+    settings: &Settings,
+    health: &Health,
+) -> anyhow::Result<Option<Arc<dyn Bus>>> {
+    let mut delay = CONNECT_RETRY_DELAY_MIN;
+    let terminated = wait_for_termination();
+    tokio::pin!(terminated);
+    loop {
+        match connect(bus_url, &settings.bus_options).await {
+            Ok(bus) => return Ok(Some(bus)),
+            Err(e) if e.kind() == BusErrorKind::Connect => {
+                tracing::warn!(bus = %bus_url, error = %e, retry_in = ?delay, "the bus is unreachable; connecting again");
+                health.reach(Component::Bus, Reachability::Unreachable(e.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            () = &mut terminated => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(CONNECT_RETRY_DELAY_MAX);
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
