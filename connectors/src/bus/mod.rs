@@ -23,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod bench;
 mod embedded;
 mod error;
 mod kafka;
@@ -527,6 +528,17 @@ pub trait Bus: Send + Sync + 'static {
     /// themselves in a namespace of their own ([`NamespacedBus`]); never for a deployment's
     /// subjects.
     async fn delete_subject(&self, subject: &str) -> Result<bool, BusError>;
+
+    /// Measures the broker itself on `plan` with its client library used at its best
+    /// ([`bench`]), creating the plan's subjects if needed; `None` for a bus without a broker
+    /// (the embedded bus).
+    async fn broker_bench(
+        &self,
+        plan: &bench::BenchPlan,
+    ) -> Result<Option<bench::BenchRun>, BusError> {
+        let _ = plan;
+        Ok(None)
+    }
 
     /// Publishes the original bytes of a message a stage gave up on to `deadletter.<stage>`.
     /// `payload` is normally an encoded dead-letter record; the headers carry the stage and the

@@ -127,6 +127,22 @@ impl Bus for NamespacedBus {
         self.inner.publish(message).await
     }
 
+    async fn broker_bench(
+        &self,
+        plan: &super::bench::BenchPlan,
+    ) -> Result<Option<super::bench::BenchRun>, BusError> {
+        let mut outer = plan.clone();
+        for kind in &mut outer.kinds {
+            // Created through the namespace, so that it is removed with the run's subjects.
+            self.ensure_subject(
+                &SubjectSpec::new(kind.subject.clone()).with_partitions(plan.partitions),
+            )
+            .await?;
+            kind.subject = self.outer(&kind.subject);
+        }
+        self.inner.broker_bench(&outer).await
+    }
+
     async fn publish_many(&self, messages: Vec<Outgoing>) -> Result<Vec<PublishReceipt>, BusError> {
         let messages = messages
             .into_iter()

@@ -35,7 +35,7 @@ use rdkafka::consumer::{
     StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{Offset, Statistics, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -47,6 +47,8 @@ use crate::bus::{
     StartAt,
 };
 
+/// How often the backlog gauge is updated, ms.
+const BACKLOG_INTERVAL_MS: u32 = 1000;
 /// How often settled records are committed.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// A commit without an answer for this long no longer holds the next one back.
@@ -480,6 +482,24 @@ impl ClientContext for GroupContext {
         TracingContext.log(level, facility, message);
     }
 
+    /// The backlog gauge: the consumer lag (high watermark − committed offset) of the
+    /// partitions this member holds, from librdkafka's statistics (every
+    /// [`BACKLOG_INTERVAL_MS`]). Each process exports its own members' share; summed by
+    /// subject, the group's backlog.
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            let lag: i64 = topic
+                .partitions
+                .iter()
+                .filter(|(id, _)| **id >= 0)
+                .map(|(_, p)| p.consumer_lag.max(0))
+                .sum();
+            self.shared
+                .metrics
+                .set_backlog(u64::try_from(lag).unwrap_or(0));
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         TracingContext.error(error, reason);
     }
@@ -579,6 +599,7 @@ impl KafkaConsumer {
                 ),
                 ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string()),
                 ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS.to_string()),
+                ("statistics.interval.ms", BACKLOG_INTERVAL_MS.to_string()),
             ],
             options,
         )

@@ -16,6 +16,7 @@
 //! [`KafkaOptions::properties`] go to every client after dcpipe's own settings (TLS, SASL).
 //! Properties named `dcpipe.*` are dcpipe's: `dcpipe.topic.replication.factor` (default 1).
 
+mod bench;
 mod client;
 mod consumer;
 mod follow;
@@ -499,6 +500,13 @@ impl Bus for KafkaBus {
         let follow =
             follow::KafkaFollow::start(&self.servers, &self.options, subject, from).await?;
         Ok(Box::new(follow))
+    }
+
+    async fn broker_bench(
+        &self,
+        plan: &super::bench::BenchPlan,
+    ) -> Result<Option<super::bench::BenchRun>, BusError> {
+        bench::run(self, plan).await.map(Some)
     }
 
     async fn delete_subject(&self, subject: &str) -> Result<bool, BusError> {

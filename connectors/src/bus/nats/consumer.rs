@@ -7,7 +7,15 @@
 //! deadline. A request expires after [`PULL_EXPIRES`]; one the server forgot (a restart) is
 //! given up after a grace period or as soon as the client reconnects.
 //!
-//! Acks and naks wait for the server's confirmation, so an `Ok` means the server recorded it.
+//! Acks and naks wait for the server's confirmation, so an `Ok` means the server recorded it —
+//! except for a delivery made before the connection was lost: a restarted server may have
+//! forgotten it and would never answer, so its ack is sent without waiting (a lost one only
+//! means a redelivery, which every stage answers idempotently). A confirmation awaited when the
+//! connection drops is not awaited further. The acks of a batch, settled concurrently, are thus
+//! pipelined, their confirmations awaited together, and none waits on a restart.
+//!
+//! The member also sets the subject's backlog gauge (messages of the group not yet delivered
+//! or not yet acked, from the consumer's info), at most once per [`BACKLOG_INTERVAL`].
 //! The server counts deliveries, honours `ack_wait` and `max_deliver`, and delays naks. A
 //! delivery dropped without ack or nak, and a message buffered by a member that is dropped, is
 //! naked at once: the group gets it again now rather than after `ack_wait`.
@@ -23,10 +31,10 @@ use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, StatusCode, Subject, Subscriber};
 use async_trait::async_trait;
 use futures::{FutureExt as _, StreamExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::wire;
+use super::{Link, lost_since, wire};
 use crate::bus::metrics::SubjectMetrics;
 use crate::bus::{Acker, BusError, BusErrorKind, Consumer, ConsumerConfig, Delivery};
 
@@ -40,6 +48,8 @@ pub(super) const MAX_IN_FLIGHT_LIMIT: usize = 65_536;
 /// this many times a member's `max_in_flight`, so that it never starves a member that is
 /// within its own limit.
 const GROUP_MEMBERS_MAX: usize = 64;
+/// Shortest interval between two readings of the consumer's backlog.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Rejects consumer limits the broker buses cannot honour (shared with the Kafka bus).
 pub(crate) fn check_config(config: &ConsumerConfig) -> Result<(), BusError> {
@@ -116,6 +126,9 @@ pub(super) struct NatsConsumer {
     buffer: VecDeque<async_nats::Message>,
     request: Option<PullRequest>,
     metrics: SubjectMetrics,
+    link: watch::Receiver<Link>,
+    /// When the backlog is next read.
+    backlog_due: Instant,
 }
 
 impl NatsConsumer {
@@ -126,6 +139,7 @@ impl NatsConsumer {
         consumer: PullConsumer,
         config: ConsumerConfig,
         metrics: SubjectMetrics,
+        link: watch::Receiver<Link>,
     ) -> Result<Self, BusError> {
         let inbox = Subject::from(client.new_inbox());
         let subscriber = client.subscribe(inbox.clone()).await.map_err(|e| {
@@ -142,7 +156,30 @@ impl NatsConsumer {
             buffer: VecDeque::new(),
             request: None,
             metrics,
+            link,
+            backlog_due: Instant::now(),
         })
+    }
+
+    /// Reads the consumer's backlog into the gauge in the background, at most once per
+    /// [`BACKLOG_INTERVAL`]: a fetch never waits for it.
+    fn refresh_backlog(&mut self) {
+        let now = Instant::now();
+        if now < self.backlog_due {
+            return;
+        }
+        self.backlog_due = now + BACKLOG_INTERVAL;
+        let consumer = self.consumer.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            match consumer.get_info().await {
+                Ok(info) => {
+                    let unacked = u64::try_from(info.num_ack_pending).unwrap_or(0);
+                    metrics.set_backlog(info.num_pending.saturating_add(unacked));
+                }
+                Err(error) => tracing::debug!(%error, "consumer info not read"),
+            }
+        });
     }
 
     fn held(&self) -> usize {
@@ -290,6 +327,8 @@ impl NatsConsumer {
         self.metrics.record_delivery(delivery_count);
         let acker = NatsAcker {
             client: self.client.clone(),
+            link: self.link.clone(),
+            losses: self.link.borrow().losses,
             reply,
             metrics: self.metrics.clone(),
             last_delivery: delivery_count >= self.config.max_deliver,
@@ -311,6 +350,7 @@ impl Consumer for NatsConsumer {
         if max == 0 {
             return Ok(out);
         }
+        self.refresh_backlog();
         while !self.can_hand_out() {
             self.drop_lost_request();
             self.request_more(max.saturating_sub(self.buffer.len()))
@@ -386,6 +426,9 @@ const ACK_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// gave up on it, or was cancelled), it gives the message back at once.
 struct NatsAcker {
     client: Client,
+    link: watch::Receiver<Link>,
+    /// Connection losses when the message was delivered.
+    losses: u64,
     reply: Subject,
     metrics: SubjectMetrics,
     /// This was delivery number `max_deliver`: a nak ends the message's redeliveries.
@@ -398,16 +441,30 @@ struct NatsAcker {
 impl NatsAcker {
     async fn settle(&mut self, kind: AckKind, what: &str) -> Result<(), BusError> {
         self.settled = true;
+        let losses = self.link.borrow_and_update().losses;
+        if losses != self.losses {
+            // Delivered before the connection was lost: sent, not awaited.
+            return self
+                .client
+                .publish(self.reply.clone(), kind.into())
+                .await
+                .map_err(|e| {
+                    BusError::with_source(BusErrorKind::Ack, format!("{what} not sent"), e)
+                });
+        }
         let request = async_nats::Request::new()
             .payload(kind.into())
             .timeout(Some(ACK_CONFIRM_TIMEOUT));
-        self.client
-            .send_request(self.reply.clone(), request)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
+        let confirmed = self.client.send_request(self.reply.clone(), request);
+        tokio::select! {
+            confirmed = confirmed => confirmed.map(|_| ()).map_err(|e| {
                 BusError::with_source(BusErrorKind::Ack, format!("{what} not confirmed"), e)
-            })
+            }),
+            () = lost_since(&mut self.link, losses) => Err(BusError::new(
+                BusErrorKind::Ack,
+                format!("{what} not confirmed: the connection was lost; redelivered if the server did not record it"),
+            )),
+        }
     }
 }
 

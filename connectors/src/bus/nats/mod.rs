@@ -11,11 +11,17 @@
 //! publish whose acknowledgement was lost can be retried without storing the message twice,
 //! which is why this bus retries timed-out publishes by itself.
 //!
+//! Publishes are pipelined: a batch is sent whole, then its acknowledgements are awaited
+//! together. When the connection drops meanwhile, the acknowledgements still awaited cannot
+//! come (a restarted server forgot the requests), so they are not waited for: the messages
+//! concerned are sent again, together, as soon as the client has reconnected ([`Link`]).
+//!
 //! A consumer group is one durable pull consumer per (group, subject), shared by its members;
 //! see [`consumer`]. A replay is an ordered consumer outside any group; see [`replay`].
 //!
 //! Secrets in [`NatsOptions`] go to the client library only and are never logged.
 
+mod bench;
 mod consumer;
 mod follow;
 mod replay;
@@ -36,10 +42,13 @@ use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
 use async_nats::jetstream::{
     self, ErrorCode, consumer::AckPolicy, consumer::DeliverPolicy, stream,
 };
-use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, ServerAddr};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, HeaderMap, ServerAddr};
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
 use super::ReplayFrom;
 use super::metrics::SubjectMetrics;
@@ -70,14 +79,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the server has to acknowledge a publish.
 const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts of one publish that timed out or lost its connection (same `Nats-Msg-Id` each time).
-const PUBLISH_ATTEMPTS_MAX: u32 = 4;
-/// Pause before the second attempt; doubled for each further attempt.
-const PUBLISH_RETRY_BACKOFF: Duration = Duration::from_millis(250);
+/// How long publishes that failed in a way worth retrying (a timeout, a lost connection, a
+/// stream still recovering after a restart) are retried, from their first failure, always with
+/// the same `Nats-Msg-Id`.
+const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(15);
+/// Pause before a retry that follows an error rather than a reconnection; doubled for each
+/// further attempt up to [`PUBLISH_RETRY_BACKOFF_MAX`].
+const PUBLISH_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+/// Longest pause between two retries.
+const PUBLISH_RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Publishes sent and awaiting their acknowledgement, all callers together.
 const PUBLISH_INFLIGHT_MAX: usize = 4096;
-/// Longest pause between two reconnection attempts.
-const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+/// Longest pause between two reconnection attempts: a server that restarts is used again
+/// within this of answering (an attempt on a server that is down is refused at once, so they
+/// cost little).
+const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(250);
 
 /// A bus on NATS JetStream. Cheap to share behind an `Arc`; one connection, multiplexed.
 pub struct NatsBus {
@@ -90,6 +106,35 @@ pub struct NatsBus {
     metrics: Mutex<HashMap<String, SubjectMetrics>>,
     /// Replicas and retention of the streams this bus creates.
     limits: StreamLimits,
+    /// The connection's losses, as the client reports them.
+    link: watch::Receiver<Link>,
+}
+
+/// What the bus knows of its connection, from the client's events: how many times it was lost.
+/// A request sent before a loss gets no answer (the server that had it may have restarted and
+/// forgotten it), so whoever awaits one watches this and stops waiting when it changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Link {
+    /// Times the connection was lost since the bus connected.
+    pub(super) losses: u64,
+    /// Times the connection was (re-)established.
+    pub(super) connects: u64,
+}
+
+/// Completes when the connection has been lost since `link` read `losses` (never if the bus is
+/// gone).
+pub(super) async fn lost_since(link: &mut watch::Receiver<Link>, losses: u64) {
+    if link.wait_for(|l| l.losses != losses).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Why one message of a publish round is not stored yet.
+enum Unsent {
+    /// The connection dropped before its acknowledgement came.
+    ConnectionLost,
+    /// The client or the server said so.
+    Failed(PublishError),
 }
 
 /// Replicas and retention of the streams a bus creates, from [`NatsOptions`].
@@ -154,8 +199,20 @@ impl NatsBus {
         if addresses.is_empty() {
             return Err(BusError::new(BusErrorKind::Config, "no NATS server given"));
         }
+        let (link_events, link) = watch::channel(Link::default());
+        let link_events = Arc::new(link_events);
         let client = connect_options(options)
             .await?
+            .event_callback(move |event| {
+                let link_events = Arc::clone(&link_events);
+                async move {
+                    match event {
+                        Event::Disconnected => link_events.send_modify(|l| l.losses += 1),
+                        Event::Connected => link_events.send_modify(|l| l.connects += 1),
+                        _ => {}
+                    }
+                }
+            })
             .connect(addresses)
             .await
             .map_err(|e| {
@@ -165,9 +222,13 @@ impl NatsBus {
                 };
                 BusError::with_source(kind, "connecting to NATS", e)
             })?;
+        // The client keeps the ack permit of a publish nobody awaits any more (one abandoned
+        // when the connection dropped) until its ack timeout: room for a few abandoned windows
+        // beside the one in use, which [`NatsBus::inflight`] bounds.
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(PUBLISH_ACK_TIMEOUT)
-            .max_ack_inflight(PUBLISH_INFLIGHT_MAX)
+            .ack_timeout(PUBLISH_ACK_TIMEOUT)
+            .max_ack_inflight(PUBLISH_INFLIGHT_MAX * 4)
             .build(client.clone());
         tracing::info!(servers = ?servers, "connected to NATS");
         Ok(NatsBus {
@@ -177,6 +238,7 @@ impl NatsBus {
             inflight: Arc::new(Semaphore::new(PUBLISH_INFLIGHT_MAX)),
             metrics: Mutex::new(HashMap::new()),
             limits,
+            link,
         })
     }
 
@@ -234,31 +296,143 @@ impl NatsBus {
             .await
     }
 
-    /// Publishes again after `error` while it is worth it: the same `Nats-Msg-Id` makes a
-    /// retry of a stored message a duplicate, never a second copy.
-    async fn retry(
+    /// Publishes `messages`, pipelined, and returns their receipts in order. Messages whose
+    /// publish failed in a way worth retrying are sent again together, after a short pause or,
+    /// when the connection dropped, as soon as it is back; the same `Nats-Msg-Id` makes a retry
+    /// of a message the server did store a duplicate, never a second copy.
+    async fn publish_prepared(
         &self,
-        message: &Prepared,
-        mut error: PublishError,
-    ) -> Result<PublishAck, BusError> {
+        messages: &[Prepared],
+    ) -> Result<Vec<PublishReceipt>, BusError> {
+        let mut acks: Vec<Option<PublishAck>> = messages.iter().map(|_| None).collect();
+        let mut retried = vec![false; messages.len()];
+        let mut todo: Vec<usize> = (0..messages.len()).collect();
+        let mut first_failure: Option<Instant> = None;
         let mut backoff = PUBLISH_RETRY_BACKOFF;
-        for attempt in 2..=PUBLISH_ATTEMPTS_MAX {
-            if !self.retryable(message, &error) {
+        loop {
+            let unsent = self.publish_round(messages, &todo, &mut acks).await?;
+            if unsent.is_empty() {
                 break;
             }
-            tracing::debug!(subject = %message.subject, attempt, error = %error, "retrying publish");
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2);
-            let result = match self.send(message).await {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
+            let deadline = *first_failure.get_or_insert_with(Instant::now) + PUBLISH_RETRY_FOR;
+            todo.clear();
+            let mut connection_lost = false;
+            let mut last_error = None;
+            for (index, unsent) in unsent {
+                match unsent {
+                    Unsent::ConnectionLost => connection_lost = true,
+                    Unsent::Failed(error) if self.retryable(&messages[index], &error) => {
+                        last_error = Some((index, error));
+                    }
+                    Unsent::Failed(error) => {
+                        return Err(self.publish_error(&messages[index], error));
+                    }
+                }
+                retried[index] = true;
+                todo.push(index);
+            }
+            let give_up = |last_error: Option<(usize, PublishError)>| match last_error {
+                Some((index, error)) => self.publish_error(&messages[index], error),
+                None => BusError::new(
+                    BusErrorKind::Connect,
+                    format!(
+                        "NATS connection lost while publishing to {}; not back within {PUBLISH_RETRY_FOR:?}",
+                        messages[todo[0]].subject
+                    ),
+                ),
             };
-            match result {
-                Ok(ack) => return Ok(ack),
-                Err(e) => error = e,
+            if Instant::now() >= deadline {
+                return Err(give_up(last_error));
+            }
+            tracing::debug!(
+                messages = todo.len(),
+                connection_lost,
+                error = ?last_error.as_ref().map(|(_, e)| e.to_string()),
+                "retrying publishes"
+            );
+            if connection_lost || self.disconnected().is_some() {
+                if !self.wait_connected(deadline).await {
+                    return Err(give_up(last_error));
+                }
+            } else {
+                tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                backoff = backoff.saturating_mul(2).min(PUBLISH_RETRY_BACKOFF_MAX);
             }
         }
-        Err(self.publish_error(message, error))
+        Ok(messages
+            .iter()
+            .zip(acks)
+            .zip(retried)
+            .map(|((message, ack), retried)| {
+                let ack = ack.unwrap_or_default();
+                self.receipt(message, &ack, retried)
+            })
+            .collect())
+    }
+
+    /// Sends the messages at `todo`, then awaits their acknowledgements together, storing
+    /// each in `acks`; returns those not stored and why. Stops waiting as soon as the
+    /// connection drops: what was not acknowledged by then is [`Unsent::ConnectionLost`].
+    async fn publish_round(
+        &self,
+        messages: &[Prepared],
+        todo: &[usize],
+        acks: &mut [Option<PublishAck>],
+    ) -> Result<Vec<(usize, Unsent)>, BusError> {
+        let mut unsent = Vec::new();
+        // A chunk takes all its permits at once, so concurrent callers never deadlock each
+        // other on half-acquired windows.
+        for chunk in todo.chunks(PUBLISH_INFLIGHT_MAX / 4) {
+            let _permits = self.acquire(chunk.len()).await?;
+            let mut link = self.link.clone();
+            let losses = link.borrow_and_update().losses;
+            let mut waiting = HashSet::with_capacity(chunk.len());
+            let mut pending = FuturesUnordered::new();
+            for &index in chunk {
+                match self.send(&messages[index]).await {
+                    Ok(ack) => {
+                        waiting.insert(index);
+                        pending.push(async move { (index, ack.await) });
+                    }
+                    Err(error) => unsent.push((index, Unsent::Failed(error))),
+                }
+            }
+            loop {
+                tokio::select! {
+                    next = pending.next() => match next {
+                        Some((index, result)) => {
+                            waiting.remove(&index);
+                            match result {
+                                Ok(ack) => acks[index] = Some(ack),
+                                Err(error) => unsent.push((index, Unsent::Failed(error))),
+                            }
+                        }
+                        None => break,
+                    },
+                    () = lost_since(&mut link, losses) => {
+                        unsent.extend(waiting.drain().map(|index| (index, Unsent::ConnectionLost)));
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(unsent)
+    }
+
+    /// Waits until the client is connected, or `deadline`; whether it is.
+    async fn wait_connected(&self, deadline: Instant) -> bool {
+        let mut link = self.link.clone();
+        loop {
+            let _ = link.borrow_and_update();
+            if self.disconnected().is_none() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, link.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.disconnected().is_none(),
+            }
+        }
     }
 
     fn retryable(&self, message: &Prepared, error: &PublishError) -> bool {
@@ -536,16 +710,12 @@ impl Bus for NatsBus {
 
     async fn publish(&self, message: Outgoing) -> Result<PublishReceipt, BusError> {
         let message = self.prepare(message)?;
-        let _permit = self.acquire(1).await?;
-        let first = match self.send(&message).await {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        let (ack, retried) = match first {
-            Ok(ack) => (ack, false),
-            Err(e) => (self.retry(&message, e).await?, true),
-        };
-        Ok(self.receipt(&message, &ack, retried))
+        let mut receipts = self
+            .publish_prepared(std::slice::from_ref(&message))
+            .await?;
+        receipts
+            .pop()
+            .ok_or_else(|| BusError::new(BusErrorKind::Publish, "no receipt for a publish"))
     }
 
     async fn publish_many(&self, messages: Vec<Outgoing>) -> Result<Vec<PublishReceipt>, BusError> {
@@ -553,31 +723,7 @@ impl Bus for NatsBus {
             .into_iter()
             .map(|m| self.prepare(m))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut receipts = Vec::with_capacity(prepared.len());
-        // A chunk takes all its permits at once, so concurrent callers never deadlock each
-        // other on half-acquired windows.
-        for chunk in prepared.chunks(PUBLISH_INFLIGHT_MAX / 4) {
-            let _permits = self.acquire(chunk.len()).await?;
-            let mut pending = Vec::with_capacity(chunk.len());
-            for message in chunk {
-                pending.push(self.send(message).await);
-            }
-            let results = futures::future::join_all(pending.into_iter().map(|sent| async move {
-                match sent {
-                    Ok(ack) => ack.await,
-                    Err(e) => Err(e),
-                }
-            }))
-            .await;
-            for (message, result) in chunk.iter().zip(results) {
-                let (ack, retried) = match result {
-                    Ok(ack) => (ack, false),
-                    Err(e) => (self.retry(message, e).await?, true),
-                };
-                receipts.push(self.receipt(message, &ack, retried));
-            }
-        }
-        Ok(receipts)
+        self.publish_prepared(&prepared).await
     }
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, BusError> {
@@ -611,6 +757,7 @@ impl Bus for NatsBus {
             pull_consumer,
             config,
             metrics,
+            self.link.clone(),
         )
         .await?;
         Ok(Box::new(consumer))
@@ -634,6 +781,13 @@ impl Bus for NatsBus {
         Ok(Box::new(
             follow::NatsFollow::start(stream, subject, from).await?,
         ))
+    }
+
+    async fn broker_bench(
+        &self,
+        plan: &super::bench::BenchPlan,
+    ) -> Result<Option<super::bench::BenchRun>, BusError> {
+        bench::run(self, plan).await.map(Some)
     }
 
     async fn delete_subject(&self, subject: &str) -> Result<bool, BusError> {
