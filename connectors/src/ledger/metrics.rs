@@ -19,6 +19,11 @@ pub const BATCH_SECONDS: &str = "dcpipe_ledger_batch_seconds";
 /// Counter: transactions run again after a deadlock, serialization failure or racing insert.
 pub const RETRIES_TOTAL: &str = "dcpipe_ledger_retries_total";
 
+/// Counter: transactions that committed ledger batches together (group commit), by backend.
+pub const COMMITS_TOTAL: &str = "dcpipe_ledger_commits_total";
+/// Histogram: ledger batches per committed transaction, by backend.
+pub const REQUESTS_PER_COMMIT: &str = "dcpipe_ledger_requests_per_commit";
+
 /// Label: which database (`sqlite`, `postgres`).
 pub const LABEL_BACKEND: &str = "backend";
 /// Label: which operation (`reserve`, `commit`, …).
@@ -49,6 +54,16 @@ pub fn describe() {
         Unit::Count,
         "Ledger transactions retried after a conflict with a concurrent one."
     );
+    describe_counter!(
+        COMMITS_TOTAL,
+        Unit::Count,
+        "Transactions that committed ledger batches together."
+    );
+    describe_histogram!(
+        REQUESTS_PER_COMMIT,
+        Unit::Count,
+        "Ledger batches committed per transaction."
+    );
 }
 
 /// Records one batch of `items` items of `op` on `backend` that took `elapsed`.
@@ -75,4 +90,10 @@ pub(crate) fn record_batch<T>(
 /// Records one retried transaction on `backend`.
 pub(crate) fn record_retry(backend: &'static str) {
     counter!(RETRIES_TOTAL, LABEL_BACKEND => backend).increment(1);
+}
+
+/// Records one transaction on `backend` that committed `requests` batches together.
+pub(crate) fn record_commit(backend: &'static str, requests: usize) {
+    counter!(COMMITS_TOTAL, LABEL_BACKEND => backend).increment(1);
+    histogram!(REQUESTS_PER_COMMIT, LABEL_BACKEND => backend).record(requests as f64);
 }

@@ -18,7 +18,8 @@
 //!   decisions with [`Ledger::decided_since`] and announces them again.
 //!
 //! Every mutating call takes a batch and runs it in one database transaction, returning one
-//! result per item in order; items are idempotent by payment id (the same id with the same
+//! result per item in order (on SQLite the batches that the stages sharing a ledger have ready
+//! at the same time share that transaction, each in its own savepoint: group commit); items are idempotent by payment id (the same id with the same
 //! digest is a duplicate that moves nothing, with another digest a conflict). The rules are in
 //! one place, `engine`, shared by both backends. Workers are stateless: any number of processes
 //! may share one ledger (SQLite: WAL and `BEGIN IMMEDIATE`; PostgreSQL: row locks taken in a
@@ -43,6 +44,7 @@ mod postgres_offline;
 mod settlement;
 mod sqlite;
 mod sqlite_offline;
+mod sqlite_writer;
 mod types;
 
 pub use error::{LedgerError, LedgerErrorKind};
@@ -57,6 +59,7 @@ pub use settlement::{
 pub use sqlite::{
     SQLITE_BUSY_TIMEOUT_MS, SqliteLedger, SqliteOptions, SqliteSettlement, SqliteSync,
 };
+pub use sqlite_writer::{GROUP_REQUESTS_MAX, GROUP_RETRIES_MAX, GroupCommits};
 // The database plumbing the vehicles' session store shares with the ledgers.
 pub(crate) use postgres::{AttemptError, PgDb, pg_error, with_retries};
 pub(crate) use sqlite::{SqliteDb, claim_owner, db_error};

@@ -1,19 +1,22 @@
 //! SQLite backend: one file per institution, WAL, one writer at a time.
 //!
-//! SQLite calls block, so each handle owns one connection behind a mutex and runs every call on
-//! tokio's blocking pool. Several processes may open the same file: a write transaction starts
-//! with `BEGIN IMMEDIATE` (it takes the write lock before reading, so no two writers decide on
-//! the same rows) and waits up to `busy_timeout_ms` for it; past that the batch fails with
-//! [`LedgerErrorKind::Busy`] and can be retried whole. Statements are prepared once per
-//! connection and cached.
+//! SQLite calls block, so each handle's connection lives on a thread of its own, fed by a
+//! channel (`sqlite_writer`): the stages that share a handle share that thread, and the ledger
+//! batches they have ready at the same time commit together, in one transaction and one
+//! `fsync` (group commit), each answered on its own. Several processes may open the same file:
+//! a write transaction starts with `BEGIN IMMEDIATE` (it takes the write lock before reading, so
+//! no two writers decide on the same rows) and waits up to `busy_timeout_ms` for it; past that
+//! the batch fails with [`LedgerErrorKind::Busy`] and can be retried whole. Statements are
+//! prepared once per connection and cached.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use tokio::sync::oneshot;
 
 use super::engine::{
     self, CommitOp, CreditOp, FinalizeOp, Op, RejectOp, ReserveOp, VoidOp, WalletRow, Working,
@@ -24,6 +27,7 @@ use super::settlement::{
     self, ClearingOutcome, ClearingRecord, ClosedWindow, PairTotal, Position, SettlementConfig,
     SettlementStore, StoredClearing,
 };
+use super::sqlite_writer::{GroupCommits, Grouped, Writer};
 use super::types::{
     CreditRequest, CreditResult, DECIDED_LIST_MAX, Digest, EXPIRED_LIST_MAX, Finalization,
     FinalizeResult, OpenResult, OpeningTerms, Party, PaymentId, PaymentRecord, PaymentState,
@@ -90,10 +94,10 @@ fn conversion_error(column: usize, message: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, message.into())
 }
 
-/// One SQLite connection, used from tokio's blocking pool.
+/// One SQLite connection, owned by its own thread (see `sqlite_writer`).
 #[derive(Debug, Clone)]
 pub(crate) struct SqliteDb {
-    conn: Arc<Mutex<Connection>>,
+    writer: Arc<Writer>,
     path: Option<PathBuf>,
 }
 
@@ -105,7 +109,14 @@ impl SqliteDb {
         migrations: &'static [(i64, &'static str)],
     ) -> Result<SqliteDb, LedgerError> {
         let opened_path = path.clone();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, LedgerError> {
+        let name = match &path {
+            Some(path) => format!(
+                "sqlite {}",
+                path.file_stem().unwrap_or_default().to_string_lossy()
+            ),
+            None => "sqlite memory".to_owned(),
+        };
+        let writer = Writer::start(name, move || -> Result<Connection, LedgerError> {
             let conn = match &opened_path {
                 Some(path) => {
                     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -126,33 +137,68 @@ impl SqliteDb {
             migrate(&conn, migrations)?;
             Ok(conn)
         })
-        .await
-        .map_err(join_error)??;
+        .await?;
         Ok(SqliteDb {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: Arc::new(writer),
             path,
         })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs `f` with the connection on its thread, alone, after what was queued before.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock cannot leave a transaction half-applied (an
-            // unfinished transaction rolls back on drop), so a poisoned lock is safe to reuse.
-            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(join_error)?
+        self.writer.run(f).await
+    }
+
+    /// Runs `f`, which only reads, on the connection's thread: possibly ahead of the ledger
+    /// batches queued before it (none of them answered yet).
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        self.writer.read(f).await
+    }
+
+    /// Runs a ledger batch in the next group commit: in one transaction with the batches
+    /// queued beside it, answered on its own.
+    async fn grouped<O: Op>(&self, op: O) -> Result<Vec<O::Item>, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.submit(Box::new(Batch {
+            op,
+            results: None,
+            reply,
+        }))?;
+        answer.await.map_err(|_| {
+            LedgerError::new(
+                LedgerErrorKind::Database,
+                "the SQLite connection's thread stopped",
+            )
+        })?
     }
 }
 
-fn join_error(err: tokio::task::JoinError) -> LedgerError {
-    LedgerError::with_source(LedgerErrorKind::Database, "SQLite task failed", err)
+/// One ledger batch waiting for its group commit.
+struct Batch<O: Op> {
+    op: O,
+    results: Option<Vec<O::Item>>,
+    reply: oneshot::Sender<Result<Vec<O::Item>, LedgerError>>,
+}
+
+impl<O: Op> Grouped for Batch<O> {
+    fn apply(&mut self, conn: &Connection) -> Result<(), LedgerError> {
+        self.results = Some(apply_op(conn, &self.op)?);
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, outcome: Result<(), LedgerError>) {
+        let Batch { results, reply, .. } = *self;
+        let answer = outcome.and_then(|()| {
+            results.ok_or_else(|| LedgerError::integrity("a committed batch has no results"))
+        });
+        let _ = reply.send(answer);
+    }
 }
 
 fn configure(conn: &Connection, options: &SqliteOptions, on_disk: bool) -> Result<(), LedgerError> {
@@ -390,21 +436,18 @@ fn load_wallet(conn: &Connection, wallet_id: &str) -> Result<Option<WalletRow>, 
     .map_err(|e| db_error("cannot read wallet", e))
 }
 
-/// Runs one batch: load, decide, write back, all inside one `BEGIN IMMEDIATE` transaction.
-fn execute<O: Op>(conn: &mut Connection, op: &O) -> Result<Vec<O::Item>, LedgerError> {
-    op.validate()?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| db_error("cannot start transaction", e))?;
+/// Runs one batch inside the caller's transaction: load, decide, write back. Validated by the
+/// caller before it was queued.
+fn apply_op<O: Op>(tx: &Connection, op: &O) -> Result<Vec<O::Item>, LedgerError> {
     let mut working = Working::new(now_ms());
     let side = op.side();
     for id in op.payment_ids() {
-        if let Some(record) = load_payment(&tx, &id, side)? {
+        if let Some(record) = load_payment(tx, &id, side)? {
             working.payments.insert((id, side), record);
         }
     }
     for wallet_id in op.wallet_ids(&working.payments) {
-        if let Some(row) = load_wallet(&tx, &wallet_id)? {
+        if let Some(row) = load_wallet(tx, &wallet_id)? {
             working.wallets.insert(wallet_id, row);
         }
     }
@@ -425,9 +468,7 @@ fn execute<O: Op>(conn: &mut Connection, op: &O) -> Result<Vec<O::Item>, LedgerE
         }
     }
     let results = op.apply(&mut working)?;
-    save(&tx, &working)?;
-    tx.commit()
-        .map_err(|e| db_error("cannot commit batch", e))?;
+    save(tx, &working)?;
     Ok(results)
 }
 
@@ -615,10 +656,20 @@ impl SqliteLedger {
         self.db.path.as_deref()
     }
 
+    /// The group commits this handle's connection ran: transactions and the batches they
+    /// carried (also the metrics [`metrics::COMMITS_TOTAL`] and
+    /// [`metrics::REQUESTS_PER_COMMIT`]).
+    pub fn group_commits(&self) -> GroupCommits {
+        self.db.writer.group_commits()
+    }
+
     async fn execute<O: Op>(&self, op: O) -> Result<Vec<O::Item>, LedgerError> {
         let started = Instant::now();
         let items = op.len();
-        let result = self.db.run(move |conn| execute(conn, &op)).await;
+        let result = match op.validate() {
+            Ok(()) => self.db.grouped(op).await,
+            Err(e) => Err(e),
+        };
         metrics::record_batch(BACKEND, O::NAME, items, started.elapsed(), &result);
         result
     }
@@ -746,7 +797,7 @@ impl Ledger for SqliteLedger {
     async fn wallet(&self, wallet_id: &str) -> Result<Option<WalletState>, LedgerError> {
         let wallet_id = wallet_id.to_owned();
         self.db
-            .run(move |conn| Ok(load_wallet(conn, &wallet_id)?.map(|row| row.state())))
+            .read(move |conn| Ok(load_wallet(conn, &wallet_id)?.map(|row| row.state())))
             .await
     }
 
@@ -758,7 +809,7 @@ impl Ledger for SqliteLedger {
         let started = Instant::now();
         let found = self
             .db
-            .run(move |conn| {
+            .read(move |conn| {
                 let read = |e| db_error("cannot read wallets", e);
                 // One read transaction: every answer comes from the same snapshot. In-process
                 // point reads cost microseconds, so one cached statement per id is as fast as
@@ -912,7 +963,9 @@ impl Ledger for SqliteLedger {
         side: Side,
     ) -> Result<Option<PaymentRecord>, LedgerError> {
         let id = *payment_id;
-        self.db.run(move |conn| load_payment(conn, &id, side)).await
+        self.db
+            .read(move |conn| load_payment(conn, &id, side))
+            .await
     }
 
     async fn issued_total_fen(&self) -> Result<i64, LedgerError> {
@@ -1613,5 +1666,217 @@ mod tests {
             .expect("forget migration");
         migrate(&conn, LEDGER_MIGRATIONS).expect("migrate again");
         assert!(has_index(&conn, DECIDED_INDEX));
+    }
+
+    const OI: &str = "oi-a";
+
+    fn limits() -> WalletLimits {
+        WalletLimits {
+            balance_limit_fen: 1_000_000,
+            single_payment_limit_fen: 200_000,
+            daily_limit_fen: 500_000,
+            password_free_limit_fen: 100_000,
+        }
+    }
+
+    fn pid(n: u8) -> PaymentId {
+        PaymentId([n; 16])
+    }
+
+    fn reserve_request(n: u8, payer_wallet: &str, amount_fen: i64) -> ReserveRequest {
+        let paid_at_ms = now_ms();
+        ReserveRequest {
+            payment_id: pid(n),
+            digest: Digest([n; 32]),
+            payer_wallet: payer_wallet.to_owned(),
+            payee: Party {
+                institution_id: "oi-b".to_owned(),
+                wallet_id: "b1".to_owned(),
+            },
+            amount_fen,
+            paid_at_ms,
+            expires_at_ms: paid_at_ms + 60_000,
+        }
+    }
+
+    /// A ledger file in `dir` with wallets `a0` to `a7` and `bad`, 10,000 fen each.
+    async fn ledger_with_wallets(dir: &Path, options: &SqliteOptions) -> SqliteLedger {
+        let ledger = SqliteLedger::open(&dir.join("oi-a.db"), OI, options)
+            .await
+            .expect("open ledger");
+        let accounts: Vec<WalletAccount> = (0..8)
+            .map(|i| format!("a{i}"))
+            .chain(["bad".to_owned()])
+            .map(|wallet_id| WalletAccount {
+                wallet_id,
+                institution_id: OI.to_owned(),
+                tier: 4,
+                balance_fen: 10_000,
+                limits: limits(),
+                locked: false,
+            })
+            .collect();
+        let opened = ledger.open_wallets(&accounts).await.expect("open wallets");
+        assert_eq!(opened, vec![OpenResult::Created; accounts.len()]);
+        ledger
+    }
+
+    /// Holds the connection's thread until the returned sender is dropped; returns once the
+    /// thread is held.
+    async fn hold_thread(ledger: &SqliteLedger) -> std::sync::mpsc::Sender<()> {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held, holding) = oneshot::channel();
+        let db = ledger.db.clone();
+        tokio::spawn(async move {
+            db.run(move |_| {
+                let _ = held.send(());
+                let _ = released.recv();
+                Ok(())
+            })
+            .await
+        });
+        holding.await.expect("thread held");
+        release
+    }
+
+    /// Waits until `count` requests are queued behind the held thread.
+    async fn wait_queued(ledger: &SqliteLedger, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ledger.db.writer.queued() < count {
+            assert!(Instant::now() < deadline, "requests never queued");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_waiting_together_share_one_commit_and_fail_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ledger = ledger_with_wallets(dir.path(), &SqliteOptions::default()).await;
+        let held_on_bad = ledger
+            .reserve(&[reserve_request(100, "bad", 500)])
+            .await
+            .expect("reserve");
+        assert!(matches!(held_on_bad[..], [ReserveResult::Reserved(_)]));
+        // Committing the payment on `bad` writes its record, then fails on its wallet: the
+        // record's change must be rolled back with it, and nothing else.
+        ledger
+            .db
+            .run(|conn| {
+                conn.execute_batch(
+                    "CREATE TRIGGER refuse_bad BEFORE UPDATE ON wallets
+                     WHEN NEW.wallet_id = 'bad' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+                )
+                .map_err(|e| db_error("trigger", e))
+            })
+            .await
+            .expect("install trigger");
+        let before = ledger.group_commits();
+
+        let release = hold_thread(&ledger).await;
+        let bad = [pid(100)];
+        let first = [pid(0)];
+        let requests: Vec<_> = (0..8u8)
+            .map(|i| reserve_request(i, &format!("a{i}"), 1_000 + i64::from(i)))
+            .collect();
+        // Sent in this order when first polled: a reservation and its commit in the same group,
+        // the failing commit in the middle.
+        let (r0, r1, failed, r2, committed, rest) = {
+            let wait = wait_queued(&ledger, 10);
+            let calls = async {
+                tokio::join!(
+                    ledger.reserve(&requests[0..1]),
+                    ledger.reserve(&requests[1..2]),
+                    ledger.commit(&bad),
+                    ledger.reserve(&requests[2..3]),
+                    ledger.commit(&first),
+                    futures::future::join_all(
+                        requests[3..]
+                            .iter()
+                            .map(|r| ledger.reserve(std::slice::from_ref(r)))
+                    ),
+                )
+            };
+            let released = async {
+                wait.await;
+                drop(release);
+            };
+            tokio::join!(calls, released).0
+        };
+        let after = ledger.group_commits();
+        assert_eq!(after.commits - before.commits, 1, "one transaction");
+        assert_eq!(after.requests - before.requests, 10, "for every batch");
+
+        let err = failed.expect_err("the commit on `bad` fails");
+        assert_eq!(err.kind(), LedgerErrorKind::Integrity, "{err}");
+        for (i, result) in [r0, r1, r2].into_iter().enumerate() {
+            let result = result.expect("reserve");
+            assert!(
+                matches!(&result[..], [ReserveResult::Reserved(r)] if r.payment_id == pid(i as u8)),
+                "{result:?}"
+            );
+        }
+        let committed = committed.expect("commit after its reservation");
+        assert!(
+            matches!(&committed[..], [Transition::Applied(r)] if r.state == PaymentState::Committed),
+            "{committed:?}"
+        );
+        for result in rest {
+            assert!(matches!(
+                &result.expect("reserve")[..],
+                [ReserveResult::Reserved(_)]
+            ));
+        }
+
+        let record = ledger
+            .payment(&bad[0], Side::Payer)
+            .await
+            .expect("read")
+            .expect("record");
+        assert_eq!(record.state, PaymentState::Reserved, "rolled back alone");
+        let a0 = ledger.wallet("a0").await.expect("read").expect("a0");
+        assert_eq!((a0.account.balance_fen, a0.held_fen), (9_000, 0));
+        for i in 1..8 {
+            let wallet = ledger
+                .wallet(&format!("a{i}"))
+                .await
+                .expect("read")
+                .expect("wallet");
+            assert_eq!(wallet.held_fen, 1_000 + i, "a{i}");
+        }
+        ledger.verify_integrity().await.expect("integrity");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_that_cannot_take_the_lock_fails_whole_and_a_retry_succeeds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteOptions {
+            busy_timeout_ms: 20,
+            ..SqliteOptions::default()
+        };
+        let ledger = ledger_with_wallets(dir.path(), &options).await;
+        // Another process holds the write lock.
+        let other = Connection::open(dir.path().join("oi-a.db")).expect("open");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let before = ledger.group_commits();
+        let (one, two) = (
+            [reserve_request(1, "a1", 100)],
+            [reserve_request(2, "a2", 100)],
+        );
+        let (first, second) = tokio::join!(ledger.reserve(&one), ledger.reserve(&two));
+        for result in [first, second] {
+            assert_eq!(result.expect_err("locked").kind(), LedgerErrorKind::Busy);
+        }
+        assert_eq!(ledger.group_commits(), before, "nothing committed");
+        other.execute_batch("ROLLBACK").expect("unlock");
+        let retried = ledger
+            .reserve(&[reserve_request(1, "a1", 100), reserve_request(2, "a2", 100)])
+            .await
+            .expect("retry");
+        assert!(
+            retried
+                .iter()
+                .all(|r| matches!(r, ReserveResult::Reserved(_)))
+        );
+        assert_eq!(ledger.group_commits().commits, before.commits + 1);
     }
 }

@@ -96,3 +96,67 @@ async fn file_of_another_institution_is_refused() {
         dcpipe_connectors::ledger::LedgerErrorKind::Config
     );
 }
+
+/// The stages of one institution share its ledger handle: what they send at the same time
+/// commits together, each batch answered on its own, and the money adds up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_sharing_a_handle_share_commits() {
+    use dcpipe_connectors::ledger::{ReserveResult, SqliteLedger, Transition};
+
+    use crate::fixtures::{PAYER_OI, TIER4, open, pid, reserve};
+
+    const WRITERS: u64 = 16;
+    let backend = SqliteBackend::new();
+    let ledger = Arc::new(
+        SqliteLedger::open(
+            &backend.dir.path().join(format!("{PAYER_OI}.db")),
+            PAYER_OI,
+            &backend.options.sqlite,
+        )
+        .await
+        .expect("open"),
+    );
+    let wallets: Vec<String> = (0..WRITERS).map(|n| format!("a{n}")).collect();
+    let specs: Vec<(&str, i64, _)> = wallets
+        .iter()
+        .map(|w| (w.as_str(), 10_000, TIER4))
+        .collect();
+    open(ledger.as_ref(), &specs).await;
+    let before = ledger.group_commits();
+
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|n| {
+            let ledger = Arc::clone(&ledger);
+            tokio::spawn(async move {
+                let wallet = format!("a{n}");
+                let reserved = ledger
+                    .reserve(&[reserve(n, &wallet, 1_000 + n as i64)])
+                    .await
+                    .expect("reserve");
+                assert!(
+                    matches!(reserved[..], [ReserveResult::Reserved(_)]),
+                    "{reserved:?}"
+                );
+                let committed = ledger.commit(&[pid(n)]).await.expect("commit");
+                assert!(
+                    matches!(committed[..], [Transition::Applied(_)]),
+                    "{committed:?}"
+                );
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+
+    let after = ledger.group_commits();
+    assert_eq!(after.requests - before.requests, 2 * WRITERS);
+    let commits = after.commits - before.commits;
+    assert!((1..=2 * WRITERS).contains(&commits), "{commits} commits");
+    let paid: i64 = (0..WRITERS as i64).map(|n| 1_000 + n).sum();
+    assert_eq!(
+        ledger.total_balance_fen().await.expect("total"),
+        WRITERS as i64 * 10_000 - paid
+    );
+    ledger.verify_integrity().await.expect("integrity");
+}
