@@ -239,3 +239,63 @@ fn prometheus_scrapes_every_dcpipe_service() {
     assert_eq!(scraped, served);
     assert_eq!(job["dns_sd_configs"][0]["port"], 9464);
 }
+
+/// `scripts/cluster.sh commands …`: each worker's service name and arguments, for these
+/// values.
+fn cluster_script_commands(values: &[&str]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("commands")
+        .args(values)
+        .output()
+        .expect("bash runs scripts/cluster.sh");
+    assert!(
+        output.status.success(),
+        "scripts/cluster.sh commands: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .lines()
+        .map(|line| {
+            let mut words = line.split(' ').map(str::to_owned);
+            let service = words.next().expect("a service");
+            (service, words.collect())
+        })
+        .collect()
+}
+
+#[test]
+fn the_cluster_script_runs_the_worker_command_lines_of_compose() {
+    let config = resolved(ENVIRONMENT);
+    let mut compose = std::collections::BTreeMap::new();
+    for (name, service, command) in dcpipe_services(&config) {
+        if !command.iter().any(|word| word == "worker") {
+            continue;
+        }
+        // A path inside the container is read as the host directory mounted there.
+        let mounts: Vec<(String, String, bool)> = service["volumes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no volumes"))
+            .iter()
+            .map(volume_of)
+            .collect();
+        let on_host: Vec<String> = command
+            .iter()
+            .map(|word| {
+                mounts
+                    .iter()
+                    .find(|(_, target, _)| target == word)
+                    .map_or_else(|| word.clone(), |(source, _, _)| source.clone())
+            })
+            .collect();
+        compose.insert(name, on_host);
+    }
+    let payer = &compose["payer-oi01"];
+    let bus = flag(payer, "--bus").expect("--bus").to_owned();
+    let ledger = flag(payer, "--ledger").expect("--ledger").to_owned();
+    let script = cluster_script_commands(&[&bus, &ledger, "pki/trust", "pki", "0.0.0.0:9464"]);
+    assert_eq!(script.len(), 9, "{script:?}");
+    assert_eq!(script, compose);
+}

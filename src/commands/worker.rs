@@ -1,5 +1,6 @@
 //! `dcpipe worker`: one stage of one institution as its own process.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,11 +19,12 @@ use dcpipe_pipeline::pki::{
     CHAIN_CACHE_ENTRIES_DEFAULT, ChainVerifier, KeyHolder, PkiDirectory, PkiLayout, RevocationSet,
     TRUST_DIR,
 };
-use dcpipe_pipeline::provision::check_subjects;
+use dcpipe_pipeline::provision::{CheckError, check_subjects};
 use dcpipe_pipeline::registry::{self, Build};
 use dcpipe_pipeline::revocation::RevocationFollower;
 use dcpipe_pipeline::runtime::{
-    Component, ConfigErrorKind, Health, Reachability, RunnerConfig, Stage, StageRunner,
+    Component, ConfigErrorKind, Health, Reachability, RunnerConfig, Stage, StageErrorKind,
+    StageRunner, bus_failure_kind,
 };
 use dcpipe_pipeline::settlement::CentralBank;
 use dcpipe_pipeline::vehicle::backend::{
@@ -270,17 +272,13 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
         Component::Bus,
         Reachability::Unreachable("connecting".to_owned()),
     );
-    let Some(bus) = connect_until_reachable(&bus_url, settings, &health).await? else {
+    // Workers create no stream: a bus that was not provisioned is refused before any member
+    // joins, with the command that provisions it.
+    let needs = descriptor.needs(stage.owner(), &keys.institutions);
+    let Some(bus) = connect_until_reachable(&bus_url, settings, &health, &needs).await? else {
         tracing::info!("stopped before the bus was reachable");
         return Ok(ExitCode::SUCCESS);
     };
-    // Workers create no stream: a bus that was not provisioned is refused before any member
-    // joins, with the command that provisions it.
-    check_subjects(
-        bus.as_ref(),
-        descriptor.needs(stage.owner(), &keys.institutions),
-    )
-    .await?;
     let shutdown = CancellationToken::new();
     let follower = RevocationFollower::new(Arc::clone(&verifier), revocations);
     tokio::spawn(follower.run(Arc::clone(&bus), shutdown.clone()));
@@ -303,27 +301,43 @@ pub(crate) async fn run(args: WorkerArgs, settings: &Settings) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-/// Connects to the bus, again and again while it is unreachable: a worker started (or
-/// restarted by its supervisor) while the broker is down waits for it instead of exiting, and
-/// says why in `/readyz`. Any other failure (options, credentials, TLS) ends the worker. `None`
-/// when SIGINT or SIGTERM came first.
+/// Connects to the bus and checks that it holds the subjects in `needs`, again and again while
+/// the bus is unreachable or does not answer (a broker down, a cluster electing a stream
+/// leader): a worker started (or restarted by its supervisor) then waits instead of exiting,
+/// and says why in `/readyz`. Any other failure (options, credentials, TLS, subjects missing)
+/// ends the worker. `None` when SIGINT or SIGTERM came first.
 async fn connect_until_reachable(
     bus_url: &BusUrl,
     settings: &Settings,
     health: &Health,
+    needs: &BTreeSet<String>,
 ) -> anyhow::Result<Option<Arc<dyn Bus>>> {
     let mut delay = CONNECT_RETRY_DELAY_MIN;
     let terminated = wait_for_termination();
     tokio::pin!(terminated);
+    let mut connected: Option<Arc<dyn Bus>> = None;
     loop {
-        match connect(bus_url, &settings.bus_options).await {
-            Ok(bus) => return Ok(Some(bus)),
-            Err(e) if e.kind() == BusErrorKind::Connect => {
-                tracing::warn!(bus = %bus_url, error = %e, retry_in = ?delay, "the bus is unreachable; connecting again");
-                health.reach(Component::Bus, Reachability::Unreachable(e.to_string()));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let why = match &connected {
+            None => match connect(bus_url, &settings.bus_options).await {
+                Ok(bus) => {
+                    connected = Some(bus);
+                    continue;
+                }
+                Err(e) if e.kind() == BusErrorKind::Connect => e.to_string(),
+                Err(e) => return Err(e.into()),
+            },
+            Some(bus) => match check_subjects(bus.as_ref(), needs.iter().cloned()).await {
+                Ok(()) => return Ok(connected),
+                Err(CheckError::Bus(e))
+                    if bus_failure_kind(e.kind()) == StageErrorKind::Transient =>
+                {
+                    format!("checking the subjects: {e}")
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        tracing::warn!(bus = %bus_url, error = %why, retry_in = ?delay, "the bus is unreachable; connecting again");
+        health.reach(Component::Bus, Reachability::Unreachable(why));
         tokio::select! {
             () = &mut terminated => return Ok(None),
             () = tokio::time::sleep(delay) => {}

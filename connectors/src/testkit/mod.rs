@@ -12,6 +12,7 @@
 
 mod http;
 mod nats;
+mod nats_cluster;
 pub mod postgres;
 mod process;
 mod tansu;
@@ -26,6 +27,7 @@ use crate::bus::{Consumer, Delivery};
 
 pub use http::{free_address, http_get};
 pub use nats::{NATS_SERVER_VERSION, NatsServer};
+pub use nats_cluster::{NATS_CLUSTER_NODES, NatsCluster};
 pub use postgres::PostgresServer;
 pub use tansu::{TANSU_VERSION, TansuServer};
 

@@ -156,7 +156,11 @@ impl NatsServer {
 /// Readiness of a server: JetStream answers, or only the server's greeting when the server may
 /// refuse a client without credentials or TLS.
 /// Either way the server must be the one named `name`.
-async fn server_answers(url: String, name: String, greeting_only: bool) -> Result<(), String> {
+pub(super) async fn server_answers(
+    url: String,
+    name: String,
+    greeting_only: bool,
+) -> Result<(), String> {
     if greeting_only {
         greeting_received(url, &name).await
     } else {
