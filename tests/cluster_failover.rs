@@ -643,11 +643,7 @@ async fn cluster_loses_nothing_and_pays_nothing_twice_through_node_and_worker_ki
         for worker in workers.iter() {
             let log = std::fs::read_to_string(&worker.log).expect("log");
             let killed = worker.service.ends_with("oi01") || worker.service == "settlement";
-            assert!(
-                worker.starts > usize::from(killed),
-                "{}",
-                worker.service
-            );
+            assert!(worker.starts > usize::from(killed), "{}", worker.service);
             assert_eq!(
                 log.matches("serving /healthz").count(),
                 worker.starts,
