@@ -226,6 +226,13 @@ pub(crate) fn pg_error(context: &str, err: tokio_postgres::Error) -> LedgerError
         match err.code() {
             Some(&SqlState::CHECK_VIOLATION) => LedgerErrorKind::Integrity,
             Some(code) if is_retryable_code(code) => LedgerErrorKind::Busy,
+            // The server is shutting down, restarting or not accepting connections yet: the
+            // connection is lost, not the request refused.
+            Some(
+                &SqlState::ADMIN_SHUTDOWN
+                | &SqlState::CRASH_SHUTDOWN
+                | &SqlState::CANNOT_CONNECT_NOW,
+            ) => LedgerErrorKind::Connect,
             Some(_) => LedgerErrorKind::Database,
             None => LedgerErrorKind::Connect,
         }
