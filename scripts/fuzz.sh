@@ -3,6 +3,7 @@
 #
 #   scripts/fuzz.sh short                 # every target briefly, from its committed corpus (CI)
 #   scripts/fuzz.sh long [SECONDS] [TARGET...]   # a campaign: each target SECONDS (default 3600)
+#   scripts/fuzz.sh campaign [RUNS] [TARGET...]  # each target RUNS executions (default 10 million)
 #   scripts/fuzz.sh seed                  # add the protocol's vectors to the corpora
 #   scripts/fuzz.sh minimize [TARGET...]  # shrink the committed corpora (cargo fuzz cmin)
 #
@@ -45,11 +46,23 @@ build() {
 }
 
 run() { # TARGET SECONDS CORPUS...
-  local target=$1 seconds=$2 output status=0
+  local target=$1 seconds=$2
+  shift 2
+  fuzz "$target" -max_total_time="$seconds" "$@"
+}
+
+run_executions() { # TARGET RUNS CORPUS...
+  local target=$1 runs=$2
+  shift 2
+  fuzz "$target" -runs="$runs" "$@"
+}
+
+fuzz() { # TARGET LIMIT CORPUS...
+  local target=$1 limit=$2 output status=0
   shift 2
   output=$(mktemp)
   cargo fuzz run --release --debug-assertions "$target" "$@" -- \
-    "${limits[@]}" -max_total_time="$seconds" -print_final_stats=1 >"$output" 2>&1 || status=$?
+    "${limits[@]}" "$limit" -print_final_stats=1 >"$output" 2>&1 || status=$?
   if [ $status -ne 0 ]; then
     tail -n 60 "$output" >&2
     rm -f "$output"
@@ -111,6 +124,16 @@ case "${1:-short}" in
       run "$target" "$seconds" "fuzz/corpus/$target"
     done
     ;;
+  campaign)
+    ensure_cargo_fuzz
+    build
+    runs="${2:-10000000}"
+    shift $(( $# > 1 ? 2 : 1 ))
+    for target in "${@:-${targets[@]}}"; do
+      log "$target: $runs executions"
+      run_executions "$target" "$runs" "fuzz/corpus/$target"
+    done
+    ;;
   seed)
     seed
     ;;
@@ -122,7 +145,7 @@ case "${1:-short}" in
     done
     ;;
   *)
-    echo "usage: $0 short | long [SECONDS] [TARGET...] | seed | minimize [TARGET...]" >&2
+    echo "usage: $0 short | long [SECONDS] [TARGET...] | campaign [RUNS] [TARGET...] | seed | minimize [TARGET...]" >&2
     exit 2
     ;;
 esac
