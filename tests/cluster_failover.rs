@@ -38,6 +38,8 @@ const TICK: Duration = Duration::from_millis(200);
 const LOAD: Duration = Duration::from_secs(34);
 /// How long the pipeline has to answer, settle and replicate after the load.
 const DRAIN: Duration = Duration::from_secs(60);
+/// How long the load's publisher tries to publish one batch.
+const PUBLISH_GIVE_UP: Duration = Duration::from_secs(60);
 /// How long a killed node stays down.
 const NODE_DOWN: Duration = Duration::from_secs(2);
 /// The test's tuning of the workers (appended to the command lines of compose): a killed
@@ -455,14 +457,17 @@ async fn cluster_loses_nothing_and_pays_nothing_twice_through_node_and_worker_ki
             batch.push(message);
             generated.push(payment.submission);
         }
-        let mut attempt = 0;
+        // While a stream's leader is elected the cluster refuses its publishes ("no stream
+        // found"): a terminal would try again, and so does this one, for as long as it takes.
         loop {
             match bus.publish_many(batch.clone()).await {
                 Ok(_) => break,
                 Err(e) => {
-                    attempt += 1;
                     publish_failures += 1;
-                    assert!(attempt < 20, "publish keeps failing: {e}");
+                    assert!(
+                        Instant::now() < sent_at + PUBLISH_GIVE_UP,
+                        "publish keeps failing: {e}"
+                    );
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
