@@ -336,8 +336,9 @@ async fn connect_until_reachable(
                 Err(e) => return Err(e.into()),
             },
         };
+        // Reported before it is logged: whoever reads the log finds /readyz saying it.
+        health.reach(Component::Bus, Reachability::Unreachable(why.clone()));
         tracing::warn!(bus = %bus_url, error = %why, retry_in = ?delay, "the bus is unreachable; connecting again");
-        health.reach(Component::Bus, Reachability::Unreachable(why));
         tokio::select! {
             () = &mut terminated => return Ok(None),
             () = tokio::time::sleep(delay) => {}
