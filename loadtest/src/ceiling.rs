@@ -14,7 +14,13 @@
 //! - The **bus ceiling**: publish-and-consume of messages of the real sizes through the same
 //!   bus with no processing, in payments per second: the message rate divided by the messages
 //!   one payment needs (submit, clearing request, clearing response, the outcome to the payer's
-//!   institution, and for an interbank payment its copy to the payee's and to settlement).
+//!   institution, and for an interbank payment its copy to the payee's and to settlement). It
+//!   goes through dcpipe's bus layer as the stages do (batches published and awaited, every
+//!   ack confirmed), so it measures that layer as much as the broker.
+//! - The **broker ceiling** ([`measure_broker`]): the same messages published and consumed
+//!   with the broker's own client used at its best (thousands of publish acknowledgements
+//!   outstanding, large fetch batches, acks not awaited; see `dcpipe_connectors::bus::bench`):
+//!   what the broker itself carries. None on the embedded bus.
 //! - For a vehicle load, the **vehicle ceiling** ([`VehicleWork`]): telemetry reports per
 //!   second that the matching stage's pure work on the run's own signed batches allows, and
 //!   the bus ceiling in batches of their real size.
@@ -24,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dcpipe_connectors::bus::bench::{BenchKind, BenchPlan, sends};
 use dcpipe_connectors::bus::{Bus, ConsumerConfig, Outgoing, StartAt, SubjectSpec};
 use dcpipe_connectors::session::VehicleRecord;
 use dcpipe_pipeline::network::Network;
@@ -505,14 +512,6 @@ pub fn ratio(achieved: f64, ceiling: f64) -> f64 {
     }
 }
 
-/// Whether payment `index` sends a message of which a payment sends `per_payment` on average:
-/// spreads fractional counts evenly (so 0.8 is 4 payments in 5).
-fn sends(index: u64, per_payment: f64) -> bool {
-    let before = (index as f64 * per_payment).floor();
-    let after = ((index + 1) as f64 * per_payment).floor();
-    after > before
-}
-
 /// The bus ceiling.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BusCeiling {
@@ -721,6 +720,96 @@ pub async fn measure_bus(
     })
 }
 
+/// Payments per broker ceiling publishes at most (bounds what stays stored on the broker).
+pub const BROKER_CEILING_PAYMENTS_MAX: u64 = 40_000;
+
+/// The broker's own ceiling: the messages of a payment carried by the broker's client used at
+/// its best.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokerCeiling {
+    /// Payments per second the broker carries with no processing.
+    pub payments_per_s: f64,
+    /// Messages published and consumed per second.
+    pub message_rate: f64,
+    /// Messages per second published (acknowledged by the broker), consumers running.
+    pub publish_rate: f64,
+    /// Messages one payment needs.
+    pub messages_per_payment: f64,
+    /// Messages published (and consumed).
+    pub published: u64,
+    /// From the first publish to the last consume, seconds.
+    pub seconds: f64,
+    /// Publishes awaiting their acknowledgement at once, at most.
+    pub acks_in_flight: usize,
+    /// Messages a consumer asks for at once.
+    pub fetch_batch: usize,
+    /// How the client was driven.
+    pub method: String,
+}
+
+/// The broker ceiling for messages of `kinds` on `bus` (subjects `loadtest.broker-<run_id>.k<i>`),
+/// publishing for about `duration`; `None` on a bus without a broker.
+pub async fn measure_broker(
+    bus: &Arc<dyn Bus>,
+    kinds: &[MessageKind],
+    run_id: &str,
+    partitions: u32,
+    duration: Duration,
+) -> Result<Option<BrokerCeiling>, LoadTestError> {
+    let plan = BenchPlan {
+        kinds: kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| BenchKind {
+                subject: format!("loadtest.broker-{run_id}.k{i}"),
+                bytes: kind.bytes,
+                per_unit: kind.per_payment,
+                // The stages' outputs carry dedup ids; terminals' submissions do not.
+                with_msg_id: i > 0,
+            })
+            .collect(),
+        units_max: BROKER_CEILING_PAYMENTS_MAX,
+        duration,
+        partitions,
+    };
+    let Some(run) = bus
+        .broker_bench(&plan)
+        .await
+        .map_err(|e| LoadTestError::bus("broker ceiling", e))?
+    else {
+        return Ok(None);
+    };
+    if run.consumed < run.published {
+        return Err(LoadTestError::bus(
+            "broker ceiling",
+            format!(
+                "only {} of {} messages were consumed in time",
+                run.consumed, run.published
+            ),
+        ));
+    }
+    let rate = |seconds: f64| {
+        if seconds > 0.0 {
+            run.published as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    let per_payment = messages_per_payment(kinds);
+    let message_rate = rate(run.seconds);
+    Ok(Some(BrokerCeiling {
+        payments_per_s: payments_per_s(message_rate, per_payment),
+        message_rate,
+        publish_rate: rate(run.publish_seconds),
+        messages_per_payment: per_payment,
+        published: run.published,
+        seconds: run.seconds,
+        acks_in_flight: run.acks_in_flight,
+        fetch_batch: run.fetch_batch,
+        method: run.method,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,14 +840,6 @@ mod tests {
     fn ratio_to_an_unknown_ceiling_is_zero() {
         assert!((ratio(700.0, 1000.0) - 0.7).abs() < 1e-12);
         assert_eq!(ratio(700.0, 0.0), 0.0);
-    }
-
-    #[test]
-    fn fractional_message_counts_are_spread_evenly() {
-        let sent = (0..1000).filter(|i| sends(*i, 0.8)).count();
-        assert_eq!(sent, 800);
-        assert_eq!((0..1000).filter(|i| sends(*i, 1.0)).count(), 1000);
-        assert_eq!((0..1000).filter(|i| sends(*i, 0.0)).count(), 0);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::ceiling::{BusCeiling, CryptoCeiling};
+use crate::ceiling::{BrokerCeiling, BusCeiling, CryptoCeiling};
 use crate::error::{LoadTestError, LoadTestErrorKind};
 use crate::measure::{Percentiles, SeriesPoint};
 use crate::ramp::StepResult;
@@ -137,12 +137,17 @@ pub struct Report {
     /// The crypto ceiling when the same cores also sign the envelopes (producers in this
     /// process, as by default).
     pub crypto_ceiling_with_producer: f64,
-    /// Payments per second the bus carries with no processing.
+    /// Payments per second dcpipe's bus layer carries with no processing.
     pub bus_ceiling: f64,
+    /// Payments per second the broker carries with its client used at its best; 0 on the
+    /// embedded bus (no broker).
+    pub broker_ceiling: f64,
     /// Details of the crypto ceiling.
     pub crypto: CryptoCeiling,
     /// Details of the bus ceiling.
     pub bus_limit: BusCeiling,
+    /// Details of the broker ceiling (none on the embedded bus).
+    pub broker_limit: Option<BrokerCeiling>,
     /// Submissions per second offered in the measured window.
     pub offered_rate: f64,
     /// Answers per second in the measured window.
@@ -151,6 +156,11 @@ pub struct Report {
     pub ratio_to_crypto_ceiling: f64,
     /// Achieved over bus ceiling.
     pub ratio_to_bus_ceiling: f64,
+    /// Achieved over broker ceiling (0 without one).
+    pub ratio_to_broker_ceiling: f64,
+    /// Achieved over the lower of the crypto ceiling and the broker ceiling (the crypto ceiling
+    /// alone without a broker).
+    pub ratio_to_lower_ceiling: f64,
     /// End-to-end latency, submission intended to final outcome observed, ms.
     pub latency_ms: Percentiles,
     /// Largest resident memory while the load ran, MiB.
@@ -200,6 +210,9 @@ pub const REQUIRED_KEYS: &[&str] = &[
     "bus_ceiling",
     "ratio_to_crypto_ceiling",
     "ratio_to_bus_ceiling",
+    "broker_ceiling",
+    "ratio_to_broker_ceiling",
+    "ratio_to_lower_ceiling",
     "latency_ms",
     "rss_mb_max",
     "counts_by_outcome",
@@ -262,12 +275,28 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<28}{:>12.0}   ratio {:.2}  ({:.0} msgs/s ÷ {:.1} per payment)",
+            "{:<28}{:>12.0}   ratio {:.2}  ({:.0} msgs/s ÷ {:.1} per payment, dcpipe's bus layer)",
             "bus ceiling",
             self.bus_ceiling,
             self.ratio_to_bus_ceiling,
             self.bus_limit.message_rate,
             self.bus_limit.messages_per_payment
+        );
+        if let Some(broker) = &self.broker_limit {
+            let _ = writeln!(
+                out,
+                "{:<28}{:>12.0}   ratio {:.2}  ({:.0} msgs/s ÷ {:.1} per payment, the broker's client at its best)",
+                "broker ceiling",
+                self.broker_ceiling,
+                self.ratio_to_broker_ceiling,
+                broker.message_rate,
+                broker.messages_per_payment
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<28}{:>12}   ratio {:.2}",
+            "lower of crypto and broker", "", self.ratio_to_lower_ceiling
         );
         let _ = writeln!(
             out,
@@ -377,6 +406,7 @@ pub(crate) mod tests {
             producer_per_core: 8000.0,
             crypto_ceiling_with_producer: 1600.0,
             bus_ceiling: 20_000.0,
+            broker_ceiling: 40_000.0,
             crypto: CryptoCeiling {
                 payments_per_s: 2000.0,
                 per_core: 1000.0,
@@ -401,10 +431,23 @@ pub(crate) mod tests {
                 published: 224_000,
                 seconds: 2.0,
             },
+            broker_limit: Some(BrokerCeiling {
+                payments_per_s: 40_000.0,
+                message_rate: 224_000.0,
+                publish_rate: 230_000.0,
+                messages_per_payment: 5.6,
+                published: 448_000,
+                seconds: 2.0,
+                acks_in_flight: 4096,
+                fetch_batch: 1000,
+                method: "async publishes".into(),
+            }),
             offered_rate: 1000.0,
             achieved_rate: 998.0,
             ratio_to_crypto_ceiling: 0.499,
             ratio_to_bus_ceiling: 0.0499,
+            ratio_to_broker_ceiling: 0.02495,
+            ratio_to_lower_ceiling: 0.499,
             latency_ms: Percentiles {
                 p50: 5.0,
                 p90: 8.0,
@@ -455,6 +498,29 @@ pub(crate) mod tests {
         }
         assert_eq!(value["counts_by_outcome"]["COMPLETED"], 30_000);
         assert_eq!(value["valid"], true);
+    }
+
+    #[test]
+    fn the_table_shows_both_bus_ceilings() {
+        let table = sample_report().table();
+        let line = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} line in {table}"))
+                .to_owned()
+        };
+        assert!(line("bus ceiling").contains("20000"), "{table}");
+        assert!(line("bus ceiling").contains("bus layer"), "{table}");
+        assert!(line("broker ceiling").contains("40000"), "{table}");
+        assert!(line("broker ceiling").contains("ratio 0.02"), "{table}");
+        assert!(
+            line("lower of crypto and broker").contains("ratio 0.50"),
+            "{table}"
+        );
+        let mut embedded = sample_report();
+        embedded.broker_limit = None;
+        assert!(!embedded.table().contains("broker ceiling"), "{table}");
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub async fn run_until(
 
         bar.set_message("measuring the bus ceiling");
         let bus_limit = measure_bus_ceiling(config, &bus, &kinds, &run_id, partitions).await?;
+        bar.set_message("measuring the broker ceiling");
+        let broker_limit =
+            ceiling::measure_broker(&bus, &kinds, &run_id, partitions, config.ceiling_duration)
+                .await?;
 
         // The stages, the tracker and the producer.
         let shutdown = CancellationToken::new();
@@ -283,6 +287,12 @@ pub async fn run_until(
             ),
         };
         let (offered_rate, achieved_rate, latency_ms) = figures;
+        let broker_ceiling = broker_limit.as_ref().map_or(0.0, |b| b.payments_per_s);
+        let lower_ceiling = if broker_ceiling > 0.0 {
+            crypto.payments_per_s.min(broker_ceiling)
+        } else {
+            crypto.payments_per_s
+        };
         let mix = &config.mix;
         Ok(Report {
             mode: config.mode.as_str().to_owned(),
@@ -324,10 +334,14 @@ pub async fn run_until(
                 crypto.cores,
             ),
             bus_ceiling: bus_limit.payments_per_s,
+            broker_ceiling,
             ratio_to_crypto_ceiling: ceiling::ratio(achieved_rate, crypto.payments_per_s),
             ratio_to_bus_ceiling: ceiling::ratio(achieved_rate, bus_limit.payments_per_s),
+            ratio_to_broker_ceiling: ceiling::ratio(achieved_rate, broker_ceiling),
+            ratio_to_lower_ceiling: ceiling::ratio(achieved_rate, lower_ceiling),
             crypto,
             bus_limit,
+            broker_limit,
             offered_rate,
             achieved_rate,
             latency_ms,

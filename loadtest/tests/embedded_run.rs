@@ -70,6 +70,9 @@ async fn an_open_loop_run_on_the_embedded_bus_is_valid_and_consistent() {
     );
     assert!(report.crypto_ceiling > 0.0 && report.bus_ceiling > 0.0);
     assert!((report.crypto_per_core * report.cores as f64 - report.crypto_ceiling).abs() < 1e-6);
+    // No broker: the lower ceiling is the crypto one.
+    assert!(report.broker_limit.is_none() && report.broker_ceiling == 0.0);
+    assert!((report.ratio_to_lower_ceiling - report.ratio_to_crypto_ceiling).abs() < 1e-12);
     assert!(
         (report.ratio_to_crypto_ceiling - report.achieved_rate / report.crypto_ceiling).abs()
             < 1e-9
