@@ -992,7 +992,13 @@ impl VehicleWork {
         duration: Duration,
     ) -> Result<VehicleCeiling, LoadTestError> {
         let threads = threads.max(1);
-        let now_ms = dcpipe_pipeline::clock::system_now_ms();
+        // The time the stages judge by: their institution's clock.
+        let now_ms = self
+            .institutions
+            .first()
+            .map_or_else(dcpipe_pipeline::clock::system_now_ms, |vehicles| {
+                vehicles.institution.clock.now_ms()
+            });
         let (results, seconds) = on_threads(threads, duration, |t, deadline| {
             let (mut reports, mut batches) = (0u64, 0u64);
             let mut v = t * self.vehicles.len() / threads;

@@ -234,6 +234,10 @@ pub struct LoadConfig {
     pub telemetry_batch: usize,
     /// The command line, recorded in the report.
     pub command_line: String,
+    /// When set, the network's clock reads this moment (ms since the epoch) when the network
+    /// is provisioned and runs from there: a run pinned to a moment of the day whatever the
+    /// hour it runs at. The system clock otherwise.
+    pub start_at_ms: Option<i64>,
 }
 
 impl LoadConfig {
@@ -270,6 +274,7 @@ impl LoadConfig {
             report_interval: Duration::from_secs(1),
             telemetry_batch: TELEMETRY_BATCH_DEFAULT,
             command_line: String::new(),
+            start_at_ms: None,
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use dcpipe_connectors::bus::{Bus, BusUrl, NamespacedBus, Outgoing, connect};
 use dcpipe_connectors::ledger::LedgerUrl;
-use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
+use dcpipe_pipeline::clock::{Clock, ShiftedClock, SystemClock, system_now_ms};
 use dcpipe_pipeline::invariants::Submission;
 use dcpipe_pipeline::network::{MoneyReport, Network, NetworkConfig};
 use dcpipe_pipeline::pki::PkiDirectory;
@@ -403,11 +403,15 @@ pub(crate) async fn provision(
     network_config.algorithm = config.algorithm;
     network_config.ledger = ledger_url;
     network_config.settlement_grace_ms = SETTLEMENT_GRACE_MS;
+    let clock: Arc<dyn Clock> = match config.start_at_ms {
+        None => Arc::new(SystemClock),
+        Some(at_ms) => Arc::new(ShiftedClock::starting_at(at_ms)),
+    };
     let network = match &config.pki_dir {
-        None => Network::provision(&network_config, Arc::new(SystemClock)).await,
+        None => Network::provision(&network_config, clock).await,
         Some(dir) => {
             let pki = PkiDirectory::load(dir).map_err(provision_error)?;
-            Network::from_pki(Arc::new(pki), &network_config, Arc::new(SystemClock)).await
+            Network::from_pki(Arc::new(pki), &network_config, clock).await
         }
     };
     let mut network = network.map_err(provision_error)?;

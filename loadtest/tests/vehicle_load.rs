@@ -71,6 +71,34 @@ async fn a_vehicle_load_on_the_embedded_bus_is_valid_and_consistent() {
     run_and_check(BusUrl::Embedded).await;
 }
 
+/// 2026-12-06T05:46:00Z: runs started then (05:46 to 05:49) judged a cut trip's fuel charge
+/// before the charge its station report causes was made, and found it undecided. The run is
+/// pinned there, whatever the hour the tests run at.
+const FUEL_CHARGE_JUDGED_EARLY_AT_MS: i64 = 1_796_535_960_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_load_pinned_where_a_fuel_charge_was_judged_before_it_was_made_is_valid() {
+    let mut config = short_config(BusUrl::Embedded);
+    config.start_at_ms = Some(FUEL_CHARGE_JUDGED_EARLY_AT_MS);
+    let report = run_vehicles(&config, &CancellationToken::new())
+        .await
+        .expect("the vehicle load runs");
+    assert!(report.valid, "invalid: {:?}", report.invalid_reasons);
+    assert!(
+        (FUEL_CHARGE_JUDGED_EARLY_AT_MS..FUEL_CHARGE_JUDGED_EARLY_AT_MS + 600_000)
+            .contains(&report.started_at_ms),
+        "{}",
+        report.started_at_ms
+    );
+    // The cut trips' charges, the fuel one among them: each made is completed.
+    assert!(
+        report.fleet.charged > report.fleet.expected,
+        "{:?}",
+        report.fleet
+    );
+    assert_eq!(report.fleet.completed, report.fleet.charged);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vehicle_load_on_nats_is_valid_and_consistent() {
     let server = NatsServer::start()

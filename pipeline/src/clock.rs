@@ -53,3 +53,43 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// The system clock shifted by a fixed amount: it reads a chosen moment when made and runs at
+/// the system's pace from there (a run pinned to a moment of the day, at any hour it runs).
+#[derive(Debug, Clone, Copy)]
+pub struct ShiftedClock {
+    offset_ms: i64,
+}
+
+impl ShiftedClock {
+    /// A clock reading `now_ms` now.
+    pub fn starting_at(now_ms: i64) -> Self {
+        ShiftedClock {
+            offset_ms: now_ms.saturating_sub(system_now_ms()),
+        }
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now_ms(&self) -> i64 {
+        system_now_ms().saturating_add(self.offset_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shifted_clock_starts_at_its_moment_and_runs() {
+        // 2026-12-06T05:46:00Z.
+        let moment_ms = 1_796_535_960_000;
+        let clock = ShiftedClock::starting_at(moment_ms);
+        let first = clock.now_ms();
+        assert!((moment_ms..moment_ms + 60_000).contains(&first), "{first}");
+        let system = system_now_ms();
+        let second = clock.now_ms();
+        assert!(second >= first);
+        assert!((second - (system + (moment_ms - system_now_ms()))).abs() < 60_000);
+    }
+}

@@ -337,6 +337,7 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
         report_interval: args.report_interval,
         telemetry_batch: args.telemetry_batch,
         command_line: redacted_command_line(&std::env::args().collect::<Vec<_>>()),
+        start_at_ms: None,
     };
     config.check()?;
     if config.vehicles > 0 {

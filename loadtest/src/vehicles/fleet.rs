@@ -12,10 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dcpipe_connectors::bus::{Bus, Outgoing};
+use dcpipe_connectors::bus::{
+    Bus, BusErrorKind, Outgoing, ReplayFrom, ReplayRequest, dead_letter_subject,
+};
 use dcpipe_connectors::ledger::{PaymentId as LedgerPaymentId, PaymentRecord, PaymentState, Side};
 use dcpipe_connectors::session::{ChargeRecord, SessionRecord};
 use dcpipe_pipeline::network::{Network, WalletInfo};
+use dcpipe_pipeline::payment::{commit, payee};
 use dcpipe_pipeline::pki::{Algorithm, CertifiedKey, Role, SubjectSpec};
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::vehicle::backend::VehiclePolicy;
@@ -24,8 +27,8 @@ use dcpipe_pipeline::vehicle::signed::{
 };
 use dcpipe_pipeline::vehicle::telemetry::TelemetryBatcher;
 use dcpipe_schemas::{
-    AuthorizationId, MeterUnit, PartyRef, ReportId, ServiceAuthorization, ServiceCompleteReport,
-    ServiceKind, SessionId,
+    AuthorizationId, ClearingMessage, ClearingResponse, DeadLetter, MeterUnit, PartyRef, PaymentId,
+    ReportId, ServiceAuthorization, ServiceCompleteReport, ServiceKind, SessionId,
 };
 
 use super::{City, CityConfig, ExpectedCharge, Trip, TripConfig};
@@ -39,6 +42,8 @@ pub const FLEET_TELEMETRY_AGE_MS_MAX: i64 = 24 * 60 * 60 * 1_000;
 pub const PREAUTH_MARGIN_FEN: i64 = 10_000;
 /// How far a found session's entry may lie from the trip's true entry, in ms.
 const ENTRY_TOLERANCE_MS: i64 = 60_000;
+/// Dead letters read at once when a charge is not completed.
+const DEAD_LETTERS_READ_MAX: usize = 512;
 /// Reports are published once their session ended; how often the fleet looks.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -161,6 +166,9 @@ struct Vehicle {
     maybe: Vec<ExpectedCharge>,
     /// Per charge of `trip.expected` then `maybe`: its station's report was published.
     reports_sent: Vec<bool>,
+    /// The sessions whose station report was published: each one's charge is made by the
+    /// institution after the report arrives, not when it is published.
+    reported_sessions: Vec<[u8; 16]>,
 }
 
 /// One signed telemetry batch of a vehicle, framed, ready to publish.
@@ -387,6 +395,7 @@ impl Fleet {
                 key,
                 maybe,
                 reports_sent,
+                reported_sessions: Vec::new(),
             });
         }
         // Pre-authorizations held, looked up only for the vehicles still short of theirs.
@@ -589,6 +598,7 @@ impl Fleet {
                     )
                     .await?;
                     vehicle.reports_sent[i] = true;
+                    vehicle.reported_sessions.push(session.session_id);
                 }
             }
             if waiting == 0 || tokio::time::Instant::now() >= until {
@@ -604,17 +614,22 @@ impl Fleet {
             until,
             "every expected charge is made and decided",
             || async {
-                let (mut made, mut decided) = (0, 0);
+                let mut counts = ChargeCounts::default();
                 for vehicle in vehicles {
-                    for charge in charges_of(network, vehicle).await? {
-                        made += 1;
+                    let charges = charges_of(network, vehicle).await?;
+                    counts.reports_uncharged += vehicle
+                        .reported_sessions
+                        .iter()
+                        .filter(|session| !charges.iter().any(|c| c.session_id == **session))
+                        .count();
+                    for charge in charges {
+                        counts.made += 1;
                         if decision(network, &charge).await?.is_some() {
-                            decided += 1;
+                            counts.decided += 1;
                         }
                     }
                 }
-                // Every charge made decided, also those a cut trip may cause.
-                Ok(decided >= expected_total && decided == made)
+                Ok(counts.settled(expected_total))
             },
         )
         .await;
@@ -689,9 +704,13 @@ impl Fleet {
                                 None => format!("{:?}", r.state),
                             },
                         );
+                        let payee = payee_side(network, bus.as_ref(), charge).await?;
                         report.not_completed.push(format!(
-                            "{} at {} from {}: {outcome}",
-                            vehicle.trip.vehicle_id, charge.entity_id, charge.payer.wallet_id
+                            "{} at {} from {}: {outcome}; payee {}: {payee}",
+                            vehicle.trip.vehicle_id,
+                            charge.entity_id,
+                            charge.payer.wallet_id,
+                            charge.payee.institution_id
                         ));
                     }
                 }
@@ -703,6 +722,27 @@ impl Fleet {
             }
         }
         Ok(report)
+    }
+}
+
+/// What the fleet's last wait counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ChargeCounts {
+    /// Charges in the session stores.
+    made: usize,
+    /// Of them, committed or voided by the payer's institution.
+    decided: usize,
+    /// Station reports published whose session has no charge yet.
+    reports_uncharged: usize,
+}
+
+impl ChargeCounts {
+    /// Whether every charge is in and decided: at least the `expected` ones made, every one
+    /// made decided, also those a cut trip may cause, and none still to come from a station
+    /// report already published (its charge is made when the report arrives: counting only the
+    /// charges made would judge the run before it, and find it undecided).
+    fn settled(&self, expected: usize) -> bool {
+        self.reports_uncharged == 0 && self.decided >= expected && self.decided == self.made
     }
 }
 
@@ -809,6 +849,82 @@ async fn payer_record(
         .map_err(|e| fleet_error(e.to_string()))
 }
 
+/// What the payee's side holds of a charge's payment: the payee institution's record (its
+/// state and reason) and the dead letters of the clearing path that name the payment (a
+/// clearing message the payee's institution refused to read, an answer the payer's refused),
+/// so that a charge left undecided explains itself.
+async fn payee_side(
+    network: &Network,
+    bus: &dyn Bus,
+    charge: &ChargeRecord,
+) -> Result<String, LoadTestError> {
+    let record = match network.institutions.get(&charge.payee.institution_id) {
+        None => None,
+        Some(institution) => institution
+            .ledger
+            .payment(&LedgerPaymentId(charge.payment_id.0), Side::Payee)
+            .await
+            .map_err(|e| fleet_error(e.to_string()))?,
+    };
+    let mut told = vec![record.map_or_else(
+        || "no payment recorded".to_owned(),
+        |r| match r.reason_code {
+            Some(reason) => format!("{:?} ({reason})", r.state),
+            None => format!("{:?}", r.state),
+        },
+    )];
+    let payment_id = PaymentId::from_bytes(charge.payment_id.0);
+    for stage in [payee::STAGE, commit::STAGE] {
+        for letter in dead_letters(bus, stage).await? {
+            // What the payee's institution could not read is a clearing message; what the
+            // payer's could not, a clearing response.
+            let names = if stage == payee::STAGE {
+                dcpipe_schemas::decode::<ClearingMessage>(&letter.original).map(|m| m.payment_id)
+            } else {
+                dcpipe_schemas::decode::<ClearingResponse>(&letter.original).map(|r| r.payment_id)
+            };
+            if names.is_ok_and(|id| id == payment_id) {
+                told.push(format!(
+                    "dead letter at {stage}: {} ({})",
+                    letter.reason_code, letter.detail
+                ));
+            }
+        }
+    }
+    Ok(told.join("; "))
+}
+
+/// Every dead letter of `stage` on `bus` so far.
+async fn dead_letters(bus: &dyn Bus, stage: &str) -> Result<Vec<DeadLetter>, LoadTestError> {
+    let mut replay = match bus
+        .replay(ReplayRequest {
+            subject: dead_letter_subject(stage),
+            from: ReplayFrom::Beginning,
+            until_ms: None,
+        })
+        .await
+    {
+        Ok(replay) => replay,
+        Err(e) if e.kind() == BusErrorKind::UnknownSubject => return Ok(Vec::new()),
+        Err(e) => return Err(fleet_error(format!("reading dead letters: {e}"))),
+    };
+    let mut letters = Vec::new();
+    loop {
+        let records = replay
+            .next_batch(DEAD_LETTERS_READ_MAX)
+            .await
+            .map_err(|e| fleet_error(format!("reading dead letters: {e}")))?;
+        if records.is_empty() {
+            return Ok(letters);
+        }
+        letters.extend(
+            records
+                .iter()
+                .filter_map(|r| dcpipe_schemas::decode::<DeadLetter>(&r.payload).ok()),
+        );
+    }
+}
+
 /// The payer institution's final decision on a charge, if any.
 async fn decision(
     network: &Network,
@@ -888,6 +1004,32 @@ mod tests {
             let info = wallets.iter().find(|w| &w.party == *payer);
             assert_eq!(info.map(|w| w.tier.number), Some(TIER_2.number));
         }
+    }
+
+    #[test]
+    fn charges_are_settled_only_once_every_published_report_has_its_charge() {
+        // Three tolls expected, decided; a cut trip's parking charge made and decided; a cut
+        // trip's fuel report published, its charge not made yet.
+        let waiting = ChargeCounts {
+            made: 4,
+            decided: 4,
+            reports_uncharged: 1,
+        };
+        assert!(!waiting.settled(3));
+        // Made, not decided yet.
+        let made = ChargeCounts {
+            made: 5,
+            decided: 4,
+            reports_uncharged: 0,
+        };
+        assert!(!made.settled(3));
+        let decided = ChargeCounts {
+            made: 5,
+            decided: 5,
+            reports_uncharged: 0,
+        };
+        assert!(decided.settled(3));
+        assert!(!decided.settled(6));
     }
 
     #[test]

@@ -362,7 +362,7 @@ pub async fn run_vehicles(
             &bus,
             &fleet_config,
             Some(fixes_max.max(1)),
-            system_now_ms(),
+            network_now_ms(&network),
             config.drain_timeout.max(FINISH_DEADLINE) + length,
         )
         .await?;
@@ -493,7 +493,7 @@ pub async fn run_vehicles(
         rss.reset();
         let cpu_start = process_cpu_seconds();
         let load_start = load_average().unwrap_or(0.0);
-        let started_at_ms = system_now_ms();
+        let started_at_ms = network_now_ms(&network);
         if let Ok(mut s) = started.lock() {
             *s = Instant::now();
         }
@@ -538,7 +538,7 @@ pub async fn run_vehicles(
         } else {
             Some(
                 fleet
-                    .finish(&network, &bus, telemetry_started, system_now_ms())
+                    .finish(&network, &bus, telemetry_started, network_now_ms(&network))
                     .await?,
             )
         };
@@ -697,6 +697,16 @@ fn observer_config(subject: String, run_id: &str) -> ConsumerConfig {
     config.start = StartAt::Earliest;
     config.max_in_flight = OBSERVER_FETCH_MAX * 2;
     config
+}
+
+/// The network's time (its institutions' clock: the system's, or one pinned to a moment):
+/// the trips are laid out, and their stations report, in the time the stages judge by.
+fn network_now_ms(network: &Network) -> i64 {
+    network
+        .institutions
+        .values()
+        .next()
+        .map_or_else(system_now_ms, |institution| institution.clock.now_ms())
 }
 
 /// Reports applied so far: the sum of every vehicle's next sequence in the session stores.
