@@ -328,8 +328,10 @@ impl LoadConfig {
             if self.vehicles > VEHICLES_MAX {
                 return fail(format!("vehicles must be at most {VEHICLES_MAX}"));
             }
-            if self.mode != Mode::Open {
-                return fail("a vehicle load is offered open-loop only (--mode open)".into());
+            if self.mode == Mode::Closed {
+                return fail(
+                    "a vehicle load is offered open-loop (--mode open or --mode ramp)".into(),
+                );
             }
             if self.external_workers {
                 return fail("a vehicle load runs its stages in this process".into());
@@ -487,10 +489,12 @@ mod tests {
     }
 
     #[test]
-    fn rejects_a_vehicle_ramp_and_oversized_telemetry_batches() {
+    fn rejects_a_closed_vehicle_load_and_oversized_telemetry_batches() {
         let mut c = config();
         c.vehicles = 10;
         c.mode = Mode::Ramp;
+        assert!(c.check().is_ok());
+        c.mode = Mode::Closed;
         assert!(c.check().is_err());
         let mut c = config();
         c.vehicles = 10;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use dcpipe_connectors::bus::BusUrl;
 use dcpipe_connectors::testkit::{NatsServer, TansuServer};
-use dcpipe_loadtest::LoadConfig;
 use dcpipe_loadtest::vehicles::{VehicleReport, run_vehicles};
+use dcpipe_loadtest::{LoadConfig, Mode};
 use tokio_util::sync::CancellationToken;
 
 /// A few vehicles for a few seconds, a report every 20 ms each: 200 reports, minutes of
@@ -113,4 +113,72 @@ async fn a_vehicle_load_on_kafka_is_valid_and_consistent() {
         .await
         .unwrap_or_else(|e| panic!("starting tansu: {e}"));
     run_and_check(BusUrl::Kafka(vec![server.address()])).await;
+}
+
+/// A short ramp of reports per second: steps of 2 s at 200 and 400 reports/s, then the
+/// confirming step at 80% of the highest sustainable one.
+async fn ramp_and_check(bus: BusUrl) {
+    let mut config = short_config(bus);
+    config.mode = Mode::Ramp;
+    config.vehicles = 4;
+    config.ramp.start_rate = 200;
+    config.ramp.step_rate = 200;
+    config.ramp.max_rate = 400;
+    config.ramp.step_duration = Duration::from_secs(2);
+    // The machine running the tests may be slow or busy: the steps' verdicts are reported,
+    // not asserted.
+    config.ramp.criterion.p99_ms_max = 5_000.0;
+    let report = run_vehicles(&config, &CancellationToken::new())
+        .await
+        .expect("the vehicle ramp runs");
+    eprintln!("{}", report.table());
+    assert!(report.valid, "invalid: {:?}", report.invalid_reasons);
+    assert_eq!(report.mode, "ramp");
+    let ramp = report.ramp.as_ref().expect("a ramp report");
+    assert!(!ramp.steps.is_empty());
+    for (step, rate) in ramp.steps.iter().zip([200, 400]) {
+        assert_eq!(step.rate, rate);
+        // The step's reports: its rate for 2 s, to a batch (10 reports).
+        assert!(
+            (u64::from(rate) * 2..u64::from(rate) * 2 + 10).contains(&step.submitted),
+            "{step:?}"
+        );
+        assert!(step.offered_rate > 0.0, "{step:?}");
+        assert_eq!(step.sustainable, step.reasons.is_empty());
+    }
+    assert_eq!(
+        ramp.highest_sustainable_rate,
+        dcpipe_loadtest::ramp::highest_sustainable(&ramp.steps)
+    );
+    match (ramp.highest_sustainable_rate, &ramp.confirm) {
+        (Some(highest), Some(confirm)) => {
+            assert_eq!(confirm.rate, (f64::from(highest) * 0.8).round() as u32);
+            assert_eq!(report.offered_rate, confirm.offered_rate);
+        }
+        (None, None) => {}
+        (highest, confirm) => panic!("highest {highest:?}, confirm {confirm:?}"),
+    }
+    // The steps' reports, and those planned for steps not run.
+    let steps_sent: u64 = ramp
+        .steps
+        .iter()
+        .chain(&ramp.confirm)
+        .map(|s| s.submitted)
+        .sum();
+    assert!(report.reports_sent >= steps_sent, "{report:?}");
+    assert_eq!(report.reports_applied, report.reports_sent);
+    assert!(report.table().contains("highest sustainable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_ramp_on_the_embedded_bus_steps_up_and_confirms() {
+    ramp_and_check(BusUrl::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_ramp_on_nats_steps_up_and_confirms() {
+    let server = NatsServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("starting nats-server: {e}"));
+    ramp_and_check(BusUrl::Nats(vec![server.address()])).await;
 }

@@ -34,10 +34,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::fleet::{Fleet, FleetConfig, FleetReport, SignedBatch};
 use crate::ceiling::{self, BusCeiling, MessageKind, VehicleCeiling, VehicleWork};
-use crate::config::LoadConfig;
+use crate::config::{LoadConfig, Mode, RampConfig};
 use crate::error::{LoadTestError, LoadTestErrorKind};
 use crate::measure::{Measurement, Percentiles, Series, SeriesPoint, per_second_f64};
-use crate::report::MoneyCheck;
+use crate::ramp::{StepResult, highest_sustainable, judge};
+use crate::report::{MoneyCheck, RampReport};
 use crate::rss::{RssSampler, load_average, process_cpu_seconds};
 use crate::run::{
     create_subjects, join_all, measure_bus_ceiling, open_bus, progress_bar, provision,
@@ -132,6 +133,11 @@ pub struct VehicleReport {
     pub cpu_cores_used: f64,
     /// The machine's one-minute load average when the load started and when it ended.
     pub load_average: (f64, f64),
+    /// `open` or `ramp`.
+    pub mode: String,
+    /// With `--mode ramp`: each step of reports per second, the highest sustainable one and
+    /// the step at a share of it (the figures above are that step's, or else the last one's).
+    pub ramp: Option<RampReport>,
     /// Every check passed.
     pub valid: bool,
     /// Why not, when not valid.
@@ -231,6 +237,36 @@ impl VehicleReport {
                 l.p50, l.p90, l.p99, l.p999, l.max, l.samples
             );
         }
+        if let Some(ramp) = &self.ramp {
+            for (step, what) in ramp
+                .steps
+                .iter()
+                .map(|s| (s, ""))
+                .chain(ramp.confirm.iter().map(|s| (s, " (confirm)")))
+            {
+                let _ = writeln!(
+                    out,
+                    "step {:>6}/s{what}: offered {:.0} applied {:.0}  p99 {:.1} ms  backlog {} of {}  {}",
+                    step.rate,
+                    step.offered_rate,
+                    step.achieved_rate,
+                    step.latency_ms.p99,
+                    step.backlog_at_end,
+                    step.submitted,
+                    if step.sustainable {
+                        "sustainable".to_owned()
+                    } else {
+                        format!("not sustainable: {}", step.reasons.join("; "))
+                    }
+                );
+            }
+            let _ = writeln!(
+                out,
+                "highest sustainable: {}",
+                ramp.highest_sustainable_rate
+                    .map_or_else(|| "none".to_owned(), |r| format!("{r} reports/s"))
+            );
+        }
         let _ = writeln!(
             out,
             "reports sent {}  applied {}  drained {} after the load",
@@ -294,32 +330,62 @@ struct Scheduled {
     intended: Duration,
 }
 
-/// The batches of every vehicle in the order they are offered — round after round, vehicle
-/// after vehicle — each due when the last of its reports is due at `report_rate` reports per
-/// second.
+/// The batches of every vehicle in the order they are offered: round after round, vehicle
+/// after vehicle (each vehicle's in order).
+fn offer_order(signed: Vec<Vec<SignedBatch>>) -> Vec<SignedBatch> {
+    let rounds = signed.iter().map(Vec::len).max().unwrap_or(0);
+    let mut queues: Vec<std::vec::IntoIter<SignedBatch>> =
+        signed.into_iter().map(Vec::into_iter).collect();
+    let mut order = Vec::new();
+    for _ in 0..rounds {
+        for queue in &mut queues {
+            order.extend(queue.next());
+        }
+    }
+    order
+}
+
+/// `batches` offered from `start` on at `report_rate` reports per second: each due when the
+/// last of its reports is due.
+fn schedule_from(
+    batches: impl IntoIterator<Item = SignedBatch>,
+    report_rate: u32,
+    start: Duration,
+) -> Result<Vec<Scheduled>, LoadTestError> {
+    let schedule =
+        OpenSchedule::new(report_rate).ok_or_else(|| LoadTestError::config("report rate 0"))?;
+    let mut reports = 0u64;
+    Ok(batches
+        .into_iter()
+        .map(|batch| {
+            reports += batch.reports as u64;
+            Scheduled {
+                intended: start + schedule.intended_offset(reports.saturating_sub(1)),
+                batch,
+            }
+        })
+        .collect())
+}
+
+/// The batches of every vehicle in the order they are offered, each due when the last of its
+/// reports is due at `report_rate` reports per second.
 fn schedule(
     signed: Vec<Vec<SignedBatch>>,
     report_rate: u32,
 ) -> Result<Vec<Scheduled>, LoadTestError> {
-    let schedule =
-        OpenSchedule::new(report_rate).ok_or_else(|| LoadTestError::config("report rate 0"))?;
-    let rounds = signed.iter().map(Vec::len).max().unwrap_or(0);
-    let mut queues: Vec<std::vec::IntoIter<SignedBatch>> =
-        signed.into_iter().map(Vec::into_iter).collect();
-    let mut scheduled = Vec::new();
-    let mut reports = 0u64;
-    for _ in 0..rounds {
-        for queue in &mut queues {
-            if let Some(batch) = queue.next() {
-                reports += batch.reports as u64;
-                scheduled.push(Scheduled {
-                    intended: schedule.intended_offset(reports.saturating_sub(1)),
-                    batch,
-                });
-            }
-        }
-    }
-    Ok(scheduled)
+    schedule_from(offer_order(signed), report_rate, Duration::ZERO)
+}
+
+/// Reports a ramp of `ramp` may offer at most: every step at its rate for its length, then
+/// the confirming step at its share of the last.
+fn ramp_reports(ramp: &RampConfig) -> u64 {
+    let seconds = ramp.step_duration.as_secs_f64();
+    let rates = ramp.rates();
+    let steps: f64 = rates.iter().map(|r| f64::from(*r) * seconds).sum();
+    let confirm = rates.last().map_or(0.0, |r| {
+        f64::from(*r) * ramp.confirm_share.clamp(0.0, 1.0) * seconds
+    });
+    (steps + confirm).ceil() as u64
 }
 
 fn observer_error(error: impl std::fmt::Display) -> LoadTestError {
@@ -351,8 +417,17 @@ pub async fn run_vehicles(
         bar.set_message("registering the city and the vehicles");
         let length = config.duration;
         let interval = config.report_interval;
-        let fixes_max = usize::try_from(length.as_nanos().div_ceil(interval.as_nanos().max(1)))
-            .unwrap_or(usize::MAX);
+        let ramp_mode = config.mode == Mode::Ramp;
+        // Each vehicle's share of what the load may offer (a ramp: its every step), a batch
+        // more for the rounding.
+        let fixes_max = if ramp_mode {
+            usize::try_from(ramp_reports(&config.ramp).div_ceil(config.vehicles as u64))
+                .unwrap_or(usize::MAX)
+                .saturating_add(config.telemetry_batch)
+        } else {
+            usize::try_from(length.as_nanos().div_ceil(interval.as_nanos().max(1)))
+                .unwrap_or(usize::MAX)
+        };
         let fleet_config = FleetConfig {
             seed: config.seed ^ FLEET_SEED_OFFSET,
             vehicles: config.vehicles,
@@ -394,19 +469,15 @@ pub async fn run_vehicles(
         let bus_ceiling = bus_limit.payments_per_s * mean_reports;
 
         // The schedule, and the batch each session event comes from.
+        // A ramp schedules each step's batches when the step starts.
         let report_rate = (config.report_rate().round() as u32).max(1);
-        let scheduled = schedule(signed, report_rate)?;
-        let intended_of: Arc<HashMap<(String, i64), Duration>> = Arc::new(
-            scheduled
-                .iter()
-                .map(|s| {
-                    (
-                        (s.batch.vehicle_id.clone(), s.batch.first_sequence),
-                        s.intended,
-                    )
-                })
-                .collect(),
-        );
+        let (scheduled, ramp_order) = if ramp_mode {
+            (Vec::new(), offer_order(signed))
+        } else {
+            (schedule(signed, report_rate)?, Vec::new())
+        };
+        let intended_of: Arc<IntendedOf> = Arc::new(Mutex::new(HashMap::new()));
+        remember_intended(&intended_of, &scheduled);
         let (window_start, window_end) = config.measured_window();
         let observed = Arc::new(Mutex::new(Observed {
             telemetry: Measurement::new(window_start, window_end),
@@ -440,8 +511,12 @@ pub async fn run_vehicles(
                 shutdown.clone(),
                 now.clone(),
                 move |event: VehicleSessionEvent, at| {
+                    let intended = intended_of.lock().ok().and_then(|map| {
+                        map.get(&(event.vehicle_id.clone(), event.batch_first_sequence))
+                            .copied()
+                    });
                     if let Ok(mut o) = observer.lock() {
-                        o.on_session_event(&event, &intended_of, at);
+                        o.on_session_event(&event, intended, at);
                     }
                 },
             ));
@@ -500,10 +575,28 @@ pub async fn run_vehicles(
         bar.set_length(length.as_secs());
         bar.set_message("driving");
         let telemetry_started = tokio::time::Instant::now();
-        let sending = send(&bus, &scheduled, &observed, &now);
-        let sent = tokio::select! {
-            sent = sending => sent?,
-            () = stop.cancelled() => 0,
+        let offering = async {
+            if ramp_mode {
+                let ramp = Ramp {
+                    config,
+                    bus: &bus,
+                    network: &network,
+                    vehicle_ids: &vehicle_ids,
+                    observed: &observed,
+                    intended_of: &intended_of,
+                };
+                ramp.run(ramp_order, &now)
+                    .await
+                    .map(|(sent, report)| (sent, Some(report)))
+            } else {
+                send(&bus, &scheduled, &observed, &now)
+                    .await
+                    .map(|sent| (sent, None))
+            }
+        };
+        let (sent, ramp) = tokio::select! {
+            offered = offering => offered?,
+            () = stop.cancelled() => (0, None),
         };
         let interrupted = stop.is_cancelled();
         let load_length = now();
@@ -578,7 +671,19 @@ pub async fn run_vehicles(
         invalid_reasons.extend(fleet.failures.iter().cloned());
         let money = MoneyCheck::of(&money);
         invalid_reasons.extend(money.failure());
-        let achieved_rate = o.telemetry.achieved_rate();
+        // A ramp reports the step at a share of its highest sustainable rate, or else its
+        // last step.
+        let figures = ramp
+            .as_ref()
+            .and_then(|r| r.confirm.as_ref().or(r.steps.last()))
+            .map(|step| (step.offered_rate, step.achieved_rate, step.latency_ms));
+        let (offered_rate, achieved_rate, matching_latency_ms) = figures.unwrap_or_else(|| {
+            (
+                o.telemetry.offered_rate(),
+                o.telemetry.achieved_rate(),
+                o.matching.percentiles(),
+            )
+        });
         Ok(VehicleReport {
             bus: config.bus.to_string(),
             ledger: config.ledger.kind().to_owned(),
@@ -600,9 +705,9 @@ pub async fn run_vehicles(
             bus_ceiling,
             ratio_to_bus_ceiling: ceiling::ratio(achieved_rate, bus_ceiling),
             bus_limit,
-            offered_rate: o.telemetry.offered_rate(),
+            offered_rate,
             achieved_rate,
-            matching_latency_ms: o.matching.percentiles(),
+            matching_latency_ms,
             charge_latency_ms: o.charges.percentiles(),
             reports_sent: sent,
             reports_applied: applied,
@@ -614,6 +719,8 @@ pub async fn run_vehicles(
             rss_mb_max,
             cpu_cores_used,
             load_average: (load_start, load_end),
+            mode: config.mode.as_str().to_owned(),
+            ramp,
             valid: invalid_reasons.is_empty(),
             invalid_reasons,
             series: o.series.points(),
@@ -631,7 +738,7 @@ impl Observed {
     fn on_session_event(
         &mut self,
         event: &VehicleSessionEvent,
-        intended_of: &HashMap<(String, i64), Duration>,
+        intended: Option<Duration>,
         at: Duration,
     ) {
         let word = match event.event {
@@ -640,11 +747,9 @@ impl Observed {
             SessionEventKind::Cross => "cross",
         };
         *self.session_events.entry(word.to_owned()).or_insert(0) += 1;
-        if let Some(intended) =
-            intended_of.get(&(event.vehicle_id.clone(), event.batch_first_sequence))
-        {
-            self.matching.on_answered(*intended, at, 1);
-            self.series.on_answered(at, at.saturating_sub(*intended), 0);
+        if let Some(intended) = intended {
+            self.matching.on_answered(intended, at, 1);
+            self.series.on_answered(at, at.saturating_sub(intended), 0);
         }
         // Tolls and parking are charged when the session ends; charging and fuel wait for the
         // station, which reports after the load.
@@ -724,6 +829,175 @@ async fn reports_applied(
         }
     }
     Ok(applied)
+}
+
+/// Per batch (its vehicle and first sequence), when it was intended to be sent.
+type IntendedOf = Mutex<HashMap<(String, i64), Duration>>;
+
+fn remember_intended(intended_of: &IntendedOf, scheduled: &[Scheduled]) {
+    if let Ok(mut map) = intended_of.lock() {
+        for s in scheduled {
+            map.insert(
+                (s.batch.vehicle_id.clone(), s.batch.first_sequence),
+                s.intended,
+            );
+        }
+    }
+}
+
+/// A ramp of reports per second (`--mode ramp`): open-loop steps of rising rate, each judged
+/// by [`judge`] like the payment ramp's (the share of the offered reports applied, p99 from
+/// report to session event, reports not applied when the step's sending ended), until one is
+/// not sustainable or the trips have no more reports; then a step at a share of the highest
+/// sustainable rate; then, unmeasured, the reports the trips planned for steps not run.
+struct Ramp<'a> {
+    config: &'a LoadConfig,
+    bus: &'a Arc<dyn Bus>,
+    network: &'a Network,
+    vehicle_ids: &'a BTreeMap<String, Vec<String>>,
+    observed: &'a Mutex<Observed>,
+    intended_of: &'a IntendedOf,
+}
+
+impl Ramp<'_> {
+    /// Offers `order`'s batches step by step; returns the reports sent and the steps.
+    async fn run(
+        &self,
+        order: Vec<SignedBatch>,
+        now: &impl Fn() -> Duration,
+    ) -> Result<(u64, RampReport), LoadTestError> {
+        let mut rest = order.into_iter();
+        let mut sent = 0u64;
+        let mut steps = Vec::new();
+        for rate in self.config.ramp.rates() {
+            let Some(step) = self.step(rate, &mut rest, &mut sent, now).await? else {
+                break;
+            };
+            let sustainable = step.sustainable;
+            steps.push(step);
+            if !sustainable {
+                break;
+            }
+        }
+        let highest = highest_sustainable(&steps);
+        let confirm = match highest {
+            Some(rate) if self.config.ramp.confirm_share > 0.0 => {
+                let rate =
+                    ((f64::from(rate) * self.config.ramp.confirm_share).round() as u32).max(1);
+                self.step(rate, &mut rest, &mut sent, now).await?
+            }
+            _ => None,
+        };
+        // The trips' remaining reports, unmeasured, at the confirmed rate (or the last step's):
+        // the fleet's checks hold the run to every trip as planned.
+        let remainder: Vec<SignedBatch> = rest.collect();
+        let rate = confirm.as_ref().or(steps.last()).map(|s| s.rate);
+        if let (false, Some(rate)) = (remainder.is_empty(), rate) {
+            let scheduled = schedule_from(remainder, rate, now())?;
+            remember_intended(self.intended_of, &scheduled);
+            sent += send(self.bus, &scheduled, self.observed, now).await?;
+        }
+        Ok((
+            sent,
+            RampReport {
+                steps,
+                highest_sustainable_rate: highest,
+                confirm,
+            },
+        ))
+    }
+
+    /// One step at `rate` reports per second for the step's length, from the next batches of
+    /// `rest`; `None` when none is left. Waits for the step's reports to be applied (at most
+    /// the step's length, 5 s at least, within the drain timeout) and judges it.
+    async fn step(
+        &self,
+        rate: u32,
+        rest: &mut impl Iterator<Item = SignedBatch>,
+        sent: &mut u64,
+        now: &impl Fn() -> Duration,
+    ) -> Result<Option<StepResult>, LoadTestError> {
+        let length = self.config.ramp.step_duration;
+        let wanted = (f64::from(rate) * length.as_secs_f64()).round() as u64;
+        let mut batches = Vec::new();
+        let mut reports = 0u64;
+        while reports < wanted {
+            let Some(batch) = rest.next() else { break };
+            reports += batch.reports as u64;
+            batches.push(batch);
+        }
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        let start = now();
+        // The first fifth of a step (at most a second) lets queues adjust to the new rate.
+        let settle = (length / 5).min(Duration::from_secs(1));
+        let scheduled = schedule_from(batches, rate, start)?;
+        remember_intended(self.intended_of, &scheduled);
+        if let Ok(mut o) = self.observed.lock() {
+            o.telemetry = Measurement::new(start + settle, start + length);
+            o.matching = Measurement::new(start + settle, start + length);
+        }
+        // Reports applied, read from the session stores as the step's window opens and closes.
+        let window = async {
+            let mut applied = [0u64; 2];
+            for (i, at) in [start + settle, start + length].into_iter().enumerate() {
+                tokio::time::sleep(at.saturating_sub(now())).await;
+                applied[i] = reports_applied(self.network, self.vehicle_ids)
+                    .await
+                    .map_err(crate::run::ledger_error)?;
+            }
+            Ok::<_, LoadTestError>(applied)
+        };
+        let (submitted, window) =
+            tokio::join!(send(self.bus, &scheduled, self.observed, now), window);
+        let (submitted, [applied_from, applied_until]) = (submitted?, window?);
+        *sent += submitted;
+        let applied = reports_applied(self.network, self.vehicle_ids)
+            .await
+            .map_err(crate::run::ledger_error)?;
+        let backlog_at_end = sent.saturating_sub(applied);
+        let drain = length
+            .max(Duration::from_secs(5))
+            .min(self.config.drain_timeout);
+        let deadline = Instant::now() + drain;
+        while Instant::now() < deadline {
+            let applied = reports_applied(self.network, self.vehicle_ids)
+                .await
+                .map_err(crate::run::ledger_error)?;
+            if applied >= *sent {
+                break;
+            }
+            tokio::time::sleep(APPLIED_POLL_INTERVAL / 5).await;
+        }
+        let (offered_rate, latency) = self
+            .observed
+            .lock()
+            .map(|o| (o.telemetry.offered_rate(), o.matching.percentiles()))
+            .map_err(|_| LoadTestError::config("an observer panicked"))?;
+        let achieved_rate = per_second_f64(
+            applied_until.saturating_sub(applied_from) as f64,
+            length.saturating_sub(settle),
+        );
+        let (sustainable, reasons) = judge(
+            &self.config.ramp.criterion,
+            offered_rate,
+            achieved_rate,
+            &latency,
+            submitted,
+            backlog_at_end,
+        );
+        Ok(Some(StepResult {
+            rate,
+            offered_rate,
+            achieved_rate,
+            latency_ms: latency,
+            submitted,
+            backlog_at_end,
+            sustainable,
+            reasons,
+        }))
+    }
 }
 
 /// Publishes every batch at its intended time (late ones at once, never skipped) and returns
