@@ -140,7 +140,7 @@ pub struct CryptoWork {
     sizes: MessageSizes,
 }
 
-fn crypto_error(what: &str, error: impl std::fmt::Display) -> LoadTestError {
+pub(crate) fn crypto_error(what: &str, error: impl std::fmt::Display) -> LoadTestError {
     LoadTestError::new(LoadTestErrorKind::Crypto, format!("{what}: {error}"))
 }
 
@@ -356,7 +356,7 @@ impl CryptoWork {
 
 /// Runs `work(thread index, deadline)` on `threads` threads until `duration` has passed and
 /// returns what each thread counted and the seconds it took.
-fn on_threads<C: Send>(
+pub(crate) fn on_threads<C: Send>(
     threads: usize,
     duration: Duration,
     work: impl Fn(usize, Instant) -> Result<C, LoadTestError> + Sync,

@@ -39,6 +39,11 @@ pub const REPORT_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(60));
 /// Reports a vehicle signs together unless configured otherwise.
 pub const TELEMETRY_BATCH_DEFAULT: usize = 10;
+/// Most offline wallets of a reconnection storm.
+pub const OFFLINE_WALLETS_MAX: usize = 1_000_000;
+/// The storm's size the benchmarks describe when they give none (`--offline-wallets` always
+/// takes a number: the option parser has no value-less form for it).
+pub const OFFLINE_WALLETS_DEFAULT: usize = 100_000;
 
 /// How the load is offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +237,9 @@ pub struct LoadConfig {
     pub report_interval: Duration,
     /// Reports a vehicle signs and publishes together (a vehicle load).
     pub telemetry_batch: usize,
+    /// Offline wallets reconnecting in a storm instead of payments (0: payments): each
+    /// publishes its key set with 0 to 20 offline payments, `rate` key sets per second.
+    pub offline_wallets: usize,
     /// The command line, recorded in the report.
     pub command_line: String,
     /// When set, the network's clock reads this moment (ms since the epoch) when the network
@@ -273,6 +281,7 @@ impl LoadConfig {
             vehicles: 0,
             report_interval: Duration::from_secs(1),
             telemetry_batch: TELEMETRY_BATCH_DEFAULT,
+            offline_wallets: 0,
             command_line: String::new(),
             start_at_ms: None,
         }
@@ -358,6 +367,40 @@ impl LoadConfig {
                 ));
             }
         }
+        if self.offline_wallets > 0 {
+            if self.vehicles > 0 {
+                return fail("a load drives vehicles or offline wallets, not both".into());
+            }
+            if self.offline_wallets > OFFLINE_WALLETS_MAX {
+                return fail(format!(
+                    "offline wallets must be at most {OFFLINE_WALLETS_MAX}"
+                ));
+            }
+            if self.mode != Mode::Open {
+                return fail("a reconnection storm is offered open-loop only (--mode open)".into());
+            }
+            if self.external_workers {
+                return fail("a reconnection storm runs its stages in this process".into());
+            }
+            if self.rate == 0 || self.rate > RATE_MAX {
+                return fail(format!("rate must be 1 to {RATE_MAX} key sets/s"));
+            }
+            let (start, end) = self.storm_window();
+            if end <= start {
+                return fail(format!(
+                    "warm-up ({:?}) plus cool-down ({:?}) leave nothing of the {:?} storm",
+                    self.warmup,
+                    self.cooldown,
+                    self.storm_length()
+                ));
+            }
+            if self.ceiling_duration.is_zero() || self.ceiling_duration > CEILING_DURATION_MAX {
+                return fail(format!(
+                    "ceiling duration must be positive and at most {CEILING_DURATION_MAX:?}"
+                ));
+            }
+            return Ok(());
+        }
         match self.mode {
             Mode::Open if self.rate == 0 || self.rate > RATE_MAX => {
                 return fail(format!("rate must be 1 to {RATE_MAX} payments/s"));
@@ -421,6 +464,24 @@ impl LoadConfig {
             return fail("bad, duplicate and conflict shares add up to more than 1".into());
         }
         Ok(())
+    }
+
+    /// How long a reconnection storm offers its key sets: `offline_wallets / rate`.
+    pub fn storm_length(&self) -> Duration {
+        crate::schedule::OpenSchedule::new(self.rate).map_or(Duration::ZERO, |schedule| {
+            schedule.intended_offset(self.offline_wallets as u64)
+        })
+    }
+
+    /// The measured part of a reconnection storm: its length without the warm-up and the
+    /// cool-down.
+    pub fn storm_window(&self) -> (Duration, Duration) {
+        (
+            self.warmup,
+            self.storm_length()
+                .saturating_sub(self.cooldown)
+                .max(self.warmup),
+        )
     }
 
     /// The measured part of an open or closed run: from the end of the warm-up to the start of
@@ -541,5 +602,31 @@ mod tests {
             c.measured_window(),
             (Duration::from_secs(2), Duration::from_secs(9))
         );
+    }
+
+    #[test]
+    fn a_storm_lasts_its_wallets_over_the_rate_and_is_checked() {
+        let mut c = config();
+        c.offline_wallets = 1_000;
+        c.rate = 250;
+        c.warmup = Duration::from_secs(1);
+        c.cooldown = Duration::from_secs(1);
+        assert_eq!(c.storm_length(), Duration::from_secs(4));
+        assert_eq!(
+            c.storm_window(),
+            (Duration::from_secs(1), Duration::from_secs(3))
+        );
+        assert!(c.check().is_ok());
+        c.vehicles = 10;
+        assert!(c.check().is_err());
+        c.vehicles = 0;
+        c.mode = Mode::Closed;
+        assert!(c.check().is_err());
+        c.mode = Mode::Open;
+        c.warmup = Duration::from_secs(3);
+        assert!(c.check().is_err(), "nothing left to measure");
+        c.warmup = Duration::ZERO;
+        c.offline_wallets = OFFLINE_WALLETS_MAX + 1;
+        assert!(c.check().is_err());
     }
 }

@@ -23,6 +23,7 @@ pub mod report;
 pub mod rss;
 pub mod run;
 pub mod schedule;
+pub mod storm;
 pub mod tracker;
 pub mod vehicles;
 pub mod wallet_flow;

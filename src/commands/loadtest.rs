@@ -165,6 +165,11 @@ pub(crate) struct LoadtestArgs {
     /// With --vehicles: reports a vehicle signs and publishes together.
     #[arg(long, default_value_t = dcpipe_loadtest::config::TELEMETRY_BATCH_DEFAULT)]
     telemetry_batch: usize,
+    /// A reconnection storm instead of payments: this many offline wallets (the benchmarks
+    /// use 100000) come back after an outage at --rate key sets per second, each with 0 to 20
+    /// offline payments (open mode; --warmup and --cooldown apply, --duration does not).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    offline_wallets: usize,
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -336,12 +341,16 @@ pub(crate) async fn run(args: LoadtestArgs, settings: &Settings) -> anyhow::Resu
         vehicles: args.vehicles,
         report_interval: args.report_interval,
         telemetry_batch: args.telemetry_batch,
+        offline_wallets: args.offline_wallets,
         command_line: redacted_command_line(&std::env::args().collect::<Vec<_>>()),
         start_at_ms: None,
     };
     config.check()?;
     if config.vehicles > 0 {
         return run_vehicles(&config, &args, plot.as_deref()).await;
+    }
+    if config.offline_wallets > 0 {
+        return run_storm(&config, &args, plot.as_deref()).await;
     }
     eprintln!(
         "dcpipe loadtest: {} mode on {}, ledgers {}",
@@ -417,6 +426,36 @@ async fn run_vehicles(
     let title = format!(
         "dcpipe loadtest: {} vehicles on {} ({}): reports/s, report → session event",
         report.vehicles, report.bus, report.ledger
+    );
+    let window = (report.warmup_s, report.duration_s - report.cooldown_s);
+    conclude(
+        &report.table(),
+        args.report.as_deref(),
+        |path| report.write_json(path),
+        plot.map(|path| (path, title, &report.series[..], window)),
+        interrupted.is_cancelled(),
+        report.valid,
+    )
+}
+
+/// `dcpipe loadtest --offline-wallets N`: the reconnection storm, its table, report and plot.
+async fn run_storm(
+    config: &LoadConfig,
+    args: &LoadtestArgs,
+    plot: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "dcpipe loadtest: {} offline wallets reconnecting at {} key sets/s on {}, ledgers {}",
+        config.offline_wallets,
+        config.rate,
+        config.bus,
+        config.ledger.kind()
+    );
+    let interrupted = super::interrupt::on_interrupt();
+    let report = dcpipe_loadtest::storm::run_storm(config, &interrupted).await?;
+    let title = format!(
+        "dcpipe loadtest: {} offline wallets on {} ({}): key sets/s, reconnection → sync result",
+        report.offline_wallets, report.bus, report.ledger
     );
     let window = (report.warmup_s, report.duration_s - report.cooldown_s);
     conclude(
