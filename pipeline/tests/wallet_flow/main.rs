@@ -20,6 +20,7 @@ macro_rules! wallet_suite {
             a_seeded_scenario_ends_as_the_reference_model_says,
             a_command_issued_while_offline_is_applied_once_after_reconnection,
             a_payment_refused_by_its_payee_gives_its_purse_back,
+            a_blacklist_entry_written_but_not_published_is_published_once,
         );
     };
     (@each $backend:expr; $($scenario:ident),+ $(,)?) => {

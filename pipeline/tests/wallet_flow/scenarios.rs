@@ -1006,3 +1006,98 @@ pub(crate) async fn a_payment_refused_by_its_payee_gives_its_purse_back(backend:
     assert_eq!(a0.purse_fen(), PURSE_FEN - 2_000);
     world.running.stop().await;
 }
+
+/// Writes `party`'s record as its institution's stage does when it finds fraud (locked,
+/// blacklisted, listed on the blacklist) without publishing anything: a worker that died
+/// between its ledger write and its publish.
+async fn blacklisted_without_publishing(world: &World, party: &PartyRef) {
+    use dcpipe_connectors::ledger::offline::{OfflineCommit, OfflineUpdate};
+    use dcpipe_pipeline::wallet::stages::record::{mark_fraud, stored_record, wallet_record};
+    let offline = world.offline(&party.institution_id);
+    let read = offline
+        .offline_wallet(&party.wallet_id)
+        .await
+        .expect("read")
+        .expect("record");
+    let mut record = wallet_record(&party.institution_id, &read);
+    mark_fraud(&mut record, system_now_ms());
+    let committed = offline
+        .commit_offline(&[OfflineUpdate {
+            record: stored_record(&record, &read, None),
+            clearings: Vec::new(),
+        }])
+        .await
+        .expect("write");
+    assert!(
+        matches!(committed, OfflineCommit::Committed),
+        "{committed:?}"
+    );
+}
+
+/// Waits until `institution`'s blacklist is `expected`.
+async fn blacklist_becomes(world: &World, institution: &str, expected: &[String]) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let listed = world.offline(institution).blacklist().await.expect("read");
+        if listed == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{institution} lists {listed:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub(crate) async fn a_blacklist_entry_written_but_not_published_is_published_once(
+    backend: &Backend,
+) {
+    let world = World::start(backend).await;
+    let first = world.offline_wallet(OI_A, 0).await.party().clone();
+    let second = world.offline_wallet(OI_A, 1).await.party().clone();
+    blacklisted_without_publishing(&world, &first).await;
+    // The institution's blacklist stage finds the entry nobody published and publishes it.
+    blacklist_becomes(&world, OI_B, std::slice::from_ref(&first.wallet_id)).await;
+    // A restart: the new stage publishes it again, under the same message ids.
+    let inst = Arc::clone(&world.running.network.institutions[OI_A]);
+    let restarted = blacklist::BlacklistStage::new(Arc::clone(&inst));
+    let again = restarted.unpublished_entries().await.expect("entries");
+    let expected_id = format!(
+        "{}/{}",
+        subjects::wallet_blacklist(OI_B),
+        blacklist::entry_command_id(&first.wallet_id)
+    );
+    let ids: Vec<Option<&str>> = again.iter().map(|o| o.msg_id.as_deref()).collect();
+    assert_eq!(ids, [Some(expected_id.as_str())]);
+    world
+        .running
+        .bus
+        .publish_many(again)
+        .await
+        .expect("publish");
+    // It looks at each wallet once: the next write is the only entry of its next tick.
+    blacklisted_without_publishing(&world, &second).await;
+    let next = restarted.unpublished_entries().await.expect("entries");
+    let entries: Vec<RemoteControlCommand> = next
+        .iter()
+        .map(|o| dcpipe_schemas::decode(&o.payload).expect("an entry"))
+        .collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].wallet_id, second.wallet_id);
+    assert!(
+        restarted
+            .unpublished_entries()
+            .await
+            .expect("entries")
+            .is_empty()
+    );
+    // The other institution lists each wallet once, in the order they were found.
+    blacklist_becomes(
+        &world,
+        OI_B,
+        &[first.wallet_id.clone(), second.wallet_id.clone()],
+    )
+    .await;
+    world.running.stop().await;
+}

@@ -6,8 +6,19 @@
 //! own institution) and adds the wallet to its blacklist, which its wallets receive at their
 //! next synchronization (`BLACKLIST_UPDATE`). An entry that does not verify is dead-lettered
 //! with its code.
+//!
+//! **The record is the outbox.** The stage that finds the fraud writes the wallet's record as
+//! blacklisted (and the wallet onto the blacklist) in the same transaction as the rest of its
+//! decision, then publishes the entry; a worker that dies between the two would lose the entry.
+//! So the finding institution's `wallet-blacklist` stage also publishes, every
+//! [`ENTRY_OUTBOX_INTERVAL`], the entries of its own blacklisted wallets it has not published
+//! since it started: all of them at its first tick after a start, then each new one. The entry's
+//! message id depends on the wallet alone ([`entry_command_id`]), so a bus that drops repeats by
+//! id carries it once, and a receiving stage adds a wallet once however often it arrives.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use dcpipe_connectors::bus::Outgoing;
@@ -24,6 +35,10 @@ use crate::wallet::control::{Command, sign_command, verify_command};
 /// Name of this stage.
 pub const STAGE: &str = "wallet-blacklist";
 
+/// How often the finding institution publishes the blacklist entries of its own wallets it has
+/// not published since it started.
+pub const ENTRY_OUTBOX_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Domain tag of the command id of a blacklist entry (the SHA-256 of the tag and the wallet
 /// id, first 16 bytes): one entry per wallet, whoever publishes it and however often.
 pub const BLACKLIST_ENTRY_TAG: &[u8] = b"dcpipe/v1/blacklist-entry";
@@ -34,7 +49,8 @@ inventory::submit! {
         summary: "every institution's blacklist: entries for wallets another institution found committing fraud",
         flow: Flow::WalletKeySet,
         consumes: subjects::wallet_blacklist,
-        publishes: |_, _| Vec::new(),
+        // The entries of its own blacklisted wallets, to the other institutions.
+        publishes: entry_subjects,
         build: Build::Institution(|inst| Arc::new(BlacklistStage::new(inst))),
     }
 }
@@ -118,16 +134,54 @@ pub fn verify_entry(
     Ok(wallet)
 }
 
-/// Every institution's follower of the blacklist entries.
+/// Every institution's follower of the blacklist entries, and the outbox of its own.
 #[derive(Debug)]
 pub struct BlacklistStage {
     inst: Arc<Institution>,
+    /// Wallets of the blacklist looked at since the start: own ones whose entry was handed to
+    /// the runner, and other institutions' ones.
+    looked_at: Mutex<BTreeSet<String>>,
 }
 
 impl BlacklistStage {
     /// The stage of an institution.
     pub fn new(inst: Arc<Institution>) -> Self {
-        BlacklistStage { inst }
+        BlacklistStage {
+            inst,
+            looked_at: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The entries of the institution's own blacklisted wallets not handed out since this
+    /// stage started (all of them the first time), one message per other institution each.
+    pub async fn unpublished_entries(&self) -> Result<Vec<Outgoing>, StageError> {
+        let offline = self.inst.ledger.offline();
+        let listed = offline.blacklist().await?;
+        let fresh: Vec<String> = {
+            let looked_at = self
+                .looked_at
+                .lock()
+                .map_err(|_| StageError::fatal("the blacklist outbox's lock is poisoned"))?;
+            listed
+                .into_iter()
+                .filter(|w| !looked_at.contains(w))
+                .collect()
+        };
+        let mut outputs = Vec::new();
+        for wallet_id in &fresh {
+            if let Some(at_ms) = offline
+                .offline_wallet(wallet_id)
+                .await?
+                .and_then(|record| record.blacklisted_at_ms)
+            {
+                outputs.extend(blacklist_entries(&self.inst, wallet_id, at_ms)?);
+            }
+        }
+        self.looked_at
+            .lock()
+            .map_err(|_| StageError::fatal("the blacklist outbox's lock is poisoned"))?
+            .extend(fresh);
+        Ok(outputs)
     }
 }
 
@@ -173,6 +227,14 @@ impl Stage for BlacklistStage {
             verdicts.push(Verdict::Done(Vec::new()));
         }
         Ok(verdicts)
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(ENTRY_OUTBOX_INTERVAL)
+    }
+
+    async fn tick(&self) -> Result<Vec<Outgoing>, StageError> {
+        self.unpublished_entries().await
     }
 }
 
