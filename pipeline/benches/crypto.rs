@@ -1,6 +1,9 @@
 //! Costs of the PKI's hot paths: message signatures (sign and verify a 100-byte message) for
 //! P-256 and SM2, and chain verification without and with the verified-chain cache.
 //!
+//! `verify_100B/sm2` is the RustCrypto `sm2` crate's verifier, kept as the yardstick;
+//! `verify_100B/sm2_fast` is what `PublicKey::verify` runs (`pki::sm2_verify`).
+//!
 //! Run with `cargo bench -p dcpipe-pipeline --bench crypto`.
 
 use std::hint::black_box;
@@ -10,8 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use criterion::{Criterion, criterion_group, criterion_main};
 use dcpipe_pipeline::pki::{
     Algorithm, AlgorithmChoice, CertificateTemplate, CertifiedKey, ChainVerifier, DemoPkiOptions,
-    PkiDirectory, PrivateKey, RevocationSet, Role, TrustStore, sha256, sm3,
+    PkiDirectory, PrivateKey, RevocationSet, Role, SM2_DISTINGUISHING_ID, TrustStore, sha256, sm3,
 };
+use sm2::dsa::signature::Verifier as _;
 
 const MESSAGE_BYTES: usize = 100;
 const YEAR_MS: i64 = 365 * 24 * 3600 * 1000;
@@ -35,13 +39,32 @@ fn signatures(c: &mut Criterion) {
         c.bench_function(&format!("sign_100B/{algorithm}"), |b| {
             b.iter(|| key.sign(black_box(&message)).expect("sign"))
         });
-        c.bench_function(&format!("verify_100B/{algorithm}"), |b| {
+        let name = match algorithm {
+            Algorithm::EcdsaP256Sha256 => "p256",
+            Algorithm::Sm2Sm3 => "sm2_fast",
+        };
+        c.bench_function(&format!("verify_100B/{name}"), |b| {
             b.iter(|| {
                 key.public_key()
                     .verify(black_box(&message), black_box(&signature))
                     .expect("valid")
             })
         });
+        if algorithm == Algorithm::Sm2Sm3 {
+            let crate_key = sm2::dsa::VerifyingKey::from_sec1_bytes(
+                SM2_DISTINGUISHING_ID,
+                key.public_key().sec1_point(),
+            )
+            .expect("key");
+            let crate_signature = sm2::dsa::Signature::from_slice(&signature).expect("signature");
+            c.bench_function("verify_100B/sm2", |b| {
+                b.iter(|| {
+                    crate_key
+                        .verify(black_box(&message), black_box(&crate_signature))
+                        .expect("valid")
+                })
+            });
+        }
     }
 }
 

@@ -1,10 +1,13 @@
 //! Signing and verifying keys for the two algorithms of the system.
 //!
-//! ECDSA P-256 with SHA-256 signs and verifies with ring (the fastest verifier available to us);
-//! SM2 with SM3 with the RustCrypto `sm2` crate, using the default distinguishing identifier
-//! [`SM2_DISTINGUISHING_ID`]. Message signatures are the fixed 64-byte `r || s` form (short and
-//! of constant size on the wire); certificate signatures are DER `ECDSA-Sig-Value`, as X.509
-//! requires. Private keys are stored as PKCS#8 (`PRIVATE KEY` PEM), readable by OpenSSL.
+//! ECDSA P-256 with SHA-256 signs and verifies with ring (the fastest verifier available to us).
+//! SM2 with SM3 signs with the RustCrypto `sm2` crate (constant-time) and verifies with our own
+//! faster, variable-time verifier (`super::sm2_verify`: verification handles public data only),
+//! both with the default distinguishing identifier [`SM2_DISTINGUISHING_ID`].
+//!
+//! Message signatures are the fixed 64-byte `r || s` form (short and of constant size on the
+//! wire); certificate signatures are DER `ECDSA-Sig-Value`, as X.509 requires. Private keys are
+//! stored as PKCS#8 (`PRIVATE KEY` PEM), readable by OpenSSL.
 //!
 //! P-256 signatures are randomized (ring mixes a fresh random value into the nonce); SM2
 //! signatures use deterministic nonces (RFC 6979 construction with SM3), which needs no RNG at
@@ -21,11 +24,12 @@ use p256::elliptic_curve::sec1::ToSec1Point as _;
 use ring::rand::SecureRandom as _;
 use ring::signature::{self as ring_sig, KeyPair as _};
 use serde::{Deserialize, Serialize};
-use sm2::dsa::signature::{Signer as _, Verifier as _};
+use sm2::dsa::signature::Signer as _;
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 
 use super::digest::sha1_key_identifier;
 use super::error::{KeyError, KeyErrorKind, SignatureError, SignatureErrorKind};
+use super::sm2_verify::Sm2VerifyingKey;
 
 /// Size of a message signature: `r || s`, 32 bytes each, big-endian.
 pub const SIGNATURE_BYTES: usize = 64;
@@ -144,7 +148,8 @@ impl FromStr for Algorithm {
 
 /// A public key, parsed and validated once, ready to verify signatures.
 ///
-/// Cloning is cheap (the SM2 key, with its precomputed identity hash `Z`, is shared).
+/// Cloning is cheap (the SM2 key, with its precomputed identity hash `Z` and table of multiples,
+/// is shared).
 #[derive(Clone)]
 pub struct PublicKey {
     point: [u8; PUBLIC_POINT_BYTES],
@@ -156,7 +161,7 @@ enum Verifier {
     /// ring parses the point at each verification (cheap next to the verification itself); the
     /// point was validated on the curve when the key was built.
     P256,
-    Sm2(Arc<sm2::dsa::VerifyingKey>),
+    Sm2(Arc<Sm2VerifyingKey>),
 }
 
 impl PublicKey {
@@ -181,24 +186,21 @@ impl PublicKey {
                 Verifier::P256
             }
             Algorithm::Sm2Sm3 => {
-                let key = sm2::dsa::VerifyingKey::from_sec1_bytes(SM2_DISTINGUISHING_ID, &point)
+                // The crate decodes and validates the point as before; the verifier checks it
+                // again on its own arithmetic.
+                sm2::PublicKey::from_sec1_bytes(&point)
                     .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "not a point on SM2"))?;
+                let key = Sm2VerifyingKey::from_sec1_point(&point, SM2_DISTINGUISHING_ID)
+                    .ok_or(KeyError::new(KeyErrorKind::Malformed, "not a point on SM2"))?;
                 Verifier::Sm2(Arc::new(key))
             }
         };
         Ok(PublicKey { point, verifier })
     }
 
-    /// The public half of an SM2 signing key, reusing its precomputed identity hash.
-    fn from_sm2(key: sm2::dsa::VerifyingKey) -> Result<Self, KeyError> {
-        let point: [u8; PUBLIC_POINT_BYTES] =
-            key.to_sec1_bytes().as_ref().try_into().map_err(|_| {
-                KeyError::new(KeyErrorKind::Encoding, "SM2 point is not uncompressed")
-            })?;
-        Ok(PublicKey {
-            point,
-            verifier: Verifier::Sm2(Arc::new(key)),
-        })
+    /// The public half of an SM2 signing key.
+    fn from_sm2(key: &sm2::dsa::VerifyingKey) -> Result<Self, KeyError> {
+        PublicKey::from_sec1_point(Algorithm::Sm2Sm3, &key.to_sec1_bytes())
     }
 
     /// The key's algorithm.
@@ -254,8 +256,7 @@ impl PublicKey {
             Verifier::Sm2(key) => {
                 let signature = sm2::dsa::Signature::from_slice(signature)
                     .map_err(|_| SignatureError::new(SignatureErrorKind::Malformed))?;
-                key.verify(message, &signature)
-                    .map_err(|_| SignatureError::new(SignatureErrorKind::Invalid))
+                sm2_verdict(key.verify(message, &signature))
             }
         }
     }
@@ -275,10 +276,17 @@ impl PublicKey {
             Verifier::Sm2(key) => {
                 let signature = sm2::dsa::Signature::from_der(signature)
                     .map_err(|_| SignatureError::new(SignatureErrorKind::Malformed))?;
-                key.verify(message, &signature)
-                    .map_err(|_| SignatureError::new(SignatureErrorKind::Invalid))
+                sm2_verdict(key.verify(message, &signature))
             }
         }
+    }
+}
+
+fn sm2_verdict(valid: bool) -> Result<(), SignatureError> {
+    if valid {
+        Ok(())
+    } else {
+        Err(SignatureError::new(SignatureErrorKind::Invalid))
     }
 }
 
@@ -372,7 +380,7 @@ impl PrivateKey {
                 })?;
                 let signing = sm2::dsa::SigningKey::new(SM2_DISTINGUISHING_ID, &secret)
                     .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "SM2 key rejected"))?;
-                let public = PublicKey::from_sm2(signing.verifying_key().clone())?;
+                let public = PublicKey::from_sm2(signing.verifying_key())?;
                 Ok(PrivateKey {
                     signer: Signer::Sm2(Box::new(signing)),
                     public,

@@ -55,6 +55,7 @@ mod keys;
 mod parse;
 mod revocation;
 mod role;
+mod sm2_verify;
 mod store;
 mod verify;
 
