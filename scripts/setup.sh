@@ -78,13 +78,15 @@ if [ -z "$pg_bindir" ]; then
   for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && pg_bindir="$d"; done
 fi
 
-# Prometheus (promtool checks the alert rules; the tests run a real server) and a compose
-# implementation (checks compose/docker-compose.yml), from Debian's packages. Debian's
+# Prometheus (promtool checks the alert rules; the tests run a real server), a compose
+# implementation (checks compose/docker-compose.yml) and the openssl command (SM2
+# signatures cross-checked with OpenSSL), from Debian's packages. Debian's
 # prometheus package enables a service where systemd runs: the tests start their own server
 # on a free port, so that one is stopped.
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} from Debian's packages"
   apt_install "${missing[@]}"

@@ -380,3 +380,127 @@ fn sum_with_x_above_the_group_order_is_accepted_as_the_crate_does() {
     assert!(crate_key.verify_prehash(&other_e, &signature).is_err());
     assert!(!fast.verify_prehash(&other_e, &signature));
 }
+
+/// SubjectPublicKeyInfo of an SM2 key up to its point: id-ecPublicKey with the SM2 curve
+/// (1.2.156.10197.1.301), then a BIT STRING of the 65-byte uncompressed point.
+const SM2_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d, 0x03, 0x42, 0x00,
+];
+
+/// A DER INTEGER of a 32-byte unsigned big-endian value.
+fn der_integer(value: &[u8]) -> Vec<u8> {
+    let start = value
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(value.len() - 1);
+    let mut content = value[start..].to_vec();
+    if content[0] & 0x80 != 0 {
+        content.insert(0, 0);
+    }
+    let mut out = vec![0x02, u8::try_from(content.len()).expect("short")];
+    out.extend(content);
+    out
+}
+
+/// What the `openssl` command says of (key, message, signature): SM3 with the default
+/// distinguishing identifier, as dcpipe signs.
+fn openssl_verifies(
+    dir: &std::path::Path,
+    point: &[u8; 65],
+    message: &[u8],
+    signature: &[u8; 64],
+) -> bool {
+    let mut spki = SM2_SPKI_PREFIX.to_vec();
+    spki.extend_from_slice(point);
+    let mut body = der_integer(&signature[..32]);
+    body.extend(der_integer(&signature[32..]));
+    let mut der = vec![0x30, u8::try_from(body.len()).expect("short")];
+    der.extend(body);
+    std::fs::write(dir.join("key.der"), &spki).expect("key");
+    std::fs::write(dir.join("message"), message).expect("message");
+    std::fs::write(dir.join("signature"), &der).expect("signature");
+    let distid = format!("distid:{SM2_DISTINGUISHING_ID}");
+    let output = std::process::Command::new("openssl")
+        .args([
+            "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-rawin", "-digest", "sm3",
+        ])
+        .arg("-inkey")
+        .arg(dir.join("key.der"))
+        .arg("-in")
+        .arg(dir.join("message"))
+        .arg("-sigfile")
+        .arg(dir.join("signature"))
+        .args(["-pkeyopt", &distid])
+        .output()
+        .expect("the openssl command (scripts/setup.sh installs it)");
+    let said = String::from_utf8_lossy(&output.stdout);
+    match output.status.code() {
+        Some(0) => {
+            assert!(said.contains("Verified Successfully"), "{said}");
+            true
+        }
+        Some(1) => false,
+        other => panic!(
+            "openssl exited with {other:?}: {said}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// A sample against OpenSSL, a third implementation: valid signatures and the corruptions of
+/// the differential test (a bit of r, of s, of the message; another key).
+#[test]
+fn fast_verifier_agrees_with_openssl_on_a_sample() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut rng = Rng(0x5eed_0003);
+    let signers = [signer(&mut rng), signer(&mut rng)];
+    let (mut accepted, mut rejected) = (0, 0);
+    for case in 0..12 {
+        let signer = &signers[case % 2];
+        let other = &signers[(case + 1) % 2];
+        let message: Vec<u8> = (0..rng.below(120) + 1)
+            .map(|_| rng.bytes::<1>()[0])
+            .collect();
+        let signature: Signature = signer.signing.sign(&message);
+        let bytes: [u8; 64] = signature.to_bytes().into();
+        let mut flipped_r = bytes;
+        flipped_r[rng.below(32)] ^= 1 << rng.below(8);
+        let mut flipped_s = bytes;
+        flipped_s[32 + rng.below(32)] ^= 1 << rng.below(8);
+        let mut flipped_message = message.clone();
+        flipped_message[rng.below(message.len())] ^= 1 << rng.below(8);
+        let cases: [(&Signer, &[u8], [u8; 64]); 5] = [
+            (signer, &message, bytes),
+            (signer, &message, flipped_r),
+            (signer, &message, flipped_s),
+            (signer, &flipped_message, bytes),
+            (other, &message, bytes),
+        ];
+        for (key, message, signature) in cases {
+            let Ok(parsed) = Signature::from_slice(&signature) else {
+                continue;
+            };
+            let fast = key.fast.verify(message, &parsed);
+            let openssl = openssl_verifies(dir.path(), &key.point, message, &signature);
+            assert_eq!(
+                fast,
+                openssl,
+                "key {} message {} signature {}",
+                hex::encode(key.point),
+                hex::encode(message),
+                hex::encode(signature)
+            );
+            if fast {
+                accepted += 1;
+            } else {
+                rejected += 1;
+            }
+        }
+    }
+    assert_eq!(accepted, 12, "every valid signature verifies in both");
+    assert!(
+        rejected >= 40,
+        "{rejected} corrupted signatures refused by both"
+    );
+}
