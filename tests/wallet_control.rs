@@ -1,6 +1,7 @@
 //! The operator's side of offline wallets, as run from a shell: a wallet opened, opened for
 //! offline use with its purse funded from its balance, then locked and unlocked by signed
-//! remote commands, each numbered after the last and queued in the institution's ledger.
+//! remote commands, each numbered after the last and queued in the institution's ledger, and
+//! ordered to rotate its key.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -126,6 +127,38 @@ fn a_wallet_goes_offline_and_is_locked_and_unlocked_by_numbered_commands() {
     let unlocked = run(control("unlock"));
     assert!(unlocked.contains("UNLOCK for w-oi01-000001"), "{unlocked}");
     assert!(unlocked.contains("(sequence 2)"), "{unlocked}");
+    // An order to rotate the wallet's key: recorded once, no signer key needed.
+    let rotate = |wallet: &str| {
+        dcpipe(
+            dir,
+            &[
+                &[
+                    "wallets",
+                    "rotate",
+                    "--institution",
+                    "oi01",
+                    "--wallet",
+                    wallet,
+                ][..],
+                &ledger,
+            ]
+            .concat(),
+        )
+    };
+    let ordered = stdout_of(&rotate(WALLET));
+    assert!(
+        ordered.contains("w-oi01-000001 ordered to rotate its key (key version 1 now)"),
+        "{ordered}"
+    );
+    let again = stdout_of(&rotate(WALLET));
+    assert!(again.contains("nothing changed"), "{again}");
+    let stranger = rotate("w-oi01-000002");
+    assert!(!stranger.status.success());
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("keeps no offline record"),
+        "{}",
+        String::from_utf8_lossy(&stranger.stderr)
+    );
     // The wrong key's certificate is refused.
     let wrong = dcpipe(
         dir,

@@ -137,6 +137,8 @@ pub enum Reason {
     WalletKeyVersionLowered,
     /// A key the platform does not hold for that key version.
     WalletKeyUnknown,
+    /// A raised key version whose key is not certified as a wallet key by the wallet's institution.
+    WalletRotationUncertified,
     /// The wallet's offline payments do not continue its hash chain from the recorded head.
     WalletChainBroken,
     /// The key set's summary differs from its payment records.
@@ -302,7 +304,7 @@ const LEDGER_REFUSALS: [LedgerRefusal; 8] = [
 
 impl Reason {
     /// Every reason that wraps no other kind, in declaration order.
-    pub const UNWRAPPED: [Reason; 105] = [
+    pub const UNWRAPPED: [Reason; 106] = [
         Reason::PayeeConsentSignature,
         Reason::PayerSignature,
         Reason::InstitutionSignature,
@@ -350,6 +352,7 @@ impl Reason {
         Reason::WalletKeySetReplayed,
         Reason::WalletKeyVersionLowered,
         Reason::WalletKeyUnknown,
+        Reason::WalletRotationUncertified,
         Reason::WalletChainBroken,
         Reason::WalletSummaryMismatch,
         Reason::WalletRecordForeign,
@@ -488,6 +491,7 @@ impl Reason {
             Reason::WalletKeySetReplayed => "wallet.keyset_replayed",
             Reason::WalletKeyVersionLowered => "wallet.key_version_lowered",
             Reason::WalletKeyUnknown => "wallet.key_unknown",
+            Reason::WalletRotationUncertified => "wallet.rotation_uncertified",
             Reason::WalletChainBroken => "wallet.chain_broken",
             Reason::WalletSummaryMismatch => "wallet.summary_mismatch",
             Reason::WalletRecordForeign => "wallet.record_foreign",
@@ -720,6 +724,7 @@ mod tests {
             | Reason::WalletKeySetReplayed
             | Reason::WalletKeyVersionLowered
             | Reason::WalletKeyUnknown
+            | Reason::WalletRotationUncertified
             | Reason::WalletChainBroken
             | Reason::WalletSummaryMismatch
             | Reason::WalletRecordForeign

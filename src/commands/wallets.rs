@@ -1,5 +1,5 @@
 //! `dcpipe wallets` (or `dcpipe wallet`): opening wallets, and the remote control of offline
-//! wallets (lock, unlock, limit changes), bank operations.
+//! wallets (lock, unlock, limit changes, key rotation orders), bank operations.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +21,9 @@ use dcpipe_pipeline::payment::{Institution, PaymentPolicy};
 use dcpipe_pipeline::pki::{
     ChainVerifier, KeyHolder, PkiDirectory, PkiLayout, RevocationSet, Role, read_certificate_pem,
 };
-use dcpipe_pipeline::wallet::remote::{command_message, command_symbol, issue_command};
+use dcpipe_pipeline::wallet::remote::{
+    command_message, command_symbol, issue_command, order_key_rotation,
+};
 use dcpipe_pipeline::wallet::stages::record::{limits_of, terms_of};
 use dcpipe_pipeline::wallet::{Command, key_fingerprint, offline_limits_for_tier};
 use dcpipe_schemas::CommandId;
@@ -50,13 +52,20 @@ pub(crate) enum WalletsCommand {
     Unlock(ControlArgs),
     /// Change an offline wallet's limits: a LIMIT_CHANGE command; the limits not given stay.
     Limit(LimitArgs),
+    /// Order an offline wallet to rotate its key: recorded with the wallet, the order makes
+    /// each accepted sync result carry KEY_ROTATION until a key set under a new key, certified
+    /// by the institution's CA, is accepted (the platform then records the raised key version
+    /// and the new key). Ordering again changes nothing.
+    Rotate(RotateArgs),
 }
 
 impl WalletsCommand {
     /// The broker flags, for the commands that may publish.
     pub(crate) fn broker(&self) -> Option<&BrokerArgs> {
         match self {
-            WalletsCommand::Open(_) | WalletsCommand::Offline(_) => None,
+            WalletsCommand::Open(_) | WalletsCommand::Offline(_) | WalletsCommand::Rotate(_) => {
+                None
+            }
             WalletsCommand::Lock(args) | WalletsCommand::Unlock(args) => Some(&args.broker),
             WalletsCommand::Limit(args) => Some(&args.control.broker),
         }
@@ -118,6 +127,20 @@ pub(crate) struct ControlArgs {
     pub(crate) broker: BrokerArgs,
 }
 
+/// Options of `dcpipe wallets rotate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RotateArgs {
+    /// The wallet's institution.
+    #[arg(long, env = "DCPIPE_INSTITUTION")]
+    institution: String,
+    /// The wallet (opened for offline use).
+    #[arg(long)]
+    wallet: String,
+    /// The ledgers: sqlite://DIR or postgres://user@host:port/db.
+    #[arg(long, env = "DCPIPE_LEDGER")]
+    ledger: Option<String>,
+}
+
 /// Options of `dcpipe wallets limit`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct LimitArgs {
@@ -172,7 +195,45 @@ pub(crate) async fn run(command: WalletsCommand, settings: &Settings) -> anyhow:
             };
             control(args.control, kind, settings).await
         }
+        WalletsCommand::Rotate(args) => rotate(args, settings).await,
     }
+}
+
+async fn rotate(args: RotateArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let ledger_url = ledger_url(args.ledger.as_deref(), settings)?;
+    let ledger = open_ledger(&ledger_url, &args.institution, &LedgerOptions::default()).await?;
+    let now_ms = SystemClock.now_ms();
+    let Some(since_ms) = order_key_rotation(ledger.offline(), &args.wallet, now_ms).await? else {
+        bail!(
+            "{} keeps no offline record of wallet {}: nothing ordered",
+            args.institution,
+            args.wallet
+        );
+    };
+    let record = ledger
+        .offline()
+        .offline_wallet(&args.wallet)
+        .await?
+        .with_context(|| format!("{} vanished", args.wallet))?;
+    if since_ms == now_ms {
+        println!(
+            "{}: {} ordered to rotate its key (key version {} now); its next accepted sync              result asks for a new key",
+            args.institution, args.wallet, record.key_version
+        );
+    } else {
+        println!(
+            "{}: {} was ordered to rotate its key at {since_ms} ms already (key version {}              now); nothing changed",
+            args.institution, args.wallet, record.key_version
+        );
+    }
+    tracing::info!(
+        institution = %args.institution,
+        wallet = %args.wallet,
+        since_ms,
+        key_version = record.key_version,
+        "key rotation ordered"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn open(args: OpenArgs, settings: &Settings) -> anyhow::Result<ExitCode> {

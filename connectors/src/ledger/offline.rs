@@ -54,7 +54,7 @@ pub(crate) const RECORD_COLUMNS: &str = "wallet_id, version, key_version, key_fi
      last_sync_at_ms, counter, chain_head, purse_fen, funded_fen, purse_limit_fen, \
      single_payment_limit_fen, cumulative_limit_fen, payments_per_sync_max, \
      offline_duration_ms_max, locked_at_ms, blacklisted_at_ms, last_key_set, \
-     commands_applied_through, blacklist_version, last_answer";
+     commands_applied_through, blacklist_version, last_answer, rotation_ordered_at_ms";
 pub(crate) const CLEARING_COLUMNS: &str = "payment_id, digest, payer_wallet_id, counter, \
      payee_institution_id, payee_wallet_id, amount_fen, from_purse_fen, from_loss_fen, evidence, \
      paid_at_ms, frame";
@@ -145,6 +145,9 @@ pub struct OfflineRecord {
     pub blacklist_version: i64,
     /// The signed answer to the last accepted key set (a frame), sent again to a redelivery.
     pub last_answer: Option<Vec<u8>>,
+    /// Since when the institution orders the wallet to rotate its key, until a key set under a
+    /// new key is accepted.
+    pub rotation_ordered_at_ms: Option<i64>,
 }
 
 /// Moving money from a wallet's online balance into its purse.
@@ -574,6 +577,7 @@ mod tests {
             commands_applied_through: 0,
             blacklist_version: 0,
             last_answer: None,
+            rotation_ordered_at_ms: None,
         }
     }
 

@@ -19,6 +19,10 @@ use super::types::{AMOUNT_FEN_MAX, PaymentId};
 pub(crate) const MIGRATION_RETURNS: &str =
     "ALTER TABLE {s}.offline_clearings ADD COLUMN returned_ms BIGINT;";
 
+/// Migration 6 of the ledger: since when the institution orders a wallet to rotate its key.
+pub(crate) const MIGRATION_ROTATION: &str =
+    "ALTER TABLE {s}.offline_wallets ADD COLUMN rotation_ordered_at_ms BIGINT;";
+
 /// Migration 4 of the ledger.
 pub(crate) const MIGRATION: &str = "CREATE TABLE {s}.offline_wallets (
          wallet_id TEXT PRIMARY KEY,
@@ -127,6 +131,7 @@ fn record_from_row(row: &Row) -> Result<OfflineRecord, LedgerError> {
         commands_applied_through: get(row, 17)?,
         blacklist_version: get(row, 18)?,
         last_answer: get(row, 19)?,
+        rotation_ordered_at_ms: get(row, 20)?,
     })
 }
 
@@ -266,7 +271,7 @@ impl PostgresLedger {
                 &db.sql(&format!(
                     "INSERT INTO {{s}}.offline_wallets ({RECORD_COLUMNS}, updated_ms)
                      VALUES ($1, 1, $2, $3, $4, 0, $5, 0, 0, $6, $7, $8, $9, $10, NULL, NULL,
-                             NULL, 0, 0, NULL, $11)"
+                             NULL, 0, 0, NULL, NULL, $11)"
                 )),
                 &[
                     &o.wallet_id,
@@ -480,7 +485,8 @@ impl PostgresLedger {
                      cumulative_limit_fen = $10, payments_per_sync_max = $11,
                      offline_duration_ms_max = $12, locked_at_ms = $13, blacklisted_at_ms = $14,
                      last_key_set = $15, commands_applied_through = $16,
-                     blacklist_version = $17, last_answer = $18, updated_ms = $19
+                     blacklist_version = $17, last_answer = $18, updated_ms = $19,
+                     rotation_ordered_at_ms = $20
                  WHERE wallet_id = $1",
             ),
             &[
@@ -503,6 +509,7 @@ impl PostgresLedger {
                 &record.blacklist_version,
                 &record.last_answer,
                 &now,
+                &record.rotation_ordered_at_ms,
             ],
         )
         .await?;

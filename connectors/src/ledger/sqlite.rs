@@ -344,6 +344,8 @@ const LEDGER_MIGRATIONS: &[(i64, &str)] = &[
     // An offline payment voided on the clearing path gives its money back once
     // (`offline::OfflineLedger::return_voided`).
     (5, super::sqlite_offline::MIGRATION_RETURNS),
+    // An institution orders a wallet to rotate its key (`OfflineRecord::rotation_ordered_at_ms`).
+    (6, super::sqlite_offline::MIGRATION_ROTATION),
 ];
 
 const PAYMENT_COLUMNS: &str = "payment_id, side, state, digest, wallet_id, cp_institution_id, \

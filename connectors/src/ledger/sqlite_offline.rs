@@ -18,6 +18,10 @@ use super::types::{AMOUNT_FEN_MAX, PaymentId};
 pub(crate) const MIGRATION_RETURNS: &str =
     "ALTER TABLE offline_clearings ADD COLUMN returned_ms INTEGER;";
 
+/// Migration 6 of the ledger: since when the institution orders a wallet to rotate its key.
+pub(crate) const MIGRATION_ROTATION: &str =
+    "ALTER TABLE offline_wallets ADD COLUMN rotation_ordered_at_ms INTEGER;";
+
 /// Migration 4 of the ledger.
 pub(crate) const MIGRATION: &str = "CREATE TABLE offline_wallets (
          wallet_id TEXT PRIMARY KEY,
@@ -109,6 +113,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<OfflineRecord> {
         commands_applied_through: row.get(17)?,
         blacklist_version: row.get(18)?,
         last_answer: row.get(19)?,
+        rotation_ordered_at_ms: row.get(20)?,
     })
 }
 
@@ -243,7 +248,7 @@ fn open_one(conn: &Connection, o: &OfflineOpening) -> Result<OfflineOpenResult, 
     conn.prepare_cached(&format!(
         "INSERT INTO offline_wallets ({RECORD_COLUMNS}, updated_ms)
          VALUES (?1, 1, ?2, ?3, ?4, 0, ?5, 0, 0, ?6, ?7, ?8, ?9, ?10, NULL, NULL, NULL, 0, 0,
-                 NULL, ?11)"
+                 NULL, NULL, ?11)"
     ))
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -461,7 +466,7 @@ fn update_one(conn: &Connection, update: &OfflineUpdate) -> Result<Option<()>, L
              cumulative_limit_fen = ?10, payments_per_sync_max = ?11,
              offline_duration_ms_max = ?12, locked_at_ms = ?13, blacklisted_at_ms = ?14,
              last_key_set = ?15, commands_applied_through = ?16, blacklist_version = ?17,
-             last_answer = ?18, updated_ms = ?19
+             last_answer = ?18, updated_ms = ?19, rotation_ordered_at_ms = ?20
          WHERE wallet_id = ?1",
     )
     .and_then(|mut stmt| {
@@ -485,6 +490,7 @@ fn update_one(conn: &Connection, update: &OfflineUpdate) -> Result<Option<()>, L
             record.blacklist_version,
             record.last_answer,
             now,
+            record.rotation_ordered_at_ms,
         ])
     })
     .map_err(|e| db_error("cannot write offline wallet", e))?;

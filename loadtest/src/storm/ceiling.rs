@@ -144,6 +144,7 @@ impl StormWork {
             anchors_digest: anchors_digest(self.anchors.iter().map(|d| d.0.as_slice())),
             pending_commands: 0,
             policy: &policy,
+            rotation_ordered: false,
             now_ms,
         };
         let decision = decide_sync(record, &verified, &context);

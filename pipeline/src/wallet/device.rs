@@ -26,7 +26,8 @@ use super::payment::{VerifiedOfflinePayment, verify_offline_payment_frame};
 use super::sync::verify_sync_result;
 use super::time::{SatelliteFix, offline_duration_ms};
 use crate::pki::{
-    CertError, Certificate, CertifiedKey, ChainVerifier, KeyError, RevocationSet, Role, TrustStore,
+    CertError, Certificate, CertificateTemplate, CertifiedKey, ChainVerifier, IssueError, KeyError,
+    PrivateKey, PublicKey, RevocationSet, Role, TrustStore,
 };
 use crate::protocol::{
     CHAIN_START, anchors_digest, key_set_digest, offline_payment_bytes, offline_payment_digest,
@@ -109,6 +110,27 @@ pub enum WalletError {
     /// A record could not be encoded (a defect: the wallet made it).
     #[error("encoding: {0}")]
     Encoding(#[from] dcpipe_schemas::CodecError),
+    /// A certificate for a rotated key came while the wallet had made no new key.
+    #[error("no key rotation is waiting for a certificate")]
+    NoRotationPending,
+    /// The certificate offered for the new key does not chain, as a wallet certificate, to the
+    /// wallet's trust anchors.
+    #[error("the new key's certificate: {0}")]
+    RotationCertificate(#[source] CertError),
+    /// The certificate offered for the new key certifies another key.
+    #[error("the certificate is not for the key the wallet made")]
+    RotationKeyMismatch,
+    /// A wallet key is certified by the wallet's own institution's CA only.
+    #[error("the CA of {ca_institution} cannot certify a wallet key of {wallet_institution}")]
+    NotTheInstitutionCa {
+        /// The CA's institution (or role, when it is no institution CA).
+        ca_institution: String,
+        /// The wallet's institution.
+        wallet_institution: String,
+    },
+    /// The institution's CA could not issue the certificate.
+    #[error("issuing: {0}")]
+    Issue(#[from] IssueError),
 }
 
 /// Why a wallet refuses to pay. Nothing was signed.
@@ -308,6 +330,8 @@ pub struct HardWallet {
     received_slots: BTreeMap<(String, String, i64), Digest32>,
     locked: bool,
     rotation_due: bool,
+    /// The new key made for a rotation, waiting for its certificate.
+    rotation_key: Option<PrivateKey>,
     commands_applied_through: i64,
     pending: Option<KeySetUpload>,
 }
@@ -360,6 +384,7 @@ impl HardWallet {
             received_slots: BTreeMap::new(),
             locked: false,
             rotation_due: false,
+            rotation_key: None,
             commands_applied_through: 0,
             pending: None,
         })
@@ -812,7 +837,59 @@ impl HardWallet {
         self.key = key;
         self.key_version += 1;
         self.rotation_due = false;
+        self.rotation_key = None;
         Ok(())
+    }
+
+    /// The first half of a key rotation, in the secure element: makes a new key of the
+    /// algorithm of the current one and keeps it, and returns what the wallet's institution
+    /// needs to certify it. Asked again before the certificate came, it returns the same key
+    /// (a request lost on the way is sent again). The wallet keeps paying with its current key
+    /// until [`HardWallet::complete_key_rotation`].
+    pub fn request_key_rotation(&mut self) -> Result<KeyRotationRequest, WalletError> {
+        if self.rotation_key.is_none() {
+            self.rotation_key = Some(PrivateKey::generate(self.key.certificate().algorithm())?);
+        }
+        let public_key = self
+            .rotation_key
+            .as_ref()
+            .map(|key| key.public_key().clone())
+            .ok_or(WalletError::NoRotationPending)?;
+        Ok(KeyRotationRequest {
+            party: self.party.clone(),
+            key_version: self.key_version + 1,
+            public_key,
+        })
+    }
+
+    /// The second half of a key rotation: takes the certificate its institution's CA issued for
+    /// the key made by [`HardWallet::request_key_rotation`], after checking it with the wallet's
+    /// own trust anchors at `at_ms` — a `wallet` certificate of this wallet, chaining through
+    /// its institution's CA to the root, for that very key. The new key signs from now on,
+    /// under a key version one higher: the next key set carries both, and the payments made
+    /// before stay signed by the old key.
+    pub fn complete_key_rotation(
+        &mut self,
+        certificate_der: &[u8],
+        at_ms: i64,
+    ) -> Result<(), WalletError> {
+        let Some(key) = self.rotation_key.as_ref() else {
+            return Err(WalletError::NoRotationPending);
+        };
+        let certificate =
+            Certificate::from_der(certificate_der).map_err(WalletError::RotationCertificate)?;
+        if certificate.public_key() != key.public_key() {
+            return Err(WalletError::RotationKeyMismatch);
+        }
+        self.verifier
+            .verify(certificate_der, at_ms, Role::Wallet)
+            .map_err(WalletError::RotationCertificate)?;
+        check_certificate(&self.party, &certificate)?;
+        let key = self
+            .rotation_key
+            .take()
+            .ok_or(WalletError::NoRotationPending)?;
+        self.rotate_key(CertifiedKey::new(certificate, key)?)
     }
 
     /// The offline payments it made since the last sync, as frames, oldest first.
@@ -841,9 +918,56 @@ impl HardWallet {
     }
 }
 
+/// A new wallet key a wallet made for a rotation, for its institution's CA to certify.
+#[derive(Debug, Clone)]
+pub struct KeyRotationRequest {
+    /// The wallet.
+    pub party: PartyRef,
+    /// The key version the key will have (the current one + 1).
+    pub key_version: i32,
+    /// The new public key.
+    pub public_key: PublicKey,
+}
+
+/// The institution's side of a key rotation: its CA (`ca`, the institution CA of the wallet's
+/// institution, issued by the root) certifies the new key as the wallet key of the requesting
+/// wallet, valid from `valid_from_ms` to `valid_until_ms`. Another institution's CA refuses.
+pub fn certify_rotated_key(
+    ca: &CertifiedKey,
+    request: &KeyRotationRequest,
+    valid_from_ms: i64,
+    valid_until_ms: i64,
+) -> Result<Certificate, WalletError> {
+    let issuer = ca.certificate();
+    if issuer.role() != Some(Role::InstitutionCa)
+        || issuer.institution() != request.party.institution_id
+    {
+        return Err(WalletError::NotTheInstitutionCa {
+            ca_institution: if issuer.role() == Some(Role::InstitutionCa) {
+                issuer.institution().to_owned()
+            } else {
+                issuer.role_name().to_owned()
+            },
+            wallet_institution: request.party.institution_id.clone(),
+        });
+    }
+    let template = CertificateTemplate::for_role(
+        Role::Wallet,
+        &request.party.wallet_id,
+        &request.party.institution_id,
+        valid_from_ms,
+        valid_until_ms,
+    );
+    Ok(ca.issue(&template, &request.public_key)?)
+}
+
 /// Checks that `key` is a wallet key of `party`.
 fn check_key(party: &PartyRef, key: &CertifiedKey) -> Result<(), WalletError> {
-    let certificate = key.certificate();
+    check_certificate(party, key.certificate())
+}
+
+/// Checks that `certificate` is a wallet certificate of `party`.
+fn check_certificate(party: &PartyRef, certificate: &Certificate) -> Result<(), WalletError> {
     if certificate.role() != Some(Role::Wallet)
         || certificate.id() != party.wallet_id
         || certificate.institution() != party.institution_id

@@ -35,8 +35,9 @@ pub mod time;
 
 pub use control::{Command, sign_command, verify_command};
 pub use device::{
-    CommandApplied, HardWallet, KeySetUpload, PayRefusal, ReceiveRefusal, Received, SyncApplied,
-    SyncResultError, WalletError, WalletProvisioning, copied_key,
+    CommandApplied, HardWallet, KeyRotationRequest, KeySetUpload, PayRefusal, ReceiveRefusal,
+    Received, SyncApplied, SyncResultError, WalletError, WalletProvisioning, certify_rotated_key,
+    copied_key,
 };
 pub use double_spend::{
     ClearingDecision, PayerClearing, PayerHistory, PaymentToClear, clear_payer_payments,

@@ -10,7 +10,7 @@
 //! Σ purses + Σ credited to payees + loss account = Σ funded       (loss account ≤ 0)
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use dcpipe_schemas::{
@@ -90,6 +90,8 @@ struct Institution {
     answers: BTreeMap<String, WalletSyncResult>,
     /// Commands by wallet, in sequence order (signed at issue).
     commands: BTreeMap<String, Vec<RemoteControlCommand>>,
+    /// Wallets ordered to rotate their key, until a key set under a new key is accepted.
+    rotation_orders: BTreeSet<String>,
     loss_account_fen: i64,
     funded_fen: i64,
 }
@@ -135,6 +137,7 @@ impl OfflineNetwork {
                             records: BTreeMap::new(),
                             answers: BTreeMap::new(),
                             commands: BTreeMap::new(),
+                            rotation_orders: BTreeSet::new(),
                             loss_account_fen: 0,
                             funded_fen: 0,
                         },
@@ -288,6 +291,27 @@ impl OfflineNetwork {
         Ok(signed)
     }
 
+    /// The institution orders one of its wallets to rotate its key: its accepted sync results
+    /// carry `KEY_ROTATION` until a key set under a new key is accepted. False when the wallet
+    /// has no record.
+    pub fn order_key_rotation(&mut self, party: &PartyRef) -> bool {
+        let Some(institution) = self.institutions.get_mut(&party.institution_id) else {
+            return false;
+        };
+        if !institution.records.contains_key(&party.wallet_id) {
+            return false;
+        }
+        institution.rotation_orders.insert(party.wallet_id.clone());
+        true
+    }
+
+    /// Whether the institution's order to rotate the wallet's key still stands.
+    pub fn rotation_ordered(&self, party: &PartyRef) -> bool {
+        self.institutions
+            .get(&party.institution_id)
+            .is_some_and(|i| i.rotation_orders.contains(&party.wallet_id))
+    }
+
     fn standing(&self, payer: &PartyRef) -> PayerStanding {
         let record = self.record(payer);
         PayerStanding {
@@ -391,10 +415,16 @@ impl OfflineNetwork {
             anchors_digest: self.anchors_digest,
             pending_commands: pending,
             policy: &policy,
+            rotation_ordered: self.rotation_ordered(&party),
             now_ms,
         };
         let decision = decide_sync(&record, &verified, &context);
         self.store_record(&decision.record);
+        if verified.rotation.is_some()
+            && let Some(institution) = self.institutions.get_mut(institution_id)
+        {
+            institution.rotation_orders.remove(&set.wallet_id);
+        }
         let mut cleared = Vec::new();
         let own: Vec<(PaymentToClear, &VerifiedOfflinePayment)> = decision
             .own_payments

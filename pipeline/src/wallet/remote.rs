@@ -2,9 +2,13 @@
 //! signed by the institution signer, queued in its ledger (applied once by the wallet, by
 //! sequence; delivered after every sync result until the wallet reports it applied them) and
 //! in force on the platform at once: a LOCK locks the wallet's offline record and its online
-//! wallet (flow 1 refuses its payments, `payer.wallet_locked`), an UNLOCK lifts both.
+//! wallet (flow 1 refuses its payments, `payer.wallet_locked`), an UNLOCK lifts both. An
+//! order to rotate the wallet's key ([`order_key_rotation`]) is no command: it is recorded with
+//! the wallet and told in every accepted sync result (`KEY_ROTATION`) until the wallet's key
+//! set under a new key is accepted.
 
 use dcpipe_connectors::bus::Outgoing;
+use dcpipe_connectors::ledger::OfflineLedger;
 use dcpipe_connectors::ledger::offline::{OfflineUpdate, QueueResult, QueuedCommand};
 use dcpipe_schemas::{CommandId, ControlCommand, PartyRef, RemoteControlCommand};
 
@@ -115,6 +119,36 @@ async fn apply_on_platform(
         };
         if super::stages::commit(offline, &[update]).await? {
             return Ok(());
+        }
+    }
+    Err(super::stages::kept_changing(wallet_id))
+}
+
+/// Orders `wallet_id` to rotate its key, at `now_ms`, in its institution's `offline` ledger:
+/// recorded on the wallet's record, the order makes every accepted sync result carry `KEY_ROTATION` until a key set
+/// under a new key, certified by the institution's CA, is accepted. Ordering again changes
+/// nothing (the first order's moment stays). Returns since when the order stands, or `None`
+/// when the institution keeps no offline record of the wallet.
+pub async fn order_key_rotation(
+    offline: &dyn OfflineLedger,
+    wallet_id: &str,
+    now_ms: i64,
+) -> Result<Option<i64>, StageError> {
+    for _ in 0..STALE_RETRIES_MAX {
+        let Some(read) = offline.offline_wallet(wallet_id).await? else {
+            return Ok(None);
+        };
+        if let Some(at_ms) = read.rotation_ordered_at_ms {
+            return Ok(Some(at_ms));
+        }
+        let mut record = read.clone();
+        record.rotation_ordered_at_ms = Some(now_ms);
+        let update = OfflineUpdate {
+            record,
+            clearings: Vec::new(),
+        };
+        if super::stages::commit(offline, &[update]).await? {
+            return Ok(Some(now_ms));
         }
     }
     Err(super::stages::kept_changing(wallet_id))

@@ -13,7 +13,11 @@
 //!    (`wallet.satellite_time_skew`);
 //! 4. the wallet certificate chains to the root with role `wallet`, valid at the satellite
 //!    moment and not revoked (`cert.*`), is the wallet named and holds the key carried
-//!    (`wallet.certificate_mismatch`); the wallet's signature (`wallet.signature_invalid`);
+//!    (`wallet.certificate_mismatch`); the wallet's signature (`wallet.signature_invalid`).
+//!    Under a key version above the recorded one (a rotation), a certificate that does not make
+//!    the new key a wallet key issued by the wallet's institution's CA — another institution's
+//!    CA issued it, or no CA of the trust store, or for another role — is
+//!    `wallet.rotation_uncertified`;
 //! 5. the wallet is not blacklisted (`wallet.blacklisted`);
 //! 6. the key version never goes down (`wallet.key_version_lowered`), and the key is the one
 //!    recorded for it, or a new key under a higher version (a rotation) (`wallet.key_unknown`);
@@ -38,7 +42,9 @@ use super::double_spend::PaymentToClear;
 use super::limits::SyncPolicy;
 use super::payment::{VerifiedOfflinePayment, verify_offline_payment};
 use super::time::offline_duration_ms;
-use crate::pki::{CertifiedKey, ChainVerifier, KeyError, Role, VerifiedIdentity, sha256};
+use crate::pki::{
+    CertErrorKind, CertifiedKey, ChainVerifier, KeyError, Role, VerifiedIdentity, sha256,
+};
 use crate::protocol::{
     CHAIN_START, key_set_digest, offline_payment_digest, offline_payment_id, wallet_key_set_bytes,
     wallet_sync_result_bytes,
@@ -215,8 +221,17 @@ pub fn verify_key_set(
             ),
         );
     }
+    // A raised key version brings a new key: its certificate must make it a wallet key of
+    // this wallet issued by the wallet's institution's CA, or the rotation is refused as such.
+    let rotating = set.key_version > record.key_version;
     let wallet = match verifier.verify(&set.certificate, set.satellite_at_ms, Role::Wallet) {
         Ok(identity) => identity,
+        Err(e) if rotating && !certifies_institution_key(e.kind()) => {
+            return reject(
+                Reason::WalletRotationUncertified,
+                format!("the new key of version {}: {e}", set.key_version),
+            );
+        }
         Err(e) => {
             return reject(
                 Reason::Certificate(e.kind()),
@@ -224,6 +239,17 @@ pub fn verify_key_set(
             );
         }
     };
+    if rotating && wallet.institution_id() != set.institution_id {
+        return reject(
+            Reason::WalletRotationUncertified,
+            format!(
+                "the new key of version {} is certified for {}, not {}",
+                set.key_version,
+                wallet.institution_id(),
+                set.institution_id
+            ),
+        );
+    }
     if wallet.id() != set.wallet_id || wallet.institution_id() != set.institution_id {
         return reject(
             Reason::WalletCertificateMismatch,
@@ -342,6 +368,21 @@ pub fn verify_key_set(
         commands_applied_through: set.commands_applied_through,
         anchors_digest: set.anchors_digest,
     }))
+}
+
+/// Whether a chain failure of this kind leaves the certificate issued by the right CA (it is
+/// expired, revoked, malformed…): the failure is then told as it is, a `cert.*` code. The other
+/// kinds say the key is not certified by the wallet's institution as a wallet key: another
+/// institution's CA issued it, no CA of the trust store did, or not for the role `wallet`.
+fn certifies_institution_key(kind: CertErrorKind) -> bool {
+    !matches!(
+        kind,
+        CertErrorKind::UnknownIssuer
+            | CertErrorKind::SignatureInvalid
+            | CertErrorKind::WrongIssuer
+            | CertErrorKind::InstitutionMismatch
+            | CertErrorKind::WrongRole
+    )
 }
 
 /// The key set's signing input. A received frame enters by the offline-payment digest of the
@@ -520,6 +561,9 @@ pub struct SyncContext<'a> {
     pub pending_commands: i64,
     /// The policy.
     pub policy: &'a SyncPolicy,
+    /// Whether the institution ordered the wallet to rotate its key (and no key set under a
+    /// new key was accepted since).
+    pub rotation_ordered: bool,
     /// The platform clock.
     pub now_ms: i64,
 }
@@ -550,7 +594,9 @@ pub struct SyncDecision {
 
 /// Decides what an accepted key set changes: the record (last sync = now, the chain advanced
 /// over the payments, the key rotated), which payments clear, which are refused, and the
-/// actions for the wallet.
+/// actions for the wallet. `KEY_ROTATION` asks the wallet for a new key when the institution
+/// ordered it or the wallet was offline longer than the policy's bound, until a key set under a
+/// new key is accepted.
 pub fn decide_sync(
     record: &WalletRecord,
     verified: &VerifiedKeySet,
@@ -602,9 +648,9 @@ pub fn decide_sync(
     if verified.offline_duration_ms > record.limits.offline_duration_ms_max {
         actions.push(WalletAction::ClockResync);
     }
-    if verified.rotation.is_none()
-        && verified.offline_duration_ms > context.policy.key_rotation_offline_ms
-    {
+    let rotation_wanted = context.rotation_ordered
+        || verified.offline_duration_ms > context.policy.key_rotation_offline_ms;
+    if verified.rotation.is_none() && rotation_wanted {
         actions.push(WalletAction::KeyRotation);
     }
     if record.locked_at_ms.is_some() || !verified.limit_violations.is_empty() {
@@ -752,4 +798,363 @@ pub fn verify_sync_result(
             &result.institution_signature,
         )
         .map_err(|e| Rejected::new(Reason::InstitutionSignature, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::pki::{
+        AlgorithmChoice, CertificateTemplate, DemoPkiOptions, PkiDirectory, PrivateKey,
+        RevocationSet, SpecialCertificate, SubjectSpec,
+    };
+    use crate::wallet::device::{
+        HardWallet, WalletError, WalletProvisioning, certify_rotated_key, copied_key,
+    };
+    use crate::wallet::limits::OFFLINE_TIER_4;
+    use crate::wallet::time::SatelliteFix;
+
+    /// Two institutions; wallet 0 of the first institution, with key version 1 recorded.
+    struct Setup {
+        pki: PkiDirectory,
+        verifier: Arc<ChainVerifier>,
+        anchors: Vec<Vec<u8>>,
+        party: PartyRef,
+        other_institution: String,
+        record: WalletRecord,
+        t0: i64,
+    }
+
+    fn setup() -> Setup {
+        let t0 = crate::clock::system_now_ms();
+        let pki = PkiDirectory::generate(&DemoPkiOptions::new(2, 2, AlgorithmChoice::P256, t0))
+            .expect("PKI");
+        let (wallet_id, keys) = pki.wallets().next().expect("wallet");
+        let party = PartyRef {
+            institution_id: keys.institution.clone(),
+            wallet_id: wallet_id.to_owned(),
+        };
+        let other_institution = pki
+            .institutions()
+            .map(|(id, _)| id.to_owned())
+            .find(|id| *id != party.institution_id)
+            .expect("two institutions");
+        let spki = keys
+            .wallet
+            .certificate()
+            .public_key()
+            .to_spki_der()
+            .expect("spki");
+        let record = WalletRecord {
+            party: party.clone(),
+            key_version: 1,
+            key_fingerprint: key_fingerprint(&spki),
+            last_sync_at_ms: t0,
+            counter: 0,
+            chain_head: CHAIN_START,
+            purse_fen: 0,
+            limits: OFFLINE_TIER_4,
+            locked_at_ms: None,
+            blacklisted_at_ms: None,
+            last_key_set: None,
+            commands_applied_through: 0,
+            blacklist_version: 0,
+        };
+        let mut anchors = vec![pki.root().certificate().der().to_vec()];
+        anchors.extend(
+            pki.institutions()
+                .map(|(_, k)| k.ca.certificate().der().to_vec()),
+        );
+        let verifier = Arc::new(ChainVerifier::new(
+            Arc::clone(pki.trust_store()),
+            Arc::new(RevocationSet::new()),
+        ));
+        Setup {
+            pki,
+            verifier,
+            anchors,
+            party,
+            other_institution,
+            record,
+            t0,
+        }
+    }
+
+    impl Setup {
+        /// The wallet holding `key` under `key_version`, at the recorded last sync.
+        fn wallet(&self, key: CertifiedKey, key_version: i32) -> HardWallet {
+            HardWallet::provision(WalletProvisioning {
+                party: self.party.clone(),
+                tier: 4,
+                key,
+                key_version,
+                limits: OFFLINE_TIER_4,
+                trust_anchors: self.anchors.clone(),
+                last_sync_at_ms: self.t0,
+                counter: 0,
+                chain_head: CHAIN_START,
+                purse_fen: 0,
+            })
+            .expect("provisioned")
+        }
+
+        fn original_key(&self) -> CertifiedKey {
+            copied_key(&self.pki.wallet(&self.party.wallet_id).expect("keys").wallet).expect("copy")
+        }
+
+        /// What the platform makes of the key set `wallet` makes a second after t0.
+        fn verdict(&self, wallet: &mut HardWallet) -> KeySetVerdict {
+            let at_ms = self.t0 + 1_000;
+            let set = wallet
+                .key_set(SatelliteFix { at_ms })
+                .expect("key set")
+                .key_set;
+            verify_key_set(
+                &set,
+                Some(&self.record),
+                &self.party.institution_id,
+                &self.verifier,
+                &SyncPolicy::default(),
+                at_ms,
+                &|_| PayerStanding::default(),
+            )
+        }
+
+        /// A wallet certificate naming this wallet and `institution` as its O, for a fresh key,
+        /// issued by the CA of `issuer`.
+        fn issued_by(&self, issuer: &str, institution: &str) -> CertifiedKey {
+            let ca = &self.pki.institution(issuer).expect("institution").ca;
+            let template = CertificateTemplate::for_role(
+                Role::Wallet,
+                &self.party.wallet_id,
+                institution,
+                self.t0 - 60_000,
+                self.t0 + 86_400_000,
+            );
+            let key = PrivateKey::generate(crate::pki::Algorithm::EcdsaP256Sha256).expect("key");
+            let certificate = ca.issue(&template, key.public_key()).expect("issued");
+            CertifiedKey::new(certificate, key).expect("pair")
+        }
+    }
+
+    fn refused_with(verdict: KeySetVerdict, reason: Reason) {
+        match verdict {
+            KeySetVerdict::Rejected(rejection) => {
+                assert_eq!(rejection.rejected.reason, reason, "{}", rejection.rejected);
+                assert!(rejection.answerable);
+            }
+            other => panic!("expected {reason}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_key_certified_by_the_wallets_institution_under_a_raised_version_is_a_rotation() {
+        let setup = setup();
+        let mut wallet = setup.wallet(setup.original_key(), 1);
+        let request = wallet.request_key_rotation().expect("a new key");
+        assert_eq!(request.key_version, 2);
+        // Asked again before the certificate came: the same key.
+        assert_eq!(
+            wallet.request_key_rotation().expect("again").public_key,
+            request.public_key
+        );
+        let ca = &setup
+            .pki
+            .institution(&setup.party.institution_id)
+            .expect("institution")
+            .ca;
+        let certificate =
+            certify_rotated_key(ca, &request, setup.t0 - 60_000, setup.t0 + 86_400_000)
+                .expect("certified");
+        wallet
+            .complete_key_rotation(certificate.der(), setup.t0)
+            .expect("rotated");
+        assert_eq!(wallet.key_version(), 2);
+        let spki = request.public_key.to_spki_der().expect("spki");
+        match setup.verdict(&mut wallet) {
+            KeySetVerdict::Verified(verified) => {
+                assert_eq!(verified.rotation, Some((2, key_fingerprint(&spki))));
+            }
+            other => panic!("expected a rotation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_raised_version_whose_key_the_wallets_institution_did_not_certify_is_refused() {
+        let setup = setup();
+        let own = setup.party.institution_id.clone();
+        let other = setup.other_institution.clone();
+        // Issued by the other institution's CA, naming the wallet's institution.
+        let mut wallet = setup.wallet(setup.issued_by(&other, &own), 2);
+        refused_with(
+            setup.verdict(&mut wallet),
+            Reason::WalletRotationUncertified,
+        );
+        // Issued by a CA no trust store knows.
+        let rogue = setup
+            .pki
+            .issue_special(
+                SpecialCertificate::UnknownIssuer,
+                &SubjectSpec {
+                    role: Role::Wallet,
+                    id: &setup.party.wallet_id,
+                    institution: &own,
+                    algorithm: crate::pki::Algorithm::EcdsaP256Sha256,
+                },
+                setup.t0,
+                &RevocationSet::new(),
+            )
+            .expect("rogue");
+        let mut wallet = setup.wallet(rogue, 2);
+        refused_with(
+            setup.verdict(&mut wallet),
+            Reason::WalletRotationUncertified,
+        );
+        // Under the recorded version, the same certificates are what they are.
+        let mut wallet = setup.wallet(setup.issued_by(&other, &own), 1);
+        refused_with(
+            setup.verdict(&mut wallet),
+            Reason::Certificate(CertErrorKind::InstitutionMismatch),
+        );
+    }
+
+    #[test]
+    fn a_raised_version_certified_for_another_institution_is_refused_as_uncertified() {
+        let setup = setup();
+        let other = setup.other_institution.clone();
+        // A wallet certificate of the other institution, for a wallet of the same id. The
+        // device itself refuses a key of another institution, so the set is made by hand.
+        let foreign = setup.issued_by(&other, &other);
+        let mut wallet = setup.wallet(setup.original_key(), 2);
+        let at_ms = setup.t0 + 1_000;
+        let mut set = wallet
+            .key_set(SatelliteFix { at_ms })
+            .expect("key set")
+            .key_set;
+        set.certificate = foreign.certificate().der().to_vec();
+        set.public_key = foreign
+            .certificate()
+            .public_key()
+            .to_spki_der()
+            .expect("spki");
+        set.signature = foreign.key().sign(&key_set_input(&set)).expect("signs");
+        let verdict = verify_key_set(
+            &set,
+            Some(&setup.record),
+            &setup.party.institution_id,
+            &setup.verifier,
+            &SyncPolicy::default(),
+            at_ms,
+            &|_| PayerStanding::default(),
+        );
+        refused_with(verdict, Reason::WalletRotationUncertified);
+    }
+
+    #[test]
+    fn a_lower_key_version_is_refused() {
+        let setup = setup();
+        let mut record = setup.record.clone();
+        record.key_version = 3;
+        let mut wallet = setup.wallet(setup.original_key(), 2);
+        let at_ms = setup.t0 + 1_000;
+        let set = wallet
+            .key_set(SatelliteFix { at_ms })
+            .expect("key set")
+            .key_set;
+        let verdict = verify_key_set(
+            &set,
+            Some(&record),
+            &setup.party.institution_id,
+            &setup.verifier,
+            &SyncPolicy::default(),
+            at_ms,
+            &|_| PayerStanding::default(),
+        );
+        refused_with(verdict, Reason::WalletKeyVersionLowered);
+    }
+
+    #[test]
+    fn an_order_asks_for_a_new_key_until_one_is_accepted() {
+        let setup = setup();
+        let mut wallet = setup.wallet(setup.original_key(), 1);
+        let KeySetVerdict::Verified(verified) = setup.verdict(&mut wallet) else {
+            panic!("verified");
+        };
+        let policy = SyncPolicy::default();
+        let context = |rotation_ordered| SyncContext {
+            blacklist: &[],
+            blacklist_version: 0,
+            trust_anchors: &[],
+            anchors_digest: CHAIN_START,
+            pending_commands: 0,
+            policy: &policy,
+            rotation_ordered,
+            now_ms: setup.t0 + 1_000,
+        };
+        let ordered = decide_sync(&setup.record, &verified, &context(true));
+        assert!(ordered.actions.contains(&WalletAction::KeyRotation));
+        let not_ordered = decide_sync(&setup.record, &verified, &context(false));
+        assert!(!not_ordered.actions.contains(&WalletAction::KeyRotation));
+        // The key set under the new key: the record takes it, no more asking.
+        let mut rotated = (*verified).clone();
+        rotated.rotation = Some((2, [7; 32]));
+        let decision = decide_sync(&setup.record, &rotated, &context(true));
+        assert!(!decision.actions.contains(&WalletAction::KeyRotation));
+        assert_eq!(
+            (decision.record.key_version, decision.record.key_fingerprint),
+            (2, [7; 32])
+        );
+    }
+
+    #[test]
+    fn a_wallet_takes_only_a_certificate_of_its_new_key_from_its_institutions_ca() {
+        let setup = setup();
+        let own = setup.party.institution_id.clone();
+        let other = setup.other_institution.clone();
+        let mut wallet = setup.wallet(setup.original_key(), 1);
+        // No new key made yet.
+        assert!(matches!(
+            wallet.complete_key_rotation(setup.issued_by(&own, &own).certificate().der(), setup.t0),
+            Err(WalletError::NoRotationPending)
+        ));
+        let request = wallet.request_key_rotation().expect("a new key");
+        // Another institution's CA does not certify it.
+        let other_ca = &setup.pki.institution(&other).expect("other").ca;
+        assert!(matches!(
+            certify_rotated_key(other_ca, &request, setup.t0, setup.t0 + 86_400_000),
+            Err(WalletError::NotTheInstitutionCa { .. })
+        ));
+        // A certificate of another key.
+        assert!(matches!(
+            wallet.complete_key_rotation(setup.issued_by(&own, &own).certificate().der(), setup.t0),
+            Err(WalletError::RotationKeyMismatch)
+        ));
+        // The new key certified by the other institution's CA in the wallet's name.
+        let template = CertificateTemplate::for_role(
+            Role::Wallet,
+            &setup.party.wallet_id,
+            &own,
+            setup.t0 - 60_000,
+            setup.t0 + 86_400_000,
+        );
+        let forged = other_ca
+            .issue(&template, &request.public_key)
+            .expect("issued");
+        assert!(matches!(
+            wallet.complete_key_rotation(forged.der(), setup.t0),
+            Err(WalletError::RotationCertificate(_))
+        ));
+        // Nothing changed: the old key still signs, under version 1.
+        assert_eq!(wallet.key_version(), 1);
+        let ca = &setup.pki.institution(&own).expect("own").ca;
+        let certificate =
+            certify_rotated_key(ca, &request, setup.t0 - 60_000, setup.t0 + 86_400_000)
+                .expect("certified");
+        wallet
+            .complete_key_rotation(certificate.der(), setup.t0)
+            .expect("rotated");
+        assert_eq!(wallet.key_version(), 2);
+        assert_eq!(wallet.key().certificate().public_key(), &request.public_key);
+    }
 }

@@ -21,6 +21,7 @@ macro_rules! wallet_suite {
             a_command_issued_while_offline_is_applied_once_after_reconnection,
             a_payment_refused_by_its_payee_gives_its_purse_back,
             a_blacklist_entry_written_but_not_published_is_published_once,
+            a_wallet_ordered_to_rotate_its_key_rotates_and_its_old_payments_clear,
         );
     };
     (@each $backend:expr; $($scenario:ident),+ $(,)?) => {

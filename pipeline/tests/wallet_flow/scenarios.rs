@@ -11,16 +11,17 @@ use dcpipe_connectors::ledger::{Ledger, OfflineLedger};
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::invariants::Submission;
 use dcpipe_pipeline::network::MoneyReport;
+use dcpipe_pipeline::pki::{CertificateTemplate, CertifiedKey, PrivateKey, Role};
 use dcpipe_pipeline::protocol::{CHAIN_START, offline_payment_digest, offline_payment_id};
 use dcpipe_pipeline::reason::Reason;
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::wallet::limits::{HOUR_MS, PAID_AT_SKEW_MS_MAX_DEFAULT};
-use dcpipe_pipeline::wallet::remote::issue_command;
+use dcpipe_pipeline::wallet::remote::{issue_command, order_key_rotation};
 use dcpipe_pipeline::wallet::stages::record::terms_of;
 use dcpipe_pipeline::wallet::stages::{blacklist, clearing, sync};
 use dcpipe_pipeline::wallet::{
     Command, CommandApplied, HardWallet, OFFLINE_TIER_4, OfflineNetwork, SatelliteFix, SyncPolicy,
-    WalletProvisioning, copied_key, key_fingerprint, key_set_input,
+    WalletProvisioning, certify_rotated_key, copied_key, key_fingerprint, key_set_input,
 };
 use dcpipe_schemas::{
     CommandId, DeadLetter, Digest32, OfflineLimits, OfflinePayment, OutcomeStatus, PartyRef,
@@ -1099,5 +1100,153 @@ pub(crate) async fn a_blacklist_entry_written_but_not_published_is_published_onc
         &[first.wallet_id.clone(), second.wallet_id.clone()],
     )
     .await;
+    world.running.stop().await;
+}
+
+/// The institution orders a wallet to rotate its key. Its next answer asks for a new key; the
+/// wallet makes one, its institution's CA certifies it, and its next key set carries the raised
+/// key version and the new key, which the platform records. The payments signed with the old
+/// key before the rotation clear, uploaded by their payee or in the key set under the new key.
+/// A key set under the old version, and one under a raised version whose key another
+/// institution's CA certified, are refused with their codes and change nothing.
+pub(crate) async fn a_wallet_ordered_to_rotate_its_key_rotates_and_its_old_payments_clear(
+    backend: &Backend,
+) {
+    let mut world = World::start(backend).await;
+    let ([mut a0, mut a1, mut b0], before) = world.three_wallets().await;
+    let wallet_id = a0.party().wallet_id.clone();
+    let at = world.t0 + 10 * 60_000;
+    // Paid with the old key before any order.
+    let (p1, d1, _) = pay(&mut a0, &mut b0, 3_000, at);
+    // The order stands from its first moment: ordering again changes nothing.
+    let ordered_at = system_now_ms();
+    let ordered = order_key_rotation(world.offline(OI_A), &wallet_id, ordered_at)
+        .await
+        .expect("ordered");
+    assert_eq!(ordered, Some(ordered_at));
+    let again = order_key_rotation(world.offline(OI_A), &wallet_id, ordered_at + 5)
+        .await
+        .expect("ordered");
+    assert_eq!(again, Some(ordered_at));
+    let stranger = order_key_rotation(world.offline(OI_A), "no-such-wallet", ordered_at)
+        .await
+        .expect("answered");
+    assert_eq!(stranger, None);
+    // The next answer asks for a new key.
+    let answer = world.sync(&mut a0).await;
+    assert_eq!(answer.status, SyncStatus::Accepted, "{answer:?}");
+    assert_eq!(answer.key_version, 1);
+    assert!(answer.actions.contains(&WalletAction::KeyRotation));
+    assert!(a0.rotation_due());
+    // Until the new key is certified, the wallet pays with its old key.
+    let (p2, d2, _) = pay(&mut a0, &mut a1, 2_000, system_now_ms());
+    let old_key = copied_key(a0.key()).expect("copy");
+    let request = a0.request_key_rotation().expect("a new key");
+    assert_eq!(request.key_version, 2);
+    let now = system_now_ms();
+    let certificate = certify_rotated_key(
+        &world.running.network.pki.institution(OI_A).expect("CA").ca,
+        &request,
+        now - HOUR_MS,
+        now + 30 * 24 * HOUR_MS,
+    )
+    .expect("certified by the institution's CA");
+    a0.complete_key_rotation(certificate.der(), now)
+        .expect("the wallet takes its certificate");
+    assert_eq!(a0.key_version(), 2);
+    assert!(!a0.rotation_due());
+    // Paid with the new key.
+    let (p3, d3, _) = pay(&mut a0, &mut b0, 1_000, system_now_ms());
+    // The payee of the old key's last payment uploads it first.
+    assert_eq!(world.sync(&mut a1).await.status, SyncStatus::Accepted);
+    // The key set under the new key carries both payments.
+    let answer = world.sync(&mut a0).await;
+    assert_eq!(answer.status, SyncStatus::Accepted, "{answer:?}");
+    assert_eq!(answer.key_version, 2);
+    assert!(!answer.actions.contains(&WalletAction::KeyRotation));
+    let new_spki = request.public_key.to_spki_der().expect("spki");
+    let record = world
+        .offline(OI_A)
+        .offline_wallet(&wallet_id)
+        .await
+        .expect("read")
+        .expect("record");
+    assert_eq!(record.key_version, 2);
+    assert_eq!(record.key_fingerprint, key_fingerprint(&new_spki));
+    assert_eq!(record.rotation_ordered_at_ms, None, "the order is done");
+    assert_eq!(record.counter, 3);
+    assert_eq!(world.sync(&mut b0).await.status, SyncStatus::Accepted);
+    world.cleared(&[(p1, d1), (p2, d2), (p3, d3)]).await;
+    assert_eq!(world.balance(a1.party()).await - before[1], 2_000);
+    assert_eq!(world.balance(b0.party()).await - before[2], 4_000);
+    let totals = world.offline(OI_A).offline_totals().await.expect("totals");
+    assert_eq!(totals.cleared_fen, 6_000, "each payment cleared once");
+    let settled = world
+        .offline(OI_A)
+        .offline_wallet(&wallet_id)
+        .await
+        .expect("read")
+        .expect("record");
+    // Key sets the platform refuses: they are made by wallets at a0's state holding another key.
+    let holding = |key: CertifiedKey, key_version: i32| {
+        HardWallet::provision(WalletProvisioning {
+            party: a0.party().clone(),
+            tier: 4,
+            key,
+            key_version,
+            limits: OFFLINE_TIER_4,
+            trust_anchors: world.anchors.clone(),
+            last_sync_at_ms: a0.last_sync_at_ms(),
+            counter: a0.counter(),
+            chain_head: a0.chain_head(),
+            purse_fen: a0.purse_fen(),
+        })
+        .expect("provisioned")
+    };
+    // The old key under the old version.
+    let mut stale = holding(old_key, 1);
+    // A raised version for a key another institution's CA certified in the wallet's name.
+    let rogue_key = PrivateKey::generate(a0.key().certificate().algorithm()).expect("key");
+    let rogue_certificate = world
+        .running
+        .network
+        .pki
+        .institution(OI_B)
+        .expect("CA")
+        .ca
+        .issue(
+            &CertificateTemplate::for_role(
+                Role::Wallet,
+                &wallet_id,
+                OI_A,
+                now - HOUR_MS,
+                now + 30 * 24 * HOUR_MS,
+            ),
+            rogue_key.public_key(),
+        )
+        .expect("issued");
+    let mut rogue = holding(
+        CertifiedKey::new(rogue_certificate, rogue_key).expect("pair"),
+        3,
+    );
+    for (wallet, reason) in [
+        (&mut stale, Reason::WalletKeyVersionLowered),
+        (&mut rogue, Reason::WalletRotationUncertified),
+    ] {
+        let upload = wallet.key_set(fix(system_now_ms())).expect("key set");
+        let refused = world
+            .answered(OI_A, &wallet_id, upload.frame.clone(), upload.digest)
+            .await;
+        assert_eq!(refused.status, SyncStatus::Rejected);
+        assert_eq!(refused.reason_code.as_deref(), Some(reason.as_str()));
+        assert_eq!(refused.key_version, 2);
+    }
+    let unchanged = world
+        .offline(OI_A)
+        .offline_wallet(&wallet_id)
+        .await
+        .expect("read")
+        .expect("record");
+    assert_eq!(unchanged, settled);
     world.running.stop().await;
 }

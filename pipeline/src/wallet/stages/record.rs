@@ -61,6 +61,10 @@ pub fn stored_record(
         commands_applied_through: record.commands_applied_through,
         blacklist_version: record.blacklist_version,
         last_answer: last_answer.or_else(|| read.last_answer.clone()),
+        // An order to rotate holds until a key set under a new key is accepted.
+        rotation_ordered_at_ms: read
+            .rotation_ordered_at_ms
+            .filter(|_| record.key_version == read.key_version),
     }
 }
 
@@ -271,6 +275,7 @@ pub(crate) mod tests {
             commands_applied_through: 2,
             blacklist_version: 1,
             last_answer: Some(vec![1]),
+            rotation_ordered_at_ms: Some(11),
         }
     }
 
@@ -281,6 +286,23 @@ pub(crate) mod tests {
         assert_eq!(record.party.institution_id, "oi01");
         assert_eq!(record.limits, OFFLINE_TIER_4);
         assert_eq!(stored_record(&record, &read, None), read);
+    }
+
+    #[test]
+    fn an_order_to_rotate_holds_until_the_key_version_rises() {
+        let read = stored();
+        let mut record = wallet_record("oi01", &read);
+        record.last_sync_at_ms = 2_000;
+        assert_eq!(
+            stored_record(&record, &read, None).rotation_ordered_at_ms,
+            Some(11)
+        );
+        record.key_version = 3;
+        record.key_fingerprint = [4; 32];
+        assert_eq!(
+            stored_record(&record, &read, None).rotation_ordered_at_ms,
+            None
+        );
     }
 
     #[test]

@@ -228,6 +228,7 @@ impl WalletSyncStage {
             anchors_digest: self.anchors_digest,
             pending_commands: i64::try_from(pending).unwrap_or(i64::MAX),
             policy: &self.policy,
+            rotation_ordered: read.rotation_ordered_at_ms.is_some(),
             now_ms,
         };
         let decision = decide_sync(record, verified, &context);
