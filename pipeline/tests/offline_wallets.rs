@@ -853,6 +853,46 @@ fn a_command_issued_while_a_wallet_is_offline_applies_once_at_its_next_sync() {
     world.conserved();
 }
 
+/// A payment to a locked wallet is cleared at its payer's institution and voided on the
+/// clearing path (the payee's institution refuses the credit): credited to nobody, and its
+/// amount back in the payer's purse once the answer to the key set that cleared it is made.
+#[test]
+fn a_payment_to_a_locked_wallet_is_voided_and_gives_the_purse_back() {
+    let mut world = World::new();
+    let (a, mut b, c) = (world.wallet(0), world.wallet(1), world.wallet(2));
+    let t = world.t0 + HOUR_MS;
+    let to_a = b.pay(a.party(), 3_000, fix(t)).expect("b pays a");
+    let to_c = b.pay(c.party(), 1_000, fix(t + 1)).expect("b pays c");
+    world
+        .net
+        .issue_command(a.party(), Command::Lock, t + 2)
+        .expect("issued");
+    let outcome = world.sync(&mut b, t + HOUR_MS);
+    assert_eq!(outcome.result.status, SyncStatus::Accepted);
+    // The answer is made before the clearing path runs: the purse without either payment.
+    assert_eq!(outcome.result.purse_fen, PURSE_FEN - 4_000);
+    let id_of = |frame: &Frame| {
+        let payment: OfflinePayment = dcpipe_schemas::decode(frame.as_bytes()).expect("decodes");
+        dcpipe_pipeline::protocol::offline_payment_id(
+            &dcpipe_pipeline::protocol::offline_payment_digest(&payment),
+        )
+    };
+    let cleared = world.net.cleared();
+    assert!(cleared[&id_of(&to_a)].voided);
+    assert!(!cleared[&id_of(&to_c)].voided);
+    assert_eq!(world.net.credited(a.party()), 0);
+    assert_eq!(world.net.credited(c.party()), 1_000);
+    assert_eq!(
+        world.net.record(b.party()).expect("record").purse_fen,
+        PURSE_FEN - 1_000
+    );
+    world.conserved();
+    // Its wallet learns its purse at its next sync.
+    let next = world.sync(&mut b, t + 2 * HOUR_MS);
+    assert_eq!(next.result.purse_fen, PURSE_FEN - 1_000);
+    assert_eq!(b.purse_fen(), PURSE_FEN - 1_000);
+}
+
 #[test]
 fn commands_out_of_order_forged_or_misaddressed_are_refused_by_the_wallet() {
     let mut world = World::new();

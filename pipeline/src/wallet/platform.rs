@@ -3,8 +3,13 @@
 //! waiting, driven by the pure functions of this module's siblings.
 //!
 //! [`OfflineNetwork`] is the reference model of what the stages do with a store: the tests, the
-//! demo's checks and the load test's validity gate run wallets against it, and its accounts must
-//! always satisfy the conservation of money:
+//! demo's checks and the load test's validity gate run wallets against it. Like the stages, it
+//! credits every payee of a double spender in full, the purse first and the loss account for
+//! the excess, and locks the double spender; and a payment to a locked wallet is voided on the
+//! clearing path (its payee's institution refuses the credit, `payee.wallet_locked`) and gives
+//! back what it took, the purse part to its payer's purse and the loss part to the loss account,
+//! once the answer to the key set that cleared it is made (the clearing path runs after the
+//! answer). Its accounts must always satisfy the conservation of money:
 //!
 //! ```text
 //! Σ purses + Σ credited to payees + loss account = Σ funded       (loss account ≤ 0)
@@ -43,6 +48,10 @@ pub struct ClearedPayment {
     pub decision: ClearingDecision,
     /// Whether the payer or the payee uploaded it first.
     pub first_uploaded_by_payer: bool,
+    /// Whether the clearing path voided it: its payee was locked, so its payee's institution
+    /// refused the credit. It stays recorded under its counter, credited to nobody, and what it
+    /// took went back.
+    pub voided: bool,
 }
 
 /// What one key set brought.
@@ -438,7 +447,8 @@ impl OfflineNetwork {
             })
             .collect();
         let mut fraud = !decision.evidence.is_empty();
-        fraud |= self.clear(&party, &own, true, now_ms, &mut cleared);
+        let mut voids = Vec::new();
+        fraud |= self.clear(&party, &own, true, now_ms, &mut cleared, &mut voids);
         for received in &decision.received {
             let payer = received.payment.payer.clone();
             let to_clear = PaymentToClear {
@@ -447,7 +457,14 @@ impl OfflineNetwork {
                 counter: received.payment.counter,
                 amount_fen: received.payment.amount_fen,
             };
-            self.clear(&payer, &[(to_clear, received)], false, now_ms, &mut cleared);
+            self.clear(
+                &payer,
+                &[(to_clear, received)],
+                false,
+                now_ms,
+                &mut cleared,
+                &mut voids,
+            );
         }
         if fraud {
             self.mark_fraud(&party, now_ms);
@@ -471,6 +488,10 @@ impl OfflineNetwork {
             institution
                 .answers
                 .insert(set.wallet_id.clone(), result.clone());
+        }
+        // The clearing path, after the answer: voided payments give back what they took.
+        for void in voids {
+            self.give_back(&void);
         }
         Ok(SyncOutcome {
             commands: self.pending_commands(&party, verified.commands_applied_through),
@@ -531,8 +552,27 @@ impl OfflineNetwork {
             .unwrap_or_default()
     }
 
+    /// Whether the institution of `payee` refuses a credit to it: the wallet is locked (its
+    /// online wallet with it).
+    fn refuses_credit(&self, payee: &PartyRef) -> bool {
+        self.record(payee).is_some_and(|r| r.locked_at_ms.is_some())
+    }
+
+    /// A voided payment gives back what it took: the purse part to its payer's purse, the loss
+    /// part to the loss account of the payer's institution.
+    fn give_back(&mut self, void: &Void) {
+        if let Some(record) = self.record_mut(&void.payer) {
+            record.purse_fen += void.from_purse_fen;
+        }
+        if let Some(institution) = self.institutions.get_mut(&void.payer.institution_id) {
+            institution.loss_account_fen += void.from_loss_fen;
+        }
+    }
+
     /// Clears payments of one payer at the payer's institution with the double-spending rule;
-    /// returns whether they hold evidence against the payer.
+    /// returns whether they hold evidence against the payer. A payment to a locked payee is
+    /// cleared and then voided: it is credited to nobody and added to `voids`, to give back
+    /// once the clearing path runs.
     fn clear(
         &mut self,
         payer: &PartyRef,
@@ -540,6 +580,7 @@ impl OfflineNetwork {
         by_payer: bool,
         now_ms: i64,
         cleared: &mut Vec<PaymentId>,
+        voids: &mut Vec<Void>,
     ) -> bool {
         let Some(record) = self.record(payer).cloned() else {
             return false;
@@ -576,10 +617,19 @@ impl OfflineNetwork {
                 .entry(key)
                 .or_default()
                 .push(decision.payment.digest);
-            *self
-                .credited
-                .entry(verified.payment.payee.clone())
-                .or_default() += decision.payment.amount_fen;
+            let voided = self.refuses_credit(&verified.payment.payee);
+            if voided {
+                voids.push(Void {
+                    payer: payer.clone(),
+                    from_purse_fen: decision.from_purse_fen,
+                    from_loss_fen: decision.from_loss_fen,
+                });
+            } else {
+                *self
+                    .credited
+                    .entry(verified.payment.payee.clone())
+                    .or_default() += decision.payment.amount_fen;
+            }
             if let Some(institution) = self.institutions.get_mut(&payer.institution_id) {
                 institution.loss_account_fen -= decision.from_loss_fen;
             }
@@ -591,6 +641,7 @@ impl OfflineNetwork {
                     amount_fen: decision.payment.amount_fen,
                     decision: decision.clone(),
                     first_uploaded_by_payer: by_payer,
+                    voided,
                 },
             );
             cleared.push(decision.payment.payment_id);
@@ -620,6 +671,14 @@ impl OfflineNetwork {
     pub fn accepted(outcome: &SyncOutcome) -> bool {
         outcome.result.status == SyncStatus::Accepted
     }
+}
+
+/// What a voided payment gives back.
+#[derive(Debug, Clone)]
+struct Void {
+    payer: PartyRef,
+    from_purse_fen: i64,
+    from_loss_fen: i64,
 }
 
 fn dead_letter(rejected: Rejected) -> SyncOutcome {
