@@ -95,6 +95,7 @@ macro_rules! ledger_suite {
             offline::a_payment_cleared_before_moves_nothing_and_another_digest_is_refused,
             offline::a_cleared_payment_takes_the_clearing_path_from_the_purse_account,
             offline::a_stale_write_of_several_wallets_writes_none,
+            offline::an_order_to_rotate_the_key_is_written_read_and_ended_with_the_record,
             offline::a_lock_in_the_record_locks_the_online_wallet_and_blacklisting_lists_it,
             offline::commands_queue_once_in_sequence,
             offline::a_write_cannot_clear_another_payers_payment,

@@ -447,6 +447,49 @@ pub(crate) async fn a_lock_in_the_record_locks_the_online_wallet_and_blacklistin
     assert!(!online.account.locked);
 }
 
+pub(crate) async fn an_order_to_rotate_the_key_is_written_read_and_ended_with_the_record(
+    backend: &dyn Backend,
+) {
+    let ledger = offline_payer(backend).await;
+    let offline = ledger.offline();
+    let opened = record(offline, "a1").await;
+    assert_eq!(opened.rotation_ordered_at_ms, None, "no order at opening");
+    let mut ordered = opened.clone();
+    ordered.rotation_ordered_at_ms = Some(2_000);
+    let written = offline
+        .commit_offline(&[OfflineUpdate {
+            record: ordered.clone(),
+            clearings: Vec::new(),
+        }])
+        .await
+        .expect("order");
+    assert_eq!(written, OfflineCommit::Committed);
+    let read = record(offline, "a1").await;
+    assert_eq!(read.rotation_ordered_at_ms, Some(2_000));
+    assert_eq!(read.version, opened.version + 1);
+    // The key set under the new key ends the order, with the raised key version.
+    let mut rotated = read.clone();
+    rotated.key_version = 2;
+    rotated.key_fingerprint = [9; 32];
+    rotated.rotation_ordered_at_ms = None;
+    offline
+        .commit_offline(&[OfflineUpdate {
+            record: rotated,
+            clearings: Vec::new(),
+        }])
+        .await
+        .expect("rotate");
+    let read = record(offline, "a1").await;
+    assert_eq!(
+        (
+            read.key_version,
+            read.key_fingerprint,
+            read.rotation_ordered_at_ms
+        ),
+        (2, [9; 32], None)
+    );
+}
+
 fn command(n: u8, sequence: i64) -> QueuedCommand {
     QueuedCommand {
         command_id: [n; 16],
