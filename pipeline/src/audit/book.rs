@@ -16,8 +16,8 @@ use dcpipe_schemas::{
 use super::check::{Checked, Fact, OutcomeFact, Terms};
 use super::code::AuditCode;
 use super::report::{AuditReport, Discrepancy, Location, PartialPayment};
+use super::vehicle::{RegistryHistory, VehicleBook};
 use crate::ops::settlement::zero_sum;
-use crate::vehicle::stages::{matching, report as station_report};
 
 /// Default width of the range's edges: a payment begun less than this after the range's start
 /// (or active less than this before its end) and not whole in it is partial.
@@ -244,8 +244,7 @@ pub struct Book {
     open: HashMap<PaymentId, OpenPayment>,
     closed: HashMap<PaymentId, Summary>,
     closed_order: VecDeque<(i64, PaymentId)>,
-    authorizations: HashMap<Digest32, (i64, i64)>,
-    authorization_order: VecDeque<(i64, Digest32)>,
+    vehicles: VehicleBook,
     pending_clearings: Vec<PendingClearing>,
     repeated_clearings: Vec<PendingClearing>,
     windows: BTreeMap<i64, Vec<SettlementPosition>>,
@@ -261,12 +260,10 @@ impl Book {
     /// An empty book.
     pub fn new(config: BookConfig) -> Self {
         Book {
-            config,
             open: HashMap::new(),
             closed: HashMap::new(),
             closed_order: VecDeque::new(),
-            authorizations: HashMap::new(),
-            authorization_order: VecDeque::new(),
+            vehicles: VehicleBook::new(config.range_start_ms, config.edge_ms, config.reorder_ms),
             pending_clearings: Vec::new(),
             repeated_clearings: Vec::new(),
             windows: BTreeMap::new(),
@@ -276,7 +273,13 @@ impl Book {
             newest_ms: i64::MIN,
             last_touched: None,
             complete: VecDeque::new(),
+            config,
         }
+    }
+
+    /// Judges vehicle sessions against the registry's history (read from its beginning).
+    pub fn set_registry(&mut self, registry: RegistryHistory) {
+        self.vehicles.set_registry(registry);
     }
 
     /// Payments open now (the memory the book holds is proportional to it).
@@ -315,6 +318,11 @@ impl Book {
                 binding,
             } => {
                 report.counts.verified += 1;
+                if self.vehicles.authorizes(&binding) {
+                    self.vehicles.charge(
+                        payment_id, &terms, digest, binding, &location, at_ms, report,
+                    );
+                }
                 let payment = self.entry(payment_id, at_ms);
                 if payment.clearing.is_none() {
                     payment.clearing = Some(ClearingSeen {
@@ -348,16 +356,19 @@ impl Book {
             }
             Fact::Position(position) => self.position(position, location, at_ms, report),
             Fact::Revocation => report.counts.verified += 1,
-            Fact::Authorization {
-                digest,
-                wallet: _,
-                max_amount_fen,
-                expires_at_ms,
-            } => {
-                report.counts.verified += 1;
-                self.authorizations
-                    .insert(digest, (max_amount_fen, expires_at_ms));
-                self.authorization_order.push_back((expires_at_ms, digest));
+            Fact::Vehicle(fact) => {
+                if let Some(refusal) = self.vehicles.apply(fact, at_ms, report) {
+                    self.refuse(
+                        refusal.code,
+                        checked.subject,
+                        checked.position,
+                        None,
+                        refusal.found,
+                        refusal.payload_sha256,
+                        at_ms,
+                        report,
+                    );
+                }
             }
             Fact::DeadLetter {
                 subject,
@@ -377,31 +388,61 @@ impl Book {
                 payment_id,
                 found,
                 payload_sha256,
-            } => {
-                let expected = match code {
-                    AuditCode::UndecodableNotDeadLettered => {
-                        "a frame of the subject's message, or a dead letter with its bytes"
-                    }
-                    _ => "a signature that verifies at the message's time, or a dead letter",
-                };
-                let discrepancy =
-                    Discrepancy::new(code, location.clone(), payment_id, expected, found);
-                if self.refused.len() >= REFUSED_PENDING_MAX {
-                    report.push(discrepancy);
-                } else {
-                    self.refused.insert(
-                        (checked.subject, checked.position),
-                        RefusedRecord {
-                            payload_sha256,
-                            discrepancy,
-                            at_ms,
-                        },
-                    );
-                }
-            }
+            } => self.refuse(
+                code,
+                checked.subject,
+                checked.position,
+                payment_id,
+                found,
+                payload_sha256,
+                at_ms,
+                report,
+            ),
         }
         if let Some(payment_id) = self.last_touched.take() {
             self.close_if_complete(payment_id, report);
+        }
+        self.vehicles.tick(self.newest_ms, report);
+    }
+
+    /// A record that failed its checks: a discrepancy unless a dead letter holds its bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &mut self,
+        code: AuditCode,
+        subject: String,
+        position: Position,
+        payment_id: Option<PaymentId>,
+        found: String,
+        payload_sha256: [u8; 32],
+        at_ms: i64,
+        report: &mut AuditReport,
+    ) {
+        let expected = match code {
+            AuditCode::UndecodableNotDeadLettered => {
+                "a frame of the subject's message, or a dead letter with its bytes"
+            }
+            AuditCode::VehicleTelemetryOutOfSequence => {
+                "the vehicle's next batch, or a dead letter with its bytes"
+            }
+            AuditCode::VehicleSessionInvalid => {
+                "a session event derived from its session and the registry"
+            }
+            _ => "a signature that verifies at the message's time, or a dead letter",
+        };
+        let location = Location::new(&subject, position);
+        let discrepancy = Discrepancy::new(code, location, payment_id, expected, found);
+        if self.refused.len() >= REFUSED_PENDING_MAX {
+            report.push(discrepancy);
+        } else {
+            self.refused.insert(
+                (subject, position),
+                RefusedRecord {
+                    payload_sha256,
+                    discrepancy,
+                    at_ms,
+                },
+            );
         }
     }
 
@@ -744,10 +785,12 @@ impl Book {
                 .submissions
                 .iter()
                 .find(|s| s.envelope_digest == o.digest || s.submission_digest == o.digest);
+            // A vehicle charge: its clearing message is bound to a pre-authorization (the
+            // charge itself is reconciled with its session by the vehicle book).
             let vehicle = payment
                 .clearing
                 .as_ref()
-                .and_then(|c| self.authorizations.get(&c.binding).map(|a| (c, *a)));
+                .filter(|c| self.vehicles.authorizes(&c.binding));
             match (submission, vehicle) {
                 (Some(s), _) => {
                     if o.status == OutcomeStatus::Completed
@@ -788,16 +831,7 @@ impl Book {
                         ));
                     }
                 }
-                (None, Some((clearing, (max_amount_fen, _)))) => {
-                    if clearing.terms.amount_fen > max_amount_fen {
-                        report.push(Discrepancy::new(
-                            AuditCode::ClearingMismatch,
-                            clearing.location.clone(),
-                            Some(payment_id),
-                            format!("at most the pre-authorized {max_amount_fen} fen"),
-                            format!("{} fen", clearing.terms.amount_fen),
-                        ));
-                    }
+                (None, Some(clearing)) => {
                     if clearing.terms != o.terms || clearing.digest != o.digest {
                         report.push(Discrepancy::new(
                             AuditCode::OutcomeMismatch,
@@ -809,8 +843,7 @@ impl Book {
                     }
                 }
                 (None, None) => {
-                    let vehicle_refusal = o.status == OutcomeStatus::Rejected
-                        && (o.stage == matching::STAGE || o.stage == station_report::STAGE);
+                    let vehicle_refusal = super::vehicle::is_refused_charge(o);
                     if vehicle_refusal || other_payer {
                         // A charge refused before any money moved; or a payer this audit
                         // does not read: judged on what it sees.
@@ -874,7 +907,7 @@ impl Book {
             .push_back((payment.last_seen_ms, payment_id));
     }
 
-    /// Forgets judged summaries older than the retention, and expired pre-authorizations.
+    /// Forgets judged summaries older than the retention.
     fn forget_old(&mut self) {
         let horizon = self
             .newest_ms
@@ -885,13 +918,6 @@ impl Book {
             }
             self.closed_order.pop_front();
             self.closed.remove(&id);
-        }
-        while let Some(&(expires_at_ms, digest)) = self.authorization_order.front() {
-            if expires_at_ms >= horizon {
-                break;
-            }
-            self.authorization_order.pop_front();
-            self.authorizations.remove(&digest);
         }
     }
 
@@ -1001,6 +1027,7 @@ impl Book {
                 ));
             }
         }
+        self.vehicles.finish(range_end_ms, report);
         for (_, refused) in self.refused.drain() {
             if refused.at_ms < end_edge {
                 report.push(refused.discrepancy);
@@ -1377,46 +1404,6 @@ mod tests {
         let at_the_end = run(BookConfig::default(), records(), T0_MS + 1_000);
         assert!(at_the_end.is_clean());
         assert_eq!(at_the_end.partial[0].edge, "end");
-    }
-
-    #[test]
-    fn a_vehicle_charge_is_authorized_by_the_pre_authorization_it_names() {
-        let t = terms("oi01", 700);
-        let authorization = |max_amount_fen| {
-            record(
-                "vehicle.authorization.oi01",
-                1,
-                T0_MS - 10,
-                Fact::Authorization {
-                    digest: digest(9),
-                    wallet: party("oi01", "w1"),
-                    max_amount_fen,
-                    expires_at_ms: T0_MS + 60_000,
-                },
-            )
-        };
-        let charge = |max_amount_fen| {
-            vec![
-                authorization(max_amount_fen),
-                record(
-                    "clearing.request.oi01",
-                    1,
-                    T0_MS,
-                    clearing(t.clone(), digest(9)),
-                ),
-                record("clearing.response.oi01", 1, T0_MS + 1, accepted()),
-                record(
-                    "txn.result.oi01",
-                    1,
-                    T0_MS + 2,
-                    Fact::Outcome(outcome(t.clone(), OutcomeStatus::Completed, "commit")),
-                ),
-            ]
-        };
-        let within = run(BookConfig::default(), charge(1_000), T0_MS + 120_000);
-        assert!(within.is_clean(), "{:#?}", within.discrepancies);
-        let above = run(BookConfig::default(), charge(500), T0_MS + 120_000);
-        assert_eq!(above.count_of(AuditCode::ClearingMismatch), 1);
     }
 
     #[test]

@@ -1,15 +1,15 @@
 //! The record-by-record checks: decode a frame with the schema its subject carries and verify
 //! every signature with the functions the stages use, at the message's own time. Pure and
 //! independent per record (the revocation history is rebuilt before), so the audit runs them
-//! on every core; what they find is then reconciled in order ([`super::book`]).
+//! on every core; what they find is then reconciled in order ([`super::book`]). The records of
+//! the vehicle flow are checked by [`super::vehicle`].
 
 use bytes::Bytes;
 use dcpipe_connectors::bus::Position;
 use dcpipe_schemas::{
     ClearingMessage, ClearingResponse, ClearingStatus, CodecError, DeadLetter, Digest32,
     OfflinePayment, OutcomeStatus, PartyRef, PaymentId, PaymentOutcome, RevocationUpdate,
-    ServiceAuthorization, SettlementInstruction, SettlementPosition, TransactionEnvelope,
-    WalletKeySet,
+    SettlementInstruction, SettlementPosition, TransactionEnvelope, WalletKeySet,
 };
 
 use super::code::AuditCode;
@@ -21,8 +21,6 @@ use crate::pki::{CertErrorKind, Role, VerifiedIdentity, sha256};
 use crate::protocol::{settlement_instruction_bytes, submission_digest};
 use crate::reason::{Reason, Rejected};
 use crate::revocation::verify_update;
-use crate::vehicle::preauth::verify_authorization_signer;
-use crate::vehicle::signed::service_authorization_digest;
 
 /// A stored record as the audit reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,17 +179,8 @@ pub enum Fact {
     Position(SettlementPosition),
     /// A revocation update, authentic (already applied to the history).
     Revocation,
-    /// A vehicle's pre-authorization, authentic at its issue time.
-    Authorization {
-        /// SHA-256 of what the wallet signed: a charge's clearing message carries it.
-        digest: Digest32,
-        /// The paying wallet.
-        wallet: PartyRef,
-        /// The most it allows.
-        max_amount_fen: i64,
-        /// Until when.
-        expires_at_ms: i64,
-    },
+    /// A record of the vehicle flow ([`super::vehicle`]).
+    Vehicle(super::vehicle::VehicleFact),
     /// A dead letter: the original's subject, position and bytes' digest.
     DeadLetter {
         /// Where the original was consumed from.
@@ -201,7 +190,8 @@ pub enum Fact {
         /// SHA-256 of its bytes.
         original_sha256: [u8; 32],
     },
-    /// A message of a kind no flow audits yet (telemetry, registry entries, station reports).
+    /// A message no flow audits (a pre-authorization whose wallet signature does not verify:
+    /// the vehicle stage's to refuse, it authorizes nothing).
     Unaudited,
     /// A record that failed its checks: a discrepancy unless a stage dead-lettered it.
     Refused {
@@ -261,6 +251,14 @@ fn refused(code: AuditCode, payment_id: Option<PaymentId>, found: String, payloa
         payment_id,
         found,
         payload_sha256: sha256(payload),
+    }
+}
+
+/// A record of a subject no flow reads: audited only as a frame that decodes.
+fn undecodable_subject(payload: &[u8]) -> Fact {
+    match dcpipe_schemas::decode_any(payload) {
+        Ok(_) => Fact::Unaudited,
+        Err(e) => undecodable(&e, payload),
     }
 }
 
@@ -351,11 +349,8 @@ fn fact_of(context: &CheckContext, record: &AuditRecord) -> Fact {
             },
             Err(e) => undecodable(&e, payload),
         },
-        ["vehicle", "authorization", _] => {
-            match dcpipe_schemas::decode::<ServiceAuthorization>(payload) {
-                Ok(authorization) => authorization_fact(context, &authorization),
-                Err(e) => undecodable(&e, payload),
-            }
+        ["vehicle", ..] => {
+            super::vehicle::fact_of(context, record).unwrap_or_else(|| undecodable_subject(payload))
         }
         ["deadletter", ..] => match dcpipe_schemas::decode::<DeadLetter>(payload) {
             Ok(dead) => Fact::DeadLetter {
@@ -368,10 +363,7 @@ fn fact_of(context: &CheckContext, record: &AuditRecord) -> Fact {
             },
             Err(e) => undecodable(&e, payload),
         },
-        _ => match dcpipe_schemas::decode_any(payload) {
-            Ok(_) => Fact::Unaudited,
-            Err(e) => undecodable(&e, payload),
-        },
+        _ => undecodable_subject(payload),
     }
 }
 
@@ -617,27 +609,6 @@ fn instruction_check(
             &instruction.signature,
         )
         .map_err(|e| Rejected::new(Reason::InstitutionSignature, e.to_string()))
-}
-
-fn authorization_fact(context: &CheckContext, authorization: &ServiceAuthorization) -> Fact {
-    let a = authorization;
-    let checked = verify_authorization_signer(a, context.verifier.chains()).and_then(|signer| {
-        context
-            .verifier
-            .check_revocation(&signer, a.issued_at_ms)
-            .map_err(|e| Rejected::new(Reason::Certificate(e.kind()), e.to_string()))
-    });
-    match checked {
-        // A wallet's signature is not an institution's: a bad one is the vehicle stage's to
-        // refuse, and it authorizes nothing here.
-        Err(_) => Fact::Unaudited,
-        Ok(()) => Fact::Authorization {
-            digest: service_authorization_digest(a),
-            wallet: a.wallet.clone(),
-            max_amount_fen: a.max_amount_fen,
-            expires_at_ms: a.expires_at_ms,
-        },
-    }
 }
 
 #[cfg(test)]

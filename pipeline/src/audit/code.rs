@@ -1,4 +1,4 @@
-//! The stable codes of the audit's discrepancies (`audit.*`), listed in docs/PROTOCOL.md §11.
+//! The stable codes of the audit's discrepancies (`audit.*`), listed in docs/PROTOCOL.md §12.
 //!
 //! A discrepancy is not a reason a stage gives for refusing a message: it is what the audit
 //! found wrong in the record, so its codes live in their own enum, never mixed with
@@ -61,11 +61,35 @@ pub enum AuditCode {
     /// A wallet the range covers whole whose balance is not its opening plus the completed
     /// payments the record holds for it.
     WalletBalanceMismatch,
+    /// A vehicle's telemetry batch whose signature does not verify, whose certificate is not the
+    /// vehicle it names or not of its wallet's institution, or on another institution's subject
+    /// than its wallet's, and that no stage dead-lettered.
+    VehicleTelemetrySignatureInvalid,
+    /// A vehicle's telemetry batch that its chain refuses (another batch with its first
+    /// sequence, a replay, a broken chain, time not rising), and that no stage dead-lettered.
+    VehicleTelemetryOutOfSequence,
+    /// A station's service-complete report whose signature does not verify, or whose
+    /// certificate is not the entity it names, and that no stage dead-lettered.
+    VehicleReportForged,
+    /// A session event whose ids are not derived from its session, addressed to another
+    /// institution than its wallet's, or naming an entity version the registry does not hold.
+    VehicleSessionInvalid,
+    /// A vehicle charge whose payment id is no session's in the record, whose session has not
+    /// ended, or, for charging and fuel, without the station's report of its session.
+    VehicleChargeWithoutSession,
+    /// A vehicle charge whose amount is not the fee of its session under the tariff of the
+    /// entity version in force at the session's start.
+    VehicleChargeAmountMismatch,
+    /// A vehicle charge whose payer, payee, vehicle, entity or charge digest differ from its
+    /// session, its station report and its pre-authorization.
+    VehicleChargeMismatch,
+    /// A second, different charge for one session.
+    VehicleChargeTwice,
 }
 
 impl AuditCode {
-    /// Every code, in the order of docs/PROTOCOL.md §11.
-    pub const ALL: [AuditCode; 18] = [
+    /// Every code, in the order of docs/PROTOCOL.md §12.
+    pub const ALL: [AuditCode; 26] = [
         AuditCode::UndecodableNotDeadLettered,
         AuditCode::SignatureInvalid,
         AuditCode::CertificateInvalid,
@@ -84,6 +108,14 @@ impl AuditCode {
         AuditCode::PositionMismatch,
         AuditCode::LedgerMismatch,
         AuditCode::WalletBalanceMismatch,
+        AuditCode::VehicleTelemetrySignatureInvalid,
+        AuditCode::VehicleTelemetryOutOfSequence,
+        AuditCode::VehicleReportForged,
+        AuditCode::VehicleSessionInvalid,
+        AuditCode::VehicleChargeWithoutSession,
+        AuditCode::VehicleChargeAmountMismatch,
+        AuditCode::VehicleChargeMismatch,
+        AuditCode::VehicleChargeTwice,
     ];
 
     /// The stable code.
@@ -107,6 +139,16 @@ impl AuditCode {
             AuditCode::PositionMismatch => "audit.position_mismatch",
             AuditCode::LedgerMismatch => "audit.ledger_mismatch",
             AuditCode::WalletBalanceMismatch => "audit.wallet_balance_mismatch",
+            AuditCode::VehicleTelemetrySignatureInvalid => {
+                "audit.vehicle_telemetry_signature_invalid"
+            }
+            AuditCode::VehicleTelemetryOutOfSequence => "audit.vehicle_telemetry_out_of_sequence",
+            AuditCode::VehicleReportForged => "audit.vehicle_report_forged",
+            AuditCode::VehicleSessionInvalid => "audit.vehicle_session_invalid",
+            AuditCode::VehicleChargeWithoutSession => "audit.vehicle_charge_without_session",
+            AuditCode::VehicleChargeAmountMismatch => "audit.vehicle_charge_amount_mismatch",
+            AuditCode::VehicleChargeMismatch => "audit.vehicle_charge_mismatch",
+            AuditCode::VehicleChargeTwice => "audit.vehicle_charge_twice",
         }
     }
 

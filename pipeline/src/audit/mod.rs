@@ -12,10 +12,12 @@
 //! - [`run`] (here): reads the subjects through [`Bus::replay`] (no consumer group: live
 //!   consumers are not disturbed), merges them by bus time, verifies in parallel, reconciles.
 //!
-//! What is wrong is a [`Discrepancy`] with a stable [`AuditCode`] (docs/PROTOCOL.md §11).
+//! What is wrong is a [`Discrepancy`] with a stable [`AuditCode`] (docs/PROTOCOL.md §12).
 //! Each flow adds its checks in one place: flow 1 (envelopes) and the clearing path in
-//! [`check`]'s and [`book`]'s envelope, clearing and outcome arms; vehicle charges are
-//! recognized by the pre-authorization their clearing message is bound to; offline payments
+//! [`check`]'s and [`book`]'s envelope, clearing and outcome arms; flow 3, vehicles, in
+//! [`vehicle`] (telemetry, station reports, session events, registry entries and
+//! pre-authorizations re-verified; each charge — a clearing message bound to a
+//! pre-authorization — reconciled with its session, tariff and pre-authorization); offline payments
 //! (`wallet.offline.<oi>`, and a wallet's own ones in its key set, `wallet.keyset.<oi>`) are
 //! the submissions of payments from the payer's purse account,
 //! verified with the wallet's own check and named by their offline-payment digest, so that each
@@ -28,6 +30,7 @@ pub mod code;
 pub mod ledger;
 pub mod report;
 pub mod trust;
+pub mod vehicle;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -157,6 +160,9 @@ impl AuditOptions {
                 subjects::txn_result(oi),
                 subjects::settlement_position(oi),
                 subjects::vehicle_authorization(oi),
+                subjects::vehicle_telemetry(oi),
+                subjects::vehicle_report(oi),
+                subjects::vehicle_session(oi),
                 subjects::wallet_offline(oi),
                 subjects::wallet_keyset(oi),
             ]);
@@ -165,6 +171,7 @@ impl AuditOptions {
             subjects::SETTLEMENT_CLEARING.to_owned(),
             subjects::SETTLEMENT_INSTRUCTION.to_owned(),
             subjects::PKI_REVOCATION.to_owned(),
+            subjects::VEHICLE_REGISTRY.to_owned(),
         ]);
         let mut stages: Vec<&str> = crate::registry::stages().iter().map(|d| d.name).collect();
         stages.push(crate::revocation::DEAD_LETTER_STAGE);
@@ -413,6 +420,7 @@ pub async fn run(
         verifier: TimedVerifier::new(store, history),
         policy: PaymentPolicy::default(),
     });
+    let registry = vehicle::registry_history(bus, &context, until_ms).await?;
     let subjects = options.audited_subjects();
     let mut merged =
         MergedReplay::open(bus, &subjects, options.from, until_ms, until_offset).await?;
@@ -448,7 +456,9 @@ pub async fn run(
                 if matches!(options.from, ReplayFrom::Offset(n) if n > 1) {
                     book_config.range_start_ms = records.iter().map(|r| r.timestamp_ms).min();
                 }
-                book = Some(Book::new(book_config.clone()));
+                let mut new_book = Book::new(book_config.clone());
+                new_book.set_registry(registry.clone());
+                book = Some(new_book);
             }
             let audit_records: Vec<AuditRecord> = records.iter().map(AuditRecord::of).collect();
             let context = Arc::clone(&context);

@@ -117,6 +117,20 @@ pub struct AuditCounts {
     pub wallets_partial: u64,
     /// Most payments open at once: what the audit's memory grows with (not the records).
     pub open_payments_max: u64,
+    /// Vehicle telemetry batches applied to their vehicle's chain.
+    pub vehicle_telemetry_batches: u64,
+    /// Vehicle telemetry batches read again (duplicates: no effect).
+    pub vehicle_telemetry_duplicates: u64,
+    /// Reports skipped over gaps in a vehicle's sequence (lost, as the stage counts them).
+    pub vehicle_telemetry_reports_missing: u64,
+    /// Vehicle session events read.
+    pub vehicle_session_events: u64,
+    /// Registry entries the registry refuses (not applied: not discrepancies).
+    pub vehicle_entities_refused: u64,
+    /// Vehicle charges reconciled with their session, tariff and pre-authorization.
+    pub vehicle_charges_checked: u64,
+    /// Of those, whose session the range does not hold (at its edges).
+    pub vehicle_charges_partial: u64,
 }
 
 /// What an audit found.
@@ -201,6 +215,19 @@ impl AuditReport {
             c.payments_judged, c.payments_completed, c.payments_rejected, c.payments_partial
         );
         let _ = writeln!(out, "  windows checked    {:>10}", c.windows_checked);
+        if c.vehicle_telemetry_batches + c.vehicle_session_events + c.vehicle_charges_checked > 0 {
+            let _ = writeln!(
+                out,
+                "  vehicle charges    {:>10}  ({} partial; {} telemetry batches, {} copies, \
+                 {} reports missing; {} session events)",
+                c.vehicle_charges_checked,
+                c.vehicle_charges_partial,
+                c.vehicle_telemetry_batches,
+                c.vehicle_telemetry_duplicates,
+                c.vehicle_telemetry_reports_missing,
+                c.vehicle_session_events
+            );
+        }
         let _ = writeln!(
             out,
             "  open payments, most {:>9}  (the state held, whatever the range)",
