@@ -16,7 +16,7 @@ use dcpipe_schemas::{
 use super::check::{Checked, Fact, OutcomeFact, Terms};
 use super::code::AuditCode;
 use super::report::{AuditReport, Discrepancy, Location, PartialPayment};
-use super::vehicle::{RegistryHistory, VehicleBook};
+use super::vehicle::{Coverage, RegistryHistory, VehicleBook};
 use crate::ops::settlement::zero_sum;
 
 /// Default width of the range's edges: a payment begun less than this after the range's start
@@ -280,6 +280,11 @@ impl Book {
     /// Judges vehicle sessions against the registry's history (read from its beginning).
     pub fn set_registry(&mut self, registry: RegistryHistory) {
         self.vehicles.set_registry(registry);
+    }
+
+    /// Judges vehicle charges on the session events and station reports `coverage` reads.
+    pub fn set_vehicle_coverage(&mut self, coverage: Coverage) {
+        self.vehicles.set_coverage(coverage);
     }
 
     /// Payments open now (the memory the book holds is proportional to it).

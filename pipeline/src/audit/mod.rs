@@ -458,6 +458,7 @@ pub async fn run(
                 }
                 let mut new_book = Book::new(book_config.clone());
                 new_book.set_registry(registry.clone());
+                new_book.set_vehicle_coverage(vehicle::Coverage::of(&subjects));
                 book = Some(new_book);
             }
             let audit_records: Vec<AuditRecord> = records.iter().map(AuditRecord::of).collect();

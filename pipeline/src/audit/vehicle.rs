@@ -533,6 +533,34 @@ pub struct VehicleBook {
     charges: HashMap<PaymentId, ChargeSeen>,
     charge_order: VecDeque<(i64, PaymentId)>,
     pending: VecDeque<(i64, PaymentId)>,
+    coverage: Option<Coverage>,
+}
+
+/// The institutions whose session events and station reports the audit reads (`None` in
+/// [`VehicleBook`]: all of them).
+#[derive(Debug, Clone, Default)]
+pub struct Coverage {
+    /// Institutions whose `vehicle.session.<oi>` is read.
+    pub sessions: std::collections::HashSet<String>,
+    /// Institutions whose `vehicle.report.<oi>` is read.
+    pub reports: std::collections::HashSet<String>,
+}
+
+impl Coverage {
+    /// What `subjects` (the audited subjects) cover.
+    pub fn of(subjects: &[String]) -> Self {
+        let institutions = |prefix: &str| {
+            subjects
+                .iter()
+                .filter_map(|s| s.strip_prefix(prefix))
+                .map(str::to_owned)
+                .collect()
+        };
+        Coverage {
+            sessions: institutions("vehicle.session."),
+            reports: institutions("vehicle.report."),
+        }
+    }
 }
 
 /// The entry time a derived payment id carries (its first 48 bits, docs/PROTOCOL.md §10.5).
@@ -559,6 +587,24 @@ impl VehicleBook {
     /// fees not computed).
     pub fn set_registry(&mut self, registry: RegistryHistory) {
         self.registry = Some(registry);
+    }
+
+    /// Judges charges only on what `coverage` reads: a charge whose vehicle's session events
+    /// (or station reports) are not read is partial, not without session.
+    pub fn set_coverage(&mut self, coverage: Coverage) {
+        self.coverage = Some(coverage);
+    }
+
+    /// Whether the session events (`reports`: the station reports) of vehicles whose wallet
+    /// `institution` holds are read.
+    fn covers(&self, institution: &str, reports: bool) -> bool {
+        self.coverage.as_ref().is_none_or(|c| {
+            if reports {
+                c.reports.contains(institution)
+            } else {
+                c.sessions.contains(institution)
+            }
+        })
     }
 
     /// Sessions, pre-authorizations and vehicles held now.
@@ -846,7 +892,8 @@ impl VehicleBook {
                 .range_start_ms
                 .is_some_and(|from| entered_at_ms < from.saturating_add(self.edge_ms));
             let at_end = end_edge.is_some_and(|edge| charge.at_ms >= edge);
-            if at_start || at_end {
+            let unread = !self.covers(&terms.payer.institution_id, false);
+            if at_start || at_end || unread {
                 report.counts.vehicle_charges_partial += 1;
             } else {
                 report.push(discrepancy(
@@ -923,6 +970,10 @@ impl VehicleBook {
                         r.entity_id == session.entity_id && r.vehicle_id == session.vehicle_id
                     })
                     .collect();
+                if reports.is_empty() && !self.covers(&terms.payer.institution_id, true) {
+                    report.counts.vehicle_charges_partial += 1;
+                    return;
+                }
                 if reports.is_empty() {
                     report.push(discrepancy(
                         AuditCode::VehicleChargeWithoutSession,
@@ -1349,6 +1400,27 @@ mod tests {
             ..BookConfig::default()
         };
         let report = audit(config, without_events());
+        assert!(report.is_clean(), "{:#?}", report.discrepancies);
+        assert_eq!(report.counts.vehicle_charges_partial, 1);
+    }
+
+    #[test]
+    fn a_charge_whose_sessions_are_not_read_is_partial() {
+        let mut records = charged_stay(1_000, FEE_FEN, digest_of(FEE_FEN));
+        records.retain(|r| !r.subject.starts_with("vehicle.session"));
+        let mut book = Book::new(BookConfig::default());
+        book.set_registry(registry());
+        let subjects = vec![
+            "vehicle.authorization.oi01".to_owned(),
+            "clearing.request.oi01".to_owned(),
+            "vehicle.session.oi02".to_owned(),
+        ];
+        book.set_vehicle_coverage(Coverage::of(&subjects));
+        let mut report = AuditReport::default();
+        for r in records {
+            book.apply(r, &mut report);
+        }
+        book.finish(EXITED_MS + 60 * MINUTE_MS, &mut report);
         assert!(report.is_clean(), "{:#?}", report.discrepancies);
         assert_eq!(report.counts.vehicle_charges_partial, 1);
     }
