@@ -457,6 +457,47 @@ pub(crate) async fn a_clean_vehicle_record_reconciles_and_each_vehicle_tamper_is
         "a forged telemetry batch",
     );
 
+    // Another history, signed by the vehicle: authentic, but its chain refuses it.
+    let mut replayed =
+        TelemetryBatcher::new(VEHICLE, 1, payer.clone(), key.certificate(), key.key());
+    let mut other_fixes = batches[0].reports.clone();
+    other_fixes[0].latitude_e7 += 1_000;
+    let other_history = replayed.seal(other_fixes).expect("signs");
+    publish(
+        bus.as_ref(),
+        telemetry.clone(),
+        VEHICLE,
+        dcpipe_schemas::encode(&other_history).expect("encodes"),
+    )
+    .await;
+    expected.insert(AuditCode::VehicleTelemetryOutOfSequence, 1);
+    assert_found(
+        &audit_of(bus.as_ref(), &network).await,
+        &expected,
+        "a batch out of its vehicle's sequence",
+    );
+
+    // A session event whose payment id is not derived from its session.
+    let mut misnamed = read_all(bus.as_ref(), &subjects::vehicle_session(VEHICLE_OI))
+        .await
+        .iter()
+        .find_map(|r| dcpipe_schemas::decode::<VehicleSessionEvent>(&r.payload).ok())
+        .expect("a session event");
+    misnamed.payment_id = PaymentId::random();
+    publish(
+        bus.as_ref(),
+        subjects::vehicle_session(VEHICLE_OI),
+        VEHICLE,
+        dcpipe_schemas::encode(&misnamed).expect("encodes"),
+    )
+    .await;
+    expected.insert(AuditCode::VehicleSessionInvalid, 1);
+    assert_found(
+        &audit_of(bus.as_ref(), &network).await,
+        &expected,
+        "a misnamed session event",
+    );
+
     // A station report whose energy was changed after the station signed.
     let mut inflated = station_report.clone();
     inflated.quantity_milli *= 2;
@@ -569,6 +610,56 @@ pub(crate) async fn a_clean_vehicle_record_reconciles_and_each_vehicle_tamper_is
         &audit_of(bus.as_ref(), &network).await,
         &expected,
         "a charge without a session",
+    );
+
+    // Another stay the record shows, charged its fee but under the digest of another charge.
+    let entered_at_ms = now_ms - 10 * 60_000;
+    let exited_at_ms = entered_at_ms + 40 * 60_000 - 1;
+    let second_stay = session_id(VEHICLE, "PARK-1", entered_at_ms);
+    let second_payment = session_payment_id(&second_stay, entered_at_ms);
+    for (kind, occurred_at_ms) in [
+        (SessionEventKind::Enter, entered_at_ms),
+        (SessionEventKind::Exit, exited_at_ms),
+    ] {
+        let event = VehicleSessionEvent {
+            event: kind,
+            session_id: second_stay,
+            payment_id: second_payment,
+            vehicle_id: VEHICLE.to_owned(),
+            wallet: payer.clone(),
+            entity_id: "PARK-1".to_owned(),
+            entity_version: 1,
+            service_kind: ServiceKind::Parking,
+            entered_at_ms,
+            occurred_at_ms,
+            batch_first_sequence: 0,
+            decided_at_ms: system_now_ms(),
+        };
+        publish(
+            bus.as_ref(),
+            subjects::vehicle_session(VEHICLE_OI),
+            VEHICLE,
+            dcpipe_schemas::encode(&event).expect("encodes"),
+        )
+        .await;
+    }
+    let mut misdigested = parking_clearing.clone();
+    misdigested.payment_id = second_payment;
+    misdigested.amount_fen = 250;
+    sign_clearing(&mut misdigested, vehicle_signer);
+    publish(
+        bus.as_ref(),
+        clearing_subject.clone(),
+        VEHICLE,
+        dcpipe_schemas::encode(&misdigested).expect("encodes"),
+    )
+    .await;
+    expected.insert(AuditCode::VehicleChargeMismatch, 1);
+    expected.insert(AuditCode::OutcomeMissing, 3);
+    assert_found(
+        &audit_of(bus.as_ref(), &network).await,
+        &expected,
+        "a charge under another charge's digest",
     );
 
     // The parking stay charged a second time, with other terms.
