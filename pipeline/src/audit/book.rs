@@ -848,10 +848,12 @@ impl Book {
                     }
                 }
                 (None, None) => {
-                    let vehicle_refusal = super::vehicle::is_refused_charge(o);
-                    if vehicle_refusal || other_payer {
-                        // A charge refused before any money moved; or a payer this audit
-                        // does not read: judged on what it sees.
+                    if super::vehicle::is_refused_charge(o) {
+                        // A charge refused before any money moved: its session's.
+                        self.vehicles
+                            .refused_charge(payment_id, o, &outcome.location, report);
+                    } else if other_payer {
+                        // A payer this audit does not read: judged on what it sees.
                     } else if self.at_start_edge(payment.first_seen_ms) {
                         partial = true;
                     } else {

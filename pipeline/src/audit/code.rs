@@ -74,8 +74,9 @@ pub enum AuditCode {
     /// A session event whose ids are not derived from its session, addressed to another
     /// institution than its wallet's, or naming an entity version the registry does not hold.
     VehicleSessionInvalid,
-    /// A vehicle charge whose payment id is no session's in the record, whose session has not
-    /// ended, or, for charging and fuel, without the station's report of its session.
+    /// A vehicle charge (or a charge a vehicle stage refused) whose payment id is no session's
+    /// in the record, whose session has not ended, or, for charging and fuel, without the
+    /// station's report of its session.
     VehicleChargeWithoutSession,
     /// A vehicle charge whose amount is not the fee of its session under the tariff of the
     /// entity version in force at the session's start.

@@ -818,6 +818,39 @@ impl VehicleBook {
         self.pending.push_back((at_ms, payment_id));
     }
 
+    /// A charge a vehicle stage refused before any money moved ([`is_refused_charge`]): it is
+    /// announced under the payment id of a session, which the record must show like a charge's.
+    pub fn refused_charge(
+        &mut self,
+        payment_id: PaymentId,
+        outcome: &super::check::OutcomeFact,
+        location: &Location,
+        report: &mut AuditReport,
+    ) {
+        report.counts.vehicle_charges_checked += 1;
+        if self.sessions.contains_key(&payment_id) {
+            return;
+        }
+        let at_start = self
+            .range_start_ms
+            .is_some_and(|from| entered_at_of(&payment_id) < from.saturating_add(self.edge_ms));
+        if at_start || !self.covers(&outcome.terms.payer.institution_id, false) {
+            report.counts.vehicle_charges_partial += 1;
+            return;
+        }
+        report.push(Discrepancy::new(
+            AuditCode::VehicleChargeWithoutSession,
+            location.clone(),
+            Some(payment_id),
+            "a session event with the refused charge's payment id",
+            format!(
+                "none ({} {})",
+                outcome.describe_status(),
+                outcome.terms.describe()
+            ),
+        ));
+    }
+
     /// Checks the charges read more than the reorder delay before `newest_ms`, and forgets
     /// what nothing can need any more.
     pub fn tick(&mut self, newest_ms: i64, report: &mut AuditReport) {
@@ -1423,6 +1456,41 @@ mod tests {
         book.finish(EXITED_MS + 60 * MINUTE_MS, &mut report);
         assert!(report.is_clean(), "{:#?}", report.discrepancies);
         assert_eq!(report.counts.vehicle_charges_partial, 1);
+    }
+
+    #[test]
+    fn a_refused_charge_is_its_sessions() {
+        let refused = |offset| {
+            record(
+                "txn.result.oi01",
+                offset,
+                EXITED_MS + 1_003,
+                Fact::Outcome(OutcomeFact {
+                    payment_id: stay().1,
+                    digest: Digest32::from_bytes([6; 32]),
+                    status: OutcomeStatus::Rejected,
+                    reason_code: Some("preauth.exceeded".into()),
+                    terms: terms(FEE_FEN),
+                    stage: crate::vehicle::stages::matching::STAGE.into(),
+                    decided_at_ms: EXITED_MS + 1_003,
+                }),
+            )
+        };
+        let mut records: Vec<Checked> = charged_stay(100, FEE_FEN, digest_of(FEE_FEN))
+            .into_iter()
+            .filter(|r| r.subject.starts_with("vehicle."))
+            .collect();
+        records.push(refused(1));
+        records.push(refused(2));
+        let report = audit(BookConfig::default(), records.clone());
+        assert!(report.is_clean(), "{:#?}", report.discrepancies);
+        assert_eq!(report.counts.vehicle_charges_checked, 1);
+        assert_eq!(report.counts.payments_rejected, 1);
+
+        records.retain(|r| !r.subject.starts_with("vehicle.session"));
+        let report = audit(BookConfig::default(), records);
+        assert_eq!(report.count_of(AuditCode::VehicleChargeWithoutSession), 1);
+        assert_eq!(report.discrepancies.len(), 1, "{:#?}", report.discrepancies);
     }
 
     #[test]
