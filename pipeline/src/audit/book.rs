@@ -292,6 +292,11 @@ impl Book {
         self.open.len()
     }
 
+    /// Vehicles, sessions and pre-authorizations held now (the vehicle flow's state).
+    pub fn vehicle_state(&self) -> usize {
+        self.vehicles.held()
+    }
+
     /// The payments judged since the last call, for the ledgers.
     pub fn take_judged(&mut self) -> Vec<JudgedPayment> {
         std::mem::take(&mut self.judged)

@@ -491,6 +491,10 @@ pub async fn run(
                 .counts
                 .open_payments_max
                 .max(book.open_payments() as u64);
+            report.counts.vehicle_state_max = report
+                .counts
+                .vehicle_state_max
+                .max(book.vehicle_state() as u64);
             let elapsed = started.elapsed().as_secs_f64().max(1e-9);
             progress(&Progress {
                 records: report.counts.records,

@@ -131,6 +131,9 @@ pub struct AuditCounts {
     pub vehicle_charges_checked: u64,
     /// Of those, whose session the range does not hold (at its edges).
     pub vehicle_charges_partial: u64,
+    /// Most vehicles, sessions and pre-authorizations held at once (per vehicle and session,
+    /// not per record).
+    pub vehicle_state_max: u64,
 }
 
 /// What an audit found.
@@ -219,13 +222,14 @@ impl AuditReport {
             let _ = writeln!(
                 out,
                 "  vehicle charges    {:>10}  ({} partial; {} telemetry batches, {} copies, \
-                 {} reports missing; {} session events)",
+                 {} reports missing; {} session events; state held, most {})",
                 c.vehicle_charges_checked,
                 c.vehicle_charges_partial,
                 c.vehicle_telemetry_batches,
                 c.vehicle_telemetry_duplicates,
                 c.vehicle_telemetry_reports_missing,
-                c.vehicle_session_events
+                c.vehicle_session_events,
+                c.vehicle_state_max
             );
         }
         let _ = writeln!(

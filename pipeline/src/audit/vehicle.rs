@@ -607,9 +607,13 @@ impl VehicleBook {
         })
     }
 
-    /// Sessions, pre-authorizations and vehicles held now.
+    /// Sessions, pre-authorizations, vehicles, station reports and charges held now.
     pub fn held(&self) -> usize {
-        self.sessions.len() + self.authorizations.len() + self.chains.len()
+        self.sessions.len()
+            + self.authorizations.len()
+            + self.chains.len()
+            + self.reports.len()
+            + self.charges.len()
     }
 
     /// Whether `binding` (a clearing message's `transaction_factor`) is the digest of a

@@ -439,6 +439,9 @@ pub(crate) async fn a_clean_vehicle_record_reconciles_and_each_vehicle_tamper_is
     assert_eq!(c.vehicle_session_events, 5);
     assert_eq!(c.vehicle_entities_refused, 0);
     assert_eq!(c.payments_completed, 3);
+    // State per vehicle, session, report, charge and pre-authorization, not per record: one
+    // vehicle, three sessions, a report, three charges, three pre-authorizations.
+    assert!(c.vehicle_state_max <= 11, "{report:#?}");
 
     // A forged telemetry batch: a position moved after the vehicle signed.
     let mut forged = batches[5].clone();
