@@ -9,9 +9,10 @@
 #
 # short runs each target for FUZZ_SECONDS seconds (default 10: 8 targets, 96 s measured) after
 # one build. Installing cargo-fuzz takes about 70 s. The build compiles pipeline/ and all it
-# depends on (connectors' librdkafka and SQLite included) with coverage instrumentation: 2 min
-# when only dcpipe's crates changed, but over 20 min from nothing on a 2-core machine shared
-# with other builds, above the 6-minute budget: test.sh keeps its build in the cache directory
+# depends on with coverage instrumentation, without the Kafka bus (the pipeline's `kafka`
+# feature is off: no librdkafka): 2 min when only dcpipe's crates changed, 22 min from nothing
+# on a 2-core machine shared with three other builds, above the 6-minute budget: test.sh keeps
+# its build in the cache directory
 # so that only the first run on a machine pays it. New inputs found by a short run go to a temporary directory,
 # not to the committed corpora; a crash fails the run and leaves its input in
 # fuzz/artifacts/TARGET/. long keeps what it finds in fuzz/corpus/TARGET (minimize afterwards).

@@ -26,6 +26,7 @@ use bytes::Bytes;
 pub mod bench;
 mod embedded;
 mod error;
+#[cfg(feature = "kafka")]
 mod kafka;
 pub mod metrics;
 mod namespace;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 
 pub use embedded::{EmbeddedBus, EmbeddedConfig, EmbeddedSubjectStats};
 pub use error::{BusError, BusErrorKind};
+#[cfg(feature = "kafka")]
 pub use kafka::KafkaBus;
 pub use namespace::NamespacedBus;
 pub use nats::NatsBus;
@@ -58,7 +60,15 @@ pub async fn connect(url: &BusUrl, options: &BusOptions) -> Result<Arc<dyn Bus>,
     Ok(match url {
         BusUrl::Embedded => Arc::new(EmbeddedBus::new(options.embedded.clone())),
         BusUrl::Nats(servers) => Arc::new(NatsBus::connect(servers, &options.nats).await?),
+        #[cfg(feature = "kafka")]
         BusUrl::Kafka(servers) => Arc::new(KafkaBus::connect(servers, &options.kafka).await?),
+        #[cfg(not(feature = "kafka"))]
+        BusUrl::Kafka(_) => {
+            return Err(BusError::new(
+                BusErrorKind::Config,
+                "this build of dcpipe has no Kafka bus (the connectors' `kafka` feature is off)",
+            ));
+        }
     })
 }
 
