@@ -254,6 +254,7 @@ pub struct Book {
     newest_ms: i64,
     last_touched: Option<PaymentId>,
     complete: VecDeque<(i64, PaymentId)>,
+    wallets: super::wallet::WalletBook,
 }
 
 impl Book {
@@ -274,6 +275,7 @@ impl Book {
             last_touched: None,
             complete: VecDeque::new(),
             config,
+            wallets: super::wallet::WalletBook::new(),
         }
     }
 
@@ -312,12 +314,31 @@ impl Book {
                 report.counts.verified += 1;
                 self.submission(envelope, location, at_ms);
             }
-            Fact::Submissions(envelopes) => {
+            Fact::Wallet(fact) => {
                 report.counts.verified += 1;
+                let start_edge_ms = self
+                    .config
+                    .range_start_ms
+                    .map(|from| from.saturating_add(self.config.edge_ms));
+                let (envelopes, not_cleared) =
+                    self.wallets
+                        .apply(fact, &location, at_ms, start_edge_ms, report);
                 for envelope in envelopes {
                     self.submission(envelope, location.clone(), at_ms);
                     if let Some(payment_id) = self.last_touched.take() {
                         self.close_if_complete(payment_id, report);
+                    }
+                }
+                for (payment_id, why) in not_cleared.iter().flat_map(|n| &n.payments) {
+                    let key_set = not_cleared.as_ref().map(|n| &n.key_set);
+                    if let Some(payment) = self.open.get_mut(payment_id) {
+                        // Not cleared at its synchronization: it awaits no outcome.
+                        for s in &mut payment.submissions {
+                            if Some(&s.location) == key_set && s.valid.is_ok() {
+                                s.valid = Err(format!("not cleared at the sync: {why}"));
+                            }
+                        }
+                        self.close_if_complete(*payment_id, report);
                     }
                 }
             }
@@ -385,6 +406,7 @@ impl Book {
                 position,
                 original_sha256,
             } => {
+                self.wallets.dead_lettered(&subject, position);
                 if let Some(refused) = self.refused.get(&(subject.clone(), position))
                     && refused.payload_sha256 == original_sha256
                 {
@@ -1040,6 +1062,7 @@ impl Book {
             }
         }
         self.vehicles.finish(range_end_ms, report);
+        self.wallets.finish(end_edge, report);
         for (_, refused) in self.refused.drain() {
             if refused.at_ms < end_edge {
                 report.push(refused.discrepancy);

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use dcpipe_connectors::bus::Position;
 use dcpipe_schemas::{
     ClearingMessage, ClearingResponse, ClearingStatus, CodecError, DeadLetter, Digest32,
-    OfflinePayment, OutcomeStatus, PartyRef, PaymentId, PaymentOutcome, RevocationUpdate,
-    SettlementInstruction, SettlementPosition, TransactionEnvelope, WalletKeySet,
+    OutcomeStatus, PartyRef, PaymentId, PaymentOutcome, RevocationUpdate, SettlementInstruction,
+    SettlementPosition, TransactionEnvelope,
 };
 
 use super::code::AuditCode;
@@ -146,9 +146,6 @@ pub enum Fact {
         /// Whether everything signed verifies at the envelope's time (else why not).
         verdict: Result<(), Rejected>,
     },
-    /// Several submissions carried by one record (each a [`Fact::Envelope`]): a wallet's key
-    /// set, whose own payments the platform clears from its purse.
-    Submissions(Vec<Fact>),
     /// A clearing message, authentic.
     Clearing {
         /// The payment.
@@ -190,6 +187,8 @@ pub enum Fact {
         /// SHA-256 of its bytes.
         original_sha256: [u8; 32],
     },
+    /// A record of the offline-wallet flow ([`super::wallet`]).
+    Wallet(super::wallet::WalletFact),
     /// A message no flow audits (a pre-authorization whose wallet signature does not verify:
     /// the vehicle stage's to refuse, it authorizes nothing).
     Unaudited,
@@ -245,7 +244,12 @@ pub fn check_record(context: &CheckContext, record: &AuditRecord) -> Checked {
     }
 }
 
-fn refused(code: AuditCode, payment_id: Option<PaymentId>, found: String, payload: &[u8]) -> Fact {
+pub(super) fn refused(
+    code: AuditCode,
+    payment_id: Option<PaymentId>,
+    found: String,
+    payload: &[u8],
+) -> Fact {
     Fact::Refused {
         code,
         payment_id,
@@ -262,7 +266,7 @@ fn undecodable_subject(payload: &[u8]) -> Fact {
     }
 }
 
-fn undecodable(error: &CodecError, payload: &[u8]) -> Fact {
+pub(super) fn undecodable(error: &CodecError, payload: &[u8]) -> Fact {
     refused(
         AuditCode::UndecodableNotDeadLettered,
         None,
@@ -272,7 +276,7 @@ fn undecodable(error: &CodecError, payload: &[u8]) -> Fact {
 }
 
 /// The audit code of a stage's rejection of an institution's message.
-fn code_of(rejected: &Rejected) -> AuditCode {
+pub(super) fn code_of(rejected: &Rejected) -> AuditCode {
     match rejected.reason {
         Reason::Certificate(CertErrorKind::Revoked) => AuditCode::CertificateRevoked,
         Reason::Certificate(_) => AuditCode::CertificateInvalid,
@@ -289,14 +293,7 @@ fn fact_of(context: &CheckContext, record: &AuditRecord) -> Fact {
             Ok(envelope) => envelope_fact(context, &envelope, addressee(subject), payload),
             Err(e) => undecodable(&e, payload),
         },
-        ["wallet", "offline", _] => match dcpipe_schemas::decode::<OfflinePayment>(payload) {
-            Ok(payment) => offline_payment_fact(context, &payment, payload),
-            Err(e) => undecodable(&e, payload),
-        },
-        ["wallet", "keyset", _] => match dcpipe_schemas::decode::<WalletKeySet>(payload) {
-            Ok(set) => key_set_fact(context, &set, addressee(subject)),
-            Err(e) => undecodable(&e, payload),
-        },
+        ["wallet", ..] => super::wallet::fact_of(context, record),
         ["clearing", "request", _] => match dcpipe_schemas::decode::<ClearingMessage>(payload) {
             Ok(message) => clearing_fact(context, &message, addressee(subject), payload),
             Err(e) => undecodable(&e, payload),
@@ -364,98 +361,6 @@ fn fact_of(context: &CheckContext, record: &AuditRecord) -> Fact {
             Err(e) => undecodable(&e, payload),
         },
         _ => undecodable_subject(payload),
-    }
-}
-
-/// An offline payment uploaded by its payee: the submission of a payment from the payer's
-/// purse account, verified with the wallet module's own check at the time it was paid, and
-/// named (like its clearing message and outcome) by its offline-payment digest.
-fn offline_payment_fact(context: &CheckContext, payment: &OfflinePayment, frame: &[u8]) -> Fact {
-    let digest = crate::protocol::offline_payment_digest(payment);
-    let verdict = crate::wallet::verify_offline_payment(payment, context.verifier.chains())
-        .and_then(|verified| {
-            context
-                .verifier
-                .check_revocation(&verified.payer, payment.paid_at_ms)
-                .map_err(|e| Rejected::new(Reason::Certificate(e.kind()), e.to_string()))
-        });
-    Fact::Envelope {
-        payment_id: crate::protocol::offline_payment_id(&digest),
-        terms: Terms {
-            payer: crate::wallet::stages::record::purse_party(&payment.payer),
-            payee: payment.payee.clone(),
-            amount_fen: payment.amount_fen,
-            currency: payment.currency.clone(),
-        },
-        envelope_digest: digest,
-        submission_digest: submission_digest(frame),
-        factor: digest,
-        verdict,
-    }
-}
-
-/// A wallet's key set: each of its own payments the submission of a purse payment, as
-/// [`offline_payment_fact`] makes it. The key set is verified with the platform's own check at
-/// its satellite moment; the platform's record of the wallet is not on the bus, so it is checked
-/// against the record it claims (its key, last sync, and the chain its first payment continues):
-/// what is verified is everything signed — certificate, signature, each payment, the chain
-/// within the set, the summary. A key set refused clears nothing and carries no submission (a
-/// payment cleared from it anyway is an outcome without submission).
-fn key_set_fact(context: &CheckContext, set: &WalletKeySet, institution: &str) -> Fact {
-    use crate::wallet::sync::{
-        KeySetVerdict, PayerStanding, WalletRecord, key_fingerprint, verify_key_set,
-    };
-    let first: Option<OfflinePayment> = set
-        .payments
-        .first()
-        .and_then(|frame| dcpipe_schemas::decode(frame.as_bytes()).ok());
-    let claimed = WalletRecord {
-        party: PartyRef {
-            institution_id: set.institution_id.clone(),
-            wallet_id: set.wallet_id.clone(),
-        },
-        key_version: set.key_version,
-        key_fingerprint: key_fingerprint(&set.public_key),
-        last_sync_at_ms: set.last_sync_at_ms,
-        counter: first.as_ref().map_or(0, |p| p.counter.saturating_sub(1)),
-        chain_head: first
-            .as_ref()
-            .map_or(crate::protocol::CHAIN_START, |p| p.previous_hash),
-        purse_fen: 0,
-        limits: crate::wallet::OFFLINE_TIER_2,
-        locked_at_ms: None,
-        blacklisted_at_ms: None,
-        last_key_set: None,
-        commands_applied_through: 0,
-        blacklist_version: 0,
-    };
-    let verdict = verify_key_set(
-        set,
-        Some(&claimed),
-        institution,
-        context.verifier.chains(),
-        &crate::wallet::SyncPolicy::default(),
-        set.satellite_at_ms,
-        &|_| PayerStanding::default(),
-    );
-    match verdict {
-        KeySetVerdict::Verified(verified)
-            if context
-                .verifier
-                .check_revocation(&verified.wallet, set.satellite_at_ms)
-                .is_ok() =>
-        {
-            Fact::Submissions(
-                set.payments
-                    .iter()
-                    .filter_map(|frame| {
-                        let payment = dcpipe_schemas::decode(frame.as_bytes()).ok()?;
-                        Some(offline_payment_fact(context, &payment, frame.as_bytes()))
-                    })
-                    .collect(),
-            )
-        }
-        _ => Fact::Submissions(Vec::new()),
     }
 }
 
@@ -609,136 +514,4 @@ fn instruction_check(
             &instruction.signature,
         )
         .map_err(|e| Rejected::new(Reason::InstitutionSignature, e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::audit::trust::RevocationHistory;
-
-    fn record(subject: &str, payload: Vec<u8>) -> AuditRecord {
-        AuditRecord {
-            subject: subject.to_owned(),
-            position: Position {
-                partition: 0,
-                offset: 1,
-            },
-            timestamp_ms: 0,
-            payload: Bytes::from(payload),
-        }
-    }
-
-    #[test]
-    fn an_offline_payment_is_the_submission_of_its_purse_payment_verified_as_the_wallet_does() {
-        let (mut payer, payee, store, t0) =
-            crate::wallet::stages::record::tests::funded_payer(10_000);
-        let payer_institution = payer.party().institution_id.clone();
-        let payer_id = payer.party().wallet_id.clone();
-        let frame = payer
-            .pay(
-                &payee,
-                8_000,
-                crate::wallet::SatelliteFix { at_ms: t0 + 1_000 },
-            )
-            .expect("pays");
-        let context = CheckContext {
-            verifier: TimedVerifier::new(store, RevocationHistory::new()),
-            policy: PaymentPolicy::default(),
-        };
-        let subject = crate::subjects::wallet_offline(&payer_institution);
-        let payment: OfflinePayment = dcpipe_schemas::decode(frame.as_bytes()).expect("decodes");
-        let digest = crate::protocol::offline_payment_digest(&payment);
-
-        let checked = check_record(&context, &record(&subject, frame.as_bytes().to_vec()));
-        let Fact::Envelope {
-            payment_id,
-            terms,
-            envelope_digest,
-            factor,
-            verdict,
-            ..
-        } = checked.fact
-        else {
-            panic!("not a submission: {:?}", checked.fact);
-        };
-        assert_eq!(verdict.map_err(|e| e.to_string()), Ok(()));
-        assert_eq!(payment_id, crate::protocol::offline_payment_id(&digest));
-        assert_eq!((envelope_digest, factor), (digest, digest));
-        assert_eq!(terms.payer.wallet_id, format!("{payer_id}-purse"));
-        assert_eq!(terms.payee, payee);
-        assert_eq!(terms.amount_fen, 8_000);
-
-        // The amount changed after the payer signed: refused.
-        let mut inflated = payment.clone();
-        inflated.amount_fen += 1;
-        let frame = dcpipe_schemas::encode(&inflated).expect("encodes");
-        let checked = check_record(&context, &record(&subject, frame));
-        assert!(
-            matches!(
-                checked.fact,
-                Fact::Envelope {
-                    verdict: Err(_),
-                    ..
-                }
-            ),
-            "{:?}",
-            checked.fact
-        );
-    }
-
-    #[test]
-    fn a_key_set_is_the_submission_of_each_of_its_own_payments_when_it_verifies() {
-        let (mut payer, payee, store, t0) =
-            crate::wallet::stages::record::tests::funded_payer(10_000);
-        let institution = payer.party().institution_id.clone();
-        let payer_id = payer.party().wallet_id.clone();
-        let fix = |at_ms| crate::wallet::SatelliteFix { at_ms };
-        let frames = [
-            payer.pay(&payee, 3_000, fix(t0 + 1_000)).expect("pays"),
-            payer.pay(&payee, 2_000, fix(t0 + 2_000)).expect("pays"),
-        ];
-        let upload = payer.key_set(fix(t0 + 3_000)).expect("key set");
-        let context = CheckContext {
-            verifier: TimedVerifier::new(store, RevocationHistory::new()),
-            policy: PaymentPolicy::default(),
-        };
-        let subject = crate::subjects::wallet_keyset(&institution);
-
-        let checked = check_record(&context, &record(&subject, upload.frame.clone()));
-        let Fact::Submissions(submissions) = checked.fact else {
-            panic!("not submissions: {:?}", checked.fact);
-        };
-        assert_eq!(submissions.len(), 2);
-        for ((fact, frame), amount_fen) in submissions.iter().zip(&frames).zip([3_000, 2_000]) {
-            let payment: OfflinePayment =
-                dcpipe_schemas::decode(frame.as_bytes()).expect("decodes");
-            let digest = crate::protocol::offline_payment_digest(&payment);
-            let Fact::Envelope {
-                payment_id,
-                terms,
-                envelope_digest,
-                verdict,
-                ..
-            } = fact
-            else {
-                panic!("not a submission: {fact:?}");
-            };
-            assert_eq!(verdict.clone().map_err(|e| e.to_string()), Ok(()));
-            assert_eq!(*payment_id, crate::protocol::offline_payment_id(&digest));
-            assert_eq!(*envelope_digest, digest);
-            assert_eq!(terms.payer.wallet_id, format!("{payer_id}-purse"));
-            assert_eq!(terms.amount_fen, amount_fen);
-        }
-
-        // A key set whose signature does not verify clears nothing: no submission.
-        let mut forged = upload.key_set.clone();
-        forged.offline_payments.total_fen += 1;
-        let frame = dcpipe_schemas::encode(&forged).expect("encodes");
-        let checked = check_record(&context, &record(&subject, frame));
-        assert!(
-            matches!(&checked.fact, Fact::Submissions(s) if s.is_empty()),
-            "{:?}",
-            checked.fact
-        );
-    }
 }

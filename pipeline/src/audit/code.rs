@@ -86,11 +86,38 @@ pub enum AuditCode {
     VehicleChargeMismatch,
     /// A second, different charge for one session.
     VehicleChargeTwice,
+    /// A key set of an offline wallet that no sync result answers, and that no stage
+    /// dead-lettered.
+    WalletKeysetUnanswered,
+    /// A sync result that answers no key set of its wallet awaiting an answer (none with its
+    /// digest, or one answered already).
+    WalletResultUnmatched,
+    /// A sync result that disagrees with the key set it answers: accepting a key set that does
+    /// not verify, a rejection without its reason, or another key version, counter or chain
+    /// head than the accepted key set makes.
+    WalletResultMismatch,
+    /// An accepted key set whose last synchronization is earlier than the wallet's last
+    /// accepted one: a replay the platform accepted.
+    WalletKeysetReplayed,
+    /// An accepted key set under a key version lower than the wallet's last accepted one.
+    WalletKeyVersionLowered,
+    /// An accepted key set whose first payment does not continue the wallet's hash chain from
+    /// the head accepted before (counter and previous hash).
+    WalletChainBroken,
+    /// A remote command id carrying two different commands, or two command ids under one
+    /// sequence number of a wallet: a command applied twice, or one never applied.
+    WalletCommandConflict,
+    /// An offline wallet the range covers whole whose purse account is not its funding, plus
+    /// what the loss account paid into it, minus its completed offline payments of the record.
+    WalletPurseMismatch,
+    /// An institution's loss account that is not minus the loss parts of the offline payments
+    /// the record completed from its purse accounts.
+    WalletLossMismatch,
 }
 
 impl AuditCode {
     /// Every code, in the order of docs/PROTOCOL.md §12.
-    pub const ALL: [AuditCode; 26] = [
+    pub const ALL: [AuditCode; 35] = [
         AuditCode::UndecodableNotDeadLettered,
         AuditCode::SignatureInvalid,
         AuditCode::CertificateInvalid,
@@ -117,6 +144,15 @@ impl AuditCode {
         AuditCode::VehicleChargeAmountMismatch,
         AuditCode::VehicleChargeMismatch,
         AuditCode::VehicleChargeTwice,
+        AuditCode::WalletKeysetUnanswered,
+        AuditCode::WalletResultUnmatched,
+        AuditCode::WalletResultMismatch,
+        AuditCode::WalletKeysetReplayed,
+        AuditCode::WalletKeyVersionLowered,
+        AuditCode::WalletChainBroken,
+        AuditCode::WalletCommandConflict,
+        AuditCode::WalletPurseMismatch,
+        AuditCode::WalletLossMismatch,
     ];
 
     /// The stable code.
@@ -150,6 +186,15 @@ impl AuditCode {
             AuditCode::VehicleChargeAmountMismatch => "audit.vehicle_charge_amount_mismatch",
             AuditCode::VehicleChargeMismatch => "audit.vehicle_charge_mismatch",
             AuditCode::VehicleChargeTwice => "audit.vehicle_charge_twice",
+            AuditCode::WalletKeysetUnanswered => "audit.wallet_keyset_unanswered",
+            AuditCode::WalletResultUnmatched => "audit.wallet_result_unmatched",
+            AuditCode::WalletResultMismatch => "audit.wallet_result_mismatch",
+            AuditCode::WalletKeysetReplayed => "audit.wallet_keyset_replayed",
+            AuditCode::WalletKeyVersionLowered => "audit.wallet_key_version_lowered",
+            AuditCode::WalletChainBroken => "audit.wallet_chain_broken",
+            AuditCode::WalletCommandConflict => "audit.wallet_command_conflict",
+            AuditCode::WalletPurseMismatch => "audit.wallet_purse_mismatch",
+            AuditCode::WalletLossMismatch => "audit.wallet_loss_mismatch",
         }
     }
 

@@ -80,6 +80,8 @@ pub struct Explained {
     pub net_fen: i64,
     /// Completed payments that moved it.
     pub payments: u64,
+    /// For a purse account: the part of its completed payments the loss account paid.
+    pub from_loss_fen: i64,
 }
 
 /// What the record explains of each wallet, by (institution, wallet): state per wallet the
@@ -208,6 +210,20 @@ impl LedgerReconciler {
                 continue;
             }
             report.counts.ledger_payments_checked += 1;
+            if payment.completed
+                && payment
+                    .terms
+                    .payer
+                    .wallet_id
+                    .ends_with(dcpipe_connectors::ledger::offline::PURSE_SUFFIX)
+                && let Some(clearing) = payer_ledger.offline().offline_clearing(&id).await?
+            {
+                let payer = &payment.terms.payer;
+                let entry = tally
+                    .entry((payer.institution_id.clone(), payer.wallet_id.clone()))
+                    .or_default();
+                entry.from_loss_fen = entry.from_loss_fen.saturating_add(clearing.from_loss_fen);
+            }
             if let Err((expected, found)) =
                 reconcile_payment(payment, payer.as_ref(), payee.as_ref())
             {
@@ -233,12 +249,25 @@ impl LedgerReconciler {
         report: &mut AuditReport,
     ) -> Result<(), dcpipe_connectors::ledger::LedgerError> {
         for (institution, ledger) in &self.ledgers {
+            let mut purses = super::wallet::PurseCheck::default();
             let mut after: Option<String> = None;
             loop {
                 let page = ledger
                     .wallet_openings(after.as_deref(), WALLET_OPENINGS_PAGE_MAX)
                     .await?;
                 for wallet in &page {
+                    if wallet.offline {
+                        purses
+                            .check(
+                                institution,
+                                ledger.as_ref(),
+                                wallet,
+                                tally,
+                                covers_opening(wallet.opened_ms),
+                                report,
+                            )
+                            .await?;
+                    }
                     let explained = tally
                         .get(&(institution.clone(), wallet.wallet_id.clone()))
                         .copied()
@@ -270,6 +299,14 @@ impl LedgerReconciler {
                 }
                 after = page.last().map(|w| w.wallet_id.clone());
             }
+            purses
+                .check_loss(
+                    institution,
+                    ledger.as_ref(),
+                    covers_opening(i64::MIN),
+                    report,
+                )
+                .await?;
         }
         Ok(())
     }
@@ -394,14 +431,16 @@ mod tests {
             payer,
             Explained {
                 net_fen: -500,
-                payments: 1
+                payments: 1,
+                from_loss_fen: 0,
             }
         );
         assert_eq!(
             payee,
             Explained {
                 net_fen: 500,
-                payments: 1
+                payments: 1,
+                from_loss_fen: 0,
             }
         );
         assert_eq!(
@@ -429,6 +468,7 @@ mod tests {
         let payer = Explained {
             net_fen: -500,
             payments: 1,
+            from_loss_fen: 0,
         };
         assert_eq!(
             reconcile_balance(&wallet(7, 1), payer, false),

@@ -17,12 +17,11 @@
 //! [`check`]'s and [`book`]'s envelope, clearing and outcome arms; flow 3, vehicles, in
 //! [`vehicle`] (telemetry, station reports, session events, registry entries and
 //! pre-authorizations re-verified; each charge — a clearing message bound to a
-//! pre-authorization — reconciled with its session, tariff and pre-authorization); offline payments
-//! (`wallet.offline.<oi>`, and a wallet's own ones in its key set, `wallet.keyset.<oi>`) are
-//! the submissions of payments from the payer's purse account,
-//! verified with the wallet's own check and named by their offline-payment digest, so that each
-//! has one final outcome like any payment; settlement in the
-//! instruction and position arms.
+//! pre-authorization — reconciled with its session, tariff and pre-authorization); flow 2, the
+//! offline wallets, in [`wallet`] (offline payments and key sets as submissions from purse
+//! accounts, sync results and remote commands verified, each wallet's synchronizations
+//! followed, purses and loss accounts against the ledgers); settlement in the instruction and
+//! position arms.
 
 pub mod book;
 pub mod check;
@@ -31,6 +30,7 @@ pub mod ledger;
 pub mod report;
 pub mod trust;
 pub mod vehicle;
+pub mod wallet;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -165,6 +165,8 @@ impl AuditOptions {
                 subjects::vehicle_session(oi),
                 subjects::wallet_offline(oi),
                 subjects::wallet_keyset(oi),
+                subjects::wallet_result(oi),
+                subjects::wallet_command(oi),
             ]);
         }
         all.extend([

@@ -115,6 +115,10 @@ pub struct AuditCounts {
     /// Wallets the range does not cover whole (opened before it, money in flight, offline
     /// money, or moved by payments it does not hold whole): not checked.
     pub wallets_partial: u64,
+    /// Offline wallets whose purse account was checked against its funding and the record.
+    pub purses_checked: u64,
+    /// Offline wallets the range does not cover whole (opened before it, money in flight).
+    pub purses_partial: u64,
     /// Most payments open at once: what the audit's memory grows with (not the records).
     pub open_payments_max: u64,
     /// Vehicle telemetry batches applied to their vehicle's chain.
@@ -252,6 +256,11 @@ impl AuditReport {
                 out,
                 "  wallet balances    {:>10}  ({} partially covered, not checked)",
                 c.wallets_checked, c.wallets_partial
+            );
+            let _ = writeln!(
+                out,
+                "  offline purses     {:>10}  ({} partially covered, not checked)",
+                c.purses_checked, c.purses_partial
             );
         }
         if self.is_clean() {
