@@ -1,7 +1,7 @@
 //! The audit replay (`dcpipe audit`) against a recorded run on every bus: a clean record
 //! reconciles with no discrepancy, and each tamper of the record is found with its code. The
 //! scenarios are written once (`scenarios.rs`: payments and settlement; `vehicles.rs`: the
-//! vehicle flow) and run from one module per bus.
+//! vehicle flow; `wallets.rs`: the offline-wallet flow) and run from one module per bus.
 
 #[allow(dead_code)]
 #[path = "../payments/harness.rs"]
@@ -10,6 +10,7 @@ mod scenarios;
 #[path = "../vehicle_fixtures/mod.rs"]
 mod vehicle_fixtures;
 mod vehicles;
+mod wallets;
 
 #[macro_export]
 macro_rules! audit_suite {
@@ -17,6 +18,7 @@ macro_rules! audit_suite {
         $crate::audit_suite!(@each $backend;
             scenarios::a_clean_record_reconciles_and_each_tamper_is_found_with_its_code,
             vehicles::a_clean_vehicle_record_reconciles_and_each_vehicle_tamper_is_found,
+            wallets::a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_found,
         );
     };
     (@each $backend:expr; $($module:ident :: $scenario:ident),+ $(,)?) => {
