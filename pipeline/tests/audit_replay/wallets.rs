@@ -1,6 +1,9 @@
-//! The offline-wallet flow recorded and audited: clean, then tampered with step by step — a
-//! forged sync result, a forged remote command, an earlier key set accepted again, a purse
-//! account and the loss account edited in the ledger — each found with its code.
+//! The offline-wallet flow recorded and audited: clean (payments in and between institutions, a
+//! wallet syncing twice, a double spender paid by the loss account and refused, a wallet locked
+//! while offline whose later payment is refused at its sync), then tampered with step by step —
+//! a forged sync result, a forged remote command, a second command under one number, an earlier
+//! key set accepted again, a purse account and the loss account edited in the ledger — each
+//! found with its code.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use dcpipe_pipeline::wallet::remote::issue_command;
 use dcpipe_pipeline::wallet::stages::record::terms_of;
 use dcpipe_pipeline::wallet::{
     Command, HardWallet, OFFLINE_TIER_4, SatelliteFix, WalletProvisioning, copied_key,
-    key_fingerprint, sign_sync_result,
+    key_fingerprint, sign_command, sign_sync_result,
 };
 use dcpipe_schemas::{
     CommandId, ControlCommand, OfflinePayment, OutcomeStatus, PartyRef, RemoteControlCommand,
@@ -208,6 +211,9 @@ pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_f
     let mut a0 = offline_wallet(&running, OI_A, 0, t0).await;
     let mut a1 = offline_wallet(&running, OI_A, 1, t0).await;
     let mut b0 = offline_wallet(&running, OI_B, 0, t0).await;
+    let mut a2 = offline_wallet(&running, OI_A, 2, t0).await;
+    let mut a3 = offline_wallet(&running, OI_A, 3, t0).await;
+    let mut b1 = offline_wallet(&running, OI_B, 1, t0).await;
 
     // Offline payments in and between institutions; each wallet reconnects.
     let at = t0 + 10 * 60_000;
@@ -217,6 +223,15 @@ pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_f
         pay(&mut b0, &mut a0, 500, at + 2_000),
     ];
     for wallet in [&mut b0, &mut a0, &mut a1] {
+        let answer = sync(&running, wallet).await;
+        assert_eq!(answer.status, SyncStatus::Accepted, "{answer:?}");
+    }
+    // A double spender: its purse spent twice under one counter; both payees are paid, the
+    // loss account pays what the purse cannot, and its own key set is refused afterwards.
+    completed.push(pay(&mut a2, &mut b1, 30_000, at));
+    a2.rewind_for_double_spending(0, CHAIN_START, PURSE_FEN);
+    completed.push(pay(&mut a2, &mut a3, 30_000, at + 60_000));
+    for wallet in [&mut b1, &mut a3] {
         let answer = sync(&running, wallet).await;
         assert_eq!(answer.status, SyncStatus::Accepted, "{answer:?}");
     }
@@ -254,6 +269,28 @@ pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_f
             .await,
         "every offline payment completes"
     );
+    // The double spender reconnects: refused, its payments cleared already.
+    let upload = a2.key_set(fix(system_now_ms())).expect("key set");
+    let before = read_all(running.bus.as_ref(), &subjects::wallet_result(OI_A))
+        .await
+        .len();
+    publish(
+        running.bus.as_ref(),
+        subjects::wallet_keyset(OI_A),
+        &a2.party().wallet_id.clone(),
+        upload.frame.clone(),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let refusal = loop {
+        let results = read_all(running.bus.as_ref(), &subjects::wallet_result(OI_A)).await;
+        if let Some(record) = results.get(before) {
+            break dcpipe_schemas::decode::<WalletSyncResult>(&record.payload).expect("decodes");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the refusal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(refusal.status, SyncStatus::Rejected, "{refusal:?}");
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let money = running.network.money().await.expect("money");
@@ -282,14 +319,22 @@ pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_f
             })
             .map(|i| i.positions.iter().map(|p| p.clearing_count).sum::<i64>() / 2)
             .sum();
-        // a0 → b0 twice, b0 → a0 once.
-        if settled >= 3 {
+        // a0 → b0 twice, b0 → a0 once, a2 → b1 once.
+        if settled >= 4 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "settlement in time");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     running.stop_stages().await;
+    // The purse paid 50,000 of the double spender's 60,000, the loss account the rest.
+    let totals = running.network.institutions[OI_A]
+        .ledger
+        .offline()
+        .offline_totals()
+        .await
+        .expect("totals");
+    assert_eq!(totals.loss_account_fen, -10_000);
     let ledgers: BTreeMap<String, Arc<dyn Ledger>> = running
         .network
         .institutions
@@ -302,8 +347,8 @@ pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_f
     let report = audit_of(&running, &ledgers).await;
     let mut expected: BTreeMap<AuditCode, u64> = BTreeMap::new();
     assert_found(&report, &expected, "the clean run");
-    assert_eq!(report.counts.payments_completed, 4, "{report:#?}");
-    assert_eq!(report.counts.purses_checked, 3, "{report:#?}");
+    assert_eq!(report.counts.payments_completed, 6, "{report:#?}");
+    assert_eq!(report.counts.purses_checked, 6, "{report:#?}");
     assert_eq!(report.counts.purses_partial, 0);
 
     let bus = running.bus.as_ref();
@@ -369,6 +414,39 @@ pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_f
         &audit_of(&running, &ledgers).await,
         &expected,
         "a forged remote command",
+    );
+
+    // An authentic command numbered like the lock under another id: one of the two would never
+    // be applied.
+    let signer = &running
+        .network
+        .pki
+        .institutions()
+        .find(|(id, _)| *id == OI_A)
+        .expect("keys")
+        .1
+        .signer;
+    let second = sign_command(
+        CommandId::random(),
+        a1.party(),
+        command.sequence,
+        &Command::Unlock,
+        system_now_ms(),
+        signer,
+    )
+    .expect("signs");
+    publish(
+        bus,
+        commands_subject.clone(),
+        &a1_id,
+        dcpipe_schemas::encode(&second).expect("encodes"),
+    )
+    .await;
+    expected.insert(AuditCode::WalletCommandConflict, 1);
+    assert_found(
+        &audit_of(&running, &ledgers).await,
+        &expected,
+        "a second command under one number",
     );
 
     // The payer's first key set published again, and its first answer with it: the platform
