@@ -828,6 +828,8 @@ impl PurseCheck {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use bytes::Bytes;
 
     use super::*;
@@ -970,6 +972,124 @@ mod tests {
             "{:?}",
             checked.fact
         );
+    }
+
+    #[test]
+    fn sync_results_and_commands_are_verified_as_their_wallet_does_at_their_own_time() {
+        let t0 = crate::clock::system_now_ms();
+        let pki = crate::pki::PkiDirectory::generate(&crate::pki::DemoPkiOptions::new(
+            2,
+            2,
+            crate::pki::AlgorithmChoice::P256,
+            t0,
+        ))
+        .expect("PKI");
+        let mut institutions = pki.institutions();
+        let (oi_a, keys_a) = institutions.next().expect("an institution");
+        let (_, keys_b) = institutions.next().expect("another");
+        let wallet = party(oi_a, "w-audited");
+        let result = |at_ms: i64, signer: &crate::pki::CertifiedKey| {
+            let unsigned = WalletSyncResult {
+                wallet_id: wallet.wallet_id.clone(),
+                institution_id: wallet.institution_id.clone(),
+                key_version: 1,
+                status: SyncStatus::Accepted,
+                reason_code: None,
+                actions: Vec::new(),
+                platform_time_at_ms: at_ms,
+                institution_certificate: Vec::new(),
+                institution_signature: Vec::new(),
+                key_set_digest: Some(Digest32::from_bytes([1; 32])),
+                counter: 0,
+                chain_head: None,
+                purse_fen: 5_000,
+                offline_limits: None,
+                blacklist: Vec::new(),
+                trust_anchors: Vec::new(),
+                refused: Vec::new(),
+                pending_commands: 0,
+            };
+            let signed = crate::wallet::sign_sync_result(unsigned, signer).expect("signs");
+            dcpipe_schemas::encode(&signed).expect("encodes")
+        };
+        let command = |command: &crate::wallet::Command| {
+            let signed = crate::wallet::sign_command(
+                CommandId::from_bytes([7; 16]),
+                &wallet,
+                1,
+                command,
+                t0 + 1_000,
+                &keys_a.signer,
+            )
+            .expect("signs");
+            dcpipe_schemas::encode(&signed).expect("encodes")
+        };
+        let update = crate::revocation::revocation_update(
+            &keys_a.ca,
+            &[keys_a.signer.certificate()],
+            "keyCompromise",
+            1,
+            t0 + 500,
+        )
+        .expect("update");
+        let mut history = RevocationHistory::new();
+        history
+            .apply(pki.trust_store(), &update)
+            .expect("the update verifies");
+        let context = CheckContext {
+            verifier: TimedVerifier::new(Arc::clone(pki.trust_store()), history),
+            policy: PaymentPolicy::default(),
+        };
+        let results = crate::subjects::wallet_result(oi_a);
+        let commands = crate::subjects::wallet_command(oi_a);
+        let code = |fact: Fact| match fact {
+            Fact::Refused { code, .. } => Some(code),
+            _ => None,
+        };
+
+        // Signed by the wallet's institution before the revocation: authentic.
+        let checked = check_record(
+            &context,
+            &record(&results, result(t0 + 400, &keys_a.signer)),
+        );
+        assert!(
+            matches!(&checked.fact, Fact::Wallet(WalletFact::Result(r))
+                if r.accepted && r.wallet == wallet && r.platform_time_at_ms == t0 + 400),
+            "{:?}",
+            checked.fact
+        );
+        // By another institution's signer; or after its signer was revoked.
+        let checked = check_record(
+            &context,
+            &record(&results, result(t0 + 400, &keys_b.signer)),
+        );
+        assert_eq!(code(checked.fact), Some(AuditCode::SignatureInvalid));
+        let checked = check_record(
+            &context,
+            &record(&results, result(t0 + 1_000, &keys_a.signer)),
+        );
+        assert_eq!(code(checked.fact), Some(AuditCode::CertificateRevoked));
+
+        // A command: at its own time, after the revocation, refused; changed after signing too.
+        let lock = command(&crate::wallet::Command::Lock);
+        let checked = check_record(&context, &record(&commands, lock.clone()));
+        assert_eq!(code(checked.fact), Some(AuditCode::CertificateRevoked));
+        let without_history = CheckContext {
+            verifier: TimedVerifier::new(Arc::clone(pki.trust_store()), RevocationHistory::new()),
+            policy: PaymentPolicy::default(),
+        };
+        let checked = check_record(&without_history, &record(&commands, lock.clone()));
+        assert!(
+            matches!(&checked.fact, Fact::Wallet(WalletFact::Command(c))
+                if c.sequence == 1 && c.kind == "LOCK" && c.wallet == wallet),
+            "{:?}",
+            checked.fact
+        );
+        let mut unlock: RemoteControlCommand = dcpipe_schemas::decode(&lock).expect("decodes");
+        unlock.command = dcpipe_schemas::ControlCommand::Unlock;
+        let frame = dcpipe_schemas::encode(&unlock).expect("encodes");
+        let checked = check_record(&without_history, &record(&commands, frame));
+        assert_eq!(code(checked.fact), Some(AuditCode::SignatureInvalid));
     }
 
     fn wallet() -> PartyRef {
