@@ -210,20 +210,7 @@ impl LedgerReconciler {
                 continue;
             }
             report.counts.ledger_payments_checked += 1;
-            if payment.completed
-                && payment
-                    .terms
-                    .payer
-                    .wallet_id
-                    .ends_with(dcpipe_connectors::ledger::offline::PURSE_SUFFIX)
-                && let Some(clearing) = payer_ledger.offline().offline_clearing(&id).await?
-            {
-                let payer = &payment.terms.payer;
-                let entry = tally
-                    .entry((payer.institution_id.clone(), payer.wallet_id.clone()))
-                    .or_default();
-                entry.from_loss_fen = entry.from_loss_fen.saturating_add(clearing.from_loss_fen);
-            }
+            super::wallet::tally_loss_part(tally, payment, payer_ledger.as_ref()).await?;
             if let Err((expected, found)) =
                 reconcile_payment(payment, payer.as_ref(), payee.as_ref())
             {

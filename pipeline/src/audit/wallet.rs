@@ -357,6 +357,9 @@ struct PendingKeySet {
 struct WalletLife {
     head: Option<Head>,
     pending: Vec<PendingKeySet>,
+    /// The last answer matched to its key set (digest, platform time, accepted): a copy of it
+    /// (a redelivery the bus did not drop) is no second answer.
+    last_answer: Option<(Option<Digest32>, i64, bool)>,
 }
 
 /// Own payments of a key set that need no outcome: the platform did not clear them at this
@@ -438,7 +441,15 @@ impl WalletBook {
             .pending
             .iter()
             .position(|p| Some(p.key_set.digest) == result.key_set_digest);
+        let answer = (
+            result.key_set_digest,
+            result.platform_time_at_ms,
+            result.accepted,
+        );
         let Some(index) = index else {
+            if life.last_answer == Some(answer) {
+                return None;
+            }
             if !at_start_edge {
                 report.push(Discrepancy::new(
                     AuditCode::WalletResultUnmatched,
@@ -466,6 +477,7 @@ impl WalletBook {
             return None;
         };
         let pending = life.pending.remove(index);
+        life.last_answer = Some(answer);
         let set = &pending.key_set;
         let all = |why: &str| NotCleared {
             key_set: pending.location.clone(),
@@ -683,6 +695,31 @@ fn head_of(result: &ResultSeen) -> Head {
         counter: result.counter,
         chain_head: result.chain_head,
     }
+}
+
+/// Adds to `tally` the part of a completed offline payment (paid from a purse account) that
+/// the loss account paid, as its payer's institution recorded its clearing.
+pub async fn tally_loss_part(
+    tally: &mut super::ledger::WalletTally,
+    payment: &super::book::JudgedPayment,
+    payer_ledger: &dyn dcpipe_connectors::ledger::Ledger,
+) -> Result<(), dcpipe_connectors::ledger::LedgerError> {
+    let payer = &payment.terms.payer;
+    if !payment.completed
+        || !payer
+            .wallet_id
+            .ends_with(dcpipe_connectors::ledger::offline::PURSE_SUFFIX)
+    {
+        return Ok(());
+    }
+    let id = crate::clearing::ledger_id_of(&payment.payment_id);
+    if let Some(clearing) = payer_ledger.offline().offline_clearing(&id).await? {
+        let entry = tally
+            .entry((payer.institution_id.clone(), payer.wallet_id.clone()))
+            .or_default();
+        entry.from_loss_fen = entry.from_loss_fen.saturating_add(clearing.from_loss_fen);
+    }
+    Ok(())
 }
 
 /// What the ledger holds of one offline wallet's purse, and what the record explains of it.
@@ -1178,6 +1215,8 @@ mod tests {
             key_set(2, 1, 100, Some((3, 12, 3, 13))),
             3,
         );
+        feed(&mut book, &mut report, answer(2, true, 1, 200, 3, 13), 4);
+        // A copy of that answer (a redelivery the bus kept): no second answer.
         feed(&mut book, &mut report, answer(2, true, 1, 200, 3, 13), 4);
         // The last key set delivered again: its stored answer again, nothing cleared anew.
         feed(
