@@ -1,6 +1,6 @@
 //! The offline-wallet flow recorded and audited: clean (payments in and between institutions, a
-//! wallet syncing twice, a double spender paid by the loss account and refused, a wallet locked
-//! while offline whose later payment is refused at its sync), then tampered with step by step —
+//! wallet syncing twice, a double spender paid by the loss account and refused, a wallet rotating
+//! its key, a wallet locked while offline whose later payment is refused at its sync), then tampered with step by step —
 //! a forged sync result, a forged remote command, a second command under one number, an earlier
 //! key set accepted again, a purse account and the loss account edited in the ledger — each
 //! found with its code.
@@ -20,15 +20,15 @@ use dcpipe_pipeline::ops::follow::SubjectReader;
 use dcpipe_pipeline::protocol::{CHAIN_START, offline_payment_digest, offline_payment_id};
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::wallet::limits::{HOUR_MS, PAID_AT_SKEW_MS_MAX_DEFAULT};
-use dcpipe_pipeline::wallet::remote::issue_command;
+use dcpipe_pipeline::wallet::remote::{issue_command, order_key_rotation};
 use dcpipe_pipeline::wallet::stages::record::terms_of;
 use dcpipe_pipeline::wallet::{
-    Command, HardWallet, OFFLINE_TIER_4, SatelliteFix, WalletProvisioning, copied_key,
-    key_fingerprint, sign_command, sign_sync_result,
+    Command, HardWallet, OFFLINE_TIER_4, SatelliteFix, WalletProvisioning, certify_rotated_key,
+    copied_key, key_fingerprint, sign_command, sign_sync_result,
 };
 use dcpipe_schemas::{
     CommandId, ControlCommand, OfflinePayment, OutcomeStatus, PartyRef, RemoteControlCommand,
-    SyncStatus, WalletKeySet, WalletSyncResult,
+    SyncStatus, WalletAction, WalletKeySet, WalletSyncResult,
 };
 
 use crate::harness::{Backend, Running};
@@ -235,6 +235,39 @@ pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_f
         let answer = sync(&running, wallet).await;
         assert_eq!(answer.status, SyncStatus::Accepted, "{answer:?}");
     }
+    // A wallet ordered to rotate its key: told at its next answer, it pays with its old key,
+    // takes a new one certified by its institution's CA, pays with it, and its key set under
+    // key version 2 carries both payments.
+    let a3_id = a3.party().wallet_id.clone();
+    let offline_a = running.network.institutions[OI_A].ledger.offline();
+    order_key_rotation(offline_a, &a3_id, system_now_ms())
+        .await
+        .expect("ordered")
+        .expect("an offline wallet");
+    let answer = sync(&running, &mut a3).await;
+    assert!(
+        answer.actions.contains(&WalletAction::KeyRotation),
+        "{answer:?}"
+    );
+    completed.push(pay(&mut a3, &mut b1, 1_000, system_now_ms()));
+    let request = a3.request_key_rotation().expect("a new key");
+    let now = system_now_ms();
+    let certificate = certify_rotated_key(
+        &running.network.pki.institution(OI_A).expect("CA").ca,
+        &request,
+        now - HOUR_MS,
+        now + 30 * 24 * HOUR_MS,
+    )
+    .expect("certified");
+    a3.complete_key_rotation(certificate.der(), now)
+        .expect("the wallet takes its certificate");
+    completed.push(pay(&mut a3, &mut b1, 500, system_now_ms()));
+    let answer = sync(&running, &mut a3).await;
+    assert_eq!(
+        (answer.status, answer.key_version),
+        (SyncStatus::Accepted, 2),
+        "{answer:?}"
+    );
     // The payer pays again and reconnects again: its first key set is now an earlier one.
     completed.push(pay(&mut a0, &mut b0, 700, system_now_ms()));
     let answer = sync(&running, &mut a0).await;
@@ -319,8 +352,8 @@ pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_f
             })
             .map(|i| i.positions.iter().map(|p| p.clearing_count).sum::<i64>() / 2)
             .sum();
-        // a0 → b0 twice, b0 → a0 once, a2 → b1 once.
-        if settled >= 4 {
+        // a0 → b0 twice, b0 → a0 once, a2 → b1 once, a3 → b1 twice.
+        if settled >= 6 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "settlement in time");
@@ -347,7 +380,7 @@ pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_f
     let report = audit_of(&running, &ledgers).await;
     let mut expected: BTreeMap<AuditCode, u64> = BTreeMap::new();
     assert_found(&report, &expected, "the clean run");
-    assert_eq!(report.counts.payments_completed, 6, "{report:#?}");
+    assert_eq!(report.counts.payments_completed, 8, "{report:#?}");
     assert_eq!(report.counts.purses_checked, 6, "{report:#?}");
     assert_eq!(report.counts.purses_partial, 0);
 
