@@ -196,6 +196,60 @@ fn sign_clearing(message: &mut ClearingMessage, signer: &CertifiedKey) {
         .expect("signs");
 }
 
+/// Publishes the entry and exit events of a parking stay of `VEHICLE` at PARK-1.
+async fn publish_stay(
+    bus: &dyn Bus,
+    payer: &PartyRef,
+    session: &SessionId,
+    payment_id: PaymentId,
+    entered_at_ms: i64,
+    exited_at_ms: i64,
+) {
+    for (kind, occurred_at_ms) in [
+        (SessionEventKind::Enter, entered_at_ms),
+        (SessionEventKind::Exit, exited_at_ms),
+    ] {
+        let event = VehicleSessionEvent {
+            event: kind,
+            session_id: *session,
+            payment_id,
+            vehicle_id: VEHICLE.to_owned(),
+            wallet: payer.clone(),
+            entity_id: "PARK-1".to_owned(),
+            entity_version: 1,
+            service_kind: ServiceKind::Parking,
+            entered_at_ms,
+            occurred_at_ms,
+            batch_first_sequence: 0,
+            decided_at_ms: system_now_ms(),
+        };
+        publish(
+            bus,
+            subjects::vehicle_session(VEHICLE_OI),
+            VEHICLE,
+            dcpipe_schemas::encode(&event).expect("encodes"),
+        )
+        .await;
+    }
+}
+
+/// Signs a (tampered) charge's clearing message as the vehicle's institution and publishes it.
+async fn publish_charge(
+    bus: &dyn Bus,
+    subject: &str,
+    message: &mut ClearingMessage,
+    signer: &CertifiedKey,
+) {
+    sign_clearing(message, signer);
+    publish(
+        bus,
+        subject.to_owned(),
+        VEHICLE,
+        dcpipe_schemas::encode(&*message).expect("encodes"),
+    )
+    .await;
+}
+
 pub(crate) async fn a_clean_vehicle_record_reconciles_and_each_vehicle_tamper_is_found(
     backend: &mut Backend,
 ) {
@@ -539,32 +593,15 @@ pub(crate) async fn a_clean_vehicle_record_reconciles_and_each_vehicle_tamper_is
     let exited_at_ms = entered_at_ms + 40 * 60_000 - 1;
     let stay = session_id(VEHICLE, "PARK-1", entered_at_ms);
     let stay_payment = session_payment_id(&stay, entered_at_ms);
-    for (kind, occurred_at_ms) in [
-        (SessionEventKind::Enter, entered_at_ms),
-        (SessionEventKind::Exit, exited_at_ms),
-    ] {
-        let event = VehicleSessionEvent {
-            event: kind,
-            session_id: stay,
-            payment_id: stay_payment,
-            vehicle_id: VEHICLE.to_owned(),
-            wallet: payer.clone(),
-            entity_id: "PARK-1".to_owned(),
-            entity_version: 1,
-            service_kind: ServiceKind::Parking,
-            entered_at_ms,
-            occurred_at_ms,
-            batch_first_sequence: 0,
-            decided_at_ms: system_now_ms(),
-        };
-        publish(
-            bus.as_ref(),
-            subjects::vehicle_session(VEHICLE_OI),
-            VEHICLE,
-            dcpipe_schemas::encode(&event).expect("encodes"),
-        )
-        .await;
-    }
+    publish_stay(
+        bus.as_ref(),
+        &payer,
+        &stay,
+        stay_payment,
+        entered_at_ms,
+        exited_at_ms,
+    )
+    .await;
     let mut overcharged = parking_clearing.clone();
     overcharged.payment_id = stay_payment;
     overcharged.amount_fen = 400;
@@ -578,12 +615,11 @@ pub(crate) async fn a_clean_vehicle_record_reconciles_and_each_vehicle_tamper_is
         400,
         exited_at_ms,
     );
-    sign_clearing(&mut overcharged, vehicle_signer);
-    publish(
+    publish_charge(
         bus.as_ref(),
-        clearing_subject.clone(),
-        VEHICLE,
-        dcpipe_schemas::encode(&overcharged).expect("encodes"),
+        &clearing_subject,
+        &mut overcharged,
+        vehicle_signer,
     )
     .await;
     // Its clearing message has no answer either.
@@ -599,12 +635,11 @@ pub(crate) async fn a_clean_vehicle_record_reconciles_and_each_vehicle_tamper_is
     let mut invented = parking_clearing.clone();
     invented.payment_id = PaymentId::random();
     invented.amount_fen = 100;
-    sign_clearing(&mut invented, vehicle_signer);
-    publish(
+    publish_charge(
         bus.as_ref(),
-        clearing_subject.clone(),
-        VEHICLE,
-        dcpipe_schemas::encode(&invented).expect("encodes"),
+        &clearing_subject,
+        &mut invented,
+        vehicle_signer,
     )
     .await;
     expected.insert(AuditCode::VehicleChargeWithoutSession, 1);
@@ -620,41 +655,23 @@ pub(crate) async fn a_clean_vehicle_record_reconciles_and_each_vehicle_tamper_is
     let exited_at_ms = entered_at_ms + 40 * 60_000 - 1;
     let second_stay = session_id(VEHICLE, "PARK-1", entered_at_ms);
     let second_payment = session_payment_id(&second_stay, entered_at_ms);
-    for (kind, occurred_at_ms) in [
-        (SessionEventKind::Enter, entered_at_ms),
-        (SessionEventKind::Exit, exited_at_ms),
-    ] {
-        let event = VehicleSessionEvent {
-            event: kind,
-            session_id: second_stay,
-            payment_id: second_payment,
-            vehicle_id: VEHICLE.to_owned(),
-            wallet: payer.clone(),
-            entity_id: "PARK-1".to_owned(),
-            entity_version: 1,
-            service_kind: ServiceKind::Parking,
-            entered_at_ms,
-            occurred_at_ms,
-            batch_first_sequence: 0,
-            decided_at_ms: system_now_ms(),
-        };
-        publish(
-            bus.as_ref(),
-            subjects::vehicle_session(VEHICLE_OI),
-            VEHICLE,
-            dcpipe_schemas::encode(&event).expect("encodes"),
-        )
-        .await;
-    }
+    publish_stay(
+        bus.as_ref(),
+        &payer,
+        &second_stay,
+        second_payment,
+        entered_at_ms,
+        exited_at_ms,
+    )
+    .await;
     let mut misdigested = parking_clearing.clone();
     misdigested.payment_id = second_payment;
     misdigested.amount_fen = 250;
-    sign_clearing(&mut misdigested, vehicle_signer);
-    publish(
+    publish_charge(
         bus.as_ref(),
-        clearing_subject.clone(),
-        VEHICLE,
-        dcpipe_schemas::encode(&misdigested).expect("encodes"),
+        &clearing_subject,
+        &mut misdigested,
+        vehicle_signer,
     )
     .await;
     expected.insert(AuditCode::VehicleChargeMismatch, 1);
@@ -668,14 +685,7 @@ pub(crate) async fn a_clean_vehicle_record_reconciles_and_each_vehicle_tamper_is
     // The parking stay charged a second time, with other terms.
     let mut again = parking_clearing.clone();
     again.amount_fen += 10;
-    sign_clearing(&mut again, vehicle_signer);
-    publish(
-        bus.as_ref(),
-        clearing_subject.clone(),
-        VEHICLE,
-        dcpipe_schemas::encode(&again).expect("encodes"),
-    )
-    .await;
+    publish_charge(bus.as_ref(), &clearing_subject, &mut again, vehicle_signer).await;
     expected.insert(AuditCode::VehicleChargeTwice, 1);
     assert_found(
         &audit_of(bus.as_ref(), &network).await,
