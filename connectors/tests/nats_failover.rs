@@ -182,3 +182,47 @@ async fn nats_acks_of_deliveries_made_before_a_restart_do_not_wait_for_confirmat
     // Each would otherwise wait its confirmation timeout (2 s).
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
+
+/// A worker publishes to streams that `dcpipe bus init` created, not itself. One of them missing
+/// for a moment (a server restarting, a cluster electing the stream's leader: JetStream answers
+/// "no stream found" meanwhile) is waited for, not reported as a subject never provisioned.
+#[tokio::test]
+async fn nats_a_stream_found_at_start_and_missing_for_a_moment_is_waited_for() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let provisioner = connect(&server).await;
+    let worker = connect(&server).await;
+    let subject = unique_subject("found");
+    let spec = SubjectSpec::new(subject.clone());
+    provisioner.ensure_subject(&spec).await.expect("ensure");
+    assert!(
+        worker
+            .describe_subject(&subject)
+            .await
+            .expect("describe")
+            .is_some(),
+        "the worker finds the provisioned stream"
+    );
+
+    // The stream goes away behind the worker's back, and comes back 500 ms later.
+    assert!(provisioner.delete_subject(&subject).await.expect("delete"));
+    let publish = {
+        let (worker, subject) = (Arc::clone(&worker), subject.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let receipt = worker
+                .publish(Outgoing::new(&subject, "7").with_msg_id("m-7"))
+                .await;
+            (receipt, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    provisioner.ensure_subject(&spec).await.expect("recreate");
+    let (receipt, took) = tokio::time::timeout(DEADLINE, publish)
+        .await
+        .expect("the publish ended")
+        .expect("publisher task");
+    receipt.expect("published once the stream is back");
+    eprintln!("published {took:?} after the first attempt");
+    let (numbers, records) = stored(provisioner.as_ref(), &subject).await;
+    assert_eq!((records, numbers), (1, BTreeSet::from([7])));
+}

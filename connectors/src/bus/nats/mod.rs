@@ -101,6 +101,10 @@ pub struct NatsBus {
     jetstream: jetstream::Context,
     /// Streams created or checked by this bus (names).
     streams: Mutex<HashSet<String>>,
+    /// Streams this bus has found on the server (names), created by it or by someone else
+    /// (`dcpipe bus init`): one of them missing later is a server restarting or a cluster
+    /// electing its leader, to wait for, not a subject nobody provisioned.
+    found: Mutex<HashSet<String>>,
     /// Gates pipelined publishes so that no caller waits for ack permits held by another.
     inflight: Arc<Semaphore>,
     metrics: Mutex<HashMap<String, SubjectMetrics>>,
@@ -235,6 +239,7 @@ impl NatsBus {
             client,
             jetstream,
             streams: Mutex::new(HashSet::new()),
+            found: Mutex::new(HashSet::new()),
             inflight: Arc::new(Semaphore::new(PUBLISH_INFLIGHT_MAX)),
             metrics: Mutex::new(HashMap::new()),
             limits,
@@ -255,6 +260,16 @@ impl NatsBus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(stream)
+    }
+
+    /// Whether the stream was on the server when this bus created, checked or looked it up.
+    fn stream_found(&self, stream: &str) -> bool {
+        self.stream_known(stream)
+            || self
+                .found
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(stream)
     }
 
     /// Checks a message and turns it into what goes on the wire.
@@ -438,8 +453,9 @@ impl NatsBus {
     fn retryable(&self, message: &Prepared, error: &PublishError) -> bool {
         match error.kind() {
             PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => true,
-            // A stream this bus created is missing only while the server restarts.
-            PublishErrorKind::StreamNotFound => self.stream_known(&message.stream),
+            // A stream found before is missing only while a server restarts or a cluster
+            // elects its leader.
+            PublishErrorKind::StreamNotFound => self.stream_found(&message.stream),
             _ => false,
         }
     }
@@ -449,7 +465,7 @@ impl NatsBus {
         let kind = match error.kind() {
             PublishErrorKind::MaxPayloadExceeded => BusErrorKind::MessageTooLarge,
             PublishErrorKind::TimedOut => BusErrorKind::Timeout,
-            PublishErrorKind::StreamNotFound if !self.stream_known(&message.stream) => {
+            PublishErrorKind::StreamNotFound if !self.stream_found(&message.stream) => {
                 BusErrorKind::UnknownSubject
             }
             _ => BusErrorKind::Publish,
@@ -630,10 +646,16 @@ impl NatsBus {
     /// The stream holding `subject`, or [`BusErrorKind::UnknownSubject`].
     async fn stream_of(&self, subject: &str) -> Result<stream::Stream, BusError> {
         let name = wire::stream_name(subject_family(subject));
-        self.jetstream
+        let stream = self
+            .jetstream
             .get_stream(&name)
             .await
-            .map_err(|e| get_stream_error(&name, subject, e))
+            .map_err(|e| get_stream_error(&name, subject, e))?;
+        self.found
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name);
+        Ok(stream)
     }
 }
 
@@ -794,6 +816,10 @@ impl Bus for NatsBus {
         validate_subject(subject)?;
         let name = stream_config(subject_family(subject), self.limits).name;
         self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&name);
+        self.found
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&name);
