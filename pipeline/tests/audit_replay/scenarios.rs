@@ -11,6 +11,7 @@ use dcpipe_connectors::ledger::{Ledger, LedgerUrl};
 use dcpipe_pipeline::audit::{self, AuditCode, AuditOptions, AuditReport, LedgerReconciler};
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::invariants::Submission;
+use dcpipe_pipeline::network::Network;
 use dcpipe_pipeline::ops::follow::SubjectReader;
 use dcpipe_pipeline::pki::CertifiedKey;
 use dcpipe_pipeline::protocol::{payment_outcome_bytes, settlement_instruction_bytes};
@@ -123,14 +124,24 @@ fn signed_instruction(running: &Running, window_id: i64, rows: &[(&str, i64, i64
 }
 
 async fn audit_of(running: &Running, ledgers: &LedgerReconciler) -> AuditReport {
-    let institutions: Vec<String> = running.network.institutions.keys().cloned().collect();
+    audit_record(running.bus.as_ref(), &running.network, Some(ledgers)).await
+}
+
+/// Audits the whole record of a stopped run (with the ledgers when given), as `dcpipe audit`
+/// does.
+pub(crate) async fn audit_record(
+    bus: &dyn Bus,
+    network: &Network,
+    ledgers: Option<&LedgerReconciler>,
+) -> AuditReport {
+    let institutions: Vec<String> = network.institutions.keys().cloned().collect();
     let mut options = AuditOptions::new(institutions, system_now_ms() + 1);
     // The stages are stopped: nothing at the end of the range is still in flight.
     options.edge_ms = 0;
     audit::run(
-        running.bus.as_ref(),
-        Arc::clone(running.network.pki.trust_store()),
-        Some(ledgers),
+        bus,
+        Arc::clone(network.pki.trust_store()),
+        ledgers,
         &options,
         |_| {},
     )
@@ -139,7 +150,7 @@ async fn audit_of(running: &Running, ledgers: &LedgerReconciler) -> AuditReport 
 }
 
 /// Asserts the report holds exactly `expected` discrepancies by code.
-fn assert_found(report: &AuditReport, expected: &BTreeMap<AuditCode, u64>, step: &str) {
+pub(crate) fn assert_found(report: &AuditReport, expected: &BTreeMap<AuditCode, u64>, step: &str) {
     let found: BTreeMap<String, u64> = report.discrepancies_by_code.clone();
     let wanted: BTreeMap<String, u64> = expected
         .iter()

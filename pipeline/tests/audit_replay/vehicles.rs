@@ -12,7 +12,7 @@ use bytes::Bytes;
 use dcpipe_connectors::bus::{Bus, Outgoing, Record, ReplayFrom};
 use dcpipe_connectors::ledger::SettlementConfig;
 use dcpipe_connectors::session::ChargeRecord;
-use dcpipe_pipeline::audit::{self, AuditCode, AuditOptions, AuditReport};
+use dcpipe_pipeline::audit::{AuditCode, AuditReport};
 use dcpipe_pipeline::clock::{SystemClock, system_now_ms};
 use dcpipe_pipeline::network::{Network, NetworkConfig};
 use dcpipe_pipeline::ops::follow::SubjectReader;
@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{Backend, TEST_WINDOW_MS, runner};
+use crate::scenarios::{assert_found, audit_record};
 use crate::vehicle_fixtures::{Drive, Receiver, entity, rectangle};
 
 /// How long the run may take to charge, answer and settle.
@@ -161,32 +162,7 @@ fn signed_report(
 }
 
 async fn audit_of(bus: &dyn Bus, network: &Network) -> AuditReport {
-    let institutions: Vec<String> = network.institutions.keys().cloned().collect();
-    let mut options = AuditOptions::new(institutions, system_now_ms() + 1);
-    // The stages are stopped: nothing at the end of the range is still in flight.
-    options.edge_ms = 0;
-    audit::run(
-        bus,
-        Arc::clone(network.pki.trust_store()),
-        None,
-        &options,
-        |_| {},
-    )
-    .await
-    .expect("the audit runs")
-}
-
-/// Asserts the report holds exactly `expected` discrepancies by code.
-fn assert_found(report: &AuditReport, expected: &BTreeMap<AuditCode, u64>, step: &str) {
-    let wanted: BTreeMap<String, u64> = expected
-        .iter()
-        .map(|(code, n)| (code.as_str().to_owned(), *n))
-        .collect();
-    assert_eq!(
-        report.discrepancies_by_code, wanted,
-        "after {step}: {:#?}",
-        report.discrepancies
-    );
+    audit_record(bus, network, None).await
 }
 
 fn sign_clearing(message: &mut ClearingMessage, signer: &CertifiedKey) {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use dcpipe_connectors::bus::{Bus, Outgoing, Record, ReplayFrom};
 use dcpipe_connectors::ledger::offline::{OfflineOpening, PurseFunding, purse_wallet_id};
 use dcpipe_connectors::ledger::{Ledger, LedgerUrl};
-use dcpipe_pipeline::audit::{self, AuditCode, AuditOptions, AuditReport, LedgerReconciler};
+use dcpipe_pipeline::audit::{AuditCode, AuditReport, LedgerReconciler};
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::invariants::Submission;
 use dcpipe_pipeline::ops::follow::SubjectReader;
@@ -32,6 +32,7 @@ use dcpipe_schemas::{
 };
 
 use crate::harness::{Backend, Running};
+use crate::scenarios::{assert_found, audit_record};
 
 /// How long the run may take to answer and settle.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -174,31 +175,7 @@ fn pay(payer: &mut HardWallet, payee: &mut HardWallet, amount_fen: i64, at_ms: i
 }
 
 async fn audit_of(running: &Running, ledgers: &LedgerReconciler) -> AuditReport {
-    let institutions: Vec<String> = running.network.institutions.keys().cloned().collect();
-    let mut options = AuditOptions::new(institutions, system_now_ms() + 1);
-    // The stages are stopped: nothing at the end of the range is still in flight.
-    options.edge_ms = 0;
-    audit::run(
-        running.bus.as_ref(),
-        Arc::clone(running.network.pki.trust_store()),
-        Some(ledgers),
-        &options,
-        |_| {},
-    )
-    .await
-    .expect("the audit runs")
-}
-
-fn assert_found(report: &AuditReport, expected: &BTreeMap<AuditCode, u64>, step: &str) {
-    let wanted: BTreeMap<String, u64> = expected
-        .iter()
-        .map(|(code, n)| (code.as_str().to_owned(), *n))
-        .collect();
-    assert_eq!(
-        report.discrepancies_by_code, wanted,
-        "after {step}: {:#?}",
-        report.discrepancies
-    );
+    audit_record(running.bus.as_ref(), &running.network, Some(ledgers)).await
 }
 
 pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_found(
