@@ -1202,7 +1202,7 @@ fn check_position(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use dcpipe_schemas::PartyRef;
 
     use super::*;
@@ -1225,7 +1225,8 @@ mod tests {
         }
     }
 
-    fn record(subject: &str, offset: u64, at_ms: i64, fact: Fact) -> Checked {
+    /// A checked record of `subject` at `offset` and bus time `at_ms`.
+    pub(in crate::audit) fn record(subject: &str, offset: u64, at_ms: i64, fact: Fact) -> Checked {
         Checked {
             subject: subject.into(),
             position: Position {

@@ -1140,6 +1140,7 @@ impl VehicleBook {
 
 #[cfg(test)]
 mod tests {
+    use crate::audit::book::tests::record;
     use std::sync::Arc;
 
     use bytes::Bytes;
@@ -1278,18 +1279,6 @@ mod tests {
             amount_fen,
             EXITED_MS,
         )
-    }
-
-    fn record(subject: &str, offset: u64, at_ms: i64, fact: Fact) -> Checked {
-        Checked {
-            subject: subject.into(),
-            position: Position {
-                partition: 0,
-                offset,
-            },
-            timestamp_ms: at_ms,
-            fact,
-        }
     }
 
     /// A pre-authorization, the stay's events and its charge cleared for `amount_fen` (named

@@ -123,6 +123,17 @@ fn signed_instruction(running: &Running, window_id: i64, rows: &[(&str, i64, i64
     dcpipe_schemas::encode(&instruction).expect("encodes")
 }
 
+/// The reconciler of the run's institutions' ledgers.
+pub(crate) fn reconciler(running: &Running) -> LedgerReconciler {
+    let ledgers: BTreeMap<String, Arc<dyn Ledger>> = running
+        .network
+        .institutions
+        .iter()
+        .map(|(id, i)| (id.clone(), Arc::clone(&i.ledger)))
+        .collect();
+    LedgerReconciler::new(ledgers)
+}
+
 async fn audit_of(running: &Running, ledgers: &LedgerReconciler) -> AuditReport {
     audit_record(running.bus.as_ref(), &running.network, Some(ledgers)).await
 }
@@ -227,13 +238,7 @@ pub(crate) async fn a_clean_record_reconciles_and_each_tamper_is_found_with_its_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     running.stop_stages().await;
-    let ledgers: BTreeMap<String, Arc<dyn Ledger>> = running
-        .network
-        .institutions
-        .iter()
-        .map(|(id, i)| (id.clone(), Arc::clone(&i.ledger)))
-        .collect();
-    let ledgers = LedgerReconciler::new(ledgers);
+    let ledgers = reconciler(&running);
 
     // Clean: every payment judged, no discrepancy.
     let report = audit_of(&running, &ledgers).await;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dcpipe_connectors::bus::{Bus, Outgoing, Record, ReplayFrom};
+use dcpipe_connectors::ledger::LedgerUrl;
 use dcpipe_connectors::ledger::offline::{OfflineOpening, PurseFunding, purse_wallet_id};
-use dcpipe_connectors::ledger::{Ledger, LedgerUrl};
 use dcpipe_pipeline::audit::{AuditCode, AuditReport, LedgerReconciler};
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::invariants::Submission;
@@ -32,7 +32,7 @@ use dcpipe_schemas::{
 };
 
 use crate::harness::{Backend, Running};
-use crate::scenarios::{assert_found, audit_record};
+use crate::scenarios::{assert_found, audit_record, reconciler};
 
 /// How long the run may take to answer and settle.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -345,13 +345,7 @@ pub(crate) async fn a_clean_wallet_record_reconciles_and_each_wallet_tamper_is_f
         .await
         .expect("totals");
     assert_eq!(totals.loss_account_fen, -10_000);
-    let ledgers: BTreeMap<String, Arc<dyn Ledger>> = running
-        .network
-        .institutions
-        .iter()
-        .map(|(id, i)| (id.clone(), Arc::clone(&i.ledger)))
-        .collect();
-    let ledgers = LedgerReconciler::new(ledgers);
+    let ledgers = reconciler(&running);
 
     // Clean: every key set answered once, every purse what its funding and payments make it.
     let report = audit_of(&running, &ledgers).await;
