@@ -7,8 +7,8 @@
 //! conserved and settled, settlement's positions equal what cleared, every submission the
 //! broker acknowledged is in its stream exactly once, and every replica is current.
 //!
-//! The latency of the payments around each fault is printed (docs/OPERATIONS.md, "Failover
-//! figures"):
+//! How long each node kill stalled the payments, and their latency around each fault, are
+//! printed (docs/OPERATIONS.md, "Reliability"):
 //! `cargo test -p dcpipe --test cluster_failover -- --nocapture`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,17 +34,27 @@ use tokio_util::sync::CancellationToken;
 /// Payments published every tick, and the tick: 25 payments/s.
 const PAYMENTS_PER_TICK: usize = 5;
 const TICK: Duration = Duration::from_millis(200);
-/// How long payments are published.
-const LOAD: Duration = Duration::from_secs(34);
+/// How long payments are published at least; the load goes on until every fault was made and
+/// [`AFTER_LAST_FAULT`] more.
+const LOAD: Duration = Duration::from_secs(40);
+/// Load after the last fault.
+const AFTER_LAST_FAULT: Duration = Duration::from_secs(3);
+/// Time left between the end of a fault (every stream and consumer led again, or a worker
+/// restarted) and the next fault, so that the payments sent around one fault are measured
+/// apart from the next.
+const BETWEEN_FAULTS: Duration = Duration::from_secs(5);
 /// How long the pipeline has to answer, settle and replicate after the load.
 const DRAIN: Duration = Duration::from_secs(60);
 /// How long the load's publisher tries to publish one batch.
 const PUBLISH_GIVE_UP: Duration = Duration::from_secs(60);
-/// How long a killed node stays down.
+/// How long a killed node stays down at least (it stays down until the two others lead what
+/// it led).
 const NODE_DOWN: Duration = Duration::from_secs(2);
 /// The test's tuning of the workers (appended to the command lines of compose): a killed
 /// worker's deliveries come back after 3 s, and settlement windows close every 2 s.
 const WORKER_TUNING: [&str; 4] = ["--ack-wait", "3s", "--settlement-window", "2s"];
+/// The ack wait of the test's own consumers (outcomes, instructions), as the workers'.
+const OBSERVER_ACK_WAIT: Duration = Duration::from_secs(3);
 /// The stream the payments are submitted to and answered on.
 const PAYMENT_STREAM: &str = "TXN";
 
@@ -200,6 +210,97 @@ async fn stream_leader(cluster: &NatsCluster, stream: &str) -> Option<String> {
 struct Fault {
     what: String,
     at: Instant,
+    /// For a node's kill: when every stream and consumer had a leader again.
+    led_again: Option<Instant>,
+    /// For a node's kill: when the payment stream had a leader again.
+    payments_led_again: Option<Instant>,
+}
+
+/// How long one leader question waits for its answer (only a group's leader answers).
+const LEADER_QUESTION_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause between two rounds of leader questions.
+const LEADER_POLL: Duration = Duration::from_millis(100);
+
+/// Every replicated group of the deployment: the streams and their durable consumers (not the
+/// ordered consumers of replays and followers, which a client recreates elsewhere when their
+/// node dies).
+async fn raft_groups(jetstream: &async_nats::jetstream::Context) -> Vec<(String, Option<String>)> {
+    let streams: Vec<String> = jetstream
+        .stream_names()
+        .map(|name| name.expect("stream name"))
+        .collect()
+        .await;
+    let mut groups = Vec::new();
+    for stream in streams {
+        let handle = jetstream.get_stream(&stream).await.expect("stream");
+        let consumers: Vec<String> = handle
+            .consumers()
+            .map(|info| info.expect("consumer info"))
+            .filter(|info| futures::future::ready(info.config.durable_name.is_some()))
+            .map(|info| info.name)
+            .collect()
+            .await;
+        groups.push((stream.clone(), None));
+        groups.extend(consumers.into_iter().map(|c| (stream.clone(), Some(c))));
+    }
+    groups
+}
+
+/// Whether `group` answers with a leader other than the node `dead` (a group's leader
+/// answers such questions; a group without one does not).
+async fn has_leader(
+    client: &async_nats::Client,
+    group: &(String, Option<String>),
+    dead: &str,
+) -> bool {
+    let subject = match group {
+        (stream, None) => format!("$JS.API.STREAM.INFO.{stream}"),
+        (stream, Some(consumer)) => format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
+    };
+    let request = async_nats::Request::new()
+        .payload(bytes::Bytes::new())
+        .timeout(Some(LEADER_QUESTION_TIMEOUT));
+    let Ok(answer) = client.send_request(subject, request).await else {
+        return false;
+    };
+    let Ok(info) = serde_json::from_slice::<serde_json::Value>(&answer.payload) else {
+        return false;
+    };
+    info["cluster"]["leader"]
+        .as_str()
+        .is_some_and(|leader| !leader.is_empty() && leader != dead)
+}
+
+/// Waits until every group has a leader other than the node `dead`, which stays down
+/// meanwhile (a node starting again may answer with what it knew before it died); returns
+/// when, or `None` at `deadline`, and when the payment stream had one.
+async fn led_again(
+    client: &async_nats::Client,
+    groups: Vec<(String, Option<String>)>,
+    dead: &str,
+    deadline: Instant,
+) -> (Option<Instant>, Option<Instant>) {
+    let mut waiting = groups;
+    let mut payments_led = None;
+    while Instant::now() < deadline {
+        let answers =
+            futures::future::join_all(waiting.iter().map(|group| has_leader(client, group, dead)))
+                .await;
+        let mut still = Vec::new();
+        for (group, led) in waiting.into_iter().zip(answers) {
+            if !led {
+                still.push(group);
+            } else if group.0 == PAYMENT_STREAM && group.1.is_none() {
+                payments_led = Some(Instant::now());
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() {
+            return (Some(Instant::now()), payments_led);
+        }
+        tokio::time::sleep(LEADER_POLL).await;
+    }
+    (None, payments_led)
 }
 
 /// Runs the faults on their schedule from `start`; returns what happened when.
@@ -208,10 +309,17 @@ async fn inject_faults(
     cluster: Arc<tokio::sync::Mutex<NatsCluster>>,
     workers: Arc<Mutex<Vec<Worker>>>,
 ) -> Vec<Fault> {
-    let mut faults = Vec::new();
+    let mut faults: Vec<Fault> = Vec::new();
+    // Not before `offset` from the start, nor before BETWEEN_FAULTS after the last fault ended.
+    let next_fault = |faults: &[Fault], offset: Duration| {
+        let ended = faults
+            .last()
+            .map(|f| f.led_again.unwrap_or(f.at) + BETWEEN_FAULTS);
+        ended.map_or(start + offset, |ended| ended.max(start + offset))
+    };
     // The node leading the payment stream, then a follower, each down for NODE_DOWN.
-    for (offset, role) in [(6, "leader"), (14, "follower")] {
-        tokio::time::sleep_until(start + Duration::from_secs(offset)).await;
+    for (offset, role) in [(6, "leader"), (16, "follower")] {
+        tokio::time::sleep_until(next_fault(&faults, Duration::from_secs(offset))).await;
         let mut cluster = cluster.lock().await;
         let leader = stream_leader(&cluster, PAYMENT_STREAM)
             .await
@@ -222,30 +330,53 @@ async fn inject_faults(
         } else {
             (leader + 1) % 3
         };
+        // Asked of a node that stays up: when every stream and consumer is led again.
+        let witness = async_nats::connect(cluster.node_url((node + 1) % 3))
+            .await
+            .expect("a witness connection");
+        let groups = raft_groups(&async_nats::jetstream::new(witness.clone())).await;
+        let dead = cluster.node_name(node).to_owned();
         cluster.kill(node);
-        faults.push(Fault {
-            what: format!("SIGKILL of the {role} node of {PAYMENT_STREAM}"),
-            at: Instant::now(),
-        });
-        tokio::time::sleep(NODE_DOWN).await;
+        let killed_at = Instant::now();
+        // Down until the two others lead everything it led, and at least NODE_DOWN.
+        let (led_again, payments_led_again) =
+            led_again(&witness, groups, &dead, killed_at + DRAIN).await;
+        tokio::time::sleep_until(killed_at + NODE_DOWN).await;
         cluster
             .start_again(node)
             .await
             .unwrap_or_else(|e| panic!("node {node} again: {e}"));
         faults.push(Fault {
+            what: format!("SIGKILL of the {role} node of {PAYMENT_STREAM}"),
+            at: killed_at,
+            led_again,
+            payments_led_again,
+        });
+        faults.push(Fault {
             what: format!("the {role} node answers again"),
             at: Instant::now(),
+            led_again: None,
+            payments_led_again: None,
         });
     }
     // One worker of each stage: those of the first institution, then settlement.
-    for (offset, service) in [
-        (21_000, "payer-oi01"),
-        (23_500, "payee-oi01"),
-        (26_000, "commit-oi01"),
-        (28_500, "finalize-oi01"),
-        (31_000, "settlement"),
-    ] {
-        tokio::time::sleep_until(start + Duration::from_millis(offset)).await;
+    for (i, (offset, service)) in [
+        (26_000, "payer-oi01"),
+        (28_500, "payee-oi01"),
+        (31_000, "commit-oi01"),
+        (33_500, "finalize-oi01"),
+        (36_000, "settlement"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let offset = Duration::from_millis(offset);
+        // Workers 2.5 s apart, the first BETWEEN_FAULTS after the nodes' faults.
+        let at = match faults.last() {
+            Some(last) if i > 0 => (last.at + Duration::from_millis(2_500)).max(start + offset),
+            _ => next_fault(&faults, offset),
+        };
+        tokio::time::sleep_until(at).await;
         let mut workers = workers.lock().expect("workers");
         let worker = workers
             .iter_mut()
@@ -255,6 +386,8 @@ async fn inject_faults(
         faults.push(Fault {
             what: format!("SIGKILL and restart of {service}"),
             at: Instant::now(),
+            led_again: None,
+            payments_led_again: None,
         });
     }
     faults
@@ -285,6 +418,7 @@ fn spawn_outcome_reader(
                     ConsumerConfig::new(subjects::txn_result(&institution), "failover-observer");
                 config.start = StartAt::Earliest;
                 config.max_in_flight = 4096;
+                config.ack_wait = OBSERVER_ACK_WAIT;
                 let mut consumer = bus.consumer(config).await.expect("outcome consumer");
                 loop {
                     let batch = tokio::select! {
@@ -422,6 +556,7 @@ async fn cluster_loses_nothing_and_pays_nothing_twice_through_node_and_worker_ki
     let mut instructions = {
         let mut config = ConsumerConfig::new(subjects::SETTLEMENT_INSTRUCTION, "failover-observer");
         config.start = StartAt::Earliest;
+        config.ack_wait = OBSERVER_ACK_WAIT;
         bus.consumer(config).await.expect("instruction consumer")
     };
 
@@ -442,7 +577,14 @@ async fn cluster_loses_nothing_and_pays_nothing_twice_through_node_and_worker_ki
     let mut started: HashMap<PaymentId, Instant> = HashMap::new();
     let mut publish_failures = 0;
     let mut tick = start;
-    while tick < start + LOAD {
+    let mut faults_made: Option<Instant> = None;
+    loop {
+        if faults_made.is_none() && faults.is_finished() {
+            faults_made = Some(Instant::now());
+        }
+        if tick >= start + LOAD && faults_made.is_some_and(|at| tick >= at + AFTER_LAST_FAULT) {
+            break;
+        }
         tokio::time::sleep_until(tick).await;
         tick += TICK;
         let sent_at = Instant::now();
@@ -478,7 +620,9 @@ async fn cluster_loses_nothing_and_pays_nothing_twice_through_node_and_worker_ki
         }
     }
     let acked = submitted.len();
-    let faults = faults.await.expect("faults");
+    let load_end = tick;
+    let mut faults = faults.await.expect("faults");
+    faults.sort_by_key(|f| f.at);
 
     let logs = || {
         let mut text = String::new();
@@ -691,6 +835,49 @@ async fn cluster_loses_nothing_and_pays_nothing_twice_through_node_and_worker_ki
                 fault.at + Duration::from_secs(2)
             )
         );
+        if let Some(led) = fault.led_again {
+            // The stall: the longest time without an answer, from the kill to a while after
+            // every group was led again.
+            let mut answered: Vec<Instant> = first
+                .values()
+                .copied()
+                .filter(|at| *at <= led + BETWEEN_FAULTS)
+                .collect();
+            answered.sort();
+            let stall = answered
+                .windows(2)
+                .filter(|w| w[1] > fault.at)
+                .map(|w| (w[0].max(fault.at), w[1]))
+                .max_by_key(|(from, to)| *to - *from);
+            let since = |at: Instant| at.saturating_duration_since(fault.at).as_secs_f64();
+            let relative = |to: Instant, from: Instant| {
+                if to >= from {
+                    format!("{} ms after", (to - from).as_millis())
+                } else {
+                    format!("{} ms before", (from - to).as_millis())
+                }
+            };
+            println!(
+                "        {PAYMENT_STREAM} led again {} s, every stream and consumer {:.1} s after the kill; {}; payments sent in the 2 s after every group was led: {}",
+                fault
+                    .payments_led_again
+                    .map_or("-".to_owned(), |at| format!("{:.1}", since(at))),
+                since(led),
+                match stall {
+                    Some((from, to)) => format!(
+                        "no answer from {:.1} s to {:.1} s after the kill: answers again {} {PAYMENT_STREAM} was led, {} every group was",
+                        since(from),
+                        since(to),
+                        fault
+                            .payments_led_again
+                            .map_or("-".to_owned(), |at| relative(to, at)),
+                        relative(to, led),
+                    ),
+                    None => "answers never stopped".to_owned(),
+                },
+                latency(led, led + Duration::from_secs(2))
+            );
+        }
     }
     for exit in &exits {
         println!(
@@ -700,8 +887,5 @@ async fn cluster_loses_nothing_and_pays_nothing_twice_through_node_and_worker_ki
             exit.last_line
         );
     }
-    println!(
-        "whole run: {}",
-        latency(start, start + LOAD + Duration::from_secs(1))
-    );
+    println!("whole run: {}", latency(start, load_end));
 }

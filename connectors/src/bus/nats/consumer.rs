@@ -4,8 +4,12 @@
 //! one at a time, for no more messages than it has room for (`max_in_flight` minus what it
 //! holds and has buffered). Because the inbox outlives every request, a message the server
 //! sends after `fetch` returned is buffered for the next call rather than lost until its ack
-//! deadline. A request expires after [`PULL_EXPIRES`]; one the server forgot (a restart) is
-//! given up after a grace period or as soon as the client reconnects.
+//! deadline. A request expires after [`PULL_EXPIRES`]. The server sends a heartbeat every
+//! [`PULL_HEARTBEAT`] while an open request has nothing to deliver, so a request nobody holds
+//! any more (the consumer's leader died with it, or a restarted server forgot it) is given up
+//! after [`PULL_SILENCE_MAX`] without a word, or as soon as the client reconnects. While the
+//! consumer has no leader at all (a cluster electing one), the server answers a request with
+//! "no responders" at once; the next is sent after [`NO_LEADER_PAUSE`].
 //!
 //! Acks and naks wait for the server's confirmation, so an `Ok` means the server recorded it —
 //! except for a delivery made before the connection was lost: a restarted server may have
@@ -42,6 +46,14 @@ use crate::bus::{Acker, BusError, BusErrorKind, Consumer, ConsumerConfig, Delive
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Time past [`PULL_EXPIRES`] after which a request the server never closed is given up.
 const PULL_GRACE: Duration = Duration::from_secs(1);
+/// Heartbeat the server sends while an open request has nothing to deliver.
+const PULL_HEARTBEAT: Duration = Duration::from_millis(400);
+/// Time without a message, a heartbeat or a status after which an open request is given up:
+/// two heartbeats and a half, so that one late heartbeat does not open a second request.
+const PULL_SILENCE_MAX: Duration = Duration::from_millis(1_000);
+/// Pause before the next pull request after the server said no member could take it (the
+/// consumer has no leader: a cluster is electing one).
+const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
 /// Largest `max_in_flight` accepted: bounds a member's buffer.
 pub(super) const MAX_IN_FLIGHT_LIMIT: usize = 65_536;
 /// Members a group is sized for: the server-side `max_ack_pending` of the shared consumer is
@@ -103,8 +115,17 @@ impl Drop for Slot {
 #[derive(Debug)]
 struct PullRequest {
     remaining: usize,
-    give_up_at: Instant,
+    /// When the server has closed it for sure (its expiry and a grace period).
+    expired_at: Instant,
+    /// When it is given up if the server says nothing more (no message, heartbeat or status).
+    silent_at: Instant,
     connects: u64,
+}
+
+impl PullRequest {
+    fn give_up_at(&self) -> Instant {
+        self.expired_at.min(self.silent_at)
+    }
 }
 
 /// What woke a waiting `fetch`.
@@ -125,6 +146,8 @@ pub(super) struct NatsConsumer {
     flight: Arc<Flight>,
     buffer: VecDeque<async_nats::Message>,
     request: Option<PullRequest>,
+    /// No pull request is sent before this (the consumer had no leader).
+    paused_until: Option<Instant>,
     metrics: SubjectMetrics,
     link: watch::Receiver<Link>,
     /// When the backlog is next read.
@@ -155,6 +178,7 @@ impl NatsConsumer {
             flight: Arc::new(Flight::default()),
             buffer: VecDeque::new(),
             request: None,
+            paused_until: None,
             metrics,
             link,
             backlog_due: Instant::now(),
@@ -203,11 +227,28 @@ impl NatsConsumer {
         }
     }
 
+    /// Takes in what the inbox holds already, without waiting: what the server said while
+    /// this member was busy counts before its silence is judged.
+    fn take_received(&mut self) -> Result<(), BusError> {
+        while let Some(next) = self.subscriber.next().now_or_never() {
+            match next {
+                Some(message) => self.on_message(message)?,
+                None => {
+                    return Err(BusError::new(
+                        BusErrorKind::Closed,
+                        "NATS connection closed",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets the open request once the server cannot be holding it any more.
     fn drop_lost_request(&mut self) {
         let connects = self.client.statistics().connects.load(Ordering::Relaxed);
         if let Some(request) = &self.request
-            && (Instant::now() >= request.give_up_at || request.connects != connects)
+            && (Instant::now() >= request.give_up_at() || request.connects != connects)
         {
             self.request = None;
         }
@@ -217,6 +258,12 @@ impl NatsConsumer {
     async fn request_more(&mut self, wanted: usize) -> Result<(), BusError> {
         if self.request.is_some() {
             return Ok(());
+        }
+        if let Some(until) = self.paused_until {
+            if Instant::now() < until {
+                return Ok(());
+            }
+            self.paused_until = None;
         }
         let room = self
             .config
@@ -230,6 +277,7 @@ impl NatsConsumer {
         let pull = BatchConfig {
             batch,
             expires: Some(PULL_EXPIRES),
+            idle_heartbeat: PULL_HEARTBEAT,
             ..Default::default()
         };
         self.consumer
@@ -242,9 +290,11 @@ impl NatsConsumer {
                     e,
                 )
             })?;
+        let now = Instant::now();
         self.request = Some(PullRequest {
             remaining: batch,
-            give_up_at: Instant::now() + PULL_EXPIRES + PULL_GRACE,
+            expired_at: now + PULL_EXPIRES + PULL_GRACE,
+            silent_at: now + PULL_SILENCE_MAX,
             connects,
         });
         Ok(())
@@ -266,6 +316,9 @@ impl NatsConsumer {
 
     /// Buffers a message or interprets a status of the pull request.
     fn on_message(&mut self, message: async_nats::Message) -> Result<(), BusError> {
+        if let Some(request) = &mut self.request {
+            request.silent_at = Instant::now() + PULL_SILENCE_MAX;
+        }
         match message.status {
             None | Some(StatusCode::OK) => {
                 if let Some(request) = &mut self.request {
@@ -277,6 +330,11 @@ impl NatsConsumer {
                 self.buffer.push_back(message);
             }
             Some(StatusCode::IDLE_HEARTBEAT) => {}
+            Some(StatusCode::NO_RESPONDERS) => {
+                tracing::debug!(subject = %self.config.subject, "no consumer leader; pulling again shortly");
+                self.request = None;
+                self.paused_until = Some(Instant::now() + NO_LEADER_PAUSE);
+            }
             Some(StatusCode::REQUEST_TERMINATED)
                 if message
                     .description
@@ -351,13 +409,15 @@ impl Consumer for NatsConsumer {
             return Ok(out);
         }
         self.refresh_backlog();
+        self.take_received()?;
         while !self.can_hand_out() {
             self.drop_lost_request();
             self.request_more(max.saturating_sub(self.buffer.len()))
                 .await?;
-            let until = match &self.request {
-                Some(request) => deadline.min(request.give_up_at),
-                None => deadline,
+            let until = match (&self.request, self.paused_until) {
+                (Some(request), _) => deadline.min(request.give_up_at()),
+                (None, Some(paused)) => deadline.min(paused),
+                (None, None) => deadline,
             };
             match self.next_event(until).await? {
                 Event::Message(message) => self.on_message(message)?,

@@ -77,8 +77,15 @@ const STREAM_REPLICAS_MAX: usize = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to a request (JetStream API, ack confirmation).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time the server has to acknowledge a publish.
-const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed to a JetStream API request (stream and consumer management).
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time the server has to acknowledge one attempt of a publish before it is sent again (same
+/// `Nats-Msg-Id`, so a copy the server did store is a duplicate, not a second message). Short,
+/// because an acknowledgement that does not come in this time is almost always one that will
+/// never come: its stream's leader died with the request, and in a cluster the publish must
+/// reach the leader elected after it. A server acknowledges within milliseconds otherwise,
+/// even at its ceiling (docs/BENCHMARKS.md); a retry it did not need costs a duplicate it drops.
+const PUBLISH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long publishes that failed in a way worth retrying (a timeout, a lost connection, a
 /// stream still recovering after a restart) are retried, from their first failure, always with
 /// the same `Nats-Msg-Id`.
@@ -87,7 +94,7 @@ const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(15);
 /// further attempt up to [`PUBLISH_RETRY_BACKOFF_MAX`].
 const PUBLISH_RETRY_BACKOFF: Duration = Duration::from_millis(25);
 /// Longest pause between two retries.
-const PUBLISH_RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
+const PUBLISH_RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// Publishes sent and awaiting their acknowledgement, all callers together.
 const PUBLISH_INFLIGHT_MAX: usize = 4096;
 /// Longest pause between two reconnection attempts: a server that restarts is used again
@@ -230,8 +237,8 @@ impl NatsBus {
         // when the connection dropped) until its ack timeout: room for a few abandoned windows
         // beside the one in use, which [`NatsBus::inflight`] bounds.
         let jetstream = jetstream::ContextBuilder::new()
-            .timeout(PUBLISH_ACK_TIMEOUT)
-            .ack_timeout(PUBLISH_ACK_TIMEOUT)
+            .timeout(API_TIMEOUT)
+            .ack_timeout(PUBLISH_ATTEMPT_TIMEOUT)
             .max_ack_inflight(PUBLISH_INFLIGHT_MAX * 4)
             .build(client.clone());
         tracing::info!(servers = ?servers, "connected to NATS");
@@ -408,7 +415,14 @@ impl NatsBus {
                 match self.send(&messages[index]).await {
                     Ok(ack) => {
                         waiting.insert(index);
-                        pending.push(async move { (index, ack.await) });
+                        pending.push(async move {
+                            let ack = tokio::time::timeout(PUBLISH_ATTEMPT_TIMEOUT, ack)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(PublishError::new(PublishErrorKind::TimedOut))
+                                });
+                            (index, ack)
+                        });
                     }
                     Err(error) => unsent.push((index, Unsent::Failed(error))),
                 }
