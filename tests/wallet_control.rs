@@ -186,3 +186,104 @@ fn a_wallet_goes_offline_and_is_locked_and_unlocked_by_numbered_commands() {
         String::from_utf8_lossy(&wrong.stderr)
     );
 }
+
+#[test]
+fn a_rotated_wallet_key_is_certified_by_its_institution_ca_for_the_wallet() {
+    use dcpipe_pipeline::clock::system_now_ms;
+    use dcpipe_pipeline::pki::{
+        Algorithm, ChainVerifier, PrivateKey, RevocationSet, Role, TrustLayout,
+        read_certificate_pem, read_trust_anchors,
+    };
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    stdout_of(&dcpipe(
+        dir,
+        &[
+            "pki",
+            "init",
+            "--out",
+            "pki",
+            "--institutions",
+            "2",
+            "--wallets",
+            "4",
+        ],
+    ));
+    // The wallet's new key, handed to its CA as a PUBLIC KEY file (only the public half).
+    let new_key = PrivateKey::generate(Algorithm::EcdsaP256Sha256).expect("key");
+    std::fs::write(
+        dir.join("new-key.pem"),
+        new_key.public_key().to_spki_pem().expect("pem"),
+    )
+    .expect("public key file");
+    let certify = |ca: &str, public_key: &str, out: &str| {
+        dcpipe(
+            dir,
+            &[
+                "pki",
+                "certify-wallet-key",
+                "--ca",
+                ca,
+                "--wallet",
+                WALLET,
+                "--public-key",
+                public_key,
+                "--out",
+                out,
+            ],
+        )
+    };
+    let certified = stdout_of(&certify(
+        "pki/institutions/oi01/ca",
+        "new-key.pem",
+        "new.crt.pem",
+    ));
+    assert!(
+        certified.contains("certified the p256 key of wallet w-oi01-000001 of oi01"),
+        "{certified}"
+    );
+    // A wallet certificate for that very key, chaining to the root through oi01's CA.
+    let certificate = read_certificate_pem(&dir.join("new.crt.pem")).expect("certificate");
+    let (_, store) = read_trust_anchors(&TrustLayout::new(dir.join("pki/trust"))).expect("trust");
+    let verifier = ChainVerifier::new(Arc::new(store), Arc::new(RevocationSet::new()));
+    let identity = verifier
+        .verify(certificate.der(), system_now_ms(), Role::Wallet)
+        .expect("the new certificate verifies");
+    assert_eq!(identity.id(), WALLET);
+    assert_eq!(identity.institution_id(), "oi01");
+    assert_eq!(
+        identity.public_key().sec1_point(),
+        new_key.public_key().sec1_point()
+    );
+    let signature = new_key.sign(b"key set").expect("signature");
+    assert!(identity.public_key().verify(b"key set", &signature).is_ok());
+
+    let refused = |output: Output, expected: &str| {
+        assert!(!output.status.success(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+    // An existing certificate is never overwritten.
+    refused(
+        certify("pki/institutions/oi01/ca", "new-key.pem", "new.crt.pem"),
+        "new.crt.pem",
+    );
+    // The root is not the wallet's institution CA.
+    refused(
+        certify("pki/root", "new-key.pem", "root.crt.pem"),
+        "cannot certify a wallet key",
+    );
+    // A private key file is not a public key file; nothing is written.
+    std::fs::write(
+        dir.join("private.pem"),
+        new_key.to_pkcs8_pem().expect("pkcs8").as_bytes(),
+    )
+    .expect("private key file");
+    refused(
+        certify("pki/institutions/oi01/ca", "private.pem", "other.crt.pem"),
+        "PEM label is not PUBLIC KEY",
+    );
+    assert!(!dir.join("other.crt.pem").exists());
+}

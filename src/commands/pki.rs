@@ -1,7 +1,8 @@
 //! `dcpipe pki`: the demo PKI on disk.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -10,14 +11,16 @@ use dcpipe_connectors::bus::{BusUrl, Outgoing, connect};
 use dcpipe_pipeline::clock::system_now_ms;
 use dcpipe_pipeline::pki::{
     AlgorithmChoice, CertifiedKey, DemoPkiOptions, PkiDirectory, init_pki_directory,
-    read_certificate_pem, read_private_key_pem,
+    read_certificate_pem, read_private_key_pem, read_public_key_pem, write_certificate_pem,
 };
 use dcpipe_pipeline::revocation::{
     REVOCATION_REASONS, next_revocation_sequence, revocation_update_of_serials,
 };
 use dcpipe_pipeline::subjects;
+use dcpipe_pipeline::wallet::certify_wallet_key;
+use dcpipe_schemas::{PartyRef, rfc3339_of_ms};
 
-use crate::settings::{BrokerArgs, Settings};
+use crate::settings::{BrokerArgs, Settings, parse_duration};
 
 /// PKI commands.
 #[derive(Debug, Subcommand)]
@@ -45,6 +48,11 @@ pub(crate) enum PkiCommand {
     /// key (--ca DIR/ca.key.pem) and publish it on pki.revocation, where every worker applies it.
     /// The update takes the next sequence of this CA found on the bus.
     Revoke(Box<RevokeArgs>),
+    /// Certify a wallet's new key as its institution's CA, for a key rotation (`dcpipe
+    /// wallets rotate`): read the PUBLIC KEY PEM file the wallet made, issue the wallet
+    /// certificate of --wallet for it, valid from an hour ago for --valid-for, and write it to
+    /// --out (a new file), for the wallet. The CA's key is the only secret read.
+    CertifyWalletKey(CertifyWalletKeyArgs),
     /// Summarize a PKI directory (its manifest.toml and every party's files, checked).
     Show {
         /// The PKI directory written by `pki init --out` (read, like every other --pki).
@@ -78,6 +86,31 @@ pub(crate) struct RevokeArgs {
     pub(crate) broker: BrokerArgs,
 }
 
+/// Options of `dcpipe pki certify-wallet-key`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CertifyWalletKeyArgs {
+    /// The institution CA's party directory, holding ca.crt.pem and ca.key.pem
+    /// (institutions/<oi>/ca): the wallet's institution.
+    #[arg(long, env = "DCPIPE_CA", value_name = "DIR")]
+    ca: PathBuf,
+    /// The wallet whose new key this is.
+    #[arg(long)]
+    wallet: String,
+    /// The new public key (PUBLIC KEY PEM: SubjectPublicKeyInfo, P-256 or SM2).
+    #[arg(long, value_name = "FILE")]
+    public_key: PathBuf,
+    /// Where to write the certificate (PEM; must not exist).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// How long the certificate is valid.
+    #[arg(long, default_value = "730d", value_parser = parse_duration, value_name = "DURATION")]
+    valid_for: Duration,
+}
+
+/// How far before now a certificate issued here starts to be valid: a wallet whose satellite
+/// moment runs a little behind the CA's clock can use it at once.
+const CERTIFIED_BEFORE_NOW: Duration = Duration::from_secs(3600);
+
 fn parse_algorithm(text: &str) -> Result<AlgorithmChoice, String> {
     text.parse().map_err(|e| format!("{e}"))
 }
@@ -85,6 +118,7 @@ fn parse_algorithm(text: &str) -> Result<AlgorithmChoice, String> {
 pub(crate) async fn run(command: PkiCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
     match command {
         PkiCommand::Revoke(args) => revoke(*args, settings).await,
+        PkiCommand::CertifyWalletKey(args) => certify_wallet_key_file(&args),
         PkiCommand::Init {
             out,
             institutions,
@@ -137,12 +171,7 @@ async fn revoke(args: RevokeArgs, settings: &Settings) -> anyhow::Result<ExitCod
             "revocations reach workers through a shared bus: --bus nats://host:port or kafka://host:port"
         );
     }
-    let ca = {
-        let certificate = read_certificate_pem(&args.ca.join("ca.crt.pem"))?;
-        let key = read_private_key_pem(&args.ca.join("ca.key.pem"))?;
-        CertifiedKey::new(certificate, key)
-            .with_context(|| format!("{}: the key is not the CA's", args.ca.display()))?
-    };
+    let ca = read_ca(&args.ca)?;
     let serial = match (&args.serial, &args.cert) {
         (Some(hex_serial), _) => hex::decode(hex_serial.trim())
             .ok()
@@ -188,6 +217,50 @@ async fn revoke(args: RevokeArgs, settings: &Settings) -> anyhow::Result<ExitCod
         subjects::PKI_REVOCATION,
         receipt.position.partition,
         receipt.position.offset
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The CA of a party directory: its certificate and key, checked to belong together.
+fn read_ca(dir: &Path) -> anyhow::Result<CertifiedKey> {
+    let certificate = read_certificate_pem(&dir.join("ca.crt.pem"))?;
+    let key = read_private_key_pem(&dir.join("ca.key.pem"))?;
+    CertifiedKey::new(certificate, key)
+        .with_context(|| format!("{}: the key is not the CA's", dir.display()))
+}
+
+fn certify_wallet_key_file(args: &CertifyWalletKeyArgs) -> anyhow::Result<ExitCode> {
+    let ca = read_ca(&args.ca)?;
+    let public_key = read_public_key_pem(&args.public_key)?;
+    let party = PartyRef {
+        institution_id: ca.certificate().institution().to_owned(),
+        wallet_id: args.wallet.clone(),
+    };
+    let now_ms = system_now_ms();
+    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let certificate = certify_wallet_key(
+        &ca,
+        &party,
+        &public_key,
+        now_ms.saturating_sub(millis(CERTIFIED_BEFORE_NOW)),
+        now_ms.saturating_add(millis(args.valid_for)),
+    )
+    .with_context(|| format!("certifying {}", args.public_key.display()))?;
+    write_certificate_pem(&args.out, &certificate)?;
+    println!(
+        "certified the {} key of wallet {} of {}: serial {}, valid until {}, written to {}",
+        public_key.algorithm().as_str(),
+        party.wallet_id,
+        party.institution_id,
+        hex::encode(certificate.serial()),
+        rfc3339_of_ms(certificate.valid_until_ms()),
+        args.out.display()
+    );
+    tracing::info!(
+        institution = %party.institution_id,
+        wallet = %party.wallet_id,
+        serial = %hex::encode(certificate.serial()),
+        "wallet key certified"
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -217,12 +217,12 @@ async fn rotate(args: RotateArgs, settings: &Settings) -> anyhow::Result<ExitCod
         .with_context(|| format!("{} vanished", args.wallet))?;
     if since_ms == now_ms {
         println!(
-            "{}: {} ordered to rotate its key (key version {} now); its next accepted sync              result asks for a new key",
+            "{}: {} ordered to rotate its key (key version {} now); its next accepted sync result asks for a new key",
             args.institution, args.wallet, record.key_version
         );
     } else {
         println!(
-            "{}: {} was ordered to rotate its key at {since_ms} ms already (key version {}              now); nothing changed",
+            "{}: {} was ordered to rotate its key at {since_ms} ms already (key version {} now); nothing changed",
             args.institution, args.wallet, record.key_version
         );
     }

@@ -44,6 +44,8 @@ pub const SM2_DISTINGUISHING_ID: &str = "1234567812345678";
 const KEYGEN_ATTEMPTS_MAX: usize = 8;
 /// PEM label of PKCS#8 private keys.
 pub const PRIVATE_KEY_PEM_LABEL: &str = "PRIVATE KEY";
+/// PEM label of a public key (SubjectPublicKeyInfo, RFC 7468 §13).
+pub const PUBLIC_KEY_PEM_LABEL: &str = "PUBLIC KEY";
 
 /// id-ecPublicKey (RFC 5480).
 pub(crate) const OID_EC_PUBLIC_KEY: ObjectIdentifier =
@@ -227,6 +229,76 @@ impl PublicKey {
         self.spki()?
             .to_der()
             .map_err(|_| KeyError::new(KeyErrorKind::Encoding, "SubjectPublicKeyInfo encoding"))
+    }
+
+    /// `PUBLIC KEY` PEM (SubjectPublicKeyInfo), LF line endings, as OpenSSL writes it: how a
+    /// wallet hands a new key to its institution's CA (`dcpipe pki certify-wallet-key`).
+    pub fn to_spki_pem(&self) -> Result<String, KeyError> {
+        let der = self.to_spki_der()?;
+        der::pem::encode_string(PUBLIC_KEY_PEM_LABEL, der::pem::LineEnding::LF, &der)
+            .map_err(|_| KeyError::new(KeyErrorKind::Encoding, "PEM encoding"))
+    }
+
+    /// A key from a DER SubjectPublicKeyInfo: id-ecPublicKey with the P-256 or SM2 curve
+    /// named, an uncompressed point on it.
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
+        let malformed = |detail| KeyError::new(KeyErrorKind::Malformed, detail);
+        let info = spki::SubjectPublicKeyInfoRef::try_from(der)
+            .map_err(|_| malformed("not a SubjectPublicKeyInfo"))?;
+        let curve = match info.algorithm.parameters {
+            Some(parameters) => Some(
+                parameters
+                    .decode_as::<ObjectIdentifier>()
+                    .map_err(|_| malformed("EC public key parameters are not a named curve"))?,
+            ),
+            None => None,
+        };
+        PublicKey::from_spki_parts(
+            &info.algorithm.oid,
+            curve.as_ref(),
+            info.subject_public_key.as_bytes(),
+        )
+    }
+
+    /// A key from a `PUBLIC KEY` PEM document.
+    pub fn from_spki_pem(pem: &str) -> Result<Self, KeyError> {
+        let (label, der) = der::pem::decode_vec(pem.as_bytes())
+            .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "not a PEM document"))?;
+        if label != PUBLIC_KEY_PEM_LABEL {
+            return Err(KeyError::new(
+                KeyErrorKind::Malformed,
+                "PEM label is not PUBLIC KEY",
+            ));
+        }
+        PublicKey::from_spki_der(&der)
+    }
+
+    /// A key from the parts of a SubjectPublicKeyInfo: its algorithm, the named curve, the point (`None` when the bit string has
+    /// unused bits).
+    fn from_spki_parts(
+        algorithm: &ObjectIdentifier,
+        curve: Option<&ObjectIdentifier>,
+        point: Option<&[u8]>,
+    ) -> Result<Self, KeyError> {
+        if *algorithm != OID_EC_PUBLIC_KEY {
+            return Err(KeyError::new(
+                KeyErrorKind::UnsupportedAlgorithm,
+                "public key is not an elliptic-curve key",
+            ));
+        }
+        let curve = curve.ok_or(KeyError::new(
+            KeyErrorKind::Malformed,
+            "EC public key without named curve",
+        ))?;
+        let algorithm = Algorithm::from_curve_oid(curve).ok_or(KeyError::new(
+            KeyErrorKind::UnsupportedAlgorithm,
+            "public key is on a curve other than P-256 and SM2",
+        ))?;
+        let point = point.ok_or(KeyError::new(
+            KeyErrorKind::Malformed,
+            "subjectPublicKey has unused bits",
+        ))?;
+        PublicKey::from_sec1_point(algorithm, point)
     }
 
     pub(crate) fn spki(&self) -> Result<SubjectPublicKeyInfoOwned, KeyError> {
@@ -593,6 +665,64 @@ mod tests {
         let mut scalar = [byte; SCALAR_BYTES];
         scalar[0] = 0x01;
         scalar
+    }
+
+    #[test]
+    fn a_public_key_goes_through_a_public_key_pem_file_unchanged() {
+        for algorithm in [Algorithm::EcdsaP256Sha256, Algorithm::Sm2Sm3] {
+            let key = PrivateKey::from_scalar(algorithm, &fixed_scalar(7)).expect("key");
+            let pem = key.public_key().to_spki_pem().expect("pem");
+            assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+            let back = PublicKey::from_spki_pem(&pem).expect("parsed");
+            assert_eq!(back.algorithm(), algorithm);
+            assert_eq!(back.sec1_point(), key.public_key().sec1_point());
+            let signature = key.sign(b"rotated").expect("signature");
+            assert!(back.verify(b"rotated", &signature).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_public_key_file_of_another_kind_or_curve_is_refused_with_its_kind() {
+        let key =
+            PrivateKey::from_scalar(Algorithm::EcdsaP256Sha256, &fixed_scalar(3)).expect("key");
+        // A private key file is not a public key file.
+        let private = key.to_pkcs8_pem().expect("pkcs8");
+        assert_eq!(
+            PublicKey::from_spki_pem(&private).unwrap_err().kind(),
+            KeyErrorKind::Malformed
+        );
+        assert_eq!(
+            PublicKey::from_spki_pem("not pem").unwrap_err().kind(),
+            KeyErrorKind::Malformed
+        );
+        // An Ed25519 key (RFC 8410): not an elliptic-curve key of ours.
+        let mut ed25519 = hex::decode("302a300506032b6570032100").expect("hex");
+        ed25519.extend([9u8; 32]);
+        assert_eq!(
+            PublicKey::from_spki_der(&ed25519).unwrap_err().kind(),
+            KeyErrorKind::UnsupportedAlgorithm
+        );
+        // id-ecPublicKey on secp384r1.
+        let mut spki = key.public_key().spki().expect("spki");
+        spki.algorithm.parameters =
+            Some(Any::encode_from(&ObjectIdentifier::new_unwrap("1.3.132.0.34")).expect("oid"));
+        assert_eq!(
+            PublicKey::from_spki_der(&spki.to_der().expect("der"))
+                .unwrap_err()
+                .kind(),
+            KeyErrorKind::UnsupportedAlgorithm
+        );
+        // A point that is not on the curve.
+        let mut spki = key.public_key().spki().expect("spki");
+        let mut point = *key.public_key().sec1_point();
+        point[64] ^= 1;
+        spki.subject_public_key = BitString::from_bytes(&point).expect("bits");
+        assert_eq!(
+            PublicKey::from_spki_der(&spki.to_der().expect("der"))
+                .unwrap_err()
+                .kind(),
+            KeyErrorKind::Malformed
+        );
     }
 
     #[test]

@@ -78,8 +78,8 @@ pub use generate::{
     institution_id, wallet_id,
 };
 pub use keys::{
-    Algorithm, PRIVATE_KEY_PEM_LABEL, PUBLIC_POINT_BYTES, PrivateKey, PublicKey, SCALAR_BYTES,
-    SIGNATURE_BYTES, SM2_DISTINGUISHING_ID,
+    Algorithm, PRIVATE_KEY_PEM_LABEL, PUBLIC_KEY_PEM_LABEL, PUBLIC_POINT_BYTES, PrivateKey,
+    PublicKey, SCALAR_BYTES, SIGNATURE_BYTES, SM2_DISTINGUISHING_ID,
 };
 pub use parse::{
     CERTIFICATE_DER_BYTES_MAX, CERTIFICATE_PEM_LABEL, Certificate, ID_BYTES_MAX, KeyUsages,
@@ -90,8 +90,8 @@ pub use role::{Role, RoleSet, UnknownRole};
 pub use store::{
     KeyHolder, MANIFEST_BYTES_MAX, MANIFEST_FILE, PEM_FILE_BYTES_MAX, PRIVATE_KEY_FILE_MODE,
     PUBLIC_FILE_MODE, PkiLayout, TRUST_DIR, TRUST_INSTITUTIONS_MAX, TrustLayout, WorkerKeys,
-    init_pki_directory, read_certificate_pem, read_private_key_pem, read_trust_anchors,
-    signer_pair, write_certificate_pem, write_private_key_pem,
+    init_pki_directory, read_certificate_pem, read_private_key_pem, read_public_key_pem,
+    read_trust_anchors, signer_pair, write_certificate_pem, write_private_key_pem,
 };
 pub use verify::{
     ChainVerifier, METRIC_CERTIFICATE_SIGNATURE_CHECKS, METRIC_CHAIN_REJECTIONS, TrustStore,

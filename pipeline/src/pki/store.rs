@@ -36,7 +36,7 @@ use super::generate::{
     DemoPkiOptions, InstitutionKeys, MANIFEST_FORMAT_VERSION, Manifest, PkiDirectory, WalletKeys,
     build_trust_store, parallel_map,
 };
-use super::keys::{Algorithm, PrivateKey};
+use super::keys::{Algorithm, PrivateKey, PublicKey};
 use super::parse::{Certificate, is_valid_id};
 use super::role::Role;
 use super::verify::TrustStore;
@@ -275,6 +275,13 @@ pub fn read_certificate_pem(path: &Path) -> Result<Certificate, StoreError> {
     let pem = read_file(path, PEM_FILE_BYTES_MAX)?;
     Certificate::from_pem(&pem)
         .map_err(|e| StoreError::new(StoreErrorKind::Certificate, path, e.to_string()))
+}
+
+/// Reads a `PUBLIC KEY` PEM file (SubjectPublicKeyInfo, P-256 or SM2).
+pub fn read_public_key_pem(path: &Path) -> Result<PublicKey, StoreError> {
+    let pem = read_file(path, PEM_FILE_BYTES_MAX)?;
+    PublicKey::from_spki_pem(&pem)
+        .map_err(|e| StoreError::new(StoreErrorKind::Key, path, e.to_string()))
 }
 
 /// Refuses a private key file that its group or others may read or write: a key must be its

@@ -938,27 +938,45 @@ pub fn certify_rotated_key(
     valid_from_ms: i64,
     valid_until_ms: i64,
 ) -> Result<Certificate, WalletError> {
+    certify_wallet_key(
+        ca,
+        &request.party,
+        &request.public_key,
+        valid_from_ms,
+        valid_until_ms,
+    )
+}
+
+/// Issues the wallet certificate of `party` for `public_key` as its institution's CA (`ca`,
+/// issued by the root), valid from `valid_from_ms` to `valid_until_ms`; the CA of another
+/// institution, or a key that is not an institution CA's, refuses. What `dcpipe pki
+/// certify-wallet-key` does with a key a wallet handed in.
+pub fn certify_wallet_key(
+    ca: &CertifiedKey,
+    party: &PartyRef,
+    public_key: &PublicKey,
+    valid_from_ms: i64,
+    valid_until_ms: i64,
+) -> Result<Certificate, WalletError> {
     let issuer = ca.certificate();
-    if issuer.role() != Some(Role::InstitutionCa)
-        || issuer.institution() != request.party.institution_id
-    {
+    if issuer.role() != Some(Role::InstitutionCa) || issuer.institution() != party.institution_id {
         return Err(WalletError::NotTheInstitutionCa {
             ca_institution: if issuer.role() == Some(Role::InstitutionCa) {
                 issuer.institution().to_owned()
             } else {
                 issuer.role_name().to_owned()
             },
-            wallet_institution: request.party.institution_id.clone(),
+            wallet_institution: party.institution_id.clone(),
         });
     }
     let template = CertificateTemplate::for_role(
         Role::Wallet,
-        &request.party.wallet_id,
-        &request.party.institution_id,
+        &party.wallet_id,
+        &party.institution_id,
         valid_from_ms,
         valid_until_ms,
     );
-    Ok(ca.issue(&template, &request.public_key)?)
+    Ok(ca.issue(&template, public_key)?)
 }
 
 /// Checks that `key` is a wallet key of `party`.

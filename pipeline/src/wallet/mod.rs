@@ -37,7 +37,7 @@ pub use control::{Command, sign_command, verify_command};
 pub use device::{
     CommandApplied, HardWallet, KeyRotationRequest, KeySetUpload, PayRefusal, ReceiveRefusal,
     Received, SyncApplied, SyncResultError, WalletError, WalletProvisioning, certify_rotated_key,
-    copied_key,
+    certify_wallet_key, copied_key,
 };
 pub use double_spend::{
     ClearingDecision, PayerClearing, PayerHistory, PaymentToClear, clear_payer_payments,
