@@ -8,6 +8,7 @@ use dcpipe_connectors::bus::Position;
 use dcpipe_schemas::PaymentId;
 use serde::Serialize;
 
+use super::ceiling::VerificationCeiling;
 use super::code::AuditCode;
 
 /// Discrepancies kept in a report; more are counted, not kept.
@@ -163,6 +164,9 @@ pub struct AuditReport {
     pub elapsed_ms: u64,
     /// Records read per second.
     pub records_per_s: f64,
+    /// What the verification of this range's mix alone reaches on the audit's threads,
+    /// measured at the end on an even sample of the range; `None` for an empty range.
+    pub ceiling: Option<VerificationCeiling>,
 }
 
 impl AuditReport {
@@ -216,6 +220,16 @@ impl AuditReport {
             "  records            {:>10}  ({} verified, {:.0} records/s)",
             c.records, c.verified, self.records_per_s
         );
+        if let Some(ceiling) = &self.ceiling {
+            let _ = writeln!(
+                out,
+                "  verification alone {:>10.0}  records/s on {} threads ({} records sampled): the audit ran at {:.2} of it",
+                ceiling.records_per_s,
+                ceiling.threads,
+                ceiling.sample_records,
+                self.records_per_s / ceiling.records_per_s.max(1e-9)
+            );
+        }
         let _ = writeln!(
             out,
             "  payments judged    {:>10}  ({} completed, {} rejected; {} partial at the edges)",

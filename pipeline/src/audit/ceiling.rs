@@ -1,0 +1,191 @@
+//! The verification ceiling of a range's mix, measured by the audit that read it: an even
+//! sample of the range's records (reservoir sampling) is checked again at the end, on the
+//! audit's threads, with nothing else to do: no reading, no reconciliation, no broker. The
+//! audit's speed over this is how close it came to what its own verification allows
+//! (docs/BENCHMARKS.md, "Audit replay").
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{AuditRecord, CheckContext, check_parallel};
+
+/// Most records kept to measure the ceiling: about a second of verification on two cores, and
+/// at most tens of MiB (the frames are shared with nothing else once read).
+pub const CEILING_SAMPLE_RECORDS: usize = 20_000;
+
+/// What the sample's verification alone reached.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerificationCeiling {
+    /// Records checked.
+    pub sample_records: u64,
+    /// Threads they were checked on (the audit's).
+    pub threads: usize,
+    /// Records checked per second.
+    pub records_per_s: f64,
+}
+
+/// An even sample of a stream of records, of at most `capacity`: each record seen is kept with
+/// the same chance (reservoir sampling, with a fixed seed so that a range gives one sample).
+#[derive(Debug)]
+pub struct Sample {
+    kept: Vec<AuditRecord>,
+    capacity: usize,
+    seen: u64,
+    state: u64,
+}
+
+impl Sample {
+    /// An empty sample of at most `capacity` records.
+    pub fn new(capacity: usize) -> Self {
+        Sample {
+            kept: Vec::with_capacity(capacity.min(CEILING_SAMPLE_RECORDS)),
+            capacity,
+            seen: 0,
+            state: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    /// Offers the next record of the stream.
+    pub fn offer(&mut self, record: &AuditRecord) {
+        self.seen += 1;
+        if self.kept.len() < self.capacity {
+            self.kept.push(record.clone());
+            return;
+        }
+        let slot = self.next_random() % self.seen;
+        if let Ok(slot) = usize::try_from(slot)
+            && slot < self.capacity
+        {
+            self.kept[slot] = record.clone();
+        }
+    }
+
+    /// Records kept.
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// Whether nothing was kept.
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// The records kept, in no particular order.
+    pub fn records(&self) -> &[AuditRecord] {
+        &self.kept
+    }
+
+    /// Checks the sample again on `threads` and times it; `None` when it is empty.
+    pub fn measure(&self, context: &CheckContext, threads: usize) -> Option<VerificationCeiling> {
+        if self.kept.is_empty() {
+            return None;
+        }
+        let started = Instant::now();
+        let checked = check_parallel(context, &self.kept, threads);
+        let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+        Some(VerificationCeiling {
+            sample_records: checked.len() as u64,
+            threads: threads.max(1),
+            records_per_s: checked.len() as f64 / elapsed,
+        })
+    }
+
+    /// xorshift64*: enough to spread a sample, not for anything secret.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use dcpipe_connectors::bus::Position;
+
+    fn record(n: u64) -> AuditRecord {
+        AuditRecord {
+            subject: "txn.submit.oi01".to_owned(),
+            position: Position {
+                partition: 0,
+                offset: n,
+            },
+            timestamp_ms: 0,
+            payload: Bytes::new(),
+        }
+    }
+
+    fn offsets(sample: &Sample) -> Vec<u64> {
+        let mut offsets: Vec<u64> = sample.records().iter().map(|r| r.position.offset).collect();
+        offsets.sort_unstable();
+        offsets
+    }
+
+    #[test]
+    fn a_stream_shorter_than_the_sample_is_kept_whole() {
+        let mut sample = Sample::new(100);
+        for n in 0..40 {
+            sample.offer(&record(n));
+        }
+        assert_eq!(offsets(&sample), (0..40).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_longer_stream_is_sampled_evenly_and_the_same_way_each_time() {
+        let run = || {
+            let mut sample = Sample::new(1_000);
+            for n in 0..100_000 {
+                sample.offer(&record(n));
+            }
+            sample
+        };
+        let sample = run();
+        assert_eq!(sample.len(), 1_000);
+        let kept = offsets(&sample);
+        kept.windows(2)
+            .for_each(|w| assert!(w[0] < w[1], "a record kept twice"));
+        // Each tenth of the stream holds about a tenth of the sample.
+        for tenth in 0..10u64 {
+            let range = tenth * 10_000..(tenth + 1) * 10_000;
+            let inside = kept.iter().filter(|n| range.contains(n)).count();
+            assert!((60..=140).contains(&inside), "tenth {tenth}: {inside}");
+        }
+        assert_eq!(offsets(&run()), kept);
+    }
+
+    #[test]
+    fn the_sample_is_checked_again_and_timed_on_the_audits_threads() {
+        use crate::audit::{RevocationHistory, TimedVerifier};
+        use crate::payment::PaymentPolicy;
+        use crate::pki::{AlgorithmChoice, DemoPkiOptions, PkiDirectory};
+        use std::sync::Arc;
+
+        let pki = PkiDirectory::generate(&DemoPkiOptions::new(
+            2,
+            2,
+            AlgorithmChoice::P256,
+            1_800_000_000_000,
+        ))
+        .expect("demo PKI");
+        let context = CheckContext {
+            verifier: TimedVerifier::new(Arc::clone(pki.trust_store()), RevocationHistory::new()),
+            policy: PaymentPolicy::default(),
+        };
+        let empty = Sample::new(10);
+        assert!(empty.is_empty());
+        assert_eq!(empty.measure(&context, 2), None);
+        let mut sample = Sample::new(10);
+        for n in 0..25 {
+            sample.offer(&record(n));
+        }
+        let ceiling = sample.measure(&context, 2).expect("measured");
+        assert_eq!(ceiling.sample_records, 10);
+        assert_eq!(ceiling.threads, 2);
+        assert!(ceiling.records_per_s > 0.0);
+    }
+}
