@@ -33,10 +33,8 @@ fn stdout_of(output: &Output) -> String {
 
 const WALLET: &str = "w-oi01-000001";
 
-#[test]
-fn a_wallet_goes_offline_and_is_locked_and_unlocked_by_numbered_commands() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let dir = dir.path();
+/// `dcpipe pki init` of two institutions and four wallets into `dir/pki`.
+fn init_pki(dir: &Path) {
     stdout_of(&dcpipe(
         dir,
         &[
@@ -50,6 +48,13 @@ fn a_wallet_goes_offline_and_is_locked_and_unlocked_by_numbered_commands() {
             "4",
         ],
     ));
+}
+
+#[test]
+fn a_wallet_goes_offline_and_is_locked_and_unlocked_by_numbered_commands() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    init_pki(dir);
     std::fs::write(
         dir.join("wallets.jsonl"),
         format!("{{\"wallet_id\": \"{WALLET}\", \"tier\": 4, \"opening_balance_fen\": 500000}}\n"),
@@ -198,19 +203,7 @@ fn a_rotated_wallet_key_is_certified_by_its_institution_ca_for_the_wallet() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let dir = dir.path();
-    stdout_of(&dcpipe(
-        dir,
-        &[
-            "pki",
-            "init",
-            "--out",
-            "pki",
-            "--institutions",
-            "2",
-            "--wallets",
-            "4",
-        ],
-    ));
+    init_pki(dir);
     // The wallet's new key, handed to its CA as a PUBLIC KEY file (only the public half).
     let new_key = PrivateKey::generate(Algorithm::EcdsaP256Sha256).expect("key");
     std::fs::write(
