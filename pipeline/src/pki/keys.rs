@@ -242,22 +242,9 @@ impl PublicKey {
     /// A key from a DER SubjectPublicKeyInfo: id-ecPublicKey with the P-256 or SM2 curve
     /// named, an uncompressed point on it.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
-        let malformed = |detail| KeyError::new(KeyErrorKind::Malformed, detail);
-        let info = spki::SubjectPublicKeyInfoRef::try_from(der)
-            .map_err(|_| malformed("not a SubjectPublicKeyInfo"))?;
-        let curve = match info.algorithm.parameters {
-            Some(parameters) => Some(
-                parameters
-                    .decode_as::<ObjectIdentifier>()
-                    .map_err(|_| malformed("EC public key parameters are not a named curve"))?,
-            ),
-            None => None,
-        };
-        PublicKey::from_spki_parts(
-            &info.algorithm.oid,
-            curve.as_ref(),
-            info.subject_public_key.as_bytes(),
-        )
+        let info = SubjectPublicKeyInfoOwned::from_der(der)
+            .map_err(|_| KeyError::new(KeyErrorKind::Malformed, "not a SubjectPublicKeyInfo"))?;
+        PublicKey::from_spki(&info)
     }
 
     /// A key from a `PUBLIC KEY` PEM document.
@@ -273,31 +260,30 @@ impl PublicKey {
         PublicKey::from_spki_der(&der)
     }
 
-    /// A key from the parts of a SubjectPublicKeyInfo: its algorithm, the named curve, the point (`None` when the bit string has
-    /// unused bits).
-    fn from_spki_parts(
-        algorithm: &ObjectIdentifier,
-        curve: Option<&ObjectIdentifier>,
-        point: Option<&[u8]>,
-    ) -> Result<Self, KeyError> {
-        if *algorithm != OID_EC_PUBLIC_KEY {
+    /// A key from a parsed SubjectPublicKeyInfo (a `PUBLIC KEY` file's or a certificate's).
+    pub(crate) fn from_spki(info: &SubjectPublicKeyInfoOwned) -> Result<Self, KeyError> {
+        let malformed = |detail| KeyError::new(KeyErrorKind::Malformed, detail);
+        if info.algorithm.oid != OID_EC_PUBLIC_KEY {
             return Err(KeyError::new(
                 KeyErrorKind::UnsupportedAlgorithm,
                 "public key is not an elliptic-curve key",
             ));
         }
-        let curve = curve.ok_or(KeyError::new(
-            KeyErrorKind::Malformed,
-            "EC public key without named curve",
-        ))?;
-        let algorithm = Algorithm::from_curve_oid(curve).ok_or(KeyError::new(
+        let curve = info
+            .algorithm
+            .parameters
+            .as_ref()
+            .ok_or(malformed("EC public key without named curve"))?
+            .decode_as::<ObjectIdentifier>()
+            .map_err(|_| malformed("EC public key parameters are not a named curve"))?;
+        let algorithm = Algorithm::from_curve_oid(&curve).ok_or(KeyError::new(
             KeyErrorKind::UnsupportedAlgorithm,
             "public key is on a curve other than P-256 and SM2",
         ))?;
-        let point = point.ok_or(KeyError::new(
-            KeyErrorKind::Malformed,
-            "subjectPublicKey has unused bits",
-        ))?;
+        let point = info
+            .subject_public_key
+            .as_bytes()
+            .ok_or(malformed("subjectPublicKey has unused bits"))?;
         PublicKey::from_sec1_point(algorithm, point)
     }
 

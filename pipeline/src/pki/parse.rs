@@ -17,8 +17,8 @@ use x509_cert::ext::pkix::{
 use x509_cert::{TbsCertificate, Version};
 
 use super::digest::sha256;
-use super::error::{CertError, CertErrorKind};
-use super::keys::{Algorithm, OID_EC_PUBLIC_KEY, PublicKey};
+use super::error::{CertError, CertErrorKind, KeyErrorKind};
+use super::keys::{Algorithm, PublicKey};
 use super::role::Role;
 
 /// Largest certificate accepted, in DER bytes; ours are about 500. Checked before any decoding.
@@ -452,26 +452,20 @@ fn extensions(tbs: &TbsCertificate) -> Result<Extensions, CertError> {
 
 fn public_key(tbs: &TbsCertificate) -> Result<PublicKey, CertError> {
     let spki = tbs.subject_public_key_info();
-    let unsupported = |what: String| CertError::new(CertErrorKind::UnsupportedAlgorithm, what);
-    if spki.algorithm.oid != OID_EC_PUBLIC_KEY {
-        return Err(unsupported(format!(
-            "public key algorithm {}",
-            spki.algorithm.oid
-        )));
-    }
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .ok_or_else(|| CertError::malformed("EC public key without named curve"))?
-        .decode_as::<ObjectIdentifier>()
-        .map_err(der_error("EC public key curve"))?;
-    let algorithm =
-        Algorithm::from_curve_oid(&curve).ok_or_else(|| unsupported(format!("curve {curve}")))?;
-    let point = spki
-        .subject_public_key
-        .as_bytes()
-        .ok_or_else(|| CertError::malformed("subjectPublicKey has unused bits"))?;
-    PublicKey::from_sec1_point(algorithm, point)
-        .map_err(|e| CertError::malformed(format!("subjectPublicKey: {e}")))
+    PublicKey::from_spki(spki).map_err(|e| {
+        let detail = format!(
+            "subjectPublicKey: {e} (algorithm {}, parameters {:?})",
+            spki.algorithm.oid,
+            spki.algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+        );
+        match e.kind() {
+            KeyErrorKind::UnsupportedAlgorithm => {
+                CertError::new(CertErrorKind::UnsupportedAlgorithm, detail)
+            }
+            _ => CertError::malformed(detail),
+        }
+    })
 }

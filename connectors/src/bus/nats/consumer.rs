@@ -427,18 +427,7 @@ impl Consumer for NatsConsumer {
             }
         }
         // What else has arrived already comes along, without waiting for more.
-        while self.buffer.len() < max {
-            match self.subscriber.next().now_or_never() {
-                Some(Some(message)) => self.on_message(message)?,
-                Some(None) => {
-                    return Err(BusError::new(
-                        BusErrorKind::Closed,
-                        "NATS connection closed",
-                    ));
-                }
-                None => break,
-            }
-        }
+        self.take_received()?;
         self.hand_out(max, &mut out);
         Ok(out)
     }
