@@ -33,8 +33,8 @@ use bytes::Bytes;
 use dcpipe_connectors::bus::bench::{BenchKind, BenchPlan, sends};
 use dcpipe_connectors::bus::{Bus, ConsumerConfig, Outgoing, StartAt, SubjectSpec};
 use dcpipe_connectors::session::VehicleRecord;
+use dcpipe_pipeline::clearing::PaymentIntent;
 use dcpipe_pipeline::network::Network;
-use dcpipe_pipeline::payment::payer::unsigned_clearing;
 use dcpipe_pipeline::payment::{Institution, verify_envelope};
 use dcpipe_pipeline::pki::{ChainVerifier, Role};
 use dcpipe_pipeline::protocol::{
@@ -44,7 +44,7 @@ use dcpipe_pipeline::vehicle::backend::VehicleInstitution;
 use dcpipe_pipeline::vehicle::matching::{TelemetryDecision, decide_telemetry};
 use dcpipe_pipeline::vehicle::telemetry::verify_telemetry_batch;
 use dcpipe_schemas::{
-    ClearingResponse, ClearingStatus, OutcomeStatus, PaymentOutcome, TransactionEnvelope,
+    ClearingResponse, ClearingStatus, Digest32, OutcomeStatus, PaymentOutcome, TransactionEnvelope,
     VehicleTelemetryBatch,
 };
 use serde::Serialize;
@@ -111,12 +111,144 @@ struct OpCounts {
 #[derive(Debug)]
 struct PaymentWork {
     envelope: TransactionEnvelope,
+    payer_id: String,
+    clearing: ClearingPathWork,
+}
+
+/// The clearing path's signature work for one payment, whatever authorized it (an envelope,
+/// a vehicle charge, an offline payment): the payer's institution signs the clearing message
+/// and the payee's verifies it (chain from the cache and signature); the payee's institution
+/// signs its response and the payer's commit stage verifies it; the commit stage signs the
+/// outcome, the payee's finalize stage verifies it, and for an interbank payment the central
+/// bank's settlement verifies it again.
+#[derive(Debug)]
+pub struct ClearingPathWork {
     payer: Arc<Institution>,
     payee: Arc<Institution>,
     interbank: bool,
+    at_ms: i64,
     clearing_input: Vec<u8>,
     response_input: Vec<u8>,
     outcome_input: Vec<u8>,
+    /// Encoded sizes of the clearing message, the response and the outcome.
+    sizes: [usize; 3],
+}
+
+impl ClearingPathWork {
+    /// The messages the clearing path makes for `intent` (authorized content named by
+    /// `digest`) between `network`'s institutions, signed once to know their sizes.
+    pub fn prepare(
+        network: &Network,
+        intent: &PaymentIntent,
+        digest: Digest32,
+        now_ms: i64,
+    ) -> Result<Self, LoadTestError> {
+        let institution =
+            |id: &str| {
+                network.institutions.get(id).cloned().ok_or_else(|| {
+                    crypto_error("sample payment", format!("unknown institution {id}"))
+                })
+            };
+        let payer = institution(&intent.payer.institution_id)?;
+        let payee = institution(&intent.payee.institution_id)?;
+        let mut clearing = intent.unsigned_clearing(
+            digest,
+            now_ms,
+            now_ms + payer.policy.reservation_ttl_ms,
+            payer.signer.certificate().der().to_vec(),
+        );
+        let clearing_input = clearing_message_bytes(&clearing);
+        clearing.institution_signature = sign(&payer, &clearing_input)?;
+        let mut response = ClearingResponse {
+            payment_id: intent.payment_id,
+            payer_institution_id: payer.id.clone(),
+            payee_institution_id: payee.id.clone(),
+            status: ClearingStatus::Accepted,
+            reason_code: None,
+            amount_fen: intent.amount_fen,
+            responded_at_ms: now_ms,
+            institution_certificate: payee.signer.certificate().der().to_vec(),
+            institution_signature: Vec::new(),
+        };
+        let response_input = clearing_response_bytes(&response);
+        response.institution_signature = sign(&payee, &response_input)?;
+        let mut outcome = PaymentOutcome {
+            payment_id: intent.payment_id,
+            envelope_digest: digest,
+            status: OutcomeStatus::Completed,
+            reason_code: None,
+            detail: "cleared".to_owned(),
+            payer: intent.payer.clone(),
+            payee: intent.payee.clone(),
+            amount_fen: intent.amount_fen,
+            currency: intent.currency.clone(),
+            decided_at_ms: now_ms,
+            decided_by: payer.id.clone(),
+            stage: dcpipe_pipeline::payment::commit::STAGE.to_owned(),
+            institution_certificate: payer.signer.certificate().der().to_vec(),
+            institution_signature: Vec::new(),
+        };
+        let outcome_input = payment_outcome_bytes(&outcome);
+        outcome.institution_signature = sign(&payer, &outcome_input)?;
+        Ok(ClearingPathWork {
+            interbank: payer.id != payee.id,
+            payer,
+            payee,
+            at_ms: now_ms,
+            sizes: [
+                encoded_len(&clearing)?,
+                encoded_len(&response)?,
+                encoded_len(&outcome)?,
+            ],
+            clearing_input,
+            response_input,
+            outcome_input,
+        })
+    }
+
+    /// Whether the payment is between two institutions.
+    pub fn interbank(&self) -> bool {
+        self.interbank
+    }
+
+    /// Does the work once with `verifier`; the operations it did.
+    pub fn run(&self, verifier: &ChainVerifier) -> Result<CryptoOps, LoadTestError> {
+        let verify = |signer: &Institution, input: &[u8], signature: &[u8]| {
+            verify_institution(verifier, signer, self.at_ms, input, signature)
+        };
+        // Payer stage signs the clearing message; the payee's stage verifies it.
+        let clearing_signature = sign(&self.payer, &self.clearing_input)?;
+        verify(&self.payer, &self.clearing_input, &clearing_signature)?;
+        // Payee stage signs its response; the payer's commit stage verifies it.
+        let response_signature = sign(&self.payee, &self.response_input)?;
+        verify(&self.payee, &self.response_input, &response_signature)?;
+        // Commit stage signs the outcome; the payee's finalize stage verifies it, and
+        // settlement too when the payment is interbank.
+        let outcome_signature = sign(&self.payer, &self.outcome_input)?;
+        verify(&self.payer, &self.outcome_input, &outcome_signature)?;
+        let mut ops = CryptoOps {
+            sign: 3,
+            verify: 3,
+            chain: 3,
+        };
+        if self.interbank {
+            verify(&self.payer, &self.outcome_input, &outcome_signature)?;
+            ops.verify += 1;
+            ops.chain += 1;
+        }
+        Ok(ops)
+    }
+}
+
+/// Signature operations done.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CryptoOps {
+    /// Signatures made.
+    pub sign: u64,
+    /// Signatures verified.
+    pub verify: u64,
+    /// Certificate chains checked.
+    pub chain: u64,
 }
 
 /// The sizes of the messages of one payment, from real encoded messages.
@@ -169,65 +301,21 @@ impl CryptoWork {
                 .next(now_ms)
                 .map_err(|e| LoadTestError::new(LoadTestErrorKind::Generate, e.to_string()))?;
             let envelope = generated.envelope;
-            let institution = |id: &str| {
-                network.institutions.get(id).cloned().ok_or_else(|| {
-                    crypto_error("sample payment", format!("unknown institution {id}"))
-                })
-            };
-            let payer = institution(&envelope.payer.institution_id)?;
-            let payee = institution(&envelope.payee.institution_id)?;
-            let mut clearing = unsigned_clearing(
-                &envelope,
-                envelope_digest(&envelope),
+            let digest = envelope_digest(&envelope);
+            let clearing = ClearingPathWork::prepare(
+                network,
+                &PaymentIntent::of_envelope(&envelope, digest),
+                digest,
                 now_ms,
-                now_ms + payer.policy.reservation_ttl_ms,
-                payer.signer.certificate().der().to_vec(),
-            );
-            let clearing_input = clearing_message_bytes(&clearing);
-            clearing.institution_signature = sign(&payer, &clearing_input)?;
-            let mut response = ClearingResponse {
-                payment_id: envelope.payment_id,
-                payer_institution_id: payer.id.clone(),
-                payee_institution_id: payee.id.clone(),
-                status: ClearingStatus::Accepted,
-                reason_code: None,
-                amount_fen: envelope.amount_fen,
-                responded_at_ms: now_ms,
-                institution_certificate: payee.signer.certificate().der().to_vec(),
-                institution_signature: Vec::new(),
-            };
-            let response_input = clearing_response_bytes(&response);
-            response.institution_signature = sign(&payee, &response_input)?;
-            let mut outcome = PaymentOutcome {
-                payment_id: envelope.payment_id,
-                envelope_digest: envelope_digest(&envelope),
-                status: OutcomeStatus::Completed,
-                reason_code: None,
-                detail: "cleared".to_owned(),
-                payer: envelope.payer.clone(),
-                payee: envelope.payee.clone(),
-                amount_fen: envelope.amount_fen,
-                currency: envelope.currency.clone(),
-                decided_at_ms: now_ms,
-                decided_by: payer.id.clone(),
-                stage: dcpipe_pipeline::payment::commit::STAGE.to_owned(),
-                institution_certificate: payer.signer.certificate().der().to_vec(),
-                institution_signature: Vec::new(),
-            };
-            let outcome_input = payment_outcome_bytes(&outcome);
-            outcome.institution_signature = sign(&payer, &outcome_input)?;
+            )?;
             sizes[0] += generated.frame.len();
-            sizes[1] += encoded_len(&clearing)?;
-            sizes[2] += encoded_len(&response)?;
-            sizes[3] += encoded_len(&outcome)?;
+            for (total, size) in sizes[1..].iter_mut().zip(clearing.sizes) {
+                *total += size;
+            }
             items.push(PaymentWork {
-                interbank: payer.id != payee.id,
+                payer_id: envelope.payer.institution_id.clone(),
                 envelope,
-                payer,
-                payee,
-                clearing_input,
-                response_input,
-                outcome_input,
+                clearing,
             });
         }
         let n = items.len().max(1);
@@ -250,19 +338,20 @@ impl CryptoWork {
 
     /// Share of the sample's payments between two institutions.
     pub fn interbank_share(&self) -> f64 {
-        let interbank = self.items.iter().filter(|i| i.interbank).count();
+        let interbank = self.items.iter().filter(|i| i.clearing.interbank).count();
         interbank as f64 / self.items.len().max(1) as f64
     }
 
     /// The signature and chain work the stages do for one completed payment.
     fn one_payment(&self, item: &PaymentWork, counts: &mut OpCounts) -> Result<(), LoadTestError> {
         let envelope = &item.envelope;
+        let payer = &item.clearing.payer;
         // Payer stage: the envelope.
         let verified = verify_envelope(
             envelope,
-            &item.payer.id,
+            &item.payer_id,
             &self.verifier,
-            &item.payer.policy,
+            &payer.policy,
             envelope.created_at_ms,
         )
         .map_err(|e| crypto_error("sample envelope", e.rejected.reason.as_str()))?;
@@ -272,58 +361,12 @@ impl CryptoWork {
             counts.chain += 1;
             counts.verify += 1;
         }
-        let at_ms = envelope.created_at_ms;
-        // Payer stage signs the clearing message; the payee's stage verifies it.
-        let clearing_signature = sign(&item.payer, &item.clearing_input)?;
-        self.verify_institution(
-            &item.payer,
-            at_ms,
-            &item.clearing_input,
-            &clearing_signature,
-        )?;
-        // Payee stage signs its response; the payer's commit stage verifies it.
-        let response_signature = sign(&item.payee, &item.response_input)?;
-        self.verify_institution(
-            &item.payee,
-            at_ms,
-            &item.response_input,
-            &response_signature,
-        )?;
-        // Commit stage signs the outcome; the payee's finalize stage verifies it, and settlement
-        // too when the payment is interbank.
-        let outcome_signature = sign(&item.payer, &item.outcome_input)?;
-        self.verify_institution(&item.payer, at_ms, &item.outcome_input, &outcome_signature)?;
-        counts.sign += 3;
-        counts.chain += 3;
-        counts.verify += 3;
-        if item.interbank {
-            self.verify_institution(&item.payer, at_ms, &item.outcome_input, &outcome_signature)?;
-            counts.chain += 1;
-            counts.verify += 1;
-        }
+        let ops = item.clearing.run(&self.verifier)?;
+        counts.sign += ops.sign;
+        counts.verify += ops.verify;
+        counts.chain += ops.chain;
         counts.payments += 1;
         Ok(())
-    }
-
-    fn verify_institution(
-        &self,
-        signer: &Institution,
-        at_ms: i64,
-        input: &[u8],
-        signature: &[u8],
-    ) -> Result<(), LoadTestError> {
-        let identity = self
-            .verifier
-            .verify(
-                signer.signer.certificate().der(),
-                at_ms,
-                Role::InstitutionSigner,
-            )
-            .map_err(|e| crypto_error("institution certificate", e))?;
-        identity
-            .public_key()
-            .verify(input, signature)
-            .map_err(|e| crypto_error("institution signature", e))
     }
 
     /// Runs the work on `threads` threads for `duration` and returns the ceiling.
@@ -408,6 +451,28 @@ pub fn shared_ceiling(crypto_per_core: f64, producer_per_core: f64, cores: usize
         return 0.0;
     }
     cores as f64 / (1.0 / crypto_per_core + 1.0 / producer_per_core)
+}
+
+/// An institution's signature checked as the stages check it: its certificate's chain (from
+/// the cache) at `at_ms`, then the signature.
+fn verify_institution(
+    verifier: &ChainVerifier,
+    signer: &Institution,
+    at_ms: i64,
+    input: &[u8],
+    signature: &[u8],
+) -> Result<(), LoadTestError> {
+    let identity = verifier
+        .verify(
+            signer.signer.certificate().der(),
+            at_ms,
+            Role::InstitutionSigner,
+        )
+        .map_err(|e| crypto_error("institution certificate", e))?;
+    identity
+        .public_key()
+        .verify(input, signature)
+        .map_err(|e| crypto_error("institution signature", e))
 }
 
 fn sign(institution: &Institution, input: &[u8]) -> Result<Vec<u8>, LoadTestError> {
