@@ -4,9 +4,10 @@
 //! ([`verify_key_set`]: the wallet's chain and signature, each own and received payment's chain
 //! and signature; [`decide_sync`]; the answer signed with [`sign_sync_result`]) and what
 //! `wallet-clearing` does for each received payment its payer's institution clears
-//! ([`verify_offline_payment_frame`]). The clearing path's own messages (reservations, clearing
-//! requests, outcomes, settlement) are not in it: the ceiling is an upper bound of the wallet
-//! flow's signature work.
+//! ([`verify_offline_payment_frame`]); then, once per offline payment, what the clearing path
+//! signs and verifies for it as for every payment ([`ClearingPathWork`]: the clearing message,
+//! the response, the outcome and its check at settlement). Recording, reservations and
+//! double-spending checks are ledger work, not in it.
 //!
 //! Each pass over the sample starts from a verifier with an empty chain cache, as the storm's
 //! wallets are all new to the platform: every wallet certificate is verified once per pass.
@@ -18,6 +19,7 @@ use dcpipe_pipeline::network::Network;
 use dcpipe_pipeline::pki::ChainVerifier;
 use dcpipe_pipeline::protocol::anchors_digest;
 use dcpipe_pipeline::wallet::limits::SyncPolicy;
+use dcpipe_pipeline::wallet::stages::record::offline_intent;
 use dcpipe_pipeline::wallet::{
     KeySetVerdict, PayerStanding, SyncContext, WalletRecord, accepted_result, decide_sync,
     sign_sync_result, verify_key_set, verify_offline_payment_frame,
@@ -26,7 +28,7 @@ use dcpipe_schemas::{Der, WalletKeySet};
 use serde::Serialize;
 
 use super::generate::Storm;
-use crate::ceiling::{crypto_error, on_threads};
+use crate::ceiling::{ClearingPathWork, crypto_error, on_threads};
 use crate::error::LoadTestError;
 
 /// Wallets of the ceiling's sample.
@@ -48,10 +50,8 @@ pub struct StormCeiling {
     /// Offline payments per key set in the sample.
     pub payments_per_key_set: f64,
     /// Key sets per second one core of the wallets makes (certificate, payments made and
-    /// received, key set signed): their work shares the cores in this process.
+    /// received, key set signed); the storm makes them before it starts.
     pub producer_per_core: f64,
-    /// Key sets per second when each costs both the stages' work and the wallets'.
-    pub shared_key_sets_per_s: f64,
     /// Key sets done during the measurement.
     pub key_sets: u64,
     /// Length of the measurement, seconds.
@@ -60,7 +60,9 @@ pub struct StormCeiling {
 
 /// The wallet stages' work on a sample of key sets.
 pub struct StormWork {
-    sets: Vec<(WalletKeySet, WalletRecord)>,
+    /// Each key set, the platform's record of its wallet, and the clearing path of each of its
+    /// own payments (each offline payment is cleared once, from its payer's purse).
+    sets: Vec<(WalletKeySet, WalletRecord, Vec<ClearingPathWork>)>,
     network: Arc<Network>,
     anchors: Vec<Der>,
     payments: usize,
@@ -89,7 +91,18 @@ impl StormWork {
         for reconnection in &chunk.reconnections {
             let set: WalletKeySet = dcpipe_schemas::decode(&reconnection.frame)
                 .map_err(|e| crypto_error("a sample key set", e))?;
-            sets.push((set, sample.opened_record(reconnection.index)?));
+            let mut clearings = Vec::with_capacity(set.payments.len());
+            for frame in &set.payments {
+                let verified = verify_offline_payment_frame(frame.as_bytes(), &network.verifier)
+                    .map_err(|e| crypto_error("a sample offline payment", e.reason.as_str()))?;
+                clearings.push(ClearingPathWork::prepare(
+                    network,
+                    &offline_intent(&verified),
+                    verified.digest,
+                    now_ms,
+                )?);
+            }
+            sets.push((set, sample.opened_record(reconnection.index)?, clearings));
         }
         let store = network.verifier.trust_store();
         let mut anchors = vec![Der(store.root().der().to_vec())];
@@ -112,8 +125,7 @@ impl StormWork {
     /// institutions.
     fn one(
         &self,
-        set: &WalletKeySet,
-        record: &WalletRecord,
+        (set, record, clearings): &(WalletKeySet, WalletRecord, Vec<ClearingPathWork>),
         verifier: &ChainVerifier,
         now_ms: i64,
     ) -> Result<(), LoadTestError> {
@@ -157,6 +169,9 @@ impl StormWork {
             verify_offline_payment_frame(frame.as_bytes(), verifier)
                 .map_err(|e| crypto_error("a received payment", e.reason.as_str()))?;
         }
+        for clearing in clearings {
+            clearing.run(verifier)?;
+        }
         Ok(())
     }
 
@@ -182,9 +197,8 @@ impl StormWork {
                         CEILING_CHAIN_CACHE,
                     ));
                 }
-                let (set, record) = &self.sets[index];
                 if let Some(verifier) = &verifier {
-                    self.one(set, record, verifier, now_ms)?;
+                    self.one(&self.sets[index], verifier, now_ms)?;
                 }
                 done += 1;
                 i += 1;
@@ -206,11 +220,6 @@ impl StormWork {
             cores: threads,
             payments_per_key_set,
             producer_per_core: self.producer_per_core,
-            shared_key_sets_per_s: crate::ceiling::shared_ceiling(
-                per_core,
-                self.producer_per_core,
-                threads,
-            ),
             key_sets,
             seconds,
         })

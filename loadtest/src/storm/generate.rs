@@ -296,11 +296,23 @@ impl Storm {
         })
     }
 
+    /// Chunk `chunk` made with every key set signed at the satellite moment now.
+    pub fn chunk(&self, network: &Network, chunk: usize) -> Result<Chunk, LoadTestError> {
+        let now_ms = system_now_ms();
+        self.chunk_at(network, chunk, |_| now_ms)
+    }
+
     /// Chunk `chunk` made: each wallet certified by its institution's CA, its offline
     /// payments made to the chunk's wallets (0 to [`PAYMENTS_PER_WALLET_MAX`] each, 1 to
     /// [`PAYMENT_FEN_MAX`] fen, drawn from the seed) and received by their payees' wallets,
-    /// then every key set signed at the satellite moment now.
-    pub fn chunk(&self, network: &Network, chunk: usize) -> Result<Chunk, LoadTestError> {
+    /// then the key set of wallet `i` signed at the satellite moment `reconnects_at_ms(i)`,
+    /// when it is to reconnect.
+    pub fn chunk_at(
+        &self,
+        network: &Network,
+        chunk: usize,
+        reconnects_at_ms: impl Fn(usize) -> i64,
+    ) -> Result<Chunk, LoadTestError> {
         let first = chunk * CHUNK_WALLETS;
         let end = (first + CHUNK_WALLETS).min(self.wallets);
         let mut rng = SmallRng::seed_from_u64(self.seed ^ (chunk as u64).wrapping_mul(0x9e37));
@@ -380,12 +392,11 @@ impl Storm {
                 }
             }
         }
-        let now = SatelliteFix {
-            at_ms: system_now_ms(),
-        };
         for ((offset, mut wallet), paid) in wallets.into_iter().enumerate().zip(payments) {
             let upload = wallet
-                .key_set(now)
+                .key_set(SatelliteFix {
+                    at_ms: reconnects_at_ms(first + offset),
+                })
                 .map_err(|e| generate_error("a key set", e))?;
             let party = wallet.party();
             made.reconnections.push(Reconnection {

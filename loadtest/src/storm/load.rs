@@ -7,9 +7,11 @@
 //!    (account, offline record, funded purse: [`Storm::open`]).
 //! 2. Measure the ceiling: the wallet stages' signature work on a sample of the same mix
 //!    ([`StormWork`]), and what making a wallet costs this process.
-//! 3. Offer the key sets open-loop, wallet `i` due at `i / rate`: a generator makes each chunk
-//!    of wallets (certificates, payments, key sets signed at their satellite moment) a bounded
-//!    step ahead of the sender, so that memory stays bounded whatever N.
+//! 3. Make the storm's wallets (certificates, payments, key sets signed at the satellite moment
+//!    each wallet is to reconnect) on all cores before the storm, chunk after chunk to a file
+//!    ([`super::spill`]), so that the storm measures the platform alone and memory stays
+//!    bounded whatever N; then offer the key sets open-loop from the planned start, wallet `i`
+//!    due at `i / rate`, read back a bounded step ahead of the sender.
 //! 4. Observe answers on `wallet.result.<oi>` (reconnection → sync result latency) and
 //!    outcomes on `txn.result.<oi>` (offline payments cleared).
 //! 5. Drain, then check: each key set answered once and accepted, each offline payment
@@ -19,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ceiling::{StormCeiling, StormWork};
 use super::generate::{Chunk, PURSE_FEN, Storm};
+use super::spill::{ChunkReader, ChunkWriter};
 use crate::ceiling;
 use crate::config::LoadConfig;
 use crate::error::{LoadTestError, LoadTestErrorKind};
@@ -46,8 +50,15 @@ use crate::run::{
 };
 use crate::schedule::OpenSchedule;
 
-/// Chunks the generator makes ahead of the sender, at most.
+/// Chunks read back from disk ahead of the sender, at most.
 pub const CHUNKS_AHEAD: usize = 2;
+/// The planned start leaves this multiple of the time making the wallets should take…
+const PREPARE_MARGIN: f64 = 1.3;
+/// … and this much more, ms.
+const PREPARE_SLACK_MS: i64 = 3_000;
+/// How late after the planned start the storm may still begin, ms: well inside the platform's
+/// tolerance for a satellite moment (`SATELLITE_SKEW_MS_MAX_DEFAULT`, 2 minutes).
+const PREPARE_LATE_MS_MAX: i64 = 20_000;
 /// Most key sets published in one round.
 const PUBLISH_BATCH_MAX: usize = 256;
 /// Deliveries the observers fetch at once.
@@ -94,8 +105,8 @@ pub struct StormReport {
     pub payments_cleared_per_s: f64,
     /// Key sets answered per second over the crypto ceiling.
     pub ratio_to_ceiling: f64,
-    /// The same over the ceiling shared with the wallets' own work.
-    pub ratio_to_shared_ceiling: f64,
+    /// Seconds spent making the storm's wallets and key sets before it (not in its window).
+    pub prepared_s: f64,
     /// Reconnection (the key set's intended send time) to its sync result observed, ms.
     pub reconnect_latency_ms: Percentiles,
     /// Reconnection to the offline payment's outcome observed, ms.
@@ -195,12 +206,8 @@ impl StormReport {
         );
         let _ = writeln!(
             out,
-            "{:<28}{:>12.0}{:>14}   ratio {:.2}  (wallets made {:.0}/s per core)",
-            "shared with the wallets",
-            c.shared_key_sets_per_s,
-            "",
-            self.ratio_to_shared_ceiling,
-            c.producer_per_core
+            "wallets and key sets made before the storm in {:.1} s ({:.0}/s per core), kept on disk",
+            self.prepared_s, c.producer_per_core
         );
         for (what, l) in [
             ("reconnection → sync result", &self.reconnect_latency_ms),
@@ -443,18 +450,50 @@ pub async fn run_storm(
             ));
         }
 
-        // The generator, a bounded step ahead of the sender.
+        // The key sets, made before the storm on the run's cores and kept on disk, each signed
+        // at the moment its wallet is to reconnect; then read back a bounded step ahead of the
+        // sender.
+        bar.set_message("making the storm's wallets");
+        bar.set_length(storm.chunks() as u64);
+        bar.set_position(0);
+        let estimate = storm.wallets() as f64
+            / (storm_ceiling.producer_per_core * cores.max(1) as f64).max(1.0);
+        let start_at_ms = system_now_ms()
+            + (estimate * PREPARE_MARGIN * 1_000.0) as i64
+            + PREPARE_SLACK_MS;
+        let prepare_started = Instant::now();
+        let reader = {
+            let (network, storm, bar) = (Arc::clone(&network), storm.clone(), bar.clone());
+            tokio::task::spawn_blocking(move || {
+                prepare(&network, &storm, cores, |i| {
+                    start_at_ms + schedule.intended_offset(i as u64).as_millis() as i64
+                }, |made| bar.set_position(made as u64))
+            })
+            .await
+            .map_err(|e| LoadTestError::new(LoadTestErrorKind::Generate, e.to_string()))??
+        };
+        let prepared_s = prepare_started.elapsed().as_secs_f64();
+        let late_ms = system_now_ms() - start_at_ms;
+        if late_ms > PREPARE_LATE_MS_MAX {
+            return Err(LoadTestError::new(
+                LoadTestErrorKind::Generate,
+                format!(
+                    "making the storm's wallets took {prepared_s:.1} s, {late_ms} ms past the start planned from the {estimate:.1} s measured: their satellite moments would be stale"
+                ),
+            ));
+        }
+        bar.set_message("waiting for the planned start");
+        tokio::time::sleep(Duration::from_millis(u64::try_from(-late_ms).unwrap_or(0))).await;
         let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel::<Result<Chunk, LoadTestError>>(CHUNKS_AHEAD);
         let generator = {
-            let (network, storm, shutdown) = (Arc::clone(&network), storm.clone(), shutdown.clone());
+            let shutdown = shutdown.clone();
+            let mut reader = reader;
             tokio::task::spawn_blocking(move || {
-                for chunk in 0..storm.chunks() {
-                    if shutdown.is_cancelled() {
-                        break;
-                    }
-                    let made = storm.chunk(&network, chunk);
-                    let failed = made.is_err();
-                    if chunks_tx.blocking_send(made).is_err() || failed {
+                while !shutdown.is_cancelled() {
+                    let read = reader.next_chunk();
+                    let stop = !matches!(read, Ok(Some(_)));
+                    let Some(read) = read.transpose() else { break };
+                    if chunks_tx.blocking_send(read).is_err() || stop {
                         break;
                     }
                 }
@@ -602,10 +641,7 @@ pub async fn run_storm(
             measured_s: o.key_sets.length().as_secs_f64(),
             cores: storm_ceiling.cores,
             ratio_to_ceiling: ceiling::ratio(key_sets_per_s, storm_ceiling.key_sets_per_s),
-            ratio_to_shared_ceiling: ceiling::ratio(
-                key_sets_per_s,
-                storm_ceiling.shared_key_sets_per_s,
-            ),
+            prepared_s,
             ceiling: storm_ceiling,
             offered_rate: o.key_sets.offered_rate(),
             key_sets_per_s,
@@ -763,5 +799,56 @@ fn spawn_observer<M: Message + 'static>(
                 let _ = delivery.ack().await;
             }
         }
+    })
+}
+
+/// Makes every chunk of `storm` on `threads` threads, wallet `i`'s key set signed at
+/// `reconnects_at_ms(i)`, and writes them in order to a file; `on_chunk` is told how many are
+/// written. Returns the file's reader.
+fn prepare(
+    network: &Network,
+    storm: &Storm,
+    threads: usize,
+    reconnects_at_ms: impl Fn(usize) -> i64 + Sync,
+    on_chunk: impl Fn(usize),
+) -> Result<ChunkReader, LoadTestError> {
+    let next = AtomicUsize::new(0);
+    let threads = threads.max(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Chunk, LoadTestError>)>(threads);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (tx, next, reconnects_at_ms) = (tx.clone(), &next, &reconnects_at_ms);
+            scope.spawn(move || {
+                loop {
+                    let chunk = next.fetch_add(1, Ordering::Relaxed);
+                    if chunk >= storm.chunks() {
+                        break;
+                    }
+                    let made = storm.chunk_at(network, chunk, reconnects_at_ms);
+                    let failed = made.is_err();
+                    if tx.send((chunk, made)).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // Chunks arrive in any order, at most one per thread ahead of the next to write.
+        let mut writer = ChunkWriter::new()?;
+        let mut waiting = BTreeMap::new();
+        for (chunk, made) in rx {
+            waiting.insert(chunk, made?);
+            while let Some(ready) = waiting.remove(&writer.chunks()) {
+                writer.write(&ready)?;
+                on_chunk(writer.chunks());
+            }
+        }
+        if writer.chunks() != storm.chunks() {
+            return Err(LoadTestError::new(
+                LoadTestErrorKind::Generate,
+                format!("{} of {} chunks made", writer.chunks(), storm.chunks()),
+            ));
+        }
+        writer.into_reader()
     })
 }

@@ -10,6 +10,7 @@
 pub mod ceiling;
 pub mod generate;
 pub mod load;
+pub mod spill;
 
 pub use ceiling::{CEILING_SAMPLE_WALLETS, StormCeiling, StormWork};
 pub use generate::{
