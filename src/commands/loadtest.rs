@@ -167,7 +167,8 @@ pub(crate) struct LoadtestArgs {
     telemetry_batch: usize,
     /// A reconnection storm instead of payments: this many offline wallets (the benchmarks
     /// use 100000) come back after an outage at --rate key sets per second, each with 0 to 20
-    /// offline payments (open mode; --warmup and --cooldown apply, --duration does not).
+    /// offline payments; the wallets are made first, on all cores, and kept in a temporary
+    /// file (open mode; --warmup and --cooldown apply, --duration does not).
     #[arg(long, default_value_t = 0, value_name = "N")]
     offline_wallets: usize,
     /// Write the JSON report here.
