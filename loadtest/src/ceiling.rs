@@ -99,8 +99,9 @@ pub struct CryptoCeiling {
     pub seconds: f64,
 }
 
+/// Signature operations counted by a crypto loop.
 #[derive(Debug, Default, Clone, Copy)]
-struct OpCounts {
+pub(crate) struct OpCounts {
     payments: u64,
     sign: u64,
     verify: u64,
@@ -111,7 +112,6 @@ struct OpCounts {
 #[derive(Debug)]
 struct PaymentWork {
     envelope: TransactionEnvelope,
-    payer_id: String,
     clearing: ClearingPathWork,
 }
 
@@ -137,7 +137,7 @@ pub struct ClearingPathWork {
 impl ClearingPathWork {
     /// The messages the clearing path makes for `intent` (authorized content named by
     /// `digest`) between `network`'s institutions, signed once to know their sizes.
-    pub fn prepare(
+    pub(crate) fn prepare(
         network: &Network,
         intent: &PaymentIntent,
         digest: Digest32,
@@ -206,13 +206,12 @@ impl ClearingPathWork {
         })
     }
 
-    /// Whether the payment is between two institutions.
-    pub fn interbank(&self) -> bool {
-        self.interbank
-    }
-
-    /// Does the work once with `verifier`; the operations it did.
-    pub fn run(&self, verifier: &ChainVerifier) -> Result<CryptoOps, LoadTestError> {
+    /// Does the work once with `verifier`, adding its operations to `counts`.
+    pub(crate) fn run(
+        &self,
+        verifier: &ChainVerifier,
+        counts: &mut OpCounts,
+    ) -> Result<(), LoadTestError> {
         let verify = |signer: &Institution, input: &[u8], signature: &[u8]| {
             verify_institution(verifier, signer, self.at_ms, input, signature)
         };
@@ -226,29 +225,16 @@ impl ClearingPathWork {
         // settlement too when the payment is interbank.
         let outcome_signature = sign(&self.payer, &self.outcome_input)?;
         verify(&self.payer, &self.outcome_input, &outcome_signature)?;
-        let mut ops = CryptoOps {
-            sign: 3,
-            verify: 3,
-            chain: 3,
-        };
+        counts.sign += 3;
+        counts.verify += 3;
+        counts.chain += 3;
         if self.interbank {
             verify(&self.payer, &self.outcome_input, &outcome_signature)?;
-            ops.verify += 1;
-            ops.chain += 1;
+            counts.verify += 1;
+            counts.chain += 1;
         }
-        Ok(ops)
+        Ok(())
     }
-}
-
-/// Signature operations done.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CryptoOps {
-    /// Signatures made.
-    pub sign: u64,
-    /// Signatures verified.
-    pub verify: u64,
-    /// Certificate chains checked.
-    pub chain: u64,
 }
 
 /// The sizes of the messages of one payment, from real encoded messages.
@@ -312,11 +298,7 @@ impl CryptoWork {
             for (total, size) in sizes[1..].iter_mut().zip(clearing.sizes) {
                 *total += size;
             }
-            items.push(PaymentWork {
-                payer_id: envelope.payer.institution_id.clone(),
-                envelope,
-                clearing,
-            });
+            items.push(PaymentWork { envelope, clearing });
         }
         let n = items.len().max(1);
         Ok(CryptoWork {
@@ -349,7 +331,7 @@ impl CryptoWork {
         // Payer stage: the envelope.
         let verified = verify_envelope(
             envelope,
-            &item.payer_id,
+            &payer.id,
             &self.verifier,
             &payer.policy,
             envelope.created_at_ms,
@@ -361,10 +343,7 @@ impl CryptoWork {
             counts.chain += 1;
             counts.verify += 1;
         }
-        let ops = item.clearing.run(&self.verifier)?;
-        counts.sign += ops.sign;
-        counts.verify += ops.verify;
-        counts.chain += ops.chain;
+        item.clearing.run(&self.verifier, counts)?;
         counts.payments += 1;
         Ok(())
     }

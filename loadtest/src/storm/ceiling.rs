@@ -28,7 +28,7 @@ use dcpipe_schemas::{Der, WalletKeySet};
 use serde::Serialize;
 
 use super::generate::Storm;
-use crate::ceiling::{ClearingPathWork, crypto_error, on_threads};
+use crate::ceiling::{ClearingPathWork, OpCounts, crypto_error, on_threads};
 use crate::error::LoadTestError;
 
 /// Wallets of the ceiling's sample.
@@ -169,8 +169,9 @@ impl StormWork {
             verify_offline_payment_frame(frame.as_bytes(), verifier)
                 .map_err(|e| crypto_error("a received payment", e.reason.as_str()))?;
         }
+        let mut counts = OpCounts::default();
         for clearing in clearings {
-            clearing.run(verifier)?;
+            clearing.run(verifier, &mut counts)?;
         }
         Ok(())
     }

@@ -21,7 +21,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -490,10 +489,13 @@ pub async fn run_storm(
             let mut reader = reader;
             tokio::task::spawn_blocking(move || {
                 while !shutdown.is_cancelled() {
-                    let read = reader.next_chunk();
-                    let stop = !matches!(read, Ok(Some(_)));
-                    let Some(read) = read.transpose() else { break };
-                    if chunks_tx.blocking_send(read).is_err() || stop {
+                    let read = match reader.next_chunk() {
+                        Ok(Some(chunk)) => Ok(chunk),
+                        Ok(None) => break,
+                        Err(e) => Err(e),
+                    };
+                    let failed = read.is_err();
+                    if chunks_tx.blocking_send(read).is_err() || failed {
                         break;
                     }
                 }
@@ -805,6 +807,9 @@ fn spawn_observer<M: Message + 'static>(
 /// Makes every chunk of `storm` on `threads` threads, wallet `i`'s key set signed at
 /// `reconnects_at_ms(i)`, and writes them in order to a file; `on_chunk` is told how many are
 /// written. Returns the file's reader.
+///
+/// Thread `t` makes chunks `t`, `t + threads`, … and hands each over a channel of one place,
+/// taken in turn: at most two chunks per thread are in memory, whatever N.
 fn prepare(
     network: &Network,
     storm: &Storm,
@@ -812,42 +817,35 @@ fn prepare(
     reconnects_at_ms: impl Fn(usize) -> i64 + Sync,
     on_chunk: impl Fn(usize),
 ) -> Result<ChunkReader, LoadTestError> {
-    let next = AtomicUsize::new(0);
-    let threads = threads.max(1);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Chunk, LoadTestError>)>(threads);
+    let threads = threads.clamp(1, storm.chunks().max(1));
     std::thread::scope(|scope| {
-        for _ in 0..threads {
-            let (tx, next, reconnects_at_ms) = (tx.clone(), &next, &reconnects_at_ms);
-            scope.spawn(move || {
-                loop {
-                    let chunk = next.fetch_add(1, Ordering::Relaxed);
-                    if chunk >= storm.chunks() {
-                        break;
+        let made: Vec<_> = (0..threads)
+            .map(|t| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, LoadTestError>>(1);
+                let reconnects_at_ms = &reconnects_at_ms;
+                scope.spawn(move || {
+                    for chunk in (t..storm.chunks()).step_by(threads) {
+                        let made = storm.chunk_at(network, chunk, reconnects_at_ms);
+                        let failed = made.is_err();
+                        // A closed channel: the writer stopped on an error.
+                        if tx.send(made).is_err() || failed {
+                            break;
+                        }
                     }
-                    let made = storm.chunk_at(network, chunk, reconnects_at_ms);
-                    let failed = made.is_err();
-                    if tx.send((chunk, made)).is_err() || failed {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        // Chunks arrive in any order, at most one per thread ahead of the next to write.
+                });
+                rx
+            })
+            .collect();
         let mut writer = ChunkWriter::new()?;
-        let mut waiting = BTreeMap::new();
-        for (chunk, made) in rx {
-            waiting.insert(chunk, made?);
-            while let Some(ready) = waiting.remove(&writer.chunks()) {
-                writer.write(&ready)?;
-                on_chunk(writer.chunks());
-            }
-        }
-        if writer.chunks() != storm.chunks() {
-            return Err(LoadTestError::new(
-                LoadTestErrorKind::Generate,
-                format!("{} of {} chunks made", writer.chunks(), storm.chunks()),
-            ));
+        for chunk in 0..storm.chunks() {
+            let ready = made[chunk % threads].recv().map_err(|_| {
+                LoadTestError::new(
+                    LoadTestErrorKind::Generate,
+                    format!("chunk {chunk} of the storm was not made"),
+                )
+            })??;
+            writer.write(&ready)?;
+            on_chunk(writer.chunks());
         }
         writer.into_reader()
     })
