@@ -22,6 +22,7 @@ macro_rules! wallet_suite {
             a_payment_refused_by_its_payee_gives_its_purse_back,
             a_blacklist_entry_written_but_not_published_is_published_once,
             a_wallet_ordered_to_rotate_its_key_rotates_and_its_old_payments_clear,
+            key_sets_and_uploads_of_one_batch_are_decided_together,
         );
     };
     (@each $backend:expr; $($scenario:ident),+ $(,)?) => {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dcpipe_connectors::bus::{Consumer, ConsumerConfig, Outgoing, dead_letter_subject};
+use dcpipe_connectors::bus::{Consumer, ConsumerConfig, Outgoing, Position, dead_letter_subject};
 use dcpipe_connectors::ledger::offline::{OfflineOpening, PurseFunding};
 use dcpipe_connectors::ledger::{Ledger, OfflineLedger};
 use dcpipe_pipeline::clock::system_now_ms;
@@ -14,6 +14,7 @@ use dcpipe_pipeline::network::MoneyReport;
 use dcpipe_pipeline::pki::{CertificateTemplate, CertifiedKey, PrivateKey, Role};
 use dcpipe_pipeline::protocol::{CHAIN_START, offline_payment_digest, offline_payment_id};
 use dcpipe_pipeline::reason::Reason;
+use dcpipe_pipeline::runtime::{Input, Stage, Verdict};
 use dcpipe_pipeline::subjects;
 use dcpipe_pipeline::wallet::limits::{HOUR_MS, PAID_AT_SKEW_MS_MAX_DEFAULT};
 use dcpipe_pipeline::wallet::remote::{issue_command, order_key_rotation};
@@ -1367,5 +1368,139 @@ pub(crate) async fn a_wallet_ordered_to_rotate_its_key_rotates_and_its_old_payme
         .expect("read")
         .expect("record");
     assert_eq!(unchanged, settled);
+    world.running.stop().await;
+}
+
+/// `stage` handles `frames` as one batch, as the runner hands it; the
+/// verdicts come back in order.
+async fn handled(stage: &dyn Stage, frames: &[Vec<u8>]) -> Vec<Verdict> {
+    let subject = stage.subject();
+    let inputs: Vec<Input<'_>> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| Input {
+            subject: &subject,
+            payload,
+            delivery_count: 1,
+            position: Position {
+                partition: 0,
+                offset: 1_000_000 + u64::try_from(i).expect("small"),
+            },
+        })
+        .collect();
+    let verdicts = stage.handle(&inputs).await.expect("the batch is decided");
+    assert_eq!(verdicts.len(), frames.len(), "one verdict per input");
+    verdicts
+}
+
+/// The outputs of a verdict, and the sync results among them.
+fn outputs_of(verdict: &Verdict) -> (&[Outgoing], Vec<WalletSyncResult>) {
+    let Verdict::Done(outputs) = verdict else {
+        panic!("decided, not {verdict:?}");
+    };
+    let results = outputs
+        .iter()
+        .filter(|o| o.subject.starts_with("wallet.result."))
+        .map(|o| dcpipe_schemas::decode(&o.payload).expect("result decodes"))
+        .collect();
+    (outputs, results)
+}
+
+pub(crate) async fn key_sets_and_uploads_of_one_batch_are_decided_together(backend: &Backend) {
+    let world = World::start(backend).await;
+    let ([mut a0, mut a1, mut b0], before) = world.three_wallets().await;
+    let mut a2 = world.offline_wallet(OI_A, 2).await;
+    let a2_before = world.balance(a2.party()).await;
+    let at = world.t0 + 10 * 60_000;
+    let (p1, d1, _) = pay(&mut a0, &mut a1, 1_000, at);
+    let (p2, d2, _) = pay(&mut a1, &mut a2, 2_000, at + 1_000);
+    let (p3, d3, frame3) = pay(&mut a2, &mut b0, 3_000, at + 2_000);
+    let (p4, d4, frame4) = pay(&mut b0, &mut a0, 400, at + 3_000);
+    let now = fix(system_now_ms());
+    let sets: Vec<_> = [&mut a0, &mut a1, &mut a2]
+        .into_iter()
+        .map(|w| w.key_set(now).expect("key set"))
+        .collect();
+    let inst_a = Arc::clone(&world.running.network.institutions[OI_A]);
+    let sync_a = sync::WalletSyncStage::new(Arc::clone(&inst_a));
+
+    // Three wallets of one institution and a frame that is no key set, in one batch.
+    let mut frames: Vec<Vec<u8>> = sets.iter().map(|s| s.frame.clone()).collect();
+    frames.push(b"not a key set".to_vec());
+    let verdicts = handled(&sync_a, &frames).await;
+    let mut to_publish = Vec::new();
+    let mut answers = Vec::new();
+    for (verdict, set) in verdicts.iter().zip(&sets) {
+        let (outputs, results) = outputs_of(verdict);
+        assert_eq!(results.len(), 1, "one answer per key set");
+        assert_eq!(results[0].status, SyncStatus::Accepted, "{:?}", results[0]);
+        assert_eq!(results[0].key_set_digest, Some(set.digest));
+        to_publish.extend(outputs.iter().cloned());
+        answers.push(results[0].clone());
+    }
+    assert_eq!(
+        answers.iter().map(|r| r.purse_fen).collect::<Vec<_>>(),
+        vec![PURSE_FEN - 1_000, PURSE_FEN - 2_000, PURSE_FEN - 3_000],
+        "each purse as one key set at a time would leave it"
+    );
+    assert!(
+        matches!(&verdicts[3], Verdict::DeadLetter { reason, .. } if reason.as_str().starts_with("schema.")),
+        "{:?}",
+        verdicts[3]
+    );
+
+    // The same batch again (a redelivery): the same answers, nothing written twice.
+    let again = handled(&sync_a, &frames[..3]).await;
+    for (verdict, answer) in again.iter().zip(&answers) {
+        assert_eq!(outputs_of(verdict).1, vec![answer.clone()]);
+    }
+
+    // The payer's institution takes uploads of one batch together: a payment its payer
+    // already uploaded, the same again, and one of a payer held elsewhere.
+    let clearing_a = clearing::OfflineClearingStage::new(Arc::clone(&inst_a));
+    let uploads = handled(
+        &clearing_a,
+        &[frame3.clone(), frame3.clone(), frame4.clone()],
+    )
+    .await;
+    assert!(
+        matches!(&uploads[0], Verdict::Done(outputs) if !outputs.is_empty()),
+        "the first copy takes the clearing path: {:?}",
+        uploads[0]
+    );
+    assert!(
+        matches!(&uploads[1], Verdict::Done(outputs) if outputs.is_empty()),
+        "the second copy of the batch adds nothing: {:?}",
+        uploads[1]
+    );
+    assert!(
+        matches!(&uploads[2], Verdict::DeadLetter { reason, .. } if *reason == Reason::WalletWrongInstitution),
+        "{:?}",
+        uploads[2]
+    );
+    for verdict in &uploads[..2] {
+        to_publish.extend(outputs_of(verdict).0.iter().cloned());
+    }
+
+    // What the batches decided, published, clears like everything else; b0 uploads p4.
+    for output in to_publish {
+        world.running.bus.publish(output).await.expect("published");
+    }
+    let mut world = world;
+    let b0_answer = world.sync(&mut b0).await;
+    assert_eq!(b0_answer.status, SyncStatus::Accepted, "{b0_answer:?}");
+    let money = world
+        .cleared(&[(p1, d1), (p2, d2), (p3, d3), (p4, d4)])
+        .await;
+    assert_eq!(money.loss_fen, 0);
+    assert_eq!(world.balance(a0.party()).await, before[0] + 400);
+    assert_eq!(world.balance(a1.party()).await, before[1] + 1_000);
+    assert_eq!(world.balance(a2.party()).await, a2_before + 2_000);
+    assert_eq!(world.balance(b0.party()).await, before[2] + 3_000);
+    let a_totals = world.offline(OI_A).offline_totals().await.expect("totals");
+    assert_eq!(
+        a_totals.cleared_fen, 6_000,
+        "p1, p2 and p3 cleared once each"
+    );
     world.running.stop().await;
 }

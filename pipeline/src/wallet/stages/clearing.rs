@@ -4,21 +4,24 @@
 //! beyond the purse, locks and blacklists the payer and books the excess to the loss account —
 //! and hands it to the clearing path from the payer's purse account. A payment made after its
 //! payer was locked or blacklisted is refused with an outcome to both institutions.
+//!
+//! A batch is cleared together ([`plan_uploaded`] for each payer): each payer read once, one
+//! ledger transaction for all of them and one for the reservations, instead of a few ledger
+//! calls and a commit per payment.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dcpipe_connectors::bus::Position;
+use dcpipe_connectors::bus::{Outgoing, Position};
 use dcpipe_connectors::ledger::offline::OfflineUpdate;
+use futures::future::try_join_all;
 
 use super::blacklist::{blacklist_entries, entry_subjects};
-use super::record::{
-    ToClear, decide_payer_clearing, offline_intent, standing, stored_record, wallet_record,
-};
-use super::sync::clear_intents;
+use super::record::{ToClear, UploadedAnswer, UploadedPlan, offline_intent, plan_uploaded};
 use super::{STALE_RETRIES_MAX, commit, kept_changing};
-use crate::clearing::payer::rejection;
-use crate::clearing::{Audience, Institution};
+use crate::clearing::payer::{answer_reservation, rejection, reserve, short_answer};
+use crate::clearing::{Audience, Institution, PaymentIntent};
 use crate::reason::{Reason, Rejected};
 use crate::registry::{Build, Flow, StageDescriptor};
 use crate::runtime::{Input, Stage, StageError, Verdict};
@@ -60,78 +63,149 @@ impl OfflineClearingStage {
         OfflineClearingStage { inst }
     }
 
-    async fn one(
+    /// Clears the verified payments of a batch, all of payers held here: one read of each
+    /// payer, one write of all of them at the versions read (read again when one changed
+    /// since), one reservation of every payment to clear. Returns one verdict per payment,
+    /// with its index in the batch.
+    async fn clear_batch(
         &self,
-        payment: &VerifiedOfflinePayment,
-        frame: &[u8],
-        position: Position,
-    ) -> Result<Verdict, StageError> {
+        uploaded: &[Uploaded<'_>],
+    ) -> Result<Vec<(usize, Verdict)>, StageError> {
         let inst = &self.inst;
-        let payer = &payment.payment.payer;
-        if payer.institution_id != inst.id {
-            return Ok(Verdict::dead_letter(
-                Reason::WalletWrongInstitution,
-                format!("the payer's wallet is held by {}", payer.institution_id),
-            ));
-        }
         let offline = inst.ledger.offline();
+        let mut payers: BTreeMap<&str, Vec<&Uploaded<'_>>> = BTreeMap::new();
+        for item in uploaded {
+            payers
+                .entry(item.payment.payment.payer.wallet_id.as_str())
+                .or_default()
+                .push(item);
+        }
         for _ in 0..STALE_RETRIES_MAX {
             let now_ms = inst.clock.now_ms();
-            let Some(read) = offline.offline_wallet(&payer.wallet_id).await? else {
-                return Ok(Verdict::dead_letter(
-                    Reason::WalletUnknown,
-                    format!("no offline record of {}", payer.wallet_id),
-                ));
-            };
-            let record = wallet_record(&inst.id, &read);
-            let cleared_before = offline
-                .offline_cleared(&payer.wallet_id, &[payment.payment.counter])
-                .await?;
-            let known = cleared_before
-                .iter()
-                .any(|c| c.digest == *payment.digest.as_bytes());
-            let intent = offline_intent(payment);
-            let mut entries = Vec::new();
-            if !known {
-                if let Some(reason) = standing(&record).refuses(payment.payment.paid_at_ms) {
-                    let refused = Rejected::new(
-                        reason,
-                        format!(
-                            "paid at {} by a wallet refused since",
-                            payment.payment.paid_at_ms
-                        ),
-                    );
-                    return Ok(Verdict::Done(rejection(
-                        inst,
-                        &intent,
-                        payment.digest,
-                        &refused,
-                        now_ms,
-                        Audience::Everyone,
-                        STAGE,
-                    )?));
-                }
-                let to_clear = [ToClear { payment, frame }];
-                let cleared = decide_payer_clearing(&record, &cleared_before, &to_clear, now_ms);
-                let update = OfflineUpdate {
-                    record: stored_record(&cleared.record, &read, None),
-                    clearings: cleared.clearings,
+            let reads = try_join_all(payers.iter().map(|(wallet_id, items)| async move {
+                let Some(read) = offline.offline_wallet(wallet_id).await? else {
+                    return Ok::<_, StageError>((None, Vec::new()));
                 };
-                if !commit(offline, &[update]).await? {
-                    continue;
-                }
-                if cleared.fraud {
-                    let at_ms = cleared.record.blacklisted_at_ms.unwrap_or(now_ms);
-                    entries = blacklist_entries(inst, &payer.wallet_id, at_ms)?;
-                    tracing::warn!(wallet = %payer.wallet_id, payment = %payment.payment_id, "offline fraud evidence: wallet locked and blacklisted");
-                }
+                let counters: Vec<i64> = items.iter().map(|i| i.payment.payment.counter).collect();
+                let cleared = offline.offline_cleared(wallet_id, &counters).await?;
+                Ok((Some(read), cleared))
+            }))
+            .await?;
+            let plans: Vec<UploadedPlan> = payers
+                .values()
+                .zip(&reads)
+                .map(|(items, (read, cleared_before))| {
+                    let to_clear: Vec<ToClear<'_>> = items
+                        .iter()
+                        .map(|i| ToClear {
+                            payment: &i.payment,
+                            frame: i.frame,
+                        })
+                        .collect();
+                    plan_uploaded(&inst.id, read.as_ref(), cleared_before, &to_clear, now_ms)
+                })
+                .collect();
+            let updates: Vec<OfflineUpdate> =
+                plans.iter().filter_map(|p| p.update.clone()).collect();
+            if !updates.is_empty() && !commit(offline, &updates).await? {
+                continue;
             }
-            let mut outputs = entries;
-            outputs.extend(clear_intents(inst, &[intent], position, now_ms, STAGE).await?);
-            return Ok(Verdict::Done(outputs));
+            return self.answer(&payers, &plans, now_ms).await;
         }
-        Err(kept_changing(&payer.wallet_id))
+        let first = uploaded
+            .first()
+            .map(|i| i.payment.payment.payer.wallet_id.as_str());
+        Err(kept_changing(first.unwrap_or_default()))
     }
+
+    /// The verdicts once the plans are written: dead letters and refusals, blacklist entries of
+    /// payers caught, and the clearing path for the rest (one reservation for all, each
+    /// payment once however often the batch holds it).
+    async fn answer(
+        &self,
+        payers: &BTreeMap<&str, Vec<&Uploaded<'_>>>,
+        plans: &[UploadedPlan],
+        now_ms: i64,
+    ) -> Result<Vec<(usize, Verdict)>, StageError> {
+        let inst = &self.inst;
+        let mut verdicts = Vec::new();
+        let mut to_reserve: Vec<(usize, Position, PaymentIntent, Vec<Outgoing>)> = Vec::new();
+        let mut reserved = HashSet::new();
+        for ((wallet_id, items), plan) in payers.iter().zip(plans) {
+            let mut entries = match plan.caught_at_ms {
+                Some(at_ms) => {
+                    tracing::warn!(wallet = %wallet_id, "offline fraud evidence: wallet locked and blacklisted");
+                    blacklist_entries(inst, wallet_id, at_ms)?
+                }
+                None => Vec::new(),
+            };
+            for (item, answer) in items.iter().zip(&plan.answers) {
+                let intent = offline_intent(&item.payment);
+                let verdict = match answer {
+                    UploadedAnswer::UnknownPayer => Verdict::dead_letter(
+                        Reason::WalletUnknown,
+                        format!("no offline record of {wallet_id}"),
+                    ),
+                    UploadedAnswer::Refused(reason) => {
+                        let refused = Rejected::new(
+                            *reason,
+                            format!(
+                                "paid at {} by a wallet refused since",
+                                item.payment.payment.paid_at_ms
+                            ),
+                        );
+                        Verdict::Done(rejection(
+                            inst,
+                            &intent,
+                            item.payment.digest,
+                            &refused,
+                            now_ms,
+                            Audience::Everyone,
+                            STAGE,
+                        )?)
+                    }
+                    UploadedAnswer::Clear if reserved.insert(intent.payment_id) => {
+                        to_reserve.push((
+                            item.index,
+                            item.position,
+                            intent,
+                            std::mem::take(&mut entries),
+                        ));
+                        continue;
+                    }
+                    // The same payment twice in the batch: its first copy carries the answer.
+                    UploadedAnswer::Clear => Verdict::Done(Vec::new()),
+                };
+                verdicts.push((item.index, verdict));
+            }
+            if !entries.is_empty() {
+                // Caught, with nothing of its to clear now: the entries go with its first item.
+                let first = items.first().map_or(0, |i| i.index);
+                verdicts.push((first, Verdict::Done(entries)));
+            }
+        }
+        let intents: Vec<&PaymentIntent> = to_reserve.iter().map(|(_, _, i, _)| i).collect();
+        let results = reserve(inst, &intents, now_ms).await?;
+        if results.len() != intents.len() {
+            return Err(short_answer("reserve"));
+        }
+        for ((index, position, intent, mut outputs), result) in to_reserve.into_iter().zip(&results)
+        {
+            outputs.extend(answer_reservation(
+                inst, &intent, result, position, now_ms, STAGE,
+            )?);
+            verdicts.push((index, Verdict::Done(outputs)));
+        }
+        Ok(verdicts)
+    }
+}
+
+/// One verified payment of a batch.
+struct Uploaded<'a> {
+    index: usize,
+    payment: VerifiedOfflinePayment,
+    frame: &'a [u8],
+    position: Position,
 }
 
 #[async_trait]
@@ -149,15 +223,54 @@ impl Stage for OfflineClearingStage {
     }
 
     async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
-        let mut verdicts = Vec::with_capacity(batch.len());
-        for input in batch {
+        let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(batch.len());
+        let mut uploaded = Vec::new();
+        for (index, input) in batch.iter().enumerate() {
             verdicts.push(
                 match verify_offline_payment_frame(input.payload, &self.inst.verifier) {
-                    Err(rejected) => Verdict::dead_letter(rejected.reason, rejected.detail),
-                    Ok(payment) => self.one(&payment, input.payload, input.position).await?,
+                    Err(rejected) => Some(Verdict::dead_letter(rejected.reason, rejected.detail)),
+                    Ok(payment) if payment.payment.payer.institution_id != self.inst.id => {
+                        Some(Verdict::dead_letter(
+                            Reason::WalletWrongInstitution,
+                            format!(
+                                "the payer's wallet is held by {}",
+                                payment.payment.payer.institution_id
+                            ),
+                        ))
+                    }
+                    Ok(payment) => {
+                        uploaded.push(Uploaded {
+                            index,
+                            payment,
+                            frame: input.payload,
+                            position: input.position,
+                        });
+                        None
+                    }
                 },
             );
         }
-        Ok(verdicts)
+        if !uploaded.is_empty() {
+            for (index, verdict) in self.clear_batch(&uploaded).await? {
+                match &mut verdicts[index] {
+                    // Entries of a payer caught, beside the answer of its first item.
+                    Some(Verdict::Done(outputs)) => {
+                        if let Verdict::Done(more) = verdict {
+                            outputs.extend(more);
+                        }
+                    }
+                    Some(Verdict::DeadLetter { outputs, .. }) => {
+                        if let Verdict::Done(more) = verdict {
+                            outputs.extend(more);
+                        }
+                    }
+                    slot => *slot = Some(verdict),
+                }
+            }
+        }
+        verdicts
+            .into_iter()
+            .map(|v| v.ok_or_else(|| StageError::fatal("a verified payment without a verdict")))
+            .collect()
     }
 }

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 
 use dcpipe_connectors::ledger::PaymentId as LedgerPaymentId;
 use dcpipe_connectors::ledger::offline::{
-    OfflineClearing, OfflineRecord, OfflineTerms, purse_wallet_id,
+    OfflineClearing, OfflineRecord, OfflineTerms, OfflineUpdate, purse_wallet_id,
 };
 use dcpipe_schemas::{Digest32, OfflineLimits, PartyRef, PaymentId, RemoteControlCommand};
 
 use crate::clearing::{Authorization, AuthorizationKind, PaymentIntent};
+use crate::reason::Reason;
 use crate::wallet::double_spend::{PayerHistory, PaymentToClear, clear_payer_payments};
 use crate::wallet::payment::VerifiedOfflinePayment;
 use crate::wallet::sync::{PayerStanding, WalletRecord};
@@ -207,6 +208,90 @@ pub fn decide_payer_clearing(
         record: next,
         clearings,
         fraud: decided.fraud,
+    }
+}
+
+/// What the payer's institution does with one uploaded payment of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadedAnswer {
+    /// No offline record of the payer here: dead-lettered.
+    UnknownPayer,
+    /// Made after its payer was locked or blacklisted, and not cleared before: refused.
+    Refused(Reason),
+    /// Cleared, now or before: it takes the clearing path.
+    Clear,
+}
+
+/// The plan for the uploaded payments of one payer: one answer per payment, in their order,
+/// and the write the new ones need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPlan {
+    /// One answer per payment.
+    pub answers: Vec<UploadedAnswer>,
+    /// The payer's record and the new clearings to write at the version read, if any.
+    pub update: Option<OfflineUpdate>,
+    /// When the payer was caught, if these payments are evidence against it.
+    pub caught_at_ms: Option<i64>,
+}
+
+/// Plans the clearing of `payments`, all of one payer, uploaded by their payees: `read` is the
+/// payer's stored record (`None` when unknown here) and `cleared_before` what is cleared under
+/// their counters. A payment cleared before clears nothing and takes the clearing path again
+/// (its first answer); one made at or after the payer's lock or blacklisting, as recorded
+/// before this batch, is refused; the others are cleared together by the double-spending rule
+/// ([`decide_payer_clearing`]), as one at a time in any order would (evidence locks the payer
+/// from now on, after every payment it made offline).
+pub fn plan_uploaded(
+    institution: &str,
+    read: Option<&OfflineRecord>,
+    cleared_before: &[OfflineClearing],
+    payments: &[ToClear<'_>],
+    now_ms: i64,
+) -> UploadedPlan {
+    let Some(read) = read else {
+        return UploadedPlan {
+            answers: vec![UploadedAnswer::UnknownPayer; payments.len()],
+            update: None,
+            caught_at_ms: None,
+        };
+    };
+    let record = wallet_record(institution, read);
+    let standing = standing(&record);
+    let mut new = Vec::new();
+    let answers = payments
+        .iter()
+        .map(|p| {
+            let known = cleared_before
+                .iter()
+                .any(|c| c.digest == *p.payment.digest.as_bytes());
+            if known {
+                return UploadedAnswer::Clear;
+            }
+            if let Some(reason) = standing.refuses(p.payment.payment.paid_at_ms) {
+                return UploadedAnswer::Refused(reason);
+            }
+            new.push(*p);
+            UploadedAnswer::Clear
+        })
+        .collect();
+    if new.is_empty() {
+        return UploadedPlan {
+            answers,
+            update: None,
+            caught_at_ms: None,
+        };
+    }
+    let cleared = decide_payer_clearing(&record, cleared_before, &new, now_ms);
+    let caught_at_ms = cleared
+        .fraud
+        .then(|| cleared.record.blacklisted_at_ms.unwrap_or(now_ms));
+    UploadedPlan {
+        answers,
+        update: Some(OfflineUpdate {
+            record: stored_record(&cleared.record, read, None),
+            clearings: cleared.clearings,
+        }),
+        caught_at_ms,
     }
 }
 
@@ -455,6 +540,89 @@ pub(crate) mod tests {
         );
         assert_eq!(spent.record.locked_at_ms, Some(t0 + 7_000));
         assert_eq!(spent.record.blacklisted_at_ms, Some(t0 + 7_000));
+    }
+
+    #[test]
+    fn uploaded_payments_of_one_payer_are_planned_together() {
+        // The wallet holds more than the platform records: payments beyond the recorded purse.
+        let (mut payer, payee, verifier, t0) = payer_and_payee(12_000);
+        let fix = |at_ms| crate::wallet::SatelliteFix { at_ms };
+        let frames: Vec<_> = [(3_000, 1_000), (4_000, 2_000), (5_000, 3_000)]
+            .into_iter()
+            .map(|(amount, at)| payer.pay(&payee, amount, fix(t0 + at)).expect("pays"))
+            .collect();
+        let verified: Vec<_> = frames
+            .iter()
+            .map(|f| verify_offline_payment_frame(f.as_bytes(), &verifier).expect("verifies"))
+            .collect();
+        let to_clear: Vec<ToClear<'_>> = verified
+            .iter()
+            .zip(&frames)
+            .map(|(payment, frame)| ToClear {
+                payment,
+                frame: frame.as_bytes(),
+            })
+            .collect();
+        let institution = payer.party().institution_id.clone();
+        let mut read = stored();
+        read.wallet_id = payer.party().wallet_id.clone();
+        read.purse_fen = 10_000;
+        read.locked_at_ms = None;
+        read.blacklisted_at_ms = None;
+        let now_ms = t0 + 10_000;
+
+        // Unknown payer: every payment dead-lettered, nothing written.
+        let unknown = plan_uploaded(&institution, None, &[], &to_clear, now_ms);
+        assert_eq!(unknown.answers, vec![UploadedAnswer::UnknownPayer; 3]);
+        assert!(unknown.update.is_none() && unknown.caught_at_ms.is_none());
+
+        // The first uploaded twice in the batch and cleared before: the other two clear, once
+        // each, from the purse.
+        let first = decide_payer_clearing(
+            &wallet_record(&institution, &read),
+            &[],
+            &to_clear[..1],
+            now_ms,
+        );
+        read.purse_fen = first.record.purse_fen;
+        let batch = [to_clear[0], to_clear[1], to_clear[2], to_clear[1]];
+        let plan = plan_uploaded(&institution, Some(&read), &first.clearings, &batch, now_ms);
+        assert_eq!(plan.answers, vec![UploadedAnswer::Clear; 4]);
+        let update = plan.update.expect("a write");
+        assert_eq!(update.record.purse_fen, 0);
+        assert_eq!(update.record.version, read.version);
+        let parts: Vec<(i64, i64)> = update
+            .clearings
+            .iter()
+            .map(|c| (c.from_purse_fen, c.from_loss_fen))
+            .collect();
+        // 7,000 left in the purse: 4,000 from it, then 3,000 of 5,000 and 2,000 from the loss
+        // account, which is evidence.
+        assert_eq!(parts, vec![(4_000, 0), (3_000, 2_000)]);
+        assert_eq!(plan.caught_at_ms, Some(now_ms));
+
+        // Locked between the second and third payment: the third is refused, the second
+        // clears, the one cleared before takes the clearing path again.
+        read.locked_at_ms = Some(t0 + 2_500);
+        let plan = plan_uploaded(
+            &institution,
+            Some(&read),
+            &first.clearings,
+            &to_clear,
+            now_ms,
+        );
+        assert_eq!(
+            plan.answers,
+            vec![
+                UploadedAnswer::Clear,
+                UploadedAnswer::Clear,
+                UploadedAnswer::Refused(Reason::OfflinePayerLocked),
+            ]
+        );
+        let update = plan.update.expect("a write");
+        assert_eq!(update.clearings.len(), 1);
+        assert_eq!(update.record.purse_fen, 7_000 - 4_000);
+        assert_eq!(plan.caught_at_ms, None);
     }
 
     #[test]

@@ -4,23 +4,31 @@
 //! WalletSyncResult followed by the commands waiting for the wallet. Received payments go to
 //! their payers' institutions (`wallet.offline.<payer oi>`); the wallet's own payments take the
 //! clearing path from its purse account.
+//!
+//! The key sets of a batch, when they are of different wallets, are decided together: their
+//! reads side by side, one ledger transaction for every record and one for the reservations.
+//! A batch in which a wallet is locked or blacklisted goes one key set at a time, so that the
+//! others see it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use dcpipe_connectors::bus::{Outgoing, Position};
-use dcpipe_connectors::ledger::offline::{COMMANDS_LIST_MAX, OfflineRecord, OfflineUpdate};
+use dcpipe_connectors::ledger::offline::{
+    COMMANDS_LIST_MAX, OfflineClearing, OfflineRecord, OfflineUpdate,
+};
 use dcpipe_schemas::{
     Der, OfflinePayment, PartyRef, RemoteControlCommand, WalletKeySet, WalletSyncResult,
 };
+use futures::future::try_join_all;
 
 use super::record::{
     ToClear, decide_payer_clearing, mark_fraud, offline_intent, standing, stored_record,
     wallet_record, with_applied_limits,
 };
 use super::{STALE_RETRIES_MAX, commit, kept_changing};
-use crate::clearing::payer::{answer_reservation, reserve};
+use crate::clearing::payer::{answer_reservation, reserve, short_answer};
 use crate::clearing::{Institution, PaymentIntent};
 use crate::protocol::anchors_digest;
 use crate::reason::Reason;
@@ -109,9 +117,86 @@ impl WalletSyncStage {
         set: &WalletKeySet,
         position: Position,
     ) -> Result<Option<Verdict>, StageError> {
+        let offline = self.inst.ledger.offline();
+        let now_ms = self.inst.clock.now_ms();
+        let blacklist = offline.blacklist().await?;
+        match self.decide(set, position, &blacklist, now_ms).await? {
+            Decided::Answered(verdict) => Ok(Some(verdict)),
+            Decided::Accepted(accepted) => {
+                if !commit(offline, std::slice::from_ref(&accepted.update)).await? {
+                    return Ok(None);
+                }
+                let mut verdicts = self.finish(vec![*accepted], now_ms).await?;
+                Ok(verdicts.pop())
+            }
+        }
+    }
+
+    /// The key sets of a batch, all of different wallets, decided together: the reads of all
+    /// of them side by side, one write at the versions read, one reservation of the wallets'
+    /// own payments. `None` (nothing written) when the batch must go one key set at a time:
+    /// a record changed since it was read, or a key set locks or blacklists its wallet (fraud,
+    /// a lock command applied), which the others of the batch may need to see.
+    async fn together(
+        &self,
+        sets: &[(&WalletKeySet, Position)],
+    ) -> Result<Option<Vec<Verdict>>, StageError> {
+        let offline = self.inst.ledger.offline();
+        let now_ms = self.inst.clock.now_ms();
+        let blacklist = offline.blacklist().await?;
+        let decided = try_join_all(
+            sets.iter()
+                .map(|(set, position)| self.decide(set, *position, &blacklist, now_ms)),
+        )
+        .await?;
+        if decided.iter().any(|d| match d {
+            Decided::Accepted(accepted) => accepted.fraud || accepted.standing_changed,
+            Decided::Answered(_) => false,
+        }) {
+            return Ok(None);
+        }
+        let updates: Vec<OfflineUpdate> = decided
+            .iter()
+            .filter_map(|d| match d {
+                Decided::Accepted(accepted) => Some(accepted.update.clone()),
+                Decided::Answered(_) => None,
+            })
+            .collect();
+        if !updates.is_empty() && !commit(offline, &updates).await? {
+            return Ok(None);
+        }
+        let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(decided.len());
+        let mut accepted = Vec::new();
+        for (index, d) in decided.into_iter().enumerate() {
+            match d {
+                Decided::Answered(verdict) => verdicts.push(Some(verdict)),
+                Decided::Accepted(a) => {
+                    verdicts.push(None);
+                    accepted.push((index, *a));
+                }
+            }
+        }
+        let (indexes, accepted): (Vec<usize>, Vec<Accepted>) = accepted.into_iter().unzip();
+        for (index, verdict) in indexes
+            .into_iter()
+            .zip(self.finish(accepted, now_ms).await?)
+        {
+            verdicts[index] = Some(verdict);
+        }
+        Ok(Some(verdicts.into_iter().flatten().collect()))
+    }
+
+    /// Reads what the platform holds for `set` and decides it at `now_ms` against
+    /// `blacklist`: answered without a write, or accepted with the write it needs.
+    async fn decide(
+        &self,
+        set: &WalletKeySet,
+        position: Position,
+        blacklist: &[String],
+        now_ms: i64,
+    ) -> Result<Decided, StageError> {
         let inst = &self.inst;
         let offline = inst.ledger.offline();
-        let now_ms = inst.clock.now_ms();
         let read = if set.institution_id == inst.id {
             offline.offline_wallet(&set.wallet_id).await?
         } else {
@@ -167,10 +252,10 @@ impl WalletSyncStage {
                     set.commands_applied_through,
                     position,
                 )?);
-                return Ok(Some(Verdict::Done(outputs)));
+                return Ok(Decided::Answered(Verdict::Done(outputs)));
             }
             KeySetVerdict::Rejected(rejection) if !rejection.answerable => {
-                return Ok(Some(Verdict::dead_letter(
+                return Ok(Decided::Answered(Verdict::dead_letter(
                     rejection.rejected.reason,
                     rejection.rejected.detail,
                 )));
@@ -183,47 +268,68 @@ impl WalletSyncStage {
                     &inst.signer,
                 )
                 .map_err(signer_failure)?;
-                return Ok(Some(Verdict::Done(vec![
+                return Ok(Decided::Answered(Verdict::Done(vec![
                     self.result_message(&result, position)?,
                 ])));
             }
             KeySetVerdict::Verified(verified) => verified,
         };
         let (Some(read), Some(record)) = (read, record) else {
-            return Ok(Some(Verdict::dead_letter(
+            return Ok(Decided::Answered(Verdict::dead_letter(
                 Reason::WalletUnknown,
                 format!("no offline record of {}", set.wallet_id),
             )));
         };
-        self.accept(
-            set, &party, &read, &record, &verified, &commands, position, now_ms,
-        )
-        .await
+        let frames = own_frames(set, &verified.payments);
+        let counters: Vec<i64> = frames.iter().map(|p| p.payment.payment.counter).collect();
+        let cleared_before = if counters.is_empty() {
+            Vec::new()
+        } else {
+            offline.offline_cleared(&party.wallet_id, &counters).await?
+        };
+        let accepted = self.accept(
+            Sync {
+                set,
+                party,
+                read: &read,
+                record: &record,
+                verified: &verified,
+                commands: &commands,
+                position,
+            },
+            blacklist,
+            &cleared_before,
+            now_ms,
+        )?;
+        Ok(Decided::Accepted(Box::new(accepted)))
     }
 
-    /// Decides, clears and writes an accepted key set; `None` when the record changed.
-    #[allow(clippy::too_many_arguments)]
-    async fn accept(
+    /// Decides an accepted key set at `now_ms`: the new record, the clearing of the wallet's
+    /// own payments, the signed answer and what follows it.
+    fn accept(
         &self,
-        set: &WalletKeySet,
-        party: &PartyRef,
-        read: &OfflineRecord,
-        record: &WalletRecord,
-        verified: &VerifiedKeySet,
-        commands: &[RemoteControlCommand],
-        position: Position,
+        sync: Sync<'_>,
+        blacklist: &[String],
+        cleared_before: &[OfflineClearing],
         now_ms: i64,
-    ) -> Result<Option<Verdict>, StageError> {
+    ) -> Result<Accepted, StageError> {
+        let Sync {
+            set,
+            party,
+            read,
+            record,
+            verified,
+            commands,
+            position,
+        } = sync;
         let inst = &self.inst;
-        let offline = inst.ledger.offline();
-        let blacklist = offline.blacklist().await?;
         let pending = commands
             .iter()
             .filter(|c| c.sequence > verified.commands_applied_through)
             .count();
         let context = SyncContext {
-            blacklist: &blacklist,
-            blacklist_version: list_version(&blacklist),
+            blacklist,
+            blacklist_version: list_version(blacklist),
             trust_anchors: &self.anchors,
             anchors_digest: self.anchors_digest,
             pending_commands: i64::try_from(pending).unwrap_or(i64::MAX),
@@ -239,16 +345,10 @@ impl WalletSyncStage {
             .filter_map(|p| frames.iter().find(|f| f.payment.payment_id == p.payment_id))
             .copied()
             .collect();
-        let counters: Vec<i64> = own.iter().map(|p| p.payment.payment.counter).collect();
-        let cleared_before = if counters.is_empty() {
-            Vec::new()
-        } else {
-            offline.offline_cleared(&party.wallet_id, &counters).await?
-        };
-        let cleared = decide_payer_clearing(&decision.record, &cleared_before, &own, now_ms);
+        let cleared = decide_payer_clearing(&decision.record, cleared_before, &own, now_ms);
         let fraud = cleared.fraud || !decision.evidence.is_empty();
         let mut after = cleared.record;
-        let mut blacklist_after = blacklist.clone();
+        let mut blacklist_after = blacklist.to_vec();
         if fraud {
             mark_fraud(&mut after, now_ms);
             if !blacklist_after.contains(&party.wallet_id) {
@@ -269,20 +369,17 @@ impl WalletSyncStage {
         )
         .map_err(signer_failure)?;
         let answer = dcpipe_schemas::encode(&result)?;
+        let standing_changed = standing(record) != standing(&after);
         let update = OfflineUpdate {
             record: stored_record(&after, read, Some(answer)),
             clearings: cleared.clearings,
         };
-        if !commit(offline, &[update]).await? {
-            return Ok(None);
-        }
-        metrics::counter!("dcpipe_wallet_key_sets_total", "institution" => inst.id.clone(), "status" => "accepted", "reason" => "").increment(1);
         if fraud {
             tracing::warn!(wallet = %party.wallet_id, evidence = ?decision.evidence, "offline fraud evidence: wallet locked and blacklisted");
         }
         let mut outputs = vec![self.result_message(&result, position)?];
         outputs.extend(self.command_messages(
-            party,
+            &party,
             commands,
             verified.commands_applied_through,
             position,
@@ -298,9 +395,43 @@ impl WalletSyncStage {
         outputs.extend(self.forward_received(&decision.received)?);
         // Every own payment the platform holds as cleared takes the clearing path: the ledger
         // answers one reserved before with its first answer.
-        let intents: Vec<PaymentIntent> = own.iter().map(|p| offline_intent(p.payment)).collect();
-        outputs.extend(clear_intents(inst, &intents, position, now_ms, STAGE).await?);
-        Ok(Some(Verdict::Done(outputs)))
+        let intents = own.iter().map(|p| offline_intent(p.payment)).collect();
+        Ok(Accepted {
+            update,
+            outputs,
+            intents,
+            position,
+            fraud,
+            standing_changed,
+        })
+    }
+
+    /// The verdicts of accepted key sets once written: their answers and forwarded payments,
+    /// and the clearing path for their own payments, reserved in one ledger transaction.
+    async fn finish(
+        &self,
+        accepted: Vec<Accepted>,
+        now_ms: i64,
+    ) -> Result<Vec<Verdict>, StageError> {
+        let inst = &self.inst;
+        let intents: Vec<&PaymentIntent> = accepted.iter().flat_map(|a| &a.intents).collect();
+        let results = reserve(inst, &intents, now_ms).await?;
+        if results.len() != intents.len() {
+            return Err(short_answer("reserve"));
+        }
+        let mut results = results.iter();
+        let mut verdicts = Vec::with_capacity(accepted.len());
+        for a in accepted {
+            metrics::counter!("dcpipe_wallet_key_sets_total", "institution" => inst.id.clone(), "status" => "accepted", "reason" => "").increment(1);
+            let mut outputs = a.outputs;
+            for (intent, result) in a.intents.iter().zip(results.by_ref()) {
+                outputs.extend(answer_reservation(
+                    inst, intent, result, a.position, now_ms, STAGE,
+                )?);
+            }
+            verdicts.push(Verdict::Done(outputs));
+        }
+        Ok(verdicts)
     }
 
     /// Standings of the payers of received payments held here.
@@ -397,6 +528,38 @@ impl WalletSyncStage {
     }
 }
 
+/// A verified key set with what was read for it.
+struct Sync<'a> {
+    set: &'a WalletKeySet,
+    party: PartyRef,
+    read: &'a OfflineRecord,
+    record: &'a WalletRecord,
+    verified: &'a VerifiedKeySet,
+    commands: &'a [RemoteControlCommand],
+    position: Position,
+}
+
+/// A key set decided.
+enum Decided {
+    /// Answered without a write.
+    Answered(Verdict),
+    /// Accepted: written, then answered.
+    Accepted(Box<Accepted>),
+}
+
+/// An accepted key set: the write it needs and what to publish once it is written.
+struct Accepted {
+    update: OfflineUpdate,
+    /// The answer, the commands waiting, blacklist entries, the received payments forwarded.
+    outputs: Vec<Outgoing>,
+    /// The wallet's own payments, for the clearing path.
+    intents: Vec<PaymentIntent>,
+    position: Position,
+    fraud: bool,
+    /// Whether the wallet is locked or blacklisted now and was not before.
+    standing_changed: bool,
+}
+
 /// The version of a blacklist: its length (entries are only ever added).
 fn list_version(blacklist: &[String]) -> i64 {
     i64::try_from(blacklist.len()).unwrap_or(i64::MAX)
@@ -438,30 +601,6 @@ fn signer_failure(e: crate::pki::KeyError) -> StageError {
     StageError::fatal(format!("the institution signer cannot sign: {e}"))
 }
 
-/// Reserves offline payments on their purse accounts (one ledger transaction) and answers
-/// each as the clearing path does: the clearing message, the first answer again, or a
-/// rejection.
-pub(crate) async fn clear_intents(
-    inst: &Institution,
-    intents: &[PaymentIntent],
-    position: Position,
-    now_ms: i64,
-    stage: &str,
-) -> Result<Vec<Outgoing>, StageError> {
-    if intents.is_empty() {
-        return Ok(Vec::new());
-    }
-    let refs: Vec<&PaymentIntent> = intents.iter().collect();
-    let results = reserve(inst, &refs, now_ms).await?;
-    let mut outputs = Vec::new();
-    for (intent, result) in intents.iter().zip(&results) {
-        outputs.extend(answer_reservation(
-            inst, intent, result, position, now_ms, stage,
-        )?);
-    }
-    Ok(outputs)
-}
-
 #[async_trait]
 impl Stage for WalletSyncStage {
     fn name(&self) -> &'static str {
@@ -477,14 +616,30 @@ impl Stage for WalletSyncStage {
     }
 
     async fn handle(&self, batch: &[Input<'_>]) -> Result<Vec<Verdict>, StageError> {
+        let decoded: Vec<Result<WalletKeySet, _>> = batch
+            .iter()
+            .map(|input| dcpipe_schemas::decode::<WalletKeySet>(input.payload))
+            .collect();
+        let sets: Vec<(&WalletKeySet, Position)> = decoded
+            .iter()
+            .zip(batch)
+            .filter_map(|(set, input)| Some((set.as_ref().ok()?, input.position)))
+            .collect();
+        let wallets: HashSet<&str> = sets.iter().map(|(s, _)| s.wallet_id.as_str()).collect();
+        let mut together = None;
+        if sets.len() > 1 && wallets.len() == sets.len() {
+            together = self.together(&sets).await?;
+        }
+        let mut together = together.map(Vec::into_iter);
         let mut verdicts = Vec::with_capacity(batch.len());
-        for input in batch {
-            verdicts.push(
-                match dcpipe_schemas::decode::<WalletKeySet>(input.payload) {
-                    Err(e) => Verdict::undecodable(&e),
-                    Ok(set) => self.one(&set, input.position).await?,
-                },
-            );
+        for (set, input) in decoded.iter().zip(batch) {
+            verdicts.push(match (set, together.as_mut()) {
+                (Err(e), _) => Verdict::undecodable(e),
+                (Ok(_), Some(decided)) => decided
+                    .next()
+                    .ok_or_else(|| StageError::fatal("a key set of the batch without a verdict"))?,
+                (Ok(set), None) => self.one(set, input.position).await?,
+            });
         }
         Ok(verdicts)
     }
