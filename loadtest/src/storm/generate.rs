@@ -69,7 +69,9 @@ pub struct Reconnection {
     pub wallet_id: String,
     /// The encoded, signed key set.
     pub frame: Bytes,
-    /// The payments the wallet made offline (each must clear once).
+    /// The offline payments this key set is the first to upload, each to clear once: the
+    /// wallet's own, but for those its payee uploaded before, and those it received from
+    /// payers that reconnect after it (wallets reconnect in the order of their numbers).
     pub payments: Vec<PaymentId>,
     /// Its purse once they cleared.
     pub purse_after_fen: i64,
@@ -362,7 +364,7 @@ impl Storm {
         if count >= 2 {
             let mut at = self.last_sync_at_ms + 1_000;
             let step_ms = (OUTAGE_MS / 2) / (count * PAYMENTS_PER_WALLET_MAX) as i64;
-            for (payer, made_by) in payments.iter_mut().enumerate() {
+            for payer in 0..count {
                 for _ in 0..rng.random_range(0..=PAYMENTS_PER_WALLET_MAX) {
                     let payee = (payer + rng.random_range(1..count)) % count;
                     let amount = rng.random_range(1..=PAYMENT_FEN_MAX);
@@ -375,20 +377,26 @@ impl Storm {
                     };
                     let payment: OfflinePayment = dcpipe_schemas::decode(frame.as_bytes())
                         .map_err(|e| generate_error("an offline payment", e))?;
-                    made_by.push(offline_payment_id(&offline_payment_digest(&payment)));
+                    let payment_id = offline_payment_id(&offline_payment_digest(&payment));
                     if payment.payer.institution_id != payment.payee.institution_id {
                         made.interbank += 1;
                     }
-                    if wallets[payee]
+                    let received = wallets[payee]
                         .receive(
                             frame.as_bytes(),
                             SatelliteFix { at_ms: at },
                             PAID_AT_SKEW_MS_MAX_DEFAULT,
                         )
-                        .is_ok()
-                    {
+                        .is_ok();
+                    if received {
                         made.received += 1;
                     }
+                    let first_upload = if received && payee < payer {
+                        payee
+                    } else {
+                        payer
+                    };
+                    payments[first_upload].push(payment_id);
                 }
             }
         }

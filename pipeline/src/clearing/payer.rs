@@ -218,6 +218,11 @@ pub enum Arrival {
     /// A stored message delivered again (its ack was lost in a broker restart, or the member
     /// holding it stopped): no new submission, so nobody waits for a new answer.
     Redelivered,
+    /// An offline payment uploaded again (by its other party, in a later key set, or in a key
+    /// set delivered again): the uploading wallet's answer is its WalletSyncResult, and the
+    /// outcome of a decided payment went to both institutions when it was decided, so only an
+    /// undecided payment is answered again, with its clearing message.
+    Uploaded,
 }
 
 impl Arrival {
@@ -241,7 +246,8 @@ impl From<Position> for Arrival {
 /// payment is undecided, the clearing message is sent again (the bus drops the copy by its id).
 /// A resubmission is answered as a new message for the terminal that retried; a redelivery
 /// under the first answer's message id, which the bus's duplicate window drops, and it is not
-/// counted as a resubmission.
+/// counted as a resubmission; an offline payment uploaded again, once decided, not at all
+/// ([`Arrival::Uploaded`]).
 pub fn repeat(
     inst: &Institution,
     intent: &PaymentIntent,
@@ -260,6 +266,10 @@ pub fn repeat(
                 .increment(1);
             Audience::PayerOnly
         }
+        Arrival::Uploaded if record.state == PaymentState::Reserved => {
+            return clearing(inst, intent, record);
+        }
+        Arrival::Uploaded => return Ok(Vec::new()),
     };
     let digest = record
         .digest

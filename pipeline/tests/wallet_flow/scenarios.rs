@@ -1502,5 +1502,14 @@ pub(crate) async fn key_sets_and_uploads_of_one_batch_are_decided_together(backe
         a_totals.cleared_fen, 6_000,
         "p1, p2 and p3 cleared once each"
     );
+
+    // Uploaded again once decided: its outcome went to both institutions when it completed,
+    // the uploader's answer is its sync result; nothing more is sent.
+    let late = handled(&clearing_a, &[frame3]).await;
+    assert!(
+        matches!(&late[0], Verdict::Done(outputs) if outputs.is_empty()),
+        "{:?}",
+        late[0]
+    );
     world.running.stop().await;
 }

@@ -13,14 +13,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dcpipe_connectors::bus::{Outgoing, Position};
+use dcpipe_connectors::bus::Outgoing;
 use dcpipe_connectors::ledger::offline::OfflineUpdate;
 use futures::future::try_join_all;
 
 use super::blacklist::{blacklist_entries, entry_subjects};
 use super::record::{ToClear, UploadedAnswer, UploadedPlan, offline_intent, plan_uploaded};
 use super::{STALE_RETRIES_MAX, commit, kept_changing};
-use crate::clearing::payer::{answer_reservation, rejection, reserve, short_answer};
+use crate::clearing::payer::{Arrival, answer_reservation, rejection, reserve, short_answer};
 use crate::clearing::{Audience, Institution, PaymentIntent};
 use crate::reason::{Reason, Rejected};
 use crate::registry::{Build, Flow, StageDescriptor};
@@ -129,7 +129,7 @@ impl OfflineClearingStage {
     ) -> Result<Vec<(usize, Verdict)>, StageError> {
         let inst = &self.inst;
         let mut verdicts = Vec::new();
-        let mut to_reserve: Vec<(usize, Position, PaymentIntent, Vec<Outgoing>)> = Vec::new();
+        let mut to_reserve: Vec<(usize, PaymentIntent, Vec<Outgoing>)> = Vec::new();
         let mut reserved = HashSet::new();
         for ((wallet_id, items), plan) in payers.iter().zip(plans) {
             let mut entries = match plan.caught_at_ms {
@@ -165,12 +165,7 @@ impl OfflineClearingStage {
                         )?)
                     }
                     UploadedAnswer::Clear if reserved.insert(intent.payment_id) => {
-                        to_reserve.push((
-                            item.index,
-                            item.position,
-                            intent,
-                            std::mem::take(&mut entries),
-                        ));
+                        to_reserve.push((item.index, intent, std::mem::take(&mut entries)));
                         continue;
                     }
                     // The same payment twice in the batch: its first copy carries the answer.
@@ -184,15 +179,19 @@ impl OfflineClearingStage {
                 verdicts.push((first, Verdict::Done(entries)));
             }
         }
-        let intents: Vec<&PaymentIntent> = to_reserve.iter().map(|(_, _, i, _)| i).collect();
+        let intents: Vec<&PaymentIntent> = to_reserve.iter().map(|(_, i, _)| i).collect();
         let results = reserve(inst, &intents, now_ms).await?;
         if results.len() != intents.len() {
             return Err(short_answer("reserve"));
         }
-        for ((index, position, intent, mut outputs), result) in to_reserve.into_iter().zip(&results)
-        {
+        for ((index, intent, mut outputs), result) in to_reserve.into_iter().zip(&results) {
             outputs.extend(answer_reservation(
-                inst, &intent, result, position, now_ms, STAGE,
+                inst,
+                &intent,
+                result,
+                Arrival::Uploaded,
+                now_ms,
+                STAGE,
             )?);
             verdicts.push((index, Verdict::Done(outputs)));
         }
@@ -205,7 +204,6 @@ struct Uploaded<'a> {
     index: usize,
     payment: VerifiedOfflinePayment,
     frame: &'a [u8],
-    position: Position,
 }
 
 #[async_trait]
@@ -243,7 +241,6 @@ impl Stage for OfflineClearingStage {
                             index,
                             payment,
                             frame: input.payload,
-                            position: input.position,
                         });
                         None
                     }

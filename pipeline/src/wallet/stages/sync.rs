@@ -28,7 +28,7 @@ use super::record::{
     wallet_record, with_applied_limits,
 };
 use super::{STALE_RETRIES_MAX, commit, kept_changing};
-use crate::clearing::payer::{answer_reservation, reserve, short_answer};
+use crate::clearing::payer::{Arrival, answer_reservation, reserve, short_answer};
 use crate::clearing::{Institution, PaymentIntent};
 use crate::protocol::anchors_digest;
 use crate::reason::Reason;
@@ -400,7 +400,6 @@ impl WalletSyncStage {
             update,
             outputs,
             intents,
-            position,
             fraud,
             standing_changed,
         })
@@ -426,7 +425,12 @@ impl WalletSyncStage {
             let mut outputs = a.outputs;
             for (intent, result) in a.intents.iter().zip(results.by_ref()) {
                 outputs.extend(answer_reservation(
-                    inst, intent, result, a.position, now_ms, STAGE,
+                    inst,
+                    intent,
+                    result,
+                    Arrival::Uploaded,
+                    now_ms,
+                    STAGE,
                 )?);
             }
             verdicts.push(Verdict::Done(outputs));
@@ -554,7 +558,6 @@ struct Accepted {
     outputs: Vec<Outgoing>,
     /// The wallet's own payments, for the clearing path.
     intents: Vec<PaymentIntent>,
-    position: Position,
     fraud: bool,
     /// Whether the wallet is locked or blacklisted now and was not before.
     standing_changed: bool,
