@@ -19,7 +19,7 @@ use futures::future::try_join_all;
 
 use super::blacklist::{blacklist_entries, entry_subjects};
 use super::record::{ToClear, UploadedAnswer, UploadedPlan, offline_intent, plan_uploaded};
-use super::{STALE_RETRIES_MAX, commit, kept_changing};
+use super::{STALE_RETRIES_MAX, commit_current, kept_changing};
 use crate::clearing::payer::{Arrival, answer_reservation, rejection, reserve, short_answer};
 use crate::clearing::{Audience, Institution, PaymentIntent};
 use crate::reason::{Reason, Rejected};
@@ -80,6 +80,7 @@ impl OfflineClearingStage {
                 .or_default()
                 .push(item);
         }
+        let mut verdicts = Vec::with_capacity(uploaded.len());
         for _ in 0..STALE_RETRIES_MAX {
             let now_ms = inst.clock.now_ms();
             let reads = try_join_all(payers.iter().map(|(wallet_id, items)| async move {
@@ -91,7 +92,7 @@ impl OfflineClearingStage {
                 Ok((Some(read), cleared))
             }))
             .await?;
-            let plans: Vec<UploadedPlan> = payers
+            let mut plans: Vec<UploadedPlan> = payers
                 .values()
                 .zip(&reads)
                 .map(|(items, (read, cleared_before))| {
@@ -107,14 +108,29 @@ impl OfflineClearingStage {
                 .collect();
             let updates: Vec<OfflineUpdate> =
                 plans.iter().filter_map(|p| p.update.clone()).collect();
-            if !updates.is_empty() && !commit(offline, &updates).await? {
-                continue;
+            let stale = commit_current(offline, updates).await?;
+            // The payers whose record changed since it was read are planned again; the others
+            // are answered.
+            let mut again = BTreeMap::new();
+            let mut written = BTreeMap::new();
+            let mut written_plans = Vec::new();
+            for ((wallet_id, items), plan) in
+                std::mem::take(&mut payers).into_iter().zip(plans.drain(..))
+            {
+                if stale.iter().any(|w| w == wallet_id) {
+                    again.insert(wallet_id, items);
+                } else {
+                    written.insert(wallet_id, items);
+                    written_plans.push(plan);
+                }
             }
-            return self.answer(&payers, &plans, now_ms).await;
+            verdicts.extend(self.answer(&written, &written_plans, now_ms).await?);
+            if again.is_empty() {
+                return Ok(verdicts);
+            }
+            payers = again;
         }
-        let first = uploaded
-            .first()
-            .map(|i| i.payment.payment.payer.wallet_id.as_str());
+        let first = payers.keys().next().copied();
         Err(kept_changing(first.unwrap_or_default()))
     }
 

@@ -56,6 +56,34 @@ pub(crate) async fn commit(
     }
 }
 
+/// Writes `updates` (each of another wallet) at the versions read, in one transaction, leaving
+/// out those whose record changed since it was read; returns their wallet ids, to be decided
+/// again. A transaction that meets a changed record is rolled back, nothing of it written, and
+/// the rest tried again.
+pub(crate) async fn commit_current(
+    offline: &dyn OfflineLedger,
+    mut updates: Vec<OfflineUpdate>,
+) -> Result<Vec<String>, StageError> {
+    let mut stale = Vec::new();
+    while !updates.is_empty() {
+        match offline.commit_offline(&updates).await? {
+            OfflineCommit::Committed => break,
+            OfflineCommit::Stale(wallet_id) => {
+                tracing::debug!(wallet = %wallet_id, "offline record changed since read; deciding again");
+                let before = updates.len();
+                updates.retain(|u| u.record.wallet_id != wallet_id);
+                if updates.len() == before {
+                    return Err(StageError::fatal(format!(
+                        "the ledger found {wallet_id} changed, which the write did not hold"
+                    )));
+                }
+                stale.push(wallet_id);
+            }
+        }
+    }
+    Ok(stale)
+}
+
 /// The error when a record kept changing under a stage: the message comes back later.
 pub(crate) fn kept_changing(wallet_id: &str) -> StageError {
     StageError::transient(format!(
@@ -96,4 +124,112 @@ pub(crate) async fn give_back_voided(
         VoidedReturn::AlreadyReturned | VoidedReturn::NotOffline | VoidedReturn::NotVoided => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use dcpipe_connectors::ledger::offline::{OfflineOpening, OfflineRecord, OfflineTerms};
+    use dcpipe_connectors::ledger::{
+        Ledger, OpenResult, SqliteLedger, SqliteOptions, WalletAccount, WalletLimits,
+    };
+
+    use super::*;
+
+    const TERMS: OfflineTerms = OfflineTerms {
+        purse_limit_fen: 100_000,
+        single_payment_limit_fen: 50_000,
+        cumulative_limit_fen: 100_000,
+        payments_per_sync_max: 20,
+        offline_duration_ms_max: 86_400_000,
+    };
+
+    fn advanced(read: &OfflineRecord, counter: i64) -> OfflineUpdate {
+        let mut record = read.clone();
+        record.counter = counter;
+        OfflineUpdate {
+            record,
+            clearings: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_write_leaves_out_only_the_records_changed_since_read() {
+        let ledger = SqliteLedger::open_in_memory("oi01", &SqliteOptions::default())
+            .await
+            .expect("ledger");
+        let wallets = ["w1", "w2", "w3"];
+        let accounts: Vec<WalletAccount> = wallets
+            .iter()
+            .map(|id| WalletAccount {
+                wallet_id: (*id).to_owned(),
+                institution_id: "oi01".to_owned(),
+                tier: 4,
+                balance_fen: 1_000,
+                limits: WalletLimits {
+                    balance_limit_fen: 1_000_000,
+                    single_payment_limit_fen: 200_000,
+                    daily_limit_fen: 500_000,
+                    password_free_limit_fen: 100_000,
+                },
+                locked: false,
+            })
+            .collect();
+        assert_eq!(
+            ledger.open_wallets(&accounts).await.expect("opened"),
+            vec![OpenResult::Created; 3]
+        );
+        let offline = ledger.offline();
+        let openings: Vec<OfflineOpening> = wallets
+            .iter()
+            .map(|id| OfflineOpening {
+                wallet_id: (*id).to_owned(),
+                key_version: 1,
+                key_fingerprint: [7; 32],
+                last_sync_at_ms: 1_000,
+                limits: TERMS,
+            })
+            .collect();
+        offline.open_offline(&openings).await.expect("offline");
+        let mut read = Vec::new();
+        for id in wallets {
+            read.push(
+                offline
+                    .offline_wallet(id)
+                    .await
+                    .expect("read")
+                    .expect("record"),
+            );
+        }
+        // w1 and w3 are written by another worker after the batch read them.
+        for stale in [&read[0], &read[2]] {
+            assert!(
+                commit(offline, &[advanced(stale, 1)])
+                    .await
+                    .expect("written")
+            );
+        }
+
+        let batch = read.iter().map(|r| advanced(r, 2)).collect();
+        let left_out = commit_current(offline, batch).await.expect("committed");
+        assert_eq!(left_out, vec!["w1".to_owned(), "w3".to_owned()]);
+        let counters: Vec<i64> =
+            futures::future::try_join_all(wallets.iter().map(|id| offline.offline_wallet(id)))
+                .await
+                .expect("read")
+                .into_iter()
+                .map(|r| r.expect("record").counter)
+                .collect();
+        assert_eq!(
+            counters,
+            vec![1, 2, 1],
+            "only w2's write of the batch landed"
+        );
+        // Nothing left: nothing to write, nothing left out.
+        assert!(
+            commit_current(offline, Vec::new())
+                .await
+                .expect("empty")
+                .is_empty()
+        );
+    }
 }

@@ -27,7 +27,7 @@ use super::record::{
     ToClear, decide_payer_clearing, mark_fraud, offline_intent, standing, stored_record,
     wallet_record, with_applied_limits,
 };
-use super::{STALE_RETRIES_MAX, commit, kept_changing};
+use super::{STALE_RETRIES_MAX, commit, commit_current, kept_changing};
 use crate::clearing::payer::{Arrival, answer_reservation, reserve, short_answer};
 use crate::clearing::{Institution, PaymentIntent};
 use crate::protocol::anchors_digest;
@@ -134,9 +134,10 @@ impl WalletSyncStage {
 
     /// The key sets of a batch, all of different wallets, decided together: the reads of all
     /// of them side by side, one write at the versions read, one reservation of the wallets'
-    /// own payments. `None` (nothing written) when the batch must go one key set at a time:
-    /// a record changed since it was read, or a key set locks or blacklists its wallet (fraud,
-    /// a lock command applied), which the others of the batch may need to see.
+    /// own payments; a key set whose record changed since it was read is decided again alone.
+    /// `None` (nothing written) when the batch must go one key set at a time: a key set locks
+    /// or blacklists its wallet (fraud, a lock command applied), which the others of the batch
+    /// may need to see.
     async fn together(
         &self,
         sets: &[(&WalletKeySet, Position)],
@@ -162,18 +163,18 @@ impl WalletSyncStage {
                 Decided::Answered(_) => None,
             })
             .collect();
-        if !updates.is_empty() && !commit(offline, &updates).await? {
-            return Ok(None);
-        }
+        let stale = commit_current(offline, updates).await?;
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(decided.len());
         let mut accepted = Vec::new();
+        let mut again = Vec::new();
         for (index, d) in decided.into_iter().enumerate() {
+            verdicts.push(None);
             match d {
-                Decided::Answered(verdict) => verdicts.push(Some(verdict)),
-                Decided::Accepted(a) => {
-                    verdicts.push(None);
-                    accepted.push((index, *a));
+                Decided::Answered(verdict) => verdicts[index] = Some(verdict),
+                Decided::Accepted(a) if stale.contains(&a.update.record.wallet_id) => {
+                    again.push(index);
                 }
+                Decided::Accepted(a) => accepted.push((index, *a)),
             }
         }
         let (indexes, accepted): (Vec<usize>, Vec<Accepted>) = accepted.into_iter().unzip();
@@ -182,6 +183,11 @@ impl WalletSyncStage {
             .zip(self.finish(accepted, now_ms).await?)
         {
             verdicts[index] = Some(verdict);
+        }
+        // Those whose record changed since it was read, decided again one at a time.
+        for index in again {
+            let (set, position) = sets[index];
+            verdicts[index] = Some(self.one(set, position).await?);
         }
         Ok(Some(verdicts.into_iter().flatten().collect()))
     }
