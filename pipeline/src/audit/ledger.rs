@@ -10,6 +10,7 @@ use std::sync::Arc;
 use dcpipe_connectors::ledger::{
     Ledger, PaymentRecord, PaymentState, Side, WALLET_OPENINGS_PAGE_MAX, WalletOpening,
 };
+use futures::{StreamExt, TryStreamExt};
 
 use super::book::JudgedPayment;
 use super::code::AuditCode;
@@ -154,6 +155,17 @@ pub fn reconcile_balance(
     BalanceVerdict::Balanced
 }
 
+/// Ledger reads of one batch's payments in flight at once.
+const LEDGER_READS_IN_FLIGHT: usize = 64;
+
+/// What the ledgers hold of one judged payment.
+struct LedgerReads {
+    payer: Option<PaymentRecord>,
+    payee: Option<PaymentRecord>,
+    /// The part of an offline payment its payer's loss account paid, when it has one.
+    from_loss_fen: Option<i64>,
+}
+
 /// The ledgers of the institutions, by id.
 #[derive(Clone, Default)]
 pub struct LedgerReconciler {
@@ -186,17 +198,23 @@ impl LedgerReconciler {
         tally: &mut WalletTally,
         report: &mut AuditReport,
     ) -> Result<(), dcpipe_connectors::ledger::LedgerError> {
-        for payment in payments {
+        // The reads of the batch side by side (in order, a bounded number at once): one
+        // hand-off to each ledger's thread after another, not a wake-up of this task for each.
+        let reads: Vec<Option<LedgerReads>> = futures::stream::iter(payments)
+            .map(|payment| self.reads(payment))
+            .buffered(LEDGER_READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        for (payment, reads) in payments.iter().zip(reads) {
             tally_payment(tally, payment);
-            let (Some(payer_ledger), Some(payee_ledger)) = (
-                self.ledgers.get(&payment.terms.payer.institution_id),
-                self.ledgers.get(&payment.terms.payee.institution_id),
-            ) else {
+            let Some(LedgerReads {
+                payer,
+                payee,
+                from_loss_fen,
+            }) = reads
+            else {
                 continue;
             };
-            let id = ledger_id_of(&payment.payment_id);
-            let payer = payer_ledger.payment(&id, Side::Payer).await?;
-            let payee = payee_ledger.payment(&id, Side::Payee).await?;
             let in_flight = |r: &Option<PaymentRecord>| {
                 r.as_ref().is_some_and(|r| {
                     matches!(
@@ -210,7 +228,9 @@ impl LedgerReconciler {
                 continue;
             }
             report.counts.ledger_payments_checked += 1;
-            super::wallet::tally_loss_part(tally, payment, payer_ledger.as_ref()).await?;
+            if let Some(from_loss_fen) = from_loss_fen {
+                super::wallet::tally_loss_part(tally, payment, from_loss_fen);
+            }
             if let Err((expected, found)) =
                 reconcile_payment(payment, payer.as_ref(), payee.as_ref())
             {
@@ -224,6 +244,30 @@ impl LedgerReconciler {
             }
         }
         Ok(())
+    }
+
+    /// What the two institutions' ledgers hold of `payment`; `None` when a ledger is not given.
+    async fn reads(
+        &self,
+        payment: &JudgedPayment,
+    ) -> Result<Option<LedgerReads>, dcpipe_connectors::ledger::LedgerError> {
+        let (Some(payer_ledger), Some(payee_ledger)) = (
+            self.ledgers.get(&payment.terms.payer.institution_id),
+            self.ledgers.get(&payment.terms.payee.institution_id),
+        ) else {
+            return Ok(None);
+        };
+        let id = ledger_id_of(&payment.payment_id);
+        let (payer, payee, from_loss_fen) = futures::try_join!(
+            payer_ledger.payment(&id, Side::Payer),
+            payee_ledger.payment(&id, Side::Payee),
+            super::wallet::loss_part(payment, payer_ledger.as_ref()),
+        )?;
+        Ok(Some(LedgerReads {
+            payer,
+            payee,
+            from_loss_fen,
+        }))
     }
 
     /// Each wallet's balance against its opening plus what the record explains (`tally`);

@@ -697,29 +697,39 @@ fn head_of(result: &ResultSeen) -> Head {
     }
 }
 
-/// Adds to `tally` the part of a completed offline payment (paid from a purse account) that
-/// the loss account paid, as its payer's institution recorded its clearing.
-pub async fn tally_loss_part(
-    tally: &mut super::ledger::WalletTally,
+/// The part of a completed offline payment (from a purse account) that its payer's loss
+/// account paid, as the payer's ledger recorded its clearing; `None` for any other payment.
+pub async fn loss_part(
     payment: &super::book::JudgedPayment,
     payer_ledger: &dyn dcpipe_connectors::ledger::Ledger,
-) -> Result<(), dcpipe_connectors::ledger::LedgerError> {
+) -> Result<Option<i64>, dcpipe_connectors::ledger::LedgerError> {
     let payer = &payment.terms.payer;
     if !payment.completed
         || !payer
             .wallet_id
             .ends_with(dcpipe_connectors::ledger::offline::PURSE_SUFFIX)
     {
-        return Ok(());
+        return Ok(None);
     }
     let id = crate::clearing::ledger_id_of(&payment.payment_id);
-    if let Some(clearing) = payer_ledger.offline().offline_clearing(&id).await? {
-        let entry = tally
-            .entry((payer.institution_id.clone(), payer.wallet_id.clone()))
-            .or_default();
-        entry.from_loss_fen = entry.from_loss_fen.saturating_add(clearing.from_loss_fen);
-    }
-    Ok(())
+    Ok(payer_ledger
+        .offline()
+        .offline_clearing(&id)
+        .await?
+        .map(|clearing| clearing.from_loss_fen))
+}
+
+/// Adds `from_loss_fen` ([`loss_part`]) to the tally of the payment's payer.
+pub fn tally_loss_part(
+    tally: &mut super::ledger::WalletTally,
+    payment: &super::book::JudgedPayment,
+    from_loss_fen: i64,
+) {
+    let payer = &payment.terms.payer;
+    let entry = tally
+        .entry((payer.institution_id.clone(), payer.wallet_id.clone()))
+        .or_default();
+    entry.from_loss_fen = entry.from_loss_fen.saturating_add(from_loss_fen);
 }
 
 /// What the ledger holds of one offline wallet's purse, and what the record explains of it.
