@@ -128,20 +128,12 @@ pub(crate) async fn give_back_voided(
 
 #[cfg(test)]
 mod tests {
-    use dcpipe_connectors::ledger::offline::{OfflineOpening, OfflineRecord, OfflineTerms};
+    use dcpipe_connectors::ledger::offline::{OfflineOpening, OfflineRecord};
     use dcpipe_connectors::ledger::{
         Ledger, OpenResult, SqliteLedger, SqliteOptions, WalletAccount, WalletLimits,
     };
 
     use super::*;
-
-    const TERMS: OfflineTerms = OfflineTerms {
-        purse_limit_fen: 100_000,
-        single_payment_limit_fen: 50_000,
-        cumulative_limit_fen: 100_000,
-        payments_per_sync_max: 20,
-        offline_duration_ms_max: 86_400_000,
-    };
 
     fn advanced(read: &OfflineRecord, counter: i64) -> OfflineUpdate {
         let mut record = read.clone();
@@ -186,7 +178,7 @@ mod tests {
                 key_version: 1,
                 key_fingerprint: [7; 32],
                 last_sync_at_ms: 1_000,
-                limits: TERMS,
+                limits: record::terms_of(&crate::wallet::limits::OFFLINE_TIER_4),
             })
             .collect();
         offline.open_offline(&openings).await.expect("offline");
