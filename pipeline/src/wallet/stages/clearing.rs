@@ -107,7 +107,7 @@ impl OfflineClearingStage {
                 })
                 .collect();
             let updates: Vec<OfflineUpdate> =
-                plans.iter().filter_map(|p| p.update.clone()).collect();
+                plans.iter_mut().filter_map(|p| p.update.take()).collect();
             let stale = commit_current(offline, updates).await?;
             // The payers whose record changed since it was read are planned again; the others
             // are answered.
@@ -190,9 +190,10 @@ impl OfflineClearingStage {
                 verdicts.push((item.index, verdict));
             }
             if !entries.is_empty() {
-                // Caught, with nothing of its to clear now: the entries go with its first item.
-                let first = items.first().map_or(0, |i| i.index);
-                verdicts.push((first, Verdict::Done(entries)));
+                // Evidence comes only from a payment cleared now, whose answer takes them.
+                return Err(StageError::fatal(format!(
+                    "{wallet_id} caught without a payment of the batch to clear"
+                )));
             }
         }
         let intents: Vec<&PaymentIntent> = to_reserve.iter().map(|(_, i, _)| i).collect();
@@ -265,20 +266,7 @@ impl Stage for OfflineClearingStage {
         }
         if !uploaded.is_empty() {
             for (index, verdict) in self.clear_batch(&uploaded).await? {
-                match &mut verdicts[index] {
-                    // Entries of a payer caught, beside the answer of its first item.
-                    Some(Verdict::Done(outputs)) => {
-                        if let Verdict::Done(more) = verdict {
-                            outputs.extend(more);
-                        }
-                    }
-                    Some(Verdict::DeadLetter { outputs, .. }) => {
-                        if let Verdict::Done(more) = verdict {
-                            outputs.extend(more);
-                        }
-                    }
-                    slot => *slot = Some(verdict),
-                }
+                verdicts[index] = Some(verdict);
             }
         }
         verdicts

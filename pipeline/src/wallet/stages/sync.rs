@@ -189,7 +189,11 @@ impl WalletSyncStage {
             let (set, position) = sets[index];
             verdicts[index] = Some(self.one(set, position).await?);
         }
-        Ok(Some(verdicts.into_iter().flatten().collect()))
+        verdicts
+            .into_iter()
+            .map(|v| v.ok_or_else(|| StageError::fatal("a key set of the batch without a verdict")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     /// Reads what the platform holds for `set` and decides it at `now_ms` against
