@@ -17,7 +17,7 @@
 //! concerned are sent again, together, as soon as the client has reconnected ([`Link`]).
 //!
 //! A consumer group is one durable pull consumer per (group, subject), shared by its members;
-//! see [`consumer`]. A replay is an ordered consumer outside any group; see [`replay`].
+//! see [`consumer`]. Acks and naks are sent without awaiting the server's confirmation. A replay is an ordered consumer outside any group; see [`replay`].
 //!
 //! Secrets in [`NatsOptions`] go to the client library only and are never logged.
 
@@ -75,7 +75,7 @@ pub(crate) const STREAM_MAX_BYTES: i64 = -1;
 const STREAM_REPLICAS_MAX: usize = 5;
 /// Time allowed to establish a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time allowed to a request (JetStream API, ack confirmation).
+/// Time allowed to a request (JetStream API).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to a JetStream API request (stream and consumer management).
 const API_TIMEOUT: Duration = Duration::from_secs(5);
@@ -793,7 +793,6 @@ impl Bus for NatsBus {
             pull_consumer,
             config,
             metrics,
-            self.link.clone(),
         )
         .await?;
         Ok(Box::new(consumer))
