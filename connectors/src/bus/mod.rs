@@ -458,6 +458,14 @@ pub trait Consumer: Send {
 pub trait ReplayStream: Send {
     /// Up to `max` next records; an empty vector means the range is exhausted.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError>;
+
+    /// The partitions whose part of the range is not read to its end yet, when the stream
+    /// knows them (records come in order within a partition, but partitions interleave as
+    /// the broker answers: a reader merging by time waits for each of these to show its next
+    /// record). `None` when the stream does not say (a subject of one partition).
+    fn open_partitions(&self) -> Option<Vec<u32>> {
+        None
+    }
 }
 
 /// A subject followed from its beginning (or a given position), outside any group: every record

@@ -231,6 +231,10 @@ impl ReplayStream for NamespacedReplay {
         }
         Ok(records)
     }
+
+    fn open_partitions(&self) -> Option<Vec<u32>> {
+        self.inner.open_partitions()
+    }
 }
 
 struct NamespacedFollow {

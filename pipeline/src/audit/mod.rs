@@ -224,13 +224,27 @@ struct SubjectStream {
 }
 
 impl SubjectStream {
-    /// Whether to read more before merging: nothing is buffered, or a partition seen before
-    /// has nothing buffered while the read-ahead allows more.
+    /// Whether to read more before merging: nothing is buffered, or a partition not read to
+    /// its end (as the stream tells; else one seen before) has nothing buffered while the
+    /// read-ahead allows more. A partition the broker has not answered for yet is waited for:
+    /// merged without it, its earlier records would come after later ones of the others (a
+    /// clearing after the settlement instruction that counted it).
     fn wants_more(&self) -> bool {
-        self.stream.is_some()
-            && (self.buffered == 0
-                || (self.buffered < READ_AHEAD_RECORDS_MAX
-                    && self.partitions.values().any(VecDeque::is_empty)))
+        let Some(stream) = &self.stream else {
+            return false;
+        };
+        if self.buffered == 0 {
+            return true;
+        }
+        if self.buffered >= READ_AHEAD_RECORDS_MAX {
+            return false;
+        }
+        match stream.open_partitions() {
+            Some(open) => open
+                .iter()
+                .any(|p| self.partitions.get(p).is_none_or(VecDeque::is_empty)),
+            None => self.partitions.values().any(VecDeque::is_empty),
+        }
     }
 }
 
@@ -586,6 +600,72 @@ mod tests {
         assert!(matches("settlement.clearing", "settlement.clearing"));
         assert!(!matches("txn.*", "txn.submit.oi01"));
         assert!(!matches("clearing.>", "txn.submit.oi01"));
+    }
+
+    /// A replay answering in the batches given, saying which partitions are still open.
+    struct Scripted {
+        batches: VecDeque<Vec<Record>>,
+        partitions: Vec<u32>,
+    }
+
+    #[async_trait::async_trait]
+    impl ReplayStream for Scripted {
+        async fn next_batch(&mut self, _max: usize) -> Result<Vec<Record>, BusError> {
+            let batch = self.batches.pop_front().unwrap_or_default();
+            // A partition is read to its end once no later batch holds it.
+            self.partitions.retain(|p| {
+                self.batches
+                    .iter()
+                    .flatten()
+                    .any(|r| r.position.partition == *p)
+            });
+            Ok(batch)
+        }
+
+        fn open_partitions(&self) -> Option<Vec<u32>> {
+            Some(self.partitions.clone())
+        }
+    }
+
+    fn record(partition: u32, offset: u64, timestamp_ms: i64) -> Record {
+        Record {
+            subject: "settlement.clearing".to_owned(),
+            payload: bytes::Bytes::new(),
+            key: None,
+            msg_id: None,
+            headers: Default::default(),
+            position: dcpipe_connectors::bus::Position { partition, offset },
+            timestamp_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_partition_the_broker_answers_for_late_is_merged_in_time_order() {
+        // The broker answers partition 1 first, then partition 0 whose records are earlier.
+        let stream = Scripted {
+            batches: VecDeque::from([
+                vec![record(1, 0, 20), record(1, 1, 40)],
+                vec![record(0, 0, 10), record(0, 1, 30)],
+            ]),
+            partitions: vec![0, 1],
+        };
+        let mut merged = MergedReplay {
+            streams: vec![SubjectStream {
+                stream: Some(Box::new(stream)),
+                partitions: std::collections::BTreeMap::new(),
+                buffered: 0,
+            }],
+            until_offset: None,
+        };
+        let mut times = Vec::new();
+        loop {
+            let batch = merged.next_batch(2).await.expect("merged");
+            if batch.is_empty() {
+                break;
+            }
+            times.extend(batch.iter().map(|r| r.timestamp_ms));
+        }
+        assert_eq!(times, [10, 20, 30, 40]);
     }
 
     #[test]

@@ -250,4 +250,13 @@ impl ReplayStream for KafkaReplay {
         }
         Ok(records)
     }
+
+    fn open_partitions(&self) -> Option<Vec<u32>> {
+        Some(
+            self.ends
+                .keys()
+                .filter_map(|p| u32::try_from(*p).ok())
+                .collect(),
+        )
+    }
 }
