@@ -346,7 +346,33 @@ const LEDGER_MIGRATIONS: &[(i64, &str)] = &[
     (5, super::sqlite_offline::MIGRATION_RETURNS),
     // An institution orders a wallet to rotate its key (`OfflineRecord::rotation_ordered_at_ms`).
     (6, super::sqlite_offline::MIGRATION_ROTATION),
+    // An audit's balance check counts each wallet's payments that moved money, and asks
+    // whether an offline payment paid it (`Ledger::wallet_openings`): without these, each
+    // wallet scanned every payment of the ledger (a check quadratic in the ledger's size).
+    // Partial: a payment side enters the first index once, when it reaches its final state.
+    (
+        7,
+        "CREATE INDEX IF NOT EXISTS payments_moving_by_wallet ON payments (wallet_id)
+             WHERE (side = 'payer' AND state = 'committed')
+                OR (side = 'payee' AND state = 'credited');
+         CREATE INDEX IF NOT EXISTS offline_clearings_by_payee
+             ON offline_clearings (payee_wallet_id);",
+    ),
 ];
+
+/// A page of wallets with their openings, for an audit's balance check: the payments that
+/// moved each one's money are counted, and an offline payment to it looked up, through indexes
+/// (migration 7).
+const WALLET_OPENINGS_SQL: &str = "SELECT w.wallet_id, i.amount_fen, i.issued_ms, w.balance_fen,
+        w.held_fen, w.pending_credit_fen,
+        (SELECT COUNT(*) FROM payments p WHERE p.wallet_id = w.wallet_id
+           AND ((p.side = 'payer' AND p.state = 'committed')
+             OR (p.side = 'payee' AND p.state = 'credited'))),
+        (w.wallet_id LIKE '%' || ?3
+           OR EXISTS (SELECT 1 FROM offline_wallets o WHERE o.wallet_id = w.wallet_id)
+           OR EXISTS (SELECT 1 FROM offline_clearings c WHERE c.payee_wallet_id = w.wallet_id))
+     FROM wallets w JOIN issuances i ON i.wallet_id = w.wallet_id
+     WHERE w.wallet_id > ?1 ORDER BY w.wallet_id LIMIT ?2";
 
 const PAYMENT_COLUMNS: &str = "payment_id, side, state, digest, wallet_id, cp_institution_id, \
      cp_wallet_id, amount_fen, reason_code, paid_at_ms, created_ms, updated_ms, expires_at_ms";
@@ -993,22 +1019,7 @@ impl Ledger for SqliteLedger {
         self.db
             .run(move |conn| {
                 let read = |e| db_error("cannot read wallet openings", e);
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT w.wallet_id, i.amount_fen, i.issued_ms, w.balance_fen, w.held_fen,
-                            w.pending_credit_fen,
-                            (SELECT COUNT(*) FROM payments p WHERE p.wallet_id = w.wallet_id
-                               AND ((p.side = 'payer' AND p.state = 'committed')
-                                 OR (p.side = 'payee' AND p.state = 'credited'))),
-                            (w.wallet_id LIKE '%' || ?3
-                               OR EXISTS (SELECT 1 FROM offline_wallets o
-                                          WHERE o.wallet_id = w.wallet_id)
-                               OR EXISTS (SELECT 1 FROM offline_clearings c
-                                          WHERE c.payee_wallet_id = w.wallet_id))
-                     FROM wallets w JOIN issuances i ON i.wallet_id = w.wallet_id
-                     WHERE w.wallet_id > ?1 ORDER BY w.wallet_id LIMIT ?2",
-                    )
-                    .map_err(read)?;
+                let mut stmt = conn.prepare_cached(WALLET_OPENINGS_SQL).map_err(read)?;
                 let rows = stmt
                     .query_map(params![after, limit, super::offline::PURSE_SUFFIX], |row| {
                         Ok(WalletOpening {
@@ -1636,6 +1647,35 @@ mod tests {
             !steps.iter().any(|s| s.contains("TEMP B-TREE")),
             "{steps:?}"
         );
+    }
+
+    #[test]
+    fn wallet_openings_search_their_indexes_and_scan_no_payments() {
+        let conn = ledger_at(LEDGER_MIGRATIONS);
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {WALLET_OPENINGS_SQL}"))
+            .expect("prepare plan");
+        let steps: Vec<String> = stmt
+            .query_map(
+                params!["", 10, super::super::offline::PURSE_SUFFIX],
+                |row| row.get(3),
+            )
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("USING INDEX payments_moving_by_wallet")),
+            "{steps:?}"
+        );
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("INDEX offline_clearings_by_payee")),
+            "{steps:?}"
+        );
+        assert!(!steps.iter().any(|s| s.starts_with("SCAN")), "{steps:?}");
     }
 
     #[test]
