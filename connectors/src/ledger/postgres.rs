@@ -2025,24 +2025,21 @@ mod tests {
                 .expect("insert payment");
         }
 
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn decided_listing_walks_its_partial_index_without_sorting() {
-            let url = database().await;
-            let ledger = PostgresLedger::connect(&url, INSTITUTION, &PostgresOptions::default())
-                .await
-                .expect("connect");
+        /// The plan of `sql` with sequential scans switched off: an empty table is cheapest to
+        /// scan whole, and what is checked is that the indexes can serve the query once the
+        /// table is large.
+        async fn plan_without_scans(
+            ledger: &PostgresLedger,
+            sql: &str,
+            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        ) -> Vec<String> {
             let client = ledger.db.client().await.expect("client");
-            // An empty table is cheapest to scan whole; what is checked is that the index
-            // serves this query, in its order, once the table is large.
             client
                 .batch_execute("SET enable_seqscan = off")
                 .await
                 .expect("set");
             let plan: Vec<String> = client
-                .query(
-                    &format!("EXPLAIN {}", ledger.sql.decided),
-                    &[&0_i64, &10_i64],
-                )
+                .query(&format!("EXPLAIN {sql}"), params)
                 .await
                 .expect("explain")
                 .iter()
@@ -2052,6 +2049,16 @@ mod tests {
                 .batch_execute("RESET enable_seqscan")
                 .await
                 .expect("reset");
+            plan
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn decided_listing_walks_its_partial_index_without_sorting() {
+            let url = database().await;
+            let ledger = PostgresLedger::connect(&url, INSTITUTION, &PostgresOptions::default())
+                .await
+                .expect("connect");
+            let plan = plan_without_scans(&ledger, &ledger.sql.decided, &[&0_i64, &10_i64]).await;
             assert!(plan.iter().any(|l| l.contains(DECIDED_INDEX)), "{plan:#?}");
             assert!(!plan.iter().any(|l| l.contains("Sort")), "{plan:#?}");
         }
@@ -2062,27 +2069,12 @@ mod tests {
             let ledger = PostgresLedger::connect(&url, INSTITUTION, &PostgresOptions::default())
                 .await
                 .expect("connect");
-            let client = ledger.db.client().await.expect("client");
-            // As above: an empty table is cheapest to scan; what is checked is that the
-            // indexes can serve the query.
-            client
-                .batch_execute("SET enable_seqscan = off")
-                .await
-                .expect("set");
-            let plan: Vec<String> = client
-                .query(
-                    &format!("EXPLAIN {}", ledger.db.sql(WALLET_OPENINGS_SQL)),
-                    &[&"", &10_i64, &crate::ledger::offline::PURSE_SUFFIX],
-                )
-                .await
-                .expect("explain")
-                .iter()
-                .map(|row| row.try_get(0).expect("plan line"))
-                .collect();
-            client
-                .batch_execute("RESET enable_seqscan")
-                .await
-                .expect("reset");
+            let plan = plan_without_scans(
+                &ledger,
+                &ledger.db.sql(WALLET_OPENINGS_SQL),
+                &[&"", &10_i64, &crate::ledger::offline::PURSE_SUFFIX],
+            )
+            .await;
             for index in ["payments_moving_by_wallet", "offline_clearings_by_payee"] {
                 assert!(plan.iter().any(|l| l.contains(index)), "{index}: {plan:#?}");
             }
