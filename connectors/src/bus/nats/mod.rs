@@ -17,7 +17,8 @@
 //! concerned are sent again, together, as soon as the client has reconnected ([`Link`]).
 //!
 //! A consumer group is one durable pull consumer per (group, subject), shared by its members;
-//! see [`consumer`]. Acks and naks are sent without awaiting the server's confirmation. A replay is an ordered consumer outside any group; see [`replay`].
+//! see [`consumer`]. Acks and naks are sent without awaiting the server's confirmation. A
+//! replay is an ordered consumer outside any group; see [`replay`].
 //!
 //! Secrets in [`NatsOptions`] go to the client library only and are never logged.
 
