@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use dcpipe_connectors::bus::{Bus, ReplayFrom, connect};
+use dcpipe_connectors::bus::{Bus, NamespacedBus, ReplayFrom, connect};
 use dcpipe_connectors::ledger::{Ledger, LedgerOptions, LedgerUrl, open_ledger};
 use dcpipe_pipeline::audit::{
     self, AuditOptions, AuditReport, LedgerReconciler, PROGRESS_INTERVAL, RangeEnd,
@@ -37,6 +37,10 @@ pub(crate) struct AuditArgs {
     /// Credentials, TLS and stream limits towards the broker.
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
+    /// Audit a run kept in a namespace of its own on the broker (`demo --keep` or `loadtest
+    /// --keep` print it, e.g. demo-1a2b3c4d) instead of the deployment's subjects.
+    #[arg(long, value_name = "PREFIX")]
+    namespace: Option<String>,
     /// The trust anchors: `pki init`'s trust/ (or the PKI directory holding it). No private
     /// key is read.
     #[arg(long, env = "DCPIPE_PKI", value_name = "TRUST_ANCHORS")]
@@ -96,6 +100,13 @@ async fn audit_command(args: &AuditArgs, settings: &Settings) -> anyhow::Result<
     let bus = connect(&bus_url, &settings.bus_options)
         .await
         .with_context(|| format!("connecting to {bus_url}"))?;
+    let bus: Arc<dyn Bus> = match &args.namespace {
+        None => bus,
+        Some(prefix) => Arc::new(
+            NamespacedBus::new(bus, prefix.as_str())
+                .with_context(|| format!("--namespace {prefix}"))?,
+        ),
+    };
     let institutions: Vec<String> = store.institution_ids().map(str::to_owned).collect();
     let ledgers = match &args.ledger {
         None => None,

@@ -26,7 +26,7 @@ use dcpipe_pipeline::network::{Network, NetworkConfig};
 use dcpipe_pipeline::payment::payer;
 use dcpipe_pipeline::pki::{
     AlgorithmChoice, CertErrorKind, INSTITUTIONS_MAX, Role, SpecialCertificate, SubjectSpec,
-    WALLETS_MAX,
+    TrustLayout, WALLETS_MAX,
 };
 use dcpipe_pipeline::reason::Reason;
 use dcpipe_pipeline::revocation::revocation_update;
@@ -101,6 +101,11 @@ pub(crate) struct DemoArgs {
     /// audit of the run; by default they are removed.
     #[arg(long)]
     keep: bool,
+    /// Write the run's trust anchors (certificates of the root, the settlement signer and the
+    /// institution CAs; no private key) into DIR, a new directory: with `--keep` and
+    /// `--ledger`, what `dcpipe audit --pki DIR` needs to audit the run after it ended.
+    #[arg(long, value_name = "DIR")]
+    trust_out: Option<std::path::PathBuf>,
     /// At the end, audit the run as `dcpipe audit` would (every message re-verified, payments,
     /// settlement and ledgers reconciled) and hold the run to it: one more check.
     #[arg(long)]
@@ -193,13 +198,13 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
     let bus_url = settings
         .bus_url(args.bus.as_deref())
         .map_err(anyhow::Error::msg)?;
-    let mut _ledger_dir = None;
+    let mut temporary_ledgers = None;
     let ledger_url: LedgerUrl = match args.ledger.as_deref().or(settings.ledger.as_deref()) {
         Some(url) => url.parse()?,
         None => {
             let dir = tempfile::Builder::new().prefix("dcpipe-demo-").tempdir()?;
             let url = LedgerUrl::SqliteDir(dir.path().to_path_buf());
-            _ledger_dir = Some(dir);
+            temporary_ledgers = Some(dir);
             url
         }
     };
@@ -215,6 +220,13 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
     let mut network = Network::provision(&config, Arc::new(SystemClock))
         .await
         .context("provisioning the network")?;
+    if let Some(dir) = &args.trust_out {
+        network
+            .pki
+            .write_trust_anchors(&TrustLayout::new(dir))
+            .with_context(|| format!("writing the trust anchors into {}", dir.display()))?;
+        println!("  trust anchors written to {}", dir.display());
+    }
     let with_vehicles = args.flows.contains(&DemoFlow::Vehicles);
     if with_vehicles {
         network
@@ -429,6 +441,20 @@ pub(crate) async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<E
                     "  kept the run's streams or topics: {}-*",
                     namespace.prefix()
                 );
+                if let Some(trust) = &args.trust_out {
+                    // Ledgers in a temporary directory are gone when the demo ends.
+                    let ledger = if temporary_ledgers.is_none() {
+                        format!(" --ledger {}", config.ledger)
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "  audit it with: dcpipe audit --bus {bus_url} --namespace {} --pki {}\
+                         {ledger} --report audit.json",
+                        namespace.prefix(),
+                        trust.display()
+                    );
+                }
             } else {
                 let removed = namespace
                     .remove_created()

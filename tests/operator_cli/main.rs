@@ -29,6 +29,14 @@ mod nats {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_demo_is_audited_afterwards_by_the_command_it_prints() {
+        super::scenarios::a_kept_demo_is_audited_afterwards_by_the_command_it_prints(
+            Backend::nats().await,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_tail_follower_holds_one_consumer_and_sees_new_records() {
         super::scenarios::a_tail_follower_holds_one_consumer_and_sees_new_records(
             Backend::nats().await,
@@ -40,4 +48,12 @@ mod nats {
 mod kafka {
     use super::harness::Backend;
     crate::operator_suite!(Backend::kafka().await);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_demo_is_audited_afterwards_by_the_command_it_prints() {
+        super::scenarios::a_kept_demo_is_audited_afterwards_by_the_command_it_prints(
+            Backend::kafka().await,
+        )
+        .await;
+    }
 }

@@ -788,3 +788,111 @@ pub(crate) async fn the_binary_audits_the_record_and_exits_by_what_it_found(back
     .expect("joined");
     assert_eq!(code, 2, "no trust anchors, no bus: it cannot run");
 }
+
+/// A demo run kept on the broker (`--keep`) with its trust anchors written out (`--trust-out`)
+/// and its ledgers in a directory is audited after it ended, by the command it prints.
+pub(crate) async fn a_kept_demo_is_audited_afterwards_by_the_command_it_prints(backend: Backend) {
+    let url = backend.url.clone().expect("a shared bus");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trust = dir.path().join("trust").display().to_string();
+    let ledgers = format!("sqlite://{}", dir.path().join("ledgers").display());
+    let partitions = backend.partitions.to_string();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        dcpipe(&[
+            "demo",
+            "--bus",
+            &url,
+            "--flows",
+            "payments",
+            "--institutions",
+            "2",
+            "--wallets",
+            "40",
+            "--rate",
+            "50",
+            "--duration",
+            "2s",
+            "--partitions",
+            &partitions,
+            "--keep",
+            "--trust-out",
+            &trust,
+            "--ledger",
+            &ledgers,
+        ])
+    })
+    .await
+    .expect("joined");
+    assert_eq!(code, 0, "{out}");
+    // Certificates only: no private key left the demo.
+    let trust_files: Vec<String> = std::fs::read_dir(dir.path().join("trust/institutions"))
+        .expect("institution CAs written")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(trust_files.len(), 2, "{trust_files:?}");
+    assert!(dir.path().join("trust/root.crt.pem").is_file());
+
+    let printed = out
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("audit it with: dcpipe "))
+        .unwrap_or_else(|| panic!("no audit command printed: {out}"));
+    let report = dir.path().join("audit.json");
+    let report_path = report.display().to_string();
+    let mut args: Vec<String> = printed.split_whitespace().map(str::to_owned).collect();
+    let at = args
+        .iter()
+        .position(|a| a == "audit.json")
+        .expect("the report's file");
+    args[at] = report_path;
+    assert!(args.iter().any(|a| a == "--namespace"), "{printed}");
+    assert!(args.iter().any(|a| a == "--ledger"), "{printed}");
+    let (code, audited) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        dcpipe(&args)
+    })
+    .await
+    .expect("joined");
+    assert_eq!(code, 0, "{audited}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!(json["discrepancies"].as_array().map(Vec::len), Some(0));
+    // 100 terminal payments and the injected cases, each judged whole; the ledgers checked.
+    let judged = json["counts"]["payments_judged"].as_u64().expect("judged");
+    assert!(judged >= 100, "{audited}");
+    assert_eq!(json["counts"]["payments_partial"], 0, "{audited}");
+    assert!(
+        json["counts"]["ledger_payments_checked"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 100,
+        "{audited}"
+    );
+
+    // Without the namespace the deployment's subjects are read: there is nothing of the run.
+    let (code, _) = tokio::task::spawn_blocking({
+        let url = backend.url.clone().expect("a shared bus");
+        let trust = dir.path().join("trust").display().to_string();
+        let report = dir.path().join("other.json").display().to_string();
+        move || {
+            dcpipe(&[
+                "audit",
+                "--bus",
+                &url,
+                "--pki",
+                &trust,
+                "--report",
+                &report,
+                "--require-messages",
+            ])
+        }
+    })
+    .await
+    .expect("joined");
+    assert_eq!(code, 2, "the deployment's subjects hold nothing");
+}

@@ -621,14 +621,7 @@ impl PkiDirectory {
             write_pair(&layout.institution_signer(id), &keys.signer)?;
         }
         // The trust anchors, certificates only, in a directory of their own.
-        let trust = layout.trust();
-        let trust_institutions = trust.institutions_dir();
-        fs::create_dir_all(&trust_institutions).map_err(|e| io_error(&trust_institutions, e))?;
-        write_certificate_pem(&trust.root(), self.root.certificate())?;
-        write_certificate_pem(&trust.settlement_signer(), self.settlement.certificate())?;
-        for (id, keys) in &self.institutions {
-            write_certificate_pem(&trust.institution_ca(id), keys.ca.certificate())?;
-        }
+        self.write_trust_anchors(&layout.trust())?;
         let wallets: Vec<(&String, &WalletKeys)> = self.wallets.iter().collect();
         parallel_map(
             &wallets,
@@ -647,6 +640,21 @@ impl PkiDirectory {
         let manifest = toml::to_string(&self.manifest)
             .map_err(|e| manifest_error(&layout.manifest(), e.to_string()))?;
         create_file(&layout.manifest(), manifest.as_bytes(), PUBLIC_FILE_MODE)
+    }
+
+    /// Writes the trust anchors alone (the certificates of the root, the settlement signer and
+    /// every institution CA; no private key) into the trust directory `trust`, created if
+    /// needed: what `dcpipe audit --pki` and every verifier read. Overwrites nothing: fails
+    /// with `store.already_exists` if one of the files is already there.
+    pub fn write_trust_anchors(&self, trust: &TrustLayout) -> Result<(), StoreError> {
+        let trust_institutions = trust.institutions_dir();
+        fs::create_dir_all(&trust_institutions).map_err(|e| io_error(&trust_institutions, e))?;
+        write_certificate_pem(&trust.root(), self.root.certificate())?;
+        write_certificate_pem(&trust.settlement_signer(), self.settlement.certificate())?;
+        for (id, keys) in &self.institutions {
+            write_certificate_pem(&trust.institution_ca(id), keys.ca.certificate())?;
+        }
+        Ok(())
     }
 
     /// Reads a PKI directory written by [`PkiDirectory::write`] and rebuilds its trust store.

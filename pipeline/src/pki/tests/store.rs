@@ -6,7 +6,8 @@ use std::sync::Arc;
 use super::fixtures::*;
 use crate::pki::{
     Algorithm, AlgorithmChoice, ChainVerifier, DemoPkiOptions, PkiDirectory, PkiLayout,
-    RevocationSet, Role, SpecialCertificate, StoreErrorKind, SubjectSpec, init_pki_directory,
+    RevocationSet, Role, SpecialCertificate, StoreErrorKind, SubjectSpec, TrustLayout,
+    init_pki_directory, read_trust_anchors,
 };
 
 fn options(institutions: usize, wallets: usize, algorithm: AlgorithmChoice) -> DemoPkiOptions {
@@ -321,6 +322,56 @@ fn key_files_are_readable_by_the_owner_only() {
         }
     }
     assert_eq!(keys, 2 + 2 + 2 * 3);
+}
+
+#[test]
+fn trust_anchors_alone_are_certificates_that_rebuild_the_trust_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = generate(3, 2, AlgorithmChoice::Mixed);
+    let trust = TrustLayout::new(dir.path().join("anchors"));
+    pki.write_trust_anchors(&trust).expect("write");
+    let mut files: Vec<String> = Vec::new();
+    let mut stack = vec![trust.dir().to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.strip_prefix(trust.dir()).expect("inside");
+                files.push(name.to_string_lossy().into_owned());
+            }
+        }
+    }
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "institutions/oi01.crt.pem",
+            "institutions/oi02.crt.pem",
+            "institutions/oi03.crt.pem",
+            "root.crt.pem",
+            "settlement.crt.pem",
+        ]
+    );
+    let (_, store) = read_trust_anchors(&trust).expect("read back");
+    assert_eq!(
+        store.institution_ids().collect::<Vec<_>>(),
+        ["oi01", "oi02", "oi03"]
+    );
+    // A wallet's certificates verify against the anchors read back.
+    let wallet = pki.wallets().next().expect("a wallet").1;
+    let verifier = ChainVerifier::new(Arc::new(store), Arc::new(RevocationSet::new()));
+    assert!(
+        verifier
+            .verify(wallet.terminal.certificate().der(), NOW_MS, Role::Terminal)
+            .is_ok()
+    );
+    // Written once: a second writer overwrites nothing.
+    let before = std::fs::read(trust.root()).expect("read");
+    let err = pki.write_trust_anchors(&trust).expect_err("second");
+    assert_eq!(err.kind(), StoreErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(trust.root()).expect("read"), before);
 }
 
 #[test]
