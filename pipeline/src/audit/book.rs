@@ -117,16 +117,51 @@ struct OutcomeSeen {
     repeat: bool,
 }
 
-/// What is kept of a judged payment.
+/// What is kept of a judged payment: for every payment of [`CLOSED_RETENTION_MS_DEFAULT`] of
+/// bus time, so it is kept small (about 300 bytes with its entries in the book's maps).
 #[derive(Debug, Clone, Default)]
 struct Summary {
     /// Final outcome per digest answered, with its terms.
-    finals: Vec<(Digest32, OutcomeStatus, Option<String>, Terms)>,
+    finals: Vec<Final>,
     /// Settled in a window.
     settled: bool,
     /// Codes already reported against its outcomes: a contradiction is one discrepancy,
     /// however many copies of each side the record holds.
     reported: Vec<AuditCode>,
+}
+
+/// A final outcome of a judged payment, as its summary keeps it.
+#[derive(Debug, Clone)]
+struct Final {
+    digest: Digest32,
+    status: OutcomeStatus,
+    reason_code: Option<Box<str>>,
+    /// The terms it answered as [`Terms::describe`] writes them: one allocation instead of a
+    /// string per id. Exact: ids hold only letters, digits, `-` and `_` (the codec checks), so
+    /// two terms with one description are the same terms.
+    terms: Box<str>,
+}
+
+/// Terms an outcome is compared with: an open payment's, or a judged one's description.
+enum EarlierTerms<'a> {
+    Seen(&'a Terms),
+    Judged(&'a str),
+}
+
+impl EarlierTerms<'_> {
+    fn matches(&self, terms: &Terms) -> bool {
+        match self {
+            EarlierTerms::Seen(earlier) => *earlier == terms,
+            EarlierTerms::Judged(described) => *described == terms.describe(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            EarlierTerms::Seen(earlier) => earlier.describe(),
+            EarlierTerms::Judged(described) => (*described).to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -524,7 +559,7 @@ impl Book {
         let prior_final = payment
             .prior
             .as_ref()
-            .and_then(|p| p.finals.iter().find(|(d, ..)| *d == fact.digest).cloned());
+            .and_then(|p| p.finals.iter().find(|f| f.digest == fact.digest).cloned());
         let same = |status: OutcomeStatus, reason: &Option<String>| {
             status == fact.status && *reason == fact.reason_code
         };
@@ -546,25 +581,30 @@ impl Book {
                 report,
                 &location,
                 &fact,
-                (same_decision, earlier, &terms),
+                (same_decision, earlier, EarlierTerms::Seen(&terms)),
             );
             return;
         }
-        if let Some((_, status, reason, terms)) = &prior_final {
+        if let Some(prior) = &prior_final {
+            let reason = prior.reason_code.as_deref().map(str::to_owned);
             compare_with_earlier(
                 &mut payment.reported,
                 report,
                 &location,
                 &fact,
-                (same(*status, reason), describe(*status, reason), terms),
+                (
+                    same(prior.status, &reason),
+                    describe(prior.status, &reason),
+                    EarlierTerms::Judged(&prior.terms),
+                ),
             );
         }
         let completed_before = payment.completed().map(|o| o.fact.digest).or_else(|| {
             payment.prior.as_ref().and_then(|p| {
                 p.finals
                     .iter()
-                    .find(|(_, s, ..)| *s == OutcomeStatus::Completed)
-                    .map(|(d, ..)| *d)
+                    .find(|f| f.status == OutcomeStatus::Completed)
+                    .map(|f| f.digest)
             })
         });
         if fact.status == OutcomeStatus::Completed
@@ -909,9 +949,12 @@ impl Book {
                     ));
                 }
             }
-            summary
-                .finals
-                .push((o.digest, o.status, o.reason_code.clone(), o.terms.clone()));
+            summary.finals.push(Final {
+                digest: o.digest,
+                status: o.status,
+                reason_code: o.reason_code.as_deref().map(Box::from),
+                terms: o.terms.describe().into_boxed_str(),
+            });
         }
         if partial {
             report.push_partial(PartialPayment {
@@ -936,6 +979,8 @@ impl Book {
                 last_seen_ms: payment.last_seen_ms,
             });
         }
+        summary.finals.shrink_to_fit();
+        summary.reported.shrink_to_fit();
         self.closed.insert(payment_id, summary);
         self.closed_order
             .push_back((payment.last_seen_ms, payment_id));
@@ -1079,7 +1124,7 @@ fn compare_with_earlier(
     report: &mut AuditReport,
     location: &Location,
     fact: &OutcomeFact,
-    earlier: (bool, String, &Terms),
+    earlier: (bool, String, EarlierTerms<'_>),
 ) {
     let (same_decision, described, terms) = earlier;
     let (code, expected, found) = if !same_decision {
@@ -1088,7 +1133,7 @@ fn compare_with_earlier(
             described,
             fact.describe_status(),
         )
-    } else if *terms != fact.terms {
+    } else if !terms.matches(&fact.terms) {
         (
             AuditCode::OutcomeMismatch,
             terms.describe(),
@@ -1387,6 +1432,88 @@ pub(super) mod tests {
         assert_eq!(report.counts.payments_judged, 1);
         assert_eq!(report.counts.payments_completed, 1);
         assert_eq!(report.counts.windows_checked, 1);
+    }
+
+    /// An intrabank payment of `t` rejected, judged (another payment's records, half a minute
+    /// later, move the book's time past its reorder wait), then `late` read a minute after.
+    fn judged_then(t: &Terms, late: OutcomeFact) -> AuditReport {
+        let rejected = outcome(t.clone(), OutcomeStatus::Rejected, "payer");
+        let other_id = PaymentId::from_bytes([6; 16]);
+        let Fact::Envelope {
+            terms,
+            envelope_digest,
+            submission_digest,
+            factor,
+            verdict,
+            ..
+        } = envelope(t.clone())
+        else {
+            unreachable!("an envelope")
+        };
+        let other_envelope = Fact::Envelope {
+            payment_id: other_id,
+            terms,
+            envelope_digest,
+            submission_digest,
+            factor,
+            verdict,
+        };
+        let mut other_outcome = rejected.clone();
+        other_outcome.payment_id = other_id;
+        let mut book = Book::new(BookConfig::default());
+        let mut report = AuditReport::default();
+        for r in [
+            record("txn.submit.oi01", 1, T0_MS, envelope(t.clone())),
+            record("txn.result.oi01", 1, T0_MS + 3, Fact::Outcome(rejected)),
+            record("txn.submit.oi01", 2, T0_MS + 30_000, other_envelope),
+            record(
+                "txn.result.oi01",
+                2,
+                T0_MS + 30_003,
+                Fact::Outcome(other_outcome),
+            ),
+        ] {
+            book.apply(r, &mut report);
+        }
+        assert!(
+            book.closed.contains_key(&id()),
+            "judged before the late outcome"
+        );
+        book.apply(
+            record("txn.result.oi01", 3, T0_MS + 60_000, Fact::Outcome(late)),
+            &mut report,
+        );
+        book.finish(T0_MS + 120_000, &mut report);
+        report
+    }
+
+    #[test]
+    fn an_outcome_read_after_its_payment_was_judged_is_held_to_the_judged_one() {
+        let t = terms("oi01", 700);
+        // The same outcome again: a repeat, nothing to report.
+        let same = judged_then(&t, outcome(t.clone(), OutcomeStatus::Rejected, "payer"));
+        assert!(same.is_clean(), "{:#?}", same.discrepancies);
+        assert_eq!(same.counts.payments_judged, 2);
+
+        // Other terms for the same decision: the judged terms are what was expected.
+        let other = judged_then(
+            &t,
+            outcome(terms("oi01", 701), OutcomeStatus::Rejected, "payer"),
+        );
+        assert_eq!(other.discrepancies.len(), 1, "{:#?}", other.discrepancies);
+        let found = &other.discrepancies[0];
+        assert_eq!(found.code, AuditCode::OutcomeMismatch);
+        assert_eq!(found.expected, "oi01/w1 → oi01/w2 700 fen CNY");
+        assert_eq!(found.found, "oi01/w1 → oi01/w2 701 fen CNY");
+
+        // Another decision: a contradiction, the judged one named with its reason.
+        let mut reason = outcome(t.clone(), OutcomeStatus::Rejected, "payer");
+        reason.reason_code = Some("limit.daily".into());
+        let contradiction = judged_then(&t, reason);
+        assert_eq!(contradiction.discrepancies.len(), 1);
+        let found = &contradiction.discrepancies[0];
+        assert_eq!(found.code, AuditCode::OutcomeContradiction);
+        assert_eq!(found.expected, "REJECTED funds.insufficient");
     }
 
     #[test]
