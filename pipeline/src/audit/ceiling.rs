@@ -25,6 +25,11 @@ fn owned(record: &AuditRecord) -> AuditRecord {
     }
 }
 
+/// Passes over the sample when the ceiling is measured; the fastest is the ceiling. One pass
+/// lasts about a second, and on a shared machine one second's rate can be 10% off either way:
+/// a ceiling measured in a slow second flattered the audit's ratio to it.
+pub const CEILING_PASSES: usize = 3;
+
 /// What the sample's verification alone reached.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VerificationCeiling {
@@ -32,8 +37,10 @@ pub struct VerificationCeiling {
     pub sample_records: u64,
     /// Threads they were checked on (the audit's).
     pub threads: usize,
-    /// Records checked per second.
+    /// Records checked per second, in the fastest pass.
     pub records_per_s: f64,
+    /// Passes over the sample measured.
+    pub passes: usize,
 }
 
 /// An even sample of a stream of records, of at most `capacity`: each record seen is kept with
@@ -90,18 +97,26 @@ impl Sample {
         &self.kept
     }
 
-    /// Checks the sample again on `threads` and times it; `None` when it is empty.
+    /// Checks the sample again on `threads` [`CEILING_PASSES`] times and keeps the fastest
+    /// pass; `None` when the sample is empty.
     pub fn measure(&self, context: &CheckContext, threads: usize) -> Option<VerificationCeiling> {
         if self.kept.is_empty() {
             return None;
         }
-        let started = Instant::now();
-        let checked = check_parallel(context, &self.kept, threads);
-        let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+        let mut best = 0.0_f64;
+        let mut checked_per_pass = 0;
+        for _ in 0..CEILING_PASSES {
+            let started = Instant::now();
+            let checked = check_parallel(context, &self.kept, threads);
+            let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+            checked_per_pass = checked.len();
+            best = best.max(checked.len() as f64 / elapsed);
+        }
         Some(VerificationCeiling {
-            sample_records: checked.len() as u64,
+            sample_records: checked_per_pass as u64,
             threads: threads.max(1),
-            records_per_s: checked.len() as f64 / elapsed,
+            records_per_s: best,
+            passes: CEILING_PASSES,
         })
     }
 
@@ -224,6 +239,7 @@ mod tests {
         let ceiling = sample.measure(&context, 2).expect("measured");
         assert_eq!(ceiling.sample_records, 10);
         assert_eq!(ceiling.threads, 2);
+        assert_eq!(ceiling.passes, CEILING_PASSES);
         assert!(ceiling.records_per_s > 0.0);
     }
 }
