@@ -43,23 +43,41 @@ pub struct VerificationCeiling {
     pub passes: usize,
 }
 
-/// An even sample of a stream of records, of at most `capacity`: each record seen is kept with
-/// the same chance (reservoir sampling, with a fixed seed so that a range gives one sample).
+/// Consecutive records the sample is made of: stretches of the stream, not single records, so
+/// that the copies of one outcome (published together on up to three subjects) are in the
+/// sample together, as the audit reads them, and a ceiling pass verifies each once too.
+pub const CEILING_SAMPLE_STRETCH: usize = 512;
+
+/// An even sample of a stream of records, of at most `capacity`: stretches of
+/// [`CEILING_SAMPLE_STRETCH`] consecutive records, each stretch kept with the same chance
+/// (reservoir sampling, with a fixed seed so that a range gives one sample).
 #[derive(Debug)]
 pub struct Sample {
-    kept: Vec<AuditRecord>,
-    capacity: usize,
+    kept: Vec<Vec<AuditRecord>>,
+    /// Stretches kept at most.
+    slots: usize,
+    stretch: usize,
     seen: u64,
+    /// Where the records of the stretch being read go: a slot of `kept`, or nowhere.
+    filling: Option<usize>,
     state: u64,
 }
 
 impl Sample {
     /// An empty sample of at most `capacity` records.
     pub fn new(capacity: usize) -> Self {
+        Self::of_stretches(capacity, CEILING_SAMPLE_STRETCH)
+    }
+
+    /// An empty sample of at most `capacity` records, in stretches of `stretch`.
+    pub fn of_stretches(capacity: usize, stretch: usize) -> Self {
+        let stretch = stretch.clamp(1, capacity.max(1));
         Sample {
-            kept: Vec::with_capacity(capacity.min(CEILING_SAMPLE_RECORDS)),
-            capacity,
+            kept: Vec::new(),
+            slots: (capacity / stretch).max(1),
+            stretch,
             seen: 0,
+            filling: None,
             state: 0x9E37_79B9_7F4A_7C15,
         }
     }
@@ -69,45 +87,57 @@ impl Sample {
     /// slice would keep that whole buffer, so that the sample, spread over the range, held a
     /// buffer per record kept (about 900 MiB over a million NATS records).
     pub fn offer(&mut self, record: &AuditRecord) {
-        self.seen += 1;
-        if self.kept.len() < self.capacity {
-            self.kept.push(owned(record));
-            return;
+        let stretch = self.stretch as u64;
+        if self.seen.is_multiple_of(stretch) {
+            // A stretch begins: keep it (in a free slot, or in place of one kept) or not.
+            let stretches_seen = self.seen / stretch + 1;
+            self.filling = if self.kept.len() < self.slots {
+                self.kept.push(Vec::with_capacity(self.stretch));
+                Some(self.kept.len() - 1)
+            } else {
+                let slot = self.next_random() % stretches_seen;
+                usize::try_from(slot).ok().filter(|s| *s < self.slots)
+            };
+            if let Some(slot) = self.filling {
+                self.kept[slot].clear();
+            }
         }
-        let slot = self.next_random() % self.seen;
-        if let Ok(slot) = usize::try_from(slot)
-            && slot < self.capacity
-        {
-            self.kept[slot] = owned(record);
+        self.seen += 1;
+        if let Some(slot) = self.filling {
+            self.kept[slot].push(owned(record));
         }
     }
 
     /// Records kept.
     pub fn len(&self) -> usize {
-        self.kept.len()
+        self.kept.iter().map(Vec::len).sum()
     }
 
     /// Whether nothing was kept.
     pub fn is_empty(&self) -> bool {
-        self.kept.is_empty()
+        self.len() == 0
     }
 
-    /// The records kept, in no particular order.
-    pub fn records(&self) -> &[AuditRecord] {
-        &self.kept
+    /// The records kept, stretch after stretch (the stretches in no particular order).
+    pub fn records(&self) -> Vec<AuditRecord> {
+        self.kept.iter().flatten().cloned().collect()
     }
 
     /// Checks the sample again on `threads` [`CEILING_PASSES`] times and keeps the fastest
-    /// pass; `None` when the sample is empty.
+    /// pass; `None` when the sample is empty. Each pass verifies as the audit did: a copy of
+    /// an outcome verified earlier in the pass is not verified again, one verified before it
+    /// is (the context forgets them first).
     pub fn measure(&self, context: &CheckContext, threads: usize) -> Option<VerificationCeiling> {
-        if self.kept.is_empty() {
+        let records = self.records();
+        if records.is_empty() {
             return None;
         }
         let mut best = 0.0_f64;
         let mut checked_per_pass = 0;
         for _ in 0..CEILING_PASSES {
+            context.forget_verified();
             let started = Instant::now();
-            let checked = check_parallel(context, &self.kept, threads);
+            let checked = check_parallel(context, &records, threads);
             let elapsed = started.elapsed().as_secs_f64().max(1e-9);
             checked_per_pass = checked.len();
             best = best.max(checked.len() as f64 / elapsed);
@@ -160,7 +190,7 @@ mod tests {
         // As a broker's client hands frames out: slices of one read buffer.
         let buffer = Bytes::from(vec![7_u8; 64 * 1024]);
         let inside = buffer.as_ptr_range();
-        let mut sample = Sample::new(10);
+        let mut sample = Sample::of_stretches(10, 2);
         for n in 0..20_u64 {
             let start = usize::try_from(n).expect("small") * 1_000;
             let mut read = record(n);
@@ -191,7 +221,7 @@ mod tests {
     #[test]
     fn a_longer_stream_is_sampled_evenly_and_the_same_way_each_time() {
         let run = || {
-            let mut sample = Sample::new(1_000);
+            let mut sample = Sample::of_stretches(1_000, 2);
             for n in 0..100_000 {
                 sample.offer(&record(n));
             }
@@ -202,6 +232,11 @@ mod tests {
         let kept = offsets(&sample);
         kept.windows(2)
             .for_each(|w| assert!(w[0] < w[1], "a record kept twice"));
+        // Whole stretches of consecutive records: 0-1, 2-3, …
+        for stretch in kept.chunks(2) {
+            assert_eq!(stretch[0] % 2, 0, "{stretch:?}");
+            assert_eq!(stretch[1], stretch[0] + 1, "{stretch:?}");
+        }
         // Each tenth of the stream holds about a tenth of the sample.
         for tenth in 0..10u64 {
             let range = tenth * 10_000..(tenth + 1) * 10_000;
@@ -214,7 +249,6 @@ mod tests {
     #[test]
     fn the_sample_is_checked_again_and_timed_on_the_audits_threads() {
         use crate::audit::{RevocationHistory, TimedVerifier};
-        use crate::payment::PaymentPolicy;
         use crate::pki::{AlgorithmChoice, DemoPkiOptions, PkiDirectory};
         use std::sync::Arc;
 
@@ -225,14 +259,14 @@ mod tests {
             1_800_000_000_000,
         ))
         .expect("demo PKI");
-        let context = CheckContext {
-            verifier: TimedVerifier::new(Arc::clone(pki.trust_store()), RevocationHistory::new()),
-            policy: PaymentPolicy::default(),
-        };
+        let context = CheckContext::new(TimedVerifier::new(
+            Arc::clone(pki.trust_store()),
+            RevocationHistory::new(),
+        ));
         let empty = Sample::new(10);
         assert!(empty.is_empty());
         assert_eq!(empty.measure(&context, 2), None);
-        let mut sample = Sample::new(10);
+        let mut sample = Sample::of_stretches(10, 5);
         for n in 0..25 {
             sample.offer(&record(n));
         }

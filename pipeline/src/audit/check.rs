@@ -218,6 +218,11 @@ pub struct Checked {
     pub fact: Fact,
 }
 
+/// Outcome frames remembered as verified (their SHA-256), at most. One outcome is published
+/// byte for byte on the payer institution's subject, the payee's and settlement's, all at
+/// once, so its copies are read close together.
+pub const VERIFIED_OUTCOMES_KEPT: usize = 65_536;
+
 /// What the checks need besides the record.
 #[derive(Debug)]
 pub struct CheckContext {
@@ -226,6 +231,28 @@ pub struct CheckContext {
     /// The payer institutions' rules for envelopes (the clock bound is not applied: the
     /// envelope is judged at its own time).
     pub policy: PaymentPolicy,
+    /// Outcome frames whose signature and chain verified, by the SHA-256 of their bytes. An
+    /// outcome's verdict depends on its bytes alone (its signer's chain is judged at the
+    /// decision time it carries, against the revocation history rebuilt before the range is
+    /// read), so a copy of a verified frame is verified: its signature is not checked again.
+    verified_outcomes: quick_cache::sync::Cache<[u8; 32], ()>,
+}
+
+impl CheckContext {
+    /// Checks with `verifier` and the default payment policy.
+    pub fn new(verifier: TimedVerifier) -> Self {
+        CheckContext {
+            verifier,
+            policy: PaymentPolicy::default(),
+            verified_outcomes: quick_cache::sync::Cache::new(VERIFIED_OUTCOMES_KEPT),
+        }
+    }
+
+    /// Forgets the outcome frames verified so far, so that what is checked next is verified
+    /// as if for the first time (the ceiling's passes).
+    pub fn forget_verified(&self) {
+        self.verified_outcomes.clear();
+    }
 }
 
 /// The institution a subject is addressed to: its last token.
@@ -304,7 +331,7 @@ fn fact_of(context: &CheckContext, record: &AuditRecord) -> Fact {
         },
         ["txn", "result", _] | ["settlement", "clearing"] => {
             match dcpipe_schemas::decode::<PaymentOutcome>(payload) {
-                Ok(outcome) => match outcome_check(context, &outcome) {
+                Ok(outcome) => match outcome_check_once(context, &outcome, payload) {
                     Ok(()) if family[0] == "settlement" => {
                         Fact::SettlementClearing(OutcomeFact::of(&outcome))
                     }
@@ -488,6 +515,21 @@ fn response_fact(
     }
 }
 
+/// [`outcome_check`], skipped for a copy of a frame that verified.
+fn outcome_check_once(
+    context: &CheckContext,
+    outcome: &PaymentOutcome,
+    frame: &[u8],
+) -> Result<(), Rejected> {
+    let key = sha256(frame);
+    if context.verified_outcomes.get(&key).is_some() {
+        return Ok(());
+    }
+    outcome_check(context, outcome)?;
+    context.verified_outcomes.insert(key, ());
+    Ok(())
+}
+
 fn outcome_check(context: &CheckContext, outcome: &PaymentOutcome) -> Result<(), Rejected> {
     let at_ms = outcome.decided_at_ms;
     let verified = verify_outcome(outcome, context.verifier.chains(), at_ms)?;
@@ -514,4 +556,110 @@ fn instruction_check(
             &instruction.signature,
         )
         .map_err(|e| Rejected::new(Reason::InstitutionSignature, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::audit::RevocationHistory;
+    use crate::pki::{AlgorithmChoice, DemoPkiOptions, PkiDirectory};
+    use crate::protocol::payment_outcome_bytes;
+
+    const T0_MS: i64 = 1_800_000_000_000;
+
+    fn party(institution: &str, wallet: &str) -> PartyRef {
+        PartyRef {
+            institution_id: institution.into(),
+            wallet_id: wallet.into(),
+        }
+    }
+
+    /// A completed interbank outcome signed by oi01's signer, as the bus carries it.
+    fn outcome_frame(pki: &PkiDirectory, amount_fen: i64) -> Bytes {
+        let signer = &pki.institution("oi01").expect("oi01").signer;
+        let mut outcome = PaymentOutcome {
+            payment_id: PaymentId::from_bytes([9; 16]),
+            envelope_digest: dcpipe_schemas::Digest32::from_bytes([1; 32]),
+            status: OutcomeStatus::Completed,
+            reason_code: None,
+            detail: String::new(),
+            payer: party("oi01", "w-oi01-000001"),
+            payee: party("oi02", "w-oi02-000001"),
+            amount_fen,
+            currency: "CNY".into(),
+            decided_at_ms: T0_MS,
+            decided_by: "oi01".into(),
+            stage: "commit".into(),
+            institution_certificate: signer.certificate().der().to_vec(),
+            institution_signature: Vec::new(),
+        };
+        outcome.institution_signature = signer
+            .key()
+            .sign(&payment_outcome_bytes(&outcome))
+            .expect("signed");
+        Bytes::from(dcpipe_schemas::encode(&outcome).expect("encoded"))
+    }
+
+    fn record(subject: &str, offset: u64, payload: Bytes) -> AuditRecord {
+        AuditRecord {
+            subject: subject.into(),
+            position: Position {
+                partition: 0,
+                offset,
+            },
+            timestamp_ms: T0_MS,
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_copy_of_a_verified_outcome_is_not_verified_again_and_a_changed_copy_is() {
+        let pki = PkiDirectory::generate(&DemoPkiOptions::new(
+            2,
+            2,
+            AlgorithmChoice::P256,
+            T0_MS - 1_000,
+        ))
+        .expect("demo PKI");
+        let context = CheckContext::new(TimedVerifier::new(
+            Arc::clone(pki.trust_store()),
+            RevocationHistory::new(),
+        ));
+        let frame = outcome_frame(&pki, 700);
+        for (offset, subject) in ["txn.result.oi01", "txn.result.oi02", "settlement.clearing"]
+            .into_iter()
+            .enumerate()
+        {
+            let checked = check_record(&context, &record(subject, offset as u64, frame.clone()));
+            assert!(
+                matches!(checked.fact, Fact::Outcome(_) | Fact::SettlementClearing(_)),
+                "{subject}: {:?}",
+                checked.fact
+            );
+        }
+        // The three copies verified once: one frame remembered.
+        assert_eq!(context.verified_outcomes.len(), 1);
+
+        // A copy with one byte of its signature changed is its own frame, verified, refused.
+        let mut tampered = frame.to_vec();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0x01;
+        let checked = check_record(&context, &record("txn.result.oi02", 3, tampered.into()));
+        assert!(
+            matches!(checked.fact, Fact::Refused { .. }),
+            "{:?}",
+            checked.fact
+        );
+        // So is another outcome signed by the same key; forgotten, all is verified again.
+        let other = outcome_frame(&pki, 701);
+        assert!(matches!(
+            check_record(&context, &record("txn.result.oi01", 4, other)).fact,
+            Fact::Outcome(_)
+        ));
+        assert_eq!(context.verified_outcomes.len(), 2);
+        context.forget_verified();
+        assert_eq!(context.verified_outcomes.len(), 0);
+    }
 }

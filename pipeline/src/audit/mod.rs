@@ -55,7 +55,6 @@ pub use report::{AuditReport, Discrepancy, Location, PartialPayment};
 pub use trust::{RevocationHistory, TimedVerifier};
 
 use crate::error::Error;
-use crate::payment::PaymentPolicy;
 use crate::pki::TrustStore;
 use crate::subjects;
 
@@ -434,10 +433,7 @@ pub async fn run(
     };
     let (history, updates) = revocation_history(bus, &store, until_ms).await?;
     report.counts.revocation_updates = updates;
-    let context = Arc::new(CheckContext {
-        verifier: TimedVerifier::new(store, history),
-        policy: PaymentPolicy::default(),
-    });
+    let context = Arc::new(CheckContext::new(TimedVerifier::new(store, history)));
     let registry = vehicle::registry_history(bus, &context, until_ms).await?;
     let subjects = options.audited_subjects();
     let mut merged =

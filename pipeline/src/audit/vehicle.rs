@@ -1153,7 +1153,6 @@ mod tests {
     use crate::audit::book::{Book, BookConfig};
     use crate::audit::check::{Checked, OutcomeFact, check_record};
     use crate::audit::trust::{RevocationHistory, TimedVerifier};
-    use crate::payment::PaymentPolicy;
     use crate::pki::{
         Algorithm, AlgorithmChoice, CertifiedKey, DemoPkiOptions, PkiDirectory, SubjectSpec,
     };
@@ -1525,10 +1524,10 @@ mod tests {
     }
 
     fn context(pki: &PkiDirectory) -> CheckContext {
-        CheckContext {
-            verifier: TimedVerifier::new(Arc::clone(pki.trust_store()), RevocationHistory::new()),
-            policy: PaymentPolicy::default(),
-        }
+        CheckContext::new(TimedVerifier::new(
+            Arc::clone(pki.trust_store()),
+            RevocationHistory::new(),
+        ))
     }
 
     fn issue(pki: &PkiDirectory, role: Role, id: &str, institution: &str) -> CertifiedKey {

@@ -882,7 +882,6 @@ mod tests {
     use super::*;
     use crate::audit::check::check_record;
     use crate::audit::trust::{RevocationHistory, TimedVerifier};
-    use crate::payment::PaymentPolicy;
 
     fn record(subject: &str, payload: Vec<u8>) -> AuditRecord {
         AuditRecord {
@@ -909,10 +908,7 @@ mod tests {
                 crate::wallet::SatelliteFix { at_ms: t0 + 1_000 },
             )
             .expect("pays");
-        let context = CheckContext {
-            verifier: TimedVerifier::new(store, RevocationHistory::new()),
-            policy: PaymentPolicy::default(),
-        };
+        let context = CheckContext::new(TimedVerifier::new(store, RevocationHistory::new()));
         let subject = crate::subjects::wallet_offline(&payer_institution);
         let payment: OfflinePayment = dcpipe_schemas::decode(frame.as_bytes()).expect("decodes");
         let digest = offline_payment_digest(&payment);
@@ -966,10 +962,7 @@ mod tests {
             payer.pay(&payee, 2_000, fix(t0 + 2_000)).expect("pays"),
         ];
         let upload = payer.key_set(fix(t0 + 3_000)).expect("key set");
-        let context = CheckContext {
-            verifier: TimedVerifier::new(store, RevocationHistory::new()),
-            policy: PaymentPolicy::default(),
-        };
+        let context = CheckContext::new(TimedVerifier::new(store, RevocationHistory::new()));
         let subject = crate::subjects::wallet_keyset(&institution);
 
         let checked = check_record(&context, &record(&subject, upload.frame.clone()));
@@ -1083,10 +1076,7 @@ mod tests {
         history
             .apply(pki.trust_store(), &update)
             .expect("the update verifies");
-        let context = CheckContext {
-            verifier: TimedVerifier::new(Arc::clone(pki.trust_store()), history),
-            policy: PaymentPolicy::default(),
-        };
+        let context = CheckContext::new(TimedVerifier::new(Arc::clone(pki.trust_store()), history));
         let results = crate::subjects::wallet_result(oi_a);
         let commands = crate::subjects::wallet_command(oi_a);
         let code = |fact: Fact| match fact {
@@ -1121,10 +1111,10 @@ mod tests {
         let lock = command(&crate::wallet::Command::Lock);
         let checked = check_record(&context, &record(&commands, lock.clone()));
         assert_eq!(code(checked.fact), Some(AuditCode::CertificateRevoked));
-        let without_history = CheckContext {
-            verifier: TimedVerifier::new(Arc::clone(pki.trust_store()), RevocationHistory::new()),
-            policy: PaymentPolicy::default(),
-        };
+        let without_history = CheckContext::new(TimedVerifier::new(
+            Arc::clone(pki.trust_store()),
+            RevocationHistory::new(),
+        ));
         let checked = check_record(&without_history, &record(&commands, lock.clone()));
         assert!(
             matches!(&checked.fact, Fact::Wallet(WalletFact::Command(c))
