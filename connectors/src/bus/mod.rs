@@ -462,8 +462,9 @@ pub trait ReplayStream: Send {
     /// The partitions whose part of the range is not read to its end yet, when the stream
     /// knows them (records come in order within a partition, but partitions interleave as
     /// the broker answers: a reader merging by time waits for each of these to show its next
-    /// record). `None` when the stream does not say (a subject of one partition).
-    fn open_partitions(&self) -> Option<Vec<u32>> {
+    /// record). `None` when the stream does not say (a subject of one partition). Asked before
+    /// each record a merge takes, so it is a view, not a new list.
+    fn open_partitions(&self) -> Option<&[u32]> {
         None
     }
 }

@@ -232,7 +232,7 @@ impl ReplayStream for NamespacedReplay {
         Ok(records)
     }
 
-    fn open_partitions(&self) -> Option<Vec<u32>> {
+    fn open_partitions(&self) -> Option<&[u32]> {
         self.inner.open_partitions()
     }
 }

@@ -618,8 +618,8 @@ mod tests {
             Ok(batch)
         }
 
-        fn open_partitions(&self) -> Option<Vec<u32>> {
-            Some(self.partitions.clone())
+        fn open_partitions(&self) -> Option<&[u32]> {
+            Some(&self.partitions)
         }
     }
 

@@ -37,6 +37,8 @@ pub(super) struct KafkaReplay {
     consumer: ClosedOnThread<Arc<ReplayConsumer>>,
     /// Partitions still being read, with the offset where their range ends (exclusive).
     ends: HashMap<i32, i64>,
+    /// The partitions of `ends`, for [`ReplayStream::open_partitions`].
+    open: Vec<u32>,
     from_ms: Option<i64>,
     until_ms: Option<i64>,
 }
@@ -61,10 +63,13 @@ impl KafkaReplay {
             .map_err(|e| {
                 BusError::with_source(BusErrorKind::Closed, "replay planning task", e)
             })??;
+        let mut open: Vec<u32> = ends.keys().filter_map(|p| u32::try_from(*p).ok()).collect();
+        open.sort_unstable();
         Ok(KafkaReplay {
             subject: request.subject,
             consumer,
             ends,
+            open,
             from_ms: match request.from {
                 ReplayFrom::TimeMs(ms) => Some(ms),
                 ReplayFrom::Beginning | ReplayFrom::Offset(_) => None,
@@ -89,10 +94,16 @@ impl KafkaReplay {
                 (element.offset(), self.ends.get(&element.partition()))
                 && position >= *end
             {
-                self.ends.remove(&element.partition());
+                self.finish(element.partition());
             }
         }
         Ok(())
+    }
+
+    /// `partition` is read to the end of its range.
+    fn finish(&mut self, partition: i32) {
+        self.ends.remove(&partition);
+        self.open.retain(|p| i32::try_from(*p) != Ok(partition));
     }
 }
 
@@ -242,7 +253,7 @@ impl ReplayStream for KafkaReplay {
                 continue;
             };
             if offset + 1 >= end {
-                self.ends.remove(&partition);
+                self.finish(partition);
             }
             if offset < end && self.in_window(record.timestamp_ms) {
                 records.push(record);
@@ -251,12 +262,7 @@ impl ReplayStream for KafkaReplay {
         Ok(records)
     }
 
-    fn open_partitions(&self) -> Option<Vec<u32>> {
-        Some(
-            self.ends
-                .keys()
-                .filter_map(|p| u32::try_from(*p).ok())
-                .collect(),
-        )
+    fn open_partitions(&self) -> Option<&[u32]> {
+        Some(&self.open)
     }
 }
