@@ -37,8 +37,8 @@ pub(crate) struct AuditArgs {
     /// Credentials, TLS and stream limits towards the broker.
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
-    /// Audit a run kept in a namespace of its own on the broker (`demo --keep` or `loadtest
-    /// --keep` print it, e.g. demo-1a2b3c4d) instead of the deployment's subjects.
+    /// Audit a run kept in a namespace of its own on the broker (as `demo --keep` prints it,
+    /// e.g. demo-1a2b3c4d) instead of the deployment's subjects.
     #[arg(long, value_name = "PREFIX")]
     namespace: Option<String>,
     /// The trust anchors: `pki init`'s trust/ (or the PKI directory holding it). No private

@@ -118,7 +118,8 @@ struct OutcomeSeen {
 }
 
 /// What is kept of a judged payment: for every payment of [`CLOSED_RETENTION_MS_DEFAULT`] of
-/// bus time, so it is kept small (about 300 bytes with its entries in the book's maps).
+/// bus time, so it is kept small (about 160 bytes with its entries in the book's maps, measured
+/// over 287,041 payments: docs/BENCHMARKS.md, "Audit replay").
 #[derive(Debug, Clone, Default)]
 struct Summary {
     /// Final outcome per digest answered, with its terms.
@@ -560,8 +561,8 @@ impl Book {
             .prior
             .as_ref()
             .and_then(|p| p.finals.iter().find(|f| f.digest == fact.digest).cloned());
-        let same = |status: OutcomeStatus, reason: &Option<String>| {
-            status == fact.status && *reason == fact.reason_code
+        let same = |status: OutcomeStatus, reason: Option<&str>| {
+            status == fact.status && reason == fact.reason_code.as_deref()
         };
         if let Some(seen) = payment
             .outcomes
@@ -574,7 +575,7 @@ impl Book {
                 seen.location.subject,
                 seen.location.offset
             );
-            let same_decision = same(seen.fact.status, &seen.fact.reason_code);
+            let same_decision = same(seen.fact.status, seen.fact.reason_code.as_deref());
             let terms = seen.fact.terms.clone();
             compare_with_earlier(
                 &mut payment.reported,
@@ -586,15 +587,15 @@ impl Book {
             return;
         }
         if let Some(prior) = &prior_final {
-            let reason = prior.reason_code.as_deref().map(str::to_owned);
+            let reason = prior.reason_code.as_deref();
             compare_with_earlier(
                 &mut payment.reported,
                 report,
                 &location,
                 &fact,
                 (
-                    same(prior.status, &reason),
-                    describe(prior.status, &reason),
+                    same(prior.status, reason),
+                    describe(prior.status, reason),
                     EarlierTerms::Judged(&prior.terms),
                 ),
             );
@@ -1163,10 +1164,10 @@ fn once(reported: &mut Vec<AuditCode>, report: &mut AuditReport, discrepancy: Di
     }
 }
 
-fn describe(status: OutcomeStatus, reason: &Option<String>) -> String {
+fn describe(status: OutcomeStatus, reason: Option<&str>) -> String {
     match status {
         OutcomeStatus::Completed => "COMPLETED".to_owned(),
-        OutcomeStatus::Rejected => format!("REJECTED {}", reason.as_deref().unwrap_or("-")),
+        OutcomeStatus::Rejected => format!("REJECTED {}", reason.unwrap_or("-")),
     }
 }
 
@@ -1254,7 +1255,7 @@ pub(super) mod tests {
 
     const T0_MS: i64 = 1_800_000_000_000;
 
-    fn party(institution: &str, wallet: &str) -> PartyRef {
+    pub(in crate::audit) fn party(institution: &str, wallet: &str) -> PartyRef {
         PartyRef {
             institution_id: institution.into(),
             wallet_id: wallet.into(),
@@ -1292,8 +1293,12 @@ pub(super) mod tests {
     }
 
     fn envelope(terms: Terms) -> Fact {
+        envelope_of(id(), terms)
+    }
+
+    fn envelope_of(payment_id: PaymentId, terms: Terms) -> Fact {
         Fact::Envelope {
-            payment_id: id(),
+            payment_id,
             terms,
             envelope_digest: digest(1),
             submission_digest: digest(2),
@@ -1439,25 +1444,7 @@ pub(super) mod tests {
     fn judged_then(t: &Terms, late: OutcomeFact) -> AuditReport {
         let rejected = outcome(t.clone(), OutcomeStatus::Rejected, "payer");
         let other_id = PaymentId::from_bytes([6; 16]);
-        let Fact::Envelope {
-            terms,
-            envelope_digest,
-            submission_digest,
-            factor,
-            verdict,
-            ..
-        } = envelope(t.clone())
-        else {
-            unreachable!("an envelope")
-        };
-        let other_envelope = Fact::Envelope {
-            payment_id: other_id,
-            terms,
-            envelope_digest,
-            submission_digest,
-            factor,
-            verdict,
-        };
+        let other_envelope = envelope_of(other_id, t.clone());
         let mut other_outcome = rejected.clone();
         other_outcome.payment_id = other_id;
         let mut book = Book::new(BookConfig::default());

@@ -564,17 +564,11 @@ mod tests {
 
     use super::*;
     use crate::audit::RevocationHistory;
+    use crate::audit::book::tests::party;
     use crate::pki::{AlgorithmChoice, DemoPkiOptions, PkiDirectory};
     use crate::protocol::payment_outcome_bytes;
 
     const T0_MS: i64 = 1_800_000_000_000;
-
-    fn party(institution: &str, wallet: &str) -> PartyRef {
-        PartyRef {
-            institution_id: institution.into(),
-            wallet_id: wallet.into(),
-        }
-    }
 
     /// A completed interbank outcome signed by oi01's signer, as the bus carries it.
     fn outcome_frame(pki: &PkiDirectory, amount_fen: i64) -> Bytes {

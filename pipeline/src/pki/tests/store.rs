@@ -291,6 +291,23 @@ fn directory_follows_the_documented_layout() {
     }
 }
 
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
 #[cfg(unix)]
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt as _;
@@ -307,18 +324,12 @@ fn key_files_are_readable_by_the_owner_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_pki_directory(dir.path(), &options(1, 2, AlgorithmChoice::Sm2)).expect("init");
     let mut keys = 0;
-    let mut stack = vec![dir.path().to_path_buf()];
-    while let Some(path) = stack.pop() {
-        for entry in std::fs::read_dir(&path).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.to_string_lossy().ends_with(".key.pem") {
-                assert_eq!(mode(&path), 0o600, "{}", path.display());
-                keys += 1;
-            } else {
-                assert_eq!(mode(&path), 0o644, "{}", path.display());
-            }
+    for path in files_under(dir.path()) {
+        if path.to_string_lossy().ends_with(".key.pem") {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            keys += 1;
+        } else {
+            assert_eq!(mode(&path), 0o644, "{}", path.display());
         }
     }
     assert_eq!(keys, 2 + 2 + 2 * 3);
@@ -330,19 +341,13 @@ fn trust_anchors_alone_are_certificates_that_rebuild_the_trust_store() {
     let pki = generate(3, 2, AlgorithmChoice::Mixed);
     let trust = TrustLayout::new(dir.path().join("anchors"));
     pki.write_trust_anchors(&trust).expect("write");
-    let mut files: Vec<String> = Vec::new();
-    let mut stack = vec![trust.dir().to_path_buf()];
-    while let Some(path) = stack.pop() {
-        for entry in std::fs::read_dir(&path).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let name = path.strip_prefix(trust.dir()).expect("inside");
-                files.push(name.to_string_lossy().into_owned());
-            }
-        }
-    }
+    let mut files: Vec<String> = files_under(trust.dir())
+        .iter()
+        .map(|path| {
+            let name = path.strip_prefix(trust.dir()).expect("inside");
+            name.to_string_lossy().into_owned()
+        })
+        .collect();
     files.sort();
     assert_eq!(
         files,
